@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh machine:
+#   make demo   installs into .venv, fetches Fashion-MNIST if needed, runs the CPU study, writes a report
+#   make test   installs into .venv and runs the test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= runs
+
+.PHONY: venv demo test data bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+# Fashion-MNIST for the demo: Debian's package when apt is available (as root), otherwise the
+# checksum-verified download of `dsd2 fetch`.
+data: venv
+	@$(BIN)/dsd2 fetch fashion_mnist || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \
+	  fi; \
+	  $(BIN)/dsd2 fetch fashion_mnist --download; }
+
+demo: venv data
+	$(BIN)/dsd2 demo --out $(OUT)
+
+test: venv
+	$(BIN)/pytest
+
+bench: venv
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,220 @@
+"""The ``dsd2`` command line: thin wrappers that parse, call, print and set the exit code.
+
+User errors (``UserError``) print one line and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dsd2.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Study and dodge sparse double descent (DSD²).")
+console = Console()
+err_console = Console(stderr=True)
+_STATE = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
+    _STATE["debug"] = debug
+
+
+def _pct(v: Any) -> str:
+    return "" if v is None else f"{100 * v:.2f}"
+
+
+def rounds_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+    table = Table(title=title, show_lines=False)
+    cols = [
+        ("round", "round", str),
+        ("sparsity %", "sparsity", lambda v: f"{100 * v:.2f}"),
+        ("train noisy", "train_acc_noisy", _pct),
+        ("flipped memo", "train_acc_flipped", _pct),
+        ("train clean", "train_acc_clean", _pct),
+        ("val", "val_acc", _pct),
+        ("test", "test_acc", _pct),
+        ("entropy", "entropy", lambda v: "" if v is None else f"{v:.3f}"),
+        ("phase", "phase", lambda v: v or ""),
+        ("PFLOPs", "train_pflops_dense", lambda v: "" if v is None else f"{v:.4g}"),
+    ]
+    present = [c for c in cols if any(r.get(c[1]) is not None for r in rows)]
+    for header, _, _ in present:
+        table.add_column(header, justify="right")
+    for r in rows:
+        table.add_row(*[fmt(r.get(key)) if r.get(key) is not None else "" for _, key, fmt in present])
+    return table
+
+
+class _Progress:
+    """Rich progress bar over the epochs of the current round."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar: Progress | None = None
+        self.task = None
+        self.round = None
+
+    def __enter__(self):
+        if self.enabled:
+            self.bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(), console=err_console, transient=True,
+            )
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def epoch(self, round_idx: int, total: int, log) -> None:
+        if self.bar is None:
+            return
+        if self.round != round_idx:
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(f"round {round_idx}", total=total, info="")
+            self.round = round_idx
+        self.bar.update(self.task, completed=log.epoch, info=f"loss {log.loss:.3f} acc {100 * log.acc:.1f}%")
+
+    def round_done(self, row: dict[str, Any]) -> None:
+        msg = (
+            f"round {row['round']:>3}  sparsity {100 * row['sparsity']:6.2f}%  train(noisy) {_pct(row['train_acc_noisy'])}  "
+            f"flipped {_pct(row['train_acc_flipped']) or '-'}  val {_pct(row['val_acc']) or '-'}  test {_pct(row['test_acc'])}"
+        )
+        if row.get("entropy") is not None:
+            msg += f"  H {row['entropy']:.3f}"
+        err_console.print(msg)
+
+
+def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
+    from dsd2 import imp, store
+
+    with _Progress(enabled=not quiet) as prog:
+        target = run_dir or imp.run_dir_for(cfg, out)
+        if not quiet:
+            err_console.print(f"run directory: {target}")
+        path = imp.run(cfg, out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch)
+    rows = store.read_csv(path / "rounds.csv")
+    console.print(rounds_table(rows, title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, {cfg.noise.kind} noise {cfg.noise.rate:g}"))
+    console.print(f"run directory: {path}")
+    return path
+
+
+@app.command()
+def run(
+    config: str = typer.Argument(..., help="YAML config, preset name, or an existing run directory (resumes it)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. prune.rounds=10 seed=1"),
+    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Folder for run directories."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Run (or resume) an IMP study: dense training, then prune/retrain rounds."""
+    from dsd2.config import load_config
+
+    p = Path(config)
+    if p.is_dir():
+        if overrides:
+            raise UserError("overrides cannot change an existing run; start a new run from its config.yaml instead")
+        return resume(p, quiet=quiet)
+    cfg = load_config(config, overrides or [])
+    _run_config(cfg, out, None, quiet)
+
+
+@app.command()
+def resume(run_dir: Path = typer.Argument(..., help="Run directory printed by `dsd2 run`."), quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
+    """Resume an interrupted run from its last finished round."""
+    from dsd2 import store
+    from dsd2.config import validate_config
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a dsd2 run directory (no config.yaml); give the folder `dsd2 run` printed")
+    cfg = validate_config(store.read_yaml_file(path), source=str(path))
+    _run_config(cfg, run_dir.parent, run_dir, quiet)
+
+
+@app.command()
+def show(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
+    """Print the rounds table of a run."""
+    from dsd2 import store
+
+    rows = store.read_csv(run_dir / "rounds.csv")
+    console.print(rounds_table(rows, title=str(run_dir)))
+
+
+@app.command("config")
+def config_cmd(
+    config: Optional[str] = typer.Argument(None, help="YAML file or preset to resolve; omit to list every key."),
+    overrides: Optional[list[str]] = typer.Argument(None),
+) -> None:
+    """List every config key with its default, or print a resolved config."""
+    import yaml
+
+    from dsd2.config import describe_schema, load_config
+
+    if config is None:
+        table = Table("key", "default", "meaning")
+        for key, default, desc in describe_schema():
+            table.add_row(key, default, desc)
+        console.print(table)
+        return
+    cfg = load_config(config, overrides or [])
+    console.print(yaml.safe_dump(cfg.resolved(), sort_keys=False), end="")
+    console.print(f"# run id: {cfg.run_id()}")
+
+
+@app.command()
+def presets() -> None:
+    """List the bundled presets (usable by name in `dsd2 run`)."""
+    from dsd2.config import PRESET_DIR, list_presets
+
+    for name in list_presets():
+        first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0]
+        console.print(f"{name:32s} {first.lstrip('# ')}")
+
+
+@app.command()
+def models() -> None:
+    """List the registered models and their options."""
+    from dsd2.models import list_models, model_options
+
+    table = Table("model", "options (defaults)")
+    for name in list_models():
+        table.add_row(name, ", ".join(f"{k}={v!r}" for k, v in model_options(name).items()))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as err:
+        if _STATE["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`")
+        return 130
+    except Exception as err:  # click usage errors
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            return 2
+        if isinstance(err, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,261 @@
+"""Run configuration: a validated pydantic schema, YAML presets, ``key.sub=value`` overrides.
+
+Defaults reproduce the paper's CIFAR protocol (SPEC §2). Every field is documented once, here;
+``dsd2 config`` prints them. This module must not import torch: configs are validated before
+anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dsd2.errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos more often than not: refuse them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Section):
+    name: str = Field("cifar10", description="Registered dataset: cifar10, cifar100, fashion_mnist, mnist1d.")
+    root: str | None = Field("./data", description="Folder holding the dataset files (or where to download them).")
+    download: bool = Field(False, description="Download (checksum-verified) when the files are missing.")
+    val_size: int | None = Field(
+        None, ge=0, description="Validation samples carved from train (None: dataset default, 5000 for CIFAR; 0: the reference, which selects on test)."
+    )
+    train_subset: int | None = Field(None, gt=0, description="Keep a fixed seeded subset of this many training samples.")
+    augment: bool = Field(True, description="Use the dataset's batched augmentation (CIFAR: random crop pad 4 + flip).")
+
+
+NoiseKind = Literal["none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip"]
+
+
+class NoiseConfig(_Section):
+    kind: NoiseKind = Field(
+        "symmetric",
+        description="symmetric: first floor(rate*N) samples get one of the K-1 other classes (reference); uniform: drawn from all K; "
+        "bernoulli: each sample flips with prob. rate; asymmetric: class map; pairflip: c -> c+1.",
+    )
+    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Noise rate epsilon in [0, 1).")
+    class_map: dict[int, int] | None = Field(None, description="Asymmetric noise map source->target (default: the dataset's).")
+
+    @field_validator("rate")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if v != v:
+            raise ValueError("noise rate is NaN")
+        return v
+
+
+class ModelConfig(BaseModel):
+    """``name`` plus the builder's own options (e.g. ``depth``, ``gamma`` for vgg_like).
+
+    Extra keys are the model's options; the model registry checks them against the builder's
+    signature, so a typo still gives a clear error.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("vgg_like", description="Registered model: resnet18_cifar, resnet18, resnet50, vgg_like, lenet_300_100, lenet5, mlp.")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(160, ge=1, description="Epochs per IMP round (the schedule scales with it).")
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    weight_decay: float = Field(1e-4, ge=0.0)
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[float] = Field(
+        [0.5, 0.75], description="MultiStep milestones as fractions of `epochs` (0.5, 0.75 = epochs 80, 120 of 160)."
+    )
+    lr_decay: float = Field(0.1, gt=0.0, le=1.0, description="MultiStep factor.")
+    eval_batch_size: int = Field(1000, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
+    channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs (CUDA and CPU).")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default).")
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < m < 1.0 for m in v) or sorted(v) != v:
+            raise ValueError("milestones must be increasing fractions of the epochs in (0, 1), e.g. [0.5, 0.75]")
+        return v
+
+
+RetrainMode = Literal["lr_rewind", "finetune", "lottery", "late_rewind", "reinit"]
+
+
+class PruneConfig(_Section):
+    rounds: int = Field(34, ge=0, description="IMP rounds after the dense training (round 0).")
+    rate: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of the *remaining* weights removed per round.")
+    method: Literal["global_magnitude", "layerwise_magnitude", "random"] = "global_magnitude"
+    include_classifier: bool = Field(True, description="Prune the last Linear layer too (the reference does).")
+    retrain: RetrainMode = Field(
+        "lr_rewind",
+        description="lr_rewind: keep weights, restart the schedule (reference); finetune: small constant lr; lottery: rewind to init; "
+        "late_rewind: rewind to the weights of epoch `rewind_epoch`; reinit: fresh random init under the mask.",
+    )
+    finetune_lr: float = Field(1e-3, gt=0.0, description="Constant lr of the finetune mode.")
+    finetune_epochs: int | None = Field(None, ge=1, description="Epochs per finetune round (None: train.epochs).")
+    rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
+
+
+class DistillConfig(_Section):
+    teacher: str | None = Field(None, description="Run directory of the teacher (a finished IMP run). None: no distillation.")
+    round: int | Literal["best", "dense"] = Field("best", description="Teacher round: best (highest val acc), dense (round 0) or an index.")
+    alpha: float = Field(0.8, ge=0.0, le=1.0, description="Weight of the distillation term (1-alpha weights CE on noisy labels).")
+    temperature: float = Field(10.0, gt=0.0)
+
+
+class EntropyConfig(_Section):
+    enabled: bool = Field(True, description="Measure activation entropy on the clean, unaugmented training inputs each round.")
+    batch_size: int = Field(1000, ge=1)
+
+
+class EarlyStopConfig(_Section):
+    rule: Literal["none", "plain", "entropy"] = Field("none", description="Stop pruning online when the rule fires.")
+    tolerance: float = Field(0.0, ge=0.0, description="Accuracy drop (fraction) tolerated before counting a drop.")
+    patience: int = Field(1, ge=1, description="Consecutive dropped rounds needed to stop.")
+
+
+class RunConfig(_Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: the run directory is <name>-<hash>.")
+    seed: int = Field(0, ge=0)
+    dataset: DatasetConfig = DatasetConfig()
+    noise: NoiseConfig = NoiseConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
+    distill: DistillConfig = DistillConfig()
+    entropy: EntropyConfig = EntropyConfig()
+    early_stop: EarlyStopConfig = EarlyStopConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        if self.prune.retrain == "late_rewind" and self.prune.rewind_epoch >= self.train.epochs:
+            raise ValueError(
+                f"prune.rewind_epoch={self.prune.rewind_epoch} must be smaller than train.epochs={self.train.epochs}"
+            )
+        return self
+
+    def resolved(self) -> dict[str, Any]:
+        """Plain dict of every field, defaults included (what config.yaml stores)."""
+        return self.model_dump(mode="json")
+
+    def run_id(self) -> str:
+        return f"{self.name}-{config_hash(self)}"
+
+
+# Fields that do not change the numbers a run produces; they stay out of the hash so that
+# moving a run to another device or thread count resumes the same directory.
+_NON_RESULT_FIELDS = {("train", "device"), ("train", "threads"), ("train", "eval_batch_size"), ("entropy", "batch_size")}
+
+
+def config_hash(cfg: RunConfig) -> str:
+    data = cfg.resolved()
+    data.pop("name")
+    for section, key in _NON_RESULT_FIELDS:
+        data[section].pop(key, None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, returning a new dict."""
+    out = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not of the form key.sub=value (e.g. prune.rounds=10)")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `dsd2 config` lists the valid keys)"
+        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the top level must be a mapping of sections (dataset:, model:, ...)")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        preset = PRESET_DIR / f"{p.name if p.suffix else p.name + '.yaml'}"
+        if not p.suffix and preset.is_file():
+            p = preset
+        else:
+            raise UserError(f"config file {path} not found (give a YAML path or a preset name: {', '.join(list_presets())})")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{p} is not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {p}: {err}") from None
+    return data or {}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    return validate_config(data, source=str(path) if path else "overrides")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def describe_schema(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) rows for every field, for `dsd2 config`."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_schema(ann, f"{prefix}{name}."))
+            if ann is ModelConfig:
+                rows.append((f"{prefix}{name}.<option>", "", "Model builder options (see `dsd2 models`)."))
+        else:
+            rows.append((f"{prefix}{name}", json.dumps(field.default), field.description or ""))
+    return rows

@@ -1,0 +1,93 @@
+"""A restricted unpickler for data files that are pickles (CIFAR batches, CIFAR-N ``data.pkl``).
+
+``pickle.load`` runs whatever callables the file names, so loading a pickle from the
+internet is running code from the internet. :class:`RestrictedUnpickler` resolves only the
+handful of globals that numpy arrays and plain containers need; any other global is refused
+with a :class:`~dsd2.errors.UserError` *before* it is looked up, so nothing from the file runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from dsd2.errors import UserError
+
+# (module, name) as written in the pickle -> (module candidates to import from, attribute).
+# numpy 2 moved ``numpy.core`` to ``numpy._core`` (the old path still works but warns);
+# pickles written by numpy 1.x name ``numpy.core.multiarray``.
+_NUMPY_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
+ALLOWED_GLOBALS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
+    ("numpy.core.multiarray", "_reconstruct"): (_NUMPY_MULTIARRAY, "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"): (_NUMPY_MULTIARRAY, "_reconstruct"),
+    ("numpy", "ndarray"): (("numpy",), "ndarray"),
+    ("numpy", "dtype"): (("numpy",), "dtype"),
+    # protocol < 3 writes Python-3 ``bytes`` as _codecs.encode(latin-1 text, "latin1")
+    ("_codecs", "encode"): (("_codecs",), "encode"),
+    # plain containers that protocol 2 spells as globals (Python 2 calls the module __builtin__)
+    ("builtins", "set"): (("builtins",), "set"),
+    ("builtins", "frozenset"): (("builtins",), "frozenset"),
+    ("builtins", "bytearray"): (("builtins",), "bytearray"),
+    ("__builtin__", "set"): (("builtins",), "set"),
+    ("__builtin__", "frozenset"): (("builtins",), "frozenset"),
+    ("__builtin__", "bytearray"): (("builtins",), "bytearray"),
+}
+
+
+def _resolve(modules: tuple[str, ...], attr: str) -> Any:
+    last: Exception | None = None
+    for mod in modules:
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:  # pragma: no cover - numpy version dependent
+            last = e
+    raise ImportError(f"cannot resolve {attr} from {modules}") from last  # pragma: no cover
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that admits only :data:`ALLOWED_GLOBALS` (numpy arrays, plain containers).
+
+    ``source`` names the file in error messages.
+    """
+
+    def __init__(self, file: BinaryIO, *, source: str = "<bytes>", encoding: str = "bytes") -> None:
+        super().__init__(file, encoding=encoding, fix_imports=True)
+        self.source = source
+
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        entry = ALLOWED_GLOBALS.get((module, name))
+        if entry is None:
+            raise UserError(
+                f"refusing to unpickle {module}.{name} from {self.source}: only numpy arrays and plain "
+                "containers are allowed in a data file (the file may be malicious or not what it claims to be)"
+            )
+        return _resolve(*entry)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UserError(f"refusing to unpickle a persistent id from {self.source}: not a plain data pickle")
+
+
+def restricted_loads(data: bytes, *, source: str = "<bytes>", encoding: str = "bytes") -> Any:
+    """Unpickle ``data`` with :class:`RestrictedUnpickler`; a corrupt pickle raises UserError."""
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), source=source, encoding=encoding).load()
+    except UserError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, UnicodeDecodeError, MemoryError, OverflowError) as e:
+        raise UserError(
+            f"{source} is truncated or corrupt ({type(e).__name__}: {e}); delete it and obtain the file again"
+        ) from e
+
+
+def restricted_load(path: str | Path, *, encoding: str = "bytes") -> Any:
+    """Read and unpickle the file at ``path`` with :class:`RestrictedUnpickler`."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {p}: {e}") from e
+    return restricted_loads(data, source=str(p), encoding=encoding)

@@ -1,0 +1,509 @@
+"""The IMP round loop: glue of data, noise, model, training, pruning, measures and the run directory.
+
+Round 0 trains the dense network; round i >= 1 prunes ``prune.rate`` of the remaining weights of
+round i-1's weights, resets them according to ``prune.retrain`` and trains again. Every round
+gets its own seeded generator, so resuming after a kill reproduces exactly the rows an
+uninterrupted run would have written (on CPU).
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from dsd2 import __version__, store
+from dsd2.config import RunConfig, validate_config
+from dsd2.data import DataSplits, load_dataset
+from dsd2.errors import UserError
+from dsd2.models import build_model, prunable_weights
+from dsd2.noise import NoisyLabels, apply_label_noise
+from dsd2.prune import Masks, apply_masks, count_alive, full_masks, next_masks, sparsity
+from dsd2.train import Batches, EpochLog, Objective, Schedule, accuracy, cross_entropy, predict, train
+
+ROUND_COLUMNS = [
+    "round",
+    "sparsity",
+    "alive_weights",
+    "epochs",
+    "train_loss",
+    "train_acc_noisy",
+    "train_acc_clean",
+    "train_acc_flipped",
+    "flipped_acc_clean",
+    "val_acc",
+    "test_acc",
+    "entropy",
+    "phase",
+    "round_pflops_dense",
+    "round_pflops_sparse",
+    "train_pflops_dense",
+    "train_pflops_sparse",
+]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def round_seed(seed: int, round_idx: int, stream: int = 0) -> int:
+    """Independent, reproducible seed per (run seed, round, purpose)."""
+    return (seed * 1_000_003 + round_idx * 7_919 + stream * 104_729) % (2**63 - 1)
+
+
+def _generator(device: torch.device, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_metadata(cfg: RunConfig) -> dict[str, Any]:
+    import numpy
+    import torchvision
+
+    return {
+        "dsd2": __version__,
+        "git_commit": _git_commit(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+        "seed": cfg.seed,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ----------------------------------------------------------------------------- setup pieces
+
+
+def build_data(cfg: RunConfig) -> DataSplits:
+    d = cfg.dataset
+    return load_dataset(
+        d.name, d.root, val_size=d.val_size, train_subset=d.train_subset, seed=cfg.seed, download=d.download, augment=d.augment
+    )
+
+
+def data_shape(data: DataSplits) -> dict[str, int]:
+    """What a model builder needs to know about the data (stored in meta.json)."""
+    shape = data.train_x.shape
+    return {"num_classes": data.num_classes, "in_channels": shape[1] if len(shape) == 4 else 1, "input_size": shape[-1]}
+
+
+def make_model(cfg: RunConfig, data: DataSplits, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(cfg.model.name, **data_shape(data), **cfg.model.options)
+
+
+def noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
+    return apply_label_noise(
+        data.train_y,
+        kind=cfg.noise.kind,
+        rate=cfg.noise.rate,
+        num_classes=data.num_classes,
+        seed=cfg.seed,
+        class_map=cfg.noise.class_map,
+    )
+
+
+def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
+    path = run_dir / "labels.safetensors"
+    tensors = {"clean": data.train_y, "noisy": labels.noisy, "flipped": labels.flipped, "train_idx": data.train_idx}
+    if path.exists():
+        saved = store.load_tensors(path)
+        for key in ("clean", "noisy", "flipped"):
+            if key not in saved or not torch.equal(saved[key], tensors[key].cpu()):
+                raise UserError(
+                    f"{path} does not match the labels this config produces ({key} differs): the data or the noise "
+                    "code changed since the run started; start a new run directory"
+                )
+        return
+    store.save_tensors(path, tensors)
+
+
+def schedule_for(cfg: RunConfig, round_idx: int) -> Schedule:
+    t, p = cfg.train, cfg.prune
+    base = dict(
+        epochs=t.epochs,
+        lr=t.lr,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        kind=t.schedule,
+        milestones=tuple(t.milestones),
+        lr_decay=t.lr_decay,
+    )
+    if round_idx == 0:
+        return Schedule(**base)
+    if p.retrain == "finetune":
+        return Schedule(**{**base, "epochs": p.finetune_epochs or t.epochs, "lr": p.finetune_lr, "kind": "constant"})
+    if p.retrain == "late_rewind":
+        return Schedule(**{**base, "start_epoch": p.rewind_epoch})
+    return Schedule(**base)
+
+
+def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"{source} does not fit the configured model: {str(err).splitlines()[0]}") from None
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    run_dir: Path
+    device: torch.device
+    data: DataSplits
+    labels: NoisyLabels
+    model: nn.Module
+    weights: dict[str, nn.Parameter]
+    train_batches: Batches
+    objective: Objective
+    teacher: nn.Module | None
+    teacher_info: dict[str, Any] | None
+
+
+def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
+    return Path(out) / cfg.run_id()
+
+
+def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return
+    saved = validate_config(store.read_yaml_file(path), source=str(path))
+    if saved.run_id() != cfg.run_id():
+        raise UserError(
+            f"{run_dir} holds a run of a different config ({saved.run_id()}); "
+            "choose another --out or remove that directory"
+        )
+
+
+def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
+    from dsd2.distill import KDObjective, load_teacher
+
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = build_data(cfg)
+    labels = noisy_labels(cfg, data)
+    _labels_file(run_dir, data, labels)
+    model = make_model(cfg, data, cfg.seed).to(device)
+    init_path = run_dir / "init.safetensors"
+    if init_path.exists():
+        load_state(model, store.load_tensors(init_path), init_path)
+    else:
+        store.save_tensors(init_path, state_dict_cpu(model))
+    channels_last = cfg.train.channels_last and data.train_x.dim() == 4
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    weights = prunable_weights(model, include_classifier=cfg.prune.include_classifier)
+    augment = data.augment if cfg.dataset.augment else type(data.augment)()
+    train_batches = Batches(
+        x=data.train_x.to(device),
+        y=labels.noisy.to(device),
+        mean=data.mean,
+        std=data.std,
+        augment=augment,
+        channels_last=channels_last,
+    )
+    objective: Objective = cross_entropy
+    teacher = teacher_info = None
+    if cfg.distill.teacher:
+        teacher, teacher_info = load_teacher(cfg.distill.teacher, cfg.distill.round, device=device, expect_data=data)
+        if channels_last:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        objective = KDObjective(teacher, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, amp=cfg.train.amp)
+        store.write_json(run_dir / "teacher.json", teacher_info)
+    return RunContext(cfg, run_dir, device, data, labels, model, weights, train_batches, objective, teacher, teacher_info)
+
+
+def _evaluate(ctx: RunContext) -> dict[str, Any]:
+    cfg, d, dev = ctx.cfg, ctx.data, ctx.device
+    bs, amp = cfg.train.eval_batch_size, cfg.train.amp
+    tb = ctx.train_batches
+    pred = predict(ctx.model, tb, batch_size=bs, amp=amp).cpu()
+    flipped = ctx.labels.flipped
+    out: dict[str, Any] = {
+        "train_acc_noisy": accuracy(pred, ctx.labels.noisy),
+        "train_acc_clean": accuracy(pred, d.train_y),
+        "train_acc_flipped": accuracy(pred, ctx.labels.noisy, flipped),
+        "flipped_acc_clean": accuracy(pred, d.train_y, flipped),
+    }
+    for split, x, y in (("val", d.val_x, d.val_y), ("test", d.test_x, d.test_y)):
+        batches = Batches(x=x.to(dev), y=y.to(dev), mean=d.mean, std=d.std, channels_last=tb.channels_last)
+        out[f"{split}_acc"] = accuracy(predict(ctx.model, batches, batch_size=bs, amp=amp).cpu(), y)
+    return out
+
+
+def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]]]:
+    if not ctx.cfg.entropy.enabled:
+        return None, []
+    from dsd2.entropy import activation_entropy
+
+    tb = ctx.train_batches
+    res = activation_entropy(
+        ctx.model, tb.x, batch_size=ctx.cfg.entropy.batch_size, device=ctx.device, transform=lambda xb: tb.prepare(xb)
+    )
+    rows = [{"layer": name, "entropy": h, "neurons": res.neurons[name]} for name, h in res.per_layer.items()]
+    return res.weighted_mean, rows
+
+
+def _round_flops(ctx: RunContext, masks: Masks, epochs: int) -> tuple[float, float]:
+    from dsd2.flops import step_flops, to_pflops, training_flops
+
+    tb = ctx.train_batches
+    example = tb.prepare(tb.x[:2])
+    step = step_flops(ctx.model, example, teacher=ctx.teacher, masks=masks)
+    dense, sparse = training_flops(step, n_examples=tb.x.shape[0], epochs=epochs)
+    return to_pflops(dense), to_pflops(sparse)
+
+
+def _reset_for_round(ctx: RunContext, round_idx: int) -> None:
+    """Set the weights a round starts from, according to the retraining mode."""
+    mode = ctx.cfg.prune.retrain
+    if round_idx == 0 or mode in ("lr_rewind", "finetune"):
+        return
+    if mode == "lottery":
+        path = ctx.run_dir / "init.safetensors"
+        load_state(ctx.model, store.load_tensors(path), path)
+    elif mode == "late_rewind":
+        path = ctx.run_dir / "rewind.safetensors"
+        load_state(ctx.model, store.load_tensors(path), path)
+    elif mode == "reinit":
+        fresh = make_model(ctx.cfg, ctx.data, round_seed(ctx.cfg.seed, round_idx, stream=3))
+        load_state(ctx.model, fresh.state_dict(), "a fresh initialisation")
+
+
+def _rewind_snapshot(ctx: RunContext) -> Callable[[EpochLog, nn.Module], None] | None:
+    cfg = ctx.cfg
+    if cfg.prune.retrain != "late_rewind":
+        return None
+    path = ctx.run_dir / "rewind.safetensors"
+    if cfg.prune.rewind_epoch == 0:
+        store.save_tensors(path, store.load_tensors(ctx.run_dir / "init.safetensors"))
+        return None
+
+    def snap(log: EpochLog, model: nn.Module) -> None:
+        if log.epoch == cfg.prune.rewind_epoch:
+            store.save_tensors(path, state_dict_cpu(model))
+
+    return snap
+
+
+def _write_tables(run_dir: Path, rows: list[dict[str, Any]], entropy_rows: list[dict[str, Any]], timing_rows: list[dict[str, Any]]) -> None:
+    from dsd2.phases import label_phases
+
+    if rows:
+        eval_key = "val_acc" if rows[0].get("val_acc") is not None else "test_acc"
+        flipped = [r["train_acc_flipped"] for r in rows]
+        phases = label_phases(
+            [r["sparsity"] for r in rows],
+            [r[eval_key] for r in rows],
+            [r["train_acc_noisy"] for r in rows],
+            None if any(f is None for f in flipped) else flipped,
+        )
+        for r, ph in zip(rows, phases):
+            r["phase"] = ph
+    store.write_csv(run_dir / "rounds.csv", rows, ROUND_COLUMNS)
+    store.write_csv(run_dir / "entropy.csv", entropy_rows, ["round", "sparsity", "layer", "neurons", "entropy"])
+    store.write_csv(run_dir / "timings.csv", timing_rows, ["round", "wall_s", "train_s", "device"])
+
+
+def _load_finished(run_dir: Path, done: list[int]) -> tuple[list[dict], list[dict], list[dict]]:
+    rows, ent, tim = [], [], []
+    for i in done:
+        m = store.read_json(store.round_dir(run_dir, i) / "metrics.json")
+        rows.append(m["row"])
+        ent.extend(m["entropy_layers"])
+        tim.append(m["timing"])
+    return rows, ent, tim
+
+
+def stop_decision(cfg: RunConfig, rows: list[dict[str, Any]]):
+    """The early-stop rule of ``cfg`` applied to the finished rows (None when no rule is set)."""
+    if cfg.early_stop.rule == "none" or not rows:
+        return None
+    from dsd2.phases import entropy_early_stop, plain_early_stop
+
+    eval_key = "val_acc" if rows[0].get("val_acc") is not None else "test_acc"
+    acc = [r[eval_key] for r in rows]
+    es = cfg.early_stop
+    if es.rule == "plain":
+        return plain_early_stop(acc, tolerance=es.tolerance, patience=es.patience)
+    return entropy_early_stop(acc, [r["entropy"] for r in rows], tolerance=es.tolerance, patience=es.patience)
+
+
+def run(
+    cfg: RunConfig,
+    out: str | Path = "runs",
+    *,
+    run_dir: Path | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int, EpochLog], None] | None = None,
+) -> Path:
+    """Run (or resume) the IMP study of ``cfg``; return its run directory."""
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, out)
+    _check_config_matches(run_dir, cfg)
+    with store.run_lock(run_dir):
+        if not (run_dir / "config.yaml").exists():
+            store.write_yaml(run_dir / "config.yaml", cfg.resolved())
+        ctx = prepare(cfg, run_dir)
+        if not (run_dir / "meta.json").exists():
+            store.write_json(run_dir / "meta.json", {**run_metadata(cfg), "data": data_shape(ctx.data)})
+        done = store.finished_rounds(run_dir)
+        rows, entropy_rows, timing_rows = _load_finished(run_dir, done)
+        masks = full_masks(ctx.weights)
+        if done:
+            last = store.round_dir(run_dir, done[-1])
+            load_state(ctx.model, store.load_tensors(last / "state.safetensors"), last / "state.safetensors")
+            saved = store.load_tensors(last / "masks.safetensors")
+            masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
+        _write_tables(run_dir, rows, entropy_rows, timing_rows)
+        cumulative = (rows[-1]["train_pflops_dense"], rows[-1]["train_pflops_sparse"]) if rows else (0.0, 0.0)
+        for i in range(len(done), cfg.prune.rounds + 1):
+            decision = stop_decision(cfg, rows)
+            if decision is not None and decision.stop_round is not None:
+                break
+            t0 = time.perf_counter()
+            if i > 0:
+                gen = torch.Generator().manual_seed(round_seed(cfg.seed, i, stream=2))
+                masks = next_masks(cfg.prune.method, ctx.weights, masks, cfg.prune.rate, gen)
+            _reset_for_round(ctx, i)
+            apply_masks(ctx.weights, masks)
+            schedule = schedule_for(cfg, i)
+            gen = _generator(ctx.device, round_seed(cfg.seed, i, stream=1))
+            snap = _rewind_snapshot(ctx) if i == 0 else None
+
+            def on_epoch(log: EpochLog, model: nn.Module, _i=i, _snap=snap, _total=schedule.epochs) -> None:
+                if _snap is not None:
+                    _snap(log, model)
+                if progress is not None:
+                    progress(_i, _total, log)
+
+            logs = train(
+                ctx.model,
+                ctx.train_batches,
+                schedule,
+                batch_size=cfg.train.batch_size,
+                generator=gen,
+                masks=masks,
+                weights=ctx.weights,
+                objective=ctx.objective,
+                amp=cfg.train.amp,
+                on_epoch_end=on_epoch,
+            )
+            train_s = time.perf_counter() - t0
+            epochs = len(logs)
+            metrics = _evaluate(ctx)
+            entropy, layer_rows = _measure_entropy(ctx)
+            pf_dense, pf_sparse = _round_flops(ctx, masks, epochs)
+            cumulative = (cumulative[0] + pf_dense, cumulative[1] + pf_sparse)
+            row = {
+                "round": i,
+                "sparsity": sparsity(masks),
+                "alive_weights": count_alive(masks),
+                "epochs": epochs,
+                "train_loss": logs[-1].loss,
+                **metrics,
+                "entropy": entropy,
+                "phase": None,
+                "round_pflops_dense": pf_dense,
+                "round_pflops_sparse": pf_sparse,
+                "train_pflops_dense": cumulative[0],
+                "train_pflops_sparse": cumulative[1],
+            }
+            layer_rows = [{"round": i, "sparsity": row["sparsity"], **r} for r in layer_rows]
+            timing = {"round": i, "wall_s": time.perf_counter() - t0, "train_s": train_s, "device": str(ctx.device)}
+            _save_round(run_dir, i, ctx.model, masks, row, layer_rows, timing, logs)
+            rows.append(row)
+            entropy_rows.extend(layer_rows)
+            timing_rows.append(timing)
+            _write_tables(run_dir, rows, entropy_rows, timing_rows)
+            if on_round is not None:
+                on_round(rows[-1])
+        decision = stop_decision(cfg, rows)
+        if decision is not None:
+            store.write_json(run_dir / "early_stop.json", {"rule": cfg.early_stop.rule, **_as_dict(decision)})
+    return run_dir
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(obj) if is_dataclass(obj) else dict(obj)
+
+
+def _save_round(run_dir, i, model, masks, row, layer_rows, timing, logs) -> None:
+    rd = store.round_dir(run_dir, i)
+    rd.mkdir(parents=True, exist_ok=True)
+    store.save_tensors(rd / "state.safetensors", state_dict_cpu(model))
+    store.save_tensors(rd / "masks.safetensors", masks)
+    store.write_json(
+        rd / "metrics.json",
+        {"row": row, "entropy_layers": layer_rows, "timing": timing, "epochs": [vars(log) for log in logs]},
+    )
+    store.write_manifest(rd, ["state.safetensors", "masks.safetensors", "metrics.json"])
+
+
+def resume(run_dir: str | Path, **kwargs) -> Path:
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a dsd2 run directory (no config.yaml); give the folder `dsd2 run` printed")
+    cfg = validate_config(store.read_yaml_file(path), source=str(path))
+    return run(cfg, run_dir=run_dir, **kwargs)
+
+
+def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device | str = "cpu") -> tuple[nn.Module, Masks, RunConfig]:
+    """Rebuild the model of a finished round from its run directory (state + masks, no pickles)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a dsd2 run directory (no config.yaml)")
+    cfg = validate_config(store.read_yaml_file(path), source=str(path))
+    rd = store.round_dir(run_dir, round_idx)
+    if not store.verify_manifest(rd):
+        raise UserError(f"round {round_idx} of {run_dir} is not finished (no {rd / store.MANIFEST})")
+    data_shape = _data_shape(run_dir, cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, **data_shape, **cfg.model.options)
+    load_state(model, store.load_tensors(rd / "state.safetensors"), rd / "state.safetensors")
+    masks = store.load_tensors(rd / "masks.safetensors")
+    return model.to(device), {k: v.to(device) for k, v in masks.items()}, cfg
+
+
+def _data_shape(run_dir: Path, cfg: RunConfig) -> dict[str, int]:
+    meta = store.read_json(run_dir / "meta.json")
+    shape = meta.get("data")
+    if shape is None:
+        raise UserError(f"{run_dir}/meta.json lacks the data shape; re-run with this version of dsd2")
+    return shape

@@ -1,0 +1,230 @@
+"""The run-directory contract and safe file I/O.
+
+Layout of a run directory (later tools read only this)::
+
+    config.yaml              resolved config (every field, defaults included)
+    meta.json                seed, versions, git commit, host, creation time
+    labels.safetensors       clean, noisy (int64) and flipped (int64 index) train labels
+    init.safetensors         weights at initialisation (lottery rewinding, reproducibility)
+    rewind.safetensors       weights at epoch `prune.rewind_epoch` of round 0 (late_rewind only)
+    rounds.csv               one row per finished round (deterministic columns only)
+    timings.csv              wall time per round (kept apart so rounds.csv is reproducible)
+    entropy.csv              per-layer activation entropy per round
+    round_000/ ...           state.safetensors, masks.safetensors, metrics.json, MANIFEST.json
+
+A round counts as finished only when its ``MANIFEST.json`` (sha256 of every file of the round) is
+present and the files match it. Every write goes to a temporary file in the same folder, is
+fsynced and renamed over the target, so a kill leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from dsd2.errors import UserError
+
+MANIFEST = "MANIFEST.json"
+
+
+def round_dir(run_dir: Path, i: int) -> Path:
+    return Path(run_dir) / f"round_{i:03d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"no space left on the device while writing {path}: free some space and resume the run") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_yaml(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is corrupt ({err})") from None
+
+
+def read_json(path: str | Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is corrupt ({err}); delete it and resume the run to recompute it") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save a flat dict of tensors as safetensors, atomically."""
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, st_save(clean, metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (never a pickle), with a clear error when missing or corrupt."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path} is corrupt or not a safetensors file ({err})") from None
+
+
+def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)  # round-trips exactly
+    return v
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a CSV with numbers converted back (empty cells become None)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing") from None
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({k: _parse_cell(v) for k, v in row.items()})
+    return rows
+
+
+def _parse_cell(v: str | None) -> Any:
+    if v is None or v == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path, files: list[str]) -> None:
+    """Mark ``directory`` complete: checksums of its files, written last and atomically."""
+    entries = {name: sha256_file(directory / name) for name in files}
+    write_json(directory / MANIFEST, {"files": entries})
+
+
+def verify_manifest(directory: Path) -> bool:
+    """True when the manifest exists; raise UserError when a listed file is missing or altered."""
+    mpath = directory / MANIFEST
+    if not mpath.is_file():
+        return False
+    manifest = read_json(mpath)
+    for name, digest in manifest.get("files", {}).items():
+        f = directory / name
+        if not f.is_file():
+            raise UserError(f"{f} is missing although {mpath} lists it; delete {directory} and resume to recompute that round")
+        if sha256_file(f) != digest:
+            raise UserError(
+                f"{f} does not match its checksum (corrupt or edited); delete {directory} and resume to recompute that round"
+            )
+    return True
+
+
+def finished_rounds(run_dir: Path) -> list[int]:
+    """Indices of rounds 0..k-1 that are complete and consecutive from round 0."""
+    done = []
+    i = 0
+    while verify_manifest(round_dir(run_dir, i)):
+        done.append(i)
+        i += 1
+    return done
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Exclusive lock on a run directory: a second process on it gets a clear error."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{run_dir} is in use by another dsd2 process; wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)

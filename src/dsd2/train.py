@@ -1,0 +1,195 @@
+"""One readable training function and batched evaluation (airbench style).
+
+The whole split lives on the device as uint8 (or float) tensors; each step gathers a batch by
+index, augments it on the device in one batched op, normalises it, and runs the model. There is
+no per-sample Python and no ``.item()`` in the hot loop: losses accumulate on the device and are
+read once per epoch, where NaN/Inf are also detected.
+
+The loss is a strategy passed in (``Objective``): cross-entropy for vanilla IMP, the KD loss for
+DSD² students. Masks are re-applied after every optimiser step.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsd2.data import AugmentSpec, augment_batch, normalize
+from dsd2.errors import UserError
+from dsd2.prune import apply_masks
+
+
+class TrainingDiverged(UserError):
+    """Loss or weights became NaN/Inf."""
+
+
+class Objective(Protocol):
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor: ...
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Optimiser and learning-rate schedule of one round."""
+
+    epochs: int
+    lr: float
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    kind: str = "multistep"  # multistep | cosine | constant
+    milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_decay: float = 0.1
+    start_epoch: int = 0  # >0 resumes the schedule mid-way (late rewinding)
+
+    def lr_at(self, epoch: int) -> float:
+        if self.kind == "constant":
+            return self.lr
+        if self.kind == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        passed = sum(1 for m in self.milestones if epoch >= round(m * self.epochs))
+        return self.lr * self.lr_decay**passed
+
+
+def make_optimizer(params, s: Schedule) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    raise UserError(f"unknown optimizer {s.optimizer!r} (use sgd, adam or adamw)")
+
+
+@dataclass
+class Batches:
+    """A split on the device plus how to turn a slice of it into model input."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    channels_last: bool = False
+
+    def prepare(self, xb: torch.Tensor, generator: torch.Generator | None = None, train: bool = False) -> torch.Tensor:
+        if train and xb.dim() == 4:
+            xb = augment_batch(xb, self.augment, generator)
+        xb = normalize(xb, self.mean, self.std)
+        if self.channels_last and xb.dim() == 4:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        return xb
+
+
+def autocast_for(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    lr: float
+    loss: float
+    acc: float
+
+
+def train(
+    model: nn.Module,
+    data: Batches,
+    schedule: Schedule,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    weights: Mapping[str, torch.Tensor] | None = None,
+    objective: Objective = cross_entropy,
+    amp: bool = False,
+    on_epoch_end: Callable[[EpochLog, nn.Module], None] | None = None,
+) -> list[EpochLog]:
+    """Train ``model`` on ``data`` for ``schedule.epochs - schedule.start_epoch`` epochs.
+
+    ``generator`` lives on the data's device and drives both shuffling and augmentation, so a
+    seeded generator makes the round reproducible.
+    """
+    device = data.x.device
+    n = data.x.shape[0]
+    opt = make_optimizer(model.parameters(), schedule)
+    logs: list[EpochLog] = []
+    model.train()
+    for epoch in range(schedule.start_epoch, schedule.epochs):
+        lr = schedule.lr_at(epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        perm = torch.randperm(n, generator=generator, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            xb = data.prepare(data.x[idx], generator, train=True)
+            yb = data.y[idx]
+            with autocast_for(device, amp):
+                logits = model(xb)
+            loss = objective(logits, yb, xb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if masks is not None and weights is not None:
+                apply_masks(weights, masks)
+            loss_sum += loss.detach() * idx.numel()
+            correct += (logits.detach().argmax(1) == yb).sum()
+        mean_loss = float(loss_sum) / n  # one sync per epoch
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"training diverged at epoch {epoch + 1}: mean loss is {mean_loss}; "
+                "lower train.lr (or use a smaller prune.rate) and resume; finished rounds are kept"
+            )
+        log = EpochLog(epoch=epoch + 1, lr=lr, loss=mean_loss, acc=int(correct) / n)
+        logs.append(log)
+        if on_epoch_end is not None:
+            on_epoch_end(log, model)
+    _check_finite_weights(model)
+    return logs
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise TrainingDiverged(f"parameter {name} contains NaN/Inf after training; lower train.lr and resume")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: Batches, *, batch_size: int, amp: bool = False) -> torch.Tensor:
+    """Predicted classes (int64, on the data's device) for every row of ``data.x``; eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, data.x.shape[0], batch_size):
+            xb = data.prepare(data.x[start : start + batch_size])
+            with autocast_for(data.x.device, amp):
+                out.append(model(xb).argmax(1))
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.empty(0, dtype=torch.long, device=data.x.device)
+    return torch.cat(out)
+
+
+def accuracy(pred: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None) -> float | None:
+    """Fraction correct, optionally over ``index`` only; None when there is nothing to score."""
+    if index is not None:
+        pred, labels = pred[index], labels[index]
+    if labels.numel() == 0:
+        return None
+    return float((pred == labels).float().mean())

@@ -1,0 +1,86 @@
+import pytest
+
+from dsd2.config import RunConfig, apply_overrides, config_hash, describe_schema, list_presets, load_config, validate_config
+from dsd2.errors import UserError
+
+
+def test_defaults_reproduce_the_paper_protocol():
+    cfg = RunConfig()
+    assert (cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay, cfg.train.batch_size, cfg.train.epochs) == (0.1, 0.9, 1e-4, 128, 160)
+    assert [round(m * cfg.train.epochs) for m in cfg.train.milestones] == [80, 120]
+    assert (cfg.prune.rate, cfg.prune.rounds, cfg.prune.retrain, cfg.prune.method) == (0.2, 34, "lr_rewind", "global_magnitude")
+    assert (cfg.distill.alpha, cfg.distill.temperature) == (0.8, 10.0)
+
+
+def test_overrides_parse_yaml_values_and_nest():
+    data = apply_overrides({"prune": {"rounds": 3}}, ["prune.rounds=10", "noise.rate=0.2", "model.hidden=[8, 8]", "seed=3"])
+    assert data == {"prune": {"rounds": 10}, "noise": {"rate": 0.2}, "model": {"hidden": [8, 8]}, "seed": 3}
+    cfg = validate_config(data)
+    assert cfg.model.options == {"hidden": [8, 8]}
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("noise.rate=1.0", "noise.rate"),
+        ("noise.rate=-0.1", "noise.rate"),
+        ("noise.rate=.nan", "nan"),
+        ("noise.kind=gaussian", "noise.kind"),
+        ("prune.rate=0", "prune.rate"),
+        ("prune.rate=1", "prune.rate"),
+        ("prune.rounds=-1", "prune.rounds"),
+        ("prune.retrain=magic", "prune.retrain"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.lr=abc", "train.lr"),
+        ("train.milestones=[0.8,0.5]", "milestones"),
+        ("trian.epochs=3", "unknown key"),
+        ("train.epoch=3", "unknown key"),
+        ("seed=-2", "seed"),
+        ("name=a/b", "name"),
+        ("distill.alpha=1.5", "distill.alpha"),
+    ],
+)
+def test_bad_values_are_clear_user_errors(override, needle):
+    with pytest.raises(UserError, match="invalid configuration") as err:
+        load_config(None, [override])
+    assert needle in str(err.value)
+
+
+def test_malformed_override_and_missing_file():
+    with pytest.raises(UserError, match="key.sub=value"):
+        load_config(None, ["prune.rounds"])
+    with pytest.raises(UserError, match="not found"):
+        load_config("/nonexistent/config.yaml")
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("- a list\n")
+    with pytest.raises(UserError, match="mapping"):
+        load_config(p)
+
+
+def test_hash_ignores_device_and_name_but_not_results():
+    a = load_config(None, ["name=a"])
+    b = load_config(None, ["name=b", "train.device=cpu", "train.threads=2"])
+    c = load_config(None, ["seed=1"])
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(c)
+    assert a.run_id().startswith("a-")
+
+
+def test_presets_validate():
+    names = list_presets()
+    assert "demo_fmnist" in names and "cifar10_vgg_noise50" in names
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.name == name
+
+
+def test_schema_lists_required_keys():
+    keys = {k for k, _, _ in describe_schema()}
+    for required in ("seed", "dataset.name", "dataset.root", "noise.kind", "noise.rate", "model.name", "train.epochs", "prune.rounds", "prune.rate", "prune.retrain"):
+        assert required in keys
