@@ -17,9 +17,10 @@ from rich.table import Table
 
 from dsd2.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Study and dodge sparse double descent (DSD²).")
-console = Console()
-err_console = Console(stderr=True)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Study and dodge sparse double descent (DSD²).")
+# Piped output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 _STATE = {"debug": False}
 
 
@@ -37,14 +38,14 @@ def rounds_table(rows: list[dict[str, Any]], title: str = "") -> Table:
     cols = [
         ("round", "round", str),
         ("sparsity %", "sparsity", lambda v: f"{100 * v:.2f}"),
-        ("train noisy", "train_acc_noisy", _pct),
-        ("flipped memo", "train_acc_flipped", _pct),
-        ("train clean", "train_acc_clean", _pct),
+        ("train(noisy)", "train_acc_noisy", _pct),
+        ("memorised", "train_acc_flipped", _pct),
+        ("train(clean)", "train_acc_clean", _pct),
         ("val", "val_acc", _pct),
         ("test", "test_acc", _pct),
         ("entropy", "entropy", lambda v: "" if v is None else f"{v:.3f}"),
         ("phase", "phase", lambda v: v or ""),
-        ("PFLOPs", "train_pflops_dense", lambda v: "" if v is None else f"{v:.4g}"),
+        ("cum. PFLOPs", "train_pflops_dense", lambda v: "" if v is None else f"{v:.4g}"),
     ]
     present = [c for c in cols if any(r.get(c[1]) is not None for r in rows)]
     for header, _, _ in present:
@@ -195,7 +196,9 @@ def models() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            return code
     except UserError as err:
         if _STATE["debug"]:
             raise
@@ -204,15 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`")
         return 130
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            return 2
-        if isinstance(err, click.exceptions.Abort):
-            return 130
-        raise
+    except typer.Abort:
+        return 130
+    except typer.TyperException as err:  # usage errors: unknown option, missing argument
+        show = getattr(err, "show", None)
+        if show is not None:
+            show()
+        return int(getattr(err, "exit_code", 2))
     return 0
 
 

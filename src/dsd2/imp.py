@@ -39,6 +39,7 @@ ROUND_COLUMNS = [
     "train_acc_clean",
     "train_acc_flipped",
     "flipped_acc_clean",
+    "unflipped_acc",
     "val_acc",
     "test_acc",
     "entropy",
@@ -189,6 +190,7 @@ class RunContext:
     objective: Objective
     teacher: nn.Module | None
     teacher_info: dict[str, Any] | None
+    teacher_masks: Masks | None
 
 
 def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
@@ -208,7 +210,7 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
-    from dsd2.distill import KDObjective, load_teacher
+    from dsd2.distill.teacher import KDObjective, load_teacher
 
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
@@ -236,14 +238,14 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
         channels_last=channels_last,
     )
     objective: Objective = cross_entropy
-    teacher = teacher_info = None
+    teacher = teacher_info = teacher_masks = None
     if cfg.distill.teacher:
-        teacher, teacher_info = load_teacher(cfg.distill.teacher, cfg.distill.round, device=device, expect_data=data)
+        teacher, teacher_info, teacher_masks = load_teacher(cfg.distill.teacher, cfg.distill.round, device=device, expect_data=data)
         if channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         objective = KDObjective(teacher, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, amp=cfg.train.amp)
         store.write_json(run_dir / "teacher.json", teacher_info)
-    return RunContext(cfg, run_dir, device, data, labels, model, weights, train_batches, objective, teacher, teacher_info)
+    return RunContext(cfg, run_dir, device, data, labels, model, weights, train_batches, objective, teacher, teacher_info, teacher_masks)
 
 
 def _evaluate(ctx: RunContext) -> dict[str, Any]:
@@ -252,11 +254,14 @@ def _evaluate(ctx: RunContext) -> dict[str, Any]:
     tb = ctx.train_batches
     pred = predict(ctx.model, tb, batch_size=bs, amp=amp).cpu()
     flipped = ctx.labels.flipped
+    keep = torch.ones(d.train_y.numel(), dtype=torch.bool)
+    keep[flipped] = False
     out: dict[str, Any] = {
         "train_acc_noisy": accuracy(pred, ctx.labels.noisy),
         "train_acc_clean": accuracy(pred, d.train_y),
         "train_acc_flipped": accuracy(pred, ctx.labels.noisy, flipped),
         "flipped_acc_clean": accuracy(pred, d.train_y, flipped),
+        "unflipped_acc": accuracy(pred, d.train_y, keep.nonzero().squeeze(1)),
     }
     for split, x, y in (("val", d.val_x, d.val_y), ("test", d.test_x, d.test_y)):
         batches = Batches(x=x.to(dev), y=y.to(dev), mean=d.mean, std=d.std, channels_last=tb.channels_last)
@@ -282,7 +287,7 @@ def _round_flops(ctx: RunContext, masks: Masks, epochs: int) -> tuple[float, flo
 
     tb = ctx.train_batches
     example = tb.prepare(tb.x[:2])
-    step = step_flops(ctx.model, example, teacher=ctx.teacher, masks=masks)
+    step = step_flops(ctx.model, example, teacher=ctx.teacher, masks=masks, teacher_masks=ctx.teacher_masks)
     dense, sparse = training_flops(step, n_examples=tb.x.shape[0], epochs=epochs)
     return to_pflops(dense), to_pflops(sparse)
 
@@ -330,6 +335,7 @@ def _write_tables(run_dir: Path, rows: list[dict[str, Any]], entropy_rows: list[
             [r[eval_key] for r in rows],
             [r["train_acc_noisy"] for r in rows],
             None if any(f is None for f in flipped) else flipped,
+            train_acc_clean=[r["unflipped_acc"] for r in rows],
         )
         for r, ph in zip(rows, phases):
             r["phase"] = ph

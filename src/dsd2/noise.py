@@ -124,17 +124,20 @@ def apply_label_noise(
     num_classes: int,
     seed: int,
     class_map: dict[int, int] | None = None,
+    dataset: str = "",
 ) -> NoisyLabels:
     """Corrupt ``labels`` with the noise ``kind`` at ``rate`` (see the module docstring).
 
-    ``class_map`` is used by ``asymmetric`` only (None: :func:`default_class_map` with a
-    generic dataset, i.e. c → c+1; pass ``default_class_map(name, K)`` for the CIFAR-10 map);
-    other kinds ignore it. The input is not modified.
+    ``class_map`` is used by ``asymmetric`` only; None means ``default_class_map(dataset, K)``
+    (pass ``dataset="cifar10"`` for the truck→automobile … map; without a dataset name the
+    map is c → c+1). Other kinds ignore both. The input is not modified.
     """
     _check(labels, kind, rate, num_classes)
     cmap = None
     if kind == "asymmetric":
-        cmap = _check_class_map(class_map if class_map is not None else default_class_map("", num_classes), num_classes)
+        if class_map is None:
+            class_map = default_class_map(dataset, num_classes)
+        cmap = _check_class_map(class_map, num_classes)
     device = labels.device
     clean = labels.detach().to("cpu", torch.int64)
     noisy = clean.clone()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from dsd2.data.core import AugmentSpec
 
@@ -49,9 +48,11 @@ def augment_batch(
     Every sample gets its own crop offset and flip decision, drawn on ``x``'s device from
     ``generator`` (the global RNG when None) in this order: row offsets, column offsets
     (``randint(0, 2p+1)`` each, only when ``crop_padding`` p > 0), then flips (``rand < 0.5``).
-    The crop and flip are one gather from the padded batch. Returns a new tensor of the same
-    dtype, shape and memory format; returns ``x`` itself when the spec is the identity or
-    ``x`` is 2-D (non-image data such as MNIST-1D).
+    The crop and flip are one ``gather`` from the zero-padded batch. Returns a new tensor of
+    the same dtype, shape and memory format. Padding is zeros in the input's units: augment
+    uint8 images before :func:`normalize` for black borders, as torchvision's RandomCrop does.
+    Returns ``x`` itself when the spec is the identity or ``x`` is 2-D (non-image data such as
+    MNIST-1D).
     """
     if spec.is_identity or x.ndim == 2:
         return x
@@ -71,7 +72,9 @@ def augment_batch(
         flip = torch.rand(n, generator=generator, device=dev) < 0.5
         out = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
-    xp = F.pad(x, (p, p, p, p))  # zeros
+    hp, wp = h + 2 * p, w + 2 * p
+    xp = x.new_zeros((n, c, hp, wp))
+    xp[:, :, p : p + h, p : p + w] = x
     oy = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=dev)
     ox = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=dev)
     rows = oy[:, None] + torch.arange(h, device=dev)  # N×H
@@ -79,7 +82,7 @@ def augment_batch(
     if spec.flip:
         flip = torch.rand(n, generator=generator, device=dev) < 0.5
         cols = torch.where(flip[:, None], cols.flip(1), cols)
-    ni = torch.arange(n, device=dev).view(n, 1, 1, 1)
-    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
-    out = xp[ni, ci, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]  # N×C×H×W, contiguous
+    # one gather of the flattened padded planes (much faster than 4-tensor advanced indexing)
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    out = xp.view(n, c, hp * wp).gather(2, flat).view(n, c, h, w)
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out

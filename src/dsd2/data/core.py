@@ -172,7 +172,8 @@ def load_dataset(
     """Load a registered dataset and split it (see :func:`split_train`).
 
     ``val_size=None`` uses the dataset's default (5000 for CIFAR and Fashion-MNIST, 500 for
-    MNIST-1D), capped at a fifth of the training set for tiny sets; ``val_size=0`` gives an empty validation split (the reference protocol).
+    MNIST-1D), capped at a fifth of the training set for tiny sets; ``val_size=0`` gives an
+    empty validation split (the reference protocol).
     ``augment=False`` sets the returned :class:`AugmentSpec` to the identity.
     """
     key = _canonical(str(name))

@@ -126,7 +126,11 @@ def safe_extract_tar(archive: str | Path, dest: str | Path, *, expect_top: str |
                 final = dest / top.name
                 if final.exists():
                     continue  # keep what is there (e.g. an earlier extraction)
-                os.replace(top, final)
+                try:
+                    os.replace(top, final)
+                except OSError:
+                    if not final.exists():  # not a concurrent extraction that won the race
+                        raise
         except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
             raise UserError(f"extracting {archive} into {dest} failed ({e}); is the archive truncated?") from e
         finally:

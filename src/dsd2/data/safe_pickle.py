@@ -20,9 +20,13 @@ from dsd2.errors import UserError
 # numpy 2 moved ``numpy.core`` to ``numpy._core`` (the old path still works but warns);
 # pickles written by numpy 1.x name ``numpy.core.multiarray``.
 _NUMPY_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
+_NUMPY_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
 ALLOWED_GLOBALS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
     ("numpy.core.multiarray", "_reconstruct"): (_NUMPY_MULTIARRAY, "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"): (_NUMPY_MULTIARRAY, "_reconstruct"),
+    # pickle protocol 5 rebuilds contiguous arrays with numeric._frombuffer(buffer, dtype, shape, order)
+    ("numpy.core.numeric", "_frombuffer"): (_NUMPY_NUMERIC, "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"): (_NUMPY_NUMERIC, "_frombuffer"),
     ("numpy", "ndarray"): (("numpy",), "ndarray"),
     ("numpy", "dtype"): (("numpy",), "dtype"),
     # protocol < 3 writes Python-3 ``bytes`` as _codecs.encode(latin-1 text, "latin1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import struct
 import tarfile
 from pathlib import Path
 
@@ -121,3 +122,29 @@ def write_fashion(
         else:
             (folder / base).write_bytes(blob)
     return arrays
+
+
+def _py2_str(b: bytes) -> bytes:
+    """SHORT_BINSTRING / BINSTRING: how Python 2 pickles a ``str``."""
+    return (b"U" + bytes([len(b)]) + b) if len(b) < 256 else (b"T" + struct.pack("<I", len(b)) + b)
+
+
+def py2_cifar_batch_pickle(data: np.ndarray, labels: list[int], label_key: str = "labels") -> bytes:
+    """A CIFAR batch pickled the way the official release was (Python 2, numpy 1.x, protocol 2).
+
+    Hand-assembled opcodes: py2 ``str`` keys and array payload (SHORT_BINSTRING/BINSTRING),
+    ``numpy.core.multiarray._reconstruct``, ``numpy.ndarray`` and ``numpy.dtype`` globals.
+    """
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    n, d = data.shape
+    out = b"\x80\x02}q\x00("
+    out += _py2_str(b"data")
+    out += b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85" + _py2_str(b"b") + b"\x87R"
+    out += b"(K\x01J" + struct.pack("<i", n) + b"J" + struct.pack("<i", d) + b"\x86"
+    out += b"cnumpy\ndtype\n" + _py2_str(b"u1") + b"K\x00K\x01\x87R"
+    out += b"(K\x03" + _py2_str(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+    out += b"\x89" + _py2_str(data.tobytes()) + b"tb"
+    out += _py2_str(label_key.encode()) + b"](" + b"".join(b"J" + struct.pack("<i", int(v)) for v in labels) + b"e"
+    out += _py2_str(b"batch_label") + _py2_str(b"training batch")
+    out += b"u."
+    return out

@@ -41,8 +41,12 @@ def select_teacher_round(rows: list[dict[str, Any]], choice: int | str) -> tuple
 
 def load_teacher(
     run_dir: str | Path, choice: int | str = "best", *, device: torch.device | str = "cpu", expect_data=None
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the teacher of ``run_dir`` at the chosen round: frozen, in eval mode, masks applied."""
+) -> tuple[nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
+    """Load the teacher of ``run_dir`` at the chosen round: frozen, in eval mode.
+
+    Returns the model, a JSON-able description of the choice, and the round's masks (for the
+    sparse-aware cost of the teacher's forward passes).
+    """
     from dsd2.imp import load_round_model
 
     run_dir = Path(run_dir)
@@ -76,7 +80,7 @@ def load_teacher(
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, info
+    return model, info, masks
 
 
 class KDObjective:

@@ -1,0 +1,181 @@
+"""End-to-end IMP runs on tiny MNIST-1D: the run-directory contract, resume, retraining modes, KD."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dsd2 import imp, store
+from dsd2.config import load_config
+from dsd2.errors import UserError
+
+TINY = ["train.epochs=2", "prune.rounds=3", "prune.rate=0.5", "model.hidden=[32, 32]", "dataset.val_size=300", "entropy.batch_size=700"]
+
+
+def tiny(*extra):
+    return load_config("tiny_mnist1d", TINY + list(extra))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = tiny()
+    return cfg, imp.run(cfg, out)
+
+
+def test_run_directory_contract(finished):
+    cfg, run_dir = finished
+    assert run_dir.name == cfg.run_id()
+    for name in ("config.yaml", "meta.json", "rounds.csv", "labels.safetensors", "init.safetensors", "entropy.csv", "timings.csv"):
+        assert (run_dir / name).is_file(), name
+    rows = store.read_csv(run_dir / "rounds.csv")
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    for col in ("round", "sparsity", "train_acc_noisy", "train_acc_clean", "val_acc", "test_acc", "entropy", "phase", "train_pflops_dense", "train_pflops_sparse"):
+        assert col in rows[0]
+    for r in rows:
+        for col in ("train_acc_noisy", "train_acc_clean", "val_acc", "test_acc"):
+            assert 0.0 <= r[col] <= 1.0
+        assert r["sparsity"] == pytest.approx(1 - 0.5 ** r["round"], abs=1e-3)
+    # cumulative compute grows, sparse-aware cost grows slower
+    dense = [r["train_pflops_dense"] for r in rows]
+    sparse = [r["train_pflops_sparse"] for r in rows]
+    assert all(b > a for a, b in zip(dense, dense[1:]))
+    assert sparse[-1] < dense[-1]
+
+    labels = store.load_tensors(run_dir / "labels.safetensors")
+    n = labels["clean"].numel()
+    assert labels["flipped"].tolist() == list(range(int(0.2 * n)))  # reference rule: first floor(eps N)
+    assert (labels["noisy"][labels["flipped"]] != labels["clean"][labels["flipped"]]).all()
+
+    prev = None
+    for i in range(4):
+        rd = store.round_dir(run_dir, i)
+        state = store.load_tensors(rd / "state.safetensors")
+        masks = store.load_tensors(rd / "masks.safetensors")
+        assert set(masks) == {"net.1.weight", "net.3.weight", "net.5.weight"} or len(masks) == 3
+        for k, m in masks.items():
+            assert m.dtype == torch.bool
+            assert (state[k][~m] == 0).all()  # pruned entries are zero in the saved weights
+            if prev is not None:
+                assert not (m & ~prev[k]).any()  # pruned stays pruned
+        alive = sum(int(m.sum()) for m in masks.values())
+        assert alive == rows[i]["alive_weights"]
+        prev = masks
+
+
+def test_resume_after_interruption_gives_identical_rounds(finished, tmp_path):
+    cfg, ref_dir = finished
+
+    class Boom(Exception):
+        pass
+
+    def stop_after_round_1(row):
+        if row["round"] == 1:
+            raise Boom
+
+    with pytest.raises(Boom):
+        imp.run(cfg, tmp_path, on_round=stop_after_round_1)
+    run_dir = tmp_path / cfg.run_id()
+    assert store.finished_rounds(run_dir) == [0, 1]
+    imp.resume(run_dir)
+    assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
+    for i in range(4):
+        a = store.load_tensors(store.round_dir(run_dir, i) / "state.safetensors")
+        b = store.load_tensors(store.round_dir(ref_dir, i) / "state.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_mid_run_then_resume(finished, tmp_path):
+    """A real SIGKILL while round 2 trains; `dsd2 resume` finishes with the same rounds.csv."""
+    cfg, ref_dir = finished
+    args = [sys.executable, "-m", "dsd2.cli", "run", "tiny_mnist1d", *TINY, "train.epochs=2", "--out", str(tmp_path), "-q"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / cfg.run_id()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (store.round_dir(run_dir, 1) / store.MANIFEST).exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = store.finished_rounds(run_dir)
+    assert 1 in done and len(done) < 4
+    res = subprocess.run([sys.executable, "-m", "dsd2.cli", "resume", str(run_dir), "-q"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
+
+
+def test_same_config_is_deterministic_and_finished_run_is_a_no_op(finished, tmp_path):
+    cfg, ref_dir = finished
+    before = (ref_dir / "rounds.csv").read_bytes()
+    imp.run(cfg, ref_dir.parent)  # already finished: nothing retrained
+    assert (ref_dir / "rounds.csv").read_bytes() == before
+
+
+def test_config_mismatch_and_lock(finished, tmp_path):
+    cfg, ref_dir = finished
+    with pytest.raises(UserError, match="different config"):
+        imp.run(tiny("seed=5"), run_dir=ref_dir)
+    with store.run_lock(ref_dir):
+        with pytest.raises(UserError, match="in use"):
+            with store.run_lock(ref_dir):
+                pass
+
+
+@pytest.mark.parametrize("mode", ["lottery", "reinit", "late_rewind", "finetune"])
+def test_retraining_modes(mode, tmp_path):
+    cfg = tiny(f"prune.retrain={mode}", "prune.rounds=1", "prune.rewind_epoch=1", "prune.finetune_epochs=1")
+    ctx_dir = tmp_path / "ctx"
+    ctx = imp.prepare(cfg, ctx_dir)
+    init = store.load_tensors(ctx_dir / "init.safetensors")
+    if mode == "late_rewind":
+        snap = imp._rewind_snapshot(ctx)
+        from dsd2.train import EpochLog
+
+        with torch.no_grad():
+            for p in ctx.model.parameters():
+                p.add_(1.0)
+        snap(EpochLog(epoch=1, lr=0.1, loss=0.0, acc=0.0), ctx.model)
+        rewind = store.load_tensors(ctx_dir / "rewind.safetensors")
+        assert all(torch.equal(rewind[k], v + 1.0) for k, v in init.items() if v.is_floating_point())
+    with torch.no_grad():
+        for p in ctx.model.parameters():
+            p.mul_(3.0).add_(0.5)  # "trained" weights
+    trained = imp.state_dict_cpu(ctx.model)
+    imp._reset_for_round(ctx, 1)
+    after = imp.state_dict_cpu(ctx.model)
+    if mode == "lottery":
+        assert all(torch.equal(after[k], init[k]) for k in init)
+    elif mode == "late_rewind":
+        assert all(torch.equal(after[k], init[k] + 1.0) for k in init if init[k].is_floating_point())
+    elif mode == "reinit":
+        assert not any(torch.equal(after[k], init[k]) for k in init if k.endswith("weight"))
+        assert not any(torch.equal(after[k], trained[k]) for k in init if k.endswith("weight"))
+    else:
+        assert all(torch.equal(after[k], trained[k]) for k in trained)
+        s = imp.schedule_for(cfg, 1)
+        assert (s.kind, s.lr, s.epochs) == ("constant", cfg.prune.finetune_lr, 1)
+    if mode == "late_rewind":
+        s = imp.schedule_for(cfg, 1)
+        assert s.start_epoch == 1 and s.lr_at(1) == pytest.approx(cfg.train.lr * 0.5 * (1 + __import__("math").cos(__import__("math").pi / 2)))
+    # the whole mode runs end to end
+    run_dir = imp.run(cfg, tmp_path / "runs")
+    assert len(store.read_csv(run_dir / "rounds.csv")) == 2
+
+
+def test_kd_student_run_uses_teacher(finished, tmp_path):
+    cfg, teacher_dir = finished
+    student = tiny("name=student", f"distill.teacher={teacher_dir}", "distill.round=best", "prune.rounds=1")
+    run_dir = imp.run(student, tmp_path)
+    info = store.read_json(run_dir / "teacher.json")
+    rows = store.read_csv(teacher_dir / "rounds.csv")
+    assert info["round"] == max(rows, key=lambda r: (r["val_acc"], r["round"]))["round"]
+    assert info["selected_on"] == "val_acc"
+    srows = store.read_csv(run_dir / "rounds.csv")
+    # the teacher's forward passes are counted: a student round costs more than a vanilla round
+    assert srows[0]["round_pflops_dense"] > rows[0]["round_pflops_dense"]
+    with pytest.raises(UserError, match="not finished"):
+        imp.run(tiny("name=student2", f"distill.teacher={teacher_dir}", "distill.round=9", "prune.rounds=0"), tmp_path)
