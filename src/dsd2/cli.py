@@ -194,6 +194,117 @@ def models() -> None:
     console.print(table)
 
 
+def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int) -> None:
+    from dsd2 import compare
+
+    rows = compare.load_rows(run_dir)
+    d = compare.decide(rows, rule, tolerance=tolerance, patience=patience)
+    o = compare.outcome(f"{rule} early stop", run_dir, rows, d, rows[0]["round_pflops_dense"])
+    console.print(f"rule: {rule} (tolerance {tolerance:g}, patience {patience}); selection on {compare.selection_column(rows)}")
+    console.print(d.reason)
+    if d.ignored_drops:
+        console.print(f"drops ignored (entropy says not collapsed): rounds {d.ignored_drops}")
+    console.print(
+        f"selected round {o.selected_round} (sparsity {100 * o.sparsity:.2f}%, phase {o.phase}): "
+        f"{compare.selection_column(rows)} {_pct(o.selection_acc)}%, test {_pct(o.test_acc)}%; "
+        f"trained rounds 0..{o.trained_until}: {o.pflops_dense:.4g} PFLOPs dense, {o.pflops_sparse:.4g} sparse-aware, "
+        f"{o.units:.2f} dense-run units"
+    )
+
+
+@app.command()
+def stop(
+    run_dir: Path = typer.Argument(..., help="A finished (or partial) run directory."),
+    rule: str = typer.Option("plain", "--rule", help="plain | entropy"),
+    tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated."),
+    patience: int = typer.Option(1, help="Consecutive drops needed to stop."),
+) -> None:
+    """Which round an early-stopping rule would select on a run, and what it would cost."""
+    _print_decision(run_dir, rule, tolerance, patience)
+
+
+def strategy_rich_table(outcomes) -> Table:
+    table = Table(title="Selected model and training cost per strategy (paper Figure 1, right)")
+    for col in ("strategy", "round", "sparsity %", "phase", "sel. acc", "test acc", "PFLOPs (dense)", "PFLOPs (sparse)", "units", "note"):
+        table.add_column(col, justify="left" if col in ("strategy", "note", "phase") else "right")
+    for o in outcomes:
+        table.add_row(
+            o.strategy, f"{o.selected_round} (of 0..{o.trained_until})", f"{100 * o.sparsity:.2f}", o.phase or "",
+            _pct(o.selection_acc), _pct(o.test_acc), f"{o.pflops_dense:.4g}", f"{o.pflops_sparse:.4g}", f"{o.units:.2f}", o.note,
+        )
+    return table
+
+
+@app.command("compare")
+def compare_cmd(
+    vanilla: Path = typer.Argument(..., help="Vanilla IMP run directory."),
+    student: Optional[Path] = typer.Argument(None, help="DSD² student run directory."),
+    tolerance: float = typer.Option(0.0),
+    patience: int = typer.Option(1),
+) -> None:
+    """Exhaustive vanilla vs. early stops vs. DSD²: selected round, accuracy, cost."""
+    from dsd2 import compare
+
+    outcomes = compare.strategy_table(vanilla, student, tolerance=tolerance, patience=patience)
+    console.print(strategy_rich_table(outcomes))
+
+
+def _pipeline(cfg, student_cfg, out: Path, quiet: bool) -> tuple[Path, Path]:
+    from dsd2 import pipeline
+
+    def run_stage(c, o, **kw):
+        return _run_config(c, o, None, quiet)
+
+    return pipeline.run_pipeline(cfg, student_cfg, out=out, run=run_stage)
+
+
+@app.command("pipeline")
+def pipeline_cmd(
+    config: str = typer.Argument(..., help="Teacher/vanilla config (YAML or preset); its distill section sets round, alpha, T."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides for both runs."),
+    student: Optional[str] = typer.Option(None, "--student", help="Student config (default: the same config, KD from the teacher)."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Teacher IMP -> teacher at best fit (or dense / a round) -> student IMP with KD at every round."""
+    from dsd2 import compare
+    from dsd2.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    scfg = load_config(student, overrides or []) if student else None
+    teacher_dir, student_dir = _pipeline(cfg, scfg, out, quiet)
+    console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
+
+
+@app.command()
+def fetch(
+    name: str = typer.Argument(..., help="Dataset name (see `dsd2 config`: dataset.name)."),
+    root: Path = typer.Option(Path("./data"), help="Folder to look in / download to."),
+    download: bool = typer.Option(False, "--download", help="Download (checksum-verified) when missing."),
+) -> None:
+    """Check that a dataset is available (optionally download it) and print its sizes."""
+    from dsd2.data import load_dataset
+
+    d = load_dataset(name, root, val_size=0, download=download, augment=False)
+    console.print(f"{name}: {d.train_x.shape[0]} train, {d.test_x.shape[0]} test, {d.num_classes} classes, input {tuple(d.train_x.shape[1:])}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs"), "--out", "-o"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Overrides for the demo preset, e.g. prune.rounds=10."),
+) -> None:
+    """The CPU demo: vanilla IMP with SDD, DSD² student from the best-fit teacher, compute table."""
+    from dsd2 import compare
+    from dsd2.config import load_config
+
+    cfg = load_config("demo_fmnist", overrides or [])
+    teacher_dir, student_dir = _pipeline(cfg, None, out, quiet)
+    console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
+    console.print(f"vanilla run: {teacher_dir}\nDSD² student run: {student_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)

@@ -124,6 +124,7 @@ def noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
         num_classes=data.num_classes,
         seed=cfg.seed,
         class_map=cfg.noise.class_map,
+        dataset=data.name,
     )
 
 
@@ -210,7 +211,7 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
-    from dsd2.distill.teacher import KDObjective, load_teacher
+    from dsd2.distill import KDObjective, load_teacher
 
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:

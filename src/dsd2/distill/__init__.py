@@ -1,5 +1,6 @@
-"""Knowledge distillation (DSD²): the KD loss; teacher loading lives in a sibling module."""
+"""Knowledge distillation (DSD²): the KD loss, teacher selection/loading and the KD objective."""
 
 from dsd2.distill.loss import kd_loss
+from dsd2.distill.teacher import KDObjective, load_teacher, select_teacher_round
 
-__all__ = ["kd_loss"]
+__all__ = ["kd_loss", "KDObjective", "load_teacher", "select_teacher_round"]

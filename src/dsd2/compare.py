@@ -1,0 +1,148 @@
+"""Model selection and compute summaries from run directories (numbers only, no torch).
+
+``stop_summary`` applies an early-stopping rule to a finished run offline; ``strategy_table``
+compares, as in the paper's Figure 1 (right): exhaustive vanilla IMP, vanilla + plain early
+stop, vanilla + entropy-aided early stop, and DSD² + early stop.
+
+Costs are cumulative training FLOPs (forward + backward, plus the teacher's forward passes for
+KD) up to the last round a strategy has to train: in PFLOPs at dense FLOPs (the paper's
+convention: sparsity not credited), sparse-aware, and in units of one dense training run of
+the vanilla model (its round 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from dsd2 import store
+from dsd2.errors import UserError
+from dsd2.phases import StopDecision, entropy_early_stop, plain_early_stop
+
+# The entropy rule's parameters, chosen from the measured demo curves (README, "Early stopping").
+ENTROPY_RULE_DEFAULTS: dict[str, Any] = {"rel_drop": 0.1}
+
+
+def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "rounds.csv"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a dsd2 run directory with finished rounds (no rounds.csv)")
+    rows = store.read_csv(path)
+    if not rows:
+        raise UserError(f"{path} has no finished round yet")
+    return rows
+
+
+def selection_column(rows: list[dict[str, Any]]) -> str:
+    return "val_acc" if rows[0].get("val_acc") is not None else "test_acc"
+
+
+def decide(rows: list[dict[str, Any]], rule: str, *, tolerance: float = 0.0, patience: int = 1, **entropy_params: Any) -> StopDecision | None:
+    """The decision of ``rule`` ("plain", "entropy" or "none") on a run's rows."""
+    col = selection_column(rows)
+    acc = [r[col] for r in rows]
+    if rule == "none":
+        return None
+    if rule == "plain":
+        return plain_early_stop(acc, tolerance=tolerance, patience=patience)
+    if rule == "entropy":
+        ent = [r.get("entropy") for r in rows]
+        if any(h is None for h in ent):
+            raise UserError("the entropy rule needs the entropy column (run with entropy.enabled=true)")
+        params = {**ENTROPY_RULE_DEFAULTS, **entropy_params}
+        return entropy_early_stop(acc, ent, tolerance=tolerance, patience=patience, **params)
+    raise UserError(f"unknown stop rule {rule!r}: use plain, entropy or none")
+
+
+@dataclass
+class Outcome:
+    strategy: str
+    run: str
+    selected_round: int
+    trained_until: int
+    sparsity: float
+    selection_acc: float
+    test_acc: float
+    phase: str | None
+    pflops_dense: float
+    pflops_sparse: float
+    units: float
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def outcome(strategy: str, run_dir: str | Path, rows: list[dict[str, Any]], decision: StopDecision | None, unit_pflops: float, note: str = "") -> Outcome:
+    col = selection_column(rows)
+    if decision is None:  # exhaustive: train every round, pick the best on the selection column
+        trained = len(rows) - 1
+        sel = max(range(len(rows)), key=lambda i: (rows[i][col], i))
+    else:
+        trained = decision.stop_round if decision.stop_round is not None else len(rows) - 1
+        sel = decision.selected_round
+    r, last = rows[sel], rows[trained]
+    return Outcome(
+        strategy=strategy,
+        run=str(run_dir),
+        selected_round=int(sel),
+        trained_until=int(trained),
+        sparsity=r["sparsity"],
+        selection_acc=r[col],
+        test_acc=r["test_acc"],
+        phase=r.get("phase"),
+        pflops_dense=last["train_pflops_dense"],
+        pflops_sparse=last["train_pflops_sparse"],
+        units=last["train_pflops_dense"] / unit_pflops,
+        note=note,
+    )
+
+
+def strategy_table(
+    vanilla_dir: str | Path, student_dir: str | Path | None = None, *, tolerance: float = 0.0, patience: int = 1, **entropy_params: Any
+) -> list[Outcome]:
+    """Figure 1 (right) of the paper as rows: strategy, selected round, accuracy, cost."""
+    vrows = load_rows(vanilla_dir)
+    unit = vrows[0]["round_pflops_dense"]
+    out = [
+        outcome("vanilla, exhaustive", vanilla_dir, vrows, None, unit, "all rounds, best on " + selection_column(vrows)),
+        outcome("vanilla + early stop", vanilla_dir, vrows, decide(vrows, "plain", tolerance=tolerance, patience=patience), unit),
+    ]
+    if vrows[0].get("entropy") is not None:
+        d = decide(vrows, "entropy", tolerance=tolerance, patience=patience, **entropy_params)
+        note = f"ignored drops at rounds {d.ignored_drops}" if d.ignored_drops else ""
+        out.append(outcome("vanilla + entropy + early stop", vanilla_dir, vrows, d, unit, note))
+    if student_dir is not None:
+        srows = load_rows(student_dir)
+        d = decide(srows, "plain", tolerance=tolerance, patience=patience)
+        o = outcome("DSD² + early stop", student_dir, srows, d, unit, "student rounds incl. teacher forwards")
+        out.append(o)
+        teacher = _teacher_cost(student_dir)
+        if teacher is not None:
+            t_dense, t_sparse, t_round = teacher
+            out.append(
+                Outcome(
+                    **{
+                        **o.as_dict(),
+                        "strategy": "DSD² + early stop, incl. teacher IMP",
+                        "pflops_dense": o.pflops_dense + t_dense,
+                        "pflops_sparse": o.pflops_sparse + t_sparse,
+                        "units": (o.pflops_dense + t_dense) / unit,
+                        "note": f"+ teacher run up to its round {t_round}",
+                    }
+                )
+            )
+    return out
+
+
+def _teacher_cost(student_dir: str | Path) -> tuple[float, float, int] | None:
+    """Training cost of the teacher run up to the round it was taken from."""
+    info_path = Path(student_dir) / "teacher.json"
+    if not info_path.is_file():
+        return None
+    info = store.read_json(info_path)
+    trows = load_rows(info["run_dir"])
+    # a best-fit teacher is only known once the whole teacher curve exists
+    upto = len(trows) - 1 if info.get("choice") == "best" else int(info["round"])
+    return trows[upto]["train_pflops_dense"], trows[upto]["train_pflops_sparse"], upto

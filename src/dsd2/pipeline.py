@@ -1,0 +1,56 @@
+"""The DSD² pipeline: teacher IMP run → teacher round selection → student IMP run with KD.
+
+Each stage is a normal run directory, so the pipeline resumes at any stage: a finished teacher
+run is not retrained, an interrupted student run continues from its last finished round.
+The teacher run doubles as the vanilla curve when teacher and student share an architecture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from dsd2.config import RunConfig, validate_config
+
+
+def student_config(teacher_cfg: RunConfig, student_cfg: RunConfig | None, teacher_dir: Path) -> RunConfig:
+    """The student's config: its own (or the teacher's, renamed) with ``distill.teacher`` set.
+
+    The student keeps its own distill choices (round, alpha, temperature); the KD pipeline
+    never lets early stopping of the teacher change which samples are noisy: both runs use the
+    same dataset, noise and seed settings unless the student config says otherwise.
+    """
+    base = student_cfg if student_cfg is not None else teacher_cfg
+    data: dict[str, Any] = base.resolved()
+    if student_cfg is None:
+        data["name"] = f"{teacher_cfg.name}_dsd2"
+        data["distill"] = {**data["distill"], **teacher_cfg.distill.model_dump(exclude={"teacher"})}
+        data["early_stop"] = teacher_cfg.early_stop.model_dump()
+    data["distill"]["teacher"] = str(teacher_dir)
+    return validate_config(data, source="student config")
+
+
+def teacher_config(cfg: RunConfig) -> RunConfig:
+    """A vanilla (no-KD) copy of ``cfg``: the teacher trains without distillation."""
+    data = cfg.resolved()
+    data["distill"]["teacher"] = None
+    return validate_config(data, source="teacher config")
+
+
+def run_pipeline(
+    teacher_cfg: RunConfig,
+    student_cfg: RunConfig | None = None,
+    *,
+    out: str | Path = "runs",
+    run: Callable[..., Path] | None = None,
+    **run_kwargs: Any,
+) -> tuple[Path, Path]:
+    """Run (or resume) teacher then student; return both run directories."""
+    from dsd2 import imp
+
+    run = run or imp.run
+    tcfg = teacher_config(teacher_cfg)
+    teacher_dir = run(tcfg, out, **run_kwargs)
+    scfg = student_config(teacher_cfg, student_cfg, teacher_dir)
+    student_dir = run(scfg, out, **run_kwargs)
+    return teacher_dir, student_dir

@@ -1,0 +1,86 @@
+"""The command line: exit codes and one-line messages for bad input, and the happy paths."""
+
+import pytest
+
+from dsd2.cli import main
+
+TINY = ["train.epochs=1", "prune.rounds=2", "prune.rate=0.5", "model.hidden=[16, 16]", "dataset.val_size=300", "-q"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    assert main(["run", "tiny_mnist1d", *TINY, "--out", str(out)]) == 0
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "/no/such/config.yaml"], "not found"),
+        (["run", "tiny_mnist1d", "model.name=resnet99"], "resnet99"),
+        (["run", "tiny_mnist1d", "model.widht=3"], "widht"),
+        (["run", "tiny_mnist1d", "dataset.name=imagenet22k"], "imagenet22k"),
+        (["run", "tiny_mnist1d", "noise.rate=1.5"], "noise.rate"),
+        (["run", "tiny_mnist1d", "prune.rate=2"], "prune.rate"),
+        (["run", "tiny_mnist1d", "prune.rounds=-3"], "prune.rounds"),
+        (["run", "tiny_mnist1d", "noise.kind=salt"], "noise.kind"),
+        (["run", "tiny_mnist1d", "bogus.key=1"], "unknown key"),
+        (["run", "tiny_mnist1d", "dataset.val_size=999999"], "val"),
+        (["run", "tiny_mnist1d", "dataset.name=cifar10", "dataset.root=/nonexistent"], "download"),
+        (["run", "tiny_mnist1d", "train.device=cuda"], "cuda"),
+        (["run", "tiny_mnist1d", "distill.teacher=/no/teacher/run"], "teacher"),
+        (["resume", "/no/such/run"], "not a dsd2 run directory"),
+        (["show", "/no/such/run"], "missing"),
+        (["stop", "/no/such/run"], "not a dsd2 run directory"),
+        (["fetch", "cifar10", "--root", "/nonexistent"], "download"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(args, needle, capsys, tmp_path):
+    if args[0] == "run":
+        args = args + ["--out", str(tmp_path), "-q"]
+    if args[-1] == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and needle in err
+    assert "Traceback" not in err
+
+
+def test_run_prints_table_and_resume_is_a_no_op(tiny_run, capsys):
+    assert main(["resume", str(tiny_run), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "sparsity %" in out and str(tiny_run) in out
+    assert main(["show", str(tiny_run)]) == 0
+    assert main(["run", str(tiny_run), "-q"]) == 0  # an existing run directory resumes
+    assert main(["run", str(tiny_run), "seed=3"]) == 2  # overrides cannot change a run
+
+
+def test_stop_and_compare(tiny_run, capsys):
+    assert main(["stop", str(tiny_run), "--rule", "plain"]) == 0
+    assert "selected round" in capsys.readouterr().out
+    assert main(["stop", str(tiny_run), "--rule", "entropy"]) == 0
+    assert main(["compare", str(tiny_run)]) == 0
+    out = capsys.readouterr().out
+    assert "vanilla, exhaustive" in out and "vanilla + early stop" in out
+
+
+def test_config_models_presets_listings(capsys):
+    assert main(["config"]) == 0
+    assert "prune.retrain" in capsys.readouterr().out
+    assert main(["config", "demo_fmnist", "prune.rounds=3"]) == 0
+    out = capsys.readouterr().out
+    assert "rounds: 3" in out and "run id: demo_fmnist-" in out
+    assert main(["models"]) == 0
+    assert "vgg_like" in capsys.readouterr().out
+    assert main(["presets"]) == 0
+    assert "cifar10_vgg_noise50" in capsys.readouterr().out
+
+
+def test_usage_error_exit_code(capsys):
+    assert main(["run"]) == 2
+    assert main(["no-such-command"]) == 2
