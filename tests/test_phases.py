@@ -122,15 +122,26 @@ def test_random_curves_give_one_ordered_label_per_round():
         assert_ordered(labels)
 
 
-def test_monotone_random_curves_never_critical():
+def test_monotone_random_curves_never_critical_without_memorisation():
+    """A falling curve is Critical only while the net memorises the noise (SPEC §1)."""
     rng = random.Random(1)
     for _ in range(200):
         n = rng.randint(2, 20)
         acc = sorted((rng.uniform(0.3, 0.9) for _ in range(n)), reverse=True)
-        flipped = sorted((rng.uniform(0, 1) for _ in range(n)), reverse=True)
         noisy = sorted((rng.uniform(0.3, 1) for _ in range(n)), reverse=True)
-        for fl in (flipped, None):
+        not_memorised = [0.4 * x for x in sorted((rng.uniform(0, 1) for _ in range(n)), reverse=True)]
+        for fl in (not_memorised, None):
             assert "critical" not in label_phases(sparsity(n), acc, noisy, fl)
+
+
+def test_partial_run_still_memorising_is_critical_not_collapsed():
+    """An IMP run in progress: accuracy fell but the net fits everything, noise included."""
+    acc = [0.66, 0.60, 0.585, 0.58, 0.575]
+    labels = label_phases(sparsity(5), acc, [0.99, 1.0, 1.0, 1.0, 1.0], [0.97, 1.0, 1.0, 1.0, 1.0], train_acc_clean=[1.0] * 5)
+    assert labels == ["light", "critical", "critical", "critical", "critical"]
+    # once the fit of the clean samples is lost too, it is a collapse
+    labels = label_phases(sparsity(5), acc, [0.99, 1.0, 1.0, 0.6, 0.4], [0.97, 1.0, 1.0, 0.2, 0.1], train_acc_clean=[1.0, 1.0, 1.0, 0.7, 0.5])
+    assert labels == ["light", "critical", "critical", "collapsed", "collapsed"]
 
 
 def test_phase_validation():

@@ -292,17 +292,49 @@ def fetch(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs"), "--out", "-o"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    seeds: str = typer.Option("0,1", help="Comma-separated seeds; one vanilla + DSD² pipeline per seed."),
+    jobs: int = typer.Option(2, help="Pipelines run side by side (processes)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Overrides for the demo preset, e.g. prune.rounds=10."),
 ) -> None:
-    """The CPU demo: vanilla IMP with SDD, DSD² student from the best-fit teacher, compute table."""
-    from dsd2 import compare
+    """The CPU demo: vanilla IMP with SDD, DSD² students from the best-fit teacher, compute table."""
+    from dsd2 import compare, store
     from dsd2.config import load_config
+    from dsd2.pipeline import run_pipelines_parallel
 
-    cfg = load_config("demo_fmnist", overrides or [])
-    teacher_dir, student_dir = _pipeline(cfg, None, out, quiet)
-    console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
-    console.print(f"vanilla run: {teacher_dir}\nDSD² student run: {student_dir}")
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"]) for s in seed_list]
+    err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
+    pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
+    for cfg, (teacher_dir, student_dir) in zip(configs, pairs):
+        console.rule(f"seed {cfg.seed}")
+        console.print(rounds_table(store.read_csv(teacher_dir / "rounds.csv"), title=f"vanilla IMP (seed {cfg.seed}): {teacher_dir}"))
+        console.print(rounds_table(store.read_csv(student_dir / "rounds.csv"), title=f"DSD² student (seed {cfg.seed}): {student_dir}"))
+        console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
+    console.print(dip_rich_table(pairs))
+    for teacher_dir, student_dir in pairs:
+        console.print(f"vanilla run: {teacher_dir}   DSD² student run: {student_dir}")
+
+
+def dip_rich_table(pairs) -> Table:
+    from dsd2 import compare
+
+    table = Table(title="Critical dip per curve (largest recovered drop of the selection accuracy, points)")
+    for col in ("run", "dense acc", "dip depth", "trough round", "best acc", "best round"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for teacher_dir, student_dir in pairs:
+        for d in (teacher_dir, student_dir):
+            rows = compare.load_rows(d)
+            dip = compare.recovered_dip(rows)
+            col = compare.selection_column(rows)
+            best = max(range(len(rows)), key=lambda i: (rows[i][col], i))
+            table.add_row(
+                d.name, _pct(rows[0][col]), f"{100 * dip.depth:.2f}", str(dip.trough) if dip.trough is not None else "-",
+                _pct(rows[best][col]), str(best),
+            )
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:

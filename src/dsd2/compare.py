@@ -146,3 +146,30 @@ def _teacher_cost(student_dir: str | Path) -> tuple[float, float, int] | None:
     # a best-fit teacher is only known once the whole teacher curve exists
     upto = len(trows) - 1 if info.get("choice") == "best" else int(info["round"])
     return trows[upto]["train_pflops_dense"], trows[upto]["train_pflops_sparse"], upto
+
+
+@dataclass
+class Dip:
+    depth: float  # min(acc before, acc after) - acc at the trough; 0 for a curve without a dip
+    trough: int | None
+    before: int | None
+    after: int | None
+
+
+def recovered_dip(rows: list[dict[str, Any]], column: str | None = None) -> Dip:
+    """The deepest dip a curve recovers from: max over i < j < k of min(acc[i], acc[k]) - acc[j].
+
+    This is the Critical dip of sparse double descent measured without any phase rule: a curve
+    that is flat and then falls (the DSD² student) has depth 0 up to noise.
+    """
+    col = column or selection_column(rows)
+    acc = [r[col] for r in rows]
+    best = Dip(0.0, None, None, None)
+    n = len(acc)
+    for j in range(1, n - 1):
+        i = max(range(j), key=lambda t: acc[t])
+        k = max(range(j + 1, n), key=lambda t: acc[t])
+        depth = min(acc[i], acc[k]) - acc[j]
+        if depth > best.depth:
+            best = Dip(depth, j, i, k)
+    return best

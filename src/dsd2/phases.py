@@ -19,7 +19,9 @@ labels are contiguous segments in that order (a phase may be empty).  With ``d =
 3. On the rest ``R = [l, n)``: the **peak** ``b = argmax acc`` over ``R`` (ties → sparsest).
    The peak is *sweet* iff ``acc[b] >= d - tol`` or it recovers from an earlier trough,
    ``min(acc[l:b]) < acc[b] - tol``.  If it is not sweet (accuracy only falls after Light),
-   every round of ``R`` is **Collapsed**.
+   the leading rounds of ``R`` that still memorise and still fit (``fit[r] >= max(fit[R]) -
+   fit_tol``, ``fit`` as in 5.) are **Critical** (a run still in progress, before its Sweet
+   phase) and the rest **Collapsed**.
 4. **Critical** (the dip) = ``[l, t]`` with ``t = argmin acc[l:b]`` (ties → sparsest), only if
    ``acc[t] < d - tol`` and ``acc[t] < acc[b] - tol``; otherwise there is no Critical round.
    A monotone (non-increasing) curve therefore never has Critical rounds.
@@ -166,7 +168,16 @@ def label_phases(
     trough = _argmin_last(acc, light_end, b) if b > light_end else None
     recovers = trough is not None and acc[trough] < acc[b] - tol
     if not (acc[b] >= d - tol or recovers):
-        return labels + ["collapsed"] * (n - light_end)
+        # Accuracy only falls after Light. While the net still memorises the noise and fits the
+        # clean part, that fall is the Critical phase (the typical state of a curve whose IMP run
+        # is still in progress); it is a collapse only once the fit is lost too.
+        fit = clean if clean is not None else noisy
+        rest = []
+        for r in range(light_end, n):
+            still_fits = fit is None or fit[r] >= max(fit[light_end:]) - fit_tol
+            critical = mem is not None and mem[r] and still_fits and (not rest or rest[-1] == "critical")
+            rest.append("critical" if critical else "collapsed")
+        return labels + rest
 
     # Critical: light_end .. trough, if the trough is a real dip.
     crit_end = light_end
@@ -389,10 +400,6 @@ class EarlyStopper:
         self.signal_params = signal_params
         self.acc: list[float] = []
         self.entropy: list[float] = []
-        self._drop: list[bool] = []
-        self._ignored: list[int] = []
-        self._best = -math.inf
-        self._streak = 0
         self._fired: StopDecision | None = None
 
     @property
@@ -410,45 +417,24 @@ class EarlyStopper:
                 raise UserError("the entropy rule needs an entropy value at every round")
             self.entropy.append(float(entropy))
         self.acc.append(a)
-        if self._fired is not None:
-            return True
-        r = round
-        is_drop = r > 0 and a < self._best - self.tolerance
-        self._drop.append(is_drop)
-        if is_drop:
-            confirmed = True
-            if self.signal is not None:
-                confirmed = bool(self.signal(list(self.entropy), list(self.acc),
-                                             **self.signal_params))
-            if confirmed:
-                self._streak += 1
-                if self._streak >= self.patience:
-                    start = r - self.patience + 1
-                    sel = _select(self.acc, r, self._drop, start, self.select)
-                    what = ("accuracy drop" if self.signal is None
-                            else "accuracy drop with entropy fall")
-                    reason = (
-                        f"{what} for {self.patience} round(s) ({a:.4g} < best "
-                        f"{self._best:.4g} - {self.tolerance:g}) at round {r}; "
-                        f"selected round {sel}"
-                    )
-                    self._fired = StopDecision(r, sel, reason, list(self._ignored), r + 1)
-                    return True
-            else:
-                self._ignored.append(r)
-                self._streak = 0
-        else:
-            self._streak = 0
-        self._best = max(self._best, a)
-        return False
+        if self._fired is None:
+            d = self._offline()
+            if d.stopped:
+                self._fired = d
+        return self._fired is not None
+
+    def _offline(self) -> StopDecision:
+        # The online rule is the offline rule on the prefix seen so far (one implementation).
+        return _early_stop(
+            self.acc,
+            self.entropy if self.signal is not None else None,
+            tolerance=self.tolerance,
+            patience=self.patience,
+            select=self.select,
+            signal=self.signal,
+            signal_params=self.signal_params,
+        )
 
     @property
     def decision(self) -> StopDecision:
-        if self._fired is not None:
-            return self._fired
-        n = len(self.acc)
-        if n == 0:
-            return StopDecision(None, None, "no rounds", [], 0)
-        sel = _select(self.acc, n - 1, self._drop, None, self.select)
-        return StopDecision(None, sel, f"never fired over {n} rounds; selected round {sel}",
-                            list(self._ignored), n)
+        return self._fired if self._fired is not None else self._offline()

@@ -1,0 +1,209 @@
+"""Read run directories for the report: one :class:`RunData` per run, seeds grouped together.
+
+A run's *role* in a study is ``student`` when it has ``teacher.json`` (a DSD² run), ``teacher``
+when a student among the inputs names it as its teacher, and ``vanilla`` otherwise.
+
+:func:`group_runs` puts runs together that differ only by ``seed`` and ``name``: their resolved
+``config.yaml`` files are equal once those two keys are removed. A student's ``distill.teacher``
+is a path to its teacher run, which differs between seeds (each seed distils from its own
+teacher), so it is compared through the teacher's own grouping key when the teacher run can be
+read, and as the path otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from dsd2 import store
+from dsd2.errors import UserError
+
+ROLES = ("vanilla", "teacher", "student")
+
+
+@dataclass
+class RunData:
+    """Everything the report reads from one run directory."""
+
+    path: Path
+    config: dict[str, Any]
+    config_text: str
+    meta: dict[str, Any]
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    entropy_rows: list[dict[str, Any]] = field(default_factory=list)
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    teacher: dict[str, Any] | None = None
+    early_stop: dict[str, Any] | None = None
+    role: str = "vanilla"
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.path.name)
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed", self.meta.get("seed"))
+
+    @property
+    def is_student(self) -> bool:
+        return self.teacher is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.role}: {self.name} (seed {self.seed})"
+
+    def column(self, key: str) -> list[Any]:
+        return [r.get(key) for r in self.rows]
+
+    def has(self, key: str) -> bool:
+        return any(r.get(key) is not None for r in self.rows)
+
+
+@dataclass
+class RunGroup:
+    """Runs whose configs are equal except for ``seed`` and ``name``."""
+
+    key: str
+    runs: list[RunData]
+
+    @property
+    def role(self) -> str:
+        roles = {r.role for r in self.runs}
+        for role in ("student", "teacher"):
+            if role in roles:
+                return role
+        return "vanilla"
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def label(self) -> str:
+        first = self.runs[0]
+        if len(self.runs) == 1:
+            return f"{self.role}: {first.name} (seed {first.seed})"
+        seeds = ", ".join(str(s) for s in self.seeds)
+        return f"{self.role}: {first.name} (seeds {seeds}; mean ± std)"
+
+
+def _read_csv_with_header(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    rows = store.read_csv(path)
+    header = path.read_text().splitlines()[:1]
+    columns = header[0].split(",") if header else []
+    return rows, columns
+
+
+def load_run(path: str | Path) -> RunData:
+    """Read a run directory; :class:`UserError` when it is not one or has no finished round."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path} is not a directory: pass dsd2 run directories (folders with rounds.csv)")
+    rounds = path / "rounds.csv"
+    if not rounds.is_file():
+        raise UserError(f"{path} is not a dsd2 run directory (no rounds.csv): pass the folder a run wrote")
+    rows, columns = _read_csv_with_header(rounds)
+    if not rows:
+        raise UserError(f"{rounds} has no finished round yet: wait for round 0 to finish, or resume the run")
+    if any(r.get("sparsity") is None or r.get("round") is None for r in rows):
+        raise UserError(f"{rounds} lacks the round or sparsity of some rows; it is corrupt: resume the run to rewrite it")
+    config_path = path / "config.yaml"
+    config_text = config_path.read_text() if config_path.is_file() else ""
+    config = store.read_yaml_file(config_path) if config_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} is not a mapping; it is corrupt")
+    meta = store.read_json(path / "meta.json") if (path / "meta.json").is_file() else {}
+    entropy_rows = store.read_csv(path / "entropy.csv") if (path / "entropy.csv").is_file() else []
+    timings = store.read_csv(path / "timings.csv") if (path / "timings.csv").is_file() else []
+    teacher = store.read_json(path / "teacher.json") if (path / "teacher.json").is_file() else None
+    early = store.read_json(path / "early_stop.json") if (path / "early_stop.json").is_file() else None
+    return RunData(
+        path=path,
+        config=config,
+        config_text=config_text,
+        meta=meta if isinstance(meta, dict) else {},
+        rows=rows,
+        columns=columns,
+        entropy_rows=entropy_rows,
+        timings=timings,
+        teacher=teacher if isinstance(teacher, dict) else None,
+        early_stop=early if isinstance(early, dict) else None,
+        role="student" if teacher is not None else "vanilla",
+    )
+
+
+def _same_dir(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return str(a) == str(b)
+
+
+def assign_roles(runs: Sequence[RunData]) -> None:
+    """Set ``role`` on every run: student (has teacher.json), teacher (a student's teacher), vanilla."""
+    for run in runs:
+        run.role = "student" if run.is_student else "vanilla"
+    for run in runs:
+        if run.teacher and run.teacher.get("run_dir"):
+            for other in runs:
+                if other is not run and not other.is_student and _same_dir(other.path, run.teacher["run_dir"]):
+                    other.role = "teacher"
+
+
+def teacher_of(student: RunData, runs: Sequence[RunData]) -> RunData | None:
+    """The run among ``runs`` that ``student`` was distilled from, if present."""
+    if not student.teacher or not student.teacher.get("run_dir"):
+        return None
+    for other in runs:
+        if other is not student and _same_dir(other.path, student.teacher["run_dir"]):
+            return other
+    return None
+
+
+def load_runs(run_dirs: Iterable[str | Path | RunData]) -> list[RunData]:
+    """Read several run directories (roles assigned); :class:`UserError` when there are none."""
+    runs = [r if isinstance(r, RunData) else load_run(r) for r in run_dirs]
+    if not runs:
+        raise UserError("no run directories given: pass one or more dsd2 run directories")
+    assign_roles(runs)
+    return runs
+
+
+def config_key(config: dict[str, Any], _depth: int = 0) -> str:
+    """The grouping key of a resolved config: everything except ``seed`` and ``name``."""
+    cfg = {k: v for k, v in config.items() if k not in ("seed", "name")}
+    distill = cfg.get("distill")
+    if isinstance(distill, dict) and distill.get("teacher"):
+        teacher = Path(str(distill["teacher"]))
+        tkey: str = str(distill["teacher"])
+        tcfg_path = teacher / "config.yaml"
+        if _depth < 8 and tcfg_path.is_file():
+            try:
+                tcfg = store.read_yaml_file(tcfg_path)
+                if isinstance(tcfg, dict):
+                    tkey = "teacher-config:" + config_key(tcfg, _depth + 1)
+            except UserError:
+                pass
+        cfg["distill"] = {**distill, "teacher": tkey}
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def group_runs(run_dirs: Iterable[str | Path | RunData]) -> list[RunGroup]:
+    """Group runs whose resolved configs are equal except for ``seed`` and ``name``.
+
+    Groups keep the order of their first run in the input; runs keep their input order.
+    """
+    runs = [r for r in run_dirs]
+    data = runs if runs and all(isinstance(r, RunData) for r in runs) else load_runs(runs)
+    if not data:
+        raise UserError("no run directories given: pass one or more dsd2 run directories")
+    groups: dict[str, RunGroup] = {}
+    for run in data:
+        key = config_key(run.config)
+        groups.setdefault(key, RunGroup(key=key, runs=[])).runs.append(run)
+    for g in groups.values():
+        g.runs.sort(key=lambda r: (not isinstance(r.seed, int), r.seed if isinstance(r.seed, int) else 0, str(r.path)))
+    return list(groups.values())

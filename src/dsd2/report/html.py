@@ -1,0 +1,364 @@
+"""One self-contained HTML report of a study (figures as data URIs; no external files).
+
+``write_report(run_dirs, out_dir)`` writes ``out_dir/index.html`` plus the figures as PNG and
+SVG files under ``out_dir/figures/``. Every file is written atomically (temp file + rename),
+``index.html`` last. Every string that comes from a config, a file name or a CSV cell goes
+through :func:`esc` (``html.escape``, quotes included).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from dsd2.errors import UserError
+from dsd2.report import figures as F
+from dsd2.report.data import RunData, RunGroup, group_runs, load_runs, teacher_of
+
+PERCENT_COLUMNS = {
+    "train_acc_noisy",
+    "train_acc_clean",
+    "train_acc_flipped",
+    "flipped_acc_clean",
+    "unflipped_acc",
+    "val_acc",
+    "test_acc",
+    "sparsity",
+}
+
+_CSS = """
+body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#222;line-height:1.4}
+h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+h3{margin-bottom:.3em}
+table{border-collapse:collapse;font-size:.82em;margin:.5em 0 1em}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
+th{background:#f3f3f3}td.t,th.t{text-align:left;white-space:normal}
+tr.sel td{background:#fff7d6}
+.scroll{overflow-x:auto}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}
+pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em;font-size:.8em;overflow-x:auto}
+.note{color:#666;font-size:.85em}.err{color:#a00}
+.phase-light{background:#deebf7}.phase-critical{background:#fde0dd}.phase-sweet{background:#e5f5e0}.phase-collapsed{background:#eeeeee}
+details{margin:.4em 0}summary{cursor:pointer}
+"""
+
+# Marks the page when every image decoded (headless browsers and tests read it off the DOM).
+_SCRIPT = """
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) {
+    if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok++; }
+  }
+  document.body.dataset.imagesOk = ok + "/" + imgs.length;
+});
+"""
+
+
+def esc(value: Any) -> str:
+    """HTML-escape anything (``None`` becomes an empty string)."""
+    return "" if value is None else html.escape(str(value), quote=True)
+
+
+def _fmt_cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if key in PERCENT_COLUMNS:
+            return F.format_sparsity(value) if key == "sparsity" else f"{100 * value:.2f}"
+        if key == "entropy" or key.startswith("entropy"):
+            return f"{value:.4f}"
+        if "pflops" in key:
+            return f"{value:.4g}"
+        if math.isfinite(value) and abs(value) >= 1000:
+            return f"{value:.0f}"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "", text_cols: Iterable[int] = (), row_classes: Sequence[str] | None = None) -> str:
+    tcols = set(text_cols)
+    out = [f'<div class="scroll"><table class="{esc(cls)}"><thead><tr>']
+    out += [f'<th class="{"t" if i in tcols else ""}">{esc(h)}</th>' for i, h in enumerate(headers)]
+    out.append("</tr></thead><tbody>")
+    for ri, row in enumerate(rows):
+        rc = row_classes[ri] if row_classes is not None and ri < len(row_classes) else ""
+        out.append(f'<tr class="{esc(rc)}">')
+        out += [f'<td class="{"t" if i in tcols else ""}">{esc(c)}</td>' for i, c in enumerate(row)]
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _model_text(run: RunData) -> str:
+    model = run.config.get("model") or {}
+    if not isinstance(model, dict):
+        return str(model)
+    opts = ", ".join(f"{k}={v}" for k, v in model.items() if k != "name")
+    return f"{model.get('name', '?')}" + (f" ({opts})" if opts else "")
+
+
+def _noise_text(run: RunData) -> str:
+    kind, rate = _get(run.config, "noise", "kind"), _get(run.config, "noise", "rate")
+    if kind in (None, "none"):
+        return "none"
+    return f"{kind}, ε = {100 * float(rate):g}%" if isinstance(rate, (int, float)) else str(kind)
+
+
+def _wall_time(run: RunData) -> str:
+    total = sum(float(t["wall_s"]) for t in run.timings if isinstance(t.get("wall_s"), (int, float)))
+    if not run.timings:
+        return ""
+    return f"{total:.1f} s" if total < 120 else f"{total / 60:.1f} min"
+
+
+def _best_round(run: RunData) -> tuple[str, int]:
+    from dsd2.compare import selection_column
+
+    col = selection_column(run.rows)
+    vals = [(r.get(col), i) for i, r in enumerate(run.rows) if r.get(col) is not None]
+    if not vals:
+        return col, len(run.rows) - 1
+    return col, max(vals)[1]
+
+
+def _pairs(runs: Sequence[RunData]) -> list[tuple[RunData, RunData | None, str]]:
+    """(vanilla, student or None, note) pairs for the strategy tables."""
+    students = [r for r in runs if r.is_student]
+    others = [r for r in runs if not r.is_student]
+    pairs: list[tuple[RunData, RunData | None, str]] = []
+    for st in students:
+        t = teacher_of(st, runs)
+        if t is not None:
+            pairs.append((t, st, "the student's own teacher run"))
+        elif others:
+            pairs.append((others[0], st, "the student's teacher is not among the inputs: compared with the first non-student run"))
+    if not students and others:
+        pairs.append((others[0], None, "no DSD² student among the inputs: vanilla strategies only"))
+    return pairs
+
+
+def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path]) -> tuple[str, list[str]]:
+    """HTML of the strategy tables and compute figures; also returns the figure HTML blocks."""
+    from dsd2 import compare
+
+    pairs = _pairs(runs)
+    parts: list[str] = []
+    figs: list[str] = []
+    if not pairs:
+        return '<p class="note">No vanilla run among the inputs: no strategy comparison.</p>', figs
+    for k, (v, s, note) in enumerate(pairs, start=1):
+        head = f"vanilla {v.name} (seed {v.seed})" + (f" vs DSD² student {s.name} (seed {s.seed})" if s else "")
+        parts.append(f"<h3>{esc(head)}</h3><p class=\"note\">{esc(note)}. Vanilla: <code>{esc(v.path)}</code>"
+                     + (f"; student: <code>{esc(s.path)}</code>" if s else "") + "</p>")
+        try:
+            outcomes = compare.strategy_table(v.path, s.path if s else None)
+        except UserError as err:
+            parts.append(f'<p class="err">Strategy table unavailable: {esc(err)}</p>')
+            continue
+        unit = v.rows[0].get("round_pflops_dense")
+        parts.append(
+            _table(
+                ["strategy", "selected round", "trained until", "sparsity %", "selection acc %", "test acc %", "phase",
+                 "PFLOPs (dense)", "PFLOPs (sparse)", "units", "note"],
+                [
+                    [o.strategy, o.selected_round, o.trained_until, F.format_sparsity(o.sparsity),
+                     f"{100 * o.selection_acc:.2f}", f"{100 * o.test_acc:.2f}", o.phase or "",
+                     f"{o.pflops_dense:.4g}", f"{o.pflops_sparse:.4g}", f"{o.units:.2f}", o.note]
+                    for o in outcomes
+                ],
+                cls="strategy",
+                text_cols=(0, 6, 10),
+            )
+        )
+        parts.append(f'<p class="note">1 unit = one dense training run of the vanilla model (its round 0) = {esc(_fmt_cell("pflops", unit))} PFLOPs.</p>')
+        fig = F.compute_figure(v, s, outcomes)
+        stem = "compute" if k == 1 else f"compute_{k}"
+        figs.append(_figure_block(fig, fig_dir, stem, f"Accuracy vs training PFLOPs — {head}", written))
+    return "".join(parts), figs
+
+
+def _figure_block(fig: Any, fig_dir: Path, stem: str, caption: str, written: list[Path]) -> str:
+    paths = F.save_figure(fig, fig_dir, stem)
+    written.extend(paths.values())
+    png = paths["png"].read_bytes()
+    links = " · ".join(f'<a href="figures/{esc(p.name)}">{esc(fmt.upper())}</a>' for fmt, p in paths.items())
+    fig.clear()
+    return f"<figure>{_img(png, caption)}<figcaption>{esc(caption)} ({links})</figcaption></figure>"
+
+
+def _summary(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> str:
+    datasets = sorted({str(_get(r.config, "dataset", "name")) for r in runs})
+    models = sorted({_model_text(r) for r in runs})
+    noises = sorted({_noise_text(r) for r in runs})
+    lines = [
+        f"<li>{len(runs)} run(s) in {len(groups)} group(s) (runs differing only by seed form a group).</li>",
+        f"<li>Dataset: {esc(', '.join(datasets))}; label noise: {esc('; '.join(noises))}.</li>",
+        f"<li>Models: {esc('; '.join(models))}.</li>",
+    ]
+    p = {(_get(r.config, "prune", "method"), _get(r.config, "prune", "rate"), _get(r.config, "prune", "retrain")) for r in runs}
+    lines.append("<li>Pruning: " + esc("; ".join(f"{m}, {100 * float(rt):g}% of the remaining weights per round, retrain = {re}"
+                                                for m, rt, re in sorted(p, key=str) if isinstance(rt, (int, float)))) + ".</li>")
+    out = ["<ul>", *lines, "</ul>"]
+    rows = []
+    for r in runs:
+        col, best = _best_round(r)
+        br = r.rows[best]
+        teacher = ""
+        if r.teacher:
+            teacher = f"{Path(str(r.teacher.get('run_dir', '?'))).name} round {r.teacher.get('round')} ({r.teacher.get('choice')})"
+        last = r.rows[-1]
+        rows.append([
+            r.role, r.name, r.seed, r.path.name, _model_text(r), _get(r.config, "dataset", "name"), _noise_text(r),
+            len(r.rows), F.format_sparsity(last["sparsity"]), f"{100 * br['test_acc']:.2f}" if br.get("test_acc") is not None else "",
+            f"{best} ({F.format_sparsity(br['sparsity'])}%, on {col})", teacher, _fmt_cell("pflops", last.get("train_pflops_dense")),
+            _wall_time(r),
+        ])
+    out.append(_table(
+        ["role", "name", "seed", "directory", "model", "dataset", "noise", "rounds", "final sparsity %", "best test acc %",
+         "best round", "teacher", "train PFLOPs (dense)", "wall time"],
+        rows, cls="runs", text_cols=(0, 1, 3, 4, 5, 6, 10, 11),
+    ))
+    return "".join(out)
+
+
+def _selection_table(runs: Sequence[RunData]) -> str:
+    """Per run: the best round, what the plain and entropy early-stop rules select, and costs."""
+    from dsd2 import compare
+
+    rows = []
+    for r in runs:
+        col, best = _best_round(r)
+        cells: list[Any] = [r.label, col, best, F.format_sparsity(r.rows[best]["sparsity"]), _fmt_cell(col, r.rows[best].get(col)),
+                            _fmt_cell("test_acc", r.rows[best].get("test_acc"))]
+        for rule in ("plain", "entropy"):
+            try:
+                d = compare.decide(r.rows, rule)
+            except UserError as err:
+                cells.append(f"n/a ({err})")
+                continue
+            if d is None:
+                cells.append("")
+                continue
+            sel = r.rows[d.selected_round]
+            stop = "never fired" if d.stop_round is None else f"stop after {d.stop_round}"
+            cost = r.rows[d.stop_round if d.stop_round is not None else len(r.rows) - 1].get("train_pflops_dense")
+            cells.append(f"round {d.selected_round} ({F.format_sparsity(sel['sparsity'])}%, test {_fmt_cell('test_acc', sel.get('test_acc'))}%), "
+                         f"{stop}, {_fmt_cell('pflops', cost)} PFLOPs")
+        if r.early_stop:
+            es = r.early_stop
+            cells.append(f"{es.get('rule')}: stop {es.get('stop_round')}, selected {es.get('selected_round')}")
+        else:
+            cells.append("")
+        cells.append(_fmt_cell("pflops", r.rows[-1].get("train_pflops_dense")))
+        cells.append(_fmt_cell("pflops", r.rows[-1].get("train_pflops_sparse")))
+        rows.append(cells)
+    return _table(
+        ["run", "selected on", "best round", "sparsity %", "selection acc %", "test acc %", "plain early stop (offline)",
+         "entropy early stop (offline)", "in-run early stop", "total PFLOPs (dense)", "total PFLOPs (sparse)"],
+        rows, cls="selection", text_cols=(0, 1, 6, 7, 8),
+    )
+
+
+def _rounds_table(run: RunData) -> str:
+    cols = run.columns or list(run.rows[0].keys())
+    classes = [f"phase-{r.get('phase')}" if r.get("phase") else "" for r in run.rows]
+    headers = [c + (" %" if c in PERCENT_COLUMNS else "") for c in cols]
+    return _table(headers, [[_fmt_cell(c, row.get(c)) for c in cols] for row in run.rows], cls="rounds",
+                  text_cols=(cols.index("phase"),) if "phase" in cols else (), row_classes=classes)
+
+
+def _meta_table(run: RunData) -> str:
+    keys = ["dsd2", "git_commit", "python", "torch", "torchvision", "numpy", "platform", "created", "seed"]
+    meta = run.meta
+    rows = [[k, meta.get(k)] for k in keys if k in meta]
+    rows += [[k, v] for k, v in sorted(meta.items()) if k not in keys]
+    if not rows:
+        return '<p class="note">No meta.json.</p>'
+    return _table(["key", "value"], rows, cls="meta", text_cols=(0, 1))
+
+
+def _run_section(i: int, run: RunData) -> str:
+    parts = [f'<h3 id="run-{i}">{esc(run.label)}</h3>', f"<p><code>{esc(run.path)}</code></p>"]
+    if run.teacher:
+        t = run.teacher
+        parts.append("<p>Teacher: " + esc(
+            f"{t.get('run_dir')} round {t.get('round')} ({t.get('choice')}, selected on {t.get('selected_on')}, "
+            f"sparsity {F.format_sparsity(t['sparsity']) + '%' if isinstance(t.get('sparsity'), (int, float)) else '?'})") + "</p>")
+    parts.append(f"<details open><summary>Rounds ({len(run.rows)})</summary>{_rounds_table(run)}</details>")
+    parts.append(f"<details><summary>Resolved config</summary><pre>{esc(run.config_text)}</pre></details>")
+    parts.append(f"<details><summary>Versions and commit (meta.json)</summary>{_meta_table(run)}</details>")
+    return "".join(parts)
+
+
+def build_report(runs: Sequence[RunData], out_dir: Path, *, title: str | None = None) -> tuple[str, list[Path]]:
+    """The HTML text of the report; figure files are written under ``out_dir/figures``."""
+    groups = group_runs(runs)
+    fig_dir = out_dir / "figures"
+    written: list[Path] = []
+    figs: list[str] = []
+    figs.append(_figure_block(F.accuracy_figure(groups), fig_dir, "accuracy",
+                              "Test (solid) and validation (dashed) accuracy vs sparsity; background: phases of the vanilla run", written))
+    if any(r.has("train_acc_noisy") or r.has("train_acc_flipped") for r in runs):
+        figs.append(_figure_block(F.memorisation_figure(groups), fig_dir, "memorisation",
+                                  "Train accuracy on the noisy labels and on the flipped samples (memorisation) vs sparsity", written))
+    ent = F.entropy_figure(groups)
+    if ent is not None:
+        figs.append(_figure_block(ent, fig_dir, "entropy", "Activation entropy vs sparsity: mean and per layer", written))
+    strat_html, compute_figs = _strategy_section(runs, fig_dir, written)
+    figs.extend(compute_figs)
+    title = title or "DSD² study: " + ", ".join(sorted({r.name for r in runs}))
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    toc = "".join(f'<li><a href="#run-{i}">{esc(r.label)}</a></li>' for i, r in enumerate(runs))
+    body = [
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="note">Generated {esc(created)} by dsd2 {esc(runs[0].meta.get("dsd2", ""))}. '
+        "Accuracies in %, sparsity = fraction of pruned prunable weights, costs in training PFLOPs "
+        "(dense count = the paper's convention; sparse-aware alongside).</p>",
+        "<h2>Summary</h2>", _summary(runs, groups),
+        "<h2>Strategies: selected rounds and costs (Figure 1, right)</h2>", strat_html,
+        "<h3>Selection per run</h3>", _selection_table(runs),
+        "<h2>Figures</h2>", *figs,
+        "<h2>Runs</h2>", f"<ul>{toc}</ul>",
+        *[_run_section(i, r) for i, r in enumerate(runs)],
+    ]
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+    return page, written
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: str | None = None) -> Path:
+    """Write ``out_dir/index.html`` (self-contained) and ``out_dir/figures/*.png|svg``; return the HTML path."""
+    run_dirs = list(run_dirs)
+    if not run_dirs:
+        raise UserError("no run directories given: pass one or more dsd2 run directories to report on")
+    runs = load_runs(run_dirs)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a directory: choose another output folder")
+    page, _ = build_report(runs, out, title=title)
+    index = out / "index.html"
+    F.write_public(index, page.encode("utf-8"))
+    return index
