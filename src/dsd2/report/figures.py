@@ -56,10 +56,15 @@ def sparsity_to_x(s: float) -> float:
 
 
 def format_sparsity(s: float) -> str:
-    """Sparsity in % with enough decimals to tell the late IMP rounds apart (99.62, 99.952)."""
+    """Sparsity in % with enough decimals to tell the late IMP rounds apart (89.3, 99.62, 99.95, 99.995)."""
     pct = 100.0 * float(s)
     remaining = 100.0 - pct
-    decimals = 1 if remaining >= 1.0 else max(1, math.ceil(-math.log10(max(remaining, 1e-12))) + 1)
+    if remaining >= 1.0:
+        decimals = 1
+    elif remaining >= 0.01:
+        decimals = 2
+    else:
+        decimals = math.ceil(-math.log10(max(remaining, 1e-12)))
     text = f"{pct:.{decimals}f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -157,6 +162,12 @@ def setup_sparsity_axis(ax: Axes, sparsities: Iterable[float], *, max_ticks: int
                 ticks.append(x)
                 labels.append(format_sparsity(s))
                 last = x
+        if ticks[-1] != xs[-1]:  # always label the sparsest round
+            if xs[-1] - ticks[-1] < gap and len(ticks) > 1:
+                ticks.pop()
+                labels.pop()
+            ticks.append(xs[-1])
+            labels.append(format_sparsity(sp[-1]))
         if len(xs) > 1:
             steps = [b - a for a, b in zip(xs, xs[1:])]
             pad = min(steps) / 2 if steps else 0.1

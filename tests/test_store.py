@@ -1,0 +1,74 @@
+import errno
+import os
+
+import pytest
+import torch
+
+from dsd2 import store
+from dsd2.errors import UserError
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "a" / "f.txt"
+    store.atomic_write_text(p, "one")
+    store.atomic_write_text(p, "two")
+    assert p.read_text() == "two"
+    assert [f.name for f in p.parent.iterdir()] == ["f.txt"]
+
+
+def test_full_disk_fails_cleanly_and_keeps_the_old_file(tmp_path, monkeypatch):
+    p = tmp_path / "rounds.csv"
+    store.atomic_write_text(p, "old")
+    real_fsync = os.fsync
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(UserError, match="no space left"):
+        store.atomic_write_text(p, "new")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert p.read_text() == "old"
+    assert [f.name for f in tmp_path.iterdir()] == ["rounds.csv"]
+
+
+def test_tensors_roundtrip_and_corruption(tmp_path):
+    p = tmp_path / "m.safetensors"
+    masks = {"a.weight": torch.tensor([[True, False]]), "b.weight": torch.ones(3, dtype=torch.bool)}
+    store.save_tensors(p, masks)
+    back = store.load_tensors(p)
+    assert all(torch.equal(back[k], v) for k, v in masks.items())
+    p.write_bytes(p.read_bytes()[:20])
+    with pytest.raises(UserError, match="corrupt"):
+        store.load_tensors(p)
+    with pytest.raises(UserError, match="missing"):
+        store.load_tensors(tmp_path / "nope.safetensors")
+
+
+def test_manifest_detects_bit_flip_and_missing_file(tmp_path):
+    rd = store.round_dir(tmp_path, 0)
+    store.save_tensors(rd / "state.safetensors", {"w": torch.arange(10.0)})
+    store.write_json(rd / "metrics.json", {"row": {}})
+    store.write_manifest(rd, ["state.safetensors", "metrics.json"])
+    assert store.finished_rounds(tmp_path) == [0]
+    data = bytearray((rd / "state.safetensors").read_bytes())
+    data[-3] ^= 0x01
+    (rd / "state.safetensors").write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"state.safetensors does not match its checksum.*recompute"):
+        store.finished_rounds(tmp_path)
+    (rd / "state.safetensors").unlink()
+    with pytest.raises(UserError, match="missing"):
+        store.verify_manifest(rd)
+
+
+def test_round_without_manifest_is_not_finished(tmp_path):
+    rd = store.round_dir(tmp_path, 0)
+    store.save_tensors(rd / "state.safetensors", {"w": torch.zeros(1)})
+    assert store.finished_rounds(tmp_path) == []
+
+
+def test_csv_roundtrip_exact_floats(tmp_path):
+    rows = [{"round": 0, "acc": 0.1 + 0.2, "val": None, "phase": "light"}]
+    store.write_csv(tmp_path / "r.csv", rows)
+    back = store.read_csv(tmp_path / "r.csv")
+    assert back == rows
