@@ -57,7 +57,7 @@ def test_run_directory_contract(finished):
         rd = store.round_dir(run_dir, i)
         state = store.load_tensors(rd / "state.safetensors")
         masks = store.load_tensors(rd / "masks.safetensors")
-        assert set(masks) == {"net.1.weight", "net.3.weight", "net.5.weight"} or len(masks) == 3
+        assert len(masks) == 3 and all(k.endswith(".weight") for k in masks)
         for k, m in masks.items():
             assert m.dtype == torch.bool
             assert (state[k][~m] == 0).all()  # pruned entries are zero in the saved weights
@@ -179,3 +179,34 @@ def test_kd_student_run_uses_teacher(finished, tmp_path):
     assert srows[0]["round_pflops_dense"] > rows[0]["round_pflops_dense"]
     with pytest.raises(UserError, match="not finished"):
         imp.run(tiny("name=student2", f"distill.teacher={teacher_dir}", "distill.round=9", "prune.rounds=0"), tmp_path)
+
+
+def test_teacher_with_a_different_architecture(finished, tmp_path):
+    cfg, teacher_dir = finished
+    student = tiny("name=small_student", "model.hidden=[8]", f"distill.teacher={teacher_dir}", "distill.round=dense", "prune.rounds=1")
+    run_dir = imp.run(student, tmp_path)
+    info = store.read_json(run_dir / "teacher.json")
+    assert info["round"] == 0 and info["choice"] == "dense"
+    masks = store.load_tensors(store.round_dir(run_dir, 0) / "masks.safetensors")
+    assert sum(m.numel() for m in masks.values()) == 40 * 8 + 8 * 10
+
+
+def test_online_early_stop_stops_pruning(finished, tmp_path):
+    cfg, ref_dir = finished
+    ref_rows = store.read_csv(ref_dir / "rounds.csv")
+    from dsd2.phases import plain_early_stop
+
+    expected = plain_early_stop([r["val_acc"] for r in ref_rows])
+    run_dir = imp.run(tiny("early_stop.rule=plain"), tmp_path)
+    rows = store.read_csv(run_dir / "rounds.csv")
+    decision = store.read_json(run_dir / "early_stop.json")
+    assert decision["rule"] == "plain"
+    if expected.stop_round is None:
+        assert len(rows) == len(ref_rows)
+    else:
+        assert len(rows) == expected.stop_round + 1  # no round trained after the rule fired
+        assert decision["stop_round"] == expected.stop_round
+        assert decision["selected_round"] == expected.selected_round
+    # identical rounds up to the stop: early stopping changes nothing before it fires
+    for a, b in zip(rows, ref_rows):
+        assert a["val_acc"] == b["val_acc"] and a["sparsity"] == b["sparsity"]

@@ -80,7 +80,14 @@ def _fmt_cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, cls: str = "", text_cols: Iterable[int] = (), row_classes: Sequence[str] | None = None) -> str:
+def _table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    cls: str = "",
+    text_cols: Iterable[int] = (),
+    row_classes: Sequence[str] | None = None,
+) -> str:
     tcols = set(text_cols)
     out = [f'<div class="scroll"><table class="{esc(cls)}"><thead><tr>']
     out += [f'<th class="{"t" if i in tcols else ""}">{esc(h)}</th>' for i, h in enumerate(headers)]
@@ -188,7 +195,8 @@ def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path
                 text_cols=(0, 6, 10),
             )
         )
-        parts.append(f'<p class="note">1 unit = one dense training run of the vanilla model (its round 0) = {esc(_fmt_cell("pflops", unit))} PFLOPs.</p>')
+        unit_text = esc(_fmt_cell("pflops", unit))
+        parts.append(f'<p class="note">1 unit = one dense training run of the vanilla model (its round 0) = {unit_text} PFLOPs.</p>')
         fig = F.compute_figure(v, s, outcomes)
         stem = "compute" if k == 1 else f"compute_{k}"
         figs.append(_figure_block(fig, fig_dir, stem, f"Accuracy vs training PFLOPs — {head}", written))
