@@ -316,6 +316,10 @@ def demo(
     console.print(dip_rich_table(pairs))
     for teacher_dir, student_dir in pairs:
         console.print(f"vanilla run: {teacher_dir}   DSD² student run: {student_dir}")
+    from dsd2.report import write_report
+
+    page = write_report([d for pair in pairs for d in pair], out / "demo_report", title="dsd2 demo: SDD and DSD² on Fashion-MNIST (40% noise)")
+    console.print(f"report: {page.resolve()}")
 
 
 def dip_rich_table(pairs) -> Table:
@@ -335,6 +339,19 @@ def dip_rich_table(pairs) -> Table:
                 _pct(rows[best][col]), str(best),
             )
     return table
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (vanilla, students, seeds) to put in one report."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for index.html and the figures."),
+    title: Optional[str] = typer.Option(None, help="Page title."),
+) -> None:
+    """Write one self-contained HTML report (figures embedded) for the given runs."""
+    from dsd2.report import write_report
+
+    path = write_report(list(run_dirs), out, title=title)
+    console.print(f"report: {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

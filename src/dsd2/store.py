@@ -40,6 +40,8 @@ from safetensors.torch import save as st_save
 from dsd2.errors import UserError
 
 MANIFEST = "MANIFEST.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def round_dir(run_dir: Path, i: int) -> Path:
@@ -63,6 +65,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be readable like any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
