@@ -210,3 +210,77 @@ def test_online_early_stop_stops_pruning(finished, tmp_path):
     # identical rounds up to the stop: early stopping changes nothing before it fires
     for a, b in zip(rows, ref_rows):
         assert a["val_acc"] == b["val_acc"] and a["sparsity"] == b["sparsity"]
+
+
+KILL = ["train.epochs=4", "train.batch_size=32", "model.hidden=[64, 64]", "prune.rounds=3", "entropy.enabled=false"]
+
+
+def test_sigkill_at_random_moments_resumes_to_identical_results(tmp_path):
+    """Kill -9 at 5+ random moments (mid-epoch, mid-checkpoint, between rounds); every resume
+    continues from the last epoch checkpoint and the end result equals an uninterrupted run."""
+    import random
+
+    cfg = tiny(*KILL)
+    ref_dir = imp.run(cfg, tmp_path / "ref")
+    out = tmp_path / "killed"
+    run_dir = out / cfg.run_id()
+    args = ["-m", "dsd2.cli", "run", "tiny_mnist1d", *TINY, *KILL, "train.checkpoint_interval_s=0", "--out", str(out), "-q"]
+    rng = random.Random(1234)
+    kills, partial_seen = 0, 0
+    while kills < 6:
+        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while proc.poll() is None and not (run_dir / "labels.safetensors").exists():
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.1, 2.5))
+        if proc.poll() is not None:  # finished before the kill: nothing left to interrupt
+            assert proc.returncode == 0, proc.stderr.read().decode()
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        partial_seen += any(run_dir.glob("round_*.partial.safetensors"))
+    res = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert kills >= 5, f"only {kills} kills landed; the run finished too fast"
+    assert partial_seen >= 1, "no kill landed mid-round: the epoch checkpoint was never exercised"
+    assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
+    for i in range(cfg.prune.rounds + 1):
+        for name in ("state.safetensors", "masks.safetensors"):
+            a = store.load_tensors(store.round_dir(run_dir, i) / name)
+            b = store.load_tensors(store.round_dir(ref_dir, i) / name)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(run_dir.glob("round_*.partial.safetensors"))
+
+
+def test_epoch_checkpoint_resume_is_exact(tmp_path):
+    """Resume from an epoch checkpoint written mid-round equals the uninterrupted round (in process)."""
+    cfg = tiny("train.epochs=4", "prune.rounds=0", "train.checkpoint_interval_s=0", "entropy.enabled=false")
+    ref_dir = imp.run(cfg, tmp_path / "ref")
+
+    class Boom(Exception):
+        pass
+
+    from dsd2 import checkpoint
+
+    real = checkpoint.save_epoch_state
+    calls = []
+
+    def save_then_die(path, **kw):
+        real(path, **kw)
+        calls.append(kw["next_epoch"])
+        if kw["next_epoch"] == 2:
+            raise Boom
+
+    checkpoint.save_epoch_state = save_then_die
+    try:
+        with pytest.raises(Boom):
+            imp.run(cfg, tmp_path / "cut")
+    finally:
+        checkpoint.save_epoch_state = real
+    run_dir = tmp_path / "cut" / cfg.run_id()
+    assert calls == [1, 2] and checkpoint.partial_path(run_dir, 0).is_file()
+    imp.resume(run_dir)
+    assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
+    a = store.load_tensors(store.round_dir(run_dir, 0) / "metrics.json".replace("metrics.json", "state.safetensors"))
+    b = store.load_tensors(store.round_dir(ref_dir, 0) / "state.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -178,9 +178,14 @@ def presets() -> None:
     """List the bundled presets (usable by name in `dsd2 run`)."""
     from dsd2.config import PRESET_DIR, list_presets
 
+    from dsd2.sweep import list_sweep_presets
+
     for name in list_presets():
         first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0]
         console.print(f"{name:32s} {first.lstrip('# ')}")
+    console.print("\nsweeps (dsd2 sweep NAME):")
+    for name in list_sweep_presets():
+        console.print(f"  {name}")
 
 
 @app.command()
@@ -339,6 +344,25 @@ def dip_rich_table(pairs) -> Table:
                 _pct(rows[best][col]), str(best),
             )
     return table
+
+
+@app.command()
+def sweep(
+    path: str = typer.Argument(..., help="Sweep YAML or sweep preset name (see `dsd2 presets`)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Run-config overrides for every cell; `sweep.key=value` changes the sweep."),
+    out: Path = typer.Option(Path("runs"), "--out", "-o"),
+    backend: str = typer.Option("ray", help="ray (parallel, local or --address) or sequential (debugging)."),
+    address: Optional[str] = typer.Option(None, help="Address of an existing Ray cluster (default: a local one)."),
+    max_parallel: Optional[int] = typer.Option(None, help="Cells at once on a local Ray (default: CPU count)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print the cells and the cost estimate."),
+    gpu_tflops: float = typer.Option(25.0, help="Effective GPU throughput for the cost estimate (TFLOP/s; an assumption, not measured)."),
+) -> None:
+    """Run a grid of runs (seeds, noise, width/depth, retraining modes, KD settings) on Ray."""
+    from dsd2.sweep import sweep_main
+
+    code = sweep_main(path, overrides or [], out, backend, address, max_parallel, dry_run, gpu_tflops=gpu_tflops, console=console)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -88,6 +88,9 @@ class TrainConfig(_Section):
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs (CUDA and CPU).")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default).")
+    checkpoint_interval_s: float = Field(
+        60.0, ge=0.0, description="Save a mid-round checkpoint at the end of an epoch when this many seconds passed since the last (0: every epoch)."
+    )
 
     @field_validator("milestones")
     @classmethod
@@ -163,7 +166,13 @@ class RunConfig(_Section):
 
 # Fields that do not change the numbers a run produces; they stay out of the hash so that
 # moving a run to another device or thread count resumes the same directory.
-_NON_RESULT_FIELDS = {("train", "device"), ("train", "threads"), ("train", "eval_batch_size"), ("entropy", "batch_size")}
+_NON_RESULT_FIELDS = {
+    ("train", "device"),
+    ("train", "threads"),
+    ("train", "eval_batch_size"),
+    ("train", "checkpoint_interval_s"),
+    ("entropy", "batch_size"),
+}
 
 
 def config_hash(cfg: RunConfig) -> str:

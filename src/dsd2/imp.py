@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dsd2 import __version__, store
+from dsd2 import __version__, checkpoint, store
 from dsd2.config import RunConfig, validate_config
 from dsd2.data import DataSplits, load_dataset
 from dsd2.errors import UserError
@@ -325,6 +325,20 @@ def _rewind_snapshot(ctx: RunContext) -> Callable[[EpochLog, nn.Module], None] |
     return snap
 
 
+def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total_epochs: int):
+    """Save a mid-round checkpoint after an epoch when the configured interval has passed."""
+    interval = ctx.cfg.train.checkpoint_interval_s
+    last = [time.monotonic()]
+
+    def save(next_epoch: int, opt: torch.optim.Optimizer, logs: list[EpochLog]) -> None:
+        if next_epoch >= total_epochs or time.monotonic() - last[0] < interval:
+            return  # the finished round itself is saved right after
+        checkpoint.save_epoch_state(path, model=ctx.model, optimizer=opt, generator=gen, next_epoch=next_epoch, logs=[vars(x) for x in logs])
+        last[0] = time.monotonic()
+
+    return save
+
+
 def _write_tables(run_dir: Path, rows: list[dict[str, Any]], entropy_rows: list[dict[str, Any]], timing_rows: list[dict[str, Any]]) -> None:
     from dsd2.phases import label_phases
 
@@ -409,6 +423,10 @@ def run(
             schedule = schedule_for(cfg, i)
             gen = _generator(ctx.device, round_seed(cfg.seed, i, stream=1))
             snap = _rewind_snapshot(ctx) if i == 0 else None
+            partial = checkpoint.partial_path(run_dir, i)
+            resume_state = checkpoint.load_epoch_state(partial)
+            if resume_state is not None:
+                load_state(ctx.model, resume_state.model_state, partial)
 
             def on_epoch(log: EpochLog, model: nn.Module, _i=i, _snap=snap, _total=schedule.epochs) -> None:
                 if _snap is not None:
@@ -427,6 +445,8 @@ def run(
                 objective=ctx.objective,
                 amp=cfg.train.amp,
                 on_epoch_end=on_epoch,
+                resume=resume_state,
+                checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs),
             )
             train_s = time.perf_counter() - t0
             epochs = len(logs)
@@ -451,6 +471,7 @@ def run(
             layer_rows = [{"round": i, "sparsity": row["sparsity"], **r} for r in layer_rows]
             timing = {"round": i, "wall_s": time.perf_counter() - t0, "train_s": train_s, "device": str(ctx.device)}
             _save_round(run_dir, i, ctx.model, masks, row, layer_rows, timing, logs)
+            partial.unlink(missing_ok=True)
             rows.append(row)
             entropy_rows.extend(layer_rows)
             timing_rows.append(timing)

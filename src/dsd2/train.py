@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from torch import nn
 from dsd2.data import AugmentSpec, augment_batch, normalize
 from dsd2.errors import UserError
 from dsd2.prune import apply_masks
+
+if TYPE_CHECKING:
+    from dsd2.checkpoint import EpochState
 
 
 class TrainingDiverged(UserError):
@@ -118,18 +121,28 @@ def train(
     objective: Objective = cross_entropy,
     amp: bool = False,
     on_epoch_end: Callable[[EpochLog, nn.Module], None] | None = None,
+    resume: "EpochState | None" = None,
+    checkpoint: Callable[[int, torch.optim.Optimizer, list[EpochLog]], None] | None = None,
 ) -> list[EpochLog]:
     """Train ``model`` on ``data`` for ``schedule.epochs - schedule.start_epoch`` epochs.
 
     ``generator`` lives on the data's device and drives both shuffling and augmentation, so a
-    seeded generator makes the round reproducible.
+    seeded generator makes the round reproducible. ``resume`` (an epoch checkpoint: optimiser
+    and generator state, epoch log) continues a round mid-way; ``checkpoint(next_epoch,
+    optimizer, logs)`` is called after every epoch so the caller can save one.
     """
     device = data.x.device
     n = data.x.shape[0]
     opt = make_optimizer(model.parameters(), schedule)
     logs: list[EpochLog] = []
+    start = schedule.start_epoch
+    if resume is not None:
+        opt.load_state_dict(resume.optimizer_state)
+        generator.set_state(resume.generator_state)
+        logs = [EpochLog(**log) for log in resume.logs]
+        start = resume.next_epoch
     model.train()
-    for epoch in range(schedule.start_epoch, schedule.epochs):
+    for epoch in range(start, schedule.epochs):
         lr = schedule.lr_at(epoch)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -160,6 +173,8 @@ def train(
         logs.append(log)
         if on_epoch_end is not None:
             on_epoch_end(log, model)
+        if checkpoint is not None:
+            checkpoint(epoch + 1, opt, logs)
     _check_finite_weights(model)
     return logs
 

@@ -257,13 +257,17 @@ def _new_figure(w: float = 10.0, h: float = 4.8) -> Figure:
 # ----------------------------------------------------------------------------- figures
 
 
-def accuracy_figure(runs: Any, *, phases_from: RunData | None = None, title: str | None = None) -> Figure:
-    """Test (solid) and validation (dashed) accuracy vs sparsity, seeds as mean ± std bands.
-
-    The phases of the vanilla run (the teacher when present; or ``phases_from``) shade the
-    background. A student's teacher point (its ``teacher.json`` round) is starred when the
-    teacher run is among the inputs.
-    """
+def _curves_figure(
+    runs: Any,
+    series: Sequence[tuple[str, str, str, str | None]],
+    *,
+    ylabel: str,
+    title: str,
+    phases_from: RunData | None,
+    mark_teachers: bool = False,
+) -> Figure:
+    """Curves vs sparsity for every group (``series``: column, linestyle, label, marker), the
+    vanilla run's phases shaded behind them."""
     groups = _as_groups(runs)
     fig = _new_figure()
     ax = fig.add_subplot()
@@ -272,18 +276,37 @@ def accuracy_figure(runs: Any, *, phases_from: RunData | None = None, title: str
     all_sp: list[float] = []
     for gi, g in enumerate(groups):
         color = _color(gi)
-        for key, ls, what in (("test_acc", "-", "test"), ("val_acc", "--", "val")):
+        for key, ls, what, marker in series:
             s = group_series(g, key)
             if s is None:
                 continue
             all_sp.extend(s.sparsity)
-            _plot_series(ax, s, color=color, ls=ls, label=f"{g.label} — {what}", gid=f"{key}:{gi}", marker="o" if what == "test" else "s")
-    _mark_teachers(ax, groups)
+            kw = {"marker": marker} if marker else {}
+            _plot_series(ax, s, color=color, ls=ls, label=f"{g.label} — {what}", gid=f"{key}:{gi}", **kw)
+    if mark_teachers:
+        _mark_teachers(ax, groups)
     setup_sparsity_axis(ax, all_sp)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(_mpl(title or "Accuracy vs sparsity (solid: test, dashed: validation)"), fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(_mpl(title), fontsize=10)
     _add_legends(ax, handles, title=f"phases ({prun.name}, seed {prun.seed})" if prun else None)
     return fig
+
+
+def accuracy_figure(runs: Any, *, phases_from: RunData | None = None, title: str | None = None) -> Figure:
+    """Test (solid) and validation (dashed) accuracy vs sparsity, seeds as mean ± std bands.
+
+    The phases of the vanilla run (the teacher when present; or ``phases_from``) shade the
+    background. A student's teacher point (its ``teacher.json`` round) is starred when the
+    teacher run is among the inputs.
+    """
+    return _curves_figure(
+        runs,
+        [("test_acc", "-", "test", "o"), ("val_acc", "--", "val", "s")],
+        ylabel="accuracy (%)",
+        title=title or "Accuracy vs sparsity (solid: test, dashed: validation)",
+        phases_from=phases_from,
+        mark_teachers=True,
+    )
 
 
 def _mark_teachers(ax: Axes, groups: Sequence[RunGroup]) -> None:
@@ -320,25 +343,13 @@ def _mark_teachers(ax: Axes, groups: Sequence[RunGroup]) -> None:
 def memorisation_figure(runs: Any, *, phases_from: RunData | None = None, title: str | None = None) -> Figure:
     """Train accuracy on the noisy labels (solid) and on the flipped samples w.r.t. their noisy
     labels, i.e. memorisation of the noise (dashed), vs sparsity."""
-    groups = _as_groups(runs)
-    fig = _new_figure()
-    ax = fig.add_subplot()
-    prun = _phase_run(groups, phases_from)
-    handles = shade_phases(ax, prun) if prun is not None else []
-    all_sp: list[float] = []
-    for gi, g in enumerate(groups):
-        color = _color(gi)
-        for key, ls, what in (("train_acc_noisy", "-", "noisy train"), ("train_acc_flipped", "--", "flipped (memorised)")):
-            s = group_series(g, key)
-            if s is None:
-                continue
-            all_sp.extend(s.sparsity)
-            _plot_series(ax, s, color=color, ls=ls, label=f"{g.label} — {what}", gid=f"{key}:{gi}")
-    setup_sparsity_axis(ax, all_sp)
-    ax.set_ylabel("train accuracy (%)")
-    ax.set_title(_mpl(title or "Fit of the noisy labels (solid) and memorisation of the flipped samples (dashed)"), fontsize=10)
-    _add_legends(ax, handles, title=f"phases ({prun.name}, seed {prun.seed})" if prun else None)
-    return fig
+    return _curves_figure(
+        runs,
+        [("train_acc_noisy", "-", "noisy train", None), ("train_acc_flipped", "--", "flipped (memorised)", None)],
+        ylabel="train accuracy (%)",
+        title=title or "Fit of the noisy labels (solid) and memorisation of the flipped samples (dashed)",
+        phases_from=phases_from,
+    )
 
 
 def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure | None:
