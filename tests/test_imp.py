@@ -284,3 +284,30 @@ def test_epoch_checkpoint_resume_is_exact(tmp_path):
     a = store.load_tensors(store.round_dir(run_dir, 0) / "metrics.json".replace("metrics.json", "state.safetensors"))
     b = store.load_tensors(store.round_dir(ref_dir, 0) / "state.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_real_noise_from_a_cifar_n_style_label_file(tmp_path):
+    """dataset.label_file: human labels replace the train labels (train part only), flipped recorded."""
+    import numpy as np
+
+    from dsd2.data import load_dataset
+
+    d = load_dataset("mnist1d", None, val_size=300, seed=0)
+    n = d.train_idx.numel() + d.val_idx.numel()
+    clean = np.empty(n, dtype=np.int64)
+    clean[d.train_idx.numpy()] = d.train_y.numpy()
+    clean[d.val_idx.numpy()] = d.val_y.numpy()
+    worse = clean.copy()
+    worse[::3] = (worse[::3] + 1) % 10
+    path = tmp_path / "MNIST1D_human.pt"
+    torch.save({"clean_label": clean, "worse_label": worse}, path)  # numpy arrays: the CIFAR-N format
+    cfg = tiny("noise.kind=none", f"dataset.label_file={path}", "dataset.label_key=worse_label", "prune.rounds=0")
+    run_dir = imp.run(cfg, tmp_path / "runs")
+    labels = store.load_tensors(run_dir / "labels.safetensors")
+    expected_noisy = torch.from_numpy(worse)[d.train_idx]
+    assert torch.equal(labels["noisy"], expected_noisy)
+    assert torch.equal(labels["flipped"], (expected_noisy != d.train_y).nonzero().squeeze(1))
+    with pytest.raises(UserError, match="noise.kind=none"):
+        tiny(f"dataset.label_file={path}")
+    with pytest.raises(UserError, match="no labels named"):
+        imp.run(tiny("noise.kind=none", f"dataset.label_file={path}", "dataset.label_key=nope", "prune.rounds=0"), tmp_path / "r2")

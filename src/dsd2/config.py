@@ -34,6 +34,10 @@ class DatasetConfig(_Section):
     )
     train_subset: int | None = Field(None, gt=0, description="Keep a fixed seeded subset of this many training samples.")
     augment: bool = Field(True, description="Use the dataset's batched augmentation (CIFAR: random crop pad 4 + flip).")
+    label_file: str | None = Field(
+        None, description="Real (human) noisy train labels, e.g. CIFAR-10_human.pt / CIFAR-100_human.pt (read without unpickling code); needs noise.kind=none."
+    )
+    label_key: str | None = Field(None, description="Key in label_file: e.g. worse_label, aggre_label, random_label1 (10N), noisy_label (100N).")
 
 
 NoiseKind = Literal["none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip"]
@@ -150,6 +154,10 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
+        if self.dataset.label_file and self.noise.kind != "none":
+            raise ValueError("dataset.label_file gives real noisy labels: set noise.kind=none (synthetic noise would be added on top)")
+        if self.dataset.label_file and self.dataset.train_subset:
+            raise ValueError("dataset.label_file applies to the full training set: it cannot be combined with dataset.train_subset")
         if self.prune.retrain == "late_rewind" and self.prune.rewind_epoch >= self.train.epochs:
             raise ValueError(
                 f"prune.rewind_epoch={self.prune.rewind_epoch} must be smaller than train.epochs={self.train.epochs}"

@@ -117,6 +117,8 @@ def make_model(cfg: RunConfig, data: DataSplits, seed: int) -> nn.Module:
 
 
 def noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
+    if cfg.dataset.label_file:
+        return _human_noisy_labels(cfg, data)
     return apply_label_noise(
         data.train_y,
         kind=cfg.noise.kind,
@@ -126,6 +128,21 @@ def noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
         class_map=cfg.noise.class_map,
         dataset=data.name,
     )
+
+
+def _human_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
+    """Real noise (CIFAR-N): the file's labels for the train part; validation and test stay clean."""
+    from dsd2.data.human_labels import human_labels
+
+    n_total = data.train_idx.numel() + data.val_idx.numel()
+    full_clean = torch.empty(n_total, dtype=torch.long)
+    full_clean[data.train_idx] = data.train_y
+    full_clean[data.val_idx] = data.val_y
+    full_noisy = human_labels(
+        cfg.dataset.label_file, cfg.dataset.label_key, expected_len=n_total, num_classes=data.num_classes, clean_labels=full_clean
+    )
+    noisy = full_noisy[data.train_idx]
+    return NoisyLabels(noisy=noisy, flipped=(noisy != data.train_y).nonzero().squeeze(1))
 
 
 def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
