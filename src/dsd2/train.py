@@ -149,8 +149,11 @@ def train(
         perm = torch.randperm(n, generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
+        # first step of the epoch with a non-finite loss, tracked on the device (no sync per step)
+        step = torch.zeros((), device=device, dtype=torch.long)
+        first_bad = torch.full((), -1, device=device, dtype=torch.long)
+        for offset in range(0, n, batch_size):
+            idx = perm[offset : offset + batch_size]
             xb = data.prepare(data.x[idx], generator, train=True)
             yb = data.y[idx]
             with autocast_for(device, amp):
@@ -163,11 +166,14 @@ def train(
                 apply_masks(weights, masks)
             loss_sum += loss.detach() * idx.numel()
             correct += (logits.detach().argmax(1) == yb).sum()
+            step += 1
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
         mean_loss = float(loss_sum) / n  # one sync per epoch
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
-                f"training diverged at epoch {epoch + 1}: mean loss is {mean_loss}; "
-                "lower train.lr (or use a smaller prune.rate) and resume; finished rounds are kept"
+                f"training diverged at epoch {epoch + 1}, step {int(first_bad)} of {int(step)}: the loss became {mean_loss}. "
+                "Finished rounds and the last epoch checkpoint are kept; lower train.lr (a new run) "
+                "or resume to retry from the last good state"
             )
         log = EpochLog(epoch=epoch + 1, lr=lr, loss=mean_loss, acc=int(correct) / n)
         logs.append(log)
