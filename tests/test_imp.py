@@ -311,3 +311,18 @@ def test_real_noise_from_a_cifar_n_style_label_file(tmp_path):
         tiny(f"dataset.label_file={path}")
     with pytest.raises(UserError, match="no labels named"):
         imp.run(tiny("noise.kind=none", f"dataset.label_file={path}", "dataset.label_key=nope", "prune.rounds=0"), tmp_path / "r2")
+
+
+def test_tensorboard_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny("train.tensorboard=true", "prune.rounds=1", "entropy.enabled=false")
+    run_dir = imp.run(cfg, tmp_path)
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"epoch/loss", "epoch/lr", "round/test_acc", "round/sparsity"} <= set(tags)
+    rows = store.read_csv(run_dir / "rounds.csv")
+    logged = [e.value for e in acc.Scalars("round/test_acc")]
+    assert logged == pytest.approx([r["test_acc"] for r in rows])
+    assert len(acc.Scalars("epoch/loss")) == 2 * cfg.train.epochs

@@ -92,6 +92,7 @@ class TrainConfig(_Section):
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs (CUDA and CPU).")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default).")
+    tensorboard: bool = Field(False, description="Also log per-epoch and per-round scalars to <run dir>/tensorboard (pip install tensorboard).")
     checkpoint_interval_s: float = Field(
         60.0, ge=0.0, description="Save a mid-round checkpoint at the end of an epoch when this many seconds passed since the last (0: every epoch)."
     )
@@ -179,6 +180,7 @@ _NON_RESULT_FIELDS = {
     ("train", "threads"),
     ("train", "eval_batch_size"),
     ("train", "checkpoint_interval_s"),
+    ("train", "tensorboard"),
     ("entropy", "batch_size"),
 }
 

@@ -356,6 +356,37 @@ def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total
     return save
 
 
+class _TensorBoard:
+    """Optional TensorBoard scalars: per epoch (loss, accuracy, lr) and per round (every metric)."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.writer = None
+        if not enabled:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def epoch(self, round_idx: int, epochs_per_round: int, log: EpochLog) -> None:
+        if self.writer is not None:
+            step = round_idx * epochs_per_round + log.epoch
+            for key in ("loss", "acc", "lr"):
+                self.writer.add_scalar(f"epoch/{key}", getattr(log, key), step)
+
+    def round(self, row: dict[str, Any]) -> None:
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key != "round":
+                    self.writer.add_scalar(f"round/{key}", value, row["round"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def _write_tables(run_dir: Path, rows: list[dict[str, Any]], entropy_rows: list[dict[str, Any]], timing_rows: list[dict[str, Any]]) -> None:
     from dsd2.phases import label_phases
 
@@ -427,6 +458,7 @@ def run(
             masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
         _write_tables(run_dir, rows, entropy_rows, timing_rows)
         cumulative = (rows[-1]["train_pflops_dense"], rows[-1]["train_pflops_sparse"]) if rows else (0.0, 0.0)
+        tb = _TensorBoard(run_dir, cfg.train.tensorboard)
         for i in range(len(done), cfg.prune.rounds + 1):
             decision = stop_decision(cfg, rows)
             if decision is not None and decision.stop_round is not None:
@@ -448,6 +480,7 @@ def run(
             def on_epoch(log: EpochLog, model: nn.Module, _i=i, _snap=snap, _total=schedule.epochs) -> None:
                 if _snap is not None:
                     _snap(log, model)
+                tb.epoch(_i, _total, log)
                 if progress is not None:
                     progress(_i, _total, log)
 
@@ -493,8 +526,10 @@ def run(
             entropy_rows.extend(layer_rows)
             timing_rows.append(timing)
             _write_tables(run_dir, rows, entropy_rows, timing_rows)
+            tb.round(rows[-1])
             if on_round is not None:
                 on_round(rows[-1])
+        tb.close()
         decision = stop_decision(cfg, rows)
         if decision is not None:
             store.write_json(run_dir / "early_stop.json", {"rule": cfg.early_stop.rule, **_as_dict(decision)})
