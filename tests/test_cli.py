@@ -60,6 +60,17 @@ def test_run_prints_table_and_resume_is_a_no_op(tiny_run, capsys):
     assert main(["run", str(tiny_run), "seed=3"]) == 2  # overrides cannot change a run
 
 
+def test_refused_commands_leave_the_run_directory_untouched(tiny_run):
+    def snapshot():
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(tiny_run.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    assert main(["run", str(tiny_run), "seed=3"]) == 2
+    assert main(["run", str(tiny_run / "config.yaml"), "prune.rate=1.5", "--out", str(tiny_run.parent)]) == 2
+    assert main(["stop", str(tiny_run), "--rule", "nonsense"]) == 2
+    assert snapshot() == before
+
+
 def test_stop_and_compare(tiny_run, capsys):
     assert main(["stop", str(tiny_run), "--rule", "plain"]) == 0
     assert "selected round" in capsys.readouterr().out

@@ -326,3 +326,15 @@ def test_tensorboard_scalars(tmp_path):
     logged = [e.value for e in acc.Scalars("round/test_acc")]
     assert logged == pytest.approx([r["test_acc"] for r in rows])
     assert len(acc.Scalars("epoch/loss")) == 2 * cfg.train.epochs
+
+
+def test_memory_does_not_grow_across_rounds(tmp_path):
+    def rss_mb():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    cfg = tiny("train.epochs=1", "prune.rounds=10", "prune.rate=0.3", "model.hidden=[64, 64]")
+    seen = []
+    imp.run(cfg, tmp_path, on_round=lambda row: seen.append(rss_mb()))
+    assert len(seen) == 11
+    assert seen[-1] - seen[2] < 8.0, f"resident memory grew across rounds: {seen}"
