@@ -144,6 +144,15 @@ def test_partial_run_still_memorising_is_critical_not_collapsed():
     assert labels == ["light", "critical", "critical", "collapsed", "collapsed"]
 
 
+def test_gently_falling_curve_without_memorisation_stays_light_until_the_fit_goes():
+    """A DSD² student: no memorisation, accuracy slides a little, the clean fit holds → Light."""
+    acc = [0.76, 0.745, 0.74, 0.735, 0.70, 0.60]
+    flipped = [0.06, 0.07, 0.07, 0.07, 0.06, 0.05]
+    fit = [0.80, 0.801, 0.799, 0.797, 0.76, 0.65]
+    labels = label_phases(sparsity(6), acc, fit, flipped, train_acc_clean=fit)
+    assert labels == ["light", "light", "light", "light", "collapsed", "collapsed"]
+
+
 def test_phase_validation():
     with pytest.raises(UserError):
         label_phases([0.0, 0.5], [0.5], [1.0, 1.0], None)

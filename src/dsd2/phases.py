@@ -19,9 +19,10 @@ labels are contiguous segments in that order (a phase may be empty).  With ``d =
 3. On the rest ``R = [l, n)``: the **peak** ``b = argmax acc`` over ``R`` (ties → sparsest).
    The peak is *sweet* iff ``acc[b] >= d - tol`` or it recovers from an earlier trough,
    ``min(acc[l:b]) < acc[b] - tol``.  If it is not sweet (accuracy only falls after Light),
-   the leading rounds of ``R`` that still memorise and still fit (``fit[r] >= max(fit[R]) -
-   fit_tol``, ``fit`` as in 5.) are **Critical** (a run still in progress, before its Sweet
-   phase) and the rest **Collapsed**.
+   the leading rounds of ``R`` that still fit (``fit[r] >= max(fit) - fit_tol``, ``fit`` as
+   in 5.) are **Light** while they do not memorise (a gently falling curve, e.g. a DSD²
+   student) and **Critical** while they memorise (an IMP run still in progress, before its
+   Sweet phase); the rest is **Collapsed**.
 4. **Critical** (the dip) = ``[l, t]`` with ``t = argmin acc[l:b]`` (ties → sparsest), only if
    ``acc[t] < d - tol`` and ``acc[t] < acc[b] - tol``; otherwise there is no Critical round.
    A monotone (non-increasing) curve therefore never has Critical rounds.
@@ -168,15 +169,24 @@ def label_phases(
     trough = _argmin_last(acc, light_end, b) if b > light_end else None
     recovers = trough is not None and acc[trough] < acc[b] - tol
     if not (acc[b] >= d - tol or recovers):
-        # Accuracy only falls after Light. While the net still memorises the noise and fits the
-        # clean part, that fall is the Critical phase (the typical state of a curve whose IMP run
-        # is still in progress); it is a collapse only once the fit is lost too.
+        # Accuracy only falls after Light. While the net still fits the clean part, that is no
+        # collapse: a net that memorises the noise meanwhile is in its Critical phase (an IMP run
+        # still in progress, before its Sweet phase); one that does not (a DSD² student) is
+        # still in its Light phase, on a gentle slope. Collapsed once the fit is lost.
         fit = clean if clean is not None else noisy
-        rest = []
+        if fit is None:
+            return labels + ["collapsed"] * (n - light_end)
+        top = max(fit)
+        rest: list[str] = []
         for r in range(light_end, n):
-            still_fits = fit is None or fit[r] >= max(fit[light_end:]) - fit_tol
-            critical = mem is not None and mem[r] and still_fits and (not rest or rest[-1] == "critical")
-            rest.append("critical" if critical else "collapsed")
+            prev = rest[-1] if rest else "light"
+            memorising = mem is not None and mem[r]
+            if fit[r] >= top - fit_tol and not memorising and prev == "light":
+                rest.append("light")
+            elif fit[r] >= top - fit_tol and memorising and prev in ("light", "critical"):
+                rest.append("critical")
+            else:
+                rest.append("collapsed")
         return labels + rest
 
     # Critical: light_end .. trough, if the trough is a real dip.
