@@ -128,7 +128,10 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path} is corrupt or not a safetensors file ({err})") from None
+        raise UserError(
+            f"{path} is corrupt or not a safetensors file ({err}); delete it (or its round_XXX folder) and resume "
+            "the run to recompute it"
+        ) from None
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
