@@ -35,7 +35,8 @@ def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def selection_column(rows: list[dict[str, Any]]) -> str:
-    return "val_acc" if rows[0].get("val_acc") is not None else "test_acc"
+    """The column used for model selection: validation accuracy, or test when the run has no val split."""
+    return "val_acc" if rows and rows[0].get("val_acc") is not None else "test_acc"
 
 
 def decide(rows: list[dict[str, Any]], rule: str, *, tolerance: float = 0.0, patience: int = 1, **entropy_params: Any) -> StopDecision | None:

@@ -388,10 +388,11 @@ class _TensorBoard:
 
 
 def _write_tables(run_dir: Path, rows: list[dict[str, Any]], entropy_rows: list[dict[str, Any]], timing_rows: list[dict[str, Any]]) -> None:
+    from dsd2.compare import selection_column
     from dsd2.phases import label_phases
 
     if rows:
-        eval_key = "val_acc" if rows[0].get("val_acc") is not None else "test_acc"
+        eval_key = selection_column(rows)
         flipped = [r["train_acc_flipped"] for r in rows]
         phases = label_phases(
             [r["sparsity"] for r in rows],
@@ -421,14 +422,9 @@ def stop_decision(cfg: RunConfig, rows: list[dict[str, Any]]):
     """The early-stop rule of ``cfg`` applied to the finished rows (None when no rule is set)."""
     if cfg.early_stop.rule == "none" or not rows:
         return None
-    from dsd2.phases import entropy_early_stop, plain_early_stop
+    from dsd2.compare import decide
 
-    eval_key = "val_acc" if rows[0].get("val_acc") is not None else "test_acc"
-    acc = [r[eval_key] for r in rows]
-    es = cfg.early_stop
-    if es.rule == "plain":
-        return plain_early_stop(acc, tolerance=es.tolerance, patience=es.patience)
-    return entropy_early_stop(acc, [r["entropy"] for r in rows], tolerance=es.tolerance, patience=es.patience)
+    return decide(rows, cfg.early_stop.rule, tolerance=cfg.early_stop.tolerance, patience=cfg.early_stop.patience)
 
 
 def run(

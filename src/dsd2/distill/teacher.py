@@ -9,13 +9,9 @@ import torch
 from torch import nn
 
 from dsd2 import store
+from dsd2.compare import selection_column
 from dsd2.distill.loss import kd_loss
 from dsd2.errors import UserError
-
-
-def eval_column(rows: list[dict[str, Any]]) -> str:
-    """The column used for model selection: validation accuracy, or test when the run has no val split."""
-    return "val_acc" if rows and rows[0].get("val_acc") is not None else "test_acc"
 
 
 def select_teacher_round(rows: list[dict[str, Any]], choice: int | str) -> tuple[int, str]:
@@ -26,7 +22,7 @@ def select_teacher_round(rows: list[dict[str, Any]], choice: int | str) -> tuple
     """
     if not rows:
         raise UserError("the teacher run has no finished round; run it first (`dsd2 run`)")
-    col = eval_column(rows)
+    col = selection_column(rows)
     if choice == "best":
         best = max(rows, key=lambda r: (r[col], r["round"]))
         return int(best["round"]), col
