@@ -68,6 +68,16 @@ def test_strategy_table_costs_and_selection(pair):
     assert incl.pflops_dense == pytest.approx(dsd.pflops_dense + ex.pflops_dense)
 
 
+def test_last_good_selection_keeps_the_sparsest_model_within_tolerance():
+    acc = [0.76, 0.75, 0.745, 0.74, 0.745, 0.74, 0.735, 0.70, 0.60]
+    rows = [{"round": i, "val_acc": a, "test_acc": a, "sparsity": 1 - 0.8**i} for i, a in enumerate(acc)]
+    best = compare.decide(rows, "plain", tolerance=0.03)
+    last = compare.decide(rows, "plain", tolerance=0.03, select="last_good")
+    assert (best.stop_round, best.selected_round) == (7, 0)
+    assert (last.stop_round, last.selected_round) == (7, 6)
+    assert compare.decide(rows, "plain").stop_round == 1
+
+
 def test_recovered_dip():
     rows = lambda acc: [{"round": i, "val_acc": a, "test_acc": a} for i, a in enumerate(acc)]  # noqa: E731
     sdd = compare.recovered_dip(rows([0.60, 0.58, 0.50, 0.55, 0.70, 0.62]))

@@ -199,13 +199,15 @@ def models() -> None:
     console.print(table)
 
 
-def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int) -> None:
+def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int, select: str) -> None:
     from dsd2 import compare
 
     rows = compare.load_rows(run_dir)
-    d = compare.decide(rows, rule, tolerance=tolerance, patience=patience)
+    d = compare.decide(rows, rule, tolerance=tolerance, patience=patience, select=select)
+    if d is None:
+        raise UserError("--rule none makes no decision: use plain or entropy")
     o = compare.outcome(f"{rule} early stop", run_dir, rows, d, rows[0]["round_pflops_dense"])
-    console.print(f"rule: {rule} (tolerance {tolerance:g}, patience {patience}); selection on {compare.selection_column(rows)}")
+    console.print(f"rule: {rule} (tolerance {tolerance:g}, patience {patience}, select {select}); selection on {compare.selection_column(rows)}")
     console.print(d.reason)
     if d.ignored_drops:
         console.print(f"drops ignored (entropy says not collapsed): rounds {d.ignored_drops}")
@@ -223,13 +225,18 @@ def stop(
     rule: str = typer.Option("plain", "--rule", help="plain | entropy"),
     tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated."),
     patience: int = typer.Option(1, help="Consecutive drops needed to stop."),
+    select: str = typer.Option("best", help="best: most accurate round trained; last_good: sparsest round before the stop."),
 ) -> None:
     """Which round an early-stopping rule would select on a run, and what it would cost."""
-    _print_decision(run_dir, rule, tolerance, patience)
+    _print_decision(run_dir, rule, tolerance, patience, select)
 
 
-def strategy_rich_table(outcomes) -> Table:
-    table = Table(title="Selected model and training cost per strategy (paper Figure 1, right)")
+# The demo's second stopping setting: "the sparsest model within 3 points of the best so far".
+COMPRESS_RULE = {"tolerance": 0.03, "patience": 1, "select": "last_good"}
+
+
+def strategy_rich_table(outcomes, rule: str = "tolerance 0, patience 1, select best") -> Table:
+    table = Table(title=f"Selected model and training cost per strategy (paper Figure 1, right); early stop: {rule}")
     for col in ("strategy", "round", "sparsity %", "phase", "sel. acc", "test acc", "PFLOPs (dense)", "PFLOPs (sparse)", "units", "note"):
         table.add_column(col, justify="left" if col in ("strategy", "note", "phase") else "right")
     for o in outcomes:
@@ -244,14 +251,15 @@ def strategy_rich_table(outcomes) -> Table:
 def compare_cmd(
     vanilla: Path = typer.Argument(..., help="Vanilla IMP run directory."),
     student: Optional[Path] = typer.Argument(None, help="DSD² student run directory."),
-    tolerance: float = typer.Option(0.0),
+    tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated before a round counts as a drop."),
     patience: int = typer.Option(1),
+    select: str = typer.Option("best", help="best: most accurate round trained; last_good: sparsest round before the stop."),
 ) -> None:
     """Exhaustive vanilla vs. early stops vs. DSD²: selected round, accuracy, cost."""
     from dsd2 import compare
 
-    outcomes = compare.strategy_table(vanilla, student, tolerance=tolerance, patience=patience)
-    console.print(strategy_rich_table(outcomes))
+    outcomes = compare.strategy_table(vanilla, student, tolerance=tolerance, patience=patience, select=select)
+    console.print(strategy_rich_table(outcomes, f"tolerance {tolerance:g}, patience {patience}, select {select}"))
 
 
 def _pipeline(cfg, student_cfg, out: Path, quiet: bool) -> tuple[Path, Path]:
@@ -279,6 +287,7 @@ def pipeline_cmd(
     scfg = load_config(student, overrides or []) if student else None
     teacher_dir, student_dir = _pipeline(cfg, scfg, out, quiet)
     console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
+    console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir, **COMPRESS_RULE), ", ".join(f"{k} {v}" for k, v in COMPRESS_RULE.items())))
 
 
 @app.command()
@@ -318,6 +327,12 @@ def demo(
         console.print(rounds_table(store.read_csv(teacher_dir / "rounds.csv"), title=f"vanilla IMP (seed {cfg.seed}): {teacher_dir}"))
         console.print(rounds_table(store.read_csv(student_dir / "rounds.csv"), title=f"DSD² student (seed {cfg.seed}): {student_dir}"))
         console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
+        console.print(
+            strategy_rich_table(
+                compare.strategy_table(teacher_dir, student_dir, **COMPRESS_RULE),
+                ", ".join(f"{k} {v}" for k, v in COMPRESS_RULE.items()),
+            )
+        )
     console.print(dip_rich_table(pairs))
     for teacher_dir, student_dir in pairs:
         console.print(f"vanilla run: {teacher_dir}   DSD² student run: {student_dir}")

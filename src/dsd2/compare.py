@@ -39,20 +39,27 @@ def selection_column(rows: list[dict[str, Any]]) -> str:
     return "val_acc" if rows and rows[0].get("val_acc") is not None else "test_acc"
 
 
-def decide(rows: list[dict[str, Any]], rule: str, *, tolerance: float = 0.0, patience: int = 1, **entropy_params: Any) -> StopDecision | None:
-    """The decision of ``rule`` ("plain", "entropy" or "none") on a run's rows."""
+def decide(
+    rows: list[dict[str, Any]], rule: str, *, tolerance: float = 0.0, patience: int = 1, select: str = "best", **entropy_params: Any
+) -> StopDecision | None:
+    """The decision of ``rule`` ("plain", "entropy" or "none") on a run's rows.
+
+    ``select="best"`` returns the most accurate round trained; ``"last_good"`` the sparsest
+    round before the drop that stopped pruning (with a tolerance: the most compressed model
+    within ``tolerance`` of the best so far).
+    """
     col = selection_column(rows)
     acc = [r[col] for r in rows]
     if rule == "none":
         return None
     if rule == "plain":
-        return plain_early_stop(acc, tolerance=tolerance, patience=patience)
+        return plain_early_stop(acc, tolerance=tolerance, patience=patience, select=select)
     if rule == "entropy":
         ent = [r.get("entropy") for r in rows]
         if any(h is None for h in ent):
             raise UserError("the entropy rule needs the entropy column (run with entropy.enabled=true)")
         params = {**ENTROPY_RULE_DEFAULTS, **entropy_params}
-        return entropy_early_stop(acc, ent, tolerance=tolerance, patience=patience, **params)
+        return entropy_early_stop(acc, ent, tolerance=tolerance, patience=patience, select=select, **params)
     raise UserError(f"unknown stop rule {rule!r}: use plain, entropy or none")
 
 
@@ -101,22 +108,30 @@ def outcome(strategy: str, run_dir: str | Path, rows: list[dict[str, Any]], deci
 
 
 def strategy_table(
-    vanilla_dir: str | Path, student_dir: str | Path | None = None, *, tolerance: float = 0.0, patience: int = 1, **entropy_params: Any
+    vanilla_dir: str | Path,
+    student_dir: str | Path | None = None,
+    *,
+    tolerance: float = 0.0,
+    patience: int = 1,
+    select: str = "best",
+    **entropy_params: Any,
 ) -> list[Outcome]:
     """Figure 1 (right) of the paper as rows: strategy, selected round, accuracy, cost."""
     vrows = load_rows(vanilla_dir)
     unit = vrows[0]["round_pflops_dense"]
+    rule = dict(tolerance=tolerance, patience=patience, select=select)
     out = [
         outcome("vanilla, exhaustive", vanilla_dir, vrows, None, unit, "all rounds, best on " + selection_column(vrows)),
-        outcome("vanilla + early stop", vanilla_dir, vrows, decide(vrows, "plain", tolerance=tolerance, patience=patience), unit),
+        outcome("vanilla + early stop", vanilla_dir, vrows, decide(vrows, "plain", **rule), unit),
     ]
     if vrows[0].get("entropy") is not None:
-        d = decide(vrows, "entropy", tolerance=tolerance, patience=patience, **entropy_params)
-        note = f"ignored drops at rounds {d.ignored_drops}" if d.ignored_drops else ""
+        d = decide(vrows, "entropy", **rule, **entropy_params)
+        ign = d.ignored_drops
+        note = f"ignored {len(ign)} drop(s), rounds {ign[0]}-{ign[-1]}" if ign else ""
         out.append(outcome("vanilla + entropy + early stop", vanilla_dir, vrows, d, unit, note))
     if student_dir is not None:
         srows = load_rows(student_dir)
-        d = decide(srows, "plain", tolerance=tolerance, patience=patience)
+        d = decide(srows, "plain", **rule)
         o = outcome("DSD² + early stop", student_dir, srows, d, unit, "student rounds incl. teacher forwards")
         out.append(o)
         teacher = _teacher_cost(student_dir)

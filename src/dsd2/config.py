@@ -139,6 +139,9 @@ class EarlyStopConfig(_Section):
     rule: Literal["none", "plain", "entropy"] = Field("none", description="Stop pruning online when the rule fires.")
     tolerance: float = Field(0.0, ge=0.0, description="Accuracy drop (fraction) tolerated before counting a drop.")
     patience: int = Field(1, ge=1, description="Consecutive dropped rounds needed to stop.")
+    select: Literal["best", "last_good"] = Field(
+        "best", description="Round kept: best (most accurate trained) or last_good (sparsest before the drop that stopped pruning)."
+    )
 
 
 class RunConfig(_Section):

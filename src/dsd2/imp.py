@@ -424,7 +424,8 @@ def stop_decision(cfg: RunConfig, rows: list[dict[str, Any]]):
         return None
     from dsd2.compare import decide
 
-    return decide(rows, cfg.early_stop.rule, tolerance=cfg.early_stop.tolerance, patience=cfg.early_stop.patience)
+    es = cfg.early_stop
+    return decide(rows, es.rule, tolerance=es.tolerance, patience=es.patience, select=es.select)
 
 
 def run(
