@@ -84,3 +84,12 @@ def test_schema_lists_required_keys():
     keys = {k for k, _, _ in describe_schema()}
     for required in ("seed", "dataset.name", "dataset.root", "noise.kind", "noise.rate", "model.name", "train.epochs", "prune.rounds", "prune.rate", "prune.retrain"):
         assert required in keys
+
+
+def test_hash_covers_only_non_default_values():
+    """A field added later with its default value must not change existing run ids."""
+    a = load_config(None, ["prune.rounds=3"])
+    b = load_config(None, ["prune.rounds=3", "early_stop.select=best", "train.lr=0.1"])  # explicit defaults
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(load_config(None, ["prune.rounds=4"]))
+    assert config_hash(a) != config_hash(load_config(None, ["prune.rounds=3", "model.depth=3"]))

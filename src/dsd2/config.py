@@ -188,12 +188,33 @@ _NON_RESULT_FIELDS = {
 }
 
 
+def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        base = defaults.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(base, dict):
+            sub = _non_default(value, base)
+            if sub:
+                out[key] = sub
+        elif value != base:
+            out[key] = value
+    return out
+
+
+_MISSING = object()
+
+
 def config_hash(cfg: RunConfig) -> str:
+    """Short hash of what the config changes from the defaults (as OpenLTH does).
+
+    Hashing only the non-default values keeps run ids stable when a later version adds a field
+    with a default: an old run directory still resumes.
+    """
     data = cfg.resolved()
     data.pop("name")
     for section, key in _NON_RESULT_FIELDS:
         data[section].pop(key, None)
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(_non_default(data, RunConfig().resolved()), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
