@@ -215,6 +215,17 @@ def test_online_early_stop_stops_pruning(finished, tmp_path):
 KILL = ["train.epochs=6", "train.batch_size=32", "model.hidden=[64, 64]", "prune.rounds=3", "entropy.enabled=false"]
 
 
+def _progress(run_dir):
+    """What a training process has written so far: round folders and epoch checkpoints, with mtimes."""
+    out = []
+    for p in sorted(run_dir.glob("round_*")):
+        try:
+            out.append((p.name, p.stat().st_mtime_ns))
+        except FileNotFoundError:  # a partial checkpoint removed at the end of its round
+            pass
+    return out
+
+
 def test_sigkill_at_random_moments_resumes_to_identical_results(tmp_path):
     """Kill -9 at 5+ random moments (mid-epoch, mid-checkpoint, between rounds); every resume
     continues from the last epoch checkpoint and the end result equals an uninterrupted run."""
@@ -223,7 +234,7 @@ def test_sigkill_at_random_moments_resumes_to_identical_results(tmp_path):
     cfg = tiny(*KILL)
     t0 = time.perf_counter()
     ref_dir = imp.run(cfg, tmp_path / "ref")
-    duration = time.perf_counter() - t0  # kill delays scale with this machine's speed
+    epoch_s = (time.perf_counter() - t0) / ((cfg.prune.rounds + 1) * cfg.train.epochs)  # kill delays scale with it
     out = tmp_path / "killed"
     run_dir = out / cfg.run_id()
     args = ["-m", "dsd2.cli", "run", "tiny_mnist1d", *TINY, *KILL, "train.checkpoint_interval_s=0", "--out", str(out), "-q"]
@@ -231,9 +242,12 @@ def test_sigkill_at_random_moments_resumes_to_identical_results(tmp_path):
     kills, partial_seen = 0, 0
     while kills < 6:
         proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        while proc.poll() is None and not (run_dir / "labels.safetensors").exists():
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.02, 0.25) * duration)
+        # wait until this process trains (it wrote an epoch checkpoint or finished a round), then
+        # kill it at a random moment within the next couple of epochs
+        start = _progress(run_dir)
+        while proc.poll() is None and _progress(run_dir) == start:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 2.0) * epoch_s)
         if proc.poll() is not None:  # finished before the kill: nothing left to interrupt
             assert proc.returncode == 0, proc.stderr.read().decode()
             break

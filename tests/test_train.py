@@ -55,7 +55,7 @@ def test_same_seed_same_weights():
 def test_nan_loss_names_epoch_and_step():
     calls = {"n": 0}
 
-    def poisoned(logits, targets, inputs):
+    def poisoned(logits, targets, inputs, index):
         calls["n"] += 1
         loss = F.cross_entropy(logits, targets)
         return loss * float("nan") if calls["n"] == 6 else loss  # 4 steps per epoch: epoch 2, step 2

@@ -326,15 +326,26 @@ def step_flops(
     )
 
 
-def training_flops(step: StepFlops, *, n_examples: int, epochs: int) -> tuple[float, float]:
+def training_flops(
+    step: StepFlops, *, n_examples: int, epochs: int, teacher_passes: int | None = None
+) -> tuple[float, float]:
     """``(dense_total, sparse_total)`` FLOPs of training on ``n_examples`` for ``epochs``.
 
     Per-example step FLOPs (student forward + backward + teacher forward) × examples × epochs.
+    ``teacher_passes``: how many times the teacher saw the examples when that is not once per
+    epoch (its logits cached from one pass over unaugmented data: 1 for the round that computed
+    them, 0 for the others).
     """
     if n_examples < 0 or epochs < 0:
         raise UserError("n_examples and epochs must be >= 0")
     k = n_examples * epochs
-    return step.dense_per_example * k, step.sparse_per_example * k
+    dense, sparse = step.dense_per_example * k, step.sparse_per_example * k
+    if teacher_passes is not None:
+        t_dense = step.teacher_fwd / step.batch_size
+        t_sparse = step.teacher_fwd_sparse / step.batch_size
+        dense += t_dense * n_examples * (teacher_passes - epochs)
+        sparse += t_sparse * n_examples * (teacher_passes - epochs)
+    return dense, sparse
 
 
 def paper_run_flops(step: StepFlops, *, n_examples: int, epochs: int) -> float:

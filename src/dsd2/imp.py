@@ -27,7 +27,7 @@ from dsd2.errors import UserError
 from dsd2.models import build_model, prunable_weights
 from dsd2.noise import NoisyLabels, apply_label_noise
 from dsd2.prune import Masks, apply_masks, count_alive, full_masks, next_masks, sparsity
-from dsd2.train import Batches, EpochLog, Objective, Schedule, accuracy, cross_entropy, predict, train
+from dsd2.train import Batches, EpochLog, Objective, Schedule, accuracy, cross_entropy, logits_of, predict, train
 
 ROUND_COLUMNS = [
     "round",
@@ -261,7 +261,13 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
         teacher, teacher_info, teacher_masks = load_teacher(cfg.distill.teacher, cfg.distill.round, device=device, expect_data=data)
         if channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
-        objective = KDObjective(teacher, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, amp=cfg.train.amp)
+        cached = None
+        if train_batches.augment.is_identity or train_batches.x.dim() != 4:
+            # unaugmented data: the frozen teacher's logits per row never change, compute them once
+            cached = logits_of(teacher, train_batches, batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp)
+        objective = KDObjective(
+            teacher, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, amp=cfg.train.amp, cached_logits=cached
+        )
         store.write_json(run_dir / "teacher.json", teacher_info)
     return RunContext(cfg, run_dir, device, data, labels, model, weights, train_batches, objective, teacher, teacher_info, teacher_masks)
 
@@ -300,13 +306,16 @@ def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]
     return res.weighted_mean, rows
 
 
-def _round_flops(ctx: RunContext, masks: Masks, epochs: int) -> tuple[float, float]:
+def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> tuple[float, float]:
     from dsd2.flops import step_flops, to_pflops, training_flops
 
     tb = ctx.train_batches
     example = tb.prepare(tb.x[:2])
     step = step_flops(ctx.model, example, teacher=ctx.teacher, masks=masks, teacher_masks=ctx.teacher_masks)
-    dense, sparse = training_flops(step, n_examples=tb.x.shape[0], epochs=epochs)
+    cached = getattr(ctx.objective, "cached_logits", None) is not None
+    # cached teacher logits: one teacher pass over the data, charged to round 0
+    passes = (1 if round_idx == 0 else 0) if cached else None
+    dense, sparse = training_flops(step, n_examples=tb.x.shape[0], epochs=epochs, teacher_passes=passes)
     return to_pflops(dense), to_pflops(sparse)
 
 
@@ -499,7 +508,7 @@ def run(
             epochs = len(logs)
             metrics = _evaluate(ctx)
             entropy, layer_rows = _measure_entropy(ctx)
-            pf_dense, pf_sparse = _round_flops(ctx, masks, epochs)
+            pf_dense, pf_sparse = _round_flops(ctx, masks, epochs, i)
             cumulative = (cumulative[0] + pf_dense, cumulative[1] + pf_sparse)
             row = {
                 "round": i,

@@ -33,10 +33,13 @@ class TrainingDiverged(UserError):
 
 
 class Objective(Protocol):
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor: ...
+    """A training loss. ``index``: the rows of the training split in the batch (lets an
+    objective use per-sample precomputed values, e.g. cached teacher logits)."""
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, index: torch.Tensor) -> torch.Tensor: ...
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets)
 
 
@@ -158,7 +161,7 @@ def train(
             yb = data.y[idx]
             with autocast_for(device, amp):
                 logits = model(xb)
-            loss = objective(logits, yb, xb)
+            loss = objective(logits, yb, xb, idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -192,8 +195,8 @@ def _check_finite_weights(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Batches, *, batch_size: int, amp: bool = False) -> torch.Tensor:
-    """Predicted classes (int64, on the data's device) for every row of ``data.x``; eval mode."""
+def logits_of(model: nn.Module, data: Batches, *, batch_size: int, amp: bool = False) -> torch.Tensor:
+    """Float32 logits for every row of ``data.x`` (unaugmented, eval mode), on the data's device."""
     was_training = model.training
     model.eval()
     out = []
@@ -201,12 +204,20 @@ def predict(model: nn.Module, data: Batches, *, batch_size: int, amp: bool = Fal
         for start in range(0, data.x.shape[0], batch_size):
             xb = data.prepare(data.x[start : start + batch_size])
             with autocast_for(data.x.device, amp):
-                out.append(model(xb).argmax(1))
+                out.append(model(xb).float())
     finally:
         model.train(was_training)
     if not out:
-        return torch.empty(0, dtype=torch.long, device=data.x.device)
+        return torch.empty(0, 0, device=data.x.device)
     return torch.cat(out)
+
+
+def predict(model: nn.Module, data: Batches, *, batch_size: int, amp: bool = False) -> torch.Tensor:
+    """Predicted classes (int64, on the data's device) for every row of ``data.x``; eval mode."""
+    logits = logits_of(model, data, batch_size=batch_size, amp=amp)
+    if logits.numel() == 0:
+        return torch.empty(0, dtype=torch.long, device=data.x.device)
+    return logits.argmax(1)
 
 
 def accuracy(pred: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None) -> float | None:

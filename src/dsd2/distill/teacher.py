@@ -80,17 +80,27 @@ def load_teacher(
 
 
 class KDObjective:
-    """Training objective of a DSD² student: ``kd_loss`` against a frozen teacher on the same batch."""
+    """Training objective of a DSD² student: ``kd_loss`` against a frozen teacher on the same batch.
 
-    def __init__(self, teacher: nn.Module, *, alpha: float, temperature: float, amp: bool = False):
+    With ``cached_logits`` (the teacher's logits for every training row, valid when the batches
+    are not augmented) the teacher is not run per step: its output for a row never changes.
+    """
+
+    def __init__(
+        self, teacher: nn.Module, *, alpha: float, temperature: float, amp: bool = False, cached_logits: torch.Tensor | None = None
+    ):
         self.teacher = teacher.eval()
         self.alpha = alpha
         self.temperature = temperature
         self.amp = amp
+        self.cached_logits = cached_logits
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         from dsd2.train import autocast_for
 
-        with torch.no_grad(), autocast_for(inputs.device, self.amp):
-            teacher_logits = self.teacher(inputs)
+        if self.cached_logits is not None and index is not None:
+            teacher_logits = self.cached_logits[index]
+        else:
+            with torch.no_grad(), autocast_for(inputs.device, self.amp):
+                teacher_logits = self.teacher(inputs)
         return kd_loss(logits, teacher_logits, targets, alpha=self.alpha, temperature=self.temperature)
