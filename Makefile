@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs
 
-.PHONY: venv demo test data bench clean
+.PHONY: venv demo test data bench clean browser
 
 venv: $(VENV)/.installed
 
@@ -30,7 +30,16 @@ data: venv
 demo: venv data
 	$(BIN)/dsd2 demo --out $(OUT)
 
-test: venv
+# Headless Chromium for the report's browser test (Debian's package, as root); the test skips
+# with a message where it cannot be installed.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || true; \
+	  fi; }
+
+test: venv browser
 	$(BIN)/pytest
 
 bench: venv
