@@ -72,3 +72,16 @@ def test_csv_roundtrip_exact_floats(tmp_path):
     store.write_csv(tmp_path / "r.csv", rows)
     back = store.read_csv(tmp_path / "r.csv")
     assert back == rows
+
+
+@pytest.mark.parametrize("name", ["labels.safetensors", "init.safetensors", "masks.safetensors", "round_003.partial.safetensors"])
+def test_bit_flip_in_any_tensor_file_is_detected(tmp_path, name):
+    """Files outside a round manifest (labels, init, epoch checkpoints) carry their own checksum."""
+    p = tmp_path / name
+    store.save_tensors(p, {"noisy": torch.arange(1000), "flipped": torch.arange(10)}, metadata={"next_epoch": "3"})
+    assert store.load_tensors(p)["noisy"].sum() == 499500
+    data = bytearray(p.read_bytes())
+    data[-100] ^= 0x04  # inside the tensor data: safetensors alone would not notice
+    p.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=f"{name} does not match its checksum.*delete it"):
+        store.load_tensors(p)

@@ -153,7 +153,7 @@ def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
         for key in ("clean", "noisy", "flipped"):
             if key not in saved or not torch.equal(saved[key], tensors[key].cpu()):
                 raise UserError(
-                    f"{path} does not match the labels this config produces ({key} differs): the data or the noise "
+                    f"{path} does not match the labels this config produces ({key} differs): it was edited, or the data or noise "
                     "code changed since the run started; start a new run directory"
                 )
         return

@@ -112,26 +112,42 @@ def read_json(path: str | Path) -> Any:
         raise UserError(f"{path} is corrupt ({err}); delete it and resume the run to recompute it") from None
 
 
+_DIGEST_KEY = "dsd2_sha256"
+
+
+def _split_safetensors(raw: bytes) -> tuple[dict[str, Any], bytes]:
+    """(header JSON, data section) of a safetensors byte string."""
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    """Save a flat dict of tensors as safetensors, atomically."""
+    """Save a flat dict of tensors as safetensors, atomically, with the sha256 of the tensor data
+    in the file's metadata so that any later bit flip is detected on load."""
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, st_save(clean, metadata=metadata))
+    _, data = _split_safetensors(st_save(clean))
+    digest = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(path, st_save(clean, metadata={**(metadata or {}), _DIGEST_KEY: digest}))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file (never a pickle), with a clear error when missing or corrupt."""
+    """Load a safetensors file (never a pickle); a missing, truncated, corrupt or altered file
+    is a clear error naming the file and the way out."""
     path = Path(path)
+    way_out = "delete it (or its round_XXX folder) and resume the run to recompute it"
     try:
-        data = path.read_bytes()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path} is missing") from None
     try:
-        return st_load(data)
+        tensors = st_load(raw)
+        header, data = _split_safetensors(raw)
     except (SafetensorError, ValueError, RuntimeError) as err:
-        raise UserError(
-            f"{path} is corrupt or not a safetensors file ({err}); delete it (or its round_XXX folder) and resume "
-            "the run to recompute it"
-        ) from None
+        raise UserError(f"{path} is corrupt or not a safetensors file ({err}); {way_out}") from None
+    digest = (header.get("__metadata__") or {}).get(_DIGEST_KEY)
+    if digest is not None and hashlib.sha256(data).hexdigest() != digest:
+        raise UserError(f"{path} does not match its checksum (corrupt or edited); {way_out}")
+    return tensors
 
 
 def write_csv(path: str | Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
