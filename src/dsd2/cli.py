@@ -386,10 +386,15 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for index.html and the figures."),
     title: Optional[str] = typer.Option(None, help="Page title."),
 ) -> None:
-    """Write one self-contained HTML report (figures embedded) for the given runs."""
+    """Write one self-contained HTML report (figures embedded) for the given runs, or for a
+    whole sweep (give its out/<sweep name> folder: analysis tables and figures, then every run)."""
     from dsd2.report import write_report
+    from dsd2.report.sweep import write_sweep_report
 
-    path = write_report(list(run_dirs), out, title=title)
+    if len(run_dirs) == 1 and (run_dirs[0] / "sweep.json").is_file():
+        path = write_sweep_report(run_dirs[0], out, title=title)
+    else:
+        path = write_report(list(run_dirs), out, title=title)
     console.print(f"report: {path}")
 
 

@@ -1230,6 +1230,10 @@ def sweep_main(
         table.add_row(cell.name, status, str(cell.attempts), *vals, cell.error or Path(cell.run_dir).name)
     console.print(table)
     console.print(f"summaries: {result.sweep_dir}/summary.csv, summary_by_point.csv, all_rounds.csv, sweep.json", markup=False)
+    if any(c.status == "finished" for c in result.cells):
+        from dsd2.report.sweep import write_sweep_report
+
+        console.print(f"report: {write_sweep_report(result.sweep_dir)}", markup=False)
     if not result.ok:
         console.print(f"{len(result.failed)} of {len(result.cells)} cells failed; run the sweep again to retry them (finished runs are skipped)", markup=False)
         return 1

@@ -316,8 +316,14 @@ def _run_section(i: int, run: RunData) -> str:
     return "".join(parts)
 
 
-def build_report(runs: Sequence[RunData], out_dir: Path, *, title: str | None = None) -> tuple[str, list[Path]]:
-    """The HTML text of the report; figure files are written under ``out_dir/figures``."""
+def build_report(
+    runs: Sequence[RunData], out_dir: Path, *, title: str | None = None, extra_sections: Sequence[tuple[str, str]] = ()
+) -> tuple[str, list[Path]]:
+    """The HTML text of the report; figure files are written under ``out_dir/figures``.
+
+    ``extra_sections``: (heading, trusted HTML) pairs placed after the summary (the sweep report's
+    analysis); their HTML must already be escaped.
+    """
     groups = group_runs(runs)
     fig_dir = out_dir / "figures"
     written: list[Path] = []
@@ -341,6 +347,7 @@ def build_report(runs: Sequence[RunData], out_dir: Path, *, title: str | None = 
         "Accuracies in %, sparsity = fraction of pruned prunable weights, costs in training PFLOPs "
         "(dense count = the paper's convention; sparse-aware alongside).</p>",
         "<h2>Summary</h2>", _summary(runs, groups),
+        *[f"<h2>{esc(heading)}</h2>{html}" for heading, html in extra_sections],
         "<h2>Strategies: selected rounds and costs (Figure 1, right)</h2>", strat_html,
         "<h3>Selection per run</h3>", _selection_table(runs),
         "<h2>Figures</h2>", *figs,

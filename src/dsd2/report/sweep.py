@@ -1,0 +1,135 @@
+"""One report for a whole sweep: the paper's analysis tables and figures, then every run.
+
+Reads only the sweep's own files (``sweep.json``, ``summary_by_point.csv``) and the run
+directories they list. For every grid key other than the seed it draws the best accuracy
+(mean ± std over seeds) and the sparsity where it was reached against the key's values, one
+line per combination of the other keys: best sparsity and accuracy vs noise, vs width, vs depth,
+vs retraining mode, as in the paper's analyses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from dsd2 import store
+from dsd2.errors import UserError
+from dsd2.report import figures as F
+from dsd2.report import html as H
+from dsd2.report.data import load_runs
+
+def grid_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The grid parameters of summary_by_point.csv: the columns before ``n``."""
+    keys = list(rows[0])
+    return keys[: keys.index("n")] if "n" in keys else []
+
+
+def metric_prefixes(rows: list[dict[str, Any]]) -> list[str]:
+    """"" for plain sweeps; "teacher_" and "student_" for pipeline sweeps."""
+    return [c[: -len("best_acc_mean")] for c in rows[0] if c.endswith("best_acc_mean")]
+
+
+def _as_number(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def analysis_figure(rows: list[dict[str, Any]], key: str) -> Figure:
+    """Best accuracy (left) and its sparsity (right) vs ``key``, mean ± std over seeds."""
+    others = [k for k in grid_keys(rows) if k != key]
+    values = []
+    for r in rows:
+        if r[key] not in values:
+            values.append(r[key])
+    numeric = all(_as_number(v) is not None for v in values)
+    xs_of = (lambda v: _as_number(v)) if numeric else (lambda v: values.index(v))
+    fig = F._new_figure(11.0, 4.2)
+    ax_acc, ax_sp = fig.subplots(1, 2)
+    lines = {}
+    for r in rows:
+        lines.setdefault(tuple(r[k] for k in others), []).append(r)
+    i = 0
+    for combo, group in lines.items():
+        group = sorted(group, key=lambda r: xs_of(r[key]))
+        xs = [xs_of(r[key]) for r in group]
+        for prefix in metric_prefixes(rows):
+            label = ", ".join(f"{k}={v}" for k, v in zip(others, combo)) or "all"
+            if prefix:
+                label = f"{prefix.rstrip('_')} — {label}"
+            color = F._color(i)
+            i += 1
+            for ax, metric, scale in ((ax_acc, "best_acc", 100.0), (ax_sp, "best_sparsity", 100.0)):
+                mean = [(_as_number(r.get(f"{prefix}{metric}_mean")) or 0.0) * scale for r in group]
+                std = [(_as_number(r.get(f"{prefix}{metric}_std")) or 0.0) * scale for r in group]
+                (line,) = ax.plot(xs, mean, marker="o", color=color, label=F._mpl(label))
+                line.set_gid(f"{prefix}{metric}:{label}")
+                ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=color, alpha=0.15, lw=0)
+            dense = [(_as_number(r.get(f"{prefix}dense_acc_mean")) or 0.0) * 100.0 for r in group]
+            ax_acc.plot(xs, dense, ls="--", marker="s", ms=3, color=color, alpha=0.7)
+    for ax, ylabel in ((ax_acc, "best accuracy % (dashed: dense)"), (ax_sp, "sparsity % of the best round")):
+        ax.set_xlabel(F._mpl(key))
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if not numeric:
+            ax.set_xticks(range(len(values)), [F._mpl(str(v)) for v in values], rotation=20)
+    ax_acc.legend(fontsize=7)
+    fig.suptitle(F._mpl(f"Best fit vs {key} (mean ± std over seeds)"), fontsize=10)
+    return fig
+
+
+def _summary_table(rows: list[dict[str, Any]]) -> str:
+    keys = grid_keys(rows)
+    shown = ("best_acc", "best_sparsity", "best_test_acc", "dense_acc", "dip_depth")
+    means = [c for c in rows[0] if c.endswith("_mean") and any(c.endswith(f"{m}_mean") for m in shown)]
+
+    def cell(r: dict[str, Any], col: str) -> str:
+        mean, std = _as_number(r.get(col)), _as_number(r.get(col[: -len("_mean")] + "_std"))
+        if mean is None:
+            return ""
+        return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+    headers = [*keys, "seeds", *[c[: -len("_mean")] + " %" for c in means]]
+    body = [[*(r[k] for k in keys), r.get("seeds", ""), *(cell(r, c) for c in means)] for r in rows]
+    return H._table(headers, body, text_cols=range(len(keys) + 1))
+
+
+def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, title: str | None = None) -> Path:
+    """``out_dir/index.html`` (default ``<sweep_dir>/report``): analysis figures and tables of the
+    sweep, then the usual report of all its finished runs (seeds grouped into bands)."""
+    sweep_dir = Path(sweep_dir)
+    if not (sweep_dir / "sweep.json").is_file():
+        raise UserError(f"{sweep_dir} is not a sweep folder (no sweep.json): give out/<sweep name> of a `dsd2 sweep` run")
+    info = store.read_json(sweep_dir / "sweep.json")
+    by_point = store.read_csv(sweep_dir / "summary_by_point.csv") if (sweep_dir / "summary_by_point.csv").is_file() else []
+    run_dirs: list[Path] = []
+    for cell in info.get("cells", []):
+        if cell.get("status") in ("finished", "skipped"):
+            for key in ("teacher_dir", "run_dir"):
+                d = cell.get(key)
+                if d and Path(d).is_dir() and Path(d) not in run_dirs:
+                    run_dirs.append(Path(d))
+    if not run_dirs:
+        raise UserError(f"sweep {sweep_dir.name} has no finished cell yet: run `dsd2 sweep` first")
+    out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
+    fig_dir = out / "figures"
+    written: list[Path] = []
+    parts = [f"<p>{len(info.get('cells', []))} cells: {H.esc(info.get('counts', {}))}</p>"]
+    if by_point:
+        parts.append(_summary_table(by_point))
+        for key in [k for k in grid_keys(by_point) if len({r[k] for r in by_point}) > 1]:
+            parts.append(H._figure_block(analysis_figure(by_point, key), fig_dir, f"sweep_{key}", f"Best fit vs {key}", written))
+    failed = [c for c in info.get("cells", []) if c.get("status") == "failed"]
+    if failed:
+        parts.append("<h3>Failed cells</h3>" + H._table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1)))
+    runs = load_runs(run_dirs)
+    page, _ = H.build_report(
+        runs, out, title=title or f"dsd2 sweep {info.get('spec', {}).get('name', sweep_dir.name)}",
+        extra_sections=[("Sweep analysis (mean ± std over seeds)", "".join(parts))],
+    )
+    index = out / "index.html"
+    F.write_public(index, page.encode("utf-8"))
+    return index
