@@ -340,22 +340,14 @@ def _check_model_and_data(cfg: RunConfig) -> None:
     is known; otherwise checks the option names against the builder's signature.
     """
     from dsd2.data import list_datasets
-    from dsd2.models import model_options
+    from dsd2.models.registry import validate_options
 
     ds = cfg.dataset.name.strip().lower().replace("-", "_")
     if ds not in list_datasets():
         close = difflib.get_close_matches(ds, list_datasets(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UserError(f"dataset.name: unknown dataset {cfg.dataset.name!r}.{hint} Registered: {', '.join(list_datasets())}")
-    accepted = model_options(cfg.model.name)
-    for opt in cfg.model.options:
-        if opt not in accepted:
-            close = difflib.get_close_matches(opt, list(accepted), n=1)
-            hint = f" Did you mean 'model.{close[0]}'?" if close else ""
-            raise UserError(
-                f"model.{opt}: model {cfg.model.name!r} has no option {opt!r}.{hint} "
-                f"Its options: {', '.join(accepted) or 'none'}"
-            )
+    validate_options(cfg.model.name, cfg.model.options)
     if ds in DATASET_SHAPES:
         _meta_model(cfg)
 

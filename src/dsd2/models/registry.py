@@ -170,16 +170,24 @@ def build_model(
     _check_positive_int(key, "num_classes", num_classes)
     _check_positive_int(key, "in_channels", in_channels)
     _check_positive_int(key, "input_size", input_size)
+    kwargs = validate_options(key, options)
+    return builder(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+
+
+def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options converted to the builder's types; UserError for an unknown model, an unknown
+    option (with a did-you-mean hint) or a value of the wrong type."""
+    key, _ = _lookup(name)
     accepted = model_options(key)
     accepted_text = _format_options(accepted)
     kwargs: dict[str, Any] = {}
     for option, value in options.items():
         if option not in accepted:
             close = difflib.get_close_matches(option, list(accepted), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = f" Did you mean 'model.{close[0]}'?" if close else ""
             raise UserError(
-                f"model {key!r} has no option {option!r}.{hint} "
+                f"model.{option}: model {key!r} has no option {option!r}.{hint} "
                 f"Accepted options (defaults): {accepted_text}."
             )
         kwargs[option] = _coerce(key, option, value, accepted[option], accepted_text)
-    return builder(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+    return kwargs
