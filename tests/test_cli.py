@@ -95,3 +95,25 @@ def test_config_models_presets_listings(capsys):
 def test_usage_error_exit_code(capsys):
     assert main(["run"]) == 2
     assert main(["no-such-command"]) == 2
+
+
+def test_pipeline_with_a_different_student_architecture(tmp_path, capsys):
+    """`dsd2 pipeline TEACHER --student STUDENT`: the paper's ResNet-18 → VGG-like shape, in miniature."""
+    import yaml
+
+    from dsd2 import store
+    from dsd2.config import load_config
+
+    student = load_config("tiny_mnist1d", [o for o in TINY if o != "-q"] + ["name=small", "model.hidden=[8]", "distill.round=dense"])
+    path = tmp_path / "student.yaml"
+    path.write_text(yaml.safe_dump(student.resolved()))
+    overrides = [o for o in TINY if o != "-q" and not o.startswith("model.")]
+    # overrides apply to both configs: the student's width lives in its own file only
+    assert main(["pipeline", "tiny_mnist1d", *overrides, "--student", str(path), "--out", str(tmp_path / "runs"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "DSD² + early stop" in out
+    (sdir,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("small-")]
+    info = store.read_json(sdir / "teacher.json")
+    assert info["round"] == 0 and info["model"] == "mlp"
+    masks = store.load_tensors(sdir / "round_000" / "masks.safetensors")
+    assert sum(m.numel() for m in masks.values()) == 40 * 8 + 8 * 10
