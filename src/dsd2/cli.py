@@ -5,7 +5,6 @@ User errors (``UserError``) print one line and exit 2; ``--debug`` shows the tra
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
