@@ -100,8 +100,9 @@ def run_metadata(cfg: RunConfig) -> dict[str, Any]:
 
 def build_data(cfg: RunConfig) -> DataSplits:
     d = cfg.dataset
+    root = Path(d.root).expanduser() if d.root else None  # "~/data" in a YAML file or an override
     return load_dataset(
-        d.name, d.root, val_size=d.val_size, train_subset=d.train_subset, seed=cfg.seed, download=d.download, augment=d.augment
+        d.name, root, val_size=d.val_size, train_subset=d.train_subset, seed=cfg.seed, download=d.download, augment=d.augment
     )
 
 
