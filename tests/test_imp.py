@@ -324,6 +324,8 @@ def test_real_noise_from_a_cifar_n_style_label_file(tmp_path):
     assert torch.equal(labels["flipped"], (expected_noisy != d.train_y).nonzero().squeeze(1))
     with pytest.raises(UserError, match="noise.kind=none"):
         tiny(f"dataset.label_file={path}")
+    with pytest.raises(UserError, match="coarse"):
+        imp.run(tiny("noise.kind=none", f"dataset.label_file={path}", "dataset.label_key=noisy_coarse_label", "prune.rounds=0"), tmp_path / "r3")
     with pytest.raises(UserError, match="no labels named"):
         imp.run(tiny("noise.kind=none", f"dataset.label_file={path}", "dataset.label_key=nope", "prune.rounds=0"), tmp_path / "r2")
 
@@ -353,3 +355,12 @@ def test_memory_does_not_grow_across_rounds(tmp_path):
     imp.run(cfg, tmp_path, on_round=lambda row: seen.append(rss_mb()))
     assert len(seen) == 11
     assert seen[-1] - seen[2] < 8.0, f"resident memory grew across rounds: {seen}"
+
+
+def test_normalisation_override(tmp_path):
+    ctx = imp.prepare(tiny("dataset.mean=[0.5]", "dataset.std=[2.0]"), tmp_path)
+    assert (ctx.train_batches.mean, ctx.train_batches.std) == ((0.5,), (2.0,))
+    with pytest.raises(UserError, match="together"):
+        tiny("dataset.mean=[0.5]")
+    with pytest.raises(UserError, match="channel"):
+        imp.prepare(tiny("dataset.mean=[0.5, 0.5]", "dataset.std=[1.0, 1.0]"), tmp_path / "b")

@@ -38,6 +38,16 @@ class DatasetConfig(_Section):
         None, description="Real (human) noisy train labels, e.g. CIFAR-10_human.pt / CIFAR-100_human.pt (read without unpickling code); needs noise.kind=none."
     )
     label_key: str | None = Field(None, description="Key in label_file: e.g. worse_label, aggre_label, random_label1 (10N), noisy_label (100N).")
+    mean: list[float] | None = Field(None, description="Per-channel normalisation mean (None: the dataset's; CIFAR uses ImageNet stats as the reference).")
+    std: list[float] | None = Field(None, description="Per-channel normalisation std (None: the dataset's).")
+
+    @model_validator(mode="after")
+    def _mean_std(self) -> "DatasetConfig":
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give dataset.mean and dataset.std together")
+        if self.std is not None and (len(self.std) != len(self.mean) or any(v <= 0 for v in self.std)):
+            raise ValueError("dataset.std needs one positive value per channel, as many as dataset.mean")
+        return self
 
 
 NoiseKind = Literal["none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip"]

@@ -8,6 +8,7 @@ uninterrupted run would have written (on CPU).
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 import sys
@@ -101,9 +102,15 @@ def run_metadata(cfg: RunConfig) -> dict[str, Any]:
 def build_data(cfg: RunConfig) -> DataSplits:
     d = cfg.dataset
     root = Path(d.root).expanduser() if d.root else None  # "~/data" in a YAML file or an override
-    return load_dataset(
+    data = load_dataset(
         d.name, root, val_size=d.val_size, train_subset=d.train_subset, seed=cfg.seed, download=d.download, augment=d.augment
     )
+    if d.mean is not None:
+        channels = data.train_x.shape[1] if data.train_x.dim() == 4 else 1
+        if len(d.mean) != channels:
+            raise UserError(f"dataset.mean has {len(d.mean)} values but {d.name} images have {channels} channel(s)")
+        data = dataclasses.replace(data, mean=tuple(d.mean), std=tuple(d.std))
+    return data
 
 
 def data_shape(data: DataSplits) -> dict[str, int]:
@@ -135,6 +142,11 @@ def _human_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
     """Real noise (CIFAR-N): the file's labels for the train part; validation and test stay clean."""
     from dsd2.data.human_labels import human_labels
 
+    if cfg.dataset.label_key and "coarse" in cfg.dataset.label_key:
+        raise UserError(
+            f"dataset.label_key={cfg.dataset.label_key}: coarse (20-superclass) labels do not match the dataset's "
+            "fine test labels; use noisy_label (CIFAR-100N) or a CIFAR-10N key"
+        )
     n_total = data.train_idx.numel() + data.val_idx.numel()
     full_clean = torch.empty(n_total, dtype=torch.long)
     full_clean[data.train_idx] = data.train_y
