@@ -308,7 +308,8 @@ def test_malicious_data_pkl_runs_nothing(tmp_path, c10n, monkeypatch):
     marker = tmp_path / "MARKER"
     marker2 = tmp_path / "MARKER2"
 
-    # the open() payload is live: a plain pickle.loads would create the file
+    # the open() payload is live: a plain pickle.loads would create the file (this deliberate
+    # unrestricted load of a payload built here, never of a user file, proves the test means something)
     live = tmp_path / "proof"
     pickle.loads(pickle.dumps(_OpenPayload(str(live)), protocol=2)).close()
     assert live.exists()

@@ -30,26 +30,7 @@ from dsd2.noise import NoisyLabels, apply_label_noise
 from dsd2.prune import Masks, apply_masks, count_alive, full_masks, next_masks, sparsity
 from dsd2.train import Batches, EpochLog, Objective, Schedule, accuracy, cross_entropy, logits_of, predict, train
 
-ROUND_COLUMNS = [
-    "round",
-    "sparsity",
-    "alive_weights",
-    "epochs",
-    "train_loss",
-    "train_acc_noisy",
-    "train_acc_clean",
-    "train_acc_flipped",
-    "flipped_acc_clean",
-    "unflipped_acc",
-    "val_acc",
-    "test_acc",
-    "entropy",
-    "phase",
-    "round_pflops_dense",
-    "round_pflops_sparse",
-    "train_pflops_dense",
-    "train_pflops_sparse",
-]
+ROUND_COLUMNS = store.ROUND_COLUMNS  # the rounds.csv contract lives in store
 
 
 def resolve_device(name: str) -> torch.device:

@@ -39,6 +39,30 @@ from safetensors.torch import save as st_save
 
 from dsd2.errors import UserError
 
+# Columns of rounds.csv, in order (accuracies and sparsity are fractions in [0, 1]).
+ROUND_COLUMNS = [
+    "round",
+    "sparsity",
+    "alive_weights",
+    "epochs",
+    "train_loss",
+    "train_acc_noisy",
+    "train_acc_clean",
+    "train_acc_flipped",
+    "flipped_acc_clean",
+    "unflipped_acc",
+    "val_acc",
+    "test_acc",
+    "entropy",
+    "phase",
+    "round_pflops_dense",
+    "round_pflops_sparse",
+    "train_pflops_dense",
+    "train_pflops_sparse",
+]
+# Columns of rounds.csv holding fractions (shown as percentages by reports).
+FRACTION_COLUMNS = frozenset(c for c in ROUND_COLUMNS if c.endswith("_acc") or "_acc_" in c or c == "sparsity")
+
 MANIFEST = "MANIFEST.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)

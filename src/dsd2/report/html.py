@@ -15,20 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from dsd2 import store
 from dsd2.errors import UserError
 from dsd2.report import figures as F
 from dsd2.report.data import RunData, RunGroup, group_runs, load_runs, teacher_of
 
-PERCENT_COLUMNS = {
-    "train_acc_noisy",
-    "train_acc_clean",
-    "train_acc_flipped",
-    "flipped_acc_clean",
-    "unflipped_acc",
-    "val_acc",
-    "test_acc",
-    "sparsity",
-}
+PERCENT_COLUMNS = store.FRACTION_COLUMNS
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#222;line-height:1.4}
