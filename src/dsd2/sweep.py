@@ -682,7 +682,7 @@ def run_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     if not rows:
         return {"selection": None, **{m: None for m in RUN_METRICS}}
     col = selection_column(rows)
-    best = max(range(len(rows)), key=lambda i: (rows[i][col], -i))  # ties: the earliest (least pruned)
+    best = max(range(len(rows)), key=lambda i: (rows[i][col], i))  # ties: the sparsest, as teacher selection
     dip = recovered_dip(rows, col)
     return {
         "selection": col,
