@@ -117,3 +117,20 @@ def test_pipeline_with_a_different_student_architecture(tmp_path, capsys):
     assert info["round"] == 0 and info["model"] == "mlp"
     masks = store.load_tensors(sdir / "round_000" / "masks.safetensors")
     assert sum(m.numel() for m in masks.values()) == 40 * 8 + 8 * 10
+
+
+def test_divergence_then_resume_with_a_lower_lr(tmp_path, capsys):
+    """NaN: exit 2 naming epoch and step, finished rounds kept; `resume --lr-scale` finishes the run."""
+    from dsd2 import store
+
+    args = ["run", "tiny_mnist1d", *TINY, "train.optimizer=sgd", "train.lr=10000", "--out", str(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "diverged at epoch 1, step" in err and "--lr-scale" in err
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert store.finished_rounds(run_dir) == []
+    assert main(["resume", str(run_dir), "--lr-scale", "0.0"]) == 2  # (0, 1] only
+    assert main(["resume", str(run_dir), "--lr-scale", "0.00001", "-q"]) == 0
+    assert store.finished_rounds(run_dir) == [0, 1, 2]
+    assert store.read_json(run_dir / "lr_scale.json") == {"history": [{"from_round": 0, "scale": 1e-05}]}
+    assert [r["lr_scale"] for r in store.read_csv(run_dir / "timings.csv")] == [1e-05] * 3

@@ -124,21 +124,31 @@ def run(
     if p.is_dir():
         if overrides:
             raise UserError("overrides cannot change an existing run; start a new run from its config.yaml instead")
-        return resume(p, quiet=quiet)
+        return resume(p, quiet=quiet, lr_scale=None)
     cfg = load_config(config, overrides or [])
     _run_config(cfg, out, None, quiet)
 
 
 @app.command()
-def resume(run_dir: Path = typer.Argument(..., help="Run directory printed by `dsd2 run`."), quiet: bool = typer.Option(False, "--quiet", "-q")) -> None:
-    """Resume an interrupted run from its last finished round."""
-    from dsd2 import store
+def resume(
+    run_dir: Path = typer.Argument(..., help="Run directory printed by `dsd2 run`."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    lr_scale: Optional[float] = typer.Option(
+        None, "--lr-scale", help="Retry after a divergence with this factor on the lr, from the next unfinished round on (recorded in lr_scale.json)."
+    ),
+) -> None:
+    """Resume an interrupted run from its last finished round (or epoch checkpoint)."""
+    from dsd2 import imp, store
     from dsd2.config import validate_config
 
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a dsd2 run directory (no config.yaml); give the folder `dsd2 run` printed")
     cfg = validate_config(store.read_yaml_file(path), source=str(path))
+    if lr_scale is not None:
+        with store.run_lock(run_dir):
+            first = imp.set_lr_scale(run_dir, lr_scale)
+        err_console.print(f"rounds {first}+ train with lr × {lr_scale:g}")
     _run_config(cfg, run_dir.parent, run_dir, quiet)
 
 

@@ -154,7 +154,37 @@ def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
     store.save_tensors(path, tensors)
 
 
-def schedule_for(cfg: RunConfig, round_idx: int) -> Schedule:
+LR_SCALE_FILE = "lr_scale.json"
+
+
+def lr_scale_for(run_dir: Path, round_idx: int) -> float:
+    """The learning-rate factor a resumed run applies from a round on (``dsd2 resume --lr-scale``)."""
+    path = Path(run_dir) / LR_SCALE_FILE
+    if not path.is_file():
+        return 1.0
+    scale = 1.0
+    for entry in store.read_json(path)["history"]:
+        if round_idx >= entry["from_round"]:
+            scale = entry["scale"]
+    return scale
+
+
+def set_lr_scale(run_dir: Path, scale: float) -> int:
+    """Record that rounds from the next unfinished one on train with ``scale`` × the configured lr.
+
+    The retry after a divergence; rounds already finished keep their numbers, and the factor is
+    part of the run directory (lr_scale.json, and each later round's metrics.json)."""
+    if not 0.0 < scale <= 1.0:
+        raise UserError(f"--lr-scale must be in (0, 1], got {scale}")
+    from_round = len(store.finished_rounds(run_dir))
+    path = Path(run_dir) / LR_SCALE_FILE
+    history = store.read_json(path)["history"] if path.is_file() else []
+    history = [h for h in history if h["from_round"] < from_round] + [{"from_round": from_round, "scale": scale}]
+    store.write_json(path, {"history": history})
+    return from_round
+
+
+def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Schedule:
     t, p = cfg.train, cfg.prune
     base = dict(
         epochs=t.epochs,
@@ -166,10 +196,11 @@ def schedule_for(cfg: RunConfig, round_idx: int) -> Schedule:
         milestones=tuple(t.milestones),
         lr_decay=t.lr_decay,
     )
+    base["lr"] = t.lr * lr_scale
     if round_idx == 0:
         return Schedule(**base)
     if p.retrain == "finetune":
-        return Schedule(**{**base, "epochs": p.finetune_epochs or t.epochs, "lr": p.finetune_lr, "kind": "constant"})
+        return Schedule(**{**base, "epochs": p.finetune_epochs or t.epochs, "lr": p.finetune_lr * lr_scale, "kind": "constant"})
     if p.retrain == "late_rewind":
         return Schedule(**{**base, "start_epoch": p.rewind_epoch})
     return Schedule(**base)
@@ -408,7 +439,7 @@ def _write_tables(run_dir: Path, rows: list[dict[str, Any]], entropy_rows: list[
             r["phase"] = ph
     store.write_csv(run_dir / "rounds.csv", rows, ROUND_COLUMNS)
     store.write_csv(run_dir / "entropy.csv", entropy_rows, ["round", "sparsity", "layer", "neurons", "entropy"])
-    store.write_csv(run_dir / "timings.csv", timing_rows, ["round", "wall_s", "train_s", "device"])
+    store.write_csv(run_dir / "timings.csv", timing_rows, ["round", "wall_s", "train_s", "device", "lr_scale"])
 
 
 def _load_finished(run_dir: Path, done: list[int]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -469,7 +500,8 @@ def run(
                 masks = next_masks(cfg.prune.method, ctx.weights, masks, cfg.prune.rate, gen)
             _reset_for_round(ctx, i)
             apply_masks(ctx.weights, masks)
-            schedule = schedule_for(cfg, i)
+            lr_scale = lr_scale_for(run_dir, i)
+            schedule = schedule_for(cfg, i, lr_scale)
             gen = _generator(ctx.device, round_seed(cfg.seed, i, stream=1))
             snap = _rewind_snapshot(ctx) if i == 0 else None
             partial = checkpoint.partial_path(run_dir, i)
@@ -519,7 +551,7 @@ def run(
                 "train_pflops_sparse": cumulative[1],
             }
             layer_rows = [{"round": i, "sparsity": row["sparsity"], **r} for r in layer_rows]
-            timing = {"round": i, "wall_s": time.perf_counter() - t0, "train_s": train_s, "device": str(ctx.device)}
+            timing = {"round": i, "wall_s": time.perf_counter() - t0, "train_s": train_s, "device": str(ctx.device), "lr_scale": lr_scale}
             _save_round(run_dir, i, ctx.model, masks, row, layer_rows, timing, logs)
             partial.unlink(missing_ok=True)
             rows.append(row)

@@ -175,8 +175,8 @@ def train(
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
                 f"training diverged at epoch {epoch + 1}, step {int(first_bad)} of {int(step)}: the loss became {mean_loss}. "
-                "Finished rounds and the last epoch checkpoint are kept; lower train.lr (a new run) "
-                "or resume to retry from the last good state"
+                "Finished rounds and the last epoch checkpoint are kept; retry from the last good state "
+                "with a lower lr: dsd2 resume RUN_DIR --lr-scale 0.1"
             )
         log = EpochLog(epoch=epoch + 1, lr=lr, loss=mean_loss, acc=int(correct) / n)
         logs.append(log)
