@@ -279,7 +279,11 @@ def test_report_is_self_contained_with_valid_pngs_and_tables(study, report):
         by_class.setdefault(t["class"], []).append(t["rows"])
     assert by_class["runs"] == [3]
     assert by_class["selection"] == [3]
-    assert by_class["strategy"] == [len(compare.strategy_table(study["v0"], study["student"]))]
+    # the paper's stopping setting and the "sparsest good model" one, a table each
+    assert by_class["strategy"] == [
+        len(compare.strategy_table(study["v0"], study["student"])),
+        len(compare.strategy_table(study["v0"], study["student"], **compare.COMPRESS_RULE)),
+    ]
     assert by_class["rounds"] == [len(rows(study[k])) for k in ("v0", "v1", "student")]
     body = "".join(page.text)
     assert "Tiny study" in body

@@ -240,10 +240,6 @@ def stop(
     _print_decision(run_dir, rule, tolerance, patience, select)
 
 
-# The demo's second stopping setting: "the sparsest model within 3 points of the best so far".
-COMPRESS_RULE = {"tolerance": 0.03, "patience": 1, "select": "last_good"}
-
-
 def strategy_rich_table(outcomes, rule: str = "tolerance 0, patience 1, select best") -> Table:
     table = Table(title=f"Selected model and training cost per strategy (paper Figure 1, right); early stop: {rule}")
     for col in ("strategy", "round", "sparsity %", "phase", "sel. acc", "test acc", "PFLOPs (dense)", "PFLOPs (sparse)", "units", "note"):
@@ -296,7 +292,8 @@ def pipeline_cmd(
     scfg = load_config(student, overrides or []) if student else None
     teacher_dir, student_dir = _pipeline(cfg, scfg, out, quiet)
     console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
-    console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir, **COMPRESS_RULE), ", ".join(f"{k} {v}" for k, v in COMPRESS_RULE.items())))
+    rule = compare.COMPRESS_RULE
+    console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir, **rule), compare.rule_text(rule)))
 
 
 @app.command()
@@ -336,12 +333,8 @@ def demo(
         console.print(rounds_table(store.read_csv(teacher_dir / "rounds.csv"), title=f"vanilla IMP (seed {cfg.seed}): {teacher_dir}"))
         console.print(rounds_table(store.read_csv(student_dir / "rounds.csv"), title=f"DSD² student (seed {cfg.seed}): {student_dir}"))
         console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
-        console.print(
-            strategy_rich_table(
-                compare.strategy_table(teacher_dir, student_dir, **COMPRESS_RULE),
-                ", ".join(f"{k} {v}" for k, v in COMPRESS_RULE.items()),
-            )
-        )
+        rule = compare.COMPRESS_RULE
+        console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir, **rule), compare.rule_text(rule)))
     console.print(dip_rich_table(pairs))
     for teacher_dir, student_dir in pairs:
         console.print(f"vanilla run: {teacher_dir}   DSD² student run: {student_dir}")

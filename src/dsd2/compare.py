@@ -20,8 +20,16 @@ from dsd2 import store
 from dsd2.errors import UserError
 from dsd2.phases import StopDecision, entropy_early_stop, plain_early_stop
 
-# The entropy rule's parameters, chosen from the measured demo curves (README, "Early stopping").
+# The entropy rule's parameters, chosen from the measured demo curves (README, "The demo").
 ENTROPY_RULE_DEFAULTS: dict[str, Any] = {"rel_drop": 0.1}
+
+# A second stopping setting shown next to the paper's (tolerance 0, keep the best): keep the
+# sparsest model within 3 accuracy points of the best so far.
+COMPRESS_RULE: dict[str, Any] = {"tolerance": 0.03, "patience": 1, "select": "last_good"}
+
+
+def rule_text(rule: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in rule.items())
 
 
 def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:

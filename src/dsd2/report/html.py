@@ -169,30 +169,37 @@ def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path
                      + (f"; student: <code>{esc(s.path)}</code>" if s else "") + "</p>")
         try:
             outcomes = compare.strategy_table(v.path, s.path if s else None)
+            compressed = compare.strategy_table(v.path, s.path if s else None, **compare.COMPRESS_RULE)
         except UserError as err:
             parts.append(f'<p class="err">Strategy table unavailable: {esc(err)}</p>')
             continue
         unit = v.rows[0].get("round_pflops_dense")
-        parts.append(
-            _table(
-                ["strategy", "selected round", "trained until", "sparsity %", "selection acc %", "test acc %", "phase",
-                 "PFLOPs (dense)", "PFLOPs (sparse)", "units", "note"],
-                [
-                    [o.strategy, o.selected_round, o.trained_until, F.format_sparsity(o.sparsity),
-                     f"{100 * o.selection_acc:.2f}", f"{100 * o.test_acc:.2f}", o.phase or "",
-                     f"{o.pflops_dense:.4g}", f"{o.pflops_sparse:.4g}", f"{o.units:.2f}", o.note]
-                    for o in outcomes
-                ],
-                cls="strategy",
-                text_cols=(0, 6, 10),
-            )
-        )
+        for caption, rows in (
+            ("Early stop as in the paper: tolerance 0, keep the best round trained.", outcomes),
+            (f"Early stop keeping the sparsest good model ({compare.rule_text(compare.COMPRESS_RULE)}).", compressed),
+        ):
+            parts.append(f'<p class="note">{esc(caption)}</p>' + _strategy_table(rows))
         unit_text = esc(_fmt_cell("pflops", unit))
         parts.append(f'<p class="note">1 unit = one dense training run of the vanilla model (its round 0) = {unit_text} PFLOPs.</p>')
         fig = F.compute_figure(v, s, outcomes)
         stem = "compute" if k == 1 else f"compute_{k}"
         figs.append(_figure_block(fig, fig_dir, stem, f"Accuracy vs training PFLOPs — {head}", written))
     return "".join(parts), figs
+
+
+def _strategy_table(outcomes: Sequence[Any]) -> str:
+    return _table(
+        ["strategy", "selected round", "trained until", "sparsity %", "selection acc %", "test acc %", "phase",
+         "PFLOPs (dense)", "PFLOPs (sparse)", "units", "note"],
+        [
+            [o.strategy, o.selected_round, o.trained_until, F.format_sparsity(o.sparsity),
+             f"{100 * o.selection_acc:.2f}", f"{100 * o.test_acc:.2f}", o.phase or "",
+             f"{o.pflops_dense:.4g}", f"{o.pflops_sparse:.4g}", f"{o.units:.2f}", o.note]
+            for o in outcomes
+        ],
+        cls="strategy",
+        text_cols=(0, 6, 10),
+    )
 
 
 def _figure_block(fig: Any, fig_dir: Path, stem: str, caption: str, written: list[Path]) -> str:
