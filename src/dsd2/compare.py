@@ -140,7 +140,7 @@ def strategy_table(
     if student_dir is not None:
         srows = load_rows(student_dir)
         d = decide(srows, "plain", **rule)
-        o = outcome("DSD² + early stop", student_dir, srows, d, unit, "student rounds incl. teacher forwards")
+        o = outcome("DSD² + early stop", student_dir, srows, d, unit, "student rounds, teacher forward passes included")
         out.append(o)
         teacher = _teacher_cost(student_dir)
         if teacher is not None:

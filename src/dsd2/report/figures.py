@@ -422,7 +422,7 @@ def compute_figure(vanilla: str | Path | RunData, student: str | Path | RunData 
         outcomes = compare.strategy_table(v.path, s.path if s is not None else None)
     fig = _new_figure(10.0, 6.0)
     ax = fig.add_subplot()
-    for run, color, what in ((v, _color(0), "vanilla IMP"), (s, _color(1), "DSD² student (incl. teacher forwards)")):
+    for run, color, what in ((v, _color(0), "vanilla IMP"), (s, _color(1), "DSD² student (teacher forward passes included)")):
         if run is None:
             continue
         rows = [r for r in run.rows if r.get("train_pflops_dense") is not None and r.get("test_acc") is not None]
