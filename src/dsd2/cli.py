@@ -87,6 +87,8 @@ class _Progress:
         self.bar.update(self.task, completed=log.epoch, info=f"loss {log.loss:.3f} acc {100 * log.acc:.1f}%")
 
     def round_done(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         msg = (
             f"round {row['round']:>3}  sparsity {100 * row['sparsity']:6.2f}%  train(noisy) {_pct(row['train_acc_noisy'])}  "
             f"flipped {_pct(row['train_acc_flipped']) or '-'}  val {_pct(row['val_acc']) or '-'}  test {_pct(row['test_acc'])}"
