@@ -56,9 +56,31 @@ def run_pipeline(
     return teacher_dir, student_dir
 
 
+def _round_line(cfg: RunConfig) -> Callable[[dict[str, Any]], None]:
+    """One line per finished round on stderr, tagged with the run (parallel workers share it)."""
+    import sys
+
+    def show(row: dict[str, Any]) -> None:
+        test = row.get("test_acc")
+        print(
+            f"[{cfg.name} seed {cfg.seed}] round {row['round']:>2}  sparsity {100 * row['sparsity']:6.2f}%  "
+            f"test {'-' if test is None else f'{100 * test:.2f}'}%",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
 def _pipeline_worker(args: tuple[dict[str, Any], str]) -> tuple[str, str]:
+    from dsd2 import imp
+
     cfg_data, out = args
-    teacher_dir, student_dir = run_pipeline(validate_config(cfg_data), out=out)
+
+    def run(c: RunConfig, o: str | Path, **kw: Any) -> Path:
+        return imp.run(c, o, on_round=_round_line(c), **kw)
+
+    teacher_dir, student_dir = run_pipeline(validate_config(cfg_data), out=out, run=run)
     return str(teacher_dir), str(student_dir)
 
 
@@ -69,7 +91,7 @@ def run_pipelines_parallel(configs: list[RunConfig], *, out: str | Path, jobs: i
     more done than one run using both cores (see README, "Demo").
     """
     if jobs <= 1 or len(configs) <= 1:
-        return [run_pipeline(c, out=out) for c in configs]
+        return [tuple(map(Path, _pipeline_worker((c.resolved(), str(out))))) for c in configs]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
