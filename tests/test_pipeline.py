@@ -94,3 +94,18 @@ def test_decide_errors(tmp_path):
         compare.decide(rows, "magic")
     with pytest.raises(UserError, match="not a dsd2 run directory"):
         compare.load_rows(tmp_path)
+
+
+def test_parallel_pipelines_match_the_in_process_pipeline(pair, tmp_path, capfd):
+    """Two pipelines in worker processes (the demo's path): same numbers as in-process, one
+    progress line per round on stderr."""
+    cfg, out, (teacher_dir, student_dir) = pair
+    other = load_config("tiny_mnist1d", TINY + ["distill.alpha=0.9", "distill.temperature=4", "seed=1"])
+    results = pipeline.run_pipelines_parallel([cfg, other], out=tmp_path, jobs=2)
+    (t0, s0), (t1, s1) = results
+    assert t0.name == teacher_dir.name  # the student's id includes its teacher's path, which differs here
+    assert (t0 / "rounds.csv").read_bytes() == (teacher_dir / "rounds.csv").read_bytes()
+    assert (s0 / "rounds.csv").read_bytes() == (student_dir / "rounds.csv").read_bytes()
+    assert store.read_json(s1 / "teacher.json")["run_dir"] == str(t1.resolve())
+    err = capfd.readouterr().err
+    assert f"[{cfg.name} seed 0] round  2" in err and f"[{cfg.name}_dsd2 seed 1] round  2" in err
