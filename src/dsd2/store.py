@@ -86,8 +86,11 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or err}; choose a writable folder (e.g. --out)") from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be readable like any file
         with os.fdopen(fd, "wb") as f:
@@ -102,7 +105,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             pass
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(f"no space left on the device while writing {path}: free some space and resume the run") from None
-        raise
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
     _fsync_dir(path.parent)
 
 
@@ -262,8 +265,11 @@ def finished_rounds(run_dir: Path) -> list[int]:
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock on a run directory: a second process on it gets a clear error."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise UserError(f"cannot create the run directory {run_dir}: {err.strerror or err}; choose a writable --out") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
