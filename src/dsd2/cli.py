@@ -357,7 +357,7 @@ def dip_rich_table(pairs) -> Table:
             rows = compare.load_rows(d)
             dip = compare.recovered_dip(rows)
             col = compare.selection_column(rows)
-            best = max(range(len(rows)), key=lambda i: (rows[i][col], i))
+            best = compare.best_round(rows, col)
             table.add_row(
                 d.name, _pct(rows[0][col]), f"{100 * dip.depth:.2f}", str(dip.trough) if dip.trough is not None else "-",
                 _pct(rows[best][col]), str(best),

@@ -71,6 +71,13 @@ def decide(
     raise UserError(f"unknown stop rule {rule!r}: use plain, entropy or none")
 
 
+def best_round(rows: list[dict[str, Any]], column: str | None = None) -> int:
+    """Index of the most accurate round on ``column`` (default: the selection column);
+    ties go to the sparser round (more compressed for the same accuracy)."""
+    col = column or selection_column(rows)
+    return max(range(len(rows)), key=lambda i: (rows[i][col], i))
+
+
 @dataclass
 class Outcome:
     strategy: str
@@ -94,7 +101,7 @@ def outcome(strategy: str, run_dir: str | Path, rows: list[dict[str, Any]], deci
     col = selection_column(rows)
     if decision is None:  # exhaustive: train every round, pick the best on the selection column
         trained = len(rows) - 1
-        sel = max(range(len(rows)), key=lambda i: (rows[i][col], i))
+        sel = best_round(rows, col)
     else:
         trained = decision.stop_round if decision.stop_round is not None else len(rows) - 1
         sel = decision.selected_round

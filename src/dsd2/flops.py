@@ -341,7 +341,7 @@ def training_flops(
     k = n_examples * epochs
     dense, sparse = step.dense_per_example * k, step.sparse_per_example * k
     if teacher_passes is not None:
-        t_dense = step.teacher_fwd / step.batch_size
+        t_dense = step.teacher_fwd_per_example
         t_sparse = step.teacher_fwd_sparse / step.batch_size
         dense += t_dense * n_examples * (teacher_passes - epochs)
         sparse += t_sparse * n_examples * (teacher_passes - epochs)

@@ -677,12 +677,12 @@ RUN_METRICS = [
 def run_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Best selection accuracy (val, else test), its round/sparsity/test acc, dense accuracy
     and the recovered-dip depth of one run's rounds."""
-    from dsd2.compare import recovered_dip, selection_column
+    from dsd2.compare import best_round, recovered_dip, selection_column
 
     if not rows:
         return {"selection": None, **{m: None for m in RUN_METRICS}}
     col = selection_column(rows)
-    best = max(range(len(rows)), key=lambda i: (rows[i][col], i))  # ties: the sparsest, as teacher selection
+    best = best_round(rows, col)
     dip = recovered_dip(rows, col)
     return {
         "selection": col,

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dsd2 import store
-from dsd2.compare import selection_column
+from dsd2.compare import best_round, selection_column
 from dsd2.distill.loss import kd_loss
 from dsd2.errors import UserError
 
@@ -24,8 +24,7 @@ def select_teacher_round(rows: list[dict[str, Any]], choice: int | str) -> tuple
         raise UserError("the teacher run has no finished round; run it first (`dsd2 run`)")
     col = selection_column(rows)
     if choice == "best":
-        best = max(rows, key=lambda r: (r[col], r["round"]))
-        return int(best["round"]), col
+        return int(rows[best_round(rows, col)]["round"]), col
     if choice == "dense":
         return 0, col
     idx = int(choice)
