@@ -7,10 +7,11 @@ The teacher run doubles as the vanilla curve when teacher and student share an a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
-from dsd2.config import RunConfig, validate_config
+from dsd2.config import RunConfig, apply_overrides, validate_config
 
 
 def student_config(teacher_cfg: RunConfig, student_cfg: RunConfig | None, teacher_dir: Path) -> RunConfig:
@@ -30,10 +31,22 @@ def student_config(teacher_cfg: RunConfig, student_cfg: RunConfig | None, teache
     return validate_config(data, source="student config")
 
 
-def teacher_config(cfg: RunConfig) -> RunConfig:
-    """A vanilla (no-KD) copy of ``cfg``: the teacher trains without distillation."""
-    data = cfg.resolved()
-    data["distill"]["teacher"] = None
+def teacher_config(cfg: RunConfig | dict[str, Any], *, name: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The vanilla teacher run of a DSD² study, built from the study's (student's) config.
+
+    The one place that decides what a teacher is, for ``pipeline`` and ``sweep`` alike:
+    - no KD: the whole ``distill`` section goes back to its defaults, so the student's KD choices
+      (alpha, temperature, round) never change the teacher's run id;
+    - no online early stop: the best-fit teacher is only known from the whole curve, so the
+      teacher always trains every round (early stopping applies to the student only);
+    - ``overrides`` (the sweep's ``teacher_overrides``) are applied last; ``name`` renames it.
+    """
+    data: dict[str, Any] = cfg.resolved() if isinstance(cfg, RunConfig) else json.loads(json.dumps(cfg))
+    data["distill"] = {}
+    data["early_stop"] = {}
+    if name is not None:
+        data["name"] = name
+    data = apply_overrides(data, list(overrides))
     return validate_config(data, source="teacher config")
 
 

@@ -71,6 +71,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from dsd2 import store
 from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, read_yaml, validate_config
 from dsd2.errors import UserError
+from dsd2.pipeline import teacher_config
 
 SWEEP_PRESET_DIR = PRESET_DIR / "sweeps"
 FAIL_ONCE_ENV = "DSD2_SWEEP_FAIL_ONCE"
@@ -415,12 +416,8 @@ def expand(spec: SweepSpec) -> list[Cell]:
             raise _cell_error(spec, name, params, str(err)) from None
         tcfg = None
         if spec.pipeline:
-            tdata = json.loads(json.dumps(data))
-            tdata["distill"] = {}  # the teacher trains without KD; distill choices belong to the student
-            tdata["name"] = _teacher_name(spec, params)
             try:
-                tdata = apply_overrides(tdata, spec.teacher_overrides)
-                tcfg = validate_config(tdata, source="teacher config")
+                tcfg = teacher_config(data, name=_teacher_name(spec, params), overrides=spec.teacher_overrides)
                 _check_model_and_data(tcfg)
             except UserError as err:
                 raise _cell_error(spec, name, params, str(err), what=", teacher") from None

@@ -1,0 +1,117 @@
+"""Measure the curve bank: real IMP curves on settings that differ from the demo.
+
+The phase labels, the best-fit choice and the stop rules are validated on these curves
+(tests/data/curves/, docs/curve_bank.md). Each entry is one dsd2 run; students are DSD² runs
+distilled from the entry named in ``teacher``. Only rounds.csv and entropy.csv are kept.
+
+    .venv/bin/python benchmarks/curve_bank.py --out runs/bank --jobs 2 [NAME ...]
+
+One thread per run; ``--jobs`` runs side by side. Runs resume, so a killed bank continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+DEST = Path(__file__).resolve().parent.parent / "tests" / "data" / "curves"
+
+FMNIST = {"name": "fashion_mnist", "root": "./data", "val_size": 5000, "train_subset": 5000, "augment": False}
+ADAM = {"batch_size": 128, "optimizer": "adam", "lr": 0.001, "weight_decay": 0.0, "schedule": "cosine", "device": "cpu", "threads": 1}
+
+
+def fmnist(model: dict[str, Any], epochs: int, noise: float, seed: int, rounds: int = 30) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "dataset": FMNIST,
+        "noise": {"kind": "symmetric" if noise > 0 else "none", "rate": noise},
+        "model": model,
+        "train": {**ADAM, "epochs": epochs},
+        "prune": {"rounds": rounds, "rate": 0.2, "method": "global_magnitude", "retrain": "lr_rewind"},
+        "entropy": {"enabled": True},
+    }
+
+
+LENET300 = {"name": "lenet_300_100"}
+LENET5 = {"name": "lenet5"}
+VGG23 = {"name": "vgg_like", "depth": 2, "gamma": 3}
+MNIST1D = {
+    "seed": 0,
+    "dataset": {"name": "mnist1d", "root": None, "val_size": 500},
+    "noise": {"kind": "symmetric", "rate": 0.4},
+    "model": {"name": "mlp", "hidden": [512, 512]},
+    "train": {**ADAM, "epochs": 60},
+    "prune": {"rounds": 26, "rate": 0.2},
+    "entropy": {"enabled": True},
+}
+
+# name -> (config, teacher name or None). Students distil (alpha 1, T 10) from their teacher's best round.
+BANK: dict[str, tuple[dict[str, Any], str | None]] = {
+    "fm_lenet300_e6_n40_s0": (fmnist(LENET300, 6, 0.4, 0), None),
+    "fm_lenet300_e6_n40_s1": (fmnist(LENET300, 6, 0.4, 1), None),
+    "fm_lenet300_e20_n40_s0": (fmnist(LENET300, 20, 0.4, 0), None),
+    "fm_lenet300_e20_n40_s1": (fmnist(LENET300, 20, 0.4, 1), None),
+    "fm_lenet300_e20_n10_s0": (fmnist(LENET300, 20, 0.1, 0), None),
+    "fm_lenet300_e20_n20_s0": (fmnist(LENET300, 20, 0.2, 0), None),
+    "fm_lenet300_e20_n60_s0": (fmnist(LENET300, 20, 0.6, 0), None),
+    "fm_lenet300_e20_n0_s0": (fmnist(LENET300, 20, 0.0, 0), None),
+    "mnist1d_mlp_e60_n40_s0": (MNIST1D, None),
+    "fm_lenet5_e20_n40_s0": (fmnist(LENET5, 20, 0.4, 0, rounds=26), None),
+    "fm_lenet300_e60_n40_s0": (fmnist(LENET300, 60, 0.4, 0), None),
+    "fm_vgg23_e15_n40_s0": (fmnist(VGG23, 15, 0.4, 0, rounds=26), None),
+    "fm_lenet300_e20_n40_s0_dsd2": (fmnist(LENET300, 20, 0.4, 0), "fm_lenet300_e20_n40_s0"),
+    "fm_lenet300_e60_n40_s0_dsd2": (fmnist(LENET300, 60, 0.4, 0), "fm_lenet300_e60_n40_s0"),
+    "fm_lenet300_e6_n40_s0_dsd2": (fmnist(LENET300, 6, 0.4, 0), "fm_lenet300_e6_n40_s0"),
+    "fm_lenet5_e20_n40_s0_dsd2": (fmnist(LENET5, 20, 0.4, 0, rounds=26), "fm_lenet5_e20_n40_s0"),
+}
+
+
+def run_one(name: str, out: str) -> str:
+    from dsd2 import imp
+    from dsd2.config import validate_config
+
+    data, teacher = BANK[name]
+    data = {**data, "name": name}
+    if teacher is not None:
+        teacher_dir = run_one(teacher, out)  # finished: resolves to its directory without training
+        data = {**data, "distill": {"teacher": teacher_dir, "round": "best", "alpha": 1.0, "temperature": 10.0}}
+    cfg = validate_config(data, source=name)
+
+    def line(row: dict[str, Any]) -> None:
+        print(f"[{name}] round {row['round']:>2} sparsity {100 * row['sparsity']:6.2f}% val {100 * row['val_acc']:.2f}%", flush=True)
+
+    run_dir = imp.run(cfg, out, on_round=line)
+    dest = DEST / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("rounds.csv", "entropy.csv"):
+        shutil.copyfile(run_dir / f, dest / f)
+    return str(run_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="bank entries (default: all)")
+    ap.add_argument("--out", default="runs/bank")
+    ap.add_argument("--jobs", type=int, default=1)
+    args = ap.parse_args(argv)
+    names = args.names or list(BANK)
+    unknown = [n for n in names if n not in BANK]
+    if unknown:
+        print(f"unknown bank entries: {unknown}; known: {list(BANK)}", file=sys.stderr)
+        return 2
+    # teachers first, so students find them finished
+    names.sort(key=lambda n: BANK[n][1] is not None)
+    teachers = [n for n in names if BANK[n][1] is None]
+    students = [n for n in names if BANK[n][1] is not None]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(run_one, teachers, [args.out] * len(teachers)))
+        list(pool.map(run_one, students, [args.out] * len(students)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
