@@ -10,6 +10,9 @@ from dsd2.phases import (
     entropy_below_dense_signal,
     entropy_drop_signal,
     entropy_early_stop,
+    UNDETERMINED,
+    PhaseParams,
+    classify_phases,
     label_phases,
     plain_early_stop,
 )
@@ -41,72 +44,83 @@ def assert_ordered(labels):
 
 
 # -- phases -------------------------------------------------------------------------------
+# Synthetic curves; the measured curves of the bank are in test_bank.py.
 
 
 def test_sdd_curve_phases():
-    n = len(SDD_ACC)
-    labels = label_phases(sparsity(n), SDD_ACC, SDD_NOISY, SDD_FLIPPED)
+    labels = label_phases(SDD_ACC, memorisation=SDD_FLIPPED, fit=SDD_CLEAN)
     assert labels == SDD_LABELS
-    # Clean-part fit as the collapse signal gives the same segmentation here.
-    assert label_phases(sparsity(n), SDD_ACC, SDD_NOISY, SDD_FLIPPED,
-                        train_acc_clean=SDD_CLEAN) == SDD_LABELS
+    assert classify_phases(SDD_ACC, memorisation=SDD_FLIPPED).basis == "memorisation"
 
 
 def test_sdd_curve_without_noise_info_uses_accuracy_only():
-    n = len(SDD_ACC)
-    assert label_phases(sparsity(n), SDD_ACC, SDD_NOISY, None) == SDD_LABELS
+    ph = classify_phases(SDD_ACC, fit=SDD_CLEAN)
+    assert ph.labels == SDD_LABELS
+    assert ph.basis == "accuracy" and "not measured" in ph.note
 
 
 def test_percent_units():
-    n = len(SDD_ACC)
     pct = lambda xs: [100 * x for x in xs]  # noqa: E731
-    labels = label_phases(sparsity(n), pct(SDD_ACC), pct(SDD_NOISY), pct(SDD_FLIPPED),
-                          tol=1.0, min_memorisation=50)
-    assert labels == SDD_LABELS
+    params = PhaseParams(tol=1.0, min_memorisation=50)
+    assert label_phases(pct(SDD_ACC), memorisation=pct(SDD_FLIPPED), fit=pct(SDD_CLEAN), params=params) == SDD_LABELS
 
 
 def test_monotone_curve_has_no_critical():
-    labels = label_phases(sparsity(8), MONO_ACC, MONO_TRAIN, None)
-    assert labels == ["light"] * 4 + ["collapsed"] * 4
+    assert label_phases(MONO_ACC, fit=MONO_TRAIN) == ["light"] * 5 + ["collapsed"] * 3
 
 
-def test_monotone_noisy_student_curve():
-    acc = [0.650, 0.655, 0.657, 0.658, 0.655, 0.641, 0.622, 0.606, 0.558, 0.444]
-    flipped = [0.90, 0.92, 0.95, 0.95, 0.70, 0.50, 0.30, 0.20, 0.10, 0.05]
-    noisy = [0.90, 0.92, 0.93, 0.93, 0.85, 0.75, 0.65, 0.58, 0.52, 0.40]
-    labels = label_phases(sparsity(10), acc, noisy, flipped)
-    assert labels == ["light"] * 4 + ["sweet"] + ["collapsed"] * 5
-    assert "critical" not in labels
+def test_under_fitted_dense_start_memorises_during_the_dip():
+    """Short training: the dense net barely memorises; rewound rounds memorise while accuracy falls."""
+    acc = [0.81, 0.82, 0.80, 0.75, 0.70, 0.66, 0.67, 0.72, 0.76, 0.75, 0.70]
+    mem = [0.03, 0.05, 0.15, 0.35, 0.55, 0.62, 0.50, 0.25, 0.08, 0.05, 0.04]
+    fit = [0.85, 0.88, 0.92, 0.95, 0.97, 0.97, 0.95, 0.90, 0.84, 0.82, 0.74]
+    labels = label_phases(acc, memorisation=mem, fit=fit)
+    assert labels == ["light"] * 2 + ["critical"] * 4 + ["sweet"] * 4 + ["collapsed"]
 
 
-def test_noise_free_rising_curve_gets_light_sweet_collapsed():
-    acc = [0.80, 0.805, 0.808, 0.83, 0.85, 0.852, 0.84, 0.70]
-    train = [1.0, 1.0, 1.0, 1.0, 1.0, 0.99, 0.95, 0.80]
-    labels = label_phases(sparsity(8), acc, train, None)
-    assert labels == ["light"] * 3 + ["sweet"] * 3 + ["collapsed"] * 2
+def test_student_without_memorisation_is_light_then_collapsed():
+    """A DSD² student: no memorisation, accuracy slides a little and holds, then falls."""
+    acc = [0.76, 0.745, 0.74, 0.735, 0.74, 0.70, 0.60]
+    mem = [0.06, 0.07, 0.07, 0.07, 0.06, 0.06, 0.05]
+    fit = [0.80, 0.801, 0.799, 0.797, 0.795, 0.76, 0.65]
+    ph = classify_phases(acc, memorisation=mem, fit=fit)
+    assert ph.labels == ["light"] * 5 + ["collapsed"] * 2
+    assert ph.basis == "accuracy" and "never memorised" in ph.note
 
 
-def test_dip_with_peak_below_dense():
-    acc = [0.80, 0.80, 0.80, 0.75, 0.70, 0.76, 0.79, 0.70]
-    flipped = [1.0, 1.0, 1.0, 0.95, 0.60, 0.20, 0.10, 0.05]
-    clean = [1.0, 1.0, 1.0, 1.0, 1.0, 0.99, 0.98, 0.80]
-    noisy = [0.9 * c + 0.1 * f for c, f in zip(clean, flipped)]
-    expected = ["light"] * 3 + ["critical"] * 2 + ["sweet"] * 2 + ["collapsed"]
-    assert label_phases(sparsity(8), acc, noisy, flipped) == expected
-    assert label_phases(sparsity(8), acc, noisy, flipped, train_acc_clean=clean) == expected
-
-
-def test_post_peak_drop_without_fit_loss_stays_sweet():
+def test_post_peak_drop_that_recovers_is_not_collapsed():
     acc = [0.70, 0.70, 0.60, 0.75, 0.72, 0.74, 0.60]
-    flipped = [1.0, 1.0, 0.9, 0.1, 0.05, 0.05, 0.0]
-    noisy = [1.0, 1.0, 0.95, 0.6, 0.6, 0.6, 0.4]
-    labels = label_phases(sparsity(7), acc, noisy, flipped)
+    mem = [1.0, 1.0, 0.9, 0.1, 0.05, 0.05, 0.0]
+    fit = [1.0, 1.0, 0.98, 0.9, 0.88, 0.87, 0.6]
+    labels = label_phases(acc, memorisation=mem, fit=fit)
     assert labels == ["light", "light", "critical", "sweet", "sweet", "sweet", "collapsed"]
 
 
+def test_fallen_tail_that_keeps_its_fit_is_not_collapsed():
+    acc = [0.70, 0.60, 0.75, 0.70, 0.69]
+    mem = [1.0, 1.0, 0.1, 0.05, 0.05]
+    assert label_phases(acc, memorisation=mem, fit=[1.0, 1.0, 0.9, 0.9, 0.9])[-1] == "sweet"
+    assert label_phases(acc, memorisation=mem, fit=[1.0, 1.0, 0.9, 0.85, 0.8])[-2:] == ["collapsed"] * 2
+
+
 def test_all_light_and_single_round():
-    assert label_phases([0.0], [0.5], [1.0], [1.0]) == ["light"]
-    assert label_phases(sparsity(3), [0.5, 0.5, 0.5], [1, 1, 1], [1, 1, 1]) == ["light"] * 3
+    assert label_phases([0.5], memorisation=[1.0]) == ["light"]
+    assert label_phases([0.5, 0.5, 0.5], memorisation=[1, 1, 1]) == ["light"] * 3
+
+
+def test_unfinished_curves_say_undetermined_and_never_change_a_label():
+    full = classify_phases(SDD_ACC, memorisation=SDD_FLIPPED, fit=SDD_CLEAN).labels
+    seen_undetermined = False
+    for k in range(1, len(SDD_ACC) + 1):
+        part = label_phases(SDD_ACC[:k], memorisation=SDD_FLIPPED[:k], fit=SDD_CLEAN[:k], finished=False)
+        for got, final in zip(part, full):
+            assert got in (final, UNDETERMINED)
+        seen_undetermined |= UNDETERMINED in part
+    assert seen_undetermined
+    # inside the break (memorisation 60% of its peak), Critical may still go on: undetermined
+    assert label_phases(SDD_ACC[:13], memorisation=SDD_FLIPPED[:13], finished=False)[-1] == UNDETERMINED
+    # accuracy only: a fall after Light is a dip or a collapse, not known yet
+    assert label_phases(MONO_ACC[:6], finished=False) == ["light"] * 4 + [UNDETERMINED] * 2
 
 
 def test_random_curves_give_one_ordered_label_per_round():
@@ -114,54 +128,49 @@ def test_random_curves_give_one_ordered_label_per_round():
     for _ in range(300):
         n = rng.randint(1, 25)
         acc = [rng.uniform(0.3, 0.8) for _ in range(n)]
-        noisy = [rng.uniform(0.3, 1.0) for _ in range(n)]
-        flipped = [rng.uniform(0.0, 1.0) for _ in range(n)] if rng.random() < 0.7 else None
-        labels = label_phases(sparsity(n), acc, noisy, flipped, tol=rng.choice([0, 0.01, 0.05]))
-        assert len(labels) == n and set(labels) <= set(PHASES)
-        assert labels[0] == "light"
-        assert_ordered(labels)
+        fit = [rng.uniform(0.3, 1.0) for _ in range(n)]
+        mem = [rng.uniform(0.0, 1.0) for _ in range(n)] if rng.random() < 0.7 else None
+        params = PhaseParams(tol=rng.choice([0, 0.01, 0.05]))
+        full = label_phases(acc, memorisation=mem, fit=fit, params=params)
+        assert len(full) == n and set(full) <= set(PHASES)
+        assert full[0] == "light"
+        assert_ordered(full)
+        k = rng.randint(1, n)
+        part = label_phases(acc[:k], memorisation=mem and mem[:k], fit=fit[:k], finished=False, params=params)
+        assert all(p in (f, UNDETERMINED) for p, f in zip(part, full))
 
 
 def test_monotone_random_curves_never_critical_without_memorisation():
-    """A falling curve is Critical only while the net memorises the noise (SPEC §1)."""
+    """A falling curve is Critical only while the net memorises the noise."""
     rng = random.Random(1)
     for _ in range(200):
         n = rng.randint(2, 20)
         acc = sorted((rng.uniform(0.3, 0.9) for _ in range(n)), reverse=True)
-        noisy = sorted((rng.uniform(0.3, 1) for _ in range(n)), reverse=True)
+        fit = sorted((rng.uniform(0.3, 1) for _ in range(n)), reverse=True)
         not_memorised = [0.4 * x for x in sorted((rng.uniform(0, 1) for _ in range(n)), reverse=True)]
-        for fl in (not_memorised, None):
-            assert "critical" not in label_phases(sparsity(n), acc, noisy, fl)
+        for mem in (not_memorised, None):
+            assert "critical" not in label_phases(acc, memorisation=mem, fit=fit)
 
 
-def test_partial_run_still_memorising_is_critical_not_collapsed():
-    """An IMP run in progress: accuracy fell but the net fits everything, noise included."""
+def test_run_still_memorising_is_critical_not_collapsed():
+    """An IMP run cut before the break: accuracy fell but the net fits everything, noise included."""
     acc = [0.66, 0.60, 0.585, 0.58, 0.575]
-    labels = label_phases(sparsity(5), acc, [0.99, 1.0, 1.0, 1.0, 1.0], [0.97, 1.0, 1.0, 1.0, 1.0], train_acc_clean=[1.0] * 5)
-    assert labels == ["light", "critical", "critical", "critical", "critical"]
-    # once the fit of the clean samples is lost too, it is a collapse
-    labels = label_phases(sparsity(5), acc, [0.99, 1.0, 1.0, 0.6, 0.4], [0.97, 1.0, 1.0, 0.2, 0.1], train_acc_clean=[1.0, 1.0, 1.0, 0.7, 0.5])
-    assert labels == ["light", "critical", "critical", "collapsed", "collapsed"]
-
-
-def test_gently_falling_curve_without_memorisation_stays_light_until_the_fit_goes():
-    """A DSD² student: no memorisation, accuracy slides a little, the clean fit holds → Light."""
-    acc = [0.76, 0.745, 0.74, 0.735, 0.70, 0.60]
-    flipped = [0.06, 0.07, 0.07, 0.07, 0.06, 0.05]
-    fit = [0.80, 0.801, 0.799, 0.797, 0.76, 0.65]
-    labels = label_phases(sparsity(6), acc, fit, flipped, train_acc_clean=fit)
-    assert labels == ["light", "light", "light", "light", "collapsed", "collapsed"]
+    for finished in (True, False):
+        labels = label_phases(acc, memorisation=[0.97, 1.0, 1.0, 1.0, 1.0], fit=[1.0] * 5, finished=finished)
+        assert labels == ["light", "critical", "critical", "critical", "critical"]
 
 
 def test_phase_validation():
     with pytest.raises(UserError):
-        label_phases([0.0, 0.5], [0.5], [1.0, 1.0], None)
+        label_phases([0.5], memorisation=[1.0, 1.0])
     with pytest.raises(UserError):
-        label_phases([0.5, 0.2], [0.5, 0.5], [1.0, 1.0], None)
+        label_phases([])
     with pytest.raises(UserError):
-        label_phases([], [], [], None)
+        label_phases([0.5, float("nan")])
     with pytest.raises(UserError):
-        label_phases([0.0], [0.5], [1.0], None, tol=-1)
+        PhaseParams(tol=-1)
+    with pytest.raises(UserError):
+        PhaseParams(break_start=0.4, break_end=0.5)
 
 
 # -- early stopping -----------------------------------------------------------------------

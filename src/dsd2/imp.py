@@ -421,25 +421,30 @@ class _TensorBoard:
             self.writer.close()
 
 
-def _write_tables(run_dir: Path, rows: list[dict[str, Any]], entropy_rows: list[dict[str, Any]], timing_rows: list[dict[str, Any]]) -> None:
-    from dsd2.compare import selection_column
-    from dsd2.phases import label_phases
-
-    if rows:
-        eval_key = selection_column(rows)
-        flipped = [r["train_acc_flipped"] for r in rows]
-        phases = label_phases(
-            [r["sparsity"] for r in rows],
-            [r[eval_key] for r in rows],
-            [r["train_acc_noisy"] for r in rows],
-            None if any(f is None for f in flipped) else flipped,
-            train_acc_clean=[r["unflipped_acc"] for r in rows],
-        )
-        for r, ph in zip(rows, phases):
-            r["phase"] = ph
+def _write_tables(
+    run_dir: Path, rows: list[dict[str, Any]], entropy_rows: list[dict[str, Any]], timing_rows: list[dict[str, Any]], *, finished: bool
+) -> None:
+    for r, ph in zip(rows, label_rows(rows, finished=finished)):
+        r["phase"] = ph
     store.write_csv(run_dir / "rounds.csv", rows, ROUND_COLUMNS)
     store.write_csv(run_dir / "entropy.csv", entropy_rows, ["round", "sparsity", "layer", "neurons", "entropy"])
     store.write_csv(run_dir / "timings.csv", timing_rows, ["round", "wall_s", "train_s", "device", "lr_scale"])
+
+
+def label_rows(rows: list[dict[str, Any]], *, finished: bool) -> list[str]:
+    """Phase of every round (docs/phases.md); ``finished``: every configured round was trained."""
+    from dsd2.compare import selection_column
+    from dsd2.phases import label_phases
+
+    if not rows:
+        return []
+    mem = [r["train_acc_flipped"] for r in rows]
+    return label_phases(
+        [r[selection_column(rows)] for r in rows],
+        memorisation=None if any(m is None for m in mem) else mem,
+        fit=[r["unflipped_acc"] for r in rows],
+        finished=finished,
+    )
 
 
 def _load_finished(run_dir: Path, done: list[int]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -487,7 +492,7 @@ def run(
             load_state(ctx.model, store.load_tensors(last / "state.safetensors"), last / "state.safetensors")
             saved = store.load_tensors(last / "masks.safetensors")
             masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
-        _write_tables(run_dir, rows, entropy_rows, timing_rows)
+        _write_tables(run_dir, rows, entropy_rows, timing_rows, finished=len(rows) == cfg.prune.rounds + 1)
         cumulative = (rows[-1]["train_pflops_dense"], rows[-1]["train_pflops_sparse"]) if rows else (0.0, 0.0)
         tb = _TensorBoard(run_dir, cfg.train.tensorboard)
         for i in range(len(done), cfg.prune.rounds + 1):
@@ -557,7 +562,7 @@ def run(
             rows.append(row)
             entropy_rows.extend(layer_rows)
             timing_rows.append(timing)
-            _write_tables(run_dir, rows, entropy_rows, timing_rows)
+            _write_tables(run_dir, rows, entropy_rows, timing_rows, finished=len(rows) == cfg.prune.rounds + 1)
             tb.round(rows[-1])
             if on_round is not None:
                 on_round(rows[-1])

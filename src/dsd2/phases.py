@@ -1,38 +1,25 @@
 """Phases of an IMP curve and early-stopping rules along the sparsity axis (pure numbers).
 
-Rounds are indexed ``0 … n-1`` in pruning order (round 0 = dense); accuracies are fractions or
-percentages (use the same unit for ``tol``/``tolerance``).
+Rounds are indexed ``0 … n-1`` in pruning order (round 0 = dense); accuracies and
+memorisation are fractions or percentages (use the same unit for the tolerances).
 
-Phase labelling (:func:`label_phases`)
---------------------------------------
-SPEC §1: Light → Critical → Sweet → Collapsed.  Every round gets exactly one label and the
-labels are contiguous segments in that order (a phase may be empty).  With ``d = acc[0]``
-(the dense accuracy):
+Phase labels (:func:`classify_phases`, :func:`label_phases`) follow the definitions in
+``docs/phases.md``; in short, with ``m`` the memorisation (accuracy of the flipped training
+samples w.r.t. their *noisy* labels), ``fit`` the accuracy on the unflipped training samples and
+``acc`` the held-out (validation) accuracy:
 
-1. **Memorisation** (only when ``train_acc_flipped`` is given and its max is at least
-   ``min_memorisation``): round ``r`` memorises the noise iff
-   ``flipped[r] >= mem_frac * max(flipped)``.  Otherwise memorisation is "unknown".
-2. **Light** = the leading rounds ``[0, l)``: round 0 always; then while
-   ``acc[r] >= d - tol`` and the net memorises (memorisation known), or while
-   ``|acc[r] - d| <= tol`` (memorisation unknown, e.g. noise-free data: Light is the flat
-   start; a rise above the dense accuracy starts the Sweet phase).
-3. On the rest ``R = [l, n)``: the **peak** ``b = argmax acc`` over ``R`` (ties → sparsest).
-   The peak is *sweet* iff ``acc[b] >= d - tol`` or it recovers from an earlier trough,
-   ``min(acc[l:b]) < acc[b] - tol``.  If it is not sweet (accuracy only falls after Light),
-   the leading rounds of ``R`` that still fit (``fit[r] >= max(fit) - 2·fit_tol``, ``fit`` as
-   in 5.) are **Light** while they do not memorise (a gently falling curve, e.g. a DSD²
-   student) and **Critical** while they memorise (an IMP run still in progress, before its
-   Sweet phase); the rest is **Collapsed**.
-4. **Critical** (the dip) = ``[l, t]`` with ``t = argmin acc[l:b]`` (ties → sparsest), only if
-   ``acc[t] < d - tol`` and ``acc[t] < acc[b] - tol``; otherwise there is no Critical round.
-   A monotone (non-increasing) curve therefore never has Critical rounds.
-5. **Collapsed** = ``[c, n)``, with ``c`` the first round after ``b`` such that
-   ``acc[c] < acc[b] - tol`` and the net lost its fit: ``fit[c] < fit[b] - fit_tol`` where
-   ``fit`` is ``train_acc_clean`` (accuracy on the unflipped training samples) if given,
-   else ``train_acc_noisy`` (if that is None the fit test is skipped).  Comparing with the
-   fit at the peak (after Light) matters: in the Sweet phase noisy-train accuracy has already
-   fallen to the clean fraction, so only a further fall means "cannot fit the clean part".
-6. **Sweet** = the rounds between Critical (or Light) and Collapsed.
+- **light**: the leading rounds whose accuracy is within ``tol`` of the best so far, before
+  memorisation starts to break;
+- **critical**: the net still memorises the noise and held-out accuracy has fallen;
+- **sweet**: memorisation is broken (``m`` fell below ``break_end`` × its running peak, the
+  boundary placed at the accuracy trough of the break), up to the collapse;
+- **collapsed**: the final rounds after the Sweet peak that never come back within ``tol`` of
+  it and whose clean fit fell by more than ``fit_tol`` from the fit at the peak;
+- **undetermined**: what the rounds seen so far cannot decide yet (an unfinished curve).
+
+When memorisation is not measured (no label noise, real noise without clean labels) or never
+reaches ``min_memorisation``, the labels come from the accuracy curve alone (a recovered dip
+is read as Critical → Sweet) and :attr:`Phases.basis` says so.
 
 Early stopping (:func:`plain_early_stop`, :func:`entropy_early_stop`, :class:`EarlyStopper`)
 --------------------------------------------------------------------------------------------
@@ -48,12 +35,11 @@ trained).  ``selected_round`` = the best round among ``0 … stop_round`` (ties 
 ``select="last_good"`` (equal when ``tolerance == 0``).  If the rule never fires,
 ``stop_round`` is None and the selection runs over all rounds.
 
-Default entropy signal (:func:`entropy_drop_signal`), a first, parameterised version to be
-revised on measured curves: "collapsed" iff the current entropy is below
-``(1 - rel_drop) * max(entropy so far)`` (or ``max - abs_drop`` when ``abs_drop`` is given),
-or below ``dense_fraction * entropy[0]`` when ``dense_fraction`` is given.  The idea (paper):
-during the Critical dip the network still memorises and its activation entropy stays high,
-while at collapse ReLUs die or become linear and the entropy falls.
+Default entropy signal (:func:`entropy_drop_signal`): "collapsed" iff the current entropy is
+below ``(1 - rel_drop) * max(entropy so far)``.  During the Critical dip the network still
+memorises and its activation entropy stays near its maximum; once memorisation breaks, ReLUs
+die or become linear and the entropy falls.  ``rel_drop`` is fitted by leave-one-setting-out
+over the curve bank (``docs/stop_rules.md``), not on the demo.
 """
 
 from __future__ import annotations
@@ -67,8 +53,12 @@ from dsd2.errors import UserError
 
 __all__ = [
     "PHASES",
+    "UNDETERMINED",
+    "PhaseParams",
+    "Phases",
     "EarlyStopper",
     "StopDecision",
+    "classify_phases",
     "entropy_below_dense_signal",
     "entropy_drop_signal",
     "entropy_early_stop",
@@ -77,6 +67,7 @@ __all__ = [
 ]
 
 PHASES = ("light", "critical", "sweet", "collapsed")
+UNDETERMINED = "undetermined"
 
 
 # ---------------------------------------------------------------------------------------
@@ -112,103 +103,171 @@ def _argmin_last(xs: Sequence[float], lo: int, hi: int) -> int:
     return best
 
 
-def label_phases(
-    sparsity: Sequence[float],
-    eval_acc: Sequence[float],
-    train_acc_noisy: Sequence[float] | None,
-    train_acc_flipped: Sequence[float] | None,
-    *,
-    tol: float = 0.01,
-    train_acc_clean: Sequence[float] | None = None,
-    mem_frac: float = 0.9,
-    min_memorisation: float = 0.5,
-    fit_tol: float | None = None,
-) -> list[str]:
-    """One phase label per round (see the module docstring for the exact rule).
+@dataclass(frozen=True)
+class PhaseParams:
+    """Thresholds of the phase definitions (docs/phases.md), in the unit of the accuracies.
 
-    ``sparsity`` must be non-decreasing.  ``train_acc_flipped``: accuracy w.r.t. the noisy
-    labels on the flipped samples (None when noise-free).  ``train_acc_clean``: optional
-    accuracy on the unflipped samples (a better fit signal for the Collapsed test).
-    ``min_memorisation``: below this max flipped accuracy memorisation is treated as unknown
-    (in the unit of the accuracies: use 50 for percentages).  ``fit_tol`` defaults to ``tol``.
+    ``tol``: accuracy change read as noise (default 1 point). ``fit_tol``: clean-fit loss read
+    as noise (default ``tol``). ``break_start``/``break_end``: memorisation has started/finished
+    breaking when it falls below this fraction of its running peak. ``min_memorisation``: a
+    peak below this means the net never memorised the noise (in the unit of the accuracies:
+    use 50 for percentages).
+    """
+
+    tol: float = 0.01
+    fit_tol: float | None = None
+    break_start: float = 0.9
+    break_end: float = 0.5
+    min_memorisation: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.tol < 0 or (self.fit_tol is not None and self.fit_tol < 0):
+            raise UserError(f"tol and fit_tol must be >= 0, got {self.tol}, {self.fit_tol}")
+        if not 0 < self.break_end <= self.break_start <= 1:
+            raise UserError(f"need 0 < break_end <= break_start <= 1, got {self.break_end}, {self.break_start}")
+
+
+@dataclass
+class Phases:
+    """Labels per round and how they were decided.
+
+    ``basis``: "memorisation" (the paper's definition), or "accuracy" (memorisation not
+    measured, or the net never memorised: a recovered dip is read as Critical → Sweet).
+    ``note``: one sentence for reports. ``break_round``: first round of the Sweet phase
+    decided by memorisation (None if none).
+    """
+
+    labels: list[str]
+    basis: str
+    note: str
+    break_round: int | None = None
+
+
+def _first_below(m: list[float], frac: float, lo: int, floor: float) -> int | None:
+    """First round r >= lo where m[r] < frac × max(m[:r+1]), once that running peak >= floor."""
+    peak = max(m[:lo], default=float("-inf"))
+    for r in range(lo, len(m)):
+        peak = max(peak, m[r])
+        if peak >= floor and m[r] < frac * peak:
+            return r
+    return None
+
+
+def _light_end(acc: list[float], tol: float, limit: int) -> int:
+    """Leading rounds (at least round 0, at most ``limit``) within ``tol`` of the best so far."""
+    end, best = 1, acc[0]
+    while end < limit and acc[end] >= best - tol:
+        best = max(best, acc[end])
+        end += 1
+    return end
+
+
+def _collapse_start(acc: list[float], fit: list[float] | None, lo: int, tol: float, fit_tol: float) -> int:
+    """Start of the never-recovering tail after the peak of ``acc[lo:]`` (len(acc) if none)."""
+    n = len(acc)
+    peak = _argmax_last(acc, lo, n)
+    c = n
+    for r in range(n - 1, peak, -1):
+        lost_acc = acc[r] < acc[peak] - tol
+        lost_fit = fit is None or fit[r] < fit[peak] - fit_tol
+        if not (lost_acc and lost_fit):
+            break
+        c = r
+    return c
+
+
+def _tail(labels: list[str], start: int, finished: bool) -> list[str]:
+    n = len(labels)
+    return labels[:start] + ["collapsed" if finished else UNDETERMINED] * (n - start)
+
+
+def classify_phases(
+    eval_acc: Sequence[float],
+    *,
+    memorisation: Sequence[float] | None = None,
+    fit: Sequence[float] | None = None,
+    finished: bool = True,
+    params: PhaseParams = PhaseParams(),
+) -> Phases:
+    """Phase of every round of one IMP curve (definitions: module docstring, docs/phases.md).
+
+    ``memorisation``: accuracy of the flipped samples w.r.t. their noisy labels (None when not
+    measured). ``fit``: accuracy on the unflipped training samples (None: the collapse test uses
+    accuracy only). ``finished``: every configured round was trained; an unfinished curve labels
+    ``undetermined`` what later rounds could still change, so a label, once given, never changes.
     """
     acc = _floats("eval_acc", eval_acc, None)
+    if not acc:
+        raise UserError("phase labelling needs at least one round")
     n = len(acc)
-    if n == 0:
-        raise UserError("label_phases needs at least one round")
-    sp = _floats("sparsity", sparsity, n)
-    noisy = _floats("train_acc_noisy", train_acc_noisy, n)
-    flipped = _floats("train_acc_flipped", train_acc_flipped, n)
-    clean = _floats("train_acc_clean", train_acc_clean, n)
-    if any(b < a for a, b in zip(sp, sp[1:])):
-        raise UserError("sparsity must be non-decreasing over rounds")
-    if tol < 0:
-        raise UserError(f"tol must be >= 0, got {tol}")
-    fit_tol = tol if fit_tol is None else fit_tol
+    m = _floats("memorisation", memorisation, n)
+    fit_ = _floats("fit", fit, n)
+    p = params
+    tol = p.tol
+    fit_tol = tol if p.fit_tol is None else p.fit_tol
 
-    d = acc[0]
-    mem: list[bool] | None = None
-    if flipped is not None and max(flipped) >= min_memorisation:
-        m = max(flipped)
-        mem = [f >= mem_frac * m for f in flipped]
+    if m is not None and max(m) >= p.min_memorisation:
+        return _by_memorisation(acc, m, fit_, finished, p, tol, fit_tol)
+    if m is None:
+        why = "memorisation is not measured (no known flipped samples)"
+    else:
+        why = f"the net never memorised the noise (at most {max(m):.3g} of the flipped samples)"
+        if not finished:
+            # memorisation may still rise (an under-fitted dense start): fallen rounds stay open
+            why += " so far"
+    return _by_accuracy(acc, fit_, finished, tol, fit_tol, why)
 
-    # Light.
-    light_end = 1
-    while light_end < n:
-        a = acc[light_end]
-        ok = (a >= d - tol and mem[light_end]) if mem is not None else abs(a - d) <= tol
-        if not ok:
-            break
-        light_end += 1
-    labels = ["light"] * light_end
-    if light_end == n:
-        return labels
 
-    # Peak of the rest.
-    b = _argmax_last(acc, light_end, n)
-    trough = _argmin_last(acc, light_end, b) if b > light_end else None
-    recovers = trough is not None and acc[trough] < acc[b] - tol
-    if not (acc[b] >= d - tol or recovers):
-        # Accuracy only falls after Light. While the net still fits the clean part, that is no
-        # collapse: a net that memorises the noise meanwhile is in its Critical phase (an IMP run
-        # still in progress, before its Sweet phase); one that does not (a DSD² student) is
-        # still in its Light phase, on a gentle slope. Collapsed once the fit is lost.
-        fit = clean if clean is not None else noisy
-        if fit is None:
-            return labels + ["collapsed"] * (n - light_end)
-        # Twice the usual fit tolerance: a student's fit of its training set drifts by about a
-        # point over a long plateau (measured on the demo) without any loss of accuracy.
-        floor = max(fit) - 2 * fit_tol
-        rest: list[str] = []
-        for r in range(light_end, n):
-            prev = rest[-1] if rest else "light"
-            memorising = mem is not None and mem[r]
-            if fit[r] >= floor and not memorising and prev == "light":
-                rest.append("light")
-            elif fit[r] >= floor and memorising and prev in ("light", "critical"):
-                rest.append("critical")
-            else:
-                rest.append("collapsed")
-        return labels + rest
+def _by_memorisation(acc, m, fit, finished, p: PhaseParams, tol, fit_tol) -> Phases:
+    n = len(acc)
+    start = _first_below(m, p.break_start, 0, p.min_memorisation)  # memorisation starts to break
+    end = _first_below(m, p.break_end, start, p.min_memorisation) if start is not None else None
+    light = _light_end(acc, tol, start if start is not None else n)
+    labels = ["light"] * light + ["critical"] * (n - light)
+    note = "phases from memorisation of the flipped samples and validation accuracy"
+    if start is None:
+        return Phases(labels, "memorisation", note)
+    if end is None and not finished:
+        # inside the break: Critical lasts to the accuracy trough, which may still be ahead
+        return Phases(labels[:start] + [UNDETERMINED] * (n - start), "memorisation", note)
+    # Critical → Sweet at the accuracy trough, kept inside the break window [start, end]
+    stop = end if end is not None else n - 1
+    trough = _argmin_last(acc, light, stop + 1) if light <= stop else stop
+    sweet = min(max(trough + 1, start), stop)
+    sweet = max(sweet, light)
+    labels = labels[:sweet] + ["sweet"] * (n - sweet)
+    return Phases(_tail(labels, _collapse_start(acc, fit, sweet, tol, fit_tol), finished), "memorisation", note, sweet)
 
-    # Critical: light_end .. trough, if the trough is a real dip.
-    crit_end = light_end
-    if trough is not None and acc[trough] < d - tol and acc[trough] < acc[b] - tol:
-        crit_end = trough + 1
 
-    # Collapsed: first round after the peak with an accuracy drop and a loss of fit.
-    fit = clean if clean is not None else noisy
-    c = n
-    for r in range(b + 1, n):
-        if acc[r] < acc[b] - tol and (fit is None or fit[r] < fit[b] - fit_tol):
-            c = r
-            break
-    return (
-        labels
-        + ["critical"] * (crit_end - light_end)
-        + ["sweet"] * (c - crit_end)
-        + ["collapsed"] * (n - c)
-    )
+def _by_accuracy(acc, fit, finished, tol, fit_tol, why: str) -> Phases:
+    n = len(acc)
+    note = f"phases from validation accuracy alone: {why}"
+    light = _light_end(acc, tol, n)
+    labels = ["light"] * n
+    if light == n:
+        return Phases(labels, "accuracy", note)
+    if not finished:
+        # a fall after Light is a Critical dip if it recovers and a collapse if not: not yet known
+        return Phases(labels[:light] + [UNDETERMINED] * (n - light), "accuracy", note)
+    peak = _argmax_last(acc, light, n)
+    trough = _argmin_last(acc, light, peak) if peak > light else None
+    sweet = light
+    if trough is not None and acc[trough] < acc[peak] - tol:
+        sweet = trough + 1
+        labels = labels[:light] + ["critical"] * (sweet - light) + ["sweet"] * (n - sweet)
+    return Phases(_tail(labels, _collapse_start(acc, fit, sweet, tol, fit_tol), True), "accuracy", note)
+
+
+def label_phases(
+    eval_acc: Sequence[float],
+    *,
+    memorisation: Sequence[float] | None = None,
+    fit: Sequence[float] | None = None,
+    finished: bool = True,
+    params: PhaseParams = PhaseParams(),
+) -> list[str]:
+    """The labels of :func:`classify_phases`."""
+    return classify_phases(eval_acc, memorisation=memorisation, fit=fit, finished=finished, params=params).labels
 
 
 # ---------------------------------------------------------------------------------------
