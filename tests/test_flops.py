@@ -9,6 +9,7 @@ from dsd2.flops import (
     StepFlops,
     flop_counter,
     paper_run_flops,
+    paper_training_flops,
     paper_units,
     step_flops,
     to_pflops,
@@ -212,3 +213,27 @@ def test_paper_convention_vgg_like_unit():
     dense, _ = training_flops(s, n_examples=50_000, epochs=160)
     assert dense == pytest.approx(2 * one_run)
     assert paper_units(12 * dense, dense) == paper_units(12 * one_run, one_run) == 12
+
+
+def test_paper_training_flops_adds_the_teacher_forward_once_per_pass():
+    # student 10 MACs/example forward, teacher 30 MACs/example forward
+    s = StepFlops(batch_size=2, dense_fwd=2 * 2 * 10, dense_bwd=4 * 2 * 10, teacher_fwd=2 * 2 * 30,
+                  sparse_fwd=0.0, sparse_bwd=0.0, teacher_fwd_sparse=0.0)
+    assert paper_training_flops(s, n_examples=100, epochs=5) == 3 * 10 * 100 * 5 + 30 * 100 * 5
+    # cached teacher logits: one teacher pass in the round that computed them, none after
+    assert paper_training_flops(s, n_examples=100, epochs=5, teacher_passes=1) == 3 * 10 * 100 * 5 + 30 * 100
+    assert paper_training_flops(s, n_examples=100, epochs=5, teacher_passes=0) == 3 * 10 * 100 * 5
+
+
+def test_rounds_record_the_paper_convention(tmp_path):
+    from dsd2 import imp, store
+    from dsd2.config import load_config
+
+    cfg = load_config("tiny_mnist1d", ["prune.rounds=1", "entropy.enabled=false", "train.epochs=2"])
+    rows = store.read_csv(imp.run(cfg, tmp_path) / "rounds.csv")
+    macs = (40 * 64 + 64 * 64 + 64 * 10)  # MLP 40-64-64-10 forward MACs per example
+    n = 4000 - 500  # MNIST-1D train split minus validation
+    assert rows[0]["round_pflops_paper"] == pytest.approx(3 * macs * n * 2 / 1e15)
+    assert rows[1]["train_pflops_paper"] == pytest.approx(2 * rows[0]["round_pflops_paper"])
+    # measured: 2 FLOPs per MAC, the first layer computes no grad-input
+    assert rows[0]["round_pflops_dense"] < 2 * rows[0]["round_pflops_paper"]

@@ -242,14 +242,22 @@ def stop(
     _print_decision(run_dir, rule, tolerance, patience, select)
 
 
+def _num(v: float | None) -> str:
+    return "" if v is None else f"{v:.4g}"
+
+
 def strategy_rich_table(outcomes, rule: str = "tolerance 0, patience 1, select best") -> Table:
-    table = Table(title=f"Selected model and training cost per strategy (paper Figure 1, right); early stop: {rule}")
-    for col in ("strategy", "round", "sparsity %", "phase", "sel. acc", "test acc", "PFLOPs (dense)", "PFLOPs (sparse)", "units", "note"):
-        table.add_column(col, justify="left" if col in ("strategy", "note", "phase") else "right")
+    table = Table(
+        title=f"Selected model and training cost per strategy (paper Figure 1, right); early stop: {rule}",
+        caption="PFLOPs measured: FlopCounterMode, 2 FLOPs per multiply-add, exact backward; paper conv.: 3 × forward MACs × images × epochs "
+        "(docs/protocol.md, Compute)",
+    )
+    for col in ("strategy", "round", "sparsity %", "phase", "sel. acc", "test acc", "PFLOPs measured", "PFLOPs sparse-aware", "PFLOPs paper conv.", "units", "note"):
+        table.add_column(col, justify="left" if col in ("strategy", "note", "phase") else "right", no_wrap=col == "strategy")
     for o in outcomes:
         table.add_row(
             o.strategy, f"{o.selected_round} (of 0..{o.trained_until})", f"{100 * o.sparsity:.2f}", o.phase or "",
-            _pct(o.selection_acc), _pct(o.test_acc), f"{o.pflops_dense:.4g}", f"{o.pflops_sparse:.4g}", f"{o.units:.2f}", o.note,
+            _pct(o.selection_acc), _pct(o.test_acc), f"{o.pflops_dense:.4g}", f"{o.pflops_sparse:.4g}", _num(o.pflops_paper), f"{o.units:.2f}", o.note,
         )
     return table
 

@@ -4,10 +4,12 @@
 compares, as in the paper's Figure 1 (right): exhaustive vanilla IMP, vanilla + plain early
 stop, vanilla + entropy-aided early stop, and DSD² + early stop.
 
-Costs are cumulative training FLOPs (forward + backward, plus the teacher's forward passes for
-KD) up to the last round a strategy has to train: in PFLOPs at dense FLOPs (the paper's
-convention: sparsity not credited), sparse-aware, and in units of one dense training run of
-the vanilla model (its round 0).
+Costs are cumulative training FLOPs up to the last round a strategy has to train
+(docs/protocol.md, "Compute"): ``pflops_dense`` measured by FlopCounterMode (2 FLOPs per
+multiply-add, exact backward, teacher forward passes included, sparsity not credited);
+``pflops_sparse`` the same with each layer scaled by its weight density; ``pflops_paper`` the
+paper's convention (3 × forward MACs × training images × epochs, plus the teacher's forward MACs,
+sparsity not credited); ``units``: cost in dense training runs of the vanilla model (its round 0).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class Outcome:
     phase: str | None
     pflops_dense: float
     pflops_sparse: float
+    pflops_paper: float | None
     units: float
     note: str = ""
 
@@ -117,6 +120,7 @@ def outcome(strategy: str, run_dir: str | Path, rows: list[dict[str, Any]], deci
         phase=r.get("phase"),
         pflops_dense=last["train_pflops_dense"],
         pflops_sparse=last["train_pflops_sparse"],
+        pflops_paper=last.get("train_pflops_paper"),
         units=last["train_pflops_dense"] / unit_pflops,
         note=note,
     )
@@ -151,7 +155,7 @@ def strategy_table(
         out.append(o)
         teacher = _teacher_cost(student_dir)
         if teacher is not None:
-            t_dense, t_sparse, t_round = teacher
+            t_dense, t_sparse, t_paper, t_round = teacher
             out.append(
                 Outcome(
                     **{
@@ -159,6 +163,7 @@ def strategy_table(
                         "strategy": "DSD² + early stop, incl. teacher IMP",
                         "pflops_dense": o.pflops_dense + t_dense,
                         "pflops_sparse": o.pflops_sparse + t_sparse,
+                        "pflops_paper": None if o.pflops_paper is None or t_paper is None else o.pflops_paper + t_paper,
                         "units": (o.pflops_dense + t_dense) / unit,
                         "note": f"+ teacher run up to its round {t_round}",
                     }
@@ -167,7 +172,7 @@ def strategy_table(
     return out
 
 
-def _teacher_cost(student_dir: str | Path) -> tuple[float, float, int] | None:
+def _teacher_cost(student_dir: str | Path) -> tuple[float, float, float | None, int] | None:
     """Training cost of the teacher run up to the round it was taken from."""
     info_path = Path(student_dir) / "teacher.json"
     if not info_path.is_file():
@@ -176,7 +181,8 @@ def _teacher_cost(student_dir: str | Path) -> tuple[float, float, int] | None:
     trows = load_rows(info["run_dir"])
     # a best-fit teacher is only known once the whole teacher curve exists
     upto = len(trows) - 1 if info.get("choice") == "best" else int(info["round"])
-    return trows[upto]["train_pflops_dense"], trows[upto]["train_pflops_sparse"], upto
+    t = trows[upto]
+    return t["train_pflops_dense"], t["train_pflops_sparse"], t.get("train_pflops_paper"), upto
 
 
 @dataclass

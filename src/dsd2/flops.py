@@ -357,6 +357,14 @@ def paper_run_flops(step: StepFlops, *, n_examples: int, epochs: int) -> float:
     return 3.0 * (step.fwd_per_example / 2.0) * n_examples * epochs
 
 
+def paper_training_flops(step: StepFlops, *, n_examples: int, epochs: int, teacher_passes: int | None = None) -> float:
+    """Training FLOPs in the paper's convention: 3 × forward MACs × examples × epochs for the
+    student, plus, for KD, the teacher's forward MACs × examples × its passes (``epochs``, or
+    ``teacher_passes`` when its logits are cached). Sparsity is not credited."""
+    passes = epochs if teacher_passes is None else teacher_passes
+    return paper_run_flops(step, n_examples=n_examples, epochs=epochs) + (step.teacher_fwd_per_example / 2.0) * n_examples * passes
+
+
 def to_pflops(x: float) -> float:
     """FLOPs → PFLOPs (1e15)."""
     return float(x) / 1e15

@@ -331,8 +331,9 @@ def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]
     return res.weighted_mean, rows
 
 
-def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> tuple[float, float]:
-    from dsd2.flops import step_flops, to_pflops, training_flops
+def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> tuple[float, float, float]:
+    """(measured dense, measured sparse-aware, paper convention) PFLOPs of one round (docs/protocol.md)."""
+    from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flops
 
     tb = ctx.train_batches
     example = tb.prepare(tb.x[:2])
@@ -340,8 +341,10 @@ def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> 
     cached = getattr(ctx.objective, "cached_logits", None) is not None
     # cached teacher logits: one teacher pass over the data, charged to round 0
     passes = (1 if round_idx == 0 else 0) if cached else None
-    dense, sparse = training_flops(step, n_examples=tb.x.shape[0], epochs=epochs, teacher_passes=passes)
-    return to_pflops(dense), to_pflops(sparse)
+    n = tb.x.shape[0]
+    dense, sparse = training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
+    paper = paper_training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
+    return to_pflops(dense), to_pflops(sparse), to_pflops(paper)
 
 
 def _reset_for_round(ctx: RunContext, round_idx: int) -> None:
@@ -447,6 +450,15 @@ def label_rows(rows: list[dict[str, Any]], *, finished: bool) -> list[str]:
     )
 
 
+def _cumulative_pflops(rows: list[dict[str, Any]]) -> tuple[float, float, float | None]:
+    """Cumulative (dense, sparse, paper) PFLOPs of the finished rounds; the paper column is None
+    for a run resumed from rounds written before that column existed."""
+    if not rows:
+        return 0.0, 0.0, 0.0
+    last = rows[-1]
+    return last["train_pflops_dense"], last["train_pflops_sparse"], last.get("train_pflops_paper")
+
+
 def _load_finished(run_dir: Path, done: list[int]) -> tuple[list[dict], list[dict], list[dict]]:
     rows, ent, tim = [], [], []
     for i in done:
@@ -493,7 +505,7 @@ def run(
             saved = store.load_tensors(last / "masks.safetensors")
             masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
         _write_tables(run_dir, rows, entropy_rows, timing_rows, finished=len(rows) == cfg.prune.rounds + 1)
-        cumulative = (rows[-1]["train_pflops_dense"], rows[-1]["train_pflops_sparse"]) if rows else (0.0, 0.0)
+        cumulative = _cumulative_pflops(rows)
         tb = _TensorBoard(run_dir, cfg.train.tensorboard)
         for i in range(len(done), cfg.prune.rounds + 1):
             decision = stop_decision(cfg, rows)
@@ -539,8 +551,8 @@ def run(
             epochs = len(logs)
             metrics = _evaluate(ctx)
             entropy, layer_rows = _measure_entropy(ctx)
-            pf_dense, pf_sparse = _round_flops(ctx, masks, epochs, i)
-            cumulative = (cumulative[0] + pf_dense, cumulative[1] + pf_sparse)
+            pf_dense, pf_sparse, pf_paper = _round_flops(ctx, masks, epochs, i)
+            cumulative = (cumulative[0] + pf_dense, cumulative[1] + pf_sparse, None if cumulative[2] is None else cumulative[2] + pf_paper)
             row = {
                 "round": i,
                 "sparsity": sparsity(masks),
@@ -554,6 +566,8 @@ def run(
                 "round_pflops_sparse": pf_sparse,
                 "train_pflops_dense": cumulative[0],
                 "train_pflops_sparse": cumulative[1],
+                "round_pflops_paper": pf_paper,
+                "train_pflops_paper": cumulative[2],
             }
             layer_rows = [{"round": i, "sparsity": row["sparsity"], **r} for r in layer_rows]
             timing = {"round": i, "wall_s": time.perf_counter() - t0, "train_s": train_s, "device": str(ctx.device), "lr_scale": lr_scale}

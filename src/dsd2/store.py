@@ -59,6 +59,8 @@ ROUND_COLUMNS = [
     "round_pflops_sparse",
     "train_pflops_dense",
     "train_pflops_sparse",
+    "round_pflops_paper",
+    "train_pflops_paper",
 ]
 # Columns of rounds.csv holding fractions (shown as percentages by reports).
 FRACTION_COLUMNS = frozenset(c for c in ROUND_COLUMNS if c.endswith("_acc") or "_acc_" in c or c == "sparsity")
