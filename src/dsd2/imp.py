@@ -283,7 +283,10 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     objective: Objective = cross_entropy
     teacher = teacher_info = teacher_masks = None
     if cfg.distill.teacher:
-        teacher, teacher_info, teacher_masks = load_teacher(cfg.distill.teacher, cfg.distill.round, device=device, expect_data=data)
+        recorded = store.read_json(run_dir / "teacher.json") if (run_dir / "teacher.json").is_file() else None
+        teacher, teacher_info, teacher_masks = load_teacher(
+            cfg.distill.teacher, cfg.distill.round, device=device, student=(cfg, data, labels), recorded=recorded
+        )
         if channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         cached = None

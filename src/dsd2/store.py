@@ -264,6 +264,21 @@ def finished_rounds(run_dir: Path) -> list[int]:
     return done
 
 
+def is_locked(run_dir: Path) -> bool:
+    """True while a dsd2 process holds the lock of ``run_dir`` (a run in progress)."""
+    try:
+        fd = os.open(Path(run_dir) / ".lock", os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False  # no lock file (or not a regular file): nobody runs there
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases the probe's own lock
+    return False
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock on a run directory: a second process on it gets a clear error."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from dsd2 import store
+from dsd2.config import RunConfig, validate_config
 from dsd2.compare import best_round, selection_column
 from dsd2.distill.loss import kd_loss
 from dsd2.errors import UserError
@@ -34,22 +36,93 @@ def select_teacher_round(rows: list[dict[str, Any]], choice: int | str) -> tuple
     return idx, col
 
 
+def _teacher_state(run_dir: Path, rounds_configured: int) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows of the teacher's verified rounds (checksummed metrics.json, not the editable
+    rounds.csv) and why its curve is incomplete (None when every configured round is done)."""
+    done = store.finished_rounds(run_dir)
+    rows = [store.read_json(store.round_dir(run_dir, i) / "metrics.json")["row"] for i in done]
+    if store.is_locked(run_dir):
+        return rows, f"it is still running (another dsd2 process holds {run_dir / '.lock'})"
+    if len(done) < rounds_configured + 1:
+        es = run_dir / "early_stop.json"
+        if es.is_file() and store.read_json(es).get("stop_round") is not None:
+            return rows, f"its early_stop rule stopped it at round {done[-1]} of {rounds_configured}"
+        return rows, f"it has {len(done)} of {rounds_configured + 1} rounds (unfinished; `dsd2 resume {run_dir}` finishes it)"
+    return rows, None
+
+
+def teacher_digest(run_dir: Path, rounds: list[int]) -> str:
+    """Fingerprint of what a student learns from: the teacher's noisy labels and the manifests
+    (checksums of weights, masks and metrics) of ``rounds``."""
+    h = hashlib.sha256(store.sha256_file(run_dir / "labels.safetensors").encode())
+    for i in rounds:
+        h.update(store.sha256_file(store.round_dir(run_dir, i) / store.MANIFEST).encode())
+    return h.hexdigest()
+
+
+def check_consistent(tcfg: RunConfig, run_dir: Path, scfg: RunConfig, data, labels) -> None:
+    """Teacher and student must see the same training samples, noisy labels, classes and
+    normalisation; otherwise the student distils from a teacher of another task."""
+    diffs = []
+    if tcfg.dataset.name != data.name:
+        diffs.append(f"dataset {tcfg.dataset.name} vs {data.name}")
+    shape = store.read_json(run_dir / "meta.json").get("data", {})
+    if shape.get("num_classes") not in (None, data.num_classes):
+        diffs.append(f"{shape['num_classes']} vs {data.num_classes} classes")
+    saved = store.load_tensors(run_dir / "labels.safetensors")
+    if "train_idx" in saved and not torch.equal(saved["train_idx"], data.train_idx.cpu()):
+        diffs.append("training samples (dataset.val_size / train_subset / subset seed)")
+    elif labels is not None and not torch.equal(saved["noisy"], labels.noisy.cpu()):
+        diffs.append("noisy labels (noise.kind / noise.rate / seed / dataset.label_file)")
+    # None is the dataset's own normalisation, the same for both once the dataset matches
+    t_norm, s_norm = (tcfg.dataset.mean, tcfg.dataset.std), (scfg.dataset.mean, scfg.dataset.std)
+    if t_norm != s_norm:
+        diffs.append(f"normalisation (dataset.mean/std) {t_norm} vs {s_norm}")
+    if diffs:
+        raise UserError(
+            f"teacher {run_dir} does not match the student: " + "; ".join(diffs)
+            + ". Give the student the teacher's dataset and noise settings (or train a matching teacher)"
+        )
+
+
 def load_teacher(
-    run_dir: str | Path, choice: int | str = "best", *, device: torch.device | str = "cpu", expect_data=None
+    run_dir: str | Path,
+    choice: int | str = "best",
+    *,
+    device: torch.device | str = "cpu",
+    student: tuple[RunConfig, Any, Any] | None = None,
+    recorded: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, torch.Tensor]]:
     """Load the teacher of ``run_dir`` at the chosen round: frozen, in eval mode.
+
+    ``choice="best"`` needs the teacher's whole curve: an unfinished, early-stopped or running
+    teacher is refused. ``student``: the student's (config, data, noisy labels), checked against
+    the teacher's (:func:`check_consistent`). ``recorded``: the teacher.json a resumed student wrote when it
+    started; a teacher that changed since is refused.
 
     Returns the model, a JSON-able description of the choice, and the round's masks (for the
     sparse-aware cost of the teacher's forward passes).
     """
+    run_dir = Path(run_dir)
     from dsd2.imp import load_round_model
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "rounds.csv").is_file():
-        raise UserError(f"teacher run {run_dir} not found or not started (no rounds.csv); give the run directory of a finished IMP run")
-    rows = store.read_csv(run_dir / "rounds.csv")
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"teacher run {run_dir} not found (no config.yaml); give the run directory of a finished IMP run")
+    tcfg = validate_config(store.read_yaml_file(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+    rows, incomplete = _teacher_state(run_dir, tcfg.prune.rounds)
+    if choice == "best" and incomplete is not None:
+        raise UserError(
+            f"teacher {run_dir}: distill.round=best needs the teacher's whole curve, but {incomplete}. "
+            "Finish the teacher first, or choose a finished round explicitly (distill.round=<index> or dense)"
+        )
     idx, col = select_teacher_round(rows, choice)
-    model, masks, tcfg = load_round_model(run_dir, idx, device=device)
+    digest = teacher_digest(run_dir, [int(r["round"]) for r in rows] if choice == "best" else [idx])
+    if recorded is not None and recorded.get("digest") not in (None, digest):
+        raise UserError(
+            f"teacher {run_dir} changed since this student started (its labels or round files differ from the fingerprint in "
+            "teacher.json): the student's rounds would mix teachers. Restore the teacher, or start a new student run directory"
+        )
+    model, masks, _ = load_round_model(run_dir, idx, device=device)
     row = next(r for r in rows if int(r["round"]) == idx)
     info: dict[str, Any] = {
         "run_dir": str(run_dir.resolve()),
@@ -60,18 +133,13 @@ def load_teacher(
         "val_acc": row.get("val_acc"),
         "test_acc": row.get("test_acc"),
         "model": tcfg.model.name,
+        "rounds_seen": len(rows),
+        "digest": digest,
     }
     if col == "test_acc" and choice == "best":
         info["warning"] = "the teacher run has no validation split: best round selected on TEST accuracy (as the reference does)"
-    if expect_data is not None:
-        if tcfg.dataset.name != expect_data.name:
-            raise UserError(f"teacher was trained on {tcfg.dataset.name}, the student uses {expect_data.name}")
-        labels = store.load_tensors(run_dir / "labels.safetensors")
-        if labels["clean"].numel() != expect_data.train_y.numel() or not torch.equal(labels.get("train_idx", labels["clean"]), expect_data.train_idx):
-            raise UserError(
-                "teacher and student use different training samples (dataset.val_size / train_subset / seed differ); "
-                "use the teacher's dataset settings for the student"
-            )
+    if student is not None:
+        check_consistent(tcfg, run_dir, *student)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
