@@ -83,3 +83,23 @@ def test_teacher_config_has_no_kd_and_no_early_stop():
     assert t.distill == type(t.distill)() and t.early_stop.rule == "none" and t.name == "t"
     # the student's KD choices never change the teacher's run id
     assert pipeline.teacher_config(tiny("distill.alpha=0.9"), name="t").run_id() == t.run_id()
+
+
+def test_split_seed_fixes_the_data_across_seeds(tmp_path):
+    from dsd2.imp import build_data
+
+    a, b = (build_data(tiny(f"seed={s}", "dataset.split_seed=7")) for s in (0, 1))
+    assert a.train_idx.equal(b.train_idx)
+    c = build_data(tiny("seed=1"))  # default: the run seed draws the split
+    assert not a.train_idx.equal(c.train_idx)
+
+
+def test_student_init_shared_or_independent(teacher, tmp_path):
+    init = store.load_tensors(teacher / "init.safetensors")
+    shared = imp.run(student(teacher, "distill.round=dense"), tmp_path / "a")
+    indep = imp.run(student(teacher, "distill.round=dense", "distill.student_init=independent"), tmp_path / "b")
+    same = store.load_tensors(shared / "init.safetensors")
+    other = store.load_tensors(indep / "init.safetensors")
+    assert all(same[k].equal(init[k]) for k in init)
+    assert not all(other[k].equal(init[k]) for k in init)
+    assert store.read_json(indep / "meta.json")["init_seed"] != store.read_json(shared / "meta.json")["init_seed"]

@@ -32,7 +32,13 @@ class DatasetConfig(_Section):
     val_size: int | None = Field(
         None, ge=0, description="Validation samples carved from train (None: dataset default, 5000 for CIFAR; 0: the reference, which selects on test)."
     )
-    train_subset: int | None = Field(None, gt=0, description="Keep a fixed seeded subset of this many training samples.")
+    train_subset: int | None = Field(None, gt=0, description="Keep a seeded subset of this many training samples (see split_seed).")
+    split_seed: int | None = Field(
+        None,
+        ge=0,
+        description="Seed of the validation split, the training subset and generated data. None: the run seed, so runs with other "
+        "seeds also see other data; an integer keeps the data fixed and seeds vary only initialisation, noise draws and batch order.",
+    )
     augment: bool = Field(True, description="Use the dataset's batched augmentation (CIFAR: random crop pad 4 + flip).")
     label_file: str | None = Field(
         None, description="Real (human) noisy train labels, e.g. CIFAR-10_human.pt / CIFAR-100_human.pt (read without unpickling code); needs noise.kind=none."
@@ -138,6 +144,11 @@ class DistillConfig(_Section):
     round: int | Literal["best", "dense"] = Field("best", description="Teacher round: best (highest val acc), dense (round 0) or an index.")
     alpha: float = Field(0.8, ge=0.0, le=1.0, description="Weight of the distillation term (1-alpha weights CE on noisy labels).")
     temperature: float = Field(10.0, gt=0.0)
+    student_init: Literal["shared", "independent"] = Field(
+        "shared",
+        description="shared: the student is initialised from the run seed like its teacher (bit-identical to the teacher's "
+        "initialisation when both share architecture and seed, as in the reference); independent: from its own seed stream.",
+    )
 
 
 class EntropyConfig(_Section):

@@ -73,6 +73,8 @@ def run_metadata(cfg: RunConfig) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "seed": cfg.seed,
+        "data_seed": data_seed(cfg),
+        "init_seed": init_seed(cfg),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -80,11 +82,23 @@ def run_metadata(cfg: RunConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- setup pieces
 
 
+def data_seed(cfg: RunConfig) -> int:
+    """Seed of the data split and subset: fixed by dataset.split_seed, else the run seed."""
+    return cfg.seed if cfg.dataset.split_seed is None else cfg.dataset.split_seed
+
+
+def init_seed(cfg: RunConfig) -> int:
+    """Seed of the initial weights; a KD student with student_init=independent draws its own."""
+    if cfg.distill.teacher and cfg.distill.student_init == "independent":
+        return round_seed(cfg.seed, 0, stream=5)
+    return cfg.seed
+
+
 def build_data(cfg: RunConfig) -> DataSplits:
     d = cfg.dataset
     root = Path(d.root).expanduser() if d.root else None  # "~/data" in a YAML file or an override
     data = load_dataset(
-        d.name, root, val_size=d.val_size, train_subset=d.train_subset, seed=cfg.seed, download=d.download, augment=d.augment
+        d.name, root, val_size=d.val_size, train_subset=d.train_subset, seed=data_seed(cfg), download=d.download, augment=d.augment
     )
     if d.mean is not None:
         channels = data.train_x.shape[1] if data.train_x.dim() == 4 else 1
@@ -261,7 +275,7 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     data = build_data(cfg)
     labels = noisy_labels(cfg, data)
     _labels_file(run_dir, data, labels)
-    model = make_model(cfg, data, cfg.seed).to(device)
+    model = make_model(cfg, data, init_seed(cfg)).to(device)
     init_path = run_dir / "init.safetensors"
     if init_path.exists():
         load_state(model, store.load_tensors(init_path), init_path)
