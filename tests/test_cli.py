@@ -118,6 +118,19 @@ def test_pipeline_with_a_different_student_architecture(tmp_path, capsys):
     assert info["round"] == 0 and info["model"] == "mlp"
     masks = store.load_tensors(sdir / "round_000" / "masks.safetensors")
     assert sum(m.numel() for m in masks.values()) == 40 * 8 + 8 * 10
+    # the vanilla baseline of the student's architecture was run and the table uses it
+    assert "vanilla baseline" in out
+    (vdir,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("small_vanilla-")]
+    vmasks = store.load_tensors(vdir / "round_000" / "masks.safetensors")
+    assert sum(m.numel() for m in vmasks.values()) == 40 * 8 + 8 * 10
+    assert not (vdir / "teacher.json").exists()
+    # compare refuses swapped arguments and a vanilla curve of the teacher's architecture
+    teacher = info["run_dir"]
+    assert main(["compare", str(sdir), str(vdir)]) == 2
+    assert "give the vanilla run first" in " ".join(capsys.readouterr().err.split())
+    assert main(["compare", teacher, str(sdir)]) == 2
+    assert "student's architecture" in " ".join(capsys.readouterr().err.split())
+    assert main(["compare", str(vdir), str(sdir)]) == 0
 
 
 def test_divergence_then_resume_with_a_lower_lr(tmp_path, capsys):

@@ -17,7 +17,7 @@ def pair(tmp_path_factory):
 
 
 def test_pipeline_chains_teacher_and_student(pair):
-    cfg, out, (teacher_dir, student_dir) = pair
+    cfg, out, (teacher_dir, student_dir, _) = pair
     scfg = load_config(student_dir / "config.yaml")
     assert scfg.distill.teacher == str(teacher_dir)
     assert (scfg.distill.alpha, scfg.distill.temperature) == (0.9, 4.0)
@@ -34,11 +34,11 @@ def test_pipeline_chains_teacher_and_student(pair):
 
 
 def test_pipeline_resumes_at_any_stage(pair, tmp_path):
-    cfg, out, (teacher_dir, student_dir) = pair
+    cfg, out, (teacher_dir, student_dir, _) = pair
     states = sorted(teacher_dir.glob("round_*/state.safetensors")) + sorted(student_dir.glob("round_*/state.safetensors"))
     before = {p: p.stat().st_mtime_ns for p in states}
     csvs = {p: p.read_bytes() for p in (teacher_dir / "rounds.csv", student_dir / "rounds.csv")}
-    assert pipeline.run_pipeline(cfg, out=out) == (teacher_dir, student_dir)
+    assert pipeline.run_pipeline(cfg, out=out) == (teacher_dir, student_dir, teacher_dir)
     assert {p: p.stat().st_mtime_ns for p in states} == before  # nothing retrained
     assert {p: p.read_bytes() for p in csvs} == csvs
     # student stage interrupted after its round 0: the pipeline retrains only the student's missing rounds
@@ -46,7 +46,7 @@ def test_pipeline_resumes_at_any_stage(pair, tmp_path):
 
     shutil.rmtree(student_dir / "round_001")
     shutil.rmtree(student_dir / "round_002")
-    assert pipeline.run_pipeline(cfg, out=out) == (teacher_dir, student_dir)
+    assert pipeline.run_pipeline(cfg, out=out) == (teacher_dir, student_dir, teacher_dir)
     assert (student_dir / "rounds.csv").read_bytes() == csvs[student_dir / "rounds.csv"]
     assert {p: p.stat().st_mtime_ns for p in states if teacher_dir in p.parents} == {
         p: t for p, t in before.items() if teacher_dir in p.parents
@@ -54,7 +54,7 @@ def test_pipeline_resumes_at_any_stage(pair, tmp_path):
 
 
 def test_strategy_table_costs_and_selection(pair):
-    cfg, out, (teacher_dir, student_dir) = pair
+    cfg, out, (teacher_dir, student_dir, _) = pair
     table = {o.strategy: o for o in compare.strategy_table(teacher_dir, student_dir)}
     ex = table["vanilla, exhaustive"]
     vrows = store.read_csv(teacher_dir / "rounds.csv")
@@ -99,7 +99,7 @@ def test_decide_errors(tmp_path):
 def test_parallel_pipelines_match_the_in_process_pipeline(pair, tmp_path, capfd):
     """Two pipelines in worker processes (the demo's path): same numbers as in-process, one
     progress line per round on stderr."""
-    cfg, out, (teacher_dir, student_dir) = pair
+    cfg, out, (teacher_dir, student_dir, _) = pair
     other = load_config("tiny_mnist1d", TINY + ["distill.alpha=0.9", "distill.temperature=4", "seed=1"])
     results = pipeline.run_pipelines_parallel([cfg, other], out=tmp_path, jobs=2)
     (t0, s0), (t1, s1) = results

@@ -363,4 +363,4 @@ def test_report_without_val_entropy_or_phases(study, tmp_path):
     page = PageParser()
     page.feed(index.read_text())
     assert [i["alt"].split(" ")[0] for i in page.imgs] == ["Test", "Train", "Activation", "Accuracy"]  # the student has entropy
-    assert "compared with the first non-student run" in "".join(page.text)
+    assert "a vanilla run of the student's architecture" in "".join(page.text)

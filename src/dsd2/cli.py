@@ -277,7 +277,7 @@ def compare_cmd(
     console.print(strategy_rich_table(outcomes, f"tolerance {tolerance:g}, patience {patience}, select {select}"))
 
 
-def _pipeline(cfg, student_cfg, out: Path, quiet: bool) -> tuple[Path, Path]:
+def _pipeline(cfg, student_cfg, out: Path, quiet: bool):
     from dsd2 import pipeline
 
     def run_stage(c, o, **kw):
@@ -300,10 +300,12 @@ def pipeline_cmd(
 
     cfg = load_config(config, overrides or [])
     scfg = load_config(student, overrides or []) if student else None
-    teacher_dir, student_dir = _pipeline(cfg, scfg, out, quiet)
-    console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
+    study = _pipeline(cfg, scfg, out, quiet)
+    if study.vanilla != study.teacher:
+        console.print(f"the student's architecture differs from the teacher's: vanilla baseline {study.vanilla}")
+    console.print(strategy_rich_table(compare.strategy_table(study.vanilla, study.student)))
     rule = compare.COMPRESS_RULE
-    console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir, **rule), compare.rule_text(rule)))
+    console.print(strategy_rich_table(compare.strategy_table(study.vanilla, study.student, **rule), compare.rule_text(rule)))
 
 
 @app.command()

@@ -126,6 +126,31 @@ def outcome(strategy: str, run_dir: str | Path, rows: list[dict[str, Any]], deci
     )
 
 
+def _model_of(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a dsd2 run directory (no config.yaml)")
+    model = store.read_yaml_file(path).get("model")
+    return model if isinstance(model, dict) else {}
+
+
+def check_pair(vanilla_dir: str | Path, student_dir: str | Path | None) -> None:
+    """Refuse comparisons that mean nothing: swapped arguments, or a vanilla curve of another
+    architecture than the student's (the baseline must be the student's own architecture)."""
+    if (Path(vanilla_dir) / "teacher.json").is_file():
+        raise UserError(f"{vanilla_dir} is a DSD² student run (it has teacher.json): give the vanilla run first, then the student")
+    if student_dir is None:
+        return
+    if not (Path(student_dir) / "teacher.json").is_file():
+        raise UserError(f"{student_dir} is not a DSD² student run (no teacher.json): give a vanilla run, then a student run")
+    vm, sm = _model_of(vanilla_dir), _model_of(student_dir)
+    if vm != sm:
+        raise UserError(
+            f"the vanilla run trains {vm} but the student is {sm}: the baseline must be a vanilla run of the student's architecture "
+            "(`dsd2 pipeline … --student` runs one, named <student>_vanilla)"
+        )
+
+
 def strategy_table(
     vanilla_dir: str | Path,
     student_dir: str | Path | None = None,
@@ -136,6 +161,7 @@ def strategy_table(
     **entropy_params: Any,
 ) -> list[Outcome]:
     """Figure 1 (right) of the paper as rows: strategy, selected round, accuracy, cost."""
+    check_pair(vanilla_dir, student_dir)
     vrows = load_rows(vanilla_dir)
     unit = vrows[0]["round_pflops_dense"]
     rule = dict(tolerance=tolerance, patience=patience, select=select)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from dsd2.config import RunConfig, apply_overrides, validate_config
 
@@ -50,6 +50,21 @@ def teacher_config(cfg: RunConfig | dict[str, Any], *, name: str | None = None, 
     return validate_config(data, source="teacher config")
 
 
+class Study(NamedTuple):
+    """Run directories of one DSD² study."""
+
+    teacher: Path
+    student: Path
+    vanilla: Path  # vanilla IMP of the student's architecture: the teacher run itself when they share it
+
+
+def vanilla_baseline_config(teacher_cfg: RunConfig, student_cfg: RunConfig) -> RunConfig | None:
+    """The vanilla run of the student's architecture, or None when the teacher run is that run."""
+    own = teacher_config(student_cfg, name=f"{student_cfg.name}_vanilla")
+    same = teacher_config(teacher_cfg, name=own.name).run_id() == own.run_id()
+    return None if same else own
+
+
 def run_pipeline(
     teacher_cfg: RunConfig,
     student_cfg: RunConfig | None = None,
@@ -57,8 +72,9 @@ def run_pipeline(
     out: str | Path = "runs",
     run: Callable[..., Path] | None = None,
     **run_kwargs: Any,
-) -> tuple[Path, Path]:
-    """Run (or resume) teacher then student; return both run directories."""
+) -> Study:
+    """Run (or resume) teacher, student and, when the student's architecture differs from the
+    teacher's, the vanilla baseline of the student's architecture."""
     from dsd2 import imp
 
     run = run or imp.run
@@ -66,7 +82,9 @@ def run_pipeline(
     teacher_dir = run(tcfg, out, **run_kwargs)
     scfg = student_config(teacher_cfg, student_cfg, teacher_dir)
     student_dir = run(scfg, out, **run_kwargs)
-    return teacher_dir, student_dir
+    vcfg = vanilla_baseline_config(teacher_cfg, scfg)
+    vanilla_dir = teacher_dir if vcfg is None else run(vcfg, out, **run_kwargs)
+    return Study(teacher_dir, student_dir, vanilla_dir)
 
 
 def _round_line(cfg: RunConfig) -> Callable[[dict[str, Any]], None]:
@@ -93,8 +111,8 @@ def _pipeline_worker(args: tuple[dict[str, Any], str]) -> tuple[str, str]:
     def run(c: RunConfig, o: str | Path, **kw: Any) -> Path:
         return imp.run(c, o, on_round=_round_line(c), **kw)
 
-    teacher_dir, student_dir = run_pipeline(validate_config(cfg_data), out=out, run=run)
-    return str(teacher_dir), str(student_dir)
+    study = run_pipeline(validate_config(cfg_data), out=out, run=run)
+    return str(study.teacher), str(study.student)
 
 
 def run_pipelines_parallel(configs: list[RunConfig], *, out: str | Path, jobs: int) -> list[tuple[Path, Path]]:

@@ -138,17 +138,25 @@ def _best_round(run: RunData) -> tuple[str, int]:
     return col, max(vals)[1]
 
 
+def _same_model(a: RunData, b: RunData) -> bool:
+    return _get(a.config, "model") == _get(b.config, "model")
+
+
 def _pairs(runs: Sequence[RunData]) -> list[tuple[RunData, RunData | None, str]]:
-    """(vanilla, student or None, note) pairs for the strategy tables."""
+    """(vanilla, student or None, note) pairs for the strategy tables; a student is compared with a
+    vanilla run of its own architecture (its teacher when they share it)."""
     students = [r for r in runs if r.is_student]
     others = [r for r in runs if not r.is_student]
     pairs: list[tuple[RunData, RunData | None, str]] = []
     for st in students:
         t = teacher_of(st, runs)
-        if t is not None:
+        same = [o for o in others if _same_model(o, st)]
+        if t is not None and _same_model(t, st):
             pairs.append((t, st, "the student's own teacher run"))
+        elif same:
+            pairs.append((same[0], st, "a vanilla run of the student's architecture"))
         elif others:
-            pairs.append((others[0], st, "the student's teacher is not among the inputs: compared with the first non-student run"))
+            pairs.append((others[0], None, f"no vanilla run of {st.name}'s architecture among the inputs: vanilla strategies only"))
     if not students and others:
         pairs.append((others[0], None, "no DSD² student among the inputs: vanilla strategies only"))
     return pairs
