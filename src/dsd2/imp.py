@@ -442,17 +442,24 @@ class _TensorBoard:
 
 
 def _write_tables(
-    run_dir: Path, rows: list[dict[str, Any]], entropy_rows: list[dict[str, Any]], timing_rows: list[dict[str, Any]], *, finished: bool
+    run_dir: Path,
+    rows: list[dict[str, Any]],
+    entropy_rows: list[dict[str, Any]],
+    timing_rows: list[dict[str, Any]],
+    *,
+    finished: bool,
+    n_eval: int | None = None,
 ) -> None:
-    for r, ph in zip(rows, label_rows(rows, finished=finished)):
+    for r, ph in zip(rows, label_rows(rows, finished=finished, n_eval=n_eval)):
         r["phase"] = ph
     store.write_csv(run_dir / "rounds.csv", rows, ROUND_COLUMNS)
     store.write_csv(run_dir / "entropy.csv", entropy_rows, ["round", "sparsity", "layer", "neurons", "entropy"])
     store.write_csv(run_dir / "timings.csv", timing_rows, ["round", "wall_s", "train_s", "device", "lr_scale"])
 
 
-def label_rows(rows: list[dict[str, Any]], *, finished: bool) -> list[str]:
-    """Phase of every round (docs/phases.md); ``finished``: every configured round was trained."""
+def label_rows(rows: list[dict[str, Any]], *, finished: bool, n_eval: int | None = None) -> list[str]:
+    """Phase of every round (docs/phases.md); ``finished``: every configured round was trained;
+    ``n_eval``: samples behind the selection accuracy (sets the accuracy tolerance)."""
     from dsd2.compare import selection_column
     from dsd2.phases import label_phases
 
@@ -464,7 +471,13 @@ def label_rows(rows: list[dict[str, Any]], *, finished: bool) -> list[str]:
         memorisation=None if any(m is None for m in mem) else mem,
         fit=[r["unflipped_acc"] for r in rows],
         finished=finished,
+        n_eval=n_eval,
     )
+
+
+def _n_eval(ctx: RunContext) -> int:
+    """Samples behind the selection column: validation, or test when there is no validation split."""
+    return int(ctx.data.val_y.numel()) or int(ctx.data.test_y.numel())
 
 
 def _cumulative_pflops(rows: list[dict[str, Any]]) -> tuple[float, float, float | None]:
@@ -521,7 +534,7 @@ def run(
             load_state(ctx.model, store.load_tensors(last / "state.safetensors"), last / "state.safetensors")
             saved = store.load_tensors(last / "masks.safetensors")
             masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
-        _write_tables(run_dir, rows, entropy_rows, timing_rows, finished=len(rows) == cfg.prune.rounds + 1)
+        _write_tables(run_dir, rows, entropy_rows, timing_rows, finished=len(rows) == cfg.prune.rounds + 1, n_eval=_n_eval(ctx))
         cumulative = _cumulative_pflops(rows)
         tb = _TensorBoard(run_dir, cfg.train.tensorboard)
         for i in range(len(done), cfg.prune.rounds + 1):
@@ -593,7 +606,7 @@ def run(
             rows.append(row)
             entropy_rows.extend(layer_rows)
             timing_rows.append(timing)
-            _write_tables(run_dir, rows, entropy_rows, timing_rows, finished=len(rows) == cfg.prune.rounds + 1)
+            _write_tables(run_dir, rows, entropy_rows, timing_rows, finished=len(rows) == cfg.prune.rounds + 1, n_eval=_n_eval(ctx))
             tb.round(rows[-1])
             if on_round is not None:
                 on_round(rows[-1])

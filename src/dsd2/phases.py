@@ -120,6 +120,16 @@ class PhaseParams:
     break_end: float = 0.5
     min_memorisation: float = 0.5
 
+    @classmethod
+    def for_eval_set(cls, n_eval: int, accuracy: float) -> "PhaseParams":
+        """Tolerance from the size of the evaluation set (accuracies as fractions): twice the
+        binomial standard error of an accuracy near ``accuracy`` measured on ``n_eval`` samples,
+        and never below one point (500 validation samples: about 4 points; 5,000: about 1)."""
+        if n_eval < 1:
+            raise UserError(f"n_eval must be >= 1, got {n_eval}")
+        p = min(max(float(accuracy), 0.0), 1.0)
+        return cls(tol=max(0.01, 2.0 * math.sqrt(p * (1.0 - p) / n_eval)))
+
     def __post_init__(self) -> None:
         if self.tol < 0 or (self.fit_tol is not None and self.fit_tol < 0):
             raise UserError(f"tol and fit_tol must be >= 0, got {self.tol}, {self.fit_tol}")
@@ -187,7 +197,8 @@ def classify_phases(
     memorisation: Sequence[float] | None = None,
     fit: Sequence[float] | None = None,
     finished: bool = True,
-    params: PhaseParams = PhaseParams(),
+    params: PhaseParams | None = None,
+    n_eval: int | None = None,
 ) -> Phases:
     """Phase of every round of one IMP curve (definitions: module docstring, docs/phases.md).
 
@@ -195,6 +206,8 @@ def classify_phases(
     measured). ``fit``: accuracy on the unflipped training samples (None: the collapse test uses
     accuracy only). ``finished``: every configured round was trained; an unfinished curve labels
     ``undetermined`` what later rounds could still change, so a label, once given, never changes.
+    ``params``: thresholds; by default :meth:`PhaseParams.for_eval_set` when ``n_eval`` (the
+    number of samples behind ``eval_acc``) is given, else :class:`PhaseParams` ().
     """
     acc = _floats("eval_acc", eval_acc, None)
     if not acc:
@@ -202,6 +215,8 @@ def classify_phases(
     n = len(acc)
     m = _floats("memorisation", memorisation, n)
     fit_ = _floats("fit", fit, n)
+    if params is None:
+        params = PhaseParams.for_eval_set(n_eval, acc[0]) if n_eval else PhaseParams()
     p = params
     tol = p.tol
     fit_tol = tol if p.fit_tol is None else p.fit_tol
@@ -235,6 +250,13 @@ def _by_memorisation(acc, m, fit, finished, p: PhaseParams, tol, fit_tol) -> Pha
     trough = _argmin_last(acc, light, stop + 1) if light <= stop else stop
     sweet = min(max(trough + 1, start), stop)
     sweet = max(sweet, light)
+    peak = _argmax_last(acc, sweet, n)
+    if acc[peak] < min(acc[light : sweet + 1]) + tol:
+        # memorisation broke but held-out accuracy never recovered: no Sweet phase (no SDD)
+        after = "collapsed" if finished else UNDETERMINED
+        if finished:
+            note += "; memorisation broke without any recovery of held-out accuracy: no Sweet phase"
+        return Phases(labels[:sweet] + [after] * (n - sweet), "memorisation", note, None)
     labels = labels[:sweet] + ["sweet"] * (n - sweet)
     return Phases(_tail(labels, _collapse_start(acc, fit, sweet, tol, fit_tol), finished), "memorisation", note, sweet)
 
@@ -264,10 +286,11 @@ def label_phases(
     memorisation: Sequence[float] | None = None,
     fit: Sequence[float] | None = None,
     finished: bool = True,
-    params: PhaseParams = PhaseParams(),
+    params: PhaseParams | None = None,
+    n_eval: int | None = None,
 ) -> list[str]:
     """The labels of :func:`classify_phases`."""
-    return classify_phases(eval_acc, memorisation=memorisation, fit=fit, finished=finished, params=params).labels
+    return classify_phases(eval_acc, memorisation=memorisation, fit=fit, finished=finished, params=params, n_eval=n_eval).labels
 
 
 # ---------------------------------------------------------------------------------------

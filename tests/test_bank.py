@@ -1,0 +1,104 @@
+"""Phase labels, best-fit choice and stop rules judged on the curve bank: real dsd2 curves
+(tests/data/curves, measured by benchmarks/curve_bank.py) with boundaries read off by a person
+(expected.yaml). See docs/curve_bank.md and docs/stop_rules.md."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dsd2 import bank
+from dsd2.compare import best_round
+from dsd2.phases import PHASES, UNDETERMINED, PhaseParams, classify_phases
+
+BANK = Path(__file__).parent / "data" / "curves"
+EXPECTED = yaml.safe_load((BANK / "expected.yaml").read_text())
+CURVES = {c.name: c for c in bank.load_bank(BANK)}
+
+
+def signals(curve, upto=None):
+    rows = curve.rows[:upto]
+    mem = [r["train_acc_flipped"] for r in rows]
+    return (
+        [r["val_acc"] for r in rows],
+        None if any(m is None for m in mem) else mem,
+        [r["unflipped_acc"] for r in rows],
+    )
+
+
+def phases(name, upto=None, finished=True):
+    acc, mem, fit = signals(CURVES[name], upto)
+    return classify_phases(acc, memorisation=mem, fit=fit, finished=finished, n_eval=EXPECTED[name]["n_eval"])
+
+
+def first(labels, phase):
+    return next((i for i, lab in enumerate(labels) if lab == phase), None)
+
+
+def test_the_bank_is_complete():
+    assert set(CURVES) == set(EXPECTED)
+    assert len(CURVES) >= 14
+    settings = {c.setting for c in CURVES.values()}
+    assert len(settings) >= 10
+    assert any(n.startswith("fm_lenet5") for n in CURVES) and any(n.startswith("fm_vgg") for n in CURVES)
+    assert sum(n.endswith("_dsd2") for n in CURVES) >= 2
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_boundaries_where_a_reader_puts_them(name):
+    exp = EXPECTED[name]
+    labels = phases(name).labels
+    n = len(labels)
+    assert UNDETERMINED not in labels
+    assert [PHASES.index(x) for x in labels] == sorted(PHASES.index(x) for x in labels)
+    light_end = next((i for i, lab in enumerate(labels) if lab != "light"), n)
+    assert exp["light_end"][0] <= light_end <= exp["light_end"][1], labels
+    for phase, key in (("sweet", "sweet_start"), ("collapsed", "collapse_start")):
+        got = first(labels, phase)
+        if exp[key] is None:
+            assert got is None, (phase, labels)
+        else:
+            assert got is not None and exp[key][0] <= got <= exp[key][1], (phase, labels)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_labels_never_contradict_memorisation(name):
+    acc, mem, _ = signals(CURVES[name])
+    ph = phases(name)
+    if mem is None or ph.basis != "memorisation":
+        assert "critical" not in ph.labels or ph.basis == "accuracy"
+        return
+    p = PhaseParams()
+    for r, lab in enumerate(ph.labels):
+        peak = max(mem[: r + 1])
+        if lab in ("light", "critical"):
+            assert mem[r] >= p.break_end * peak, (r, lab)  # still memorising
+        if lab == "sweet":
+            assert mem[r] < p.break_start * peak, (r, lab)  # memorisation broken
+    if "sweet" in ph.labels:
+        s = ph.labels.index("sweet")
+        assert max(acc[s:]) > min(acc[: s + 1]) + PhaseParams.for_eval_set(EXPECTED[name]["n_eval"], acc[0]).tol
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_prefixes_of_a_curve_never_change_a_label(name):
+    full = phases(name).labels
+    for k in range(1, len(full) + 1):
+        part = phases(name, k, finished=False).labels
+        assert all(p in (f, UNDETERMINED) for p, f in zip(part, full)), (k, part)
+    # a curve cut early but finished (fewer configured rounds) still never calls a recovering round Collapsed
+    for k in range(2, len(full) + 1):
+        cut = phases(name, k).labels
+        acc = signals(CURVES[name], k)[0]
+        for r, lab in enumerate(cut):
+            if lab == "collapsed":
+                assert max(acc[r:]) < max(acc[:r])
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_best_fit_round_and_its_phase(name):
+    rows = CURVES[name].rows
+    b = best_round(rows)
+    top = max(r["val_acc"] for r in rows)
+    assert rows[b]["val_acc"] == top and all(r["val_acc"] < top for r in rows[b + 1 :])
+    assert phases(name).labels[b] == EXPECTED[name]["best_phase"]
