@@ -63,6 +63,8 @@ BANK: dict[str, tuple[dict[str, Any], str | None]] = {
     "fm_lenet5_e20_n40_s0": (fmnist(LENET5, 20, 0.4, 0, rounds=26), None),
     "fm_lenet300_e60_n40_s0": (fmnist(LENET300, 60, 0.4, 0), None),
     "fm_vgg23_e15_n40_s0": (fmnist(VGG23, 15, 0.4, 0, rounds=26), None),
+    "fm_lenet300_e60_n40_s1": (fmnist(LENET300, 60, 0.4, 1), None),
+    "fm_lenet300_e60_n20_s0": (fmnist(LENET300, 60, 0.2, 0), None),
     "fm_lenet300_e20_n40_s0_dsd2": (fmnist(LENET300, 20, 0.4, 0), "fm_lenet300_e20_n40_s0"),
     "fm_lenet300_e60_n40_s0_dsd2": (fmnist(LENET300, 60, 0.4, 0), "fm_lenet300_e60_n40_s0"),
     "fm_lenet300_e6_n40_s0_dsd2": (fmnist(LENET300, 6, 0.4, 0), "fm_lenet300_e6_n40_s0"),
