@@ -102,3 +102,53 @@ def test_best_fit_round_and_its_phase(name):
     top = max(r["val_acc"] for r in rows)
     assert rows[b]["val_acc"] == top and all(r["val_acc"] < top for r in rows[b + 1 :])
     assert phases(name).labels[b] == EXPECTED[name]["best_phase"]
+
+
+def test_the_stop_rules_doc_shows_this_bank(tmp_path):
+    doc = (Path(__file__).parents[1] / "docs" / "stop_rules.md").read_text()
+    section = doc.split(bank.BEGIN, 1)[1].split(bank.END, 1)[0].strip()
+    assert section == bank.stop_rule_report(list(CURVES.values())).strip()
+
+
+def test_the_entropy_default_is_the_whole_bank_fit():
+    from dsd2.compare import ENTROPY_RULE_DEFAULTS
+
+    assert ENTROPY_RULE_DEFAULTS["rel_drop"] == bank.fit_rel_drop(list(CURVES.values()), **bank.SETTINGS["paper"])
+
+
+def test_plain_stop_keeps_the_dense_model_where_the_sweet_peak_beats_it():
+    for name in CURVES:
+        if name.startswith("fm_lenet300_e60") and not name.endswith("_dsd2"):
+            plain = bank.evaluate(CURVES[name], "plain")
+            entropy = bank.evaluate(CURVES[name], "entropy", rel_drop=0.1)
+            assert plain.selected_round <= 1 and plain.gap > 5
+            assert entropy.ok and entropy.sparsity > 0.99
+
+
+def test_leave_one_setting_out_never_fits_on_the_held_out_setting():
+    curves = list(CURVES.values())
+    folds = bank.leave_one_setting_out(curves, grid=(0.05, 0.1))
+    assert {f.setting for f in folds} == {c.setting for c in curves}
+    for f in folds:
+        assert all(CURVES[o.curve].setting == f.setting for o in f.outcomes)
+    with pytest.raises(bank.UserError, match="two settings"):
+        bank.leave_one_setting_out([CURVES["fm_lenet300_e6_n40_s0"], CURVES["fm_lenet300_e6_n40_s1"]])
+
+
+def test_run_directories_group_by_setting(tmp_path):
+    assert bank.Curve("demo_s1-0123456789", []).setting == "demo"
+    assert bank.Curve("fm_x_s0_dsd2", []).setting == "fm_x_dsd2"
+
+
+def test_stop_rules_command(tmp_path, capsys):
+    from dsd2.cli import main
+
+    assert main(["stop-rules", str(BANK)]) == 0
+    assert "Setting `compress`" in capsys.readouterr().out
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n")
+    assert main(["stop-rules", str(BANK), "--write", str(doc)]) == 2
+    doc.write_text(f"intro\n{bank.BEGIN}\nOLD-TABLE\n{bank.END}\noutro\n")
+    assert main(["stop-rules", str(BANK), "--write", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "OLD-TABLE" not in text

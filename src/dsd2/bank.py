@@ -34,7 +34,8 @@ class Curve:
 
     @property
     def setting(self) -> str:
-        return re.sub(r"_s\d+(?=$|_)", "", self.name)
+        """The name without its run hash and seed: seeds of one setting stay together."""
+        return re.sub(r"_s\d+(?=$|_)", "", re.sub(r"-[0-9a-f]{10}$", "", self.name))
 
 
 def load_bank(root: str | Path) -> list[Curve]:
@@ -57,23 +58,44 @@ class RuleOutcome:
     sparsity: float
     test_acc: float
     gap: float  # test-accuracy points below the round exhaustive selection keeps
+    val_gap: float  # validation points below the curve's best
+    rounds_short: int  # rounds less pruned than the sparsest round within the tolerance of the best
     cost: float  # training cost as a fraction of training every round
+    ok: bool  # success for this rule's goal (see :func:`evaluate`)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def evaluate(curve: Curve, rule: str, **params: Any) -> RuleOutcome:
-    """Outcome of ``rule`` ("plain", "entropy" or "none" = exhaustive) on a finished curve."""
+    """Outcome of ``rule`` ("plain", "entropy" or "none" = exhaustive) on a finished curve.
+
+    Success depends on what the rule is for. ``select="best"`` (the paper's early stop) succeeds
+    when its model is within OK_GAP test points of the exhaustive choice. ``select="last_good"``
+    with a tolerance (compression) succeeds when its model is within the tolerance of the
+    curve's best validation accuracy and at most one round less pruned than the sparsest such
+    round (the compression an exhaustive search would give).
+    """
     rows = curve.rows
+    col = selection_column(rows)
     decision = decide(rows, rule, **params) if rule != "none" else None
     if decision is None:
         sel, trained = best_round(rows), len(rows) - 1
     else:
         sel = decision.selected_round
         trained = decision.stop_round if decision.stop_round is not None else len(rows) - 1
-    ref = rows[best_round(rows, selection_column(rows))]
+    ref = rows[best_round(rows, col)]
+    tol = float(params.get("tolerance", 0.0))
+    top = max(r[col] for r in rows)
+    oracle = max(i for i, r in enumerate(rows) if r[col] >= top - tol)
     total = rows[-1]["train_pflops_dense"]
+    gap = 100.0 * (ref["test_acc"] - rows[sel]["test_acc"])
+    val_gap = 100.0 * (top - rows[sel][col])
+    short = oracle - int(sel)
+    if params.get("select", "best") == "last_good" and tol > 0:
+        ok = val_gap <= 100.0 * tol + 1e-9 and short <= 1
+    else:
+        ok = gap <= OK_GAP
     return RuleOutcome(
         curve=curve.name,
         rule=rule,
@@ -81,15 +103,17 @@ def evaluate(curve: Curve, rule: str, **params: Any) -> RuleOutcome:
         trained_until=int(trained),
         sparsity=rows[sel]["sparsity"],
         test_acc=rows[sel]["test_acc"],
-        gap=100.0 * (ref["test_acc"] - rows[sel]["test_acc"]),
+        gap=gap,
+        val_gap=val_gap,
+        rounds_short=short,
         cost=rows[trained]["train_pflops_dense"] / total if total else 1.0,
+        ok=ok,
     )
 
 
 def score(outcomes: list[RuleOutcome]) -> tuple[int, float]:
-    """(curves within OK_GAP points, −mean cost): larger is better, compared in that order."""
-    ok = sum(o.gap <= OK_GAP for o in outcomes)
-    return ok, -sum(o.cost for o in outcomes) / len(outcomes)
+    """(successes, −mean cost): larger is better, compared in that order."""
+    return sum(o.ok for o in outcomes), -sum(o.cost for o in outcomes) / len(outcomes)
 
 
 def fit_rel_drop(curves: list[Curve], grid: tuple[float, ...] = REL_DROP_GRID, **rule: Any) -> float:
@@ -120,17 +144,94 @@ def leave_one_setting_out(curves: list[Curve], grid: tuple[float, ...] = REL_DRO
 
 
 def sensitivity(curves: list[Curve], grid: tuple[float, ...] = REL_DROP_GRID, **rule: Any) -> list[dict[str, Any]]:
-    """Per threshold: curves within OK_GAP, mean gap and mean cost over the whole bank."""
+    """Per threshold: successes, mean test gap and mean cost over the whole bank."""
     out = []
     for r in grid:
         res = [evaluate(c, "entropy", rel_drop=r, **rule) for c in curves]
         out.append(
             {
                 "rel_drop": r,
-                "ok": sum(o.gap <= OK_GAP for o in res),
+                "ok": sum(o.ok for o in res),
                 "curves": len(res),
                 "mean_gap": sum(o.gap for o in res) / len(res),
                 "mean_cost": sum(o.cost for o in res) / len(res),
             }
         )
     return out
+
+
+# The two settings the report shows: the paper's (tolerance 0, keep the best round trained) and
+# the compression one (keep the sparsest round within 3 points of the best so far).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "paper": {"tolerance": 0.0, "patience": 1, "select": "best"},
+    "compress": {"tolerance": 0.03, "patience": 1, "select": "last_good"},
+}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def stop_rule_report(curves: list[Curve]) -> str:
+    """Markdown: per curve, what plain and entropy-aided stopping select and cost, with the
+    entropy threshold fitted leave-one-setting-out; then the threshold's sensitivity."""
+    lines: list[str] = []
+    for key, rule in SETTINGS.items():
+        folds = {f.setting: f for f in leave_one_setting_out(curves, **rule)}
+        whole = fit_rel_drop(curves, **rule)
+        lines += [
+            f"### Setting `{key}`: tolerance {rule['tolerance']:g}, patience {rule['patience']}, select {rule['select']}",
+            "",
+            f"`rel_drop` fitted on the whole bank: **{whole:g}**. On each curve the entropy rule uses the value fitted "
+            "on the other settings (`fold`). Cells: selected round (sparsity %), test-accuracy gap to the exhaustive "
+            "choice in points, rounds less pruned than the sparsest round within the tolerance, cost as a fraction of "
+            "training every round; ✓ = success for this setting's goal.",
+            "",
+            "| curve | exhaustive: round (sparsity %), test % | plain | fold | entropy (held out) |",
+            "|---|---|---|---|---|",
+        ]
+        held: list[RuleOutcome] = []
+        plain_all: list[RuleOutcome] = []
+        for c in curves:
+            ex = evaluate(c, "none")
+            pl = evaluate(c, "plain", **rule)
+            fold = folds[c.setting]
+            en = next(o for o in fold.outcomes if o.curve == c.name)
+            held.append(en)
+            plain_all.append(pl)
+            lines.append(
+                f"| {c.name} | {ex.selected_round} ({_pct(ex.sparsity)}), {_pct(ex.test_acc)} "
+                f"| {_cell(pl)} | {fold.rel_drop:g} | {_cell(en)} |"
+            )
+        (p_ok, p_cost), (e_ok, e_cost) = score(plain_all), score(held)
+        lines.append(
+            f"| **successes, mean cost** | | **{p_ok}/{len(plain_all)}, {-p_cost:.2f}** | | **{e_ok}/{len(held)}, {-e_cost:.2f}** |"
+        )
+        lines += ["", f"Sensitivity of the entropy rule (setting `{key}`, whole bank):", "",
+                  "| rel_drop | successes | mean test gap (pt) | mean cost |", "|---|---|---|---|"]
+        for s in sensitivity(curves, **rule):
+            lines.append(f"| {s['rel_drop']:g} | {s['ok']}/{s['curves']} | {s['mean_gap']:.2f} | {s['mean_cost']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(o: RuleOutcome) -> str:
+    mark = "✓" if o.ok else "✗"
+    return f"{mark} {o.selected_round} ({_pct(o.sparsity)}), {o.gap:+.1f}, {o.rounds_short:+d}, {o.cost:.2f}"
+
+
+BEGIN, END = "<!-- bank:begin (dsd2 stop-rules --write) -->", "<!-- bank:end -->"
+
+
+def write_report_section(path: str | Path, text: str) -> None:
+    """Replace the text between the bank markers of a markdown file (atomically)."""
+    path = Path(path)
+    try:
+        doc = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if BEGIN not in doc or END not in doc:
+        raise UserError(f"{path} has no bank section: add the lines {BEGIN} and {END} where the tables go")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    store.atomic_write_text(path, f"{head}{BEGIN}\n{text}\n{END}{tail}")

@@ -262,6 +262,23 @@ def strategy_rich_table(outcomes, rule: str = "tolerance 0, patience 1, select b
     return table
 
 
+@app.command("stop-rules")
+def stop_rules_cmd(
+    bank_dir: Path = typer.Argument(..., help="A folder of finished runs (or of <curve>/rounds.csv folders): your curve bank."),
+    write: Optional[Path] = typer.Option(None, "--write", help="Markdown file whose bank section to replace (docs/stop_rules.md)."),
+) -> None:
+    """Judge plain and entropy-aided early stopping on a bank of curves; fit the entropy threshold
+    leave-one-setting-out (docs/stop_rules.md)."""
+    from dsd2 import bank
+
+    text = bank.stop_rule_report(bank.load_bank(bank_dir))
+    if write is None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        return
+    bank.write_report_section(write, text)
+    console.print(f"wrote the bank section of {write}")
+
+
 @app.command("compare")
 def compare_cmd(
     vanilla: Path = typer.Argument(..., help="Vanilla IMP run directory."),
