@@ -364,3 +364,11 @@ def test_report_without_val_entropy_or_phases(study, tmp_path):
     page.feed(index.read_text())
     assert [i["alt"].split(" ")[0] for i in page.imgs] == ["Test", "Train", "Activation", "Accuracy"]  # the student has entropy
     assert "a vanilla run of the student's architecture" in "".join(page.text)
+
+
+def test_figures_come_first_and_the_phase_definitions_are_in_the_page(report):
+    _, index = report
+    text = index.read_text()
+    assert text.index("<h2>Figures</h2>") < text.index('id="phases"') < text.index("<h2>Summary</h2>") < text.index("<h2>Runs</h2>")
+    for phase in ("light", "critical", "sweet", "collapsed", "undetermined"):
+        assert f'class="phase-{phase}"' in text

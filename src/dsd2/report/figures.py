@@ -41,7 +41,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from dsd2 import store  # noqa: E402
 from dsd2.report.data import RunData, RunGroup, group_runs, load_runs  # noqa: E402
 
-PHASE_COLORS = {"light": "#9ecae1", "critical": "#fc9272", "sweet": "#a1d99b", "collapsed": "#bdbdbd"}
+PHASE_COLORS = {"light": "#9ecae1", "critical": "#fc9272", "sweet": "#a1d99b", "collapsed": "#bdbdbd", "undetermined": "#f0f0f0"}
 PHASE_ORDER = ("light", "critical", "sweet", "collapsed")
 ROLE_ORDER = {"vanilla": 0, "teacher": 1, "student": 2}
 _MIN_REMAINING = 1e-9

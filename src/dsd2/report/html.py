@@ -35,7 +35,7 @@ figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
 pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em;font-size:.8em;overflow-x:auto}
 .note{color:#666;font-size:.85em}.err{color:#a00}
-.phase-light{background:#deebf7}.phase-critical{background:#fde0dd}.phase-sweet{background:#e5f5e0}.phase-collapsed{background:#eeeeee}
+.phase-light{background:#deebf7}.phase-critical{background:#fde0dd}.phase-sweet{background:#e5f5e0}.phase-collapsed{background:#eeeeee}.phase-undetermined{background:#fafafa;font-style:italic}
 details{margin:.4em 0}summary{cursor:pointer}
 """
 
@@ -324,6 +324,25 @@ def _run_section(i: int, run: RunData) -> str:
     return "".join(parts)
 
 
+# The phase definitions of docs/phases.md, in short, so that a reader of a report sent by mail has them.
+_PHASE_DEFINITIONS = (
+    '<details id="phases" open><summary><b>Phases</b>: how each round is labelled (docs/phases.md in the dsd2 repository)</summary>'
+    "<ul>"
+    '<li><span class="phase-light">light</span>: leading rounds within the accuracy tolerance of the best so far, '
+    "before memorisation of the flipped samples starts to break.</li>"
+    '<li><span class="phase-critical">critical</span>: the net still memorises the noise and held-out accuracy has fallen; '
+    "ends at the accuracy trough of the memorisation break.</li>"
+    '<li><span class="phase-sweet">sweet</span>: memorisation broken, clean fit kept, held-out accuracy recovered '
+    "(the Sweet peak may stay below the dense net).</li>"
+    '<li><span class="phase-collapsed">collapsed</span>: the last rounds after the Sweet peak that never come back within the '
+    "tolerance and lost the clean fit; also every round after a memorisation break that brings no recovery (no double descent).</li>"
+    '<li><span class="phase-undetermined">undetermined</span>: an unfinished curve cannot decide it yet.</li>'
+    "</ul><p class=\"note\">Tolerance: twice the binomial standard error of the validation accuracy, at least 1 point. "
+    "Without a memorisation signal (no known flipped samples, or a net that never memorised: a DSD² student) the labels "
+    "come from the accuracy curve alone.</p></details>"
+)
+
+
 def build_report(
     runs: Sequence[RunData], out_dir: Path, *, title: str | None = None, extra_sections: Sequence[tuple[str, str]] = ()
 ) -> tuple[str, list[Path]]:
@@ -337,7 +356,8 @@ def build_report(
     written: list[Path] = []
     figs: list[str] = []
     figs.append(_figure_block(F.accuracy_figure(groups), fig_dir, "accuracy",
-                              "Test (solid) and validation (dashed) accuracy vs sparsity; background: phases of the vanilla run", written))
+                              "Test (solid) and validation (dashed) accuracy vs sparsity; background: phases of the vanilla run "
+                              "(definitions below)", written))
     if any(r.has("train_acc_noisy") or r.has("train_acc_flipped") for r in runs):
         figs.append(_figure_block(F.memorisation_figure(groups), fig_dir, "memorisation",
                                   "Train accuracy on the noisy labels and on the flipped samples (memorisation) vs sparsity", written))
@@ -355,11 +375,12 @@ def build_report(
         "Accuracies in %, sparsity = fraction of pruned prunable weights, costs in training PFLOPs "
         "(measured: FlopCounterMode, 2 FLOPs per multiply-add, exact backward, sparsity not credited; sparse-aware and "
         "the paper's convention, 3 × forward MACs × images × epochs, alongside in the strategy table).</p>",
+        "<h2>Figures</h2>", *figs,
+        _PHASE_DEFINITIONS,
         "<h2>Summary</h2>", _summary(runs, groups),
         *[f"<h2>{esc(heading)}</h2>{html}" for heading, html in extra_sections],
         "<h2>Strategies: selected rounds and costs (Figure 1, right)</h2>", strat_html,
         "<h3>Selection per run</h3>", _selection_table(runs),
-        "<h2>Figures</h2>", *figs,
         "<h2>Runs</h2>", f"<ul>{toc}</ul>",
         *[_run_section(i, r) for i, r in enumerate(runs)],
     ]
