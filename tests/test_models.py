@@ -1,4 +1,4 @@
-"""Tests for dsd2.models: registry, exact sizes (SPEC §3), ReLU layout, MACs, errors."""
+"""Tests for dsd2.models: registry, exact sizes (the paper's parameter counts), ReLU layout, MACs, errors."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def test_vgg_like_5_5_total_params():
     assert m.classifier.in_features == 512 * 49 == 25_088
 
 
-# SPEC §3: prunable weights (conv + linear weights), 10 classes, reference head.
+# The paper's prunable weights (conv + linear weights), 10 classes, reference head.
 VGG_TABLE = {
     1: (4_712, 10_576, 25_760, 69_952),
     2: (12_088, 32_240, 96_736, 322_496),
@@ -404,7 +404,7 @@ def test_prunable_weights_conv1d_and_wrappers():
 
 
 def test_macs_per_example_match_spec():
-    # SPEC §3: VGG-like(5,5) ≈ 67.2 M MACs, ResNet-18 CIFAR with max-pool ≈ 140 M.
+    # The paper: VGG-like(5,5) ≈ 67.2 M MACs, ResNet-18 CIFAR with max-pool ≈ 140 M.
     vgg = build_model("vgg_like", num_classes=10)
     vgg_macs = macs_per_example(vgg, (3, 32, 32))
     assert vgg_macs == pytest.approx(67.2e6, rel=0.02)

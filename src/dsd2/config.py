@@ -1,6 +1,6 @@
 """Run configuration: a validated pydantic schema, YAML presets, ``key.sub=value`` overrides.
 
-Defaults reproduce the paper's CIFAR protocol (SPEC §2). Every field is documented once, here;
+Defaults reproduce the paper's CIFAR protocol (docs/protocol.md). Every field is documented once, here;
 ``dsd2 config`` prints them. This module must not import torch: configs are validated before
 anything heavy is loaded.
 """

@@ -1,4 +1,4 @@
-"""Activation entropy of ReLU layers (SPEC §2, "Activation entropy").
+"""Activation entropy of ReLU layers (docs/protocol.md, "Activation entropy").
 
 For every ReLU output element ``j`` of a layer (in conv layers each channel × h × w position
 is one "neuron") we estimate ``p_j = P_x[a_j(x) > 0]`` over a given input set and take the
@@ -9,7 +9,7 @@ neurons.  ``H_j = 0`` means the neuron is always on (linear) or always off (dead
 Estimator.  ``p_j`` is the *dataset-level* frequency: ON events are counted over the whole
 input set (``(a > 0).sum(0)`` per batch, accumulated in int64 on the device) and divided by
 the number of inputs.  This is *not* the mean of per-batch entropies (what the reference code
-intended) nor the entropy of the first batch (what it actually computed, SPEC §5.1); the
+intended) nor the entropy of the first batch (what it actually computed); the
 result does not depend on the batch size.  The cost is one forward pass over the set.
 
 Layers.  ReLUs are found in two ways:
@@ -28,7 +28,7 @@ For in-place ReLUs the output is read right after the op.  Names are stable acro
 same model (same forward → same call order → same keys), and the returned mappings are ordered
 by first call.
 
-How layers are combined into one network curve is not known from the paper (SPEC §2):
+How layers are combined into one network curve is not known from the paper:
 :func:`activation_entropy` reports per-layer values, the neuron-weighted mean (= mean of
 ``H_j`` over all neurons of all layers) and the plain mean over layers.
 """

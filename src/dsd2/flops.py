@@ -1,4 +1,4 @@
-"""Compute accounting of training runs (SPEC §2, "Compute accounting"; Figure 1 right).
+"""Compute accounting of training runs (docs/protocol.md, "Compute"; the paper's Figure 1 right).
 
 Counting convention.  FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode`:
 one multiply-add = **2 FLOPs** (a Linear forward on a batch of B is ``2·B·in·out``; a conv is

@@ -1,4 +1,4 @@
-"""Hinton knowledge-distillation loss as used by DSD² (SPEC §2, "KD loss")."""
+"""Hinton knowledge-distillation loss as used by DSD² (docs/protocol.md, "Distillation")."""
 
 from __future__ import annotations
 
