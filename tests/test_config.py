@@ -93,3 +93,40 @@ def test_hash_covers_only_non_default_values():
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash(load_config(None, ["prune.rounds=4"]))
     assert config_hash(a) != config_hash(load_config(None, ["prune.rounds=3", "model.depth=3"]))
+
+
+# Run ids name run directories: a change to the hash would orphan every existing run.
+PINNED_RUN_IDS = [
+    ("tiny_mnist1d", [], "tiny_mnist1d-021559a66d"),
+    ("demo_fmnist", [], "demo_fmnist-24589fb56a"),
+    ("cifar10_vgg_noise50", [], "cifar10_vgg_noise50-7de4b089a6"),
+    ("demo_fmnist", ["seed=1", "train.epochs=6"], "demo_fmnist-ff9d9c8d2d"),
+    (None, [], "run-44136fa355"),
+]
+
+
+@pytest.mark.parametrize("preset, overrides, run_id", PINNED_RUN_IDS)
+def test_pinned_run_ids(preset, overrides, run_id):
+    assert load_config(preset, overrides).run_id() == run_id
+
+
+def test_data_location_and_devices_leave_the_run_id():
+    base = load_config("cifar10_vgg_noise50").run_id()
+    for o in ("dataset.root=/elsewhere/cifar", "dataset.download=true", "train.device=cpu", "train.threads=3"):
+        assert load_config("cifar10_vgg_noise50", [o]).run_id() == base, o
+    # dsd2 0.1 hashed the data folder: such run directories still resolve through legacy_run_id
+    moved = load_config("cifar10_vgg_noise50", ["dataset.root=/data/cifar"])
+    assert moved.legacy_run_id() == "cifar10_vgg_noise50-ce5e6bf4d9"
+    assert load_config("cifar10_vgg_noise50").legacy_run_id() == base
+    assert load_config("tiny_mnist1d").legacy_run_id() == "tiny_mnist1d-bd1a7efe44"  # its preset sets root: null
+
+
+def test_a_run_directory_named_by_the_old_hash_still_resumes(tmp_path):
+    from dsd2.rundir import run_dir_for
+
+    cfg = load_config("tiny_mnist1d")
+    assert run_dir_for(cfg, tmp_path) == tmp_path / cfg.run_id()
+    (tmp_path / cfg.legacy_run_id()).mkdir()
+    assert run_dir_for(cfg, tmp_path) == tmp_path / cfg.legacy_run_id()
+    (tmp_path / cfg.run_id()).mkdir()
+    assert run_dir_for(cfg, tmp_path) == tmp_path / cfg.run_id()

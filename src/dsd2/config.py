@@ -196,10 +196,15 @@ class RunConfig(_Section):
     def run_id(self) -> str:
         return f"{self.name}-{config_hash(self)}"
 
+    def legacy_run_id(self) -> str:
+        """The run id dsd2 0.1 gave this config (it hashed dataset.root and dataset.download)."""
+        return f"{self.name}-{config_hash(self, legacy=True)}"
+
 
 # Fields that do not change the numbers a run produces; they stay out of the hash so that
-# moving a run to another device or thread count resumes the same directory.
-_NON_RESULT_FIELDS = {
+# moving a run to another device, thread count or data folder resumes the same directory.
+_LOCATION_FIELDS = {("dataset", "root"), ("dataset", "download")}
+_NON_RESULT_FIELDS = _LOCATION_FIELDS | {
     ("train", "device"),
     ("train", "threads"),
     ("train", "eval_batch_size"),
@@ -225,7 +230,7 @@ def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, An
 _MISSING = object()
 
 
-def config_hash(cfg: RunConfig) -> str:
+def config_hash(cfg: RunConfig, *, legacy: bool = False) -> str:
     """Short hash of what the config changes from the defaults (as OpenLTH does).
 
     Hashing only the non-default values keeps run ids stable when a later version adds a field
@@ -233,7 +238,8 @@ def config_hash(cfg: RunConfig) -> str:
     """
     data = cfg.resolved()
     data.pop("name")
-    for section, key in _NON_RESULT_FIELDS:
+    # legacy: the hash of dsd2 0.1, which still counted the data folder (old run directories)
+    for section, key in _NON_RESULT_FIELDS - (_LOCATION_FIELDS if legacy else set()):
         data[section].pop(key, None)
     blob = json.dumps(_non_default(data, RunConfig().resolved()), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
