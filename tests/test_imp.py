@@ -12,6 +12,7 @@ import torch
 from dsd2 import imp, store
 from dsd2.config import load_config
 from dsd2.errors import UserError
+from dsd2.prune import full_masks
 
 TINY = ["train.epochs=2", "prune.rounds=3", "prune.rate=0.5", "model.hidden=[32, 32]", "dataset.val_size=300", "entropy.batch_size=700"]
 
@@ -131,20 +132,20 @@ def test_retraining_modes(mode, tmp_path):
     ctx = imp.prepare(cfg, ctx_dir)
     init = store.load_tensors(ctx_dir / "init.safetensors")
     if mode == "late_rewind":
-        snap = imp._rewind_snapshot(ctx)
+        snap = imp.RewindSnapshot(ctx_dir, cfg.prune.rewind_epoch)
         from dsd2.train import EpochLog
 
         with torch.no_grad():
             for p in ctx.model.parameters():
                 p.add_(1.0)
-        snap(EpochLog(epoch=1, lr=0.1, loss=0.0, acc=0.0), ctx.model)
+        snap.epoch_end(0, cfg.train.epochs, EpochLog(epoch=1, lr=0.1, loss=0.0, acc=0.0), ctx.model)
         rewind = store.load_tensors(ctx_dir / "rewind.safetensors")
         assert all(torch.equal(rewind[k], v + 1.0) for k, v in init.items() if v.is_floating_point())
     with torch.no_grad():
         for p in ctx.model.parameters():
             p.mul_(3.0).add_(0.5)  # "trained" weights
     trained = imp.state_dict_cpu(ctx.model)
-    imp._reset_for_round(ctx, 1)
+    imp.reset_weights(ctx, 1, full_masks(ctx.weights))
     after = imp.state_dict_cpu(ctx.model)
     if mode == "lottery":
         assert all(torch.equal(after[k], init[k]) for k in init)

@@ -4,6 +4,12 @@ Round 0 trains the dense network; round i >= 1 prunes ``prune.rate`` of the rema
 round i-1's weights, resets them according to ``prune.retrain`` and trains again. Every round
 gets its own seeded generator, so resuming after a kill reproduces exactly the rows an
 uninterrupted run would have written (on CPU).
+
+A round is five named steps, as in OpenLTH's runner: :func:`prune_step` → :func:`reset_weights`
+→ :func:`train_round` → :func:`measure` → :func:`save_round` (:func:`run_round` chains them).
+What runs alongside without changing the numbers (progress, the late-rewind snapshot,
+TensorBoard, the caller's ``on_round``) is a list of :class:`Hook`. The files and the row they
+write are the contract of :mod:`dsd2.rundir`.
 """
 
 from __future__ import annotations
@@ -21,16 +27,23 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from dsd2 import __version__, checkpoint, store
-from dsd2.config import RunConfig, validate_config
+from dsd2 import __version__, checkpoint, rundir, store
+from dsd2.compare import decide, selection_column
+from dsd2.config import RunConfig
 from dsd2.data import DataSplits, load_dataset
+from dsd2.distill import KDObjective, load_teacher
+from dsd2.entropy import activation_entropy
 from dsd2.errors import UserError
+from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flops
 from dsd2.models import build_model, prunable_weights
 from dsd2.noise import NoisyLabels, apply_label_noise
+from dsd2.phases import label_phases
 from dsd2.prune import Masks, apply_masks, count_alive, full_masks, next_masks, sparsity
+from dsd2.rundir import RoundRow, load_state
 from dsd2.train import Batches, EpochLog, Objective, Schedule, accuracy, cross_entropy, logits_of, predict, train
 
-ROUND_COLUMNS = store.ROUND_COLUMNS  # the rounds.csv contract lives in store
+# Kept importable here for the sweep and older callers; their home is dsd2.rundir.
+from dsd2.rundir import ROUND_COLUMNS, load_round_model, run_dir_for  # noqa: F401
 
 
 def resolve_device(name: str) -> torch.device:
@@ -190,7 +203,7 @@ def set_lr_scale(run_dir: Path, scale: float) -> int:
     part of the run directory (lr_scale.json, and each later round's metrics.json)."""
     if not 0.0 < scale <= 1.0:
         raise UserError(f"--lr-scale must be in (0, 1], got {scale}")
-    from_round = len(store.finished_rounds(run_dir))
+    from_round = len(rundir.finished_rounds(run_dir))
     path = Path(run_dir) / LR_SCALE_FILE
     history = store.read_json(path)["history"] if path.is_file() else []
     history = [h for h in history if h["from_round"] < from_round] + [{"from_round": from_round, "scale": scale}]
@@ -224,18 +237,13 @@ def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"{source} does not fit the configured model: {str(err).splitlines()[0]}") from None
-
-
-# ----------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------- the run context
 
 
 @dataclass
 class RunContext:
+    """What every round of a run shares: config, data, model and the training objective."""
+
     cfg: RunConfig
     run_dir: Path
     device: torch.device
@@ -250,15 +258,10 @@ class RunContext:
     teacher_masks: Masks | None
 
 
-def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
-    return Path(out) / cfg.run_id()
-
-
 def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
-    path = run_dir / "config.yaml"
-    if not path.exists():
+    if not (run_dir / rundir.CONFIG).exists():
         return
-    saved = validate_config(store.read_yaml_file(path), source=str(path))
+    saved = rundir.read_config(run_dir)
     if saved.run_id() != cfg.run_id():
         raise UserError(
             f"{run_dir} holds a run of a different config ({saved.run_id()}); "
@@ -267,8 +270,6 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
 
 
 def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
-    from dsd2.distill import KDObjective, load_teacher
-
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -314,6 +315,221 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     return RunContext(cfg, run_dir, device, data, labels, model, weights, train_batches, objective, teacher, teacher_info, teacher_masks)
 
 
+def start(cfg: RunConfig, run_dir: Path) -> RunContext:
+    """The run's context; config.yaml and meta.json are written once, when the run begins."""
+    if not (run_dir / rundir.CONFIG).exists():
+        store.write_yaml(run_dir / rundir.CONFIG, cfg.resolved())
+    ctx = prepare(cfg, run_dir)
+    if not (run_dir / rundir.META).exists():
+        store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": data_shape(ctx.data)})
+    return ctx
+
+
+# ----------------------------------------------------------------------------- loop state
+
+
+@dataclass
+class Rounds:
+    """The finished rounds (rows as labelled in rounds.csv, per-layer entropy, timings) and the
+    masks the next round prunes from."""
+
+    rows: list[RoundRow]
+    entropy: list[dict[str, Any]]
+    timings: list[dict[str, Any]]
+    masks: Masks
+
+    @property
+    def last(self) -> RoundRow | None:
+        return self.rows[-1] if self.rows else None
+
+
+def resume_rounds(ctx: RunContext) -> Rounds:
+    """The rounds already finished, from their checksummed files; the model gets the last one's weights."""
+    done = rundir.read_finished(ctx.run_dir)
+    masks = full_masks(ctx.weights)
+    if done.rows:
+        last = rundir.round_dir(ctx.run_dir, done.rows[-1].round)
+        load_state(ctx.model, store.load_tensors(last / "state.safetensors"), last / "state.safetensors")
+        saved = store.load_tensors(last / "masks.safetensors")
+        masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
+    return Rounds(done.rows, done.entropy, done.timings, masks)
+
+
+# ----------------------------------------------------------------------------- hooks
+
+
+class Hook:
+    """Runs alongside the rounds without changing their numbers; every method is a no-op here."""
+
+    def round_start(self, round_idx: int) -> None:
+        pass
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        pass
+
+    def round_end(self, row: RoundRow) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RewindSnapshot(Hook):
+    """late_rewind: the weights of epoch ``prune.rewind_epoch`` of round 0, which later rounds restart from."""
+
+    def __init__(self, run_dir: Path, epoch: int):
+        self.run_dir, self.epoch = run_dir, epoch
+        self.path = run_dir / "rewind.safetensors"
+
+    def round_start(self, round_idx: int) -> None:
+        if round_idx == 0 and self.epoch == 0:  # epoch 0 is the initialisation
+            store.save_tensors(self.path, store.load_tensors(self.run_dir / "init.safetensors"))
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        if round_idx == 0 and log.epoch == self.epoch:
+            store.save_tensors(self.path, state_dict_cpu(model))
+
+
+class TensorBoard(Hook):
+    """Optional TensorBoard scalars: per epoch (loss, accuracy, lr) and per round (every metric)."""
+
+    def __init__(self, run_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency
+        except ImportError:
+            raise UserError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        step = round_idx * epochs + log.epoch
+        for key in ("loss", "acc", "lr"):
+            self.writer.add_scalar(f"epoch/{key}", getattr(log, key), step)
+
+    def round_end(self, row: RoundRow) -> None:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "round":
+                self.writer.add_scalar(f"round/{key}", value, row.round)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class EpochProgress(Hook):
+    """The caller's ``progress(round, epochs, log)`` after every epoch."""
+
+    def __init__(self, fn: Callable[[int, int, EpochLog], None]):
+        self.fn = fn
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        self.fn(round_idx, epochs, log)
+
+
+class RoundDone(Hook):
+    """The caller's ``on_round(row)`` once a round is saved (the row as rounds.csv now has it)."""
+
+    def __init__(self, fn: Callable[[RoundRow], None]):
+        self.fn = fn
+
+    def round_end(self, row: RoundRow) -> None:
+        self.fn(row)
+
+
+def make_hooks(
+    ctx: RunContext,
+    *,
+    on_round: Callable[[RoundRow], None] | None = None,
+    progress: Callable[[int, int, EpochLog], None] | None = None,
+) -> list[Hook]:
+    """The run's hooks, called in this order (the snapshot is on disk before anyone hears of its epoch)."""
+    hooks: list[Hook] = []
+    if ctx.cfg.prune.retrain == "late_rewind":
+        hooks.append(RewindSnapshot(ctx.run_dir, ctx.cfg.prune.rewind_epoch))
+    if ctx.cfg.train.tensorboard:
+        hooks.append(TensorBoard(ctx.run_dir))
+    if progress is not None:
+        hooks.append(EpochProgress(progress))
+    if on_round is not None:
+        hooks.append(RoundDone(on_round))
+    return hooks
+
+
+# ----------------------------------------------------------------------------- the steps of a round
+
+
+def prune_step(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
+    """Round i >= 1 removes ``prune.rate`` of the weights round i-1 left; round 0 prunes nothing."""
+    if round_idx == 0:
+        return masks
+    gen = torch.Generator().manual_seed(round_seed(ctx.cfg.seed, round_idx, stream=2))
+    return next_masks(ctx.cfg.prune.method, ctx.weights, masks, ctx.cfg.prune.rate, gen)
+
+
+def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:
+    """The weights a round starts from: those the retraining mode restarts from, then masked."""
+    mode = ctx.cfg.prune.retrain
+    if round_idx == 0 or mode in ("lr_rewind", "finetune"):
+        pass  # keep the trained weights
+    elif mode == "lottery":
+        path = ctx.run_dir / "init.safetensors"
+        load_state(ctx.model, store.load_tensors(path), path)
+    elif mode == "late_rewind":
+        path = ctx.run_dir / "rewind.safetensors"
+        load_state(ctx.model, store.load_tensors(path), path)
+    elif mode == "reinit":
+        fresh = make_model(ctx.cfg, ctx.data, round_seed(ctx.cfg.seed, round_idx, stream=3))
+        load_state(ctx.model, fresh.state_dict(), "a fresh initialisation")
+    apply_masks(ctx.weights, masks)
+
+
+def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total_epochs: int):
+    """Save a mid-round checkpoint after an epoch when the configured interval has passed."""
+    interval = ctx.cfg.train.checkpoint_interval_s
+    last = [time.monotonic()]
+
+    def save(next_epoch: int, opt: torch.optim.Optimizer, logs: list[EpochLog]) -> None:
+        if next_epoch >= total_epochs or time.monotonic() - last[0] < interval:
+            return  # the finished round itself is saved right after
+        checkpoint.save_epoch_state(path, model=ctx.model, optimizer=opt, generator=gen, next_epoch=next_epoch, logs=[vars(x) for x in logs])
+        last[0] = time.monotonic()
+
+    return save
+
+
+def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]) -> tuple[list[EpochLog], float]:
+    """Train one round, from its epoch checkpoint when a kill interrupted it; (epoch logs, lr factor)."""
+    cfg = ctx.cfg
+    lr_scale = lr_scale_for(ctx.run_dir, round_idx)
+    schedule = schedule_for(cfg, round_idx, lr_scale)
+    gen = _generator(ctx.device, round_seed(cfg.seed, round_idx, stream=1))
+    for hook in hooks:
+        hook.round_start(round_idx)
+    partial = checkpoint.partial_path(ctx.run_dir, round_idx)
+    resume_state = checkpoint.load_epoch_state(partial)
+    if resume_state is not None:
+        load_state(ctx.model, resume_state.model_state, partial)
+
+    def epoch_end(log: EpochLog, model: nn.Module) -> None:
+        for hook in hooks:
+            hook.epoch_end(round_idx, schedule.epochs, log, model)
+
+    logs = train(
+        ctx.model,
+        ctx.train_batches,
+        schedule,
+        batch_size=cfg.train.batch_size,
+        generator=gen,
+        masks=masks,
+        weights=ctx.weights,
+        objective=ctx.objective,
+        amp=cfg.train.amp,
+        on_epoch_end=epoch_end,
+        resume=resume_state,
+        checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs),
+    )
+    return logs, lr_scale
+
+
 def _evaluate(ctx: RunContext) -> dict[str, Any]:
     cfg, d, dev = ctx.cfg, ctx.data, ctx.device
     bs, amp = cfg.train.eval_batch_size, cfg.train.amp
@@ -338,8 +554,6 @@ def _evaluate(ctx: RunContext) -> dict[str, Any]:
 def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]]]:
     if not ctx.cfg.entropy.enabled:
         return None, []
-    from dsd2.entropy import activation_entropy
-
     tb = ctx.train_batches
     res = activation_entropy(
         ctx.model, tb.x, batch_size=ctx.cfg.entropy.batch_size, device=ctx.device, transform=lambda xb: tb.prepare(xb)
@@ -350,8 +564,6 @@ def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]
 
 def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> tuple[float, float, float]:
     """(measured dense, measured sparse-aware, paper convention) PFLOPs of one round (docs/protocol.md)."""
-    from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flops
-
     tb = ctx.train_batches
     example = tb.prepare(tb.x[:2])
     step = step_flops(ctx.model, example, teacher=ctx.teacher, masks=masks, teacher_masks=ctx.teacher_masks)
@@ -364,112 +576,67 @@ def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> 
     return to_pflops(dense), to_pflops(sparse), to_pflops(paper)
 
 
-def _reset_for_round(ctx: RunContext, round_idx: int) -> None:
-    """Set the weights a round starts from, according to the retraining mode."""
-    mode = ctx.cfg.prune.retrain
-    if round_idx == 0 or mode in ("lr_rewind", "finetune"):
-        return
-    if mode == "lottery":
-        path = ctx.run_dir / "init.safetensors"
-        load_state(ctx.model, store.load_tensors(path), path)
-    elif mode == "late_rewind":
-        path = ctx.run_dir / "rewind.safetensors"
-        load_state(ctx.model, store.load_tensors(path), path)
-    elif mode == "reinit":
-        fresh = make_model(ctx.cfg, ctx.data, round_seed(ctx.cfg.seed, round_idx, stream=3))
-        load_state(ctx.model, fresh.state_dict(), "a fresh initialisation")
+def measure(
+    ctx: RunContext, round_idx: int, masks: Masks, logs: list[EpochLog], previous: RoundRow | None
+) -> tuple[RoundRow, list[dict[str, Any]]]:
+    """The round's row (accuracies, entropy, compute; phase None until the tables are written)
+    and its per-layer entropy rows. ``previous``: the row of round i-1, for the cumulative cost."""
+    metrics = _evaluate(ctx)
+    entropy, layers = _measure_entropy(ctx)
+    pf_dense, pf_sparse, pf_paper = _round_flops(ctx, masks, len(logs), round_idx)
+    if previous is None:
+        before: tuple[float, float, float | None] = (0.0, 0.0, 0.0)
+    else:  # the paper column stays None after rounds written before it existed
+        before = (previous.train_pflops_dense, previous.train_pflops_sparse, previous.train_pflops_paper)
+    row = RoundRow(
+        round=round_idx,
+        sparsity=sparsity(masks),
+        alive_weights=count_alive(masks),
+        epochs=len(logs),
+        train_loss=logs[-1].loss,
+        **metrics,
+        entropy=entropy,
+        round_pflops_dense=pf_dense,
+        round_pflops_sparse=pf_sparse,
+        train_pflops_dense=before[0] + pf_dense,
+        train_pflops_sparse=before[1] + pf_sparse,
+        round_pflops_paper=pf_paper,
+        train_pflops_paper=None if before[2] is None else before[2] + pf_paper,
+    )
+    return row, [{"round": round_idx, "sparsity": row.sparsity, **r} for r in layers]
 
 
-def _rewind_snapshot(ctx: RunContext) -> Callable[[EpochLog, nn.Module], None] | None:
-    cfg = ctx.cfg
-    if cfg.prune.retrain != "late_rewind":
-        return None
-    path = ctx.run_dir / "rewind.safetensors"
-    if cfg.prune.rewind_epoch == 0:
-        store.save_tensors(path, store.load_tensors(ctx.run_dir / "init.safetensors"))
-        return None
-
-    def snap(log: EpochLog, model: nn.Module) -> None:
-        if log.epoch == cfg.prune.rewind_epoch:
-            store.save_tensors(path, state_dict_cpu(model))
-
-    return snap
-
-
-def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total_epochs: int):
-    """Save a mid-round checkpoint after an epoch when the configured interval has passed."""
-    interval = ctx.cfg.train.checkpoint_interval_s
-    last = [time.monotonic()]
-
-    def save(next_epoch: int, opt: torch.optim.Optimizer, logs: list[EpochLog]) -> None:
-        if next_epoch >= total_epochs or time.monotonic() - last[0] < interval:
-            return  # the finished round itself is saved right after
-        checkpoint.save_epoch_state(path, model=ctx.model, optimizer=opt, generator=gen, next_epoch=next_epoch, logs=[vars(x) for x in logs])
-        last[0] = time.monotonic()
-
-    return save
-
-
-class _TensorBoard:
-    """Optional TensorBoard scalars: per epoch (loss, accuracy, lr) and per round (every metric)."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.writer = None
-        if not enabled:
-            return
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UserError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-
-    def epoch(self, round_idx: int, epochs_per_round: int, log: EpochLog) -> None:
-        if self.writer is not None:
-            step = round_idx * epochs_per_round + log.epoch
-            for key in ("loss", "acc", "lr"):
-                self.writer.add_scalar(f"epoch/{key}", getattr(log, key), step)
-
-    def round(self, row: dict[str, Any]) -> None:
-        if self.writer is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "round":
-                    self.writer.add_scalar(f"round/{key}", value, row["round"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _write_tables(
-    run_dir: Path,
-    rows: list[dict[str, Any]],
-    entropy_rows: list[dict[str, Any]],
-    timing_rows: list[dict[str, Any]],
-    *,
-    finished: bool,
-    n_eval: int | None = None,
+def save_round(
+    ctx: RunContext, masks: Masks, row: RoundRow, layer_rows: list[dict[str, Any]], timing: dict[str, Any], logs: list[EpochLog]
 ) -> None:
-    for r, ph in zip(rows, label_rows(rows, finished=finished, n_eval=n_eval)):
-        r["phase"] = ph
-    store.write_csv(run_dir / "rounds.csv", rows, ROUND_COLUMNS)
-    store.write_csv(run_dir / "entropy.csv", entropy_rows, ["round", "sparsity", "layer", "neurons", "entropy"])
-    store.write_csv(run_dir / "timings.csv", timing_rows, ["round", "wall_s", "train_s", "device", "lr_scale"])
+    """Write the round's folder, its manifest last (from then on the round counts as finished),
+    and drop its epoch checkpoint."""
+    rd = rundir.round_dir(ctx.run_dir, row.round)
+    rd.mkdir(parents=True, exist_ok=True)
+    store.save_tensors(rd / "state.safetensors", state_dict_cpu(ctx.model))
+    store.save_tensors(rd / "masks.safetensors", masks)
+    store.write_json(
+        rd / rundir.METRICS,
+        {"row": row.as_dict(), "entropy_layers": layer_rows, "timing": timing, "epochs": [vars(log) for log in logs]},
+    )
+    store.write_manifest(rd, list(rundir.ROUND_FILES))
+    checkpoint.partial_path(ctx.run_dir, row.round).unlink(missing_ok=True)
 
 
-def label_rows(rows: list[dict[str, Any]], *, finished: bool, n_eval: int | None = None) -> list[str]:
+# ----------------------------------------------------------------------------- tables and stopping
+
+
+def label_rows(rows: list[RoundRow], *, finished: bool, n_eval: int | None = None) -> list[str]:
     """Phase of every round (docs/phases.md); ``finished``: every configured round was trained;
     ``n_eval``: samples behind the selection accuracy (sets the accuracy tolerance)."""
-    from dsd2.compare import selection_column
-    from dsd2.phases import label_phases
-
     if not rows:
         return []
-    mem = [r["train_acc_flipped"] for r in rows]
+    col = selection_column(rows)
+    mem = [r.train_acc_flipped for r in rows]
     return label_phases(
-        [r[selection_column(rows)] for r in rows],
+        [r[col] for r in rows],
         memorisation=None if any(m is None for m in mem) else mem,
-        fit=[r["unflipped_acc"] for r in rows],
+        fit=[r.unflipped_acc for r in rows],
         finished=finished,
         n_eval=n_eval,
     )
@@ -480,33 +647,54 @@ def _n_eval(ctx: RunContext) -> int:
     return int(ctx.data.val_y.numel()) or int(ctx.data.test_y.numel())
 
 
-def _cumulative_pflops(rows: list[dict[str, Any]]) -> tuple[float, float, float | None]:
-    """Cumulative (dense, sparse, paper) PFLOPs of the finished rounds; the paper column is None
-    for a run resumed from rounds written before that column existed."""
-    if not rows:
-        return 0.0, 0.0, 0.0
-    last = rows[-1]
-    return last["train_pflops_dense"], last["train_pflops_sparse"], last.get("train_pflops_paper")
+def write_tables(ctx: RunContext, rounds: Rounds) -> None:
+    """Relabel the phases over the curve so far and rewrite rounds.csv, entropy.csv and timings.csv."""
+    finished = len(rounds.rows) == ctx.cfg.prune.rounds + 1
+    phases = label_rows(rounds.rows, finished=finished, n_eval=_n_eval(ctx))
+    rounds.rows = [dataclasses.replace(r, phase=p) for r, p in zip(rounds.rows, phases)]
+    store.write_csv(ctx.run_dir / rundir.ROUNDS_CSV, [r.as_dict() for r in rounds.rows], rundir.ROUND_COLUMNS)
+    store.write_csv(ctx.run_dir / rundir.ENTROPY_CSV, rounds.entropy, rundir.ENTROPY_COLUMNS)
+    store.write_csv(ctx.run_dir / rundir.TIMINGS_CSV, rounds.timings, rundir.TIMING_COLUMNS)
 
 
-def _load_finished(run_dir: Path, done: list[int]) -> tuple[list[dict], list[dict], list[dict]]:
-    rows, ent, tim = [], [], []
-    for i in done:
-        m = store.read_json(store.round_dir(run_dir, i) / "metrics.json")
-        rows.append(m["row"])
-        ent.extend(m["entropy_layers"])
-        tim.append(m["timing"])
-    return rows, ent, tim
-
-
-def stop_decision(cfg: RunConfig, rows: list[dict[str, Any]]):
+def stop_decision(cfg: RunConfig, rows: list[RoundRow]):
     """The early-stop rule of ``cfg`` applied to the finished rows (None when no rule is set)."""
     if cfg.early_stop.rule == "none" or not rows:
         return None
-    from dsd2.compare import decide
-
     es = cfg.early_stop
     return decide(rows, es.rule, tolerance=es.tolerance, patience=es.patience, select=es.select)
+
+
+def _write_early_stop(ctx: RunContext, rows: list[RoundRow]) -> None:
+    decision = stop_decision(ctx.cfg, rows)
+    if decision is not None:
+        store.write_json(ctx.run_dir / "early_stop.json", {"rule": ctx.cfg.early_stop.rule, **_as_dict(decision)})
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]) -> None:
+    """One round: prune → reset → train → measure → save; then the tables and the hooks."""
+    t0 = time.perf_counter()
+    masks = prune_step(ctx, rounds.masks, round_idx)
+    reset_weights(ctx, round_idx, masks)
+    logs, lr_scale = train_round(ctx, round_idx, masks, hooks)
+    train_s = time.perf_counter() - t0
+    row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last)
+    timing = {"round": round_idx, "wall_s": time.perf_counter() - t0, "train_s": train_s, "device": str(ctx.device), "lr_scale": lr_scale}
+    save_round(ctx, masks, row, layer_rows, timing, logs)
+    rounds.rows.append(row)
+    rounds.entropy.extend(layer_rows)
+    rounds.timings.append(timing)
+    rounds.masks = masks
+    write_tables(ctx, rounds)
+    for hook in hooks:
+        hook.round_end(rounds.rows[-1])
 
 
 def run(
@@ -514,157 +702,33 @@ def run(
     out: str | Path = "runs",
     *,
     run_dir: Path | None = None,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[RoundRow], None] | None = None,
     progress: Callable[[int, int, EpochLog], None] | None = None,
 ) -> Path:
-    """Run (or resume) the IMP study of ``cfg``; return its run directory."""
+    """Run (or resume) the IMP study of ``cfg``; return its run directory.
+
+    ``on_round(row)`` is called after every round (the row is also a read-only mapping of column
+    to value), ``progress(round, epochs, log)`` after every epoch."""
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, out)
     _check_config_matches(run_dir, cfg)
     with store.run_lock(run_dir):
-        if not (run_dir / "config.yaml").exists():
-            store.write_yaml(run_dir / "config.yaml", cfg.resolved())
-        ctx = prepare(cfg, run_dir)
-        if not (run_dir / "meta.json").exists():
-            store.write_json(run_dir / "meta.json", {**run_metadata(cfg), "data": data_shape(ctx.data)})
-        done = store.finished_rounds(run_dir)
-        rows, entropy_rows, timing_rows = _load_finished(run_dir, done)
-        masks = full_masks(ctx.weights)
-        if done:
-            last = store.round_dir(run_dir, done[-1])
-            load_state(ctx.model, store.load_tensors(last / "state.safetensors"), last / "state.safetensors")
-            saved = store.load_tensors(last / "masks.safetensors")
-            masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
-        _write_tables(run_dir, rows, entropy_rows, timing_rows, finished=len(rows) == cfg.prune.rounds + 1, n_eval=_n_eval(ctx))
-        cumulative = _cumulative_pflops(rows)
-        tb = _TensorBoard(run_dir, cfg.train.tensorboard)
-        for i in range(len(done), cfg.prune.rounds + 1):
-            decision = stop_decision(cfg, rows)
-            if decision is not None and decision.stop_round is not None:
-                break
-            t0 = time.perf_counter()
-            if i > 0:
-                gen = torch.Generator().manual_seed(round_seed(cfg.seed, i, stream=2))
-                masks = next_masks(cfg.prune.method, ctx.weights, masks, cfg.prune.rate, gen)
-            _reset_for_round(ctx, i)
-            apply_masks(ctx.weights, masks)
-            lr_scale = lr_scale_for(run_dir, i)
-            schedule = schedule_for(cfg, i, lr_scale)
-            gen = _generator(ctx.device, round_seed(cfg.seed, i, stream=1))
-            snap = _rewind_snapshot(ctx) if i == 0 else None
-            partial = checkpoint.partial_path(run_dir, i)
-            resume_state = checkpoint.load_epoch_state(partial)
-            if resume_state is not None:
-                load_state(ctx.model, resume_state.model_state, partial)
-
-            def on_epoch(log: EpochLog, model: nn.Module, _i=i, _snap=snap, _total=schedule.epochs) -> None:
-                if _snap is not None:
-                    _snap(log, model)
-                tb.epoch(_i, _total, log)
-                if progress is not None:
-                    progress(_i, _total, log)
-
-            logs = train(
-                ctx.model,
-                ctx.train_batches,
-                schedule,
-                batch_size=cfg.train.batch_size,
-                generator=gen,
-                masks=masks,
-                weights=ctx.weights,
-                objective=ctx.objective,
-                amp=cfg.train.amp,
-                on_epoch_end=on_epoch,
-                resume=resume_state,
-                checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs),
-            )
-            train_s = time.perf_counter() - t0
-            epochs = len(logs)
-            metrics = _evaluate(ctx)
-            entropy, layer_rows = _measure_entropy(ctx)
-            pf_dense, pf_sparse, pf_paper = _round_flops(ctx, masks, epochs, i)
-            cumulative = (cumulative[0] + pf_dense, cumulative[1] + pf_sparse, None if cumulative[2] is None else cumulative[2] + pf_paper)
-            row = {
-                "round": i,
-                "sparsity": sparsity(masks),
-                "alive_weights": count_alive(masks),
-                "epochs": epochs,
-                "train_loss": logs[-1].loss,
-                **metrics,
-                "entropy": entropy,
-                "phase": None,
-                "round_pflops_dense": pf_dense,
-                "round_pflops_sparse": pf_sparse,
-                "train_pflops_dense": cumulative[0],
-                "train_pflops_sparse": cumulative[1],
-                "round_pflops_paper": pf_paper,
-                "train_pflops_paper": cumulative[2],
-            }
-            layer_rows = [{"round": i, "sparsity": row["sparsity"], **r} for r in layer_rows]
-            timing = {"round": i, "wall_s": time.perf_counter() - t0, "train_s": train_s, "device": str(ctx.device), "lr_scale": lr_scale}
-            _save_round(run_dir, i, ctx.model, masks, row, layer_rows, timing, logs)
-            partial.unlink(missing_ok=True)
-            rows.append(row)
-            entropy_rows.extend(layer_rows)
-            timing_rows.append(timing)
-            _write_tables(run_dir, rows, entropy_rows, timing_rows, finished=len(rows) == cfg.prune.rounds + 1, n_eval=_n_eval(ctx))
-            tb.round(rows[-1])
-            if on_round is not None:
-                on_round(rows[-1])
-        tb.close()
-        decision = stop_decision(cfg, rows)
-        if decision is not None:
-            store.write_json(run_dir / "early_stop.json", {"rule": cfg.early_stop.rule, **_as_dict(decision)})
+        ctx = start(cfg, run_dir)
+        rounds = resume_rounds(ctx)
+        write_tables(ctx, rounds)
+        hooks = make_hooks(ctx, on_round=on_round, progress=progress)
+        try:
+            for i in range(len(rounds.rows), cfg.prune.rounds + 1):
+                decision = stop_decision(cfg, rounds.rows)
+                if decision is not None and decision.stop_round is not None:
+                    break
+                run_round(ctx, rounds, i, hooks)
+        finally:
+            for hook in hooks:
+                hook.close()
+        _write_early_stop(ctx, rounds.rows)
     return run_dir
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(obj) if is_dataclass(obj) else dict(obj)
-
-
-def _save_round(run_dir, i, model, masks, row, layer_rows, timing, logs) -> None:
-    rd = store.round_dir(run_dir, i)
-    rd.mkdir(parents=True, exist_ok=True)
-    store.save_tensors(rd / "state.safetensors", state_dict_cpu(model))
-    store.save_tensors(rd / "masks.safetensors", masks)
-    store.write_json(
-        rd / "metrics.json",
-        {"row": row, "entropy_layers": layer_rows, "timing": timing, "epochs": [vars(log) for log in logs]},
-    )
-    store.write_manifest(rd, ["state.safetensors", "masks.safetensors", "metrics.json"])
-
-
 def resume(run_dir: str | Path, **kwargs) -> Path:
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a dsd2 run directory (no config.yaml); give the folder `dsd2 run` printed")
-    cfg = validate_config(store.read_yaml_file(path), source=str(path))
-    return run(cfg, run_dir=run_dir, **kwargs)
-
-
-def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device | str = "cpu") -> tuple[nn.Module, Masks, RunConfig]:
-    """Rebuild the model of a finished round from its run directory (state + masks, no pickles)."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a dsd2 run directory (no config.yaml)")
-    cfg = validate_config(store.read_yaml_file(path), source=str(path))
-    rd = store.round_dir(run_dir, round_idx)
-    if not store.verify_manifest(rd):
-        raise UserError(f"round {round_idx} of {run_dir} is not finished (no {rd / store.MANIFEST})")
-    data_shape = _data_shape(run_dir, cfg)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, **data_shape, **cfg.model.options)
-    load_state(model, store.load_tensors(rd / "state.safetensors"), rd / "state.safetensors")
-    masks = store.load_tensors(rd / "masks.safetensors")
-    return model.to(device), {k: v.to(device) for k, v in masks.items()}, cfg
-
-
-def _data_shape(run_dir: Path, cfg: RunConfig) -> dict[str, int]:
-    meta = store.read_json(run_dir / "meta.json")
-    shape = meta.get("data")
-    if shape is None:
-        raise UserError(f"{run_dir}/meta.json lacks the data shape; re-run with this version of dsd2")
-    return shape
+    """Continue the run in ``run_dir`` with the config it recorded."""
+    return run(rundir.read_config(run_dir), run_dir=Path(run_dir), **kwargs)

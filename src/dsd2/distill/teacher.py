@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsd2 import store
-from dsd2.config import RunConfig, validate_config
+from dsd2 import rundir, store
 from dsd2.compare import best_round, selection_column
+from dsd2.config import RunConfig
 from dsd2.distill.loss import kd_loss
 from dsd2.errors import UserError
 
@@ -36,18 +36,17 @@ def select_teacher_round(rows: list[dict[str, Any]], choice: int | str) -> tuple
     return idx, col
 
 
-def _teacher_state(run_dir: Path, rounds_configured: int) -> tuple[list[dict[str, Any]], str | None]:
+def _teacher_state(run_dir: Path, rounds_configured: int) -> tuple[list[rundir.RoundRow], str | None]:
     """Rows of the teacher's verified rounds (checksummed metrics.json, not the editable
     rounds.csv) and why its curve is incomplete (None when every configured round is done)."""
-    done = store.finished_rounds(run_dir)
-    rows = [store.read_json(store.round_dir(run_dir, i) / "metrics.json")["row"] for i in done]
+    rows = rundir.read_finished(run_dir).rows
     if store.is_locked(run_dir):
         return rows, f"it is still running (another dsd2 process holds {run_dir / '.lock'})"
-    if len(done) < rounds_configured + 1:
+    if len(rows) < rounds_configured + 1:
         es = run_dir / "early_stop.json"
         if es.is_file() and store.read_json(es).get("stop_round") is not None:
-            return rows, f"its early_stop rule stopped it at round {done[-1]} of {rounds_configured}"
-        return rows, f"it has {len(done)} of {rounds_configured + 1} rounds (unfinished; `dsd2 resume {run_dir}` finishes it)"
+            return rows, f"its early_stop rule stopped it at round {rows[-1].round} of {rounds_configured}"
+        return rows, f"it has {len(rows)} of {rounds_configured + 1} rounds (unfinished; `dsd2 resume {run_dir}` finishes it)"
     return rows, None
 
 
@@ -56,7 +55,7 @@ def teacher_digest(run_dir: Path, rounds: list[int]) -> str:
     (checksums of weights, masks and metrics) of ``rounds``."""
     h = hashlib.sha256(store.sha256_file(run_dir / "labels.safetensors").encode())
     for i in rounds:
-        h.update(store.sha256_file(store.round_dir(run_dir, i) / store.MANIFEST).encode())
+        h.update(store.sha256_file(rundir.round_dir(run_dir, i) / rundir.MANIFEST).encode())
     return h.hexdigest()
 
 
@@ -104,11 +103,7 @@ def load_teacher(
     sparse-aware cost of the teacher's forward passes).
     """
     run_dir = Path(run_dir)
-    from dsd2.imp import load_round_model
-
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"teacher run {run_dir} not found (no config.yaml); give the run directory of a finished IMP run")
-    tcfg = validate_config(store.read_yaml_file(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+    tcfg = rundir.read_config(run_dir, hint="distill.teacher must be the run directory of a finished IMP run")
     rows, incomplete = _teacher_state(run_dir, tcfg.prune.rounds)
     if choice == "best" and incomplete is not None:
         raise UserError(
@@ -116,22 +111,22 @@ def load_teacher(
             "Finish the teacher first, or choose a finished round explicitly (distill.round=<index> or dense)"
         )
     idx, col = select_teacher_round(rows, choice)
-    digest = teacher_digest(run_dir, [int(r["round"]) for r in rows] if choice == "best" else [idx])
+    digest = teacher_digest(run_dir, [r.round for r in rows] if choice == "best" else [idx])
     if recorded is not None and recorded.get("digest") not in (None, digest):
         raise UserError(
             f"teacher {run_dir} changed since this student started (its labels or round files differ from the fingerprint in "
             "teacher.json): the student's rounds would mix teachers. Restore the teacher, or start a new student run directory"
         )
-    model, masks, _ = load_round_model(run_dir, idx, device=device)
-    row = next(r for r in rows if int(r["round"]) == idx)
+    model, masks, _ = rundir.load_round_model(run_dir, idx, device=device)
+    row = next(r for r in rows if r.round == idx)
     info: dict[str, Any] = {
         "run_dir": str(run_dir.resolve()),
         "choice": choice,
         "round": idx,
         "selected_on": col,
-        "sparsity": row["sparsity"],
-        "val_acc": row.get("val_acc"),
-        "test_acc": row.get("test_acc"),
+        "sparsity": row.sparsity,
+        "val_acc": row.val_acc,
+        "test_acc": row.test_acc,
         "model": tcfg.model.name,
         "rounds_seen": len(rows),
         "digest": digest,

@@ -1,0 +1,196 @@
+"""The run directory: its layout, the row of its rounds table, and reading what a run wrote.
+
+Layout (later tools read only this; README, "Run directories")::
+
+    config.yaml              resolved config (every field, defaults included)
+    meta.json                seed, versions, git commit, host, creation time, data shape
+    labels.safetensors       clean, noisy (int64) and flipped (int64 index) train labels, train_idx
+    init.safetensors         weights at initialisation (lottery rewinding, reproducibility)
+    rewind.safetensors       weights at epoch `prune.rewind_epoch` of round 0 (late_rewind only)
+    rounds.csv               one RoundRow per finished round (deterministic columns only)
+    entropy.csv              per-layer activation entropy per round
+    timings.csv              wall time per round (kept apart so rounds.csv is reproducible)
+    round_000/ ...           state.safetensors, masks.safetensors, metrics.json, MANIFEST.json
+
+A round counts as finished only when its ``MANIFEST.json`` (sha256 of its files, written last)
+is present and the files match it (:func:`store.finished_rounds`). The CSV tables are copies
+rewritten from the rounds' checksummed ``metrics.json``; code that must not trust an editable
+file reads :func:`read_finished`.
+
+This module reads; the round loop (:mod:`dsd2.imp`) writes. It sits below ``imp`` and
+``distill``, which both load a round's model from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dsd2 import store
+from dsd2.config import RunConfig, validate_config
+from dsd2.errors import UserError
+from dsd2.models import build_model
+from dsd2.prune import Masks
+
+# Finished rounds are the manifest-checked round folders; the rule lives with the checksums.
+from dsd2.store import MANIFEST, finished_rounds, round_dir  # noqa: F401  (part of this module's API)
+
+CONFIG = "config.yaml"
+META = "meta.json"
+ROUNDS_CSV = "rounds.csv"
+ENTROPY_CSV = "entropy.csv"
+TIMINGS_CSV = "timings.csv"
+METRICS = "metrics.json"
+# The files of a finished round folder, in the order its manifest lists them.
+ROUND_FILES = ("state.safetensors", "masks.safetensors", METRICS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundRow(Mapping[str, Any]):
+    """One row of ``rounds.csv`` (and the ``row`` of a round's ``metrics.json``): the fields are
+    the columns, in file order. Accuracies and sparsity are fractions in [0, 1]; PFLOPs as in
+    docs/protocol.md ("Compute").
+
+    A field with a default may be absent from files written before it existed and reads as None,
+    so adding a column is one line here, with ``= None``.
+
+    It is also a read-only mapping of column to value: code that picks a column by name (the
+    selection column: ``row[col]``) reads it without ``getattr``.
+    """
+
+    round: int
+    sparsity: float
+    alive_weights: int
+    epochs: int
+    train_loss: float
+    train_acc_noisy: float
+    train_acc_clean: float
+    train_acc_flipped: float | None = None  # flipped samples scored on their noisy labels: memorisation
+    flipped_acc_clean: float | None = None
+    unflipped_acc: float | None = None
+    val_acc: float | None = None  # None without a validation split (dataset.val_size=0)
+    test_acc: float
+    entropy: float | None = None  # neuron-weighted, bits; None with entropy.enabled=false
+    phase: str | None = None  # docs/phases.md; set when the tables are written, None in metrics.json
+    round_pflops_dense: float
+    round_pflops_sparse: float
+    train_pflops_dense: float  # cumulative over rounds 0..round
+    train_pflops_sparse: float
+    round_pflops_paper: float | None = None
+    train_pflops_paper: float | None = None
+
+    @classmethod
+    def from_dict(cls, row: Mapping[str, Any], *, source: str | Path | None = None) -> RoundRow:
+        """The row of a CSV or JSON mapping; keys that are not columns are ignored (a file
+        written by a later version still loads)."""
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in row]
+        if missing:
+            raise UserError(
+                f"{source or 'a rounds row'} lacks the column(s) {', '.join(missing)}: "
+                "it was not written by dsd2 or is corrupt; resume the run to rewrite it"
+            )
+        return cls(**{c: row[c] for c in ROUND_COLUMNS if c in row})
+
+    def as_dict(self) -> dict[str, Any]:
+        """Column → value, in file order (what ``rounds.csv`` and ``metrics.json`` store)."""
+        return {c: getattr(self, c) for c in ROUND_COLUMNS}
+
+    def __getitem__(self, column: str) -> Any:
+        if column not in _COLUMN_SET:
+            raise KeyError(column)
+        return getattr(self, column)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ROUND_COLUMNS)
+
+    def __len__(self) -> int:
+        return len(ROUND_COLUMNS)
+
+
+# Columns of rounds.csv, in order: the fields of RoundRow, the one definition.
+ROUND_COLUMNS: list[str] = [f.name for f in fields(RoundRow)]
+_COLUMN_SET = frozenset(ROUND_COLUMNS)
+# Columns holding fractions (shown as percentages by reports).
+FRACTION_COLUMNS = frozenset(c for c in ROUND_COLUMNS if c.endswith("_acc") or "_acc_" in c or c == "sparsity")
+ENTROPY_COLUMNS = ["round", "sparsity", "layer", "neurons", "entropy"]
+TIMING_COLUMNS = ["round", "wall_s", "train_s", "device", "lr_scale"]
+
+
+def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
+    """Where ``dsd2 run`` puts the run of ``cfg``: named by the config's hash, so the same command
+    resumes the same directory. A directory named by the hash of dsd2 0.1 (which also counted
+    dataset.root and dataset.download) is still found and resumed."""
+    path = Path(out) / cfg.run_id()
+    legacy = Path(out) / cfg.legacy_run_id()
+    return legacy if not path.exists() and legacy.is_dir() else path
+
+
+def read_config(run_dir: str | Path, *, hint: str = "give the folder `dsd2 run` printed") -> RunConfig:
+    """The resolved config of a run; a clear error (ending with ``hint``) when there is none."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a dsd2 run directory (no {CONFIG}); {hint}")
+    return validate_config(store.read_yaml_file(path), source=str(path))
+
+
+def read_rounds(run_dir: str | Path) -> list[RoundRow]:
+    """The rows of ``rounds.csv`` (a table anyone can edit; see :func:`read_finished`)."""
+    path = Path(run_dir) / ROUNDS_CSV
+    return [RoundRow.from_dict(r, source=path) for r in store.read_csv(path)]
+
+
+@dataclass
+class Finished:
+    """What the finished rounds recorded, from their checksummed ``metrics.json``."""
+
+    rows: list[RoundRow] = field(default_factory=list)
+    entropy: list[dict[str, Any]] = field(default_factory=list)  # ENTROPY_COLUMNS
+    timings: list[dict[str, Any]] = field(default_factory=list)  # TIMING_COLUMNS
+
+
+def read_finished(run_dir: str | Path) -> Finished:
+    """Rows, per-layer entropy and timings of rounds 0..k-1 (the finished ones), in order."""
+    out = Finished()
+    for i in finished_rounds(Path(run_dir)):
+        path = round_dir(run_dir, i) / METRICS
+        m = store.read_json(path)
+        out.rows.append(RoundRow.from_dict(m["row"], source=path))
+        out.entropy.extend(m["entropy_layers"])
+        out.timings.append(m["timing"])
+    return out
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Load a saved state dict, or say which file does not fit the configured model."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"{source} does not fit the configured model: {str(err).splitlines()[0]}") from None
+
+
+def saved_data_shape(run_dir: str | Path) -> dict[str, int]:
+    """num_classes, in_channels, input_size: what a model builder needs, from meta.json."""
+    shape = store.read_json(Path(run_dir) / META).get("data")
+    if shape is None:
+        raise UserError(f"{run_dir}/{META} lacks the data shape; re-run with this version of dsd2")
+    return shape
+
+
+def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device | str = "cpu") -> tuple[nn.Module, Masks, RunConfig]:
+    """Rebuild the model of a finished round from its run directory (state + masks, no pickles)."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    rd = round_dir(run_dir, round_idx)
+    if not store.verify_manifest(rd):
+        raise UserError(f"round {round_idx} of {run_dir} is not finished (no {rd / MANIFEST})")
+    shape = saved_data_shape(run_dir)
+    torch.manual_seed(cfg.seed)  # building draws from the global generator: leave it in a reproducible state
+    model = build_model(cfg.model.name, **shape, **cfg.model.options)
+    load_state(model, store.load_tensors(rd / "state.safetensors"), rd / "state.safetensors")
+    masks = store.load_tensors(rd / "masks.safetensors")
+    return model.to(device), {k: v.to(device) for k, v in masks.items()}, cfg
