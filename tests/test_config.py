@@ -130,3 +130,27 @@ def test_a_run_directory_named_by_the_old_hash_still_resumes(tmp_path):
     assert run_dir_for(cfg, tmp_path) == tmp_path / cfg.legacy_run_id()
     (tmp_path / cfg.run_id()).mkdir()
     assert run_dir_for(cfg, tmp_path) == tmp_path / cfg.run_id()
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    lines.append("train: {epochs: *a8}")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    t0 = time.perf_counter()
+    with pytest.raises(UserError, match="YAML aliases"):
+        load_config(bomb)
+    with pytest.raises(UserError, match="YAML aliases"):
+        import yaml
+
+        validate_config(yaml.safe_load(bomb.read_text()), "config.yaml")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_seed_beyond_the_generators_range_is_a_config_error():
+    with pytest.raises(UserError, match="seed"):
+        load_config(None, ["seed=99999999999999999999999"])

@@ -85,3 +85,16 @@ def test_bit_flip_in_any_tensor_file_is_detected(tmp_path, name):
     p.write_bytes(bytes(data))
     with pytest.raises(UserError, match=f"{name} does not match its checksum.*delete it"):
         store.load_tensors(p)
+
+
+def test_lock_planted_as_a_symlink_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic link"):
+        with store.run_lock(run):
+            pass
+    assert victim.read_text() == "precious"
+    assert store.is_locked(run) is False

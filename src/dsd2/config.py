@@ -167,7 +167,7 @@ class EarlyStopConfig(_Section):
 
 class RunConfig(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: the run directory is <name>-<hash>.")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Run seed (0 … 2^32 - 1).")
     dataset: DatasetConfig = DatasetConfig()
     noise: NoiseConfig = NoiseConfig()
     model: ModelConfig = ModelConfig()
@@ -282,12 +282,33 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    check_size(data, source)
     if not isinstance(data, dict):
         raise UserError(f"{source}: the top level must be a mapping of sections (dataset:, model:, ...)")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
         raise UserError(_format_validation_error(err, source)) from None
+
+
+# A YAML alias repeated inside aliases ("billion laughs") is tiny on disk and huge once expanded
+# (apply_overrides copies it): count the nodes as expanded and stop early.
+MAX_CONFIG_NODES = 100_000
+
+
+def check_size(data: Any, source: str, limit: int = MAX_CONFIG_NODES) -> None:
+    """Refuse a parsed YAML document that expands to more than ``limit`` nodes."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            raise UserError(f"{source} expands to more than {limit} values (YAML aliases nested in aliases?): refused")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -304,6 +325,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{p} is not valid YAML: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read {p}: {err}") from None
+    check_size(data, str(p))
     return data or {}
 
 

@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -282,11 +283,19 @@ def is_locked(run_dir: Path) -> bool:
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock on a run directory: a second process on it gets a clear error."""
+    lock = run_dir / ".lock"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a .lock planted as a symlink (a run folder from someone else) must not make
+        # us truncate the file it points to
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{lock} is a symbolic link, not a lock file: remove it (`rm {lock}`) and retry") from None
         raise UserError(f"cannot create the run directory {run_dir}: {err.strerror or err}; choose a writable --out") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{lock} is not a regular file: remove it and retry")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
