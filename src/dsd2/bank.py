@@ -220,18 +220,81 @@ def _cell(o: RuleOutcome) -> str:
     return f"{mark} {o.selected_round} ({_pct(o.sparsity)}), {o.gap:+.1f}, {o.rounds_short:+d}, {o.cost:.2f}"
 
 
-BEGIN, END = "<!-- bank:begin (dsd2 stop-rules --write) -->", "<!-- bank:end -->"
+def stop_rule_summary(curves: list[Curve]) -> str:
+    """Markdown for the README: one row per curve with what each rule keeps in both settings (the
+    entropy rule with its held-out threshold), then the threshold's sensitivity."""
+    cells: dict[str, dict[str, str]] = {c.name: {} for c in curves}
+    totals: dict[str, tuple[int, float]] = {}
+    sens: dict[str, list[dict[str, Any]]] = {}
+    for key, rule in SETTINGS.items():
+        folds = {f.setting: f for f in leave_one_setting_out(curves, **rule)}
+        for rule_name in ("plain", "entropy"):
+            res = []
+            for c in curves:
+                if rule_name == "plain":
+                    o = evaluate(c, "plain", **rule)
+                else:
+                    o = next(x for x in folds[c.setting].outcomes if x.curve == c.name)
+                res.append(o)
+                cells[c.name][f"{key}/{rule_name}"] = _short(o)
+            ok, neg = score(res)
+            totals[f"{key}/{rule_name}"] = (ok, -neg)
+        sens[key] = sensitivity(curves, **rule)
+    cols = [f"{k}/{r}" for k in SETTINGS for r in ("plain", "entropy")]
+    lines = [
+        "| curve | best on validation: round (sparsity %), test % | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
+    ]
+    for c in curves:
+        ex = evaluate(c, "none")
+        lines.append(
+            f"| {c.name} | {ex.selected_round} ({_pct(ex.sparsity)}), {_pct(ex.test_acc)} | "
+            + " | ".join(cells[c.name][k] for k in cols) + " |"
+        )
+    lines.append("| **successes, mean cost** | | " + " | ".join(f"**{totals[k][0]}/{len(curves)}, {totals[k][1]:.2f}**" for k in cols) + " |")
+    lines += ["", "| rel_drop | " + " | ".join(f"{k}: successes, mean cost" for k in SETTINGS) + " |", "|---|" + "---|" * len(SETTINGS)]
+    for i, r in enumerate(REL_DROP_GRID):
+        lines.append(f"| {r:g} | " + " | ".join(f"{sens[k][i]['ok']}/{sens[k][i]['curves']}, {sens[k][i]['mean_cost']:.2f}" for k in SETTINGS) + " |")
+    return "\n".join(lines)
 
 
-def write_report_section(path: str | Path, text: str) -> None:
-    """Replace the text between the bank markers of a markdown file (atomically)."""
+def _short(o: RuleOutcome) -> str:
+    return f"{'✓' if o.ok else '✗'} {o.selected_round}, {o.gap:+.1f} pt, {o.cost:.2f}"
+
+
+# Generated sections of markdown files: marker name -> the function that writes its text.
+SECTIONS = {"bank": stop_rule_report, "bank-summary": stop_rule_summary}
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin (dsd2 stop-rules --write) -->", f"<!-- {name}:end -->"
+
+
+BEGIN, END = markers("bank")
+
+
+def section_text(doc: str, name: str) -> str | None:
+    """The text between the markers of section ``name`` in ``doc`` (None if absent)."""
+    begin, end = markers(name)
+    if begin not in doc or end not in doc:
+        return None
+    return doc.split(begin, 1)[1].split(end, 1)[0].strip()
+
+
+def write_sections(path: str | Path, curves: list[Curve]) -> list[str]:
+    """Regenerate every bank section of a markdown file (atomically); return their names."""
     path = Path(path)
     try:
         doc = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
-    if BEGIN not in doc or END not in doc:
+    found = [n for n in SECTIONS if section_text(doc, n) is not None]
+    if not found:
         raise UserError(f"{path} has no bank section: add the lines {BEGIN} and {END} where the tables go")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    store.atomic_write_text(path, f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    for name in found:
+        begin, end = markers(name)
+        head, rest = doc.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        doc = f"{head}{begin}\n{SECTIONS[name](curves)}\n{end}{tail}"
+    store.atomic_write_text(path, doc)
+    return found

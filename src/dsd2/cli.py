@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dsd2.errors import UserError
+
+if TYPE_CHECKING:
+    from dsd2.rundir import RoundRow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Study and dodge sparse double descent (DSD²).")
 # Piped output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default.
@@ -32,7 +35,7 @@ def _pct(v: Any) -> str:
     return "" if v is None else f"{100 * v:.2f}"
 
 
-def rounds_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+def rounds_table(rows: list[RoundRow], title: str = "") -> Table:
     table = Table(title=title, show_lines=False)
     cols = [
         ("round", "round", str),
@@ -86,27 +89,27 @@ class _Progress:
             self.round = round_idx
         self.bar.update(self.task, completed=log.epoch, info=f"loss {log.loss:.3f} acc {100 * log.acc:.1f}%")
 
-    def round_done(self, row: dict[str, Any]) -> None:
+    def round_done(self, row: RoundRow) -> None:
         if not self.enabled:
             return
         msg = (
-            f"round {row['round']:>3}  sparsity {100 * row['sparsity']:6.2f}%  train(noisy) {_pct(row['train_acc_noisy'])}  "
-            f"flipped {_pct(row['train_acc_flipped']) or '-'}  val {_pct(row['val_acc']) or '-'}  test {_pct(row['test_acc'])}"
+            f"round {row.round:>3}  sparsity {100 * row.sparsity:6.2f}%  train(noisy) {_pct(row.train_acc_noisy)}  "
+            f"flipped {_pct(row.train_acc_flipped) or '-'}  val {_pct(row.val_acc) or '-'}  test {_pct(row.test_acc)}"
         )
-        if row.get("entropy") is not None:
-            msg += f"  H {row['entropy']:.3f}"
+        if row.entropy is not None:
+            msg += f"  H {row.entropy:.3f}"
         err_console.print(msg)
 
 
 def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
-    from dsd2 import imp, store
+    from dsd2 import imp, rundir
 
     with _Progress(enabled=not quiet) as prog:
-        target = run_dir or imp.run_dir_for(cfg, out)
+        target = run_dir or rundir.run_dir_for(cfg, out)
         if not quiet:
             err_console.print(f"run directory: {target}")
         path = imp.run(cfg, out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch)
-    rows = store.read_csv(path / "rounds.csv")
+    rows = rundir.read_rounds(path)
     console.print(rounds_table(rows, title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, {cfg.noise.kind} noise {cfg.noise.rate:g}"))
     console.print(f"run directory: {path}")
     return path
@@ -140,13 +143,9 @@ def resume(
     ),
 ) -> None:
     """Resume an interrupted run from its last finished round (or epoch checkpoint)."""
-    from dsd2 import imp, store
-    from dsd2.config import validate_config
+    from dsd2 import imp, rundir, store
 
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a dsd2 run directory (no config.yaml); give the folder `dsd2 run` printed")
-    cfg = validate_config(store.read_yaml_file(path), source=str(path))
+    cfg = rundir.read_config(run_dir)
     if lr_scale is not None:
         with store.run_lock(run_dir):
             first = imp.set_lr_scale(run_dir, lr_scale)
@@ -157,10 +156,9 @@ def resume(
 @app.command()
 def show(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
     """Print the rounds table of a run."""
-    from dsd2 import store
+    from dsd2 import rundir
 
-    rows = store.read_csv(run_dir / "rounds.csv")
-    console.print(rounds_table(rows, title=str(run_dir)))
+    console.print(rounds_table(rundir.read_rounds(run_dir), title=str(run_dir)))
 
 
 @app.command("config")
@@ -217,7 +215,7 @@ def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int, s
     d = compare.decide(rows, rule, tolerance=tolerance, patience=patience, select=select)
     if d is None:
         raise UserError("--rule none makes no decision: use plain or entropy")
-    o = compare.outcome(f"{rule} early stop", run_dir, rows, d, rows[0]["round_pflops_dense"])
+    o = compare.outcome(f"{rule} early stop", run_dir, rows, d, rows[0].round_pflops_dense)
     console.print(f"rule: {rule} (tolerance {tolerance:g}, patience {patience}, select {select}); selection on {compare.selection_column(rows)}")
     console.print(d.reason)
     if d.ignored_drops:
@@ -265,18 +263,18 @@ def strategy_rich_table(outcomes, rule: str = "tolerance 0, patience 1, select b
 @app.command("stop-rules")
 def stop_rules_cmd(
     bank_dir: Path = typer.Argument(..., help="A folder of finished runs (or of <curve>/rounds.csv folders): your curve bank."),
-    write: Optional[Path] = typer.Option(None, "--write", help="Markdown file whose bank section to replace (docs/stop_rules.md)."),
+    write: Optional[Path] = typer.Option(None, "--write", help="Markdown file whose bank sections to regenerate (docs/stop_rules.md, README.md)."),
 ) -> None:
     """Judge plain and entropy-aided early stopping on a bank of curves; fit the entropy threshold
     leave-one-setting-out (docs/stop_rules.md)."""
     from dsd2 import bank
 
-    text = bank.stop_rule_report(bank.load_bank(bank_dir))
+    curves = bank.load_bank(bank_dir)
     if write is None:
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        console.print(bank.stop_rule_report(curves), markup=False, highlight=False, soft_wrap=True)
         return
-    bank.write_report_section(write, text)
-    console.print(f"wrote the bank section of {write}")
+    names = bank.write_sections(write, curves)
+    console.print(f"wrote the {', '.join(names)} section(s) of {write}")
 
 
 @app.command("compare")
@@ -346,7 +344,7 @@ def demo(
     overrides: Optional[list[str]] = typer.Argument(None, help="Overrides for the demo preset, e.g. prune.rounds=10."),
 ) -> None:
     """The CPU demo: vanilla IMP with SDD, DSD² students from the best-fit teacher, compute table."""
-    from dsd2 import compare, store
+    from dsd2 import compare, rundir
     from dsd2.config import load_config
     from dsd2.pipeline import run_pipelines_parallel
 
@@ -359,8 +357,8 @@ def demo(
     pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
     for cfg, (teacher_dir, student_dir) in zip(configs, pairs):
         console.rule(f"seed {cfg.seed}")
-        console.print(rounds_table(store.read_csv(teacher_dir / "rounds.csv"), title=f"vanilla IMP (seed {cfg.seed}): {teacher_dir}"))
-        console.print(rounds_table(store.read_csv(student_dir / "rounds.csv"), title=f"DSD² student (seed {cfg.seed}): {student_dir}"))
+        console.print(rounds_table(rundir.read_rounds(teacher_dir), title=f"vanilla IMP (seed {cfg.seed}): {teacher_dir}"))
+        console.print(rounds_table(rundir.read_rounds(student_dir), title=f"DSD² student (seed {cfg.seed}): {student_dir}"))
         console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
         rule = compare.COMPRESS_RULE
         console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir, **rule), compare.rule_text(rule)))
