@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from dsd2 import store
+from dsd2 import rundir, store
 from dsd2.errors import UserError
 from dsd2.phases import StopDecision, entropy_early_stop, plain_early_stop
+from dsd2.rundir import RoundRow
 
 # The entropy rule's parameters, chosen from the measured demo curves (README, "The demo").
 ENTROPY_RULE_DEFAULTS: dict[str, Any] = {"rel_drop": 0.1}
@@ -34,11 +35,11 @@ def rule_text(rule: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in rule.items())
 
 
-def load_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "rounds.csv"
+def load_rows(run_dir: str | Path) -> list[RoundRow]:
+    path = Path(run_dir) / rundir.ROUNDS_CSV
     if not path.is_file():
         raise UserError(f"{run_dir} is not a dsd2 run directory with finished rounds (no rounds.csv)")
-    rows = store.read_csv(path)
+    rows = rundir.read_rounds(run_dir)
     if not rows:
         raise UserError(f"{path} has no finished round yet")
     return rows

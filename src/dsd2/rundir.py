@@ -34,7 +34,6 @@ from torch import nn
 from dsd2 import store
 from dsd2.config import RunConfig, validate_config
 from dsd2.errors import UserError
-from dsd2.models import build_model
 from dsd2.prune import Masks
 
 # Finished rounds are the manifest-checked round folders; the rule lives with the checksums.
@@ -189,6 +188,8 @@ def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device |
     if not store.verify_manifest(rd):
         raise UserError(f"round {round_idx} of {run_dir} is not finished (no {rd / MANIFEST})")
     shape = saved_data_shape(run_dir)
+    from dsd2.models import build_model  # every architecture and torchvision: only loading a model needs them
+
     torch.manual_seed(cfg.seed)  # building draws from the global generator: leave it in a reproducible state
     model = build_model(cfg.model.name, **shape, **cfg.model.options)
     load_state(model, store.load_tensors(rd / "state.safetensors"), rd / "state.safetensors")

@@ -1,20 +1,10 @@
-"""The run-directory contract and safe file I/O.
+"""Safe file I/O: atomic writes, checksummed tensors, manifests, the run lock.
 
-Layout of a run directory (later tools read only this)::
-
-    config.yaml              resolved config (every field, defaults included)
-    meta.json                seed, versions, git commit, host, creation time
-    labels.safetensors       clean, noisy (int64) and flipped (int64 index) train labels
-    init.safetensors         weights at initialisation (lottery rewinding, reproducibility)
-    rewind.safetensors       weights at epoch `prune.rewind_epoch` of round 0 (late_rewind only)
-    rounds.csv               one row per finished round (deterministic columns only)
-    timings.csv              wall time per round (kept apart so rounds.csv is reproducible)
-    entropy.csv              per-layer activation entropy per round
-    round_000/ ...           state.safetensors, masks.safetensors, metrics.json, MANIFEST.json
-
-A round counts as finished only when its ``MANIFEST.json`` (sha256 of every file of the round) is
-present and the files match it. Every write goes to a temporary file in the same folder, is
-fsynced and renamed over the target, so a kill leaves either the old or the new file.
+Every write goes to a temporary file in the same folder, is fsynced and renamed over the target,
+so a kill leaves either the old or the new file. A folder counts as complete only when its
+``MANIFEST.json`` (sha256 of its files, written last) is present and the files match it; a run's
+round folders are such folders (:func:`finished_rounds`). What the files of a run directory mean
+is :mod:`dsd2.rundir`'s.
 """
 
 from __future__ import annotations
@@ -39,32 +29,6 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from dsd2.errors import UserError
-
-# Columns of rounds.csv, in order (accuracies and sparsity are fractions in [0, 1]).
-ROUND_COLUMNS = [
-    "round",
-    "sparsity",
-    "alive_weights",
-    "epochs",
-    "train_loss",
-    "train_acc_noisy",
-    "train_acc_clean",
-    "train_acc_flipped",
-    "flipped_acc_clean",
-    "unflipped_acc",
-    "val_acc",
-    "test_acc",
-    "entropy",
-    "phase",
-    "round_pflops_dense",
-    "round_pflops_sparse",
-    "train_pflops_dense",
-    "train_pflops_sparse",
-    "round_pflops_paper",
-    "train_pflops_paper",
-]
-# Columns of rounds.csv holding fractions (shown as percentages by reports).
-FRACTION_COLUMNS = frozenset(c for c in ROUND_COLUMNS if c.endswith("_acc") or "_acc_" in c or c == "sparsity")
 
 MANIFEST = "MANIFEST.json"
 _UMASK = os.umask(0)

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from dsd2 import store
 from dsd2.errors import UserError
+from dsd2.rundir import RoundRow
 
 ROLES = ("vanilla", "teacher", "student")
 
@@ -31,7 +32,7 @@ class RunData:
     config: dict[str, Any]
     config_text: str
     meta: dict[str, Any]
-    rows: list[dict[str, Any]]
+    rows: list[RoundRow]
     columns: list[str]
     entropy_rows: list[dict[str, Any]] = field(default_factory=list)
     timings: list[dict[str, Any]] = field(default_factory=list)
@@ -125,7 +126,7 @@ def load_run(path: str | Path) -> RunData:
         config=config,
         config_text=config_text,
         meta=meta if isinstance(meta, dict) else {},
-        rows=rows,
+        rows=[RoundRow.from_dict(r, source=rounds) for r in rows],
         columns=columns,
         entropy_rows=entropy_rows,
         timings=timings,

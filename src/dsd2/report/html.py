@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from dsd2 import store
+from dsd2 import rundir
 from dsd2.errors import UserError
 from dsd2.report import figures as F
 from dsd2.report.data import RunData, RunGroup, group_runs, load_runs, teacher_of
 
-PERCENT_COLUMNS = store.FRACTION_COLUMNS
+PERCENT_COLUMNS = rundir.FRACTION_COLUMNS
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:0 auto;max-width:1200px;padding:1em 2em;color:#222;line-height:1.4}
