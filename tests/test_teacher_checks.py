@@ -103,3 +103,13 @@ def test_student_init_shared_or_independent(teacher, tmp_path):
     assert all(same[k].equal(init[k]) for k in init)
     assert not all(other[k].equal(init[k]) for k in init)
     assert store.read_json(indep / "meta.json")["init_seed"] != store.read_json(shared / "meta.json")["init_seed"]
+
+
+def test_pipeline_teacher_trains_its_whole_curve_and_only_the_student_stops_early(tmp_path):
+    cfg = tiny("early_stop.rule=plain", "early_stop.tolerance=0", "prune.rounds=3")
+    study = pipeline.run_pipeline(cfg, out=tmp_path)
+    assert store.finished_rounds(study.teacher) == [0, 1, 2, 3]
+    assert not (study.teacher / "early_stop.json").exists()
+    scfg = load_config(study.student / "config.yaml")
+    assert scfg.early_stop.rule == "plain"
+    assert (study.student / "early_stop.json").is_file()
