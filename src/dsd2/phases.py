@@ -280,17 +280,9 @@ def _by_accuracy(acc, fit, finished, tol, fit_tol, why: str) -> Phases:
     return Phases(_tail(labels, _collapse_start(acc, fit, sweet, tol, fit_tol), True), "accuracy", note)
 
 
-def label_phases(
-    eval_acc: Sequence[float],
-    *,
-    memorisation: Sequence[float] | None = None,
-    fit: Sequence[float] | None = None,
-    finished: bool = True,
-    params: PhaseParams | None = None,
-    n_eval: int | None = None,
-) -> list[str]:
-    """The labels of :func:`classify_phases`."""
-    return classify_phases(eval_acc, memorisation=memorisation, fit=fit, finished=finished, params=params, n_eval=n_eval).labels
+def label_phases(eval_acc: Sequence[float], **kwargs: Any) -> list[str]:
+    """The labels of :func:`classify_phases` (same arguments)."""
+    return classify_phases(eval_acc, **kwargs).labels
 
 
 # ---------------------------------------------------------------------------------------
