@@ -3,22 +3,26 @@ failure reporting, summaries, and the pre-run cost estimate."""
 
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
+import sweep_fakes
 import yaml
+from sweep_fakes import FakeBackend, KillAfterRound
 
 from dsd2 import store
 from dsd2.errors import UserError
 from dsd2.sweep import (
-    FAIL_ONCE_ENV,
+    RayBackend,
+    State,
+    build_jobs,
     estimate_cost,
     expand,
     format_cost,
     list_sweep_presets,
     load_sweep,
     run_sweep,
+    schedule,
     sweep_main,
 )
 
@@ -149,13 +153,74 @@ def test_estimate_cost_vgg_cifar10(tmp_path):
     assert "GPU-hours" in text and "Not measured" in text
 
 
+# ----------------------------------------------------------------------------- scheduling (nothing trained)
+
+TEACHER = "kd_teacher_seed-0"
+STUDENTS = ["kd_seed-0_alpha-0.5", "kd_seed-0_alpha-1.0"]
+
+
+def kd_sweep(tmp_path, **extra):
+    path = write_sweep(
+        tmp_path / "kd.yaml", name="kd", base="tiny_mnist1d", overrides=TINY, pipeline=True,
+        grid={"seed": [0], "distill.alpha": [0.5, 1.0]}, **extra,
+    )
+    return load_sweep(path)
+
+
+def scheduled(jobs, backend, retries):
+    return [(e.job.config.name, e.status) for e in schedule(jobs, backend, retries=retries, threads=1)]
+
+
+def test_schedule_runs_the_teacher_first_and_retries_it(tmp_path):
+    spec = kd_sweep(tmp_path)
+    jobs, _ = build_jobs(spec, expand(spec), tmp_path)
+    backend = FakeBackend({TEACHER: None}, run=False, slots=None)
+    assert scheduled(jobs, backend, retries=1) == [
+        (TEACHER, "started"), (TEACHER, "retrying"), (TEACHER, "finished"),
+        (STUDENTS[0], "started"), (STUDENTS[1], "started"), (STUDENTS[0], "finished"), (STUDENTS[1], "finished"),
+    ]
+    assert backend.submitted == [TEACHER, TEACHER, *STUDENTS]
+    assert all(j.state is State.DONE for j in jobs.values())
+    teacher = next(j for j in jobs.values() if j.role == "teacher")
+    assert teacher.attempts == 2 and teacher.errors == [f"simulated failure of {TEACHER} at the start"]
+
+
+def test_schedule_fails_the_students_of_a_failed_teacher(tmp_path):
+    spec = kd_sweep(tmp_path)
+    jobs, _ = build_jobs(spec, expand(spec), tmp_path)
+    backend = FakeBackend({TEACHER: 1}, run=False)
+    assert scheduled(jobs, backend, retries=0) == [
+        (TEACHER, "started"), (TEACHER, "failed"), (STUDENTS[0], "failed"), (STUDENTS[1], "failed"),
+    ]
+    assert backend.submitted == [TEACHER]  # no student task was ever started
+    for job in jobs.values():
+        assert job.state is State.FAILED
+        if job.role == "student":
+            assert job.attempts == 0 and job.errors == [f"teacher run failed: simulated failure of {TEACHER} after round 1"]
+
+
+def test_schedule_keeps_to_the_backend_slots(tmp_path):
+    spec = load_sweep("tiny_demo")
+    for slots, most in ((None, 4), (2, 2), (1, 1)):
+        jobs, _ = build_jobs(spec, expand(spec), tmp_path)
+        backend = FakeBackend(run=False, slots=slots)
+        statuses = [s for _, s in scheduled(jobs, backend, retries=0)]
+        assert backend.most_in_flight == most
+        assert sorted(statuses) == ["finished"] * 4 + ["started"] * 4
+        if slots == 1:
+            assert statuses == ["started", "finished"] * 4
+
+
 # ----------------------------------------------------------------------------- running
 
 
 @pytest.fixture(scope="module")
 def ray_session():
     import ray
+    import ray.cloudpickle
 
+    # the failure injection lives in tests/, which Ray workers cannot import: ship it by value
+    ray.cloudpickle.register_pickle_by_value(sweep_fakes)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield
     ray.shutdown()
@@ -167,11 +232,9 @@ def ray_sweep(ray_session, tmp_path_factory):
     events = []
     spec = load_sweep("tiny_demo")
     # the worker of this cell is killed right after its round 1 is finished, once
-    os.environ[FAIL_ONCE_ENV] = f"{FAIL_CELL}@1"
-    try:
-        res = run_sweep(spec, out=out, backend="ray", max_parallel=2, on_event=lambda c, s: events.append((c.name, s)))
-    finally:
-        del os.environ[FAIL_ONCE_ENV]
+    worker = KillAfterRound(FAIL_CELL, 1, out / "tiny_demo" / ".fail_once" / FAIL_CELL)
+    backend = RayBackend(spec.resources, max_parallel=2, worker=worker)
+    res = run_sweep(spec, out=out, backend=backend, on_event=lambda c, s: events.append((c.name, s)))
     return spec, out, res, events
 
 
@@ -295,3 +358,52 @@ def test_pipeline_sweep_shares_teacher(ray_session, tmp_path):
     summary = store.read_csv(tmp_path / "runs" / "kd" / "summary.csv")
     assert {"teacher_best_acc", "student_best_acc", "student_dip_depth", "teacher_dir", "student_dir"} <= set(summary[0])
     assert summary[0]["teacher_best_acc"] == summary[1]["teacher_best_acc"]
+
+
+# ----------------------------------------------------------------------------- failures injected by a fake backend
+
+
+def test_a_run_that_fails_once_is_retried_and_resumes(tmp_path):
+    spec = load_sweep("tiny_demo", ["sweep.grid.seed=[1]", "sweep.grid.noise.rate=[0.1]"])
+    events = []
+    backend = FakeBackend({FAIL_CELL: 1})  # the first attempt raises right after round 1 is saved
+    res = run_sweep(spec, out=tmp_path / "flaky", backend=backend, on_event=lambda c, s: events.append(s))
+    assert res.ok and backend.closed
+    assert events == ["started", "retrying", "finished"]
+    (cell,) = res.cells
+    assert cell.attempts == 2 and cell.error is None
+    assert cell.errors == [f"RuntimeError: simulated failure of {FAIL_CELL} after round 1"]
+    info = json.loads((res.sweep_dir / "sweep.json").read_text())
+    assert info["backend"] == "fake" and info["cells"][0]["attempts"] == 2
+    traceback = res.sweep_dir / "errors" / f"{FAIL_CELL}.attempt1.txt"
+    assert "simulated failure" in traceback.read_text()
+
+    # the retry resumed at round 2 (rounds 0 and 1 predate the failure's traceback) and
+    # gives the rows of an uninterrupted run
+    run_dir = Path(cell.run_dir)
+    failed_at = traceback.stat().st_mtime_ns
+    assert store.round_dir(run_dir, 1).joinpath(store.MANIFEST).stat().st_mtime_ns <= failed_at
+    assert store.round_dir(run_dir, 2).joinpath(store.MANIFEST).stat().st_mtime_ns >= failed_at
+    clean = run_sweep(spec, out=tmp_path / "clean", backend="sequential")
+    assert (run_dir / "rounds.csv").read_text() == (Path(clean.cells[0].run_dir) / "rounds.csv").read_text()
+
+
+def test_a_failed_teacher_fails_its_cells_and_a_rerun_resumes_it(tmp_path):
+    spec = kd_sweep(tmp_path, retries=0)
+    events = []
+    res = run_sweep(spec, out=tmp_path / "runs", backend=FakeBackend({TEACHER: 1}), on_event=lambda c, s: events.append((c.name, s)))
+    assert not res.ok and [c.status for c in res.cells] == ["failed", "failed"]
+    error = f"teacher run failed: RuntimeError: simulated failure of {TEACHER} after round 1"
+    assert [c.error for c in res.cells] == [error, error]
+    assert [s for _, s in events] == ["teacher started", "teacher started", "teacher failed", "teacher failed", "failed", "failed"]
+    assert [r["status"] for r in store.read_csv(res.sweep_dir / "summary.csv")] == ["failed", "failed"]
+    teacher_dir = Path(res.cells[0].teacher_dir)
+    assert store.finished_rounds(teacher_dir) == [0, 1]
+
+    # run again: the teacher resumes at round 2 (its finished rounds untouched), then the students
+    kept = _mtimes([store.round_dir(teacher_dir, 0), store.round_dir(teacher_dir, 1)])
+    again = run_sweep(spec, out=tmp_path / "runs", backend="sequential")
+    assert again.ok, [c.errors for c in again.cells]
+    assert [(c.teacher_attempts, c.attempts) for c in again.cells] == [(1, 1), (1, 1)]
+    assert _mtimes([store.round_dir(teacher_dir, 0), store.round_dir(teacher_dir, 1)]) == kept
+    assert store.finished_rounds(teacher_dir) == [0, 1, 2]

@@ -1,0 +1,169 @@
+"""Where tasks run: one small interface, an in-process backend and a Ray backend.
+
+A backend takes tasks (``submit``), hands back finished attempts one at a time (``wait``),
+drops what is in flight (``cancel``) and releases what it started (``close``). It knows
+nothing of jobs, retries or dependencies: that is the scheduler's. Both backends run a
+*worker*, a picklable ``Task -> Outcome`` callable (:func:`~dsd2.sweep.execute.run_task` by
+default), so a caller can wrap what runs without touching the backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Protocol
+
+from dsd2.errors import UserError
+from dsd2.sweep.execute import Outcome, Task, run_task
+from dsd2.sweep.spec import Resources
+
+Worker = Callable[[Task], Outcome]
+BACKENDS = ("ray", "sequential")
+
+
+class Backend(Protocol):
+    name: str  # recorded in sweep.json
+    slots: int | None  # tasks in flight at most; None: as many as are ready
+
+    def submit(self, key: str, task: Task) -> None: ...
+
+    def wait(self) -> tuple[str, Outcome]:
+        """The key and outcome of the next finished task (blocks; only while one is in flight)."""
+        ...
+
+    def cancel(self) -> None:
+        """Drop every task in flight (best effort); their outcomes never come."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SequentialBackend:
+    """Runs each task in this process, at submit (for debugging and for machines without Ray)."""
+
+    name = "sequential"
+    slots: int | None = 1
+
+    def __init__(self, worker: Worker = run_task) -> None:
+        self.worker = worker
+        self._done: list[tuple[str, Outcome]] = []
+
+    def submit(self, key: str, task: Task) -> None:
+        self._done.append((key, self.worker(task)))
+
+    def wait(self) -> tuple[str, Outcome]:
+        return self._done.pop(0)
+
+    def cancel(self) -> None:
+        self._done.clear()
+
+    def close(self) -> None:
+        pass
+
+
+def _in_worker(worker: Worker, task: Task) -> Outcome:
+    # module level, so Ray workers import it rather than unpickle a closure
+    return worker(task)
+
+
+def _ray_error_text(err: BaseException) -> str:
+    import ray.exceptions as rex
+
+    if isinstance(err, rex.WorkerCrashedError):
+        return "the worker process died (killed, out of memory or crashed) before the run finished"
+    if isinstance(err, rex.TaskCancelledError):
+        return "the task was cancelled"
+    if isinstance(err, rex.OutOfMemoryError):
+        return "Ray killed the task: the node ran out of memory"
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else ''}"
+
+
+class RayBackend:
+    """One Ray task per attempt, with the sweep's per-run resources.
+
+    Ray is initialised here unless it already is (and then shut down by :meth:`close`):
+    ``address`` connects to a cluster; locally ``num_cpus`` is ``max_parallel ×
+    resources.num_cpus`` or the CPU count. ``max_parallel`` caps the tasks in flight.
+    Ray's own retries are off: a crashed worker comes back as a failed outcome, and the
+    scheduler decides whether to try again.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        resources: Resources,
+        address: str | None = None,
+        max_parallel: int | None = None,
+        *,
+        worker: Worker = run_task,
+    ) -> None:
+        import logging
+
+        import ray
+
+        self.ray = ray
+        self.slots = max_parallel
+        self.worker = worker
+        self.started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = dict(
+                include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, logging_level=logging.WARNING
+            )
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ncpu = os.cpu_count() or 1
+                if max_parallel:
+                    ncpu = max(1, math.ceil(max_parallel * resources.num_cpus))
+                ray.init(num_cpus=ncpu, **kwargs)
+            self.started = True
+        if not address:
+            self._check_fits(resources)
+        self.remote = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=0)(_in_worker)
+        self.inflight: dict[Any, str] = {}
+
+    def _check_fits(self, resources: Resources) -> None:
+        total = self.ray.cluster_resources()
+        for res, want in (("CPU", resources.num_cpus), ("GPU", resources.num_gpus)):
+            have = total.get(res, 0.0)
+            if want > have:
+                self.close()
+                raise UserError(
+                    f"each cell asks for {want:g} {res}(s) (resources.num_{res.lower()}s) but the Ray cluster has "
+                    f"{have:g}: lower it (sweep.resources.num_{res.lower()}s=...) or pass --address of a bigger cluster"
+                )
+
+    def submit(self, key: str, task: Task) -> None:
+        self.inflight[self.remote.remote(self.worker, task)] = key
+
+    def wait(self) -> tuple[str, Outcome]:
+        (ref,), _ = self.ray.wait(list(self.inflight), num_returns=1)
+        key = self.inflight.pop(ref)
+        try:
+            return key, self.ray.get(ref)
+        except self.ray.exceptions.RayError as err:
+            return key, Outcome(ok=False, error=_ray_error_text(err))
+
+    def cancel(self) -> None:
+        for ref in list(self.inflight):
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - already finished or gone: nothing to cancel
+                pass
+        self.inflight.clear()
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+            self.started = False
+
+
+def make_backend(name: str, resources: Resources, address: str | None = None, max_parallel: int | None = None) -> Backend:
+    """The backend called ``name`` (``ray`` or ``sequential``)."""
+    if name == "ray":
+        return RayBackend(resources, address, max_parallel)
+    if name == "sequential":
+        return SequentialBackend()
+    raise UserError(f"unknown sweep backend {name!r}: use ray or sequential")

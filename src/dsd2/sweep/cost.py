@@ -1,0 +1,198 @@
+"""What a sweep will cost, before anything runs: training FLOPs per run and GPU-hours.
+
+No data is loaded and nothing is trained: models are built on the meta device and one
+training step is counted with :func:`dsd2.flops.step_flops`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from dsd2.config import RunConfig
+from dsd2.errors import UserError
+from dsd2.sweep.shapes import DATASET_SHAPES, dataset_key, meta_model, model_key
+from dsd2.sweep.spec import Cell, SweepSpec, cell_error, expand, value_text
+
+# Effective training throughput used to turn FLOPs into GPU-hours. An ASSUMPTION, not a
+# measurement (no GPU was available when this was written): small CIFAR CNNs at batch 128 in
+# bf16 reach a few percent of an H100's ~990 TFLOP/s dense bf16 peak; 25 TFLOP/s effective
+# (counting 2 FLOPs per multiply-add, forward + backward) is a round, deliberately modest
+# figure. Override with ``gpu_tflops=`` / ``--gpu-tflops`` after timing one epoch on your GPU.
+DEFAULT_GPU_TFLOPS = 25.0
+
+_STEP_CACHE: dict[str, tuple[float, float, float]] = {}
+
+
+def train_examples(cfg: RunConfig) -> int:
+    """Training examples per epoch of ``cfg`` (from the dataset table; no data is loaded)."""
+    key = dataset_key(cfg)
+    if key not in DATASET_SHAPES:
+        raise UserError(f"no size known for dataset {cfg.dataset.name!r} (known: {', '.join(DATASET_SHAPES)})")
+    info = DATASET_SHAPES[key]
+    n = info["train"]
+    val = min(info["val"], n // 5) if cfg.dataset.val_size is None else cfg.dataset.val_size
+    left = max(0, n - val)
+    return min(cfg.dataset.train_subset, left) if cfg.dataset.train_subset else left
+
+
+def epochs_total(cfg: RunConfig) -> int:
+    """Epochs over all rounds (round 0 + ``prune.rounds``), as ``imp.run`` trains them."""
+    t, p = cfg.train, cfg.prune
+    if p.retrain == "finetune":
+        per_round = p.finetune_epochs or t.epochs
+    elif p.retrain == "late_rewind":
+        per_round = t.epochs - p.rewind_epoch
+    else:
+        per_round = t.epochs
+    return t.epochs + p.rounds * per_round
+
+
+def _per_example(cfg: RunConfig, teacher: RunConfig | None) -> tuple[float, float, float]:
+    """(student forward, student step = fwd + bwd, teacher forward) FLOPs per example."""
+    key = json.dumps([model_key(cfg), model_key(teacher) if teacher else None])
+    if key not in _STEP_CACHE:
+        import torch
+
+        from dsd2.flops import step_flops
+
+        model = meta_model(cfg)
+        tmodel = meta_model(teacher) if teacher is not None else None
+        shape = DATASET_SHAPES[dataset_key(cfg)]["shape"]
+        batch = torch.zeros((2, *shape), device="meta")
+        step = step_flops(model, batch, teacher=tmodel)
+        _STEP_CACHE[key] = (step.fwd_per_example, (step.dense_fwd + step.dense_bwd) / step.batch_size, step.teacher_fwd_per_example)
+    return _STEP_CACHE[key]
+
+
+def _model_label(cfg: RunConfig) -> str:
+    opts = ",".join(f"{k}={value_text(v)}" for k, v in cfg.model.options.items())
+    return f"{cfg.model.name}({opts})" if opts else cfg.model.name
+
+
+def _run_estimate(cfg: RunConfig, role: str, teacher: RunConfig | None, gpu_tflops: float) -> dict[str, Any]:
+    fwd, step, tfwd = _per_example(cfg, teacher)
+    n = train_examples(cfg)
+    ep = epochs_total(cfg)
+    flops = (step + tfwd) * n * ep
+    paper = (1.5 * fwd + 0.5 * tfwd) * n * ep  # 3 x student MACs + 1 x teacher MACs per example
+    return {
+        "role": role,
+        "run": cfg.name,
+        "model": _model_label(cfg),
+        "dataset": cfg.dataset.name,
+        "train_examples": n,
+        "epochs_total": ep,
+        "rounds": cfg.prune.rounds,
+        "fwd_flops_per_example": fwd,
+        "step_flops_per_example": step + tfwd,
+        "teacher_fwd_flops_per_example": tfwd,
+        "pflops": flops / 1e15,
+        "paper_pflops": paper / 1e15,
+        "gpu_hours": flops / (gpu_tflops * 1e12) / 3600.0,
+    }
+
+
+def _cell_runs(spec: SweepSpec, cell: Cell, gpu_tflops: float) -> list[tuple[str, dict[str, Any]]]:
+    """(unique key, estimate) of each run of ``cell``: a shared teacher has one key."""
+    if not spec.pipeline:
+        return [("run:" + cell.name, _run_estimate(cell.config, "run", None, gpu_tflops))]
+    assert cell.teacher_config is not None
+    return [
+        ("teacher:" + cell.teacher_config.run_id(), _run_estimate(cell.teacher_config, "teacher", None, gpu_tflops)),
+        ("student:" + cell.name, _run_estimate(cell.config, "student", cell.teacher_config, gpu_tflops)),
+    ]
+
+
+def estimate_cost(spec: SweepSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, cells: list[Cell] | None = None) -> dict[str, Any]:
+    """Training FLOPs of every cell, estimated before running (no data loaded, no training).
+
+    Per run: the model is built on the meta device; :func:`dsd2.flops.step_flops` counts one
+    training step on a batch of 2 (forward + backward, 2 FLOPs per multiply-add; KD students
+    add the teacher's forward); × training examples × epochs over all ``rounds + 1`` rounds.
+    Dense FLOPs (sparsity not credited: unstructured sparsity does not speed up GPU
+    training), evaluation and entropy passes left out (< 1% at 160 epochs), early stopping not
+    anticipated: an upper bound. ``paper_pflops`` is the paper's convention (3 × MACs per
+    example, 1 × for the teacher forward). GPU-hours assume ``gpu_tflops`` TFLOP/s effective
+    (default :data:`DEFAULT_GPU_TFLOPS`, an assumption, not measured). A teacher shared by
+    several pipeline cells counts once in the totals.
+    """
+    if not gpu_tflops > 0:
+        raise UserError(f"gpu_tflops must be > 0, got {gpu_tflops}")
+    cells = expand(spec) if cells is None else cells
+    per_cell = []
+    unique: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        try:
+            keyed = _cell_runs(spec, cell, gpu_tflops)
+        except UserError as err:
+            raise cell_error(spec, cell.name, cell.params, str(err), what=", cost estimate") from None
+        for key, run in keyed:
+            unique.setdefault(key, run)
+        runs = [run for _, run in keyed]
+        per_cell.append(
+            {
+                "cell": cell.name,
+                "params": cell.params,
+                "runs": runs,
+                "pflops": sum(r["pflops"] for r in runs),
+                "paper_pflops": sum(r["paper_pflops"] for r in runs),
+                "gpu_hours": sum(r["gpu_hours"] for r in runs),
+            }
+        )
+    return {
+        "sweep": spec.name,
+        "gpu_tflops": gpu_tflops,
+        "assumption": (
+            f"GPU-hours assume {gpu_tflops:g} TFLOP/s effective training throughput (2 FLOPs per multiply-add). "
+            "Not measured: no GPU was available when this default was set; time one epoch on your GPU and pass --gpu-tflops."
+        ),
+        "convention": "dense training FLOPs (fwd + bwd, + teacher fwd for KD), all rounds, no early stop, evaluation excluded",
+        "cells": per_cell,
+        "runs": len(unique),
+        "total_pflops": sum(r["pflops"] for r in unique.values()),
+        "total_paper_pflops": sum(r["paper_pflops"] for r in unique.values()),
+        "total_gpu_hours": sum(r["gpu_hours"] for r in unique.values()),
+    }
+
+
+def _num(x: float) -> str:
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def format_cost(estimate: dict[str, Any]) -> str:
+    """A plain-text table of :func:`estimate_cost`'s result (one line per run)."""
+    header = ("cell", "role", "model", "epochs", "examples", "GFLOP/ex-step", "PFLOPs", "GPU-h")
+    lines_data = []
+    seen = set()
+    for c in estimate["cells"]:
+        for r in c["runs"]:
+            shared = r["role"] == "teacher" and r["run"] in seen
+            seen.add(r["run"])
+            lines_data.append(
+                (
+                    c["cell"],
+                    r["role"] + (" (shared)" if shared else ""),
+                    r["model"],
+                    str(r["epochs_total"]),
+                    str(r["train_examples"]),
+                    f"{r['step_flops_per_example'] / 1e9:.4g}",
+                    _num(r["pflops"]),
+                    _num(r["gpu_hours"]),
+                )
+            )
+    widths = [max(len(h), *(len(row[i]) for row in lines_data)) if lines_data else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
+    out = [f"Cost estimate for sweep {estimate['sweep']} ({estimate['convention']}):", fmt.format(*header)]
+    out += [fmt.format(*row) for row in lines_data]
+    out.append(
+        f"total: {estimate['runs']} runs, {_num(estimate['total_pflops'])} PFLOPs "
+        f"(paper convention 3×MACs: {_num(estimate['total_paper_pflops'])} PFLOPs), "
+        f"≈ {_num(estimate['total_gpu_hours'])} GPU-hours at {estimate['gpu_tflops']:g} TFLOP/s"
+    )
+    out.append(estimate["assumption"])
+    return "\n".join(out)

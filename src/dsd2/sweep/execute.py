@@ -1,0 +1,75 @@
+"""What a worker runs for one job: resume or start one IMP run, and say how it went.
+
+``Task`` and ``Outcome`` are plain data, so they cross process boundaries (Ray pickles them);
+:func:`run_task` never raises for a failing run: the sweep goes on and reports it per cell.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from dsd2.config import validate_config
+from dsd2.errors import UserError
+
+if TYPE_CHECKING:
+    from dsd2.rundir import RoundRow
+
+
+@dataclass(frozen=True)
+class Task:
+    """One attempt at one run: the resolved config, its run directory, torch threads."""
+
+    config: dict[str, Any]
+    run_dir: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended. ``error`` is one line for the tables; ``traceback`` is kept for
+    unexpected exceptions only (a UserError explains itself)."""
+
+    ok: bool
+    error: str | None = None
+    traceback: str | None = None
+    wall_s: float = 0.0
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    # the sequential backend runs in the caller's process: give its thread count back
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_task(task: Task, on_round: Callable[[RoundRow], None] | None = None) -> Outcome:
+    """Run (or resume: ``imp.run`` continues from the last finished round) the run of ``task``.
+
+    ``on_round(row)`` is passed to ``imp.run``: it is called after every finished round.
+    """
+    t0 = time.perf_counter()
+    try:
+        from dsd2 import imp
+
+        with _torch_threads(task.threads):
+            cfg = validate_config(task.config, source="sweep cell config")
+            run_dir = Path(task.run_dir)
+            imp.run(cfg, run_dir.parent, run_dir=run_dir, on_round=on_round)
+        return Outcome(ok=True, wall_s=time.perf_counter() - t0)
+    except UserError as err:
+        return Outcome(ok=False, error=str(err), wall_s=time.perf_counter() - t0)
+    except Exception as err:  # noqa: BLE001 - reported per cell, the sweep goes on
+        return Outcome(
+            ok=False, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(), wall_s=time.perf_counter() - t0
+        )

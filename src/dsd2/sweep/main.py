@@ -1,0 +1,99 @@
+"""``dsd2 sweep``: the cost estimate, the run, and the table of cells, for a terminal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dsd2.errors import UserError
+from dsd2.sweep.aggregate import SweepResult
+from dsd2.sweep.cost import DEFAULT_GPU_TFLOPS, estimate_cost, format_cost
+from dsd2.sweep.run import run_sweep
+from dsd2.sweep.spec import Cell, expand, load_sweep
+
+
+def _pct(v: Any) -> str:
+    return "" if v is None else f"{100 * v:.2f}"
+
+
+class _Progress:
+    """Prints ``[done/total] cell: status``; a cell counts as done once finished, failed or skipped."""
+
+    def __init__(self, console: Any, total: int) -> None:
+        self.console = console
+        self.total = total
+        self.done = 0
+
+    def __call__(self, cell: Cell, status: str) -> None:
+        if status in ("finished", "failed", "skipped"):
+            self.done += 1
+        self.console.print(f"[{self.done}/{self.total}] {cell.name}: {status}", highlight=False, markup=False)
+
+
+def _cells_table(result: SweepResult, out: str | Path):
+    from rich.table import Table
+
+    spec = result.spec
+    table = Table(title=f"sweep {spec.name}")
+    table.add_column("cell")
+    table.add_column("status")
+    table.add_column("tries", justify="right")
+    prefixes = ["teacher_", "student_"] if spec.pipeline else [""]
+    for p in prefixes:
+        who = p.rstrip("_") + " " if p else ""
+        table.add_column(f"{who}best acc %", justify="right")
+        table.add_column(f"{who}@ sparsity %", justify="right")
+        table.add_column(f"{who}dip pt", justify="right")
+    table.add_column(f"run dir (in {Path(out)}) / error")
+    for cell, row in zip(result.cells, result.summary):
+        status = "skipped (done)" if cell.skipped else cell.status
+        vals = []
+        for p in prefixes:
+            dip = row.get(f"{p}dip_depth")
+            vals += [_pct(row.get(f"{p}best_acc")), _pct(row.get(f"{p}best_sparsity")), "" if dip is None else f"{100 * dip:.2f}"]
+        table.add_row(cell.name, status, str(cell.attempts), *vals, cell.error or Path(cell.run_dir).name)
+    return table
+
+
+def sweep_main(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | Path = "runs",
+    backend: str = "ray",
+    address: str | None = None,
+    max_parallel: int | None = None,
+    dry_run: bool = False,
+    *,
+    gpu_tflops: float = DEFAULT_GPU_TFLOPS,
+    console: Any = None,
+) -> int:
+    """``dsd2 sweep``: print the cost estimate, run (unless ``dry_run``), print the cells.
+
+    Returns 0 when every cell finished (or on a dry run), 1 when some failed. UserErrors
+    (bad sweep file, bad cell config) propagate for the CLI to print.
+    """
+    from rich.console import Console
+
+    console = console or Console()
+    spec = load_sweep(path, list(overrides))
+    cells = expand(spec)
+    try:
+        cost = format_cost(estimate_cost(spec, gpu_tflops=gpu_tflops, cells=cells))
+    except UserError as err:  # e.g. a dataset without a known input shape: run anyway
+        cost = f"cost estimate unavailable: {err}"
+    console.print(cost, highlight=False, markup=False, soft_wrap=True)
+    if dry_run:
+        console.print(f"dry run: {len(cells)} cells of sweep {spec.name}, nothing started (out: {out})", markup=False)
+        return 0
+    progress = _Progress(console, len(cells))
+    result = run_sweep(spec, out=out, backend=backend, address=address, max_parallel=max_parallel, on_event=progress)
+    console.print(_cells_table(result, out))
+    console.print(f"summaries: {result.sweep_dir}/summary.csv, summary_by_point.csv, all_rounds.csv, sweep.json", markup=False)
+    if any(c.status == "finished" for c in result.cells):
+        from dsd2.report.sweep import write_sweep_report
+
+        console.print(f"report: {write_sweep_report(result.sweep_dir)}", markup=False)
+    if not result.ok:
+        console.print(f"{len(result.failed)} of {len(result.cells)} cells failed; run the sweep again to retry them (finished runs are skipped)", markup=False)
+        return 1
+    return 0
