@@ -1,5 +1,6 @@
-"""Sweeps: grid expansion and validation, Ray and sequential backends, skip, retry/resume,
-failure reporting, summaries, and the pre-run cost estimate."""
+"""Sweeps: grid expansion and validation, scheduling, Ray and sequential backends, skip, retry/resume,
+failure reporting, summaries, and the pre-run cost estimate. Failures are injected from outside
+the sweep (tests/sweep_fakes.py): a fake backend, and a Ray worker that dies mid-run."""
 
 import io
 import json
