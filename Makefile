@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine:
 #   make demo   installs into .venv, fetches Fashion-MNIST if needed, runs the CPU study, writes a report
-#   make test   installs into .venv and runs the test suite
+#   make test   installs into .venv and runs the whole test suite
+# For the edit loop: make test-fast (skips tests marked slow).
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs
 
-.PHONY: venv demo test data bench clean browser
+.PHONY: venv demo test test-fast data bench clean browser bank
 
 venv: $(VENV)/.installed
 
@@ -41,6 +42,15 @@ browser:
 
 test: venv browser
 	$(BIN)/pytest
+
+test-fast: venv
+	$(BIN)/pytest -m "not slow" -x
+
+# Re-measure the curve bank (about 1.5 h on 2 cores) and regenerate its tables in the docs.
+bank: venv data
+	$(BIN)/python benchmarks/curve_bank.py --out $(OUT)/bank --jobs 2
+	$(BIN)/dsd2 stop-rules tests/data/curves --write docs/stop_rules.md
+	$(BIN)/dsd2 stop-rules tests/data/curves --write README.md
 
 bench: venv
 	$(BIN)/python benchmarks/train_throughput.py

@@ -4,7 +4,9 @@ import pytest
 
 from dsd2.cli import main
 
-TINY = ["train.epochs=1", "prune.rounds=2", "prune.rate=0.5", "model.hidden=[16, 16]", "dataset.val_size=300", "-q"]
+from conftest import TINY as TINY_RUN
+
+TINY = [*TINY_RUN, "-q"]
 
 
 @pytest.fixture(scope="module")

@@ -10,15 +10,19 @@ import pytest
 import torch
 
 from dsd2 import imp, store
-from dsd2.config import load_config
 from dsd2.errors import UserError
 from dsd2.prune import full_masks
 
-TINY = ["train.epochs=2", "prune.rounds=3", "prune.rate=0.5", "model.hidden=[32, 32]", "dataset.val_size=300", "entropy.batch_size=700"]
+from conftest import TINY as TINY_RUN
+from conftest import tiny_config
+
+# Two epochs and three rounds: resume and kill tests need an epoch boundary inside a round.
+IMP = ["train.epochs=2", "prune.rounds=3", "model.hidden=[32, 32]", "entropy.batch_size=700"]
+TINY = [*TINY_RUN, *IMP]
 
 
 def tiny(*extra):
-    return load_config("tiny_mnist1d", TINY + list(extra))
+    return tiny_config(*IMP, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +94,7 @@ def test_resume_after_interruption_gives_identical_rounds(finished, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume(finished, tmp_path):
     """A real SIGKILL while round 2 trains; `dsd2 resume` finishes with the same rounds.csv."""
     cfg, ref_dir = finished
@@ -226,6 +231,7 @@ def _progress(run_dir):
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_resumes_to_identical_results(tmp_path):
     """Kill -9 at 5+ random moments (mid-epoch, mid-checkpoint, between rounds); every resume
     continues from the last epoch checkpoint and the end result equals an uninterrupted run."""

@@ -6,7 +6,7 @@ from dsd2 import compare, pipeline, store
 from dsd2.config import load_config
 from dsd2.errors import UserError
 
-TINY = ["train.epochs=1", "prune.rounds=2", "prune.rate=0.5", "model.hidden=[16, 16]", "dataset.val_size=300"]
+from conftest import TINY
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,7 @@ def test_decide_errors(tmp_path):
         compare.load_rows(tmp_path)
 
 
+@pytest.mark.slow
 def test_parallel_pipelines_match_the_in_process_pipeline(pair, tmp_path, capfd):
     """Two pipelines in worker processes (the demo's path): same numbers as in-process, one
     progress line per round on stderr."""

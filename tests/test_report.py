@@ -32,7 +32,9 @@ from dsd2.report import (
 )
 from dsd2.report.figures import setup_sparsity_axis
 
-BASE = ["train.epochs=1", "prune.rounds=3", "prune.rate=0.5", "model.hidden=[16,16]", "dataset.val_size=300"]
+from conftest import TINY
+
+BASE = [*TINY, "prune.rounds=3"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -320,6 +322,7 @@ def test_every_string_from_files_is_escaped(study, tmp_path):
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(report, tmp_path):
     _, index = report

@@ -27,14 +27,9 @@ from dsd2.sweep import (
     sweep_main,
 )
 
-TINY = [
-    "train.epochs=1",
-    "prune.rounds=2",
-    "prune.rate=0.5",
-    "model.hidden=[16, 16]",
-    "dataset.val_size=300",
-    "entropy.enabled=false",
-]
+from conftest import TINY as TINY_RUN
+
+TINY = [*TINY_RUN, "entropy.enabled=false"]
 FAIL_CELL = "tiny_demo_seed-1_rate-0.1"
 ROUNDS = 2
 
@@ -239,6 +234,7 @@ def ray_sweep(ray_session, tmp_path_factory):
     return spec, out, res, events
 
 
+@pytest.mark.slow
 def test_ray_sweep_outputs(ray_sweep):
     spec, out, res, events = ray_sweep
     assert res.ok, [c.errors for c in res.cells]
@@ -288,6 +284,7 @@ def _mtimes(run_dirs):
     return {str(p): p.stat().st_mtime_ns for d in run_dirs for p in Path(d).rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_cells(ray_sweep):
     spec, out, res, _ = ray_sweep
     before = _mtimes(c.run_dir for c in res.cells)
@@ -299,6 +296,7 @@ def test_rerun_skips_finished_cells(ray_sweep):
     assert again.summary_by_point == res.summary_by_point
 
 
+@pytest.mark.slow
 def test_sequential_backend_matches_ray_and_resume(ray_sweep, tmp_path):
     spec, _, res, _ = ray_sweep
     seq = run_sweep(spec, out=tmp_path, backend="sequential")
@@ -312,6 +310,7 @@ def test_sequential_backend_matches_ray_and_resume(ray_sweep, tmp_path):
     assert seq.summary_by_point == res.summary_by_point
 
 
+@pytest.mark.slow
 def test_failing_cell_reported_others_finish(ray_session, tmp_path):
     # val_size=5000 leaves no MNIST-1D training samples: that cell fails at every attempt
     path = write_sweep(
@@ -335,6 +334,7 @@ def test_failing_cell_reported_others_finish(ray_session, tmp_path):
     assert len(store.read_csv(tmp_path / "runs" / "bad" / "summary_by_point.csv")) == 1  # finished cells only
 
 
+@pytest.mark.slow
 def test_pipeline_sweep_shares_teacher(ray_session, tmp_path):
     path = write_sweep(
         tmp_path / "kd.yaml", name="kd", base="tiny_mnist1d", overrides=TINY, pipeline=True,

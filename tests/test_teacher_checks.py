@@ -8,11 +8,11 @@ from dsd2 import imp, pipeline, store
 from dsd2.config import load_config
 from dsd2.errors import UserError
 
-TINY = ["train.epochs=1", "prune.rounds=2", "prune.rate=0.5", "model.hidden=[16]", "dataset.val_size=300", "entropy.enabled=false"]
+from conftest import tiny_config
 
 
 def tiny(*extra):
-    return load_config("tiny_mnist1d", TINY + list(extra))
+    return tiny_config("model.hidden=[16]", "entropy.enabled=false", *extra)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,25 @@
+"""Shared settings of the test suite: the tiny run every end-to-end test starts from.
+
+A tiny run is the `tiny_mnist1d` preset (an MLP on locally generated MNIST-1D) cut to seconds:
+one epoch, two pruning rounds that halve the weights, a 16-16 hidden layer, 300 validation
+samples. Tests add their own overrides after these (later overrides win).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dsd2.config import RunConfig, load_config
+
+TINY = ["train.epochs=1", "prune.rounds=2", "prune.rate=0.5", "model.hidden=[16, 16]", "dataset.val_size=300"]
+
+
+def tiny_config(*extra: str) -> RunConfig:
+    """The tiny run's config with ``extra`` overrides applied last."""
+    return load_config("tiny_mnist1d", TINY + list(extra))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """Factory fixture: ``tiny("seed=1", ...)`` gives the tiny run's config with overrides."""
+    return tiny_config
