@@ -371,3 +371,23 @@ def test_normalisation_override(tmp_path):
         tiny("dataset.mean=[0.5]")
     with pytest.raises(UserError, match="channel"):
         imp.prepare(tiny("dataset.mean=[0.5, 0.5]", "dataset.std=[1.0, 1.0]"), tmp_path / "b")
+
+
+def test_a_hand_edited_config_is_refused_on_resume(finished, tmp_path):
+    """Editing config.yaml between sessions would train later rounds with another config."""
+    import shutil
+
+    import yaml
+
+    cfg, run_dir = finished
+    edited = tmp_path / "edited"
+    shutil.copytree(run_dir, edited)
+    shutil.rmtree(store.round_dir(edited, 3))
+    data = yaml.safe_load((edited / "config.yaml").read_text())
+    data["train"]["lr"] = 0.5
+    (edited / "config.yaml").write_text(yaml.safe_dump(data))
+    before = (edited / "rounds.csv").read_bytes()
+    with pytest.raises(UserError, match="was edited after the run started.*--lr-scale"):
+        imp.resume(edited)
+    assert (edited / "rounds.csv").read_bytes() == before
+    assert not store.round_dir(edited, 3).exists()

@@ -29,7 +29,7 @@ from torch import nn
 
 from dsd2 import __version__, checkpoint, rundir, store
 from dsd2.compare import decide, selection_column
-from dsd2.config import RunConfig
+from dsd2.config import RunConfig, config_hash
 from dsd2.data import DataSplits, load_dataset
 from dsd2.distill import KDObjective, load_teacher
 from dsd2.entropy import activation_entropy
@@ -86,6 +86,7 @@ def run_metadata(cfg: RunConfig) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "seed": cfg.seed,
+        "config_hash": config_hash(cfg),  # resume refuses a config.yaml edited since
         "data_seed": data_seed(cfg),
         "init_seed": init_seed(cfg),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -262,6 +263,14 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
     if not (run_dir / rundir.CONFIG).exists():
         return
     saved = rundir.read_config(run_dir)
+    meta = run_dir / rundir.META
+    recorded = store.read_json(meta).get("config_hash") if meta.is_file() else None
+    if recorded is not None and config_hash(saved) != recorded:
+        raise UserError(
+            f"{run_dir / rundir.CONFIG} was edited after the run started (its hash {config_hash(saved)} is not the recorded "
+            f"{recorded}): finished rounds were trained with another config. Start a new run with the changed config "
+            "(`dsd2 run CONFIG`), or, to retry a diverged run with a lower learning rate, `dsd2 resume RUN_DIR --lr-scale 0.1`"
+        )
     if saved.run_id() != cfg.run_id():
         raise UserError(
             f"{run_dir} holds a run of a different config ({saved.run_id()}); "
