@@ -137,6 +137,23 @@ def read_config(run_dir: str | Path, *, hint: str = "give the folder `dsd2 run` 
     return validate_config(store.read_yaml_file(path), source=str(path))
 
 
+EARLY_STOP = "early_stop.json"
+
+
+def stopped_at(run_dir: str | Path) -> int | None:
+    """The round at which the run's online early-stop rule ended it (None: it did not)."""
+    path = Path(run_dir) / EARLY_STOP
+    if not path.is_file():
+        return None
+    decision = store.read_json(path)
+    return decision.get("stop_round") if isinstance(decision, dict) else None
+
+
+def is_complete(cfg: RunConfig, done: int, run_dir: str | Path) -> bool:
+    """Every configured round is finished (``done`` of them), or the early-stop rule ended the run."""
+    return done >= cfg.prune.rounds + 1 or (cfg.early_stop.rule != "none" and done > 0 and stopped_at(run_dir) is not None)
+
+
 def read_rounds(run_dir: str | Path) -> list[RoundRow]:
     """The rows of ``rounds.csv`` (a table anyone can edit; see :func:`read_finished`)."""
     path = Path(run_dir) / ROUNDS_CSV

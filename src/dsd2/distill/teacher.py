@@ -43,8 +43,7 @@ def _teacher_state(run_dir: Path, rounds_configured: int) -> tuple[list[rundir.R
     if store.is_locked(run_dir):
         return rows, f"it is still running (another dsd2 process holds {run_dir / '.lock'})"
     if len(rows) < rounds_configured + 1:
-        es = run_dir / "early_stop.json"
-        if es.is_file() and store.read_json(es).get("stop_round") is not None:
+        if rows and rundir.stopped_at(run_dir) is not None:
             return rows, f"its early_stop rule stopped it at round {rows[-1].round} of {rounds_configured}"
         return rows, f"it has {len(rows)} of {rounds_configured + 1} rounds (unfinished; `dsd2 resume {run_dir}` finishes it)"
     return rows, None

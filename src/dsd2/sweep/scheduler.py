@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
-from dsd2 import store
+from dsd2 import rundir
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
 from dsd2.sweep.backends import Backend
@@ -95,21 +95,12 @@ def build_jobs(spec: SweepSpec, cells: list[Cell], out: Path) -> tuple[dict[str,
 def run_is_finished(cfg: RunConfig, run_dir: Path) -> bool:
     """True when ``run_dir`` holds every round of ``cfg`` (or its early stop fired)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    if not (run_dir / rundir.CONFIG).is_file():
         return False
     try:
-        done = store.finished_rounds(run_dir)
+        return rundir.is_complete(cfg, len(rundir.finished_rounds(run_dir)), run_dir)
     except UserError:
-        return False  # a corrupt round: let the run itself report it
-    if len(done) >= cfg.prune.rounds + 1:
-        return True
-    es = run_dir / "early_stop.json"
-    if cfg.early_stop.rule != "none" and done and es.is_file():
-        try:
-            return store.read_json(es).get("stop_round") is not None
-        except UserError:
-            return False
-    return False
+        return False  # a corrupt round or decision file: let the run itself report it
 
 
 def skip_finished(jobs: dict[str, Job]) -> list[Job]:
