@@ -271,10 +271,10 @@ def _by_accuracy(acc, fit, finished, tol, fit_tol, why: str) -> Phases:
     if not finished:
         # a fall after Light is a Critical dip if it recovers and a collapse if not: not yet known
         return Phases(labels[:light] + [UNDETERMINED] * (n - light), "accuracy", note)
-    peak = _argmax_last(acc, light, n)
-    trough = _argmin_last(acc, light, peak) if peak > light else None
+    # the dip = the round after Light from which accuracy recovers the most (later best − it)
+    rise, trough = max(((max(acc[t + 1 :]) - acc[t], t) for t in range(light, n - 1)), default=(0.0, light))
     sweet = light
-    if trough is not None and acc[trough] < acc[peak] - tol:
+    if rise > tol:
         sweet = trough + 1
         labels = labels[:light] + ["critical"] * (sweet - light) + ["sweet"] * (n - sweet)
     return Phases(_tail(labels, _collapse_start(acc, fit, sweet, tol, fit_tol), True), "accuracy", note)
