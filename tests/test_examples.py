@@ -8,12 +8,11 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_custom_model_example(tmp_path, capsys, monkeypatch):
-    from dsd2.models import registry
+    from dsd2.models import MODELS
 
-    # the example registers a model: keep that registration out of the other tests
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(sys, "argv", ["custom_model.py", "--out", str(tmp_path), "--rounds", "1"])
-    runpy.run_path(str(EXAMPLES / "custom_model.py"), run_name="__main__")
+    with MODELS.snapshot():  # the example registers a model: keep that registration out of the other tests
+        runpy.run_path(str(EXAMPLES / "custom_model.py"), run_name="__main__")
     out = capsys.readouterr().out
     assert "round 0: sparsity 0.0%" in out and "round 1: sparsity 50.0%" in out
     from dsd2 import store

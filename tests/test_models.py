@@ -75,7 +75,7 @@ def test_register_custom_model_and_validate_its_options():
         with pytest.raises(UserError, match="width=4"):
             build_model("tmp_test_model", num_classes=3, depth=2)
     finally:
-        registry_module._REGISTRY.pop("tmp_test_model", None)
+        registry_module.MODELS.unregister("tmp_test_model")
     with pytest.raises(TypeError):
         register_model("tmp_bad")(lambda num_classes, in_channels, input_size, x: nn.Identity())
     assert "tmp_bad" not in list_models()

@@ -200,11 +200,12 @@ def presets() -> None:
 @app.command()
 def models() -> None:
     """List the registered models and their options."""
-    from dsd2.models import list_models, model_options
+    from dsd2.models import MODELS, list_models, model_options
 
-    table = Table("model", "options (defaults)")
+    table = Table("model", "options (defaults)", "designed for input")
     for name in list_models():
-        table.add_row(name, ", ".join(f"{k}={v!r}" for k, v in model_options(name).items()))
+        shape = MODELS.metadata(name).get("input_shape")
+        table.add_row(name, ", ".join(f"{k}={v!r}" for k, v in model_options(name).items()), "×".join(map(str, shape)) if shape else "")
     console.print(table)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from dsd2 import rundir, store
 from dsd2.errors import UserError
 from dsd2.phases import StopDecision, entropy_early_stop, plain_early_stop
+from dsd2.registry import STOP_RULES
 from dsd2.rundir import RoundRow
 
 # The entropy rule's parameters, chosen from the measured demo curves (README, "The demo").
@@ -53,25 +54,43 @@ def selection_column(rows: list[dict[str, Any]]) -> str:
 def decide(
     rows: list[dict[str, Any]], rule: str, *, tolerance: float = 0.0, patience: int = 1, select: str = "best", **entropy_params: Any
 ) -> StopDecision | None:
-    """The decision of ``rule`` ("plain", "entropy" or "none") on a run's rows.
+    """The decision of the registered stop rule ``rule`` ("plain", "entropy" or "none", see
+    :data:`dsd2.registry.STOP_RULES`) on a run's rows.
 
     ``select="best"`` returns the most accurate round trained; ``"last_good"`` the sparsest
     round before the drop that stopped pruning (with a tolerance: the most compressed model
     within ``tolerance`` of the best so far).
     """
+    stop_rule = STOP_RULES.get(rule)
     col = selection_column(rows)
     acc = [r[col] for r in rows]
-    if rule == "none":
-        return None
-    if rule == "plain":
-        return plain_early_stop(acc, tolerance=tolerance, patience=patience, select=select)
-    if rule == "entropy":
-        ent = [r.get("entropy") for r in rows]
-        if any(h is None for h in ent):
-            raise UserError("the entropy rule needs the entropy column (run with entropy.enabled=true)")
-        params = {**ENTROPY_RULE_DEFAULTS, **entropy_params}
-        return entropy_early_stop(acc, ent, tolerance=tolerance, patience=patience, select=select, **params)
-    raise UserError(f"unknown stop rule {rule!r}: use plain, entropy or none")
+    ent = [r.get("entropy") for r in rows]
+    return stop_rule(acc, ent, tolerance=tolerance, patience=patience, select=select, **entropy_params)
+
+
+# The built-in stop rules, registered by name in dsd2.registry.STOP_RULES:
+# rule(acc, entropy, *, tolerance, patience, select, **params) -> StopDecision | None (None: no decision).
+
+
+def no_stop(acc: list[float], entropy: list[float | None], **_: Any) -> None:
+    """``none``: no rule, every round is trained."""
+    return None
+
+
+def plain_stop(
+    acc: list[float], entropy: list[float | None], *, tolerance: float, patience: int, select: str, **_: Any
+) -> StopDecision:
+    """``plain``: :func:`dsd2.phases.plain_early_stop` (entropy parameters are ignored)."""
+    return plain_early_stop(acc, tolerance=tolerance, patience=patience, select=select)
+
+
+def entropy_stop(
+    acc: list[float], entropy: list[float | None], *, tolerance: float, patience: int, select: str, **params: Any
+) -> StopDecision:
+    """``entropy``: :func:`dsd2.phases.entropy_early_stop` with :data:`ENTROPY_RULE_DEFAULTS` under ``params``."""
+    if any(h is None for h in entropy):
+        raise UserError("the entropy rule needs the entropy column (run with entropy.enabled=true)")
+    return entropy_early_stop(acc, entropy, tolerance=tolerance, patience=patience, select=select, **{**ENTROPY_RULE_DEFAULTS, **params})
 
 
 def best_round(rows: list[dict[str, Any]], column: str | None = None) -> int:

@@ -10,14 +10,28 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsd2.errors import UserError
+from dsd2.registry import OPTIMIZERS, PRUNING_METHODS, RETRAIN_MODES, SCHEDULES, STOP_RULES, Registry
 
 PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def _registered(registry: Registry[Any]) -> Any:
+    """A name field checked against ``registry`` (normalised to its registered spelling). The
+    registries hold names without importing torch, so this runs before anything heavy loads."""
+    return Annotated[str, AfterValidator(registry.canonical)]
+
+
+PruningMethodName = _registered(PRUNING_METHODS)
+RetrainModeName = _registered(RETRAIN_MODES)
+OptimizerName = _registered(OPTIMIZERS)
+ScheduleName = _registered(SCHEDULES)
+StopRuleName = _registered(STOP_RULES)
 
 
 class _Section(BaseModel):
@@ -94,11 +108,11 @@ class ModelConfig(BaseModel):
 class TrainConfig(_Section):
     epochs: int = Field(160, ge=1, description="Epochs per IMP round (the schedule scales with it).")
     batch_size: int = Field(128, ge=1)
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: OptimizerName = Field("sgd", description=f"Optimizer: {OPTIMIZERS.describe()}.")
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     weight_decay: float = Field(1e-4, ge=0.0)
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    schedule: ScheduleName = Field("multistep", description=f"Learning-rate schedule of a round: {SCHEDULES.describe()}.")
     milestones: list[float] = Field(
         [0.5, 0.75], description="MultiStep milestones as fractions of `epochs` (0.5, 0.75 = epochs 80, 120 of 160)."
     )
@@ -121,19 +135,12 @@ class TrainConfig(_Section):
         return v
 
 
-RetrainMode = Literal["lr_rewind", "finetune", "lottery", "late_rewind", "reinit"]
-
-
 class PruneConfig(_Section):
     rounds: int = Field(34, ge=0, description="IMP rounds after the dense training (round 0).")
     rate: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of the *remaining* weights removed per round.")
-    method: Literal["global_magnitude", "layerwise_magnitude", "random"] = "global_magnitude"
+    method: PruningMethodName = Field("global_magnitude", description=f"Pruning method: {PRUNING_METHODS.describe()}.")
     include_classifier: bool = Field(True, description="Prune the last Linear layer too (the reference does).")
-    retrain: RetrainMode = Field(
-        "lr_rewind",
-        description="lr_rewind: keep weights, restart the schedule (reference); finetune: small constant lr; lottery: rewind to init; "
-        "late_rewind: rewind to the weights of epoch `rewind_epoch`; reinit: fresh random init under the mask.",
-    )
+    retrain: RetrainModeName = Field("lr_rewind", description=f"{RETRAIN_MODES.describe()}.")
     finetune_lr: float = Field(1e-3, gt=0.0, description="Constant lr of the finetune mode.")
     finetune_epochs: int | None = Field(None, ge=1, description="Epochs per finetune round (None: train.epochs).")
     rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
@@ -157,7 +164,7 @@ class EntropyConfig(_Section):
 
 
 class EarlyStopConfig(_Section):
-    rule: Literal["none", "plain", "entropy"] = Field("none", description="Stop pruning online when the rule fires.")
+    rule: StopRuleName = Field("none", description=f"Stop pruning online when the rule fires: {STOP_RULES.describe()}.")
     tolerance: float = Field(0.0, ge=0.0, description="Accuracy drop (fraction) tolerated before counting a drop.")
     patience: int = Field(1, ge=1, description="Consecutive dropped rounds needed to stop.")
     select: Literal["best", "last_good"] = Field(
@@ -274,7 +281,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `dsd2 config` lists the valid keys)"
         lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")

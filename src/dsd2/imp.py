@@ -39,6 +39,7 @@ from dsd2.models import build_model, prunable_weights
 from dsd2.noise import NoisyLabels, apply_label_noise
 from dsd2.phases import label_phases
 from dsd2.prune import Masks, apply_masks, count_alive, full_masks, next_masks, sparsity
+from dsd2.registry import RETRAIN_MODES
 from dsd2.rundir import RoundRow, load_state
 from dsd2.train import Batches, EpochLog, Objective, Schedule, accuracy, cross_entropy, logits_of, predict, train
 
@@ -227,11 +228,8 @@ def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Sched
     base["lr"] = t.lr * lr_scale
     if round_idx == 0:
         return Schedule(**base)
-    if p.retrain == "finetune":
-        return Schedule(**{**base, "epochs": p.finetune_epochs or t.epochs, "lr": p.finetune_lr * lr_scale, "kind": "constant"})
-    if p.retrain == "late_rewind":
-        return Schedule(**{**base, "start_epoch": p.rewind_epoch})
-    return Schedule(**base)
+    mode: RetrainMode = RETRAIN_MODES.get(p.retrain)
+    return Schedule(**(mode.schedule(cfg, base, lr_scale) if mode.schedule is not None else base))
 
 
 def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -444,16 +442,71 @@ class RoundDone(Hook):
         self.fn(row)
 
 
+# ----------------------------------------------------------------------------- retraining modes
+
+
+@dataclass(frozen=True)
+class RetrainMode:
+    """How rounds i >= 1 restart after pruning; registered by name in :data:`dsd2.registry.RETRAIN_MODES`
+    (``prune.retrain``). Round 0 always trains the initialisation with the configured schedule.
+
+    ``restart(ctx, round_idx)`` loads the round's starting weights into ``ctx.model`` (None: keep
+    the trained weights; the masks are applied after it). ``schedule(cfg, base, lr_scale)`` turns
+    round 0's :class:`~dsd2.train.Schedule` arguments into the round's (None: the same).
+    ``hooks(ctx)``: hooks the mode needs (the late-rewind snapshot), run before the others.
+    """
+
+    restart: Callable[[RunContext, int], None] | None = None
+    schedule: Callable[[RunConfig, dict[str, Any], float], dict[str, Any]] | None = None
+    hooks: Callable[[RunContext], list[Hook]] | None = None
+
+
+def _load_run_file(name: str) -> Callable[[RunContext, int], None]:
+    def restart(ctx: RunContext, round_idx: int) -> None:
+        path = ctx.run_dir / name
+        load_state(ctx.model, store.load_tensors(path), path)
+
+    return restart
+
+
+def _fresh_init(ctx: RunContext, round_idx: int) -> None:
+    fresh = make_model(ctx.cfg, ctx.data, round_seed(ctx.cfg.seed, round_idx, stream=3))
+    load_state(ctx.model, fresh.state_dict(), "a fresh initialisation")
+
+
+def _finetune_schedule(cfg: RunConfig, base: dict[str, Any], lr_scale: float) -> dict[str, Any]:
+    p = cfg.prune
+    return {**base, "epochs": p.finetune_epochs or cfg.train.epochs, "lr": p.finetune_lr * lr_scale, "kind": "constant"}
+
+
+def _late_rewind_schedule(cfg: RunConfig, base: dict[str, Any], lr_scale: float) -> dict[str, Any]:
+    return {**base, "start_epoch": cfg.prune.rewind_epoch}
+
+
+def _rewind_snapshot(ctx: RunContext) -> list[Hook]:
+    return [RewindSnapshot(ctx.run_dir, ctx.cfg.prune.rewind_epoch)]
+
+
+# The built-in modes (names and descriptions in dsd2.registry.RETRAIN_MODES).
+LR_REWIND = RetrainMode()  # keep the trained weights, restart the schedule (the reference)
+FINETUNE = RetrainMode(schedule=_finetune_schedule)
+LOTTERY = RetrainMode(restart=_load_run_file("init.safetensors"))
+LATE_REWIND = RetrainMode(restart=_load_run_file("rewind.safetensors"), schedule=_late_rewind_schedule, hooks=_rewind_snapshot)
+REINIT = RetrainMode(restart=_fresh_init)
+
+
 def make_hooks(
     ctx: RunContext,
     *,
     on_round: Callable[[RoundRow], None] | None = None,
     progress: Callable[[int, int, EpochLog], None] | None = None,
 ) -> list[Hook]:
-    """The run's hooks, called in this order (the snapshot is on disk before anyone hears of its epoch)."""
+    """The run's hooks, called in this order (the retraining mode's first: the late-rewind snapshot is
+    on disk before anyone hears of its epoch)."""
     hooks: list[Hook] = []
-    if ctx.cfg.prune.retrain == "late_rewind":
-        hooks.append(RewindSnapshot(ctx.run_dir, ctx.cfg.prune.rewind_epoch))
+    mode: RetrainMode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)
+    if mode.hooks is not None:
+        hooks.extend(mode.hooks(ctx))
     if ctx.cfg.train.tensorboard:
         hooks.append(TensorBoard(ctx.run_dir))
     if progress is not None:
@@ -476,18 +529,9 @@ def prune_step(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
 
 def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:
     """The weights a round starts from: those the retraining mode restarts from, then masked."""
-    mode = ctx.cfg.prune.retrain
-    if round_idx == 0 or mode in ("lr_rewind", "finetune"):
-        pass  # keep the trained weights
-    elif mode == "lottery":
-        path = ctx.run_dir / "init.safetensors"
-        load_state(ctx.model, store.load_tensors(path), path)
-    elif mode == "late_rewind":
-        path = ctx.run_dir / "rewind.safetensors"
-        load_state(ctx.model, store.load_tensors(path), path)
-    elif mode == "reinit":
-        fresh = make_model(ctx.cfg, ctx.data, round_seed(ctx.cfg.seed, round_idx, stream=3))
-        load_state(ctx.model, fresh.state_dict(), "a fresh initialisation")
+    mode: RetrainMode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)
+    if round_idx > 0 and mode.restart is not None:
+        mode.restart(ctx, round_idx)
     apply_masks(ctx.weights, masks)
 
 

@@ -28,6 +28,7 @@ from fractions import Fraction
 import torch
 
 from dsd2.errors import UserError
+from dsd2.registry import normalise_name
 
 NOISE_KINDS = ("none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip")
 
@@ -63,7 +64,7 @@ def default_class_map(dataset_name: str, num_classes: int) -> dict[int, int]:
     """
     if num_classes < 2:
         raise UserError(f"num_classes must be >= 2 for label noise, got {num_classes}")
-    name = dataset_name.strip().lower().replace("-", "_")
+    name = normalise_name(dataset_name)
     if name.startswith("cifar10") and not name.startswith("cifar100") and num_classes == 10:
         return dict(CIFAR10_CLASS_MAP)
     return {c: (c + 1) % num_classes for c in range(num_classes)}

@@ -15,6 +15,8 @@ from typing import Mapping
 
 import torch
 
+from dsd2.registry import PRUNING_METHODS
+
 Masks = dict[str, torch.Tensor]
 
 
@@ -60,8 +62,12 @@ def _drop_smallest(scores: torch.Tensor, alive: torch.Tensor, n_drop: int) -> to
     return new
 
 
-def global_magnitude_masks(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float) -> Masks:
-    """Remove ``round(rate * alive)`` weights of smallest |w| over all layers together (L1 unstructured)."""
+def global_magnitude_masks(
+    weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, generator: torch.Generator | None = None
+) -> Masks:
+    """Remove ``round(rate * alive)`` weights of smallest |w| over all layers together (L1 unstructured).
+
+    ``generator`` is unused (magnitude pruning draws nothing): the signature of every pruning method."""
     _check(weights, masks, rate)
     names = list(weights)
     scores = torch.cat([weights[n].detach().abs().float().flatten().cpu() for n in names])
@@ -70,8 +76,10 @@ def global_magnitude_masks(weights: Mapping[str, torch.Tensor], masks: Mapping[s
     return _unflatten(flat, names, masks)
 
 
-def layerwise_magnitude_masks(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float) -> Masks:
-    """Remove ``round(rate * alive_l)`` weights of smallest |w| in every layer l separately."""
+def layerwise_magnitude_masks(
+    weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, generator: torch.Generator | None = None
+) -> Masks:
+    """Remove ``round(rate * alive_l)`` weights of smallest |w| in every layer l separately (``generator`` unused)."""
     _check(weights, masks, rate)
     out: Masks = {}
     for n, w in weights.items():
@@ -82,9 +90,11 @@ def layerwise_magnitude_masks(weights: Mapping[str, torch.Tensor], masks: Mappin
 
 
 def random_masks(
-    weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, generator: torch.Generator
+    weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, generator: torch.Generator | None = None
 ) -> Masks:
     """Remove ``round(rate * alive)`` alive weights chosen uniformly at random over all layers."""
+    if generator is None:
+        raise ValueError("random pruning needs a generator")
     _check(weights, masks, rate)
     names = list(weights)
     alive = torch.cat([masks[n].flatten().cpu() for n in names])
@@ -110,15 +120,9 @@ def next_masks(
     rate: float,
     generator: torch.Generator | None = None,
 ) -> Masks:
-    if method == "global_magnitude":
-        return global_magnitude_masks(weights, masks, rate)
-    if method == "layerwise_magnitude":
-        return layerwise_magnitude_masks(weights, masks, rate)
-    if method == "random":
-        if generator is None:
-            raise ValueError("random pruning needs a generator")
-        return random_masks(weights, masks, rate, generator)
-    raise ValueError(f"unknown pruning method {method!r}")
+    """The masks of the next round by the registered pruning method ``method``
+    (:data:`dsd2.registry.PRUNING_METHODS`; an unknown name raises UnknownNameError, a ValueError)."""
+    return PRUNING_METHODS.get(method)(weights, masks, rate, generator)
 
 
 @torch.no_grad()

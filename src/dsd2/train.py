@@ -23,6 +23,7 @@ from torch import nn
 from dsd2.data import AugmentSpec, augment_batch, normalize
 from dsd2.errors import UserError
 from dsd2.prune import apply_masks
+from dsd2.registry import OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
     from dsd2.checkpoint import EpochState
@@ -49,33 +50,51 @@ class Schedule:
 
     epochs: int
     lr: float
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"  # a name in dsd2.registry.OPTIMIZERS
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    kind: str = "multistep"  # multistep | cosine | constant
+    kind: str = "multistep"  # a name in dsd2.registry.SCHEDULES: multistep | cosine | constant
     milestones: tuple[float, ...] = (0.5, 0.75)
     lr_decay: float = 0.1
     start_epoch: int = 0  # >0 resumes the schedule mid-way (late rewinding)
 
     def lr_at(self, epoch: int) -> float:
-        if self.kind == "constant":
-            return self.lr
-        if self.kind == "cosine":
-            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
-        passed = sum(1 for m in self.milestones if epoch >= round(m * self.epochs))
-        return self.lr * self.lr_decay**passed
+        """The learning rate of ``epoch`` by the registered schedule ``kind``."""
+        return SCHEDULES.get(self.kind)(self, epoch)
+
+
+# The built-in schedules and optimisers, registered by name in dsd2.registry (SCHEDULES, OPTIMIZERS).
+
+
+def multistep_lr(s: Schedule, epoch: int) -> float:
+    passed = sum(1 for m in s.milestones if epoch >= round(m * s.epochs))
+    return s.lr * s.lr_decay**passed
+
+
+def cosine_lr(s: Schedule, epoch: int) -> float:
+    return s.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / s.epochs))
+
+
+def constant_lr(s: Schedule, epoch: int) -> float:
+    return s.lr
+
+
+# fused kernels: on CPU no faster than for-each (benchmarks/results), kept for CUDA (unmeasured)
+def sgd_optimizer(params: list[nn.Parameter], s: Schedule) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, fused=True)
+
+
+def adam_optimizer(params: list[nn.Parameter], s: Schedule) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)
+
+
+def adamw_optimizer(params: list[nn.Parameter], s: Schedule) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)
 
 
 def make_optimizer(params, s: Schedule) -> torch.optim.Optimizer:
-    # fused kernels: on CPU no faster than for-each (benchmarks/results), kept for CUDA (unmeasured)
-    params = list(params)
-    if s.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, fused=True)
-    if s.optimizer == "adam":
-        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)
-    raise UserError(f"unknown optimizer {s.optimizer!r} (use sgd, adam or adamw)")
+    """The registered optimizer ``s.optimizer`` over ``params``."""
+    return OPTIMIZERS.get(s.optimizer)(list(params), s)
 
 
 @dataclass

@@ -4,7 +4,8 @@ Public API::
 
     load_dataset(name, root, *, val_size=None, train_subset=None, seed=0, download=False, augment=True) -> DataSplits
     list_datasets() -> list[str]
-    register_dataset(name)            # decorator: loader(root, *, download, seed) -> RawDataset
+    register_dataset(name, *, num_classes=, input_shape=, train_size=, test_size=)   # decorator: loader(root, *, download, seed) -> RawDataset
+    DATASETS                          # the registry (dsd2.registry.Registry): names, loaders, metadata
     normalize(x, mean, std) -> Tensor
     augment_batch(x, spec, generator=None) -> Tensor
 
@@ -14,6 +15,7 @@ unpickler), ``fashion_mnist`` (idx files), ``mnist1d`` (generated locally).
 
 from dsd2.data.augment import augment_batch, normalize
 from dsd2.data.core import (
+    DATASETS,
     AugmentSpec,
     DataSplits,
     RawDataset,
@@ -29,6 +31,7 @@ from dsd2.data import fashion as _fashion  # noqa: E402,F401
 from dsd2.data import mnist1d as _mnist1d  # noqa: E402,F401
 
 __all__ = [
+    "DATASETS",
     "AugmentSpec",
     "DataSplits",
     "RawDataset",

@@ -165,11 +165,11 @@ def load_cifar(root: Path | None, layout: CifarLayout, *, download: bool) -> Raw
     )
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", num_classes=10, input_shape=(3, 32, 32), train_size=50000, test_size=10000, default_val_size=5000)
 def _cifar10(root: Path | None, *, download: bool = False, seed: int = 0) -> RawDataset:
     return load_cifar(root, CIFAR10, download=download)
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", num_classes=100, input_shape=(3, 32, 32), train_size=50000, test_size=10000, default_val_size=5000)
 def _cifar100(root: Path | None, *, download: bool = False, seed: int = 0) -> RawDataset:
     return load_cifar(root, CIFAR100, download=download)

@@ -9,6 +9,10 @@ from pathlib import Path
 import torch
 
 from dsd2.errors import UserError
+from dsd2.registry import Registry
+
+# A registered dataset's validation split when its loader names none (capped at a fifth of tiny sets).
+DEFAULT_VAL_SIZE = 5000
 
 
 @dataclass(frozen=True)
@@ -76,39 +80,50 @@ class RawDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     augment: AugmentSpec = AugmentSpec()
-    default_val_size: int = 5000
+    default_val_size: int = DEFAULT_VAL_SIZE
 
 
 # A loader gets the resolved root (or None), whether it may download, and the seed (only
 # generated datasets such as MNIST-1D use it).
 Loader = Callable[..., RawDataset]
-_REGISTRY: dict[str, Loader] = {}
+
+# name -> loader; metadata (what is known without loading, e.g. by the sweep's cost estimate):
+# num_classes, input_shape (one sample: (C, H, W) or (L,)), train_size and test_size (the
+# original sets), default_val_size.
+DATASETS: Registry[Loader] = Registry("dataset")
 
 
-def _canonical(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
-
-
-def register_dataset(name: str, *, overwrite: bool = False) -> Callable[[Loader], Loader]:
+def register_dataset(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    default_val_size: int | None = None,
+    overwrite: bool = False,
+) -> Callable[[Loader], Loader]:
     """Decorator registering ``loader(root: Path | None, *, download: bool, seed: int) -> RawDataset``.
 
     Names are case-insensitive and ``-`` equals ``_``. Registering a taken name raises
-    ``ValueError`` unless ``overwrite=True``.
+    ``ValueError`` unless ``overwrite=True``. The sizes are optional metadata for what runs
+    without loading the data: the sweep's cost estimate needs ``num_classes``, ``input_shape`` and
+    ``train_size`` (``default_val_size`` when the loader's differs from 5000).
     """
-    key = _canonical(name)
-
-    def deco(fn: Loader) -> Loader:
-        if key in _REGISTRY and not overwrite and _REGISTRY[key] is not fn:
-            raise ValueError(f"dataset {key!r} is already registered")
-        _REGISTRY[key] = fn
-        return fn
-
-    return deco
+    sizes = {
+        "num_classes": num_classes,
+        "input_shape": tuple(input_shape) if input_shape is not None else None,
+        "train_size": train_size,
+        "test_size": test_size,
+        "default_val_size": default_val_size,
+    }
+    metadata = {k: v for k, v in sizes.items() if v is not None}
+    return DATASETS.register(name, metadata=metadata, overwrite=overwrite)
 
 
 def list_datasets() -> list[str]:
     """Names of the registered datasets, sorted."""
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def _as_index_tensor(idx: torch.Tensor) -> torch.Tensor:
@@ -176,11 +191,9 @@ def load_dataset(
     empty validation split (the reference protocol).
     ``augment=False`` sets the returned :class:`AugmentSpec` to the identity.
     """
-    key = _canonical(str(name))
-    if key not in _REGISTRY:
-        raise UserError(f"unknown dataset {name!r}; registered datasets: {', '.join(list_datasets())}")
+    key = DATASETS.canonical(name)
     root_path = Path(root).expanduser() if root is not None and str(root) != "" else None
-    raw = _REGISTRY[key](root_path, download=bool(download), seed=int(seed))
+    raw = DATASETS.get(key)(root_path, download=bool(download), seed=int(seed))
     _check_raw(raw, key)
     n = int(raw.train_y.shape[0])
     vs = raw.default_val_size if val_size is None else val_size

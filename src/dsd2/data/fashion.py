@@ -116,7 +116,7 @@ def _labels(path: Path, n: int, num_classes: int) -> np.ndarray:
     return y
 
 
-@register_dataset("fashion_mnist")
+@register_dataset("fashion_mnist", num_classes=10, input_shape=(1, 28, 28), train_size=60000, test_size=10000, default_val_size=5000)
 def _fashion_mnist(root: Path | None, *, download: bool = False, seed: int = 0) -> RawDataset:
     files = find_fashion_files(root, download=download)
     train_x = _images(files["train_x"])

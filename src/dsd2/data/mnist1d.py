@@ -44,7 +44,7 @@ def generate_mnist1d(seed: int) -> dict[str, np.ndarray]:
     return {k: np.array(d[k], copy=True) for k in ("x", "y", "x_test", "y_test")}
 
 
-@register_dataset("mnist1d")
+@register_dataset("mnist1d", num_classes=10, input_shape=(40,), train_size=4000, test_size=1000, default_val_size=500)
 def _mnist1d(root: Path | None, *, download: bool = False, seed: int = 0) -> RawDataset:
     d = generate_mnist1d(seed)
     return RawDataset(

@@ -9,12 +9,13 @@ Registered: ``resnet18_cifar`` (default ``maxpool=True`` = the reference), ``res
 """
 
 from dsd2.models.analysis import count_parameters, macs_per_example, prunable_weights
-from dsd2.models.registry import build_model, list_models, model_options, register_model
+from dsd2.models.registry import MODELS, build_model, list_models, model_options, register_model
 
 # Import the builders so that they register themselves.
 from dsd2.models import lenet, mlp, resnet, vgg  # noqa: E402,F401  isort: skip
 
 __all__ = [
+    "MODELS",
     "build_model",
     "count_parameters",
     "list_models",

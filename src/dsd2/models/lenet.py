@@ -56,14 +56,14 @@ class LeNet5(nn.Module):
         return self.layers(x)
 
 
-@register_model("lenet_300_100")
+@register_model("lenet_300_100", input_shape=(1, 28, 28))
 def lenet_300_100(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
     """LeNet-300-100 MLP on ``in_channels x input_size x input_size`` inputs (266,610
     parameters for 1x28x28 and 10 classes)."""
     return LeNet300100(num_classes, in_channels * input_size * input_size)
 
 
-@register_model("lenet5")
+@register_model("lenet5", input_shape=(1, 28, 28))
 def lenet5(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
     """Classic LeNet-5 (28x28 with padding 2 on the first conv); needs input_size >= 12."""
     if input_size < 12:

@@ -28,7 +28,7 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
-@register_model("mlp")
+@register_model("mlp", input_shape=(40,))
 def mlp(num_classes: int, in_channels: int, input_size: int, hidden: tuple[int, ...] = (512, 512)) -> nn.Module:
     """MLP input_size -> hidden... -> num_classes (MNIST-1D: 40-512-512-10)."""
     if any(h < 1 for h in hidden):

@@ -1,39 +1,44 @@
-"""Model registry: ``register_model``, ``build_model``, ``list_models``, ``model_options``.
+"""Model registry: ``MODELS``, ``register_model``, ``build_model``, ``list_models``, ``model_options``.
 
 A builder is a function ``builder(num_classes, in_channels, input_size, **options)``
 returning an ``nn.Module``. Its keyword options (everything after the three standard
 arguments) must have defaults; ``build_model`` reads them from the signature to validate
-the user's options, to coerce command-line strings (``"true"``, ``"3"``, ``"512,512"``)
-to the default's type, and to say what is accepted when something is wrong.
+the user's options, to convert command-line strings (``"true"``, ``"3"``, ``"512,512"``)
+to the option's type (its annotation, else its default's type) with pydantic, and to say
+what is accepted when something is wrong.
 """
 
 from __future__ import annotations
 
-import difflib
+import functools
 import inspect
+import types
+import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 from torch import nn
 
 from dsd2.errors import UserError
+from dsd2.registry import Registry, did_you_mean
 
 Builder = Callable[..., nn.Module]
 
 _STANDARD_ARGS = ("num_classes", "in_channels", "input_size")
-_REGISTRY: dict[str, Builder] = {}
 
-_TRUE = {"true", "yes", "y", "on", "1"}
-_FALSE = {"false", "no", "n", "off", "0"}
-
-
-def _normalise(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
+# name -> builder; metadata: ``input_shape``, the input the model is designed for (informational).
+MODELS: Registry[Builder] = Registry("model")
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: register ``builder`` under ``name`` (lower case, ``-`` read as ``_``)."""
-    key = _normalise(name)
+def register_model(
+    name: str, *, input_shape: tuple[int, ...] | None = None, overwrite: bool = False
+) -> Callable[[Builder], Builder]:
+    """Decorator: register ``builder`` under ``name`` (lower case, ``-`` read as ``_``).
+
+    ``input_shape``: the input the model is designed for, e.g. ``(3, 32, 32)`` (shown by
+    ``dsd2 models``). A taken name raises unless ``overwrite=True``.
+    """
 
     def decorator(builder: Builder) -> Builder:
         params = inspect.signature(builder).parameters
@@ -48,35 +53,21 @@ def register_model(name: str) -> Callable[[Builder], Builder]:
                     f"model builder {builder.__qualname__}: option {p.name!r} must be a "
                     "named argument with a default"
                 )
-        if key in _REGISTRY and _REGISTRY[key] is not builder:
-            raise ValueError(f"model name {key!r} is already registered")
-        _REGISTRY[key] = builder
-        return builder
+        _option_types(builder)  # an option type pydantic cannot validate fails here, not at build time
+        metadata = {"input_shape": tuple(input_shape)} if input_shape is not None else {}
+        return MODELS.register(name, builder, metadata=metadata, overwrite=overwrite)
 
     return decorator
 
 
 def list_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _lookup(name: str) -> tuple[str, Builder]:
-    if not isinstance(name, str):
-        raise UserError(f"model name must be a string, got {name!r}; choose one of: {', '.join(list_models())}")
-    key = _normalise(name)
-    if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, list_models(), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UserError(
-            f"unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}."
-        )
-    return key, _REGISTRY[key]
+    return MODELS.names()
 
 
 def model_options(name: str) -> dict[str, object]:
     """The options ``name`` accepts and their defaults (for ``--help``-style output)."""
-    _, builder = _lookup(name)
+    builder = MODELS.get(name)
     return {
         p.name: p.default
         for p in inspect.signature(builder).parameters.values()
@@ -90,59 +81,86 @@ def _format_options(options: dict[str, object]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in options.items())
 
 
-def _to_int(item: Any) -> int:
-    """An int from an int, an integral float or a decimal string; ValueError otherwise."""
-    if isinstance(item, bool):
-        raise ValueError(item)
-    if isinstance(item, int):
-        return item
-    if isinstance(item, float) and item.is_integer():
-        return int(item)
-    if isinstance(item, str):
-        return int(item.strip())
-    raise ValueError(item)
+# ----------------------------------------------------------------------------- option types
+# An option's type is its annotation (or its default's type). Pydantic converts values to it,
+# with three command-line additions: "512,512" (or a single integer) is a list, strings are
+# stripped before they are read as numbers or booleans, and a boolean is not an integer.
 
 
-def _coerce(model: str, option: str, value: Any, default: object, accepted: str) -> Any:
-    """Bring ``value`` to the type of ``default``; UserError if that is impossible."""
+def _not_bool_number(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value.strip() if isinstance(value, str) else value
 
-    def bad(expected: str) -> UserError:
-        return UserError(
-            f"model {model!r}: option {option}={value!r} is invalid, expected {expected}. "
-            f"Accepted options (defaults): {accepted}."
-        )
 
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise bad("true or false")
-    if isinstance(default, int):
-        try:
-            return _to_int(value)
-        except ValueError:
-            raise bad("an integer") from None
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise bad("a string")
-    if isinstance(default, tuple):
-        items: Any = value
-        if isinstance(value, str):
-            text = value.strip().strip("()[]").strip()
-            items = [t for t in text.split(",") if t.strip()] if text else []
-        elif isinstance(value, int) and not isinstance(value, bool):
-            items = [value]
-        if not isinstance(items, (list, tuple)):
-            raise bad("a comma-separated list of integers, e.g. 512,512")
-        try:
-            return tuple(_to_int(item) for item in items)
-        except ValueError:
-            raise bad("a comma-separated list of integers, e.g. 512,512") from None
+def _strip(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+def _as_list(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip().strip("()[]").strip()
+        return [t for t in text.split(",") if t.strip()] if text else []
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
     return value
+
+
+_SEQUENCES = (tuple, list)
+
+
+def _cli_type(hint: Any) -> Any:
+    """``hint`` with the command-line conversions above, recursively."""
+    if hint is bool:
+        return Annotated[bool, BeforeValidator(_strip)]
+    if hint in (int, float):
+        return Annotated[hint, BeforeValidator(_not_bool_number)]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in _SEQUENCES and args:
+        inner = tuple(a if a is Ellipsis else _cli_type(a) for a in args)
+        return Annotated[origin[inner], BeforeValidator(_as_list)]
+    if origin in (Union, types.UnionType):
+        return Union[tuple(_cli_type(a) for a in args)]
+    return hint
+
+
+def _hint_from_default(default: Any) -> Any:
+    if default is None:
+        return Any
+    if isinstance(default, tuple) and default and all(type(v) is type(default[0]) for v in default):
+        return tuple[type(default[0]), ...]
+    if isinstance(default, (bool, int, float, str)):
+        return type(default)
+    return Any
+
+
+def _expected(hint: Any) -> str | None:
+    """What a value of ``hint`` looks like, in words (None: let pydantic say it)."""
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if hint in words:
+        return words[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in _SEQUENCES and args and all(a in (int, Ellipsis) for a in args):
+        return "a comma-separated list of integers, e.g. 512,512"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    return None
+
+
+@functools.cache
+def _option_types(builder: Builder) -> dict[str, tuple[Any, TypeAdapter[Any]]]:
+    """Per option of ``builder``: its type and the pydantic adapter that validates a value."""
+    try:
+        hints = typing.get_type_hints(builder)
+    except Exception:  # an annotation that does not resolve: fall back to the defaults' types
+        hints = {}
+    out: dict[str, tuple[Any, TypeAdapter[Any]]] = {}
+    for p in inspect.signature(builder).parameters.values():
+        if p.name in _STANDARD_ARGS:
+            continue
+        hint = hints.get(p.name, _hint_from_default(p.default))
+        out[p.name] = (hint, TypeAdapter(_cli_type(hint), config=ConfigDict(arbitrary_types_allowed=True)))
+    return out
 
 
 def _check_positive_int(name: str, what: str, value: Any) -> int:
@@ -163,10 +181,11 @@ def build_model(
 
     ``input_size`` is the side of square images (or the length L of 1-D inputs for
     ``mlp``). Options are validated against the builder's signature; strings are
-    converted to the default's type, so command-line values work as they are.
+    converted to the option's type, so command-line values work as they are.
     Every error a user can fix raises :class:`dsd2.errors.UserError`.
     """
-    key, builder = _lookup(name)
+    key = MODELS.canonical(name)
+    builder = MODELS.get(key)
     _check_positive_int(key, "num_classes", num_classes)
     _check_positive_int(key, "in_channels", in_channels)
     _check_positive_int(key, "input_size", input_size)
@@ -177,17 +196,25 @@ def build_model(
 def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The options converted to the builder's types; UserError for an unknown model, an unknown
     option (with a did-you-mean hint) or a value of the wrong type."""
-    key, _ = _lookup(name)
+    key = MODELS.canonical(name)
+    builder = MODELS.get(key)
     accepted = model_options(key)
     accepted_text = _format_options(accepted)
+    types_ = _option_types(builder)
     kwargs: dict[str, Any] = {}
     for option, value in options.items():
         if option not in accepted:
-            close = difflib.get_close_matches(option, list(accepted), n=1)
-            hint = f" Did you mean 'model.{close[0]}'?" if close else ""
             raise UserError(
-                f"model.{option}: model {key!r} has no option {option!r}.{hint} "
+                f"model.{option}: model {key!r} has no option {option!r}.{did_you_mean(option, accepted, prefix='model.')} "
                 f"Accepted options (defaults): {accepted_text}."
             )
-        kwargs[option] = _coerce(key, option, value, accepted[option], accepted_text)
+        hint, adapter = types_[option]
+        try:
+            kwargs[option] = adapter.validate_python(value)
+        except ValidationError as err:
+            expected = _expected(hint) or err.errors()[0]["msg"].removeprefix("Value error, ")
+            raise UserError(
+                f"model {key!r}: option {option}={value!r} is invalid, expected {expected}. "
+                f"Accepted options (defaults): {accepted_text}."
+            ) from None
     return kwargs

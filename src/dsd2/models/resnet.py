@@ -83,7 +83,7 @@ def _torchvision_resnet(
     return model
 
 
-@register_model("resnet18_cifar")
+@register_model("resnet18_cifar", input_shape=(3, 32, 32))
 def resnet18_cifar(
     num_classes: int,
     in_channels: int,
@@ -105,7 +105,7 @@ def _imagenet_stem(model: tv_resnet.ResNet, in_channels: int) -> tv_resnet.ResNe
     return model
 
 
-@register_model("resnet18")
+@register_model("resnet18", input_shape=(3, 224, 224))
 def resnet18(
     num_classes: int, in_channels: int, input_size: int, zero_init_residual: bool = False
 ) -> nn.Module:
@@ -114,7 +114,7 @@ def resnet18(
     return _imagenet_stem(model, in_channels)
 
 
-@register_model("resnet50")
+@register_model("resnet50", input_shape=(3, 224, 224))
 def resnet50(
     num_classes: int, in_channels: int, input_size: int, zero_init_residual: bool = False
 ) -> nn.Module:

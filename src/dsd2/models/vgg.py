@@ -53,7 +53,7 @@ class VGGLike(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@register_model("vgg_like")
+@register_model("vgg_like", input_shape=(3, 32, 32))
 def vgg_like(
     num_classes: int,
     in_channels: int,

@@ -10,7 +10,7 @@ One module per job, imports flowing down this list:
 - :mod:`.backends`: the :class:`Backend` interface; in-process and Ray backends;
 - :mod:`.execute`: what a worker runs for one job (``Task`` → ``Outcome``);
 - :mod:`.spec`: the sweep file, its validation and its cells;
-- :mod:`.shapes`: dataset shapes and models on the meta device (validation and cost).
+- :mod:`.shapes`: dataset facts from the dataset registry and models on the meta device (validation and cost).
 
 This package imports torch and Ray lazily: loading and expanding a sweep does not need them,
 except for the model checks (built on the meta device).
@@ -23,11 +23,9 @@ from dsd2.sweep.execute import Outcome, Task, run_task
 from dsd2.sweep.main import sweep_main
 from dsd2.sweep.run import EventCallback, run_sweep
 from dsd2.sweep.scheduler import Event, Job, State, build_jobs, run_is_finished, schedule
-from dsd2.sweep.shapes import DATASET_SHAPES
 from dsd2.sweep.spec import SWEEP_PRESET_DIR, Cell, Resources, SweepSpec, expand, list_sweep_presets, load_sweep, param_string
 
 __all__ = [
-    "DATASET_SHAPES",
     "DEFAULT_GPU_TFLOPS",
     "RUN_METRICS",
     "SWEEP_PRESET_DIR",

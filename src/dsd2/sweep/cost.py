@@ -11,7 +11,7 @@ from typing import Any
 
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
-from dsd2.sweep.shapes import DATASET_SHAPES, dataset_key, meta_model, model_key
+from dsd2.sweep.shapes import COST_FACTS, dataset_info, input_shape, meta_model, model_key
 from dsd2.sweep.spec import Cell, SweepSpec, cell_error, expand, value_text
 
 # Effective training throughput used to turn FLOPs into GPU-hours. An ASSUMPTION, not a
@@ -25,27 +25,25 @@ _STEP_CACHE: dict[str, tuple[float, float, float]] = {}
 
 
 def train_examples(cfg: RunConfig) -> int:
-    """Training examples per epoch of ``cfg`` (from the dataset table; no data is loaded)."""
-    key = dataset_key(cfg)
-    if key not in DATASET_SHAPES:
-        raise UserError(f"no size known for dataset {cfg.dataset.name!r} (known: {', '.join(DATASET_SHAPES)})")
-    info = DATASET_SHAPES[key]
-    n = info["train"]
-    val = min(info["val"], n // 5) if cfg.dataset.val_size is None else cfg.dataset.val_size
+    """Training examples per epoch of ``cfg``, from the dataset registry's metadata (no data is
+    loaded); the validation split as :func:`dsd2.data.load_dataset` carves it."""
+    from dsd2.data.core import DEFAULT_VAL_SIZE
+
+    info = dataset_info(cfg, COST_FACTS)
+    n = int(info["train_size"])
+    default_val = info.get("default_val_size", DEFAULT_VAL_SIZE)
+    val = min(default_val, n // 5) if cfg.dataset.val_size is None else cfg.dataset.val_size
     left = max(0, n - val)
     return min(cfg.dataset.train_subset, left) if cfg.dataset.train_subset else left
 
 
 def epochs_total(cfg: RunConfig) -> int:
-    """Epochs over all rounds (round 0 + ``prune.rounds``), as ``imp.run`` trains them."""
-    t, p = cfg.train, cfg.prune
-    if p.retrain == "finetune":
-        per_round = p.finetune_epochs or t.epochs
-    elif p.retrain == "late_rewind":
-        per_round = t.epochs - p.rewind_epoch
-    else:
-        per_round = t.epochs
-    return t.epochs + p.rounds * per_round
+    """Epochs over all rounds (round 0 + ``prune.rounds``), as ``imp.run`` trains them: a pruning
+    round trains the epochs of its retraining mode's schedule (:func:`dsd2.imp.schedule_for`)."""
+    from dsd2.imp import schedule_for
+
+    later = schedule_for(cfg, 1)
+    return cfg.train.epochs + cfg.prune.rounds * (later.epochs - later.start_epoch)
 
 
 def _per_example(cfg: RunConfig, teacher: RunConfig | None) -> tuple[float, float, float]:
@@ -58,8 +56,7 @@ def _per_example(cfg: RunConfig, teacher: RunConfig | None) -> tuple[float, floa
 
         model = meta_model(cfg)
         tmodel = meta_model(teacher) if teacher is not None else None
-        shape = DATASET_SHAPES[dataset_key(cfg)]["shape"]
-        batch = torch.zeros((2, *shape), device="meta")
+        batch = torch.zeros((2, *input_shape(cfg)), device="meta")
         step = step_flops(model, batch, teacher=tmodel)
         _STEP_CACHE[key] = (step.fwd_per_example, (step.dense_fwd + step.dense_bwd) / step.batch_size, step.teacher_fwd_per_example)
     return _STEP_CACHE[key]
@@ -71,8 +68,8 @@ def _model_label(cfg: RunConfig) -> str:
 
 
 def _run_estimate(cfg: RunConfig, role: str, teacher: RunConfig | None, gpu_tflops: float) -> dict[str, Any]:
+    n = train_examples(cfg)  # first: it names every dataset fact the estimate lacks
     fwd, step, tfwd = _per_example(cfg, teacher)
-    n = train_examples(cfg)
     ep = epochs_total(cfg)
     flops = (step + tfwd) * n * ep
     paper = (1.5 * fwd + 0.5 * tfwd) * n * ep  # 3 x student MACs + 1 x teacher MACs per example

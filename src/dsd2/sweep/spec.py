@@ -28,7 +28,6 @@ Loading and expanding a sweep needs neither Ray nor data; torch only for the mod
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -43,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, read_yaml, validate_config
 from dsd2.errors import UserError
 from dsd2.pipeline import teacher_config
-from dsd2.sweep.shapes import DATASET_SHAPES, dataset_key, meta_model
+from dsd2.sweep.shapes import dataset_key, has_model_facts, meta_model
 
 SWEEP_PRESET_DIR = PRESET_DIR / "sweeps"
 
@@ -293,19 +292,17 @@ def cell_error(spec: SweepSpec, name: str, params: dict[str, Any], msg: str, wha
 def _check_model_and_data(cfg: RunConfig) -> None:
     """Unknown dataset, model, model option or invalid option value: raise UserError.
 
-    Builds the model on the meta device (no memory, no time) when the dataset's input shape
-    is known; otherwise checks the option names against the builder's signature.
+    Builds the model on the meta device (no memory, no time) when the dataset's registry entry
+    gives its classes and input shape; otherwise checks the options against the builder's signature.
     """
-    from dsd2.data import list_datasets
     from dsd2.models.registry import validate_options
 
-    ds = dataset_key(cfg)
-    if ds not in list_datasets():
-        close = difflib.get_close_matches(ds, list_datasets(), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"dataset.name: unknown dataset {cfg.dataset.name!r}.{hint} Registered: {', '.join(list_datasets())}")
+    try:
+        dataset_key(cfg)
+    except UserError as err:
+        raise UserError(f"dataset.name: {err}") from None
     validate_options(cfg.model.name, cfg.model.options)
-    if ds in DATASET_SHAPES:
+    if has_model_facts(cfg):
         meta_model(cfg)
 
 

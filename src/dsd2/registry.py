@@ -1,0 +1,284 @@
+"""One registry class for every kind of named, pluggable thing, and the registries a config picks from.
+
+A :class:`Registry` maps names to objects (a model builder, a dataset loader, a pruning method,
+...) with free-form metadata per entry (a description, a dataset's sizes, a model's input shape).
+Its rules, the same for every kind:
+
+- a name is read case-insensitively, ``-`` as ``_``, surrounding spaces ignored
+  (:func:`normalise_name`, the one place this rule lives); the registry stores the normalised name;
+- an unknown name raises :class:`UnknownNameError` (a :class:`~dsd2.errors.UserError` and a
+  ``ValueError``) with a did-you-mean hint and the registered names;
+- registering a taken name raises :class:`DuplicateNameError` unless ``overwrite=True``
+  (registering the very same object again is allowed: it only replaces the metadata).
+
+This module must not import torch: :mod:`dsd2.config` validates names against the registries
+below before anything heavy is loaded. So the registries whose names a config chooses
+(``prune.method``, ``prune.retrain``, ``train.optimizer``, ``train.schedule``,
+``early_stop.rule``) live here, and their built-in entries are :class:`Lazy` references
+(``"module:attribute"``) to the implementations, imported on first :meth:`Registry.get`. The
+model and dataset registries are instances of the same class in :mod:`dsd2.models.registry` and
+:mod:`dsd2.data.core`, filled by the ``register_model`` / ``register_dataset`` decorators.
+
+What each registry here holds (register your own with ``REGISTRY.register(name, obj)``; a config
+names it like a built-in one, in every process that registered it):
+
+- :data:`PRUNING_METHODS`: ``method(weights, masks, rate, generator) -> masks`` (:mod:`dsd2.prune`);
+- :data:`RETRAIN_MODES`: a :class:`dsd2.imp.RetrainMode` (starting weights, schedule, hooks);
+- :data:`OPTIMIZERS`: ``make(params, schedule) -> torch.optim.Optimizer`` (:mod:`dsd2.train`);
+- :data:`SCHEDULES`: ``lr(schedule, epoch) -> float`` (:mod:`dsd2.train`);
+- :data:`STOP_RULES`: ``rule(acc, entropy, *, tolerance, patience, select, **params) ->
+  StopDecision | None`` (:mod:`dsd2.compare`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Generic, TypeVar
+
+from dsd2.errors import UserError
+
+T = TypeVar("T")
+
+__all__ = [
+    "OPTIMIZERS",
+    "PRUNING_METHODS",
+    "RETRAIN_MODES",
+    "SCHEDULES",
+    "STOP_RULES",
+    "DuplicateNameError",
+    "Lazy",
+    "Registry",
+    "UnknownNameError",
+    "did_you_mean",
+    "normalise_name",
+]
+
+
+def normalise_name(name: str) -> str:
+    """The registry form of a name: lower case, ``-`` → ``_``, no surrounding spaces."""
+    return name.strip().lower().replace("-", "_")
+
+
+def did_you_mean(word: str, choices: Iterable[str], *, prefix: str = "") -> str:
+    """``" Did you mean '<prefix><closest>'?"``, or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" Did you mean '{prefix}{close[0]}'?" if close else ""
+
+
+class UnknownNameError(UserError, ValueError):
+    """A name no registry entry has (also a ValueError, so pydantic validators report it)."""
+
+
+class DuplicateNameError(UserError, ValueError):
+    """A name registered twice without ``overwrite=True``."""
+
+
+@dataclass(frozen=True)
+class Lazy:
+    """A reference ``"package.module:attribute"`` to an object imported when first looked up."""
+
+    path: str
+
+    def resolve(self) -> Any:
+        module, sep, attr = self.path.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError(f"Lazy reference {self.path!r} is not of the form 'package.module:attribute'")
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+
+_MISSING: Any = object()
+
+
+@dataclass
+class _Entry:
+    obj: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Generic[T]):
+    """Named objects of one kind (``kind`` names it in messages: "model", "pruning method").
+
+    ``register(name, obj, metadata=..., overwrite=False)`` or, without ``obj``, as a decorator;
+    ``get(name)`` the object, ``canonical(name)`` the registered spelling, ``metadata(name)``,
+    ``names()``; ``name in registry`` follows the same normalisation.
+    """
+
+    def __init__(self, kind: str, plural: str | None = None) -> None:
+        self.kind = kind
+        self.plural = plural or f"{kind}s"
+        self._entries: dict[str, _Entry] = {}
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self.names()) or 'empty'})"
+
+    # ------------------------------------------------------------------ registering
+
+    def register(
+        self, name: str, obj: Any = _MISSING, *, metadata: Mapping[str, Any] | None = None, overwrite: bool = False
+    ) -> Any:
+        """Register ``obj`` under ``name`` and return it; without ``obj``, a decorator that does so.
+
+        ``obj`` may be a :class:`Lazy` reference, imported on first :meth:`get`.
+        """
+        if obj is _MISSING:
+
+            def decorator(target: T) -> T:
+                self._add(name, target, metadata, overwrite)
+                return target
+
+            return decorator
+        self._add(name, obj, metadata, overwrite)
+        return obj
+
+    def _add(self, name: str, obj: Any, metadata: Mapping[str, Any] | None, overwrite: bool) -> None:
+        if not isinstance(name, str) or not normalise_name(name):
+            raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        key = normalise_name(name)
+        old = self._entries.get(key)
+        if old is not None and not overwrite and old.obj is not obj:
+            raise DuplicateNameError(
+                f"{self.kind} {key!r} is already registered ({_describe(old.obj)}); pass overwrite=True to replace it"
+            )
+        self._entries[key] = _Entry(obj, dict(metadata or {}))
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (UnknownNameError if it is not registered)."""
+        del self._entries[self.canonical(name)]
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Registry[T]]:
+        """``with registry.snapshot():`` registrations made inside are undone on exit (tests, notebooks)."""
+        saved = dict(self._entries)
+        try:
+            yield self
+        finally:
+            self._entries.clear()
+            self._entries.update(saved)
+
+    # ------------------------------------------------------------------ looking up
+
+    def canonical(self, name: str) -> str:
+        """The registered spelling of ``name``; UnknownNameError (with a hint) if there is none."""
+        if not isinstance(name, str):
+            raise UnknownNameError(f"{self.kind} name must be a string, got {name!r}; {self._known()}")
+        key = normalise_name(name)
+        if key not in self._entries:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}.{did_you_mean(key, self._entries)} {self._known()}")
+        return key
+
+    def get(self, name: str) -> T:
+        """The object registered under ``name`` (a :class:`Lazy` one is imported now, once)."""
+        entry = self._entries[self.canonical(name)]
+        if isinstance(entry.obj, Lazy):
+            try:
+                entry.obj = entry.obj.resolve()
+            except (ImportError, AttributeError) as err:
+                raise ImportError(f"{self.kind} {normalise_name(name)!r}: cannot import {entry.obj.path}: {err}") from err
+        return entry.obj
+
+    def metadata(self, name: str) -> Mapping[str, Any]:
+        """The metadata ``name`` was registered with (read-only; empty if none)."""
+        return MappingProxyType(dict(self._entries[self.canonical(name)].metadata))
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and normalise_name(name) in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _known(self) -> str:
+        names = ", ".join(self.names())
+        return f"Registered {self.plural}: {names}." if names else f"No {self.plural} are registered."
+
+    def describe(self) -> str:
+        """``"name: description; ..."`` in registration order, from each entry's ``description``
+        metadata (for help texts)."""
+        return "; ".join(f"{n}: {e.metadata['description']}" if "description" in e.metadata else n for n, e in self._entries.items())
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Lazy):
+        return obj.path
+    return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+# ------------------------------------------------------------------------------------------
+# The registries a config chooses from. Built-in entries are declared here, by name, with a
+# description and a Lazy reference to their implementation (torch-backed modules, imported on
+# first use); the config validates its values against these names without importing torch.
+# ------------------------------------------------------------------------------------------
+
+PRUNING_METHODS: Registry[Callable[..., Any]] = Registry("pruning method")
+RETRAIN_MODES: Registry[Any] = Registry("retraining mode")
+OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer")
+SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
+STOP_RULES: Registry[Callable[..., Any]] = Registry("stop rule")
+
+
+def _builtin(registry: Registry[Any], module: str, entries: list[tuple[str, str, str]]) -> None:
+    for name, attr, description in entries:
+        registry.register(name, Lazy(f"{module}:{attr}"), metadata={"description": description})
+
+
+_builtin(
+    PRUNING_METHODS,
+    "dsd2.prune",
+    [
+        ("global_magnitude", "global_magnitude_masks", "smallest |w| over all prunable weights together (L1 unstructured, the reference)"),
+        ("layerwise_magnitude", "layerwise_magnitude_masks", "smallest |w| in every layer separately"),
+        ("random", "random_masks", "alive weights chosen uniformly at random over all layers"),
+    ],
+)
+_builtin(
+    RETRAIN_MODES,
+    "dsd2.imp",
+    [
+        ("lr_rewind", "LR_REWIND", "keep weights, restart the schedule (reference)"),
+        ("finetune", "FINETUNE", "small constant lr"),
+        ("lottery", "LOTTERY", "rewind to init"),
+        ("late_rewind", "LATE_REWIND", "rewind to the weights of epoch `rewind_epoch`"),
+        ("reinit", "REINIT", "fresh random init under the mask"),
+    ],
+)
+_builtin(
+    OPTIMIZERS,
+    "dsd2.train",
+    [
+        ("sgd", "sgd_optimizer", "SGD with `momentum` and `weight_decay` (the reference)"),
+        ("adam", "adam_optimizer", "Adam with L2 `weight_decay`"),
+        ("adamw", "adamw_optimizer", "AdamW (decoupled `weight_decay`)"),
+    ],
+)
+_builtin(
+    SCHEDULES,
+    "dsd2.train",
+    [
+        ("multistep", "multistep_lr", "lr times `lr_decay` at each of the `milestones` (the reference)"),
+        ("cosine", "cosine_lr", "cosine decay from lr to 0 over the epochs"),
+        ("constant", "constant_lr", "lr throughout"),
+    ],
+)
+_builtin(
+    STOP_RULES,
+    "dsd2.compare",
+    [
+        ("none", "no_stop", "never stop, train every round"),
+        ("plain", "plain_stop", "stop at the first accuracy drop beyond `tolerance` for `patience` rounds"),
+        ("entropy", "entropy_stop", "as plain, but drops are ignored while the activation entropy stays near its running maximum"),
+    ],
+)
