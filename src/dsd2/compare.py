@@ -146,14 +146,6 @@ def outcome(strategy: str, run_dir: str | Path, rows: list[dict[str, Any]], deci
     )
 
 
-def _model_of(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a dsd2 run directory (no config.yaml)")
-    model = store.read_yaml_file(path).get("model")
-    return model if isinstance(model, dict) else {}
-
-
 def check_pair(vanilla_dir: str | Path, student_dir: str | Path | None) -> None:
     """Refuse comparisons that mean nothing: swapped arguments, or a vanilla curve of another
     architecture than the student's (the baseline must be the student's own architecture)."""
@@ -163,7 +155,7 @@ def check_pair(vanilla_dir: str | Path, student_dir: str | Path | None) -> None:
         return
     if not (Path(student_dir) / "teacher.json").is_file():
         raise UserError(f"{student_dir} is not a DSD² student run (no teacher.json): give a vanilla run, then a student run")
-    vm, sm = _model_of(vanilla_dir), _model_of(student_dir)
+    vm, sm = (rundir.read_config(d).model.model_dump() for d in (vanilla_dir, student_dir))
     if vm != sm:
         raise UserError(
             f"the vanilla run trains {vm} but the student is {sm}: the baseline must be a vanilla run of the student's architecture "
