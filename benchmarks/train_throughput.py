@@ -20,7 +20,7 @@ import json
 import platform
 import statistics
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -134,19 +134,19 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpu_threads_default": torch.get_num_threads(), "device": str(device),
                     "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__},
         "statistic": f"median of {args.repeats} one-epoch runs after a warm-up epoch (images/s)",
-        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "cases": {},
     }
     default_threads = torch.get_num_threads()
     for name, case in CASES.items():
         r: dict = {}
         torch.set_num_threads(default_threads)
-        r["conventional"] = measure(lambda: conventional_epoch(case, device), args.repeats)
-        r["dsd2"] = measure(lambda: dsd2_epoch(case, device, fused=True, channels_last=True), args.repeats)
-        r["dsd2_foreach_optimizer"] = measure(lambda: dsd2_epoch(case, device, fused=False, channels_last=True), args.repeats)
+        r["conventional"] = measure(lambda case=case: conventional_epoch(case, device), args.repeats)
+        r["dsd2"] = measure(lambda case=case: dsd2_epoch(case, device, fused=True, channels_last=True), args.repeats)
+        r["dsd2_foreach_optimizer"] = measure(lambda case=case: dsd2_epoch(case, device, fused=False, channels_last=True), args.repeats)
         if device.type == "cpu":
             torch.set_num_threads(1)
-            r["dsd2_1_thread"] = measure(lambda: dsd2_epoch(case, device, fused=True, channels_last=True), args.repeats)
+            r["dsd2_1_thread"] = measure(lambda case=case: dsd2_epoch(case, device, fused=True, channels_last=True), args.repeats)
             torch.set_num_threads(default_threads)
         base = r["conventional"]["median_img_per_s"]
         r["ratios_vs_conventional"] = {k: v["median_img_per_s"] / base for k, v in r.items() if isinstance(v, dict) and "median_img_per_s" in v}

@@ -88,9 +88,9 @@ def test_options_coerced_from_command_line_strings():
     m = build_model("resnet18_cifar", num_classes=10, maxpool="false")
     assert isinstance(m.maxpool, nn.Identity)
     m = build_model("mlp", num_classes=10, input_size=40, hidden="64,32")
-    assert [l.out_features for l in m.modules() if isinstance(l, nn.Linear)] == [64, 32, 10]
+    assert [lin.out_features for lin in m.modules() if isinstance(lin, nn.Linear)] == [64, 32, 10]
     m = build_model("mlp", num_classes=10, input_size=40, hidden=[16])
-    assert [l.out_features for l in m.modules() if isinstance(l, nn.Linear)] == [16, 10]
+    assert [lin.out_features for lin in m.modules() if isinstance(lin, nn.Linear)] == [16, 10]
 
 
 # --------------------------------------------------------------------------- errors

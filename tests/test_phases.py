@@ -5,14 +5,14 @@ import pytest
 from dsd2.errors import UserError
 from dsd2.phases import (
     PHASES,
+    UNDETERMINED,
     EarlyStopper,
+    PhaseParams,
     StopDecision,
+    classify_phases,
     entropy_below_dense_signal,
     entropy_drop_signal,
     entropy_early_stop,
-    UNDETERMINED,
-    PhaseParams,
-    classify_phases,
     label_phases,
     plain_early_stop,
 )

@@ -124,7 +124,7 @@ def test_phase_spans_cover_each_rounds_range(study):
             expected.append([x["phase"], edges[i], edges[i + 1]])
     got = phase_spans(load_run(study["v0"]))
     assert [s[0] for s in got] == [e[0] for e in expected]
-    for (p, a0, a1), (q, b0, b1) in zip(got, expected):
+    for (_, a0, a1), (_, b0, b1) in zip(got, expected):
         assert (a0, a1) == pytest.approx((b0, b1))
 
     fig = accuracy_figure([study["v0"], study["v1"], study["student"]])  # phases of the teacher run (v0)

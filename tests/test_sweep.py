@@ -7,9 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-import sweep_fakes
 import yaml
-from sweep_fakes import FakeBackend, KillAfterRound
 
 from dsd2 import store
 from dsd2.errors import UserError
@@ -27,7 +25,9 @@ from dsd2.sweep import (
     sweep_main,
 )
 
+import sweep_fakes
 from conftest import TINY as TINY_RUN
+from sweep_fakes import FakeBackend, KillAfterRound
 
 TINY = [*TINY_RUN, "entropy.enabled=false"]
 FAIL_CELL = "tiny_demo_seed-1_rate-0.1"

@@ -186,7 +186,6 @@ def config_cmd(
 def presets() -> None:
     """List the bundled presets (usable by name in `dsd2 run`)."""
     from dsd2.config import PRESET_DIR, list_presets
-
     from dsd2.sweep import list_sweep_presets
 
     for name in list_presets():

@@ -62,7 +62,7 @@ class DatasetConfig(_Section):
     std: list[float] | None = Field(None, description="Per-channel normalisation std (None: the dataset's).")
 
     @model_validator(mode="after")
-    def _mean_std(self) -> "DatasetConfig":
+    def _mean_std(self) -> DatasetConfig:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give dataset.mean and dataset.std together")
         if self.std is not None and (len(self.std) != len(self.mean) or any(v <= 0 for v in self.std)):
@@ -185,7 +185,7 @@ class RunConfig(_Section):
     early_stop: EarlyStopConfig = EarlyStopConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RunConfig":
+    def _consistent(self) -> RunConfig:
         if self.dataset.label_file and self.noise.kind != "none":
             raise ValueError("dataset.label_file gives real noisy labels: set noise.kind=none (synthetic noise would be added on top)")
         if self.dataset.label_file and self.dataset.train_subset:

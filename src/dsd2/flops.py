@@ -43,8 +43,8 @@ from dsd2.errors import UserError
 
 __all__ = [
     "LayerFlops",
-    "flop_counter",
     "StepFlops",
+    "flop_counter",
     "paper_run_flops",
     "paper_units",
     "step_flops",

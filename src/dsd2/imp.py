@@ -19,10 +19,11 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,11 +41,10 @@ from dsd2.noise import NoisyLabels, apply_label_noise
 from dsd2.phases import label_phases
 from dsd2.prune import Masks, apply_masks, count_alive, full_masks, next_masks, sparsity
 from dsd2.registry import RETRAIN_MODES
-from dsd2.rundir import RoundRow, load_state
-from dsd2.train import Batches, EpochLog, Objective, Schedule, accuracy, cross_entropy, logits_of, predict, train
 
 # Kept importable here for the sweep and older callers; their home is dsd2.rundir.
-from dsd2.rundir import ROUND_COLUMNS, load_round_model, run_dir_for  # noqa: F401
+from dsd2.rundir import ROUND_COLUMNS, RoundRow, load_round_model, load_state, run_dir_for  # noqa: F401
+from dsd2.train import Batches, EpochLog, Objective, Schedule, accuracy, cross_entropy, logits_of, predict, train
 
 
 def resolve_device(name: str) -> torch.device:
@@ -90,7 +90,7 @@ def run_metadata(cfg: RunConfig) -> dict[str, Any]:
         "config_hash": config_hash(cfg),  # resume refuses a config.yaml edited since
         "data_seed": data_seed(cfg),
         "init_seed": init_seed(cfg),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -54,9 +54,9 @@ from dsd2.errors import UserError
 __all__ = [
     "PHASES",
     "UNDETERMINED",
+    "EarlyStopper",
     "PhaseParams",
     "Phases",
-    "EarlyStopper",
     "StopDecision",
     "classify_phases",
     "entropy_below_dense_signal",
@@ -121,7 +121,7 @@ class PhaseParams:
     min_memorisation: float = 0.5
 
     @classmethod
-    def for_eval_set(cls, n_eval: int, accuracy: float) -> "PhaseParams":
+    def for_eval_set(cls, n_eval: int, accuracy: float) -> PhaseParams:
         """Tolerance from the size of the evaluation set (accuracies as fractions): twice the
         binomial standard error of an accuracy near ``accuracy`` measured on ``n_eval`` samples,
         and never below one point (500 validation samples: about 4 points; 5,000: about 1)."""

@@ -8,8 +8,9 @@ The teacher run doubles as the vanilla curve when teacher and student share an a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from dsd2.config import RunConfig, apply_overrides, validate_config
 

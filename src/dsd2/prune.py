@@ -11,7 +11,7 @@ does), so after round i the sparsity is 1 - (1 - rate)^i up to one weight per ro
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 

@@ -37,7 +37,7 @@ from dsd2.errors import UserError
 from dsd2.prune import Masks
 
 # Finished rounds are the manifest-checked round folders; the rule lives with the checksums.
-from dsd2.store import MANIFEST, finished_rounds, round_dir  # noqa: F401  (part of this module's API)
+from dsd2.store import MANIFEST, finished_rounds, round_dir
 
 CONFIG = "config.yaml"
 META = "meta.json"

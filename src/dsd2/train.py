@@ -12,9 +12,10 @@ DSD² students. Masks are re-applied after every optimiser step.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +144,7 @@ def train(
     objective: Objective = cross_entropy,
     amp: bool = False,
     on_epoch_end: Callable[[EpochLog, nn.Module], None] | None = None,
-    resume: "EpochState | None" = None,
+    resume: EpochState | None = None,
     checkpoint: Callable[[int, torch.optim.Optimizer, list[EpochLog]], None] | None = None,
 ) -> list[EpochLog]:
     """Train ``model`` on ``data`` for ``schedule.epochs - schedule.start_epoch`` epochs.

@@ -13,6 +13,10 @@ Built-in datasets: ``cifar10``, ``cifar100`` (official python pickles, read with
 unpickler), ``fashion_mnist`` (idx files), ``mnist1d`` (generated locally).
 """
 
+# importing the modules registers the built-in datasets
+from dsd2.data import cifar as _cifar  # noqa: F401
+from dsd2.data import fashion as _fashion  # noqa: F401
+from dsd2.data import mnist1d as _mnist1d  # noqa: F401
 from dsd2.data.augment import augment_batch, normalize
 from dsd2.data.core import (
     DATASETS,
@@ -24,11 +28,6 @@ from dsd2.data.core import (
     register_dataset,
     split_train,
 )
-
-# importing the modules registers the built-in datasets
-from dsd2.data import cifar as _cifar  # noqa: E402,F401
-from dsd2.data import fashion as _fashion  # noqa: E402,F401
-from dsd2.data import mnist1d as _mnist1d  # noqa: E402,F401
 
 __all__ = [
     "DATASETS",

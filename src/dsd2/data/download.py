@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import tarfile
 import tempfile
 import urllib.error
@@ -55,7 +54,7 @@ def download_file(url: str, dest: str | Path, md5: str, *, timeout: float = 60.0
                 while chunk := resp.read(_CHUNK):
                     h.update(chunk)
                     out.write(chunk)
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
             reason = getattr(e, "reason", e)
             raise UserError(f"could not download {url} ({reason}); are you offline? Otherwise {manual}") from e
         except OSError as e:

@@ -34,8 +34,9 @@ import io
 import pickle
 import struct
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +135,7 @@ def _load_zip(p: Path, data: bytes) -> Any:
         # CIFAR-N files (numpy arrays) make it refuse, and we fall back to the restricted one.
         try:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure: the restricted reader below decides
+        except Exception as e:
             torch_error = e
 
         info = zf.getinfo(pkl[0])
@@ -201,7 +202,7 @@ def _load_safetensors(p: Path, data: bytes) -> dict[str, np.ndarray]:
             from safetensors.torch import load as st_load_torch
 
             return st_load_torch(data)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
         raise UserError(f"{p} is a truncated or corrupt .safetensors file ({e}); obtain the file again") from e
 
@@ -210,7 +211,7 @@ def _load_pickle_file(p: Path, data: bytes) -> Any:
     """Legacy (non-zip) torch.save file or a plain pickle, both read with restrictions."""
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - the restricted reader below decides
+    except Exception as e:
         torch_error = e
     return _restricted_stream(data, source=str(p), first_only=False, torch_error=torch_error)
 

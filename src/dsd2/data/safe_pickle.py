@@ -61,7 +61,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         super().__init__(file, encoding=encoding, fix_imports=True)
         self.source = source
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+    def find_class(self, module: str, name: str) -> Any:
         entry = ALLOWED_GLOBALS.get((module, name))
         if entry is None:
             raise UserError(

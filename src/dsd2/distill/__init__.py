@@ -3,4 +3,4 @@
 from dsd2.distill.loss import kd_loss
 from dsd2.distill.teacher import KDObjective, load_teacher, select_teacher_round
 
-__all__ = ["kd_loss", "KDObjective", "load_teacher", "select_teacher_round"]
+__all__ = ["KDObjective", "kd_loss", "load_teacher", "select_teacher_round"]

@@ -12,7 +12,7 @@ from dsd2.models.analysis import count_parameters, macs_per_example, prunable_we
 from dsd2.models.registry import MODELS, build_model, list_models, model_options, register_model
 
 # Import the builders so that they register themselves.
-from dsd2.models import lenet, mlp, resnet, vgg  # noqa: E402,F401  isort: skip
+from dsd2.models import lenet, mlp, resnet, vgg  # noqa: F401  isort: skip
 
 __all__ = [
     "MODELS",

@@ -13,9 +13,10 @@ read, and as the path otherwise.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from dsd2 import store
 from dsd2.errors import UserError

@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import html
 import math
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from dsd2 import rundir
 from dsd2.errors import UserError
@@ -367,7 +368,7 @@ def build_report(
     strat_html, compute_figs = _strategy_section(runs, fig_dir, written)
     figs.extend(compute_figs)
     title = title or "DSD² study: " + ", ".join(sorted({r.name for r in runs}))
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     toc = "".join(f'<li><a href="#run-{i}">{esc(r.label)}</a></li>' for i, r in enumerate(runs))
     body = [
         f"<h1>{esc(title)}</h1>",

@@ -20,6 +20,7 @@ from dsd2.report import figures as F
 from dsd2.report import html as H
 from dsd2.report.data import load_runs
 
+
 def grid_keys(rows: list[dict[str, Any]]) -> list[str]:
     """The grid parameters of summary_by_point.csv: the columns before ``n``."""
     keys = list(rows[0])

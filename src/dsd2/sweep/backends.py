@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from dsd2.errors import UserError
 from dsd2.sweep.execute import Outcome, Task, run_task
@@ -150,7 +151,7 @@ class RayBackend:
         for ref in list(self.inflight):
             try:
                 self.ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - already finished or gone: nothing to cancel
+            except Exception:
                 pass
         self.inflight.clear()
 

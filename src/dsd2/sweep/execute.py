@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from dsd2.config import validate_config
 from dsd2.errors import UserError
@@ -69,7 +70,7 @@ def run_task(task: Task, on_round: Callable[[RoundRow], None] | None = None) -> 
         return Outcome(ok=True, wall_s=time.perf_counter() - t0)
     except UserError as err:
         return Outcome(ok=False, error=str(err), wall_s=time.perf_counter() - t0)
-    except Exception as err:  # noqa: BLE001 - reported per cell, the sweep goes on
+    except Exception as err:
         return Outcome(
             ok=False, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(), wall_s=time.perf_counter() - t0
         )

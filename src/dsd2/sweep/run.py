@@ -14,9 +14,9 @@ the student's ``distill.teacher`` is that absolute teacher path).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from dsd2 import store
 from dsd2.errors import UserError
@@ -29,7 +29,7 @@ EventCallback = Callable[[Cell, str], None]
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _tell(on_event: EventCallback | None, cells: list[Cell], job: Job, status: str) -> None:

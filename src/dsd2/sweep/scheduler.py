@@ -18,9 +18,10 @@ it, so a caller sees "started" before an in-process backend runs the task.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from dsd2 import rundir
 from dsd2.config import RunConfig
