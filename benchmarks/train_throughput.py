@@ -34,7 +34,9 @@ from dsd2.train import Batches, Schedule, train
 
 CASES = {
     "lenet_300_100/fmnist-like": dict(model="lenet_300_100", opts={}, shape=(1, 28, 28), n=5000, aug=AugmentSpec(), optimizer="adam"),
-    "vgg_like(d5,g3)/cifar-like": dict(model="vgg_like", opts={"depth": 5, "gamma": 3}, shape=(3, 32, 32), n=4096, aug=AugmentSpec(4, True), optimizer="sgd"),
+    "vgg_like(d5,g3)/cifar-like": dict(
+        model="vgg_like", opts={"depth": 5, "gamma": 3}, shape=(3, 32, 32), n=4096, aug=AugmentSpec(4, True), optimizer="sgd"
+    ),
 }
 
 
@@ -61,13 +63,19 @@ def dsd2_epoch(case, device, *, fused: bool, channels_last: bool) -> float:
     x, y = _data(case, device)
     if channels_last and x.dim() == 4:
         model = model.to(memory_format=torch.channels_last)
-    data = Batches(x=x, y=y, mean=(0.5,) * case["shape"][0], std=(0.25,) * case["shape"][0], augment=case["aug"], channels_last=channels_last)
+    data = Batches(
+        x=x, y=y, mean=(0.5,) * case["shape"][0], std=(0.25,) * case["shape"][0], augment=case["aug"], channels_last=channels_last
+    )
     sched = Schedule(epochs=1, lr=0.01, optimizer=case["optimizer"])
     import dsd2.train as T
 
     real = T.make_optimizer
     if not fused:
-        T.make_optimizer = lambda params, s: (torch.optim.SGD(params, lr=s.lr, momentum=0.9, foreach=True) if s.optimizer == "sgd" else torch.optim.Adam(params, lr=s.lr, foreach=True))
+        T.make_optimizer = lambda params, s: (
+            torch.optim.SGD(params, lr=s.lr, momentum=0.9, foreach=True)
+            if s.optimizer == "sgd"
+            else torch.optim.Adam(params, lr=s.lr, foreach=True)
+        )
     try:
         gen = torch.Generator(device=device).manual_seed(0)
         if device.type == "cuda":
@@ -131,8 +139,13 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     results: dict = {
-        "machine": {"platform": platform.platform(), "cpu_threads_default": torch.get_num_threads(), "device": str(device),
-                    "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_threads_default": torch.get_num_threads(),
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            "torch": torch.__version__,
+        },
         "statistic": f"median of {args.repeats} one-epoch runs after a warm-up epoch (images/s)",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "cases": {},
@@ -149,7 +162,9 @@ def main() -> None:
             r["dsd2_1_thread"] = measure(lambda case=case: dsd2_epoch(case, device, fused=True, channels_last=True), args.repeats)
             torch.set_num_threads(default_threads)
         base = r["conventional"]["median_img_per_s"]
-        r["ratios_vs_conventional"] = {k: v["median_img_per_s"] / base for k, v in r.items() if isinstance(v, dict) and "median_img_per_s" in v}
+        r["ratios_vs_conventional"] = {
+            k: v["median_img_per_s"] / base for k, v in r.items() if isinstance(v, dict) and "median_img_per_s" in v
+        }
         results["cases"][name] = r
         print(name, {k: round(v, 2) for k, v in r["ratios_vs_conventional"].items()}, f"(conventional {base:.0f} img/s)")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,9 @@ def tiny_resmlp(num_classes: int, in_channels: int, input_size: int, width: int 
         def forward(self, x):
             return x + self.act(self.fc(x))
 
-    return nn.Sequential(nn.Flatten(), nn.Linear(input_size, width), nn.ReLU(), *[Block() for _ in range(blocks)], nn.Linear(width, num_classes))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(input_size, width), nn.ReLU(), *[Block() for _ in range(blocks)], nn.Linear(width, num_classes)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config("tiny_mnist1d", ["name=custom_model", "model={name: tiny_resmlp, width: 32}", f"prune.rounds={args.rounds}"])
     run_dir = imp.run(cfg, args.out)
     for row in store.read_csv(run_dir / "rounds.csv"):
-        print(f"round {row['round']}: sparsity {100 * row['sparsity']:.1f}%, test {100 * row['test_acc']:.1f}%, entropy {row['entropy']:.3f}")
+        print(
+            f"round {row['round']}: sparsity {100 * row['sparsity']:.1f}%, test {100 * row['test_acc']:.1f}%, entropy {row['entropy']:.3f}"
+        )
     print(f"run directory: {run_dir}")
 
 

@@ -82,7 +82,18 @@ def test_presets_validate():
 
 def test_schema_lists_required_keys():
     keys = {k for k, _, _ in describe_schema()}
-    for required in ("seed", "dataset.name", "dataset.root", "noise.kind", "noise.rate", "model.name", "train.epochs", "prune.rounds", "prune.rate", "prune.retrain"):
+    for required in (
+        "seed",
+        "dataset.name",
+        "dataset.root",
+        "noise.kind",
+        "noise.rate",
+        "model.name",
+        "train.epochs",
+        "prune.rounds",
+        "prune.rate",
+        "prune.retrain",
+    ):
         assert required in keys
 
 

@@ -216,9 +216,7 @@ def _tar_with(path: Path, members: list[tuple[str, bytes]], symlink: str | None 
             tf.addfile(info)
 
 
-@pytest.mark.parametrize(
-    "bad", ["../evil.txt", "cifar-10-batches-py/../../evil.txt", "/tmp/dsd2_evil_abs.txt", "symlink"]
-)
+@pytest.mark.parametrize("bad", ["../evil.txt", "cifar-10-batches-py/../../evil.txt", "/tmp/dsd2_evil_abs.txt", "symlink"])
 def test_tar_with_unsafe_member_refused(tmp_path, bad):
     root = tmp_path / "root"
     root.mkdir()
@@ -272,8 +270,11 @@ def test_download_offline_and_checksum_mismatch(tmp_path, monkeypatch):
         raise urllib.error.URLError("no route to host")
 
     monkeypatch.setattr(download_mod.urllib.request, "urlopen", offline)
-    with pytest.raises(UserError, match=r"could not download https://www\.cs\.toronto\.edu/~kriz/cifar-10-python"
-                                        r"\.tar\.gz .*offline"):
+    with pytest.raises(
+        UserError,
+        match=r"could not download https://www\.cs\.toronto\.edu/~kriz/cifar-10-python"
+        r"\.tar\.gz .*offline",
+    ):
         load_dataset("cifar10", tmp_path, val_size=0, download=True)
     monkeypatch.setattr(download_mod.urllib.request, "urlopen", lambda url, timeout=None: _FakeResponse(b"junk"))
     with pytest.raises(UserError, match="checksum mismatch.*expected c58f30108f718f92721af3b95e74349a"):

@@ -81,8 +81,7 @@ def test_float32_under_autocast_and_half_inputs():
     assert got.item() == pytest.approx(ref.item(), rel=5e-2)
 
 
-@pytest.mark.parametrize("kw", [{"alpha": -0.1}, {"alpha": 1.5}, {"temperature": 0.0},
-                                {"temperature": -1.0}])
+@pytest.mark.parametrize("kw", [{"alpha": -0.1}, {"alpha": 1.5}, {"temperature": 0.0}, {"temperature": -1.0}])
 def test_validation(kw):
     s = torch.zeros(2, 3)
     with pytest.raises(UserError):

@@ -38,9 +38,7 @@ def no_function_mode_active():
 
 
 def all_hooks_empty(model):
-    return all(
-        not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()
-    )
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 # -- binary entropy ---------------------------------------------------------------------
@@ -271,9 +269,7 @@ def test_transform_and_device():
 
 def test_weighted_mean_by_hand():
     torch.manual_seed(3)
-    model = nn.Sequential(
-        nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3), nn.ReLU()
-    )
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3), nn.ReLU())
     x = torch.randn(40, 1, 4, 4)
     res = activation_entropy(model, x, batch_size=7)
     with torch.no_grad():

@@ -49,11 +49,18 @@ def test_conv_forward_exact():
 
 def conv_net():
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, groups=4, padding=2, dilation=2), nn.ReLU(),
-        nn.Conv2d(16, 4, 1, stride=2), nn.ReLU(), nn.Dropout(0.5),
-        nn.Flatten(), nn.Linear(4 * 2 * 2, 10),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, groups=4, padding=2, dilation=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 4, 1, stride=2),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 10),
     )
 
 
@@ -190,8 +197,7 @@ def test_bad_masks_and_batches():
 
 
 def test_training_totals_and_units():
-    s = StepFlops(batch_size=4, dense_fwd=400, dense_bwd=800, teacher_fwd=200,
-                  sparse_fwd=100.0, sparse_bwd=200.0, teacher_fwd_sparse=50.0)
+    s = StepFlops(batch_size=4, dense_fwd=400, dense_bwd=800, teacher_fwd=200, sparse_fwd=100.0, sparse_bwd=200.0, teacher_fwd_sparse=50.0)
     assert s.dense_per_example == 350 and s.sparse_per_example == 87.5
     dense, sparse = training_flops(s, n_examples=10, epochs=3)
     assert dense == 350 * 30 and sparse == 87.5 * 30
@@ -205,8 +211,15 @@ def test_training_totals_and_units():
 
 def test_paper_convention_vgg_like_unit():
     # VGG-like(5,5): 67.2 M MACs per image forward = 134.4 M FLOPs with FlopCounterMode.
-    s = StepFlops(batch_size=1, dense_fwd=int(2 * 67.2e6), dense_bwd=int(4 * 67.2e6),
-                  teacher_fwd=0, sparse_fwd=0.0, sparse_bwd=0.0, teacher_fwd_sparse=0.0)
+    s = StepFlops(
+        batch_size=1,
+        dense_fwd=int(2 * 67.2e6),
+        dense_bwd=int(4 * 67.2e6),
+        teacher_fwd=0,
+        sparse_fwd=0.0,
+        sparse_bwd=0.0,
+        teacher_fwd_sparse=0.0,
+    )
     one_run = paper_run_flops(s, n_examples=50_000, epochs=160)
     assert to_pflops(one_run) == pytest.approx(1.6128)
     # Our own convention (2 FLOPs per MAC, fwd + 2 bwd) is exactly twice that; units agree.
@@ -217,8 +230,15 @@ def test_paper_convention_vgg_like_unit():
 
 def test_paper_training_flops_adds_the_teacher_forward_once_per_pass():
     # student 10 MACs/example forward, teacher 30 MACs/example forward
-    s = StepFlops(batch_size=2, dense_fwd=2 * 2 * 10, dense_bwd=4 * 2 * 10, teacher_fwd=2 * 2 * 30,
-                  sparse_fwd=0.0, sparse_bwd=0.0, teacher_fwd_sparse=0.0)
+    s = StepFlops(
+        batch_size=2,
+        dense_fwd=2 * 2 * 10,
+        dense_bwd=4 * 2 * 10,
+        teacher_fwd=2 * 2 * 30,
+        sparse_fwd=0.0,
+        sparse_bwd=0.0,
+        teacher_fwd_sparse=0.0,
+    )
     assert paper_training_flops(s, n_examples=100, epochs=5) == 3 * 10 * 100 * 5 + 30 * 100 * 5
     # cached teacher logits: one teacher pass in the round that computed them, none after
     assert paper_training_flops(s, n_examples=100, epochs=5, teacher_passes=1) == 3 * 10 * 100 * 5 + 30 * 100
@@ -231,7 +251,7 @@ def test_rounds_record_the_paper_convention(tmp_path):
 
     cfg = load_config("tiny_mnist1d", ["prune.rounds=1", "entropy.enabled=false", "train.epochs=2"])
     rows = store.read_csv(imp.run(cfg, tmp_path) / "rounds.csv")
-    macs = (40 * 64 + 64 * 64 + 64 * 10)  # MLP 40-64-64-10 forward MACs per example
+    macs = 40 * 64 + 64 * 64 + 64 * 10  # MLP 40-64-64-10 forward MACs per example
     n = 4000 - 500  # MNIST-1D train split minus validation
     assert rows[0]["round_pflops_paper"] == pytest.approx(3 * macs * n * 2 / 1e15)
     assert rows[1]["train_pflops_paper"] == pytest.approx(2 * rows[0]["round_pflops_paper"])

@@ -39,7 +39,18 @@ def test_run_directory_contract(finished):
         assert (run_dir / name).is_file(), name
     rows = store.read_csv(run_dir / "rounds.csv")
     assert [r["round"] for r in rows] == [0, 1, 2, 3]
-    for col in ("round", "sparsity", "train_acc_noisy", "train_acc_clean", "val_acc", "test_acc", "entropy", "phase", "train_pflops_dense", "train_pflops_sparse"):
+    for col in (
+        "round",
+        "sparsity",
+        "train_acc_noisy",
+        "train_acc_clean",
+        "val_acc",
+        "test_acc",
+        "entropy",
+        "phase",
+        "train_pflops_dense",
+        "train_pflops_sparse",
+    ):
         assert col in rows[0]
     for r in rows:
         for col in ("train_acc_noisy", "train_acc_clean", "val_acc", "test_acc"):
@@ -165,7 +176,9 @@ def test_retraining_modes(mode, tmp_path):
         assert (s.kind, s.lr, s.epochs) == ("constant", cfg.prune.finetune_lr, 1)
     if mode == "late_rewind":
         s = imp.schedule_for(cfg, 1)
-        assert s.start_epoch == 1 and s.lr_at(1) == pytest.approx(cfg.train.lr * 0.5 * (1 + __import__("math").cos(__import__("math").pi / 2)))
+        assert s.start_epoch == 1 and s.lr_at(1) == pytest.approx(
+            cfg.train.lr * 0.5 * (1 + __import__("math").cos(__import__("math").pi / 2))
+        )
     # the whole mode runs end to end
     run_dir = imp.run(cfg, tmp_path / "runs")
     assert len(store.read_csv(run_dir / "rounds.csv")) == 2
@@ -332,7 +345,9 @@ def test_real_noise_from_a_cifar_n_style_label_file(tmp_path):
     with pytest.raises(UserError, match="noise.kind=none"):
         tiny(f"dataset.label_file={path}")
     with pytest.raises(UserError, match="coarse"):
-        imp.run(tiny("noise.kind=none", f"dataset.label_file={path}", "dataset.label_key=noisy_coarse_label", "prune.rounds=0"), tmp_path / "r3")
+        imp.run(
+            tiny("noise.kind=none", f"dataset.label_file={path}", "dataset.label_key=noisy_coarse_label", "prune.rounds=0"), tmp_path / "r3"
+        )
     with pytest.raises(UserError, match="no labels named"):
         imp.run(tiny("noise.kind=none", f"dataset.label_file={path}", "dataset.label_key=nope", "prune.rounds=0"), tmp_path / "r2")
 

@@ -64,9 +64,7 @@ def test_registry_lists_all_models_and_options():
 def test_register_custom_model_and_validate_its_options():
     @register_model("tmp_test_model")
     def _builder(num_classes: int, in_channels: int, input_size: int, width: int = 4) -> nn.Module:
-        return nn.Sequential(
-            nn.Flatten(), nn.Linear(in_channels * input_size**2, width), nn.ReLU(), nn.Linear(width, num_classes)
-        )
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size**2, width), nn.ReLU(), nn.Linear(width, num_classes))
 
     try:
         assert "tmp_test_model" in list_models()
@@ -253,14 +251,13 @@ def test_other_input_sizes_and_channels():
         m = build_model("lenet5", num_classes=10, in_channels=3, input_size=32)
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
         assert build_model("resnet18_cifar", num_classes=4, in_channels=1)(torch.randn(2, 1, 32, 32)).shape == (2, 4)
-        assert build_model("vgg_like", num_classes=3, in_channels=1, depth=2, gamma=3, input_size=8)(
-            torch.randn(2, 1, 8, 8)
-        ).shape == (2, 3)
+        assert build_model("vgg_like", num_classes=3, in_channels=1, depth=2, gamma=3, input_size=8)(torch.randn(2, 1, 8, 8)).shape == (
+            2,
+            3,
+        )
         m = build_model("mlp", num_classes=10, input_size=40)
         assert m(torch.randn(3, 1, 40)).shape == (3, 10)
-        assert build_model("lenet_300_100", num_classes=10, in_channels=1, input_size=28)(
-            torch.randn(2, 1, 28, 28)
-        ).shape == (2, 10)
+        assert build_model("lenet_300_100", num_classes=10, in_channels=1, input_size=28)(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
 @pytest.mark.parametrize("maxpool, side", [(True, 16), (False, 32)])
@@ -268,9 +265,7 @@ def test_resnet18_cifar_spatial_flow(maxpool, side):
     m = build_model("resnet18_cifar", num_classes=10, maxpool=maxpool).eval()
     seen: dict[str, tuple[int, ...]] = {}
     for name in ("layer1", "layer2", "layer3", "layer4"):
-        getattr(m, name).register_forward_hook(
-            lambda mod, inp, out, name=name: seen.__setitem__(name, tuple(inp[0].shape))
-        )
+        getattr(m, name).register_forward_hook(lambda mod, inp, out, name=name: seen.__setitem__(name, tuple(inp[0].shape)))
     with torch.no_grad():
         m(torch.randn(1, 3, 32, 32))
     assert seen == {

@@ -23,15 +23,34 @@ def sparsity(n):
 
 
 # An SDD-like curve (ε = 50%): flat, dip, peak above dense, collapse.
-SDD_ACC = [0.462, 0.463, 0.465, 0.466, 0.468, 0.467, 0.468, 0.460, 0.450, 0.434,
-           0.420, 0.414, 0.430, 0.444, 0.470, 0.482, 0.478, 0.450, 0.434, 0.400]
+SDD_ACC = [
+    0.462,
+    0.463,
+    0.465,
+    0.466,
+    0.468,
+    0.467,
+    0.468,
+    0.460,
+    0.450,
+    0.434,
+    0.420,
+    0.414,
+    0.430,
+    0.444,
+    0.470,
+    0.482,
+    0.478,
+    0.450,
+    0.434,
+    0.400,
+]
 SDD_FLIPPED = [1.0] * 9 + [0.99, 0.97, 0.90, 0.60, 0.30, 0.10, 0.05, 0.03, 0.02, 0.01, 0.01]
 SDD_CLEAN = [1.0] * 16 + [0.98, 0.90, 0.80, 0.60]
 SDD_NOISY = [0.5 * c + 0.5 * f for c, f in zip(SDD_CLEAN, SDD_FLIPPED)]
 SDD_LABELS = ["light"] * 8 + ["critical"] * 4 + ["sweet"] * 5 + ["collapsed"] * 3
 # Activation entropy: keeps rising through the dip, falls at the collapse.
-SDD_ENTROPY = [0.50, 0.51, 0.52, 0.53, 0.54, 0.55, 0.56, 0.57, 0.58, 0.60,
-               0.62, 0.63, 0.62, 0.60, 0.58, 0.57, 0.55, 0.45, 0.35, 0.20]
+SDD_ENTROPY = [0.50, 0.51, 0.52, 0.53, 0.54, 0.55, 0.56, 0.57, 0.58, 0.60, 0.62, 0.63, 0.62, 0.60, 0.58, 0.57, 0.55, 0.45, 0.35, 0.20]
 
 MONO_ACC = [0.90, 0.90, 0.899, 0.895, 0.88, 0.85, 0.80, 0.60]
 MONO_TRAIN = [1.0, 1.0, 1.0, 0.99, 0.97, 0.93, 0.85, 0.62]
@@ -192,11 +211,9 @@ def test_entropy_stop_dodges_the_dip_and_selects_the_peak():
 
 
 def test_entropy_stop_with_other_signals():
-    d = entropy_early_stop(SDD_ACC, SDD_ENTROPY, tolerance=0.01,
-                           signal=entropy_below_dense_signal, fraction=0.95)
+    d = entropy_early_stop(SDD_ACC, SDD_ENTROPY, tolerance=0.01, signal=entropy_below_dense_signal, fraction=0.95)
     assert (d.stop_round, d.selected_round) == (17, 15)
-    d = entropy_early_stop(SDD_ACC, SDD_ENTROPY, tolerance=0.01,
-                           signal=entropy_below_dense_signal, fraction=0.8)
+    d = entropy_early_stop(SDD_ACC, SDD_ENTROPY, tolerance=0.01, signal=entropy_below_dense_signal, fraction=0.8)
     assert (d.stop_round, d.selected_round) == (18, 15)
     d = entropy_early_stop(SDD_ACC, SDD_ENTROPY, tolerance=0.01, abs_drop=0.1)
     assert (d.stop_round, d.selected_round) == (17, 15)
@@ -226,8 +243,7 @@ def test_monotone_curve_both_rules_stop_at_first_real_drop():
 
 def test_patience_and_tolerance():
     acc = [0.80, 0.81, 0.78, 0.82, 0.79, 0.77, 0.70]
-    assert (plain_early_stop(acc, tolerance=0.005).stop_round,
-            plain_early_stop(acc, tolerance=0.005).selected_round) == (2, 1)
+    assert (plain_early_stop(acc, tolerance=0.005).stop_round, plain_early_stop(acc, tolerance=0.005).selected_round) == (2, 1)
     d = plain_early_stop(acc, tolerance=0.005, patience=2)
     assert (d.stop_round, d.selected_round) == (5, 3)
     d = plain_early_stop(acc, tolerance=0.05)
@@ -277,13 +293,10 @@ def test_online_equals_offline(rule):
     curves = [(SDD_ACC, SDD_ENTROPY), (MONO_ACC, MONO_ENTROPY)]
     for _ in range(150):
         n = rng.randint(1, 20)
-        curves.append(([rng.uniform(0.4, 0.6) for _ in range(n)],
-                       [rng.uniform(0.2, 0.8) for _ in range(n)]))
-    param_sets = [{}, {"tolerance": 0.01}, {"tolerance": 0.02, "patience": 2},
-                  {"patience": 3, "select": "last_good"}]
+        curves.append(([rng.uniform(0.4, 0.6) for _ in range(n)], [rng.uniform(0.2, 0.8) for _ in range(n)]))
+    param_sets = [{}, {"tolerance": 0.01}, {"tolerance": 0.02, "patience": 2}, {"patience": 3, "select": "last_good"}]
     if rule == "entropy":
-        param_sets += [{"tolerance": 0.01, "rel_drop": 0.2},
-                       {"signal": entropy_below_dense_signal, "fraction": 0.8}]
+        param_sets += [{"tolerance": 0.01, "rel_drop": 0.2}, {"signal": entropy_below_dense_signal, "fraction": 0.8}]
     for acc, ent in curves:
         for params in param_sets:
             es = EarlyStopper(rule=rule, **params)

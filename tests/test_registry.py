@@ -167,7 +167,12 @@ def test_every_built_in_entry_resolves():
 
 def test_existing_config_values_keep_their_spelling_and_run_ids():
     cfg = load_config("demo_fmnist")
-    assert (cfg.train.optimizer, cfg.train.schedule, cfg.prune.method, cfg.prune.retrain) == ("adam", "cosine", "global_magnitude", "lr_rewind")
+    assert (cfg.train.optimizer, cfg.train.schedule, cfg.prune.method, cfg.prune.retrain) == (
+        "adam",
+        "cosine",
+        "global_magnitude",
+        "lr_rewind",
+    )
     assert cfg.run_id() == load_config("demo_fmnist", ["train.optimizer=Adam", "prune.method=global-magnitude"]).run_id()
 
 
@@ -191,8 +196,14 @@ def test_user_registered_choices_work_from_the_config_on():
         STOP_RULES.register("always_round_0", lambda acc, ent, **kw: StopDecision(0, 0, "first round"))
         cfg = load_config(
             None,
-            ["prune.method=keep-all", "train.optimizer=Plain-SGD", "train.schedule=halving", "prune.retrain=double_epochs",
-             "early_stop.rule=always_round_0", "train.epochs=4"],
+            [
+                "prune.method=keep-all",
+                "train.optimizer=Plain-SGD",
+                "train.schedule=halving",
+                "prune.retrain=double_epochs",
+                "early_stop.rule=always_round_0",
+                "train.epochs=4",
+            ],
         )
         w = {"w": torch.ones(3)}
         assert torch.equal(next_masks(cfg.prune.method, w, full_masks(w), 0.5)["w"], torch.ones(3, dtype=torch.bool))
@@ -259,7 +270,8 @@ def test_model_options_are_converted_by_pydantic_from_the_signature():
 
 def _write_sweep(tmp_path, dataset: str, model: dict) -> str:
     base = {
-        "name": "custom", "seed": 0,
+        "name": "custom",
+        "seed": 0,
         "dataset": {"name": dataset, "root": None},
         "noise": {"kind": "symmetric", "rate": 0.2},
         "model": model,
@@ -324,7 +336,11 @@ def test_built_in_dataset_sizes_come_from_the_registry():
     from dsd2.data import DATASETS
 
     assert dict(DATASETS.metadata("cifar10")) == {
-        "num_classes": 10, "input_shape": (3, 32, 32), "train_size": 50000, "test_size": 10000, "default_val_size": 5000,
+        "num_classes": 10,
+        "input_shape": (3, 32, 32),
+        "train_size": 50000,
+        "test_size": 10000,
+        "default_val_size": 5000,
     }
     assert DATASETS.metadata("mnist1d")["default_val_size"] == 500
     assert DATASETS.metadata("Fashion-MNIST")["input_shape"] == (1, 28, 28)

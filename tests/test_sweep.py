@@ -94,8 +94,12 @@ def test_model_checked_on_meta_device_and_teacher_config(tmp_path):
         load_sweep(path)
     # a teacher override that keeps the student's VGG options fails for the ResNet teacher
     path = write_sweep(
-        tmp_path / "t.yaml", name="t", base="cifar10_vgg_noise50", pipeline=True,
-        teacher_overrides=["model.name=resnet18_cifar"], grid={"seed": [0]},
+        tmp_path / "t.yaml",
+        name="t",
+        base="cifar10_vgg_noise50",
+        pipeline=True,
+        teacher_overrides=["model.name=resnet18_cifar"],
+        grid={"seed": [0]},
     )
     with pytest.raises(UserError, match=r"(?s)cell t_seed-0 .*, teacher: model.depth: model 'resnet18_cifar' has no option"):
         load_sweep(path)
@@ -117,7 +121,11 @@ def test_presets_expand_and_fig1_teacher():
 
 def test_pipeline_teacher_shared_across_distill_grid(tmp_path):
     path = write_sweep(
-        tmp_path / "kd.yaml", name="kd", base="tiny_mnist1d", overrides=TINY, pipeline=True,
+        tmp_path / "kd.yaml",
+        name="kd",
+        base="tiny_mnist1d",
+        overrides=TINY,
+        pipeline=True,
         grid={"seed": [0], "distill.alpha": [0.5, 1.0]},
     )
     cells = expand(load_sweep(path))
@@ -157,8 +165,13 @@ STUDENTS = ["kd_seed-0_alpha-0.5", "kd_seed-0_alpha-1.0"]
 
 def kd_sweep(tmp_path, **extra):
     path = write_sweep(
-        tmp_path / "kd.yaml", name="kd", base="tiny_mnist1d", overrides=TINY, pipeline=True,
-        grid={"seed": [0], "distill.alpha": [0.5, 1.0]}, **extra,
+        tmp_path / "kd.yaml",
+        name="kd",
+        base="tiny_mnist1d",
+        overrides=TINY,
+        pipeline=True,
+        grid={"seed": [0], "distill.alpha": [0.5, 1.0]},
+        **extra,
     )
     return load_sweep(path)
 
@@ -172,8 +185,13 @@ def test_schedule_runs_the_teacher_first_and_retries_it(tmp_path):
     jobs, _ = build_jobs(spec, expand(spec), tmp_path)
     backend = FakeBackend({TEACHER: None}, run=False, slots=None)
     assert scheduled(jobs, backend, retries=1) == [
-        (TEACHER, "started"), (TEACHER, "retrying"), (TEACHER, "finished"),
-        (STUDENTS[0], "started"), (STUDENTS[1], "started"), (STUDENTS[0], "finished"), (STUDENTS[1], "finished"),
+        (TEACHER, "started"),
+        (TEACHER, "retrying"),
+        (TEACHER, "finished"),
+        (STUDENTS[0], "started"),
+        (STUDENTS[1], "started"),
+        (STUDENTS[0], "finished"),
+        (STUDENTS[1], "finished"),
     ]
     assert backend.submitted == [TEACHER, TEACHER, *STUDENTS]
     assert all(j.state is State.DONE for j in jobs.values())
@@ -186,7 +204,10 @@ def test_schedule_fails_the_students_of_a_failed_teacher(tmp_path):
     jobs, _ = build_jobs(spec, expand(spec), tmp_path)
     backend = FakeBackend({TEACHER: 1}, run=False)
     assert scheduled(jobs, backend, retries=0) == [
-        (TEACHER, "started"), (TEACHER, "failed"), (STUDENTS[0], "failed"), (STUDENTS[1], "failed"),
+        (TEACHER, "started"),
+        (TEACHER, "failed"),
+        (STUDENTS[0], "failed"),
+        (STUDENTS[1], "failed"),
     ]
     assert backend.submitted == [TEACHER]  # no student task was ever started
     for job in jobs.values():
@@ -314,8 +335,12 @@ def test_sequential_backend_matches_ray_and_resume(ray_sweep, tmp_path):
 def test_failing_cell_reported_others_finish(ray_session, tmp_path):
     # val_size=5000 leaves no MNIST-1D training samples: that cell fails at every attempt
     path = write_sweep(
-        tmp_path / "bad.yaml", name="bad", base="tiny_mnist1d", overrides=[o for o in TINY if "val_size" not in o],
-        grid={"dataset.val_size": [300, 5000]}, retries=1,
+        tmp_path / "bad.yaml",
+        name="bad",
+        base="tiny_mnist1d",
+        overrides=[o for o in TINY if "val_size" not in o],
+        grid={"dataset.val_size": [300, 5000]},
+        retries=1,
     )
     buf = io.StringIO()
     from rich.console import Console
@@ -337,7 +362,11 @@ def test_failing_cell_reported_others_finish(ray_session, tmp_path):
 @pytest.mark.slow
 def test_pipeline_sweep_shares_teacher(ray_session, tmp_path):
     path = write_sweep(
-        tmp_path / "kd.yaml", name="kd", base="tiny_mnist1d", overrides=TINY, pipeline=True,
+        tmp_path / "kd.yaml",
+        name="kd",
+        base="tiny_mnist1d",
+        overrides=TINY,
+        pipeline=True,
         grid={"seed": [0], "distill.alpha": [0.5, 1.0]},
     )
     events = []
@@ -355,7 +384,12 @@ def test_pipeline_sweep_shares_teacher(ray_session, tmp_path):
         teacher = json.loads((Path(cell.run_dir) / "teacher.json").read_text())
         assert Path(teacher["run_dir"]) == Path(cell.teacher_dir)
     rows = store.read_csv(tmp_path / "runs" / "kd" / "all_rounds.csv")
-    assert sorted({(r["cell"], r["role"]) for r in rows}) == [(a.name, "student"), (a.name, "teacher"), (b.name, "student"), (b.name, "teacher")]
+    assert sorted({(r["cell"], r["role"]) for r in rows}) == [
+        (a.name, "student"),
+        (a.name, "teacher"),
+        (b.name, "student"),
+        (b.name, "teacher"),
+    ]
     summary = store.read_csv(tmp_path / "runs" / "kd" / "summary.csv")
     assert {"teacher_best_acc", "student_best_acc", "student_dip_depth", "teacher_dir", "student_dir"} <= set(summary[0])
     assert summary[0]["teacher_best_acc"] == summary[1]["teacher_best_acc"]

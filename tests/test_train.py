@@ -38,7 +38,9 @@ def test_training_learns_and_keeps_pruned_weights_at_zero():
     with torch.no_grad():
         for k, w in weights.items():
             w.mul_(masks[k])
-    logs = train(model, data, Schedule(epochs=15, lr=0.05), batch_size=16, generator=torch.Generator().manual_seed(1), masks=masks, weights=weights)
+    logs = train(
+        model, data, Schedule(epochs=15, lr=0.05), batch_size=16, generator=torch.Generator().manual_seed(1), masks=masks, weights=weights
+    )
     assert logs[-1].loss < logs[0].loss
     for k, w in weights.items():
         assert (w[~masks[k]] == 0).all()

@@ -207,8 +207,13 @@ def stop_rule_report(curves: list[Curve]) -> str:
         lines.append(
             f"| **successes, mean cost** | | **{p_ok}/{len(plain_all)}, {-p_cost:.2f}** | | **{e_ok}/{len(held)}, {-e_cost:.2f}** |"
         )
-        lines += ["", f"Sensitivity of the entropy rule (setting `{key}`, whole bank):", "",
-                  "| rel_drop | successes | mean test gap (pt) | mean cost |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Sensitivity of the entropy rule (setting `{key}`, whole bank):",
+            "",
+            "| rel_drop | successes | mean test gap (pt) | mean cost |",
+            "|---|---|---|---|",
+        ]
         for s in sensitivity(curves, **rule):
             lines.append(f"| {s['rel_drop']:g} | {s['ok']}/{s['curves']} | {s['mean_gap']:.2f} | {s['mean_cost']:.2f} |")
         lines.append("")
@@ -249,12 +254,17 @@ def stop_rule_summary(curves: list[Curve]) -> str:
         ex = evaluate(c, "none")
         lines.append(
             f"| {c.name} | {ex.selected_round} ({_pct(ex.sparsity)}), {_pct(ex.test_acc)} | "
-            + " | ".join(cells[c.name][k] for k in cols) + " |"
+            + " | ".join(cells[c.name][k] for k in cols)
+            + " |"
         )
-    lines.append("| **successes, mean cost** | | " + " | ".join(f"**{totals[k][0]}/{len(curves)}, {totals[k][1]:.2f}**" for k in cols) + " |")
+    lines.append(
+        "| **successes, mean cost** | | " + " | ".join(f"**{totals[k][0]}/{len(curves)}, {totals[k][1]:.2f}**" for k in cols) + " |"
+    )
     lines += ["", "| rel_drop | " + " | ".join(f"{k}: successes, mean cost" for k in SETTINGS) + " |", "|---|" + "---|" * len(SETTINGS)]
     for i, r in enumerate(REL_DROP_GRID):
-        lines.append(f"| {r:g} | " + " | ".join(f"{sens[k][i]['ok']}/{sens[k][i]['curves']}, {sens[k][i]['mean_cost']:.2f}" for k in SETTINGS) + " |")
+        lines.append(
+            f"| {r:g} | " + " | ".join(f"{sens[k][i]['ok']}/{sens[k][i]['curves']}, {sens[k][i]['mean_cost']:.2f}" for k in SETTINGS) + " |"
+        )
     return "\n".join(lines)
 
 

@@ -65,7 +65,13 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
 
 
 def save_epoch_state(
-    path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, next_epoch: int, logs: list[dict[str, Any]]
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    next_epoch: int,
+    logs: list[dict[str, Any]],
 ) -> None:
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
@@ -93,4 +99,6 @@ def load_epoch_state(path: Path) -> EpochState | None:
             logs=json.loads(meta["logs"]),
         )
     except (KeyError, ValueError, json.JSONDecodeError) as err:
-        raise UserError(f"{path} is an incomplete or corrupt epoch checkpoint ({err}); delete it to redo that round from its start") from None
+        raise UserError(
+            f"{path} is an incomplete or corrupt epoch checkpoint ({err}); delete it to redo that round from its start"
+        ) from None

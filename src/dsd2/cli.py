@@ -19,7 +19,9 @@ from dsd2.errors import UserError
 if TYPE_CHECKING:
     from dsd2.rundir import RoundRow
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Study and dodge sparse double descent (DSD²).")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Study and dodge sparse double descent (DSD²)."
+)
 # Piped output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -69,8 +71,13 @@ class _Progress:
     def __enter__(self):
         if self.enabled:
             self.bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(), console=err_console, transient=True,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
             )
             self.bar.__enter__()
         return self
@@ -110,7 +117,9 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
             err_console.print(f"run directory: {target}")
         path = imp.run(cfg, out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch)
     rows = rundir.read_rounds(path)
-    console.print(rounds_table(rows, title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, {cfg.noise.kind} noise {cfg.noise.rate:g}"))
+    console.print(
+        rounds_table(rows, title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, {cfg.noise.kind} noise {cfg.noise.rate:g}")
+    )
     console.print(f"run directory: {path}")
     return path
 
@@ -139,7 +148,9 @@ def resume(
     run_dir: Path = typer.Argument(..., help="Run directory printed by `dsd2 run`."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     lr_scale: Optional[float] = typer.Option(
-        None, "--lr-scale", help="Retry after a divergence with this factor on the lr, from the next unfinished round on (recorded in lr_scale.json)."
+        None,
+        "--lr-scale",
+        help="Retry after a divergence with this factor on the lr, from the next unfinished round on (recorded in lr_scale.json).",
     ),
 ) -> None:
     """Resume an interrupted run from its last finished round (or epoch checkpoint)."""
@@ -216,7 +227,9 @@ def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int, s
     if d is None:
         raise UserError("--rule none makes no decision: use plain or entropy")
     o = compare.outcome(f"{rule} early stop", run_dir, rows, d, rows[0].round_pflops_dense)
-    console.print(f"rule: {rule} (tolerance {tolerance:g}, patience {patience}, select {select}); selection on {compare.selection_column(rows)}")
+    console.print(
+        f"rule: {rule} (tolerance {tolerance:g}, patience {patience}, select {select}); selection on {compare.selection_column(rows)}"
+    )
     console.print(d.reason)
     if d.ignored_drops:
         console.print(f"drops ignored (entropy says not collapsed): rounds {d.ignored_drops}")
@@ -250,12 +263,33 @@ def strategy_rich_table(outcomes, rule: str = "tolerance 0, patience 1, select b
         caption="PFLOPs measured: FlopCounterMode, 2 FLOPs per multiply-add, exact backward; paper conv.: 3 × forward MACs × images × epochs "
         "(docs/protocol.md, Compute)",
     )
-    for col in ("strategy", "round", "sparsity %", "phase", "sel. acc", "test acc", "PFLOPs measured", "PFLOPs sparse-aware", "PFLOPs paper conv.", "units", "note"):
+    for col in (
+        "strategy",
+        "round",
+        "sparsity %",
+        "phase",
+        "sel. acc",
+        "test acc",
+        "PFLOPs measured",
+        "PFLOPs sparse-aware",
+        "PFLOPs paper conv.",
+        "units",
+        "note",
+    ):
         table.add_column(col, justify="left" if col in ("strategy", "note", "phase") else "right", no_wrap=col == "strategy")
     for o in outcomes:
         table.add_row(
-            o.strategy, f"{o.selected_round} (of 0..{o.trained_until})", f"{100 * o.sparsity:.2f}", o.phase or "",
-            _pct(o.selection_acc), _pct(o.test_acc), f"{o.pflops_dense:.4g}", f"{o.pflops_sparse:.4g}", _num(o.pflops_paper), f"{o.units:.2f}", o.note,
+            o.strategy,
+            f"{o.selected_round} (of 0..{o.trained_until})",
+            f"{100 * o.sparsity:.2f}",
+            o.phase or "",
+            _pct(o.selection_acc),
+            _pct(o.test_acc),
+            f"{o.pflops_dense:.4g}",
+            f"{o.pflops_sparse:.4g}",
+            _num(o.pflops_paper),
+            f"{o.units:.2f}",
+            o.note,
         )
     return table
 
@@ -263,7 +297,9 @@ def strategy_rich_table(outcomes, rule: str = "tolerance 0, patience 1, select b
 @app.command("stop-rules")
 def stop_rules_cmd(
     bank_dir: Path = typer.Argument(..., help="A folder of finished runs (or of <curve>/rounds.csv folders): your curve bank."),
-    write: Optional[Path] = typer.Option(None, "--write", help="Markdown file whose bank sections to regenerate (docs/stop_rules.md, README.md)."),
+    write: Optional[Path] = typer.Option(
+        None, "--write", help="Markdown file whose bank sections to regenerate (docs/stop_rules.md, README.md)."
+    ),
 ) -> None:
     """Judge plain and entropy-aided early stopping on a bank of curves; fit the entropy threshold
     leave-one-setting-out (docs/stop_rules.md)."""
@@ -333,7 +369,9 @@ def fetch(
     from dsd2.data import load_dataset
 
     d = load_dataset(name, root, val_size=0, download=download, augment=False)
-    console.print(f"{name}: {d.train_x.shape[0]} train, {d.test_x.shape[0]} test, {d.num_classes} classes, input {tuple(d.train_x.shape[1:])}")
+    console.print(
+        f"{name}: {d.train_x.shape[0]} train, {d.test_x.shape[0]} test, {d.num_classes} classes, input {tuple(d.train_x.shape[1:])}"
+    )
 
 
 @app.command()
@@ -367,7 +405,9 @@ def demo(
         console.print(f"vanilla run: {teacher_dir}   DSD² student run: {student_dir}")
     from dsd2.report import write_report
 
-    page = write_report([d for pair in pairs for d in pair], out / "demo_report", title="dsd2 demo: SDD and DSD² on Fashion-MNIST (40% noise)")
+    page = write_report(
+        [d for pair in pairs for d in pair], out / "demo_report", title="dsd2 demo: SDD and DSD² on Fashion-MNIST (40% noise)"
+    )
     console.print(f"report: {page.resolve()}")
 
 
@@ -384,8 +424,12 @@ def dip_rich_table(pairs) -> Table:
             col = compare.selection_column(rows)
             best = compare.best_round(rows, col)
             table.add_row(
-                d.name, _pct(rows[0][col]), f"{100 * dip.depth:.2f}", str(dip.trough) if dip.trough is not None else "-",
-                _pct(rows[best][col]), str(best),
+                d.name,
+                _pct(rows[0][col]),
+                f"{100 * dip.depth:.2f}",
+                str(dip.trough) if dip.trough is not None else "-",
+                _pct(rows[best][col]),
+                str(best),
             )
     return table
 

@@ -77,9 +77,7 @@ def no_stop(acc: list[float], entropy: list[float | None], **_: Any) -> None:
     return None
 
 
-def plain_stop(
-    acc: list[float], entropy: list[float | None], *, tolerance: float, patience: int, select: str, **_: Any
-) -> StopDecision:
+def plain_stop(acc: list[float], entropy: list[float | None], *, tolerance: float, patience: int, select: str, **_: Any) -> StopDecision:
     """``plain``: :func:`dsd2.phases.plain_early_stop` (entropy parameters are ignored)."""
     return plain_early_stop(acc, tolerance=tolerance, patience=patience, select=select)
 
@@ -120,7 +118,9 @@ class Outcome:
         return asdict(self)
 
 
-def outcome(strategy: str, run_dir: str | Path, rows: list[dict[str, Any]], decision: StopDecision | None, unit_pflops: float, note: str = "") -> Outcome:
+def outcome(
+    strategy: str, run_dir: str | Path, rows: list[dict[str, Any]], decision: StopDecision | None, unit_pflops: float, note: str = ""
+) -> Outcome:
     col = selection_column(rows)
     if decision is None:  # exhaustive: train every round, pick the best on the selection column
         trained = len(rows) - 1

@@ -44,7 +44,9 @@ class DatasetConfig(_Section):
     root: str | None = Field("./data", description="Folder holding the dataset files (or where to download them).")
     download: bool = Field(False, description="Download (checksum-verified) when the files are missing.")
     val_size: int | None = Field(
-        None, ge=0, description="Validation samples carved from train (None: dataset default, 5000 for CIFAR; 0: the reference, which selects on test)."
+        None,
+        ge=0,
+        description="Validation samples carved from train (None: dataset default, 5000 for CIFAR; 0: the reference, which selects on test).",
     )
     train_subset: int | None = Field(None, gt=0, description="Keep a seeded subset of this many training samples (see split_seed).")
     split_seed: int | None = Field(
@@ -55,10 +57,15 @@ class DatasetConfig(_Section):
     )
     augment: bool = Field(True, description="Use the dataset's batched augmentation (CIFAR: random crop pad 4 + flip).")
     label_file: str | None = Field(
-        None, description="Real (human) noisy train labels, e.g. CIFAR-10_human.pt / CIFAR-100_human.pt (read without unpickling code); needs noise.kind=none."
+        None,
+        description="Real (human) noisy train labels, e.g. CIFAR-10_human.pt / CIFAR-100_human.pt (read without unpickling code); needs noise.kind=none.",
     )
-    label_key: str | None = Field(None, description="Key in label_file: e.g. worse_label, aggre_label, random_label1 (10N), noisy_label (100N).")
-    mean: list[float] | None = Field(None, description="Per-channel normalisation mean (None: the dataset's; CIFAR uses ImageNet stats as the reference).")
+    label_key: str | None = Field(
+        None, description="Key in label_file: e.g. worse_label, aggre_label, random_label1 (10N), noisy_label (100N)."
+    )
+    mean: list[float] | None = Field(
+        None, description="Per-channel normalisation mean (None: the dataset's; CIFAR uses ImageNet stats as the reference)."
+    )
     std: list[float] | None = Field(None, description="Per-channel normalisation std (None: the dataset's).")
 
     @model_validator(mode="after")
@@ -122,9 +129,13 @@ class TrainConfig(_Section):
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs (CUDA and CPU).")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default).")
-    tensorboard: bool = Field(False, description="Also log per-epoch and per-round scalars to <run dir>/tensorboard (pip install tensorboard).")
+    tensorboard: bool = Field(
+        False, description="Also log per-epoch and per-round scalars to <run dir>/tensorboard (pip install tensorboard)."
+    )
     checkpoint_interval_s: float = Field(
-        60.0, ge=0.0, description="Save a mid-round checkpoint at the end of an epoch when this many seconds passed since the last (0: every epoch)."
+        60.0,
+        ge=0.0,
+        description="Save a mid-round checkpoint at the end of an epoch when this many seconds passed since the last (0: every epoch).",
     )
 
     @field_validator("milestones")
@@ -191,9 +202,7 @@ class RunConfig(_Section):
         if self.dataset.label_file and self.dataset.train_subset:
             raise ValueError("dataset.label_file applies to the full training set: it cannot be combined with dataset.train_subset")
         if self.prune.retrain == "late_rewind" and self.prune.rewind_epoch >= self.train.epochs:
-            raise ValueError(
-                f"prune.rewind_epoch={self.prune.rewind_epoch} must be smaller than train.epochs={self.train.epochs}"
-            )
+            raise ValueError(f"prune.rewind_epoch={self.prune.rewind_epoch} must be smaller than train.epochs={self.train.epochs}")
         return self
 
     def resolved(self) -> dict[str, Any]:

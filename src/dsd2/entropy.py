@@ -238,9 +238,7 @@ class OnCounter:
     # -- results -------------------------------------------------------------------------
     def probabilities(self) -> OrderedDict[str, Tensor]:
         """Layer name → float64 tensor of ``p_j`` (ON frequency per neuron)."""
-        return OrderedDict(
-            (name, c.to(torch.float64) / self.samples[name]) for name, c in self.counts.items()
-        )
+        return OrderedDict((name, c.to(torch.float64) / self.samples[name]) for name, c in self.counts.items())
 
     def result(self, eps: float = DEFAULT_EPS) -> EntropyResult:
         return entropy_from_counts(self.counts, self.samples, eps=eps)
@@ -253,9 +251,7 @@ def layer_neuron_counts(counts: OnCounter | dict[str, Tensor]) -> OrderedDict[st
     return OrderedDict((name, int(c.numel())) for name, c in counts.items())
 
 
-def entropy_summary(
-    per_layer: dict[str, float], neurons: dict[str, int]
-) -> tuple[float, float]:
+def entropy_summary(per_layer: dict[str, float], neurons: dict[str, int]) -> tuple[float, float]:
     """``(weighted_mean, layer_mean)``: neuron-weighted and plain means of layer entropies."""
     if not per_layer:
         return float("nan"), float("nan")
@@ -265,9 +261,7 @@ def entropy_summary(
     return float(weighted), float(plain)
 
 
-def entropy_from_counts(
-    counts: dict[str, Tensor], samples: dict[str, int], *, eps: float = DEFAULT_EPS
-) -> EntropyResult:
+def entropy_from_counts(counts: dict[str, Tensor], samples: dict[str, int], *, eps: float = DEFAULT_EPS) -> EntropyResult:
     """Entropy result from ON counts per neuron and the number of inputs per layer."""
     per_layer: OrderedDict[str, float] = OrderedDict()
     for name, c in counts.items():
@@ -360,6 +354,4 @@ def layer_entropies(
     transform: Callable[[Tensor], Tensor] | None = None,
 ) -> OrderedDict[str, float]:
     """Ordered mapping ReLU layer name → layer entropy (see :func:`activation_entropy`)."""
-    return activation_entropy(
-        model, inputs, batch_size=batch_size, device=device, transform=transform
-    ).per_layer
+    return activation_entropy(model, inputs, batch_size=batch_size, device=device, transform=transform).per_layer

@@ -55,16 +55,27 @@ __all__ = [
 _PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd)
 
 
-def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
-                        transposed, _output_padding, _groups, output_mask, out_shape=None,
-                        **kwargs) -> int:
+def _conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """One forward-equivalent per gradient computed (grad-input, grad-weight).
 
     Replaces FlopCounterMode's formula, whose grad-weight count ignores ``groups`` (it is
     ``groups`` times too large for grouped convs); for ungrouped convs both agree.
     """
-    fwd = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape),
-                          transposed=bool(transposed))
+    fwd = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=bool(transposed))
     return fwd * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
@@ -151,16 +162,10 @@ def _densities(model: nn.Module, masks: dict[str, Tensor] | None) -> dict[str, f
     for key, mask in masks.items():
         name = key[: -len(".weight")] if key.endswith(".weight") else key
         if name not in layers:
-            raise UserError(
-                f"mask {key!r} matches no Conv/Linear layer of the model "
-                f"(layers: {', '.join(layers) or 'none'})"
-            )
+            raise UserError(f"mask {key!r} matches no Conv/Linear layer of the model (layers: {', '.join(layers) or 'none'})")
         mask = torch.as_tensor(mask)
         if mask.numel() != layers[name].weight.numel():
-            raise UserError(
-                f"mask {key!r} has {mask.numel()} entries, the weight has "
-                f"{layers[name].weight.numel()}"
-            )
+            raise UserError(f"mask {key!r} has {mask.numel()} entries, the weight has {layers[name].weight.numel()}")
         out[name] = float(mask.count_nonzero().item()) / mask.numel()
     return out
 
@@ -304,9 +309,7 @@ def step_flops(
         bwd_total = fc.get_total_flops() - fwd_total
     if not out.requires_grad:
         tracker.bwd = {n: 0 for n in tracker.bwd}
-    layers = {
-        n: LayerFlops(tracker.fwd[n], tracker.bwd[n], dens[n]) for n in tracker.fwd
-    }
+    layers = {n: LayerFlops(tracker.fwd[n], tracker.bwd[n], dens[n]) for n in tracker.fwd}
     sparse_fwd = _split(fwd_total, tracker.fwd, dens)
     sparse_bwd = _split(bwd_total, tracker.bwd, dens)
 
@@ -326,9 +329,7 @@ def step_flops(
     )
 
 
-def training_flops(
-    step: StepFlops, *, n_examples: int, epochs: int, teacher_passes: int | None = None
-) -> tuple[float, float]:
+def training_flops(step: StepFlops, *, n_examples: int, epochs: int, teacher_passes: int | None = None) -> tuple[float, float]:
     """``(dense_total, sparse_total)`` FLOPs of training on ``n_examples`` for ``epochs``.
 
     Per-example step FLOPs (student forward + backward + teacher forward) × examples × epochs.

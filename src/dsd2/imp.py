@@ -66,9 +66,7 @@ def _generator(device: torch.device, seed: int) -> torch.Generator:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -270,10 +268,7 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
             "(`dsd2 run CONFIG`), or, to retry a diverged run with a lower learning rate, `dsd2 resume RUN_DIR --lr-scale 0.1`"
         )
     if saved.run_id() != cfg.run_id():
-        raise UserError(
-            f"{run_dir} holds a run of a different config ({saved.run_id()}); "
-            "choose another --out or remove that directory"
-        )
+        raise UserError(f"{run_dir} holds a run of a different config ({saved.run_id()}); choose another --out or remove that directory")
 
 
 def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
@@ -543,7 +538,9 @@ def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total
     def save(next_epoch: int, opt: torch.optim.Optimizer, logs: list[EpochLog]) -> None:
         if next_epoch >= total_epochs or time.monotonic() - last[0] < interval:
             return  # the finished round itself is saved right after
-        checkpoint.save_epoch_state(path, model=ctx.model, optimizer=opt, generator=gen, next_epoch=next_epoch, logs=[vars(x) for x in logs])
+        checkpoint.save_epoch_state(
+            path, model=ctx.model, optimizer=opt, generator=gen, next_epoch=next_epoch, logs=[vars(x) for x in logs]
+        )
         last[0] = time.monotonic()
 
     return save
@@ -608,9 +605,7 @@ def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]
     if not ctx.cfg.entropy.enabled:
         return None, []
     tb = ctx.train_batches
-    res = activation_entropy(
-        ctx.model, tb.x, batch_size=ctx.cfg.entropy.batch_size, device=ctx.device, transform=lambda xb: tb.prepare(xb)
-    )
+    res = activation_entropy(ctx.model, tb.x, batch_size=ctx.cfg.entropy.batch_size, device=ctx.device, transform=lambda xb: tb.prepare(xb))
     rows = [{"layer": name, "entropy": h, "neurons": res.neurons[name]} for name, h in res.per_layer.items()]
     return res.weighted_mean, rows
 

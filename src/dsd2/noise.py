@@ -90,10 +90,7 @@ def _check(labels: torch.Tensor, kind: str, rate: float, num_classes: int) -> No
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise UserError(f"labels must be an integer tensor, got {labels.dtype}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise UserError(
-            f"labels must lie in [0, {num_classes}), found [{int(labels.min())}, {int(labels.max())}]; "
-            "is num_classes right?"
-        )
+        raise UserError(f"labels must lie in [0, {num_classes}), found [{int(labels.min())}, {int(labels.max())}]; is num_classes right?")
 
 
 def _check_class_map(class_map: dict[int, int], num_classes: int) -> dict[int, int]:

@@ -359,8 +359,7 @@ def _check_stop_params(tolerance: float, patience: int, select: str) -> None:
         raise UserError(f"select must be 'best' or 'last_good', got {select!r}")
 
 
-def _select(acc: Sequence[float], upto: int, drop: list[bool], streak_start: int | None,
-            select: str) -> int:
+def _select(acc: Sequence[float], upto: int, drop: list[bool], streak_start: int | None, select: str) -> int:
     """Round returned to the user among rounds 0..upto (inclusive)."""
     if select == "last_good":
         end = upto if streak_start is None else streak_start - 1
@@ -413,8 +412,7 @@ def _early_stop(
             streak = 0
         best = max(best, acc[r])
     sel = _select(acc, n - 1, drop, None, select)
-    return StopDecision(None, sel, f"never fired over {n} rounds; selected round {sel}",
-                        ignored, n)
+    return StopDecision(None, sel, f"never fired over {n} rounds; selected round {sel}", ignored, n)
 
 
 def plain_early_stop(
@@ -427,8 +425,7 @@ def plain_early_stop(
     """Stop pruning at the first accuracy drop (see module docstring)."""
     _check_stop_params(tolerance, patience, select)
     acc = _floats("eval_acc", eval_acc, None)
-    return _early_stop(acc, None, tolerance=tolerance, patience=patience, select=select,
-                       signal=None, signal_params={})
+    return _early_stop(acc, None, tolerance=tolerance, patience=patience, select=select, signal=None, signal_params={})
 
 
 def entropy_early_stop(
@@ -449,8 +446,7 @@ def entropy_early_stop(
     _check_stop_params(tolerance, patience, select)
     acc = _floats("eval_acc", eval_acc, None)
     ent = _floats("entropy", entropy, len(acc))
-    return _early_stop(acc, ent, tolerance=tolerance, patience=patience, select=select,
-                       signal=signal, signal_params=signal_params)
+    return _early_stop(acc, ent, tolerance=tolerance, patience=patience, select=select, signal=signal, signal_params=signal_params)
 
 
 class EarlyStopper:

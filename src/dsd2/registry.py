@@ -121,9 +121,7 @@ class Registry(Generic[T]):
 
     # ------------------------------------------------------------------ registering
 
-    def register(
-        self, name: str, obj: Any = _MISSING, *, metadata: Mapping[str, Any] | None = None, overwrite: bool = False
-    ) -> Any:
+    def register(self, name: str, obj: Any = _MISSING, *, metadata: Mapping[str, Any] | None = None, overwrite: bool = False) -> Any:
         """Register ``obj`` under ``name`` and return it; without ``obj``, a decorator that does so.
 
         ``obj`` may be a :class:`Lazy` reference, imported on first :meth:`get`.
@@ -144,9 +142,7 @@ class Registry(Generic[T]):
         key = normalise_name(name)
         old = self._entries.get(key)
         if old is not None and not overwrite and old.obj is not obj:
-            raise DuplicateNameError(
-                f"{self.kind} {key!r} is already registered ({_describe(old.obj)}); pass overwrite=True to replace it"
-            )
+            raise DuplicateNameError(f"{self.kind} {key!r} is already registered ({_describe(old.obj)}); pass overwrite=True to replace it")
         self._entries[key] = _Entry(obj, dict(metadata or {}))
 
     def unregister(self, name: str) -> None:

@@ -214,9 +214,7 @@ def verify_manifest(directory: Path) -> bool:
         if not f.is_file():
             raise UserError(f"{f} is missing although {mpath} lists it; delete {directory} and resume to recompute that round")
         if sha256_file(f) != digest:
-            raise UserError(
-                f"{f} does not match its checksum (corrupt or edited); delete {directory} and resume to recompute that round"
-            )
+            raise UserError(f"{f} does not match its checksum (corrupt or edited); delete {directory} and resume to recompute that round")
     return True
 
 

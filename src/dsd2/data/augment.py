@@ -40,9 +40,7 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (xf - m) / s
 
 
-def augment_batch(
-    x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop (after zero padding) and horizontal flip of a ``N×C×H×W`` batch.
 
     Every sample gets its own crop offset and flip decision, drawn on ``x``'s device from

@@ -106,10 +106,7 @@ def find_cifar_folder(root: Path | None, layout: CifarLayout, *, download: bool)
         download_file(layout.url, archive, layout.md5)
     safe_extract_tar(archive, root, expect_top=layout.folder)
     if not _has_files(folder, layout):
-        raise UserError(
-            f"{archive} did not contain the expected files ({_expected(root, layout)}); "
-            "delete it and obtain it again"
-        )
+        raise UserError(f"{archive} did not contain the expected files ({_expected(root, layout)}); delete it and obtain it again")
     return folder
 
 

@@ -139,9 +139,7 @@ def _check_raw(raw: RawDataset, name: str) -> None:
             raise UserError(f"dataset {name}: {part} labels outside [0, {raw.num_classes})")
 
 
-def split_train(
-    n: int, *, val_size: int, train_subset: int | None, seed: int, name: str = "dataset"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def split_train(n: int, *, val_size: int, train_subset: int | None, seed: int, name: str = "dataset") -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(train_idx, val_idx)`` into an original train set of ``n`` samples.
 
     The validation part is a random subset of ``val_size`` (``torch.Generator`` seeded with
@@ -152,10 +150,7 @@ def split_train(
     if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
         raise UserError(f"{name}: val_size must be an integer >= 0, got {val_size!r}")
     if val_size >= n:
-        raise UserError(
-            f"{name}: val_size={val_size} leaves no training samples (the training set has {n}); "
-            f"use a val_size below {n}"
-        )
+        raise UserError(f"{name}: val_size={val_size} leaves no training samples (the training set has {n}); use a val_size below {n}")
     g = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=g)
     val_idx = _as_index_tensor(perm[:val_size])

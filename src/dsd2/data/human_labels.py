@@ -72,8 +72,7 @@ _TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a pre-1.6 torch.
 _MAX_MEMBER_BYTES = 1 << 30  # refuse absurd (zip-bomb) members; a CIFAR-N data.pkl is ~5 MB
 
 _FORMATS_HINT = (
-    "expected a CIFAR-N label file (torch archive such as CIFAR-10_human.pt / CIFAR-100_human.pt), "
-    "a .npy/.npz file or a .safetensors file"
+    "expected a CIFAR-N label file (torch archive such as CIFAR-10_human.pt / CIFAR-100_human.pt), a .npy/.npz file or a .safetensors file"
 )
 
 
@@ -125,8 +124,7 @@ def _load_zip(p: Path, data: bytes) -> Any:
             if names and all(n.endswith(".npy") for n in names):
                 return _load_npz(p, data)
             raise UserError(
-                f"{p} is a zip archive but neither a torch archive (no <prefix>/data.pkl member) nor an .npz file: "
-                f"{_FORMATS_HINT}"
+                f"{p} is a zip archive but neither a torch archive (no <prefix>/data.pkl member) nor an .npz file: {_FORMATS_HINT}"
             )
         if len(pkl) > 1:
             raise UserError(f"{p} holds several data.pkl members ({', '.join(pkl)}): not a single torch archive")
@@ -158,8 +156,7 @@ def _load_npz(p: Path, data: bytes) -> dict[str, np.ndarray]:
             return {k: npz[k] for k in npz.files}
     except ValueError as e:
         raise UserError(
-            f"cannot read {p} as .npz without pickle ({e}); save the labels as integer arrays "
-            "(object arrays are refused)"
+            f"cannot read {p} as .npz without pickle ({e}); save the labels as integer arrays (object arrays are refused)"
         ) from e
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise UserError(f"{p} is a truncated or corrupt .npz file ({e}); obtain the file again") from e
@@ -237,11 +234,20 @@ def _restricted_stream(data: bytes, *, source: str, first_only: bool, torch_erro
                     f"({type(torch_error).__name__}: {reason[:300]}); the file is corrupt or not a label file"
                 ) from torch_error
             raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-                AttributeError, UnicodeDecodeError, MemoryError, OverflowError, struct.error) as e:
-            raise UserError(
-                f"{source} is truncated or corrupt ({type(e).__name__}: {e}); delete it and obtain the file again"
-            ) from e
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            KeyError,
+            IndexError,
+            AttributeError,
+            UnicodeDecodeError,
+            MemoryError,
+            OverflowError,
+            struct.error,
+        ) as e:
+            raise UserError(f"{source} is truncated or corrupt ({type(e).__name__}: {e}); delete it and obtain the file again") from e
 
     first = load_one()
     if first_only or not (isinstance(first, int) and first == _TORCH_LEGACY_MAGIC):
@@ -255,9 +261,7 @@ def _to_arrays(obj: Any, p: Path) -> dict[str, np.ndarray]:
     if not isinstance(obj, Mapping):
         arr = _as_array(obj)
         if arr is None:
-            raise UserError(
-                f"{p} holds a {type(obj).__name__}, not a dict of label arrays (or one label array): {_FORMATS_HINT}"
-            )
+            raise UserError(f"{p} holds a {type(obj).__name__}, not a dict of label arrays (or one label array): {_FORMATS_HINT}")
         return {SINGLE_ARRAY_KEY: arr}
     out: dict[str, np.ndarray] = {}
     for k, v in obj.items():

@@ -80,11 +80,19 @@ def restricted_loads(data: bytes, *, source: str = "<bytes>", encoding: str = "b
         return RestrictedUnpickler(io.BytesIO(data), source=source, encoding=encoding).load()
     except UserError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, UnicodeDecodeError, MemoryError, OverflowError) as e:
-        raise UserError(
-            f"{source} is truncated or corrupt ({type(e).__name__}: {e}); delete it and obtain the file again"
-        ) from e
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        UnicodeDecodeError,
+        MemoryError,
+        OverflowError,
+    ) as e:
+        raise UserError(f"{source} is truncated or corrupt ({type(e).__name__}: {e}); delete it and obtain the file again") from e
 
 
 def restricted_load(path: str | Path, *, encoding: str = "bytes") -> Any:

@@ -102,9 +102,7 @@ def idx_bytes(arr: np.ndarray) -> bytes:
     return header + arr.tobytes()
 
 
-def write_fashion(
-    folder: str | Path, *, n_train: int = 60, n_test: int = 20, seed: int = 0, gz: bool = True
-) -> dict[str, np.ndarray]:
+def write_fashion(folder: str | Path, *, n_train: int = 60, n_test: int = 20, seed: int = 0, gz: bool = True) -> dict[str, np.ndarray]:
     """Write tiny Fashion-MNIST idx files (``.gz`` unless ``gz=False``) into ``folder``."""
     rng = np.random.default_rng(seed)
     arrays = {

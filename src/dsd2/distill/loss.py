@@ -38,22 +38,17 @@ def kd_loss(
     alpha = float(alpha)
     temperature = float(temperature)
     if not 0.0 <= alpha <= 1.0:
-        raise UserError(
-            f"KD alpha must be in [0, 1] (weight of the distillation term), got {alpha}"
-        )
+        raise UserError(f"KD alpha must be in [0, 1] (weight of the distillation term), got {alpha}")
     if not temperature > 0.0:
         raise UserError(f"KD temperature must be > 0, got {temperature}")
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
         raise UserError(
-            "student and teacher logits must both be (batch, classes), got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+            f"student and teacher logits must both be (batch, classes), got {tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
     dtype = torch.promote_types(student_logits.dtype, torch.float32)
     device_type = student_logits.device.type
     guard = (
-        torch.autocast(device_type=device_type, enabled=False)
-        if torch.amp.is_autocast_available(device_type)
-        else contextlib.nullcontext()
+        torch.autocast(device_type=device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else contextlib.nullcontext()
     )
     with guard:
         s = student_logits.to(dtype)

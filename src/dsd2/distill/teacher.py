@@ -78,7 +78,8 @@ def check_consistent(tcfg: RunConfig, run_dir: Path, scfg: RunConfig, data, labe
         diffs.append(f"normalisation (dataset.mean/std) {t_norm} vs {s_norm}")
     if diffs:
         raise UserError(
-            f"teacher {run_dir} does not match the student: " + "; ".join(diffs)
+            f"teacher {run_dir} does not match the student: "
+            + "; ".join(diffs)
             + ". Give the student the teacher's dataset and noise settings (or train a matching teacher)"
         )
 
@@ -156,7 +157,9 @@ class KDObjective:
         self.amp = amp
         self.cached_logits = cached_logits
 
-    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(
+        self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
         from dsd2.train import autocast_for
 
         if self.cached_logits is not None and index is not None:

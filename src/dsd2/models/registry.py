@@ -31,9 +31,7 @@ _STANDARD_ARGS = ("num_classes", "in_channels", "input_size")
 MODELS: Registry[Builder] = Registry("model")
 
 
-def register_model(
-    name: str, *, input_shape: tuple[int, ...] | None = None, overwrite: bool = False
-) -> Callable[[Builder], Builder]:
+def register_model(name: str, *, input_shape: tuple[int, ...] | None = None, overwrite: bool = False) -> Callable[[Builder], Builder]:
     """Decorator: register ``builder`` under ``name`` (lower case, ``-`` read as ``_``).
 
     ``input_shape``: the input the model is designed for, e.g. ``(3, 32, 32)`` (shown by
@@ -49,10 +47,7 @@ def register_model(
             if p.name in _STANDARD_ARGS:
                 continue
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
-                raise TypeError(
-                    f"model builder {builder.__qualname__}: option {p.name!r} must be a "
-                    "named argument with a default"
-                )
+                raise TypeError(f"model builder {builder.__qualname__}: option {p.name!r} must be a named argument with a default")
         _option_types(builder)  # an option type pydantic cannot validate fails here, not at build time
         metadata = {"input_shape": tuple(input_shape)} if input_shape is not None else {}
         return MODELS.register(name, builder, metadata=metadata, overwrite=overwrite)
@@ -68,11 +63,7 @@ def list_models() -> list[str]:
 def model_options(name: str) -> dict[str, object]:
     """The options ``name`` accepts and their defaults (for ``--help``-style output)."""
     builder = MODELS.get(name)
-    return {
-        p.name: p.default
-        for p in inspect.signature(builder).parameters.values()
-        if p.name not in _STANDARD_ARGS
-    }
+    return {p.name: p.default for p in inspect.signature(builder).parameters.values() if p.name not in _STANDARD_ARGS}
 
 
 def _format_options(options: dict[str, object]) -> str:
@@ -214,7 +205,6 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         except ValidationError as err:
             expected = _expected(hint) or err.errors()[0]["msg"].removeprefix("Value error, ")
             raise UserError(
-                f"model {key!r}: option {option}={value!r} is invalid, expected {expected}. "
-                f"Accepted options (defaults): {accepted_text}."
+                f"model {key!r}: option {option}={value!r} is invalid, expected {expected}. Accepted options (defaults): {accepted_text}."
             ) from None
     return kwargs

@@ -106,18 +106,14 @@ def _imagenet_stem(model: tv_resnet.ResNet, in_channels: int) -> tv_resnet.ResNe
 
 
 @register_model("resnet18", input_shape=(3, 224, 224))
-def resnet18(
-    num_classes: int, in_channels: int, input_size: int, zero_init_residual: bool = False
-) -> nn.Module:
+def resnet18(num_classes: int, in_channels: int, input_size: int, zero_init_residual: bool = False) -> nn.Module:
     """torchvision ResNet-18 (ImageNet stem: 7x7/2 conv + 3x3/2 max-pool), random init."""
     model = _torchvision_resnet(BasicBlock, [2, 2, 2, 2], num_classes, zero_init_residual)
     return _imagenet_stem(model, in_channels)
 
 
 @register_model("resnet50", input_shape=(3, 224, 224))
-def resnet50(
-    num_classes: int, in_channels: int, input_size: int, zero_init_residual: bool = False
-) -> nn.Module:
+def resnet50(num_classes: int, in_channels: int, input_size: int, zero_init_residual: bool = False) -> nn.Module:
     """torchvision ResNet-50 (ImageNet stem, Bottleneck [3,4,6,3]), random init."""
     model = _torchvision_resnet(Bottleneck, [3, 4, 6, 3], num_classes, zero_init_residual)
     return _imagenet_stem(model, in_channels)

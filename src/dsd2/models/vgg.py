@@ -30,9 +30,7 @@ HEADS = ("reference", "compact")
 
 
 class VGGLike(nn.Module):
-    def __init__(
-        self, num_classes: int, in_channels: int = 3, depth: int = 5, gamma: int = 5, head: str = "reference"
-    ) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, depth: int = 5, gamma: int = 5, head: str = "reference") -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in, width = in_channels, 2**gamma
@@ -73,8 +71,7 @@ def vgg_like(
         )
     if not 0 <= gamma <= 16:
         raise UserError(
-            f"model 'vgg_like': gamma must be in 0..16 (block-1 width 2**gamma), got {gamma}; "
-            "the paper uses 3..6 (width 8..64)."
+            f"model 'vgg_like': gamma must be in 0..16 (block-1 width 2**gamma), got {gamma}; the paper uses 3..6 (width 8..64)."
         )
     if head not in HEADS:
         raise UserError(f"model 'vgg_like': head must be one of {', '.join(HEADS)}, got {head!r}.")

@@ -411,7 +411,9 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
     return fig
 
 
-def compute_figure(vanilla: str | Path | RunData, student: str | Path | RunData | None = None, outcomes: Sequence[Any] | None = None) -> Figure:
+def compute_figure(
+    vanilla: str | Path | RunData, student: str | Path | RunData | None = None, outcomes: Sequence[Any] | None = None
+) -> Figure:
     """Test accuracy vs cumulative training PFLOPs (measured, sparsity not credited) of the
     vanilla run and the DSD² student, with the early-stop points of
     :func:`dsd2.compare.strategy_table` numbered and listed in the legend (Figure 1, right)."""

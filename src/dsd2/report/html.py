@@ -174,8 +174,11 @@ def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path
         return '<p class="note">No vanilla run among the inputs: no strategy comparison.</p>', figs
     for k, (v, s, note) in enumerate(pairs, start=1):
         head = f"vanilla {v.name} (seed {v.seed})" + (f" vs DSD² student {s.name} (seed {s.seed})" if s else "")
-        parts.append(f"<h3>{esc(head)}</h3><p class=\"note\">{esc(note)}. Vanilla: <code>{esc(v.path)}</code>"
-                     + (f"; student: <code>{esc(s.path)}</code>" if s else "") + "</p>")
+        parts.append(
+            f'<h3>{esc(head)}</h3><p class="note">{esc(note)}. Vanilla: <code>{esc(v.path)}</code>'
+            + (f"; student: <code>{esc(s.path)}</code>" if s else "")
+            + "</p>"
+        )
         try:
             outcomes = compare.strategy_table(v.path, s.path if s else None)
             compressed = compare.strategy_table(v.path, s.path if s else None, **compare.COMPRESS_RULE)
@@ -198,13 +201,35 @@ def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path
 
 def _strategy_table(outcomes: Sequence[Any]) -> str:
     return _table(
-        ["strategy", "selected round", "trained until", "sparsity %", "selection acc %", "test acc %", "phase",
-         "PFLOPs measured", "PFLOPs sparse-aware", "PFLOPs paper conv.", "units", "note"],
         [
-            [o.strategy, o.selected_round, o.trained_until, F.format_sparsity(o.sparsity),
-             f"{100 * o.selection_acc:.2f}", f"{100 * o.test_acc:.2f}", o.phase or "",
-             f"{o.pflops_dense:.4g}", f"{o.pflops_sparse:.4g}", "" if o.pflops_paper is None else f"{o.pflops_paper:.4g}",
-             f"{o.units:.2f}", o.note]
+            "strategy",
+            "selected round",
+            "trained until",
+            "sparsity %",
+            "selection acc %",
+            "test acc %",
+            "phase",
+            "PFLOPs measured",
+            "PFLOPs sparse-aware",
+            "PFLOPs paper conv.",
+            "units",
+            "note",
+        ],
+        [
+            [
+                o.strategy,
+                o.selected_round,
+                o.trained_until,
+                F.format_sparsity(o.sparsity),
+                f"{100 * o.selection_acc:.2f}",
+                f"{100 * o.test_acc:.2f}",
+                o.phase or "",
+                f"{o.pflops_dense:.4g}",
+                f"{o.pflops_sparse:.4g}",
+                "" if o.pflops_paper is None else f"{o.pflops_paper:.4g}",
+                f"{o.units:.2f}",
+                o.note,
+            ]
             for o in outcomes
         ],
         cls="strategy",
@@ -231,8 +256,17 @@ def _summary(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> str:
         f"<li>Models: {esc('; '.join(models))}.</li>",
     ]
     p = {(_get(r.config, "prune", "method"), _get(r.config, "prune", "rate"), _get(r.config, "prune", "retrain")) for r in runs}
-    lines.append("<li>Pruning: " + esc("; ".join(f"{m}, {100 * float(rt):g}% of the remaining weights per round, retrain = {re}"
-                                                for m, rt, re in sorted(p, key=str) if isinstance(rt, (int, float)))) + ".</li>")
+    lines.append(
+        "<li>Pruning: "
+        + esc(
+            "; ".join(
+                f"{m}, {100 * float(rt):g}% of the remaining weights per round, retrain = {re}"
+                for m, rt, re in sorted(p, key=str)
+                if isinstance(rt, (int, float))
+            )
+        )
+        + ".</li>"
+    )
     out = ["<ul>", *lines, "</ul>"]
     rows = []
     for r in runs:
@@ -242,17 +276,47 @@ def _summary(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> str:
         if r.teacher:
             teacher = f"{Path(str(r.teacher.get('run_dir', '?'))).name} round {r.teacher.get('round')} ({r.teacher.get('choice')})"
         last = r.rows[-1]
-        rows.append([
-            r.role, r.name, r.seed, r.path.name, _model_text(r), _get(r.config, "dataset", "name"), _noise_text(r),
-            len(r.rows), F.format_sparsity(last["sparsity"]), f"{100 * br['test_acc']:.2f}" if br.get("test_acc") is not None else "",
-            f"{best} ({F.format_sparsity(br['sparsity'])}%, on {col})", teacher, _fmt_cell("pflops", last.get("train_pflops_dense")),
-            _wall_time(r),
-        ])
-    out.append(_table(
-        ["role", "name", "seed", "directory", "model", "dataset", "noise", "rounds", "final sparsity %", "best test acc %",
-         "best round", "teacher", "train PFLOPs (measured)", "wall time"],
-        rows, cls="runs", text_cols=(0, 1, 3, 4, 5, 6, 10, 11),
-    ))
+        rows.append(
+            [
+                r.role,
+                r.name,
+                r.seed,
+                r.path.name,
+                _model_text(r),
+                _get(r.config, "dataset", "name"),
+                _noise_text(r),
+                len(r.rows),
+                F.format_sparsity(last["sparsity"]),
+                f"{100 * br['test_acc']:.2f}" if br.get("test_acc") is not None else "",
+                f"{best} ({F.format_sparsity(br['sparsity'])}%, on {col})",
+                teacher,
+                _fmt_cell("pflops", last.get("train_pflops_dense")),
+                _wall_time(r),
+            ]
+        )
+    out.append(
+        _table(
+            [
+                "role",
+                "name",
+                "seed",
+                "directory",
+                "model",
+                "dataset",
+                "noise",
+                "rounds",
+                "final sparsity %",
+                "best test acc %",
+                "best round",
+                "teacher",
+                "train PFLOPs (measured)",
+                "wall time",
+            ],
+            rows,
+            cls="runs",
+            text_cols=(0, 1, 3, 4, 5, 6, 10, 11),
+        )
+    )
     return "".join(out)
 
 
@@ -263,8 +327,14 @@ def _selection_table(runs: Sequence[RunData]) -> str:
     rows = []
     for r in runs:
         col, best = _best_round(r)
-        cells: list[Any] = [r.label, col, best, F.format_sparsity(r.rows[best]["sparsity"]), _fmt_cell(col, r.rows[best].get(col)),
-                            _fmt_cell("test_acc", r.rows[best].get("test_acc"))]
+        cells: list[Any] = [
+            r.label,
+            col,
+            best,
+            F.format_sparsity(r.rows[best]["sparsity"]),
+            _fmt_cell(col, r.rows[best].get(col)),
+            _fmt_cell("test_acc", r.rows[best].get("test_acc")),
+        ]
         for rule in ("plain", "entropy"):
             try:
                 d = compare.decide(r.rows, rule)
@@ -277,8 +347,10 @@ def _selection_table(runs: Sequence[RunData]) -> str:
             sel = r.rows[d.selected_round]
             stop = "never fired" if d.stop_round is None else f"stop after {d.stop_round}"
             cost = r.rows[d.stop_round if d.stop_round is not None else len(r.rows) - 1].get("train_pflops_dense")
-            cells.append(f"round {d.selected_round} ({F.format_sparsity(sel['sparsity'])}%, test {_fmt_cell('test_acc', sel.get('test_acc'))}%), "
-                         f"{stop}, {_fmt_cell('pflops', cost)} PFLOPs")
+            cells.append(
+                f"round {d.selected_round} ({F.format_sparsity(sel['sparsity'])}%, test {_fmt_cell('test_acc', sel.get('test_acc'))}%), "
+                f"{stop}, {_fmt_cell('pflops', cost)} PFLOPs"
+            )
         if r.early_stop:
             es = r.early_stop
             cells.append(f"{es.get('rule')}: stop {es.get('stop_round')}, selected {es.get('selected_round')}")
@@ -288,9 +360,22 @@ def _selection_table(runs: Sequence[RunData]) -> str:
         cells.append(_fmt_cell("pflops", r.rows[-1].get("train_pflops_sparse")))
         rows.append(cells)
     return _table(
-        ["run", "selected on", "best round", "sparsity %", "selection acc %", "test acc %", "plain early stop (offline)",
-         "entropy early stop (offline)", "in-run early stop", "total PFLOPs (measured)", "total PFLOPs (sparse-aware)"],
-        rows, cls="selection", text_cols=(0, 1, 6, 7, 8),
+        [
+            "run",
+            "selected on",
+            "best round",
+            "sparsity %",
+            "selection acc %",
+            "test acc %",
+            "plain early stop (offline)",
+            "entropy early stop (offline)",
+            "in-run early stop",
+            "total PFLOPs (measured)",
+            "total PFLOPs (sparse-aware)",
+        ],
+        rows,
+        cls="selection",
+        text_cols=(0, 1, 6, 7, 8),
     )
 
 
@@ -298,8 +383,13 @@ def _rounds_table(run: RunData) -> str:
     cols = run.columns or list(run.rows[0].keys())
     classes = [f"phase-{r.get('phase')}" if r.get("phase") else "" for r in run.rows]
     headers = [c + (" %" if c in PERCENT_COLUMNS else "") for c in cols]
-    return _table(headers, [[_fmt_cell(c, row.get(c)) for c in cols] for row in run.rows], cls="rounds",
-                  text_cols=(cols.index("phase"),) if "phase" in cols else (), row_classes=classes)
+    return _table(
+        headers,
+        [[_fmt_cell(c, row.get(c)) for c in cols] for row in run.rows],
+        cls="rounds",
+        text_cols=(cols.index("phase"),) if "phase" in cols else (),
+        row_classes=classes,
+    )
 
 
 def _meta_table(run: RunData) -> str:
@@ -316,9 +406,14 @@ def _run_section(i: int, run: RunData) -> str:
     parts = [f'<h3 id="run-{i}">{esc(run.label)}</h3>', f"<p><code>{esc(run.path)}</code></p>"]
     if run.teacher:
         t = run.teacher
-        parts.append("<p>Teacher: " + esc(
-            f"{t.get('run_dir')} round {t.get('round')} ({t.get('choice')}, selected on {t.get('selected_on')}, "
-            f"sparsity {F.format_sparsity(t['sparsity']) + '%' if isinstance(t.get('sparsity'), (int, float)) else '?'})") + "</p>")
+        parts.append(
+            "<p>Teacher: "
+            + esc(
+                f"{t.get('run_dir')} round {t.get('round')} ({t.get('choice')}, selected on {t.get('selected_on')}, "
+                f"sparsity {F.format_sparsity(t['sparsity']) + '%' if isinstance(t.get('sparsity'), (int, float)) else '?'})"
+            )
+            + "</p>"
+        )
     parts.append(f"<details open><summary>Rounds ({len(run.rows)})</summary>{_rounds_table(run)}</details>")
     parts.append(f"<details><summary>Resolved config</summary><pre>{esc(run.config_text)}</pre></details>")
     parts.append(f"<details><summary>Versions and commit (meta.json)</summary>{_meta_table(run)}</details>")
@@ -338,7 +433,7 @@ _PHASE_DEFINITIONS = (
     '<li><span class="phase-collapsed">collapsed</span>: the last rounds after the Sweet peak that never come back within the '
     "tolerance and lost the clean fit; also every round after a memorisation break that brings no recovery (no double descent).</li>"
     '<li><span class="phase-undetermined">undetermined</span>: an unfinished curve cannot decide it yet.</li>'
-    "</ul><p class=\"note\">Tolerance: twice the binomial standard error of the validation accuracy, at least 1 point. "
+    '</ul><p class="note">Tolerance: twice the binomial standard error of the validation accuracy, at least 1 point. '
     "Without a memorisation signal (no known flipped samples, or a net that never memorised: a DSD² student) the labels "
     "come from the accuracy curve alone.</p></details>"
 )
@@ -356,12 +451,25 @@ def build_report(
     fig_dir = out_dir / "figures"
     written: list[Path] = []
     figs: list[str] = []
-    figs.append(_figure_block(F.accuracy_figure(groups), fig_dir, "accuracy",
-                              "Test (solid) and validation (dashed) accuracy vs sparsity; background: phases of the vanilla run "
-                              "(definitions below)", written))
+    figs.append(
+        _figure_block(
+            F.accuracy_figure(groups),
+            fig_dir,
+            "accuracy",
+            "Test (solid) and validation (dashed) accuracy vs sparsity; background: phases of the vanilla run (definitions below)",
+            written,
+        )
+    )
     if any(r.has("train_acc_noisy") or r.has("train_acc_flipped") for r in runs):
-        figs.append(_figure_block(F.memorisation_figure(groups), fig_dir, "memorisation",
-                                  "Train accuracy on the noisy labels and on the flipped samples (memorisation) vs sparsity", written))
+        figs.append(
+            _figure_block(
+                F.memorisation_figure(groups),
+                fig_dir,
+                "memorisation",
+                "Train accuracy on the noisy labels and on the flipped samples (memorisation) vs sparsity",
+                written,
+            )
+        )
     ent = F.entropy_figure(groups)
     if ent is not None:
         figs.append(_figure_block(ent, fig_dir, "entropy", "Activation entropy vs sparsity: mean and per layer", written))
@@ -376,17 +484,22 @@ def build_report(
         "Accuracies in %, sparsity = fraction of pruned prunable weights, costs in training PFLOPs "
         "(measured: FlopCounterMode, 2 FLOPs per multiply-add, exact backward, sparsity not credited; sparse-aware and "
         "the paper's convention, 3 × forward MACs × images × epochs, alongside in the strategy table).</p>",
-        "<h2>Figures</h2>", *figs,
+        "<h2>Figures</h2>",
+        *figs,
         _PHASE_DEFINITIONS,
-        "<h2>Summary</h2>", _summary(runs, groups),
+        "<h2>Summary</h2>",
+        _summary(runs, groups),
         *[f"<h2>{esc(heading)}</h2>{html}" for heading, html in extra_sections],
-        "<h2>Strategies: selected rounds and costs (Figure 1, right)</h2>", strat_html,
-        "<h3>Selection per run</h3>", _selection_table(runs),
-        "<h2>Runs</h2>", f"<ul>{toc}</ul>",
+        "<h2>Strategies: selected rounds and costs (Figure 1, right)</h2>",
+        strat_html,
+        "<h3>Selection per run</h3>",
+        _selection_table(runs),
+        "<h2>Runs</h2>",
+        f"<ul>{toc}</ul>",
         *[_run_section(i, r) for i, r in enumerate(runs)],
     ]
     page = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>\n<body>\n"
         + "\n".join(body)

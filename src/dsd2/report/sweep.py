@@ -28,7 +28,7 @@ def grid_keys(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def metric_prefixes(rows: list[dict[str, Any]]) -> list[str]:
-    """"" for plain sweeps; "teacher_" and "student_" for pipeline sweeps."""
+    """ "" for plain sweeps; "teacher_" and "student_" for pipeline sweeps."""
     return [c[: -len("best_acc_mean")] for c in rows[0] if c.endswith("best_acc_mean")]
 
 
@@ -125,10 +125,14 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
             parts.append(H._figure_block(analysis_figure(by_point, key), fig_dir, f"sweep_{key}", f"Best fit vs {key}", written))
     failed = [c for c in info.get("cells", []) if c.get("status") == "failed"]
     if failed:
-        parts.append("<h3>Failed cells</h3>" + H._table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1)))
+        parts.append(
+            "<h3>Failed cells</h3>" + H._table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1))
+        )
     runs = load_runs(run_dirs)
     page, _ = H.build_report(
-        runs, out, title=title or f"dsd2 sweep {info.get('spec', {}).get('name', sweep_dir.name)}",
+        runs,
+        out,
+        title=title or f"dsd2 sweep {info.get('spec', {}).get('name', sweep_dir.name)}",
         extra_sections=[("Sweep analysis (mean ± std over seeds)", "".join(parts))],
     )
     index = out / "index.html"

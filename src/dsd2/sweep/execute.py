@@ -71,6 +71,4 @@ def run_task(task: Task, on_round: Callable[[RoundRow], None] | None = None) -> 
     except UserError as err:
         return Outcome(ok=False, error=str(err), wall_s=time.perf_counter() - t0)
     except Exception as err:
-        return Outcome(
-            ok=False, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(), wall_s=time.perf_counter() - t0
-        )
+        return Outcome(ok=False, error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(), wall_s=time.perf_counter() - t0)

@@ -94,6 +94,9 @@ def sweep_main(
 
         console.print(f"report: {write_sweep_report(result.sweep_dir)}", markup=False)
     if not result.ok:
-        console.print(f"{len(result.failed)} of {len(result.cells)} cells failed; run the sweep again to retry them (finished runs are skipped)", markup=False)
+        console.print(
+            f"{len(result.failed)} of {len(result.cells)} cells failed; run the sweep again to retry them (finished runs are skipped)",
+            markup=False,
+        )
         return 1
     return 0

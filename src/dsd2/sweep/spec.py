@@ -124,9 +124,7 @@ def _sweep_file(path_or_preset: str | Path) -> Path:
         preset = SWEEP_PRESET_DIR / f"{p.name}.yaml"
         if preset.is_file():
             return preset
-    raise UserError(
-        f"sweep file {path_or_preset} not found (give a YAML path or a sweep preset: {', '.join(list_sweep_presets())})"
-    )
+    raise UserError(f"sweep file {path_or_preset} not found (give a YAML path or a sweep preset: {', '.join(list_sweep_presets())})")
 
 
 def _format_spec_error(err: ValidationError, source: str) -> str:
@@ -134,9 +132,7 @@ def _format_spec_error(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
-            lines.append(
-                f"  {loc}: unknown key (sweep keys: {', '.join(SweepSpec.model_fields)}; config keys go in overrides or grid)"
-            )
+            lines.append(f"  {loc}: unknown key (sweep keys: {', '.join(SweepSpec.model_fields)}; config keys go in overrides or grid)")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"  {loc}: {msg}")
@@ -162,13 +158,13 @@ def _apply_sweep_overrides(data: dict[str, Any], overrides: list[str] | tuple[st
         if key != "sweep" and not key.startswith("sweep."):
             run_overrides.append(item)
             continue
-        rest = key[len("sweep."):]
+        rest = key[len("sweep.") :]
         if not rest:
             raise UserError(f"override {item!r}: name a sweep field, e.g. sweep.retries=2")
         value = apply_overrides({}, [f"x={item.partition('=')[2]}"])["x"]
         if rest.startswith("grid."):
             grid = data.get("grid")
-            data["grid"] = {**(grid if isinstance(grid, dict) else {}), rest[len("grid."):]: value}
+            data["grid"] = {**(grid if isinstance(grid, dict) else {}), rest[len("grid.") :]: value}
         else:
             data = apply_overrides(data, [f"{rest}={item.partition('=')[2]}"])
     if run_overrides:
@@ -205,8 +201,7 @@ def load_sweep(path_or_preset: str | Path, overrides: list[str] | tuple[str, ...
         for key in spec.grid:
             if _overlaps(_override_key(item), key):
                 raise UserError(
-                    f"sweep {spec.name}: override {item!r} touches grid key {key!r}; change the grid instead "
-                    f"(sweep.grid.{key}=[...])"
+                    f"sweep {spec.name}: override {item!r} touches grid key {key!r}; change the grid instead (sweep.grid.{key}=[...])"
                 )
     spec._source_dir = path.parent.resolve()
     expand(spec)  # validates every cell up front
