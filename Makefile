@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs
 
-.PHONY: venv demo test test-fast data bench clean browser bank
+.PHONY: venv demo test test-fast lint data bench clean browser bank
 
 venv: $(VENV)/.installed
 
@@ -40,8 +40,14 @@ browser:
 	    (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) || true; \
 	  fi; }
 
-test: venv browser
+# Lint, types, then every test (slow ones included).
+test: venv browser lint
 	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy
 
 test-fast: venv
 	$(BIN)/pytest -m "not slow" -x

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsd2 import store
-from dsd2.compare import best_round, decide, selection_column
+from dsd2.compare import Rows, best_round, decide, selection_column
 from dsd2.errors import UserError
 
 # Candidate thresholds for the entropy rule: a relative fall of the network entropy from its
@@ -30,7 +30,7 @@ OK_GAP = 1.0
 @dataclass
 class Curve:
     name: str
-    rows: list[dict[str, Any]]
+    rows: Rows
 
     @property
     def setting(self) -> str:
@@ -82,6 +82,7 @@ def evaluate(curve: Curve, rule: str, **params: Any) -> RuleOutcome:
     if decision is None:
         sel, trained = best_round(rows), len(rows) - 1
     else:
+        assert decision.selected_round is not None  # only a curve without rounds selects none
         sel = decision.selected_round
         trained = decision.stop_round if decision.stop_round is not None else len(rows) - 1
     ref = rows[best_round(rows, col)]

@@ -6,12 +6,13 @@ User errors (``UserError``) print one line and exit 2; ``--debug`` shows the tra
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dsd2.errors import UserError
@@ -39,7 +40,7 @@ def _pct(v: Any) -> str:
 
 def rounds_table(rows: list[RoundRow], title: str = "") -> Table:
     table = Table(title=title, show_lines=False)
-    cols = [
+    cols: list[tuple[str, str, Callable[[Any], str]]] = [
         ("round", "round", str),
         ("sparsity %", "sparsity", lambda v: f"{100 * v:.2f}"),
         ("train(noisy)", "train_acc_noisy", _pct),
@@ -65,8 +66,8 @@ class _Progress:
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bar: Progress | None = None
-        self.task = None
-        self.round = None
+        self.task: TaskID | None = None
+        self.round: int | None = None
 
     def __enter__(self):
         if self.enabled:
@@ -89,7 +90,7 @@ class _Progress:
     def epoch(self, round_idx: int, total: int, log) -> None:
         if self.bar is None:
             return
-        if self.round != round_idx:
+        if self.task is None or self.round != round_idx:
             if self.task is not None:
                 self.bar.remove_task(self.task)
             self.task = self.bar.add_task(f"round {round_idx}", total=total, info="")

@@ -14,6 +14,7 @@ sparsity not credited); ``units``: cost in dense training runs of the vanilla mo
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ from dsd2.errors import UserError
 from dsd2.phases import StopDecision, entropy_early_stop, plain_early_stop
 from dsd2.registry import STOP_RULES
 from dsd2.rundir import RoundRow
+
+# A curve: rounds in order, each a mapping of column to value (rundir.RoundRow or a CSV dict).
+Rows = Sequence[Mapping[str, Any]]
 
 # The entropy rule's parameters, chosen from the measured demo curves (README, "The demo").
 ENTROPY_RULE_DEFAULTS: dict[str, Any] = {"rel_drop": 0.1}
@@ -46,13 +50,13 @@ def load_rows(run_dir: str | Path) -> list[RoundRow]:
     return rows
 
 
-def selection_column(rows: list[dict[str, Any]]) -> str:
+def selection_column(rows: Rows) -> str:
     """The column used for model selection: validation accuracy, or test when the run has no val split."""
     return "val_acc" if rows and rows[0].get("val_acc") is not None else "test_acc"
 
 
 def decide(
-    rows: list[dict[str, Any]], rule: str, *, tolerance: float = 0.0, patience: int = 1, select: str = "best", **entropy_params: Any
+    rows: Rows, rule: str, *, tolerance: float = 0.0, patience: int = 1, select: str = "best", **entropy_params: Any
 ) -> StopDecision | None:
     """The decision of the registered stop rule ``rule`` ("plain", "entropy" or "none", see
     :data:`dsd2.registry.STOP_RULES`) on a run's rows.
@@ -86,12 +90,13 @@ def entropy_stop(
     acc: list[float], entropy: list[float | None], *, tolerance: float, patience: int, select: str, **params: Any
 ) -> StopDecision:
     """``entropy``: :func:`dsd2.phases.entropy_early_stop` with :data:`ENTROPY_RULE_DEFAULTS` under ``params``."""
-    if any(h is None for h in entropy):
+    values = [h for h in entropy if h is not None]
+    if len(values) != len(entropy):
         raise UserError("the entropy rule needs the entropy column (run with entropy.enabled=true)")
-    return entropy_early_stop(acc, entropy, tolerance=tolerance, patience=patience, select=select, **{**ENTROPY_RULE_DEFAULTS, **params})
+    return entropy_early_stop(acc, values, tolerance=tolerance, patience=patience, select=select, **{**ENTROPY_RULE_DEFAULTS, **params})
 
 
-def best_round(rows: list[dict[str, Any]], column: str | None = None) -> int:
+def best_round(rows: Rows, column: str | None = None) -> int:
     """Index of the most accurate round on ``column`` (default: the selection column);
     ties go to the sparser round (more compressed for the same accuracy)."""
     col = column or selection_column(rows)
@@ -118,15 +123,14 @@ class Outcome:
         return asdict(self)
 
 
-def outcome(
-    strategy: str, run_dir: str | Path, rows: list[dict[str, Any]], decision: StopDecision | None, unit_pflops: float, note: str = ""
-) -> Outcome:
+def outcome(strategy: str, run_dir: str | Path, rows: Rows, decision: StopDecision | None, unit_pflops: float, note: str = "") -> Outcome:
     col = selection_column(rows)
     if decision is None:  # exhaustive: train every round, pick the best on the selection column
         trained = len(rows) - 1
         sel = best_round(rows, col)
     else:
         trained = decision.stop_round if decision.stop_round is not None else len(rows) - 1
+        assert decision.selected_round is not None  # only a curve without rounds selects none
         sel = decision.selected_round
     r, last = rows[sel], rows[trained]
     return Outcome(
@@ -176,13 +180,14 @@ def strategy_table(
     check_pair(vanilla_dir, student_dir)
     vrows = load_rows(vanilla_dir)
     unit = vrows[0]["round_pflops_dense"]
-    rule = dict(tolerance=tolerance, patience=patience, select=select)
+    rule: dict[str, Any] = {"tolerance": tolerance, "patience": patience, "select": select}
     out = [
         outcome("vanilla, exhaustive", vanilla_dir, vrows, None, unit, "all rounds, best on " + selection_column(vrows)),
         outcome("vanilla + early stop", vanilla_dir, vrows, decide(vrows, "plain", **rule), unit),
     ]
     if vrows[0].get("entropy") is not None:
         d = decide(vrows, "entropy", **rule, **entropy_params)
+        assert d is not None  # the entropy rule always decides
         ign = d.ignored_drops
         note = f"ignored {len(ign)} drop(s), rounds {ign[0]}-{ign[-1]}" if ign else ""
         out.append(outcome("vanilla + entropy + early stop", vanilla_dir, vrows, d, unit, note))
@@ -231,7 +236,7 @@ class Dip:
     after: int | None
 
 
-def recovered_dip(rows: list[dict[str, Any]], column: str | None = None) -> Dip:
+def recovered_dip(rows: Rows, column: str | None = None) -> Dip:
     """The deepest dip a curve recovers from: max over i < j < k of min(acc[i], acc[k]) - acc[j].
 
     This is the Critical dip of sparse double descent measured without any phase rule: a curve

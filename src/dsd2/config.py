@@ -16,22 +16,18 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsd2.errors import UserError
-from dsd2.registry import OPTIMIZERS, PRUNING_METHODS, RETRAIN_MODES, SCHEDULES, STOP_RULES, Registry
+from dsd2.registry import OPTIMIZERS, PRUNING_METHODS, RETRAIN_MODES, SCHEDULES, STOP_RULES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-def _registered(registry: Registry[Any]) -> Any:
-    """A name field checked against ``registry`` (normalised to its registered spelling). The
-    registries hold names without importing torch, so this runs before anything heavy loads."""
-    return Annotated[str, AfterValidator(registry.canonical)]
-
-
-PruningMethodName = _registered(PRUNING_METHODS)
-RetrainModeName = _registered(RETRAIN_MODES)
-OptimizerName = _registered(OPTIMIZERS)
-ScheduleName = _registered(SCHEDULES)
-StopRuleName = _registered(STOP_RULES)
+# Name fields checked against their registry (normalised to the registered spelling). The
+# registries hold names without importing torch, so this runs before anything heavy loads.
+PruningMethodName = Annotated[str, AfterValidator(PRUNING_METHODS.canonical)]
+RetrainModeName = Annotated[str, AfterValidator(RETRAIN_MODES.canonical)]
+OptimizerName = Annotated[str, AfterValidator(OPTIMIZERS.canonical)]
+ScheduleName = Annotated[str, AfterValidator(SCHEDULES.canonical)]
+StopRuleName = Annotated[str, AfterValidator(STOP_RULES.canonical)]
 
 
 class _Section(BaseModel):
@@ -72,7 +68,7 @@ class DatasetConfig(_Section):
     def _mean_std(self) -> DatasetConfig:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give dataset.mean and dataset.std together")
-        if self.std is not None and (len(self.std) != len(self.mean) or any(v <= 0 for v in self.std)):
+        if self.std is not None and self.mean is not None and (len(self.std) != len(self.mean) or any(v <= 0 for v in self.std)):
             raise ValueError("dataset.std needs one positive value per channel, as many as dataset.mean")
         return self
 

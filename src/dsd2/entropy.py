@@ -282,10 +282,10 @@ def entropy_from_counts(counts: dict[str, Tensor], samples: dict[str, int], *, e
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
     return torch.device("cpu")
 
 

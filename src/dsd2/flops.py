@@ -313,7 +313,7 @@ def step_flops(
     sparse_fwd = _split(fwd_total, tracker.fwd, dens)
     sparse_bwd = _split(bwd_total, tracker.bwd, dens)
 
-    t_total, t_sparse, t_layers = 0, 0.0, {}
+    t_total, t_sparse, t_layers = 0, 0.0, dict[str, LayerFlops]()
     if teacher is not None:
         t_total, t_sparse, t_layers = _teacher_flops(teacher, example_batch, teacher_masks)
     return StepFlops(

@@ -113,7 +113,7 @@ def build_data(cfg: RunConfig) -> DataSplits:
     data = load_dataset(
         d.name, root, val_size=d.val_size, train_subset=d.train_subset, seed=data_seed(cfg), download=d.download, augment=d.augment
     )
-    if d.mean is not None:
+    if d.mean is not None and d.std is not None:
         channels = data.train_x.shape[1] if data.train_x.dim() == 4 else 1
         if len(d.mean) != channels:
             raise UserError(f"dataset.mean has {len(d.mean)} values but {d.name} images have {channels} channel(s)")
@@ -159,6 +159,7 @@ def _human_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
     full_clean = torch.empty(n_total, dtype=torch.long)
     full_clean[data.train_idx] = data.train_y
     full_clean[data.val_idx] = data.val_y
+    assert cfg.dataset.label_file is not None  # called only for runs with a label file
     full_noisy = human_labels(
         cfg.dataset.label_file, cfg.dataset.label_key, expected_len=n_total, num_classes=data.num_classes, clean_labels=full_clean
     )
@@ -213,7 +214,7 @@ def set_lr_scale(run_dir: Path, scale: float) -> int:
 
 def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Schedule:
     t, p = cfg.train, cfg.prune
-    base = dict(
+    base: dict[str, Any] = dict(
         epochs=t.epochs,
         lr=t.lr,
         optimizer=t.optimizer,
@@ -720,7 +721,7 @@ def _write_early_stop(ctx: RunContext, rows: list[RoundRow]) -> None:
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else dict(obj)
 
 
 # ----------------------------------------------------------------------------- the loop

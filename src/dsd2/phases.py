@@ -47,7 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from dsd2.errors import UserError
 
@@ -75,6 +75,10 @@ UNDETERMINED = "undetermined"
 # ---------------------------------------------------------------------------------------
 
 
+@overload
+def _floats(name: str, xs: None, n: int | None) -> None: ...
+@overload
+def _floats(name: str, xs: Sequence[float], n: int | None) -> list[float]: ...
 def _floats(name: str, xs: Sequence[float] | None, n: int | None) -> list[float] | None:
     if xs is None:
         return None
@@ -393,6 +397,7 @@ def _early_stop(
         if is_drop:
             confirmed = True
             if signal is not None:
+                assert entropy is not None  # a signal always comes with its entropy curve
                 confirmed = bool(signal(entropy[: r + 1], acc[: r + 1], **signal_params))
             if confirmed:
                 streak += 1

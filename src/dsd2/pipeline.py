@@ -8,7 +8,7 @@ The teacher run doubles as the vanilla curve when teacher and student share an a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -88,11 +88,11 @@ def run_pipeline(
     return Study(teacher_dir, student_dir, vanilla_dir)
 
 
-def _round_line(cfg: RunConfig) -> Callable[[dict[str, Any]], None]:
+def _round_line(cfg: RunConfig) -> Callable[[Mapping[str, Any]], None]:
     """One line per finished round on stderr, tagged with the run (parallel workers share it)."""
     import sys
 
-    def show(row: dict[str, Any]) -> None:
+    def show(row: Mapping[str, Any]) -> None:
         test = row.get("test_acc")
         print(
             f"[{cfg.name} seed {cfg.seed}] round {row['round']:>2}  sparsity {100 * row['sparsity']:6.2f}%  "
@@ -123,7 +123,7 @@ def run_pipelines_parallel(configs: list[RunConfig], *, out: str | Path, jobs: i
     more done than one run using both cores (see README, "Demo").
     """
     if jobs <= 1 or len(configs) <= 1:
-        return [tuple(map(Path, _pipeline_worker((c.resolved(), str(out))))) for c in configs]
+        return [(Path(t), Path(s)) for t, s in (_pipeline_worker((c.resolved(), str(out))) for c in configs)]
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 

@@ -173,7 +173,7 @@ def read_finished(run_dir: str | Path) -> Finished:
     """Rows, per-layer entropy and timings of rounds 0..k-1 (the finished ones), in order."""
     out = Finished()
     for i in finished_rounds(Path(run_dir)):
-        path = round_dir(run_dir, i) / METRICS
+        path = round_dir(Path(run_dir), i) / METRICS
         m = store.read_json(path)
         out.rows.append(RoundRow.from_dict(m["row"], source=path))
         out.entropy.extend(m["entropy_layers"])

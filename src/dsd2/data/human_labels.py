@@ -187,7 +187,7 @@ def _looks_like_safetensors(data: bytes) -> bool:
     return 2 <= n <= len(data) - 8 and data[8:9] == b"{"
 
 
-def _load_safetensors(p: Path, data: bytes) -> dict[str, np.ndarray]:
+def _load_safetensors(p: Path, data: bytes) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.numpy import load as st_load_numpy
 

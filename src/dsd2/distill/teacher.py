@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from dsd2 import rundir, store
-from dsd2.compare import best_round, selection_column
+from dsd2.compare import Rows, best_round, selection_column
 from dsd2.config import RunConfig
 from dsd2.distill.loss import kd_loss
 from dsd2.errors import UserError
 
 
-def select_teacher_round(rows: list[dict[str, Any]], choice: int | str) -> tuple[int, str]:
+def select_teacher_round(rows: Rows, choice: int | str) -> tuple[int, str]:
     """(round index, selection column) for ``choice`` in {"best", "dense", <int>}.
 
     "best" is the best-fit round: highest accuracy on the selection column; ties go to the

@@ -119,7 +119,7 @@ def _hint_from_default(default: Any) -> Any:
     if default is None:
         return Any
     if isinstance(default, tuple) and default and all(type(v) is type(default[0]) for v in default):
-        return tuple[type(default[0]), ...]
+        return tuple.__class_getitem__((type(default[0]), ...))
     if isinstance(default, (bool, int, float, str)):
         return type(default)
     return Any

@@ -198,8 +198,9 @@ def group_runs(run_dirs: Iterable[str | Path | RunData]) -> list[RunGroup]:
 
     Groups keep the order of their first run in the input; runs keep their input order.
     """
-    runs = [r for r in run_dirs]
-    data = runs if runs and all(isinstance(r, RunData) for r in runs) else load_runs(runs)
+    runs = list(run_dirs)
+    loaded = [r for r in runs if isinstance(r, RunData)]
+    data = loaded if runs and len(loaded) == len(runs) else load_runs(runs)
     if not data:
         raise UserError("no run directories given: pass one or more dsd2 run directories")
     groups: dict[str, RunGroup] = {}

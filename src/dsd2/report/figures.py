@@ -236,6 +236,7 @@ def _phase_run(groups: Sequence[RunGroup], phases_from: RunData | None) -> RunDa
 def _add_legends(ax: Axes, phase_handles: list[Patch], *, title: str | None, run_title: str = "runs") -> None:
     """Runs legend and phases legend to the right of the axes (outside, laid out by the figure)."""
     fig = ax.get_figure()
+    assert fig is not None  # every axes here is drawn on a figure
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=7, title=run_title, title_fontsize=8, frameon=False)
     if phase_handles:

@@ -341,7 +341,7 @@ def _selection_table(runs: Sequence[RunData]) -> str:
             except UserError as err:
                 cells.append(f"n/a ({err})")
                 continue
-            if d is None:
+            if d is None or d.selected_round is None:
                 cells.append("")
                 continue
             sel = r.rows[d.selected_round]

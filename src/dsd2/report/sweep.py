@@ -10,7 +10,7 @@ vs retraining mode, as in the paper's analyses.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from matplotlib.figure import Figure
 
@@ -50,12 +50,12 @@ def analysis_figure(rows: list[dict[str, Any]], key: str) -> Figure:
     xs_of = (lambda v: _as_number(v)) if numeric else (lambda v: values.index(v))
     fig = F._new_figure(11.0, 4.2)
     ax_acc, ax_sp = fig.subplots(1, 2)
-    lines = {}
+    lines: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         lines.setdefault(tuple(r[k] for k in others), []).append(r)
     i = 0
     for combo, group in lines.items():
-        group = sorted(group, key=lambda r: xs_of(r[key]))
+        group = sorted(group, key=lambda r: cast(float, xs_of(r[key])))
         xs = [xs_of(r[key]) for r in group]
         for prefix in metric_prefixes(rows):
             label = ", ".join(f"{k}={v}" for k, v in zip(others, combo)) or "all"

@@ -157,7 +157,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     vals = [float(v) for v in values if v is not None]
     if not vals:
         return None, None
