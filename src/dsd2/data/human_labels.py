@@ -31,7 +31,6 @@ Accepted formats (sniffed from the content, not the suffix):
 from __future__ import annotations
 
 import io
-import pickle
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -41,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsd2.data.safe_pickle import RestrictedUnpickler
+from dsd2.data.safe_pickle import CORRUPT_PICKLE_ERRORS, RestrictedUnpickler
 from dsd2.errors import UserError
 
 HUMAN_LABEL_KEYS: dict[str, tuple[str, ...]] = {
@@ -74,6 +73,9 @@ _MAX_MEMBER_BYTES = 1 << 30  # refuse absurd (zip-bomb) members; a CIFAR-N data.
 _FORMATS_HINT = (
     "expected a CIFAR-N label file (torch archive such as CIFAR-10_human.pt / CIFAR-100_human.pt), a .npy/.npz file or a .safetensors file"
 )
+
+# A torch zip archive can also fail in struct unpacking of its records.
+_CORRUPT_LABEL_FILE_ERRORS: tuple[type[BaseException], ...] = (*CORRUPT_PICKLE_ERRORS, struct.error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,19 +236,7 @@ def _restricted_stream(data: bytes, *, source: str, first_only: bool, torch_erro
                     f"({type(torch_error).__name__}: {reason[:300]}); the file is corrupt or not a label file"
                 ) from torch_error
             raise
-        except (
-            pickle.UnpicklingError,
-            EOFError,
-            ValueError,
-            TypeError,
-            KeyError,
-            IndexError,
-            AttributeError,
-            UnicodeDecodeError,
-            MemoryError,
-            OverflowError,
-            struct.error,
-        ) as e:
+        except _CORRUPT_LABEL_FILE_ERRORS as e:
             raise UserError(f"{source} is truncated or corrupt ({type(e).__name__}: {e}); delete it and obtain the file again") from e
 
     first = load_one()

@@ -16,6 +16,21 @@ from typing import Any, BinaryIO
 
 from dsd2.errors import UserError
 
+# What a truncated or corrupt pickle raises while it is read (never what its code would do:
+# nothing outside the allow-list runs).
+CORRUPT_PICKLE_ERRORS: tuple[type[BaseException], ...] = (
+    pickle.UnpicklingError,
+    EOFError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    UnicodeDecodeError,
+    MemoryError,
+    OverflowError,
+)
+
 # (module, name) as written in the pickle -> (module candidates to import from, attribute).
 # numpy 2 moved ``numpy.core`` to ``numpy._core`` (the old path still works but warns);
 # pickles written by numpy 1.x name ``numpy.core.multiarray``.
@@ -80,18 +95,7 @@ def restricted_loads(data: bytes, *, source: str = "<bytes>", encoding: str = "b
         return RestrictedUnpickler(io.BytesIO(data), source=source, encoding=encoding).load()
     except UserError:
         raise
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        KeyError,
-        IndexError,
-        AttributeError,
-        UnicodeDecodeError,
-        MemoryError,
-        OverflowError,
-    ) as e:
+    except CORRUPT_PICKLE_ERRORS as e:
         raise UserError(f"{source} is truncated or corrupt ({type(e).__name__}: {e}); delete it and obtain the file again") from e
 
 
