@@ -165,3 +165,20 @@ def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
 def test_seed_beyond_the_generators_range_is_a_config_error():
     with pytest.raises(UserError, match="seed"):
         load_config(None, ["seed=99999999999999999999999"])
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.lr=.inf",
+        "train.weight_decay=.inf",
+        "dataset.mean=[.nan]",
+        "dataset.std=[.inf]",
+        "distill.temperature=.inf",
+        "noise.rate=.nan",
+    ],
+)
+def test_non_finite_values_are_refused(override):
+    pair = ["dataset.std=[1.0]"] if "mean" in override else ["dataset.mean=[0.0]"] if "std" in override else []
+    with pytest.raises(UserError, match="finite number"):
+        load_config(None, [override, *pair])

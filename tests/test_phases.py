@@ -316,3 +316,9 @@ def test_online_usage_sdd():
             stopped_at = r
             break
     assert stopped_at == 17 and es.decision.selected_round == 15
+
+
+def test_stop_tolerance_must_be_finite():
+    for bad in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(UserError, match="finite number"):
+            plain_early_stop([0.5, 0.4], tolerance=bad)

@@ -31,8 +31,8 @@ StopRuleName = Annotated[str, AfterValidator(STOP_RULES.canonical)]
 
 
 class _Section(BaseModel):
-    # Unknown keys are typos more often than not: refuse them.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are typos; inf and NaN are never a valid rate, lr, temperature or statistic.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DatasetConfig(_Section):
@@ -100,7 +100,7 @@ class ModelConfig(BaseModel):
     signature, so a typo still gives a clear error.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str = Field("vgg_like", description="Registered model: resnet18_cifar, resnet18, resnet50, vgg_like, lenet_300_100, lenet5, mlp.")
 
     @property

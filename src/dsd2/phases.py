@@ -355,8 +355,8 @@ def entropy_below_dense_signal(
 
 
 def _check_stop_params(tolerance: float, patience: int, select: str) -> None:
-    if tolerance < 0:
-        raise UserError(f"tolerance must be >= 0, got {tolerance}")
+    if not tolerance >= 0 or math.isinf(tolerance):  # also refuses NaN
+        raise UserError(f"tolerance must be a finite number >= 0, got {tolerance}")
     if patience < 1:
         raise UserError(f"patience must be >= 1, got {patience}")
     if select not in ("best", "last_good"):
