@@ -150,3 +150,12 @@ def test_divergence_then_resume_with_a_lower_lr(tmp_path, capsys):
     assert store.finished_rounds(run_dir) == [0, 1, 2]
     assert store.read_json(run_dir / "lr_scale.json") == {"history": [{"from_round": 0, "scale": 1e-05}]}
     assert [r["lr_scale"] for r in store.read_csv(run_dir / "timings.csv")] == [1e-05] * 3
+
+
+def test_user_text_is_never_read_as_markup(tmp_path, capsys):
+    assert main(["run", "[/]"]) == 2
+    assert "config file [/] not found" in " ".join(capsys.readouterr().err.split())
+    out = tmp_path / "exp[lr=0.1]"
+    assert main(["run", "tiny_mnist1d", *TINY, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"run directory: {out}/" in printed

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from dsd2.errors import UserError
 
@@ -24,8 +25,10 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Study and dodge sparse double descent (DSD²)."
 )
 # Piped output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# markup=False: paths, config values and error texts are user text; "[lr=0.1]" or "[/]" in them
+# must print as written, not be read as rich markup.
+console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
 _STATE = {"debug": False}
 
 
@@ -72,7 +75,7 @@ class _Progress:
     def __enter__(self):
         if self.enabled:
             self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
+                TextColumn("{task.description}", style="bold", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"),
@@ -480,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         if _STATE["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False)
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)), highlight=False)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`")
