@@ -48,8 +48,9 @@ def test_tensors_roundtrip_and_corruption(tmp_path):
 def test_manifest_detects_bit_flip_and_missing_file(tmp_path):
     rd = store.round_dir(tmp_path, 0)
     store.save_tensors(rd / "state.safetensors", {"w": torch.arange(10.0)})
+    store.save_tensors(rd / "masks.safetensors", {"w": torch.ones(10, dtype=torch.bool)})
     store.write_json(rd / "metrics.json", {"row": {}})
-    store.write_manifest(rd, ["state.safetensors", "metrics.json"])
+    store.write_manifest(rd, ["state.safetensors", "masks.safetensors", "metrics.json"])
     assert store.finished_rounds(tmp_path) == [0]
     data = bytearray((rd / "state.safetensors").read_bytes())
     data[-3] ^= 0x01
@@ -98,3 +99,20 @@ def test_lock_planted_as_a_symlink_is_refused_and_its_target_untouched(tmp_path)
             pass
     assert victim.read_text() == "precious"
     assert store.is_locked(run) is False
+
+
+def test_malformed_manifests_and_a_file_in_place_of_a_round_are_clear_errors(tmp_path):
+    run = tmp_path / "run"
+    rd = store.round_dir(run, 0)
+    rd.mkdir(parents=True)
+    (rd / store.MANIFEST).write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a dsd2 manifest"):
+        store.finished_rounds(run)
+    store.write_json(rd / store.MANIFEST, {"files": {}})  # an empty list must not mark a round finished
+    with pytest.raises(UserError, match="does not list state.safetensors"):
+        store.finished_rounds(run)
+    (rd / store.MANIFEST).unlink()
+    rd.rmdir()
+    rd.write_text("not a folder")
+    with pytest.raises(UserError, match="is a file where dsd2 keeps a folder"):
+        store.finished_rounds(run)

@@ -46,7 +46,7 @@ ENTROPY_CSV = "entropy.csv"
 TIMINGS_CSV = "timings.csv"
 METRICS = "metrics.json"
 # The files of a finished round folder, in the order its manifest lists them.
-ROUND_FILES = ("state.safetensors", "masks.safetensors", METRICS)
+ROUND_FILES = store.ROUND_FILES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,7 +202,7 @@ def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device |
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     rd = round_dir(run_dir, round_idx)
-    if not store.verify_manifest(rd):
+    if not store.verify_manifest(rd, ROUND_FILES):
         raise UserError(f"round {round_idx} of {run_dir} is not finished (no {rd / MANIFEST})")
     shape = saved_data_shape(run_dir)
     from dsd2.models import build_model  # every architecture and torchvision: only loading a model needs them

@@ -203,13 +203,22 @@ def write_manifest(directory: Path, files: list[str]) -> None:
     write_json(directory / MANIFEST, {"files": entries})
 
 
-def verify_manifest(directory: Path) -> bool:
-    """True when the manifest exists; raise UserError when a listed file is missing or altered."""
+def verify_manifest(directory: Path, required: tuple[str, ...] = ()) -> bool:
+    """True when the manifest exists; raise UserError when it is malformed, lacks one of the
+    ``required`` files, or a listed file is missing or altered."""
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} is a file where dsd2 keeps a folder: move it away and resume")
     mpath = directory / MANIFEST
     if not mpath.is_file():
         return False
     manifest = read_json(mpath)
-    for name, digest in manifest.get("files", {}).items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise UserError(f"{mpath} is not a dsd2 manifest (edited or corrupt); delete {directory} and resume to recompute that round")
+    missing = [name for name in required if name not in files]
+    if missing:
+        raise UserError(f"{mpath} does not list {', '.join(missing)}; delete {directory} and resume to recompute that round")
+    for name, digest in files.items():
         f = directory / name
         if not f.is_file():
             raise UserError(f"{f} is missing although {mpath} lists it; delete {directory} and resume to recompute that round")
@@ -218,11 +227,15 @@ def verify_manifest(directory: Path) -> bool:
     return True
 
 
+# What a finished round folder holds (rundir.ROUND_FILES re-states it for readers).
+ROUND_FILES = ("state.safetensors", "masks.safetensors", "metrics.json")
+
+
 def finished_rounds(run_dir: Path) -> list[int]:
     """Indices of rounds 0..k-1 that are complete and consecutive from round 0."""
     done = []
     i = 0
-    while verify_manifest(round_dir(run_dir, i)):
+    while verify_manifest(round_dir(run_dir, i), ROUND_FILES):
         done.append(i)
         i += 1
     return done
