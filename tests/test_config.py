@@ -182,3 +182,10 @@ def test_non_finite_values_are_refused(override):
     pair = ["dataset.std=[1.0]"] if "mean" in override else ["dataset.mean=[0.0]"] if "std" in override else []
     with pytest.raises(UserError, match="finite number"):
         load_config(None, [override, *pair])
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.5\n")
+    with pytest.raises(UserError, match="key 'lr' is given twice"):
+        load_config(path)

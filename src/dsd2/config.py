@@ -323,6 +323,25 @@ def check_size(data: Any, source: str, limit: int = MAX_CONFIG_NODES) -> None:
             stack.extend(node)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently: a config that says `lr` twice would train with whichever came second)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse a user's YAML file: safe types only, no duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe types only
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -332,7 +351,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         else:
             raise UserError(f"config file {path} not found (give a YAML path or a preset name: {', '.join(list_presets())})")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = load_yaml_text(p.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{p} is not valid YAML: {err}") from None
     except (OSError, UnicodeDecodeError) as err:

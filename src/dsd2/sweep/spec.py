@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, read_yaml, validate_config
+from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, load_yaml_text, read_yaml, validate_config
 from dsd2.errors import UserError
 from dsd2.pipeline import teacher_config
 from dsd2.sweep.shapes import dataset_key, has_model_facts, meta_model
@@ -185,7 +185,7 @@ def load_sweep(path_or_preset: str | Path, overrides: list[str] | tuple[str, ...
     """
     path = _sweep_file(path_or_preset)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_text(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{path} is not valid YAML: {err}") from None
     except (OSError, UnicodeDecodeError) as err:
