@@ -159,3 +159,28 @@ def test_user_text_is_never_read_as_markup(tmp_path, capsys):
     assert main(["run", "tiny_mnist1d", *TINY, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert f"run directory: {out}/" in printed
+
+
+def test_messages_for_common_slips(tmp_path, capsys, monkeypatch):
+    # a folder named like a preset does not shadow the preset
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny_mnist1d").mkdir()
+    assert main(["run", "tiny_mnist1d", *TINY, "--out", str(tmp_path / "runs")]) == 0
+    assert "is a folder, not a run directory: using the preset" in capsys.readouterr().err
+    # --seeds that names no seed
+    assert main(["demo", "--seeds", ","]) == 2
+    assert "names no seed" in capsys.readouterr().err
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dsd2.config.load_config", interrupted)
+    assert main(["run", "tiny_mnist1d"]) == 130
+    assert "resume with `dsd2 resume RUN_DIR`" in capsys.readouterr().err
+
+
+def test_pipeline_says_which_teacher_round_it_chose(tmp_path, capsys):
+    assert main(["pipeline", "tiny_mnist1d", *TINY, "--out", str(tmp_path)]) == 0
+    assert "teacher: " in capsys.readouterr().out

@@ -136,10 +136,12 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Run (or resume) an IMP study: dense training, then prune/retrain rounds."""
-    from dsd2.config import load_config
+    from dsd2.config import PRESET_DIR, load_config
 
     p = Path(config)
-    if p.is_dir():
+    if p.is_dir() and not (p / "config.yaml").is_file() and (PRESET_DIR / f"{config}.yaml").is_file():
+        err_console.print(f"{p}/ is a folder, not a run directory: using the preset {config!r}")
+    elif p.is_dir():
         if overrides:
             raise UserError("overrides cannot change an existing run; start a new run from its config.yaml instead")
         return resume(p, quiet=quiet, lr_scale=None)
@@ -350,12 +352,16 @@ def pipeline_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Teacher IMP -> teacher at best fit (or dense / a round) -> student IMP with KD at every round."""
-    from dsd2 import compare
+    from dsd2 import compare, store
     from dsd2.config import load_config
 
     cfg = load_config(config, overrides or [])
     scfg = load_config(student, overrides or []) if student else None
     study = _pipeline(cfg, scfg, out, quiet)
+    t = store.read_json(study.student / "teacher.json")
+    console.print(
+        f"teacher: {t['run_dir']} round {t['round']} ({t['choice']}, sparsity {100 * t['sparsity']:.2f}%, selected on {t['selected_on']})"
+    )
     if study.vanilla != study.teacher:
         console.print(f"the student's architecture differs from the teacher's: vanilla baseline {study.vanilla}")
     console.print(strategy_rich_table(compare.strategy_table(study.vanilla, study.student)))
@@ -394,6 +400,8 @@ def demo(
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         raise UserError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    if not seed_list:
+        raise UserError(f"--seeds names no seed ({seeds!r}): give comma-separated integers, e.g. --seeds 0,1")
     configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"]) for s in seed_list]
     err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
     pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
@@ -475,9 +483,14 @@ def report(
     console.print(f"report: {path}")
 
 
+_INTERRUPTED = "interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`"
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         code = app(args=argv, standalone_mode=False)
+        if code == 130:  # typer's answer to Ctrl-C when it does not exit itself
+            err_console.print(_INTERRUPTED)
         if isinstance(code, int) and code:
             return code
     except UserError as err:
@@ -485,10 +498,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)), highlight=False)
         return 2
-    except KeyboardInterrupt:
-        err_console.print("interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`")
-        return 130
-    except typer.Abort:
+    except (KeyboardInterrupt, typer.Abort):  # click may turn Ctrl-C into Abort
+        err_console.print(_INTERRUPTED)
         return 130
     except typer.TyperException as err:  # usage errors: unknown option, missing argument
         show = getattr(err, "show", None)

@@ -186,7 +186,8 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path | 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise UserError(f"{source} does not fit the configured model: {str(err).splitlines()[0]}") from None
+        detail = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise UserError(f"{source} does not fit the configured model: {detail[:1000]}") from None
 
 
 def saved_data_shape(run_dir: str | Path) -> dict[str, int]:

@@ -72,7 +72,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         except OSError:
             pass
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UserError(f"no space left on the device while writing {path}: free some space and resume the run") from None
+            raise UserError(
+                f"no space left on the device while writing {path}: free some space and run the command again (finished rounds of a run are kept; `dsd2 resume` continues it)"
+            ) from None
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
     _fsync_dir(path.parent)
 
@@ -268,6 +270,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise UserError(f"{lock} is a symbolic link, not a lock file: remove it (`rm {lock}`) and retry") from None
+        if run_dir.is_dir():
+            raise UserError(
+                f"cannot write in {run_dir}: {err.strerror or err}; make it writable, or copy the run folder somewhere writable and resume it there"
+            ) from None
         raise UserError(f"cannot create the run directory {run_dir}: {err.strerror or err}; choose a writable --out") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
