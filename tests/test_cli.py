@@ -184,3 +184,14 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
 def test_pipeline_says_which_teacher_round_it_chose(tmp_path, capsys):
     assert main(["pipeline", "tiny_mnist1d", *TINY, "--out", str(tmp_path)]) == 0
     assert "teacher: " in capsys.readouterr().out
+
+
+def test_version_and_choices(tiny_run, capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("dsd2 ")
+    assert main(["stop", str(tiny_run), "--rule", "entropy", "--select", "last_good"]) == 0
+    assert main(["stop", str(tiny_run), "--rule", "bogus"]) != 0
+    # --lr-scale on a finished run changes nothing: refused, nothing written
+    assert main(["resume", str(tiny_run), "--lr-scale", "0.1"]) == 2
+    assert "is finished" in " ".join(capsys.readouterr().err.split())
+    assert not (tiny_run / "lr_scale.json").exists()

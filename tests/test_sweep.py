@@ -442,3 +442,9 @@ def test_a_failed_teacher_fails_its_cells_and_a_rerun_resumes_it(tmp_path):
     assert [(c.teacher_attempts, c.attempts) for c in again.cells] == [(1, 1), (1, 1)]
     assert _mtimes([store.round_dir(teacher_dir, 0), store.round_dir(teacher_dir, 1)]) == kept
     assert store.finished_rounds(teacher_dir) == [0, 1, 2]
+
+
+def test_a_sweep_name_cannot_leave_the_output_folder():
+    for bad in ("..", ".", "a/b"):
+        with pytest.raises(UserError, match="name"):
+            load_sweep("tiny_demo", [f"sweep.name={bad}"])

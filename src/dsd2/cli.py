@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -32,8 +33,33 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, m
 _STATE = {"debug": False}
 
 
+class Rule(StrEnum):
+    """Stop rules `dsd2 stop` can apply offline."""
+
+    plain = "plain"
+    entropy = "entropy"
+
+
+class Select(StrEnum):
+    """Which round a stop rule keeps."""
+
+    best = "best"
+    last_good = "last_good"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dsd2 import __version__
+
+        console.print(f"dsd2 {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks.")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     _STATE["debug"] = debug
 
 
@@ -250,13 +276,13 @@ def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int, s
 @app.command()
 def stop(
     run_dir: Path = typer.Argument(..., help="A finished (or partial) run directory."),
-    rule: str = typer.Option("plain", "--rule", help="plain | entropy"),
+    rule: Rule = typer.Option(Rule.plain, "--rule", help="The stop rule (docs/stop_rules.md)."),
     tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated."),
     patience: int = typer.Option(1, help="Consecutive drops needed to stop."),
-    select: str = typer.Option("best", help="best: most accurate round trained; last_good: sparsest round before the stop."),
+    select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
 ) -> None:
     """Which round an early-stopping rule would select on a run, and what it would cost."""
-    _print_decision(run_dir, rule, tolerance, patience, select)
+    _print_decision(run_dir, rule.value, tolerance, patience, select.value)
 
 
 def _num(v: float | None) -> str:
@@ -325,13 +351,13 @@ def compare_cmd(
     student: Optional[Path] = typer.Argument(None, help="DSD² student run directory."),
     tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated before a round counts as a drop."),
     patience: int = typer.Option(1),
-    select: str = typer.Option("best", help="best: most accurate round trained; last_good: sparsest round before the stop."),
+    select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
 ) -> None:
     """Exhaustive vanilla vs. early stops vs. DSD²: selected round, accuracy, cost."""
     from dsd2 import compare
 
-    outcomes = compare.strategy_table(vanilla, student, tolerance=tolerance, patience=patience, select=select)
-    console.print(strategy_rich_table(outcomes, f"tolerance {tolerance:g}, patience {patience}, select {select}"))
+    outcomes = compare.strategy_table(vanilla, student, tolerance=tolerance, patience=patience, select=select.value)
+    console.print(strategy_rich_table(outcomes, f"tolerance {tolerance:g}, patience {patience}, select {select.value}"))
 
 
 def _pipeline(cfg, student_cfg, out: Path, quiet: bool):

@@ -205,6 +205,8 @@ def set_lr_scale(run_dir: Path, scale: float) -> int:
     if not 0.0 < scale <= 1.0:
         raise UserError(f"--lr-scale must be in (0, 1], got {scale}")
     from_round = len(rundir.finished_rounds(run_dir))
+    if rundir.is_complete(rundir.read_config(run_dir), from_round, run_dir):
+        raise UserError(f"{run_dir} is finished: no round is left to train with a lower lr (--lr-scale changes nothing)")
     path = Path(run_dir) / LR_SCALE_FILE
     history = store.read_json(path)["history"] if path.is_file() else []
     history = [h for h in history if h["from_round"] < from_round] + [{"from_round": from_round, "scale": scale}]

@@ -65,7 +65,9 @@ class SweepSpec(BaseModel):
     """A validated sweep file. Unknown keys are refused."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name: cells are <name>_<params>; files in out/<name>/.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$", description="Sweep name: cells are <name>_<params>; files in out/<name>/."
+    )
     description: str = Field("", description="Free text.")
     base: str = Field(description="Preset name or path (relative to the sweep file, then the working directory) of the base run config.")
     overrides: list[str] = Field(default_factory=list, description="key.sub=value overrides applied to every cell.")
