@@ -566,3 +566,18 @@ def test_python2_written_cifar_batch_loads(tmp_path):
     assert torch.equal(s.train_x[:20].reshape(20, -1), torch.from_numpy(data))
     assert s.train_y[:20].tolist() == labels
     assert torch.equal(s.train_x[20:].reshape(80, -1), torch.from_numpy(ref["train_data"][20:]))
+
+
+def test_a_tiny_pickle_cannot_ask_for_a_huge_array(tmp_path):
+    """67 bytes that call numpy.ndarray((600000, 3072), uint8): refused before numpy allocates."""
+    import tracemalloc
+
+    from dsd2.data.safe_pickle import restricted_loads
+
+    payload = b"\x80\x02cnumpy\nndarray\nq\x00J\xc0'\t\x00M\x00\x0c\x86q\x01cnumpy\ndtype\nq\x02X\x02\x00\x00\x00u1q\x03\x85q\x04Rq\x05\x86q\x06Rq\x07."
+    tracemalloc.start()
+    with pytest.raises(UserError, match="asks for a 1758 MiB array"):
+        restricted_loads(payload, source="evil.pkl")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 2**20

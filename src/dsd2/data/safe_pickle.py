@@ -56,6 +56,45 @@ ALLOWED_GLOBALS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
 }
 
 
+# The largest array a data pickle may ask for. CIFAR-100's training file, the largest real one,
+# holds 50,000 × 3,072 bytes (154 MB); a 126-byte pickle can otherwise ask numpy for gigabytes.
+MAX_ARRAY_BYTES = 256 * 2**20
+
+
+def _array_bytes(shape: Any, dtype: Any) -> int:
+    import numpy as np
+
+    dims = [shape] if isinstance(shape, int) else list(shape)
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n * np.dtype(dtype).itemsize
+
+
+def _bounded(allocate: Any, source: str) -> Any:
+    """``allocate`` (numpy.ndarray or multiarray._reconstruct) refusing arrays over the budget
+    before any memory is taken."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if allocate.__name__ == "_reconstruct":  # _reconstruct(subtype, shape, dtype)
+            # the subtype is the (guarded) ndarray the pickle named: numpy needs the class itself
+            args = (getattr(args[0], "__wrapped__", args[0]), *args[1:])
+            shape, dtype = args[1], args[2]
+        else:  # ndarray(shape, dtype=float, ...)
+            shape = args[0] if args else kwargs.get("shape", ())
+            dtype = args[1] if len(args) > 1 else kwargs.get("dtype", float)
+        size = _array_bytes(shape, dtype)
+        if size > MAX_ARRAY_BYTES:
+            raise UserError(
+                f"{source} asks for a {size / 2**20:.0f} MiB array (shape {tuple(shape) if not isinstance(shape, int) else shape}), "
+                f"more than a data file of this kind holds ({MAX_ARRAY_BYTES // 2**20} MiB at most): refused, nothing allocated"
+            )
+        return allocate(*args, **kwargs)
+
+    guarded.__wrapped__ = allocate  # type: ignore[attr-defined]
+    return guarded
+
+
 def _resolve(modules: tuple[str, ...], attr: str) -> Any:
     last: Exception | None = None
     for mod in modules:
@@ -83,7 +122,10 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"refusing to unpickle {module}.{name} from {self.source}: only numpy arrays and plain "
                 "containers are allowed in a data file (the file may be malicious or not what it claims to be)"
             )
-        return _resolve(*entry)
+        target = _resolve(*entry)
+        if name in ("ndarray", "_reconstruct"):
+            return _bounded(target, self.source)
+        return target
 
     def persistent_load(self, pid: Any) -> Any:
         raise UserError(f"refusing to unpickle a persistent id from {self.source}: not a plain data pickle")
