@@ -195,3 +195,26 @@ def test_version_and_choices(tiny_run, capsys):
     assert main(["resume", str(tiny_run), "--lr-scale", "0.1"]) == 2
     assert "is finished" in " ".join(capsys.readouterr().err.split())
     assert not (tiny_run / "lr_scale.json").exists()
+
+
+def test_damaged_tables_are_one_line_errors(tiny_run, tmp_path, capsys):
+    import shutil
+
+    binary = tmp_path / "binary"
+    shutil.copytree(tiny_run, binary)
+    (binary / "rounds.csv").write_bytes(bytes(range(256)))
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_run, edited)
+    lines = (edited / "rounds.csv").read_text().splitlines()
+    lines[1] = "x" + lines[1][1:]
+    (edited / "rounds.csv").write_text("\n".join(lines) + "\n")
+    cases = [
+        (["show", str(binary)], "binary, truncated"),
+        (["stop", str(binary)], "binary, truncated"),
+        (["report", str(binary), "-o", str(tmp_path / "rep")], "binary, truncated"),
+        (["compare", str(edited)], "non-numeric round='x'"),
+        (["show", "/etc/passwd"], "is a file, not a dsd2 run directory"),
+    ]
+    for args, expected in cases:
+        assert main(args) == 2, args
+        assert expected in " ".join(capsys.readouterr().err.split()), args

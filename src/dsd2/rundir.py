@@ -93,7 +93,14 @@ class RoundRow(Mapping[str, Any]):
                 f"{source or 'a rounds row'} lacks the column(s) {', '.join(missing)}: "
                 "it was not written by dsd2 or is corrupt; resume the run to rewrite it"
             )
-        return cls(**{c: row[c] for c in ROUND_COLUMNS if c in row})
+        values = {c: row[c] for c in ROUND_COLUMNS if c in row}
+        bad = [c for c, v in values.items() if c != "phase" and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))]
+        if bad:
+            raise UserError(
+                f"{source or 'a rounds row'} has non-numeric {', '.join(f'{c}={values[c]!r}' for c in bad)}: "
+                "it was edited or is corrupt; `dsd2 resume RUN_DIR` rewrites rounds.csv from the checksummed round files"
+            )
+        return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         """Column → value, in file order (what ``rounds.csv`` and ``metrics.json`` store)."""

@@ -174,9 +174,14 @@ def read_csv(path: str | Path) -> list[dict[str, Any]]:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise UserError(f"{path} is missing") from None
-    rows = []
-    for row in csv.DictReader(io.StringIO(text)):
-        rows.append({k: _parse_cell(v) for k, v in row.items()})
+    except NotADirectoryError:
+        raise UserError(f"{Path(path).parent} is a file, not a dsd2 run directory") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path} as a CSV table ({err}); it is binary, truncated or not dsd2's") from None
+    try:
+        rows = [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+    except csv.Error as err:
+        raise UserError(f"{path} is not a valid CSV table ({err})") from None
     return rows
 
 
