@@ -406,3 +406,16 @@ def test_a_hand_edited_config_is_refused_on_resume(finished, tmp_path):
         imp.resume(edited)
     assert (edited / "rounds.csv").read_bytes() == before
     assert not store.round_dir(edited, 3).exists()
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path):
+    cfg = tiny("model.hidden=[200000, 200000]")  # 160 GB of weights
+    with pytest.raises(UserError, match="does not fit in memory"):
+        imp.run(cfg, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    # an existing run is never removed by a failed resume
+    run_dir = imp.run(tiny("prune.rounds=0"), tmp_path)
+    (run_dir / "labels.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError):
+        imp.run(tiny("prune.rounds=0"), tmp_path)
+    assert (run_dir / "config.yaml").is_file()

@@ -448,3 +448,8 @@ def test_a_sweep_name_cannot_leave_the_output_folder():
     for bad in ("..", ".", "a/b"):
         with pytest.raises(UserError, match="name"):
             load_sweep("tiny_demo", [f"sweep.name={bad}"])
+
+
+def test_non_finite_resources_are_refused():
+    with pytest.raises(UserError, match="finite number"):
+        load_sweep("tiny_demo", ["sweep.resources.num_cpus=.inf"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -762,8 +763,14 @@ def run(
     to value), ``progress(round, epochs, log)`` after every epoch."""
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, out)
     _check_config_matches(run_dir, cfg)
+    fresh = not run_dir.exists()
     with store.run_lock(run_dir):
-        ctx = start(cfg, run_dir)
+        try:
+            ctx = start(cfg, run_dir)
+        except BaseException:
+            if fresh:  # a failed start (missing data, unknown model, no memory) leaves no half-made run
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         rounds = resume_rounds(ctx)
         write_tables(ctx, rounds)
         hooks = make_hooks(ctx, on_round=on_round, progress=progress)

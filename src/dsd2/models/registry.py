@@ -181,7 +181,14 @@ def build_model(
     _check_positive_int(key, "in_channels", in_channels)
     _check_positive_int(key, "input_size", input_size)
     kwargs = validate_options(key, options)
-    return builder(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+    try:
+        return builder(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+    except (MemoryError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and "memory" not in str(err).lower():
+            raise
+        raise UserError(
+            f"model {name!r} with options {kwargs} does not fit in memory ({type(err).__name__}); choose smaller options"
+        ) from None
 
 
 def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -51,7 +51,7 @@ _MAX_NAME = 120
 
 
 class Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     num_cpus: float = Field(1.0, gt=0, description="CPUs per run (Ray task); torch threads = max(1, round(num_cpus)).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per run (fractions share a GPU).")
 
@@ -64,7 +64,7 @@ class Resources(BaseModel):
 class SweepSpec(BaseModel):
     """A validated sweep file. Unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field(
         pattern=r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$", description="Sweep name: cells are <name>_<params>; files in out/<name>/."
     )
