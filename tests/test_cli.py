@@ -218,3 +218,24 @@ def test_damaged_tables_are_one_line_errors(tiny_run, tmp_path, capsys):
     for args, expected in cases:
         assert main(args) == 2, args
         assert expected in " ".join(capsys.readouterr().err.split()), args
+
+
+def test_divergence_advice_follows_the_retry(tmp_path, capsys):
+    """The advice lowers the factor in use; a retry that started from an epoch checkpoint is also
+    offered --restart-round, which drops that checkpoint."""
+    from dsd2 import checkpoint, imp
+
+    msg = "training diverged at epoch 2, step 3 of 9: the loss became nan. Finished rounds and ..."
+    first = imp._divergence_advice(msg, tmp_path, 1.0, resumed=False)
+    assert first.startswith("training diverged at epoch 2, step 3") and "--lr-scale 0.1" in first and "--restart-round" not in first
+    again = imp._divergence_advice(msg, tmp_path, 0.1, resumed=True)
+    assert "--lr-scale 0.01" in again and "--restart-round" in again
+
+    args = ["run", "tiny_mnist1d", *TINY, "train.optimizer=sgd", "train.lr=10000"]
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert "--lr-scale 0.1" in " ".join(capsys.readouterr().err.split())
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    partial = checkpoint.partial_path(run_dir, 0)
+    partial.write_bytes(b"diverged weights")  # what an epoch checkpoint of a diverging round may hold
+    assert main(["resume", str(run_dir), "--lr-scale", "0.00001", "--restart-round", "-q"]) == 0
+    assert not partial.exists()

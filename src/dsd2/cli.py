@@ -184,6 +184,9 @@ def resume(
         "--lr-scale",
         help="Retry after a divergence with this factor on the lr, from the next unfinished round on (recorded in lr_scale.json).",
     ),
+    restart_round: bool = typer.Option(
+        False, "--restart-round", help="Drop the unfinished round's epoch checkpoint: it retrains from the last finished round."
+    ),
 ) -> None:
     """Resume an interrupted run from its last finished round (or epoch checkpoint)."""
     from dsd2 import imp, rundir, store
@@ -193,6 +196,10 @@ def resume(
         with store.run_lock(run_dir):
             first = imp.set_lr_scale(run_dir, lr_scale)
         err_console.print(f"rounds {first}+ train with lr × {lr_scale:g}")
+    if restart_round:
+        with store.run_lock(run_dir):
+            first = imp.restart_round(run_dir)
+        err_console.print(f"round {first} restarts from round {first - 1}'s weights" if first else "round 0 restarts from scratch")
     _run_config(cfg, run_dir.parent, run_dir, quiet)
 
 

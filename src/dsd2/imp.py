@@ -45,7 +45,7 @@ from dsd2.registry import RETRAIN_MODES
 
 # Kept importable here for the sweep and older callers; their home is dsd2.rundir.
 from dsd2.rundir import ROUND_COLUMNS, RoundRow, load_round_model, load_state, run_dir_for  # noqa: F401
-from dsd2.train import Batches, EpochLog, Objective, Schedule, accuracy, cross_entropy, logits_of, predict, train
+from dsd2.train import Batches, EpochLog, Objective, Schedule, TrainingDiverged, accuracy, cross_entropy, logits_of, predict, train
 
 
 def resolve_device(name: str) -> torch.device:
@@ -213,6 +213,14 @@ def set_lr_scale(run_dir: Path, scale: float) -> int:
     history = [h for h in history if h["from_round"] < from_round] + [{"from_round": from_round, "scale": scale}]
     store.write_json(path, {"history": history})
     return from_round
+
+
+def restart_round(run_dir: Path) -> int:
+    """Drop the epoch checkpoint of the next unfinished round, which then retrains from the last
+    finished round's weights (after a divergence the checkpoint may hold diverged weights)."""
+    next_round = len(rundir.finished_rounds(run_dir))
+    checkpoint.partial_path(run_dir, next_round).unlink(missing_ok=True)
+    return next_round
 
 
 def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Schedule:
@@ -567,21 +575,36 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
         for hook in hooks:
             hook.epoch_end(round_idx, schedule.epochs, log, model)
 
-    logs = train(
-        ctx.model,
-        ctx.train_batches,
-        schedule,
-        batch_size=cfg.train.batch_size,
-        generator=gen,
-        masks=masks,
-        weights=ctx.weights,
-        objective=ctx.objective,
-        amp=cfg.train.amp,
-        on_epoch_end=epoch_end,
-        resume=resume_state,
-        checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs),
-    )
+    try:
+        logs = train(
+            ctx.model,
+            ctx.train_batches,
+            schedule,
+            batch_size=cfg.train.batch_size,
+            generator=gen,
+            masks=masks,
+            weights=ctx.weights,
+            objective=ctx.objective,
+            amp=cfg.train.amp,
+            on_epoch_end=epoch_end,
+            resume=resume_state,
+            checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs),
+        )
+    except TrainingDiverged as err:
+        raise TrainingDiverged(_divergence_advice(str(err), ctx.run_dir, lr_scale, resumed=resume_state is not None)) from None
     return logs, lr_scale
+
+
+def _divergence_advice(message: str, run_dir: Path, lr_scale: float, *, resumed: bool) -> str:
+    """What to do after a divergence, given the lr factor in use and where the round started."""
+    head = message.split(". Finished rounds", 1)[0]
+    advice = f"{head}. Finished rounds are kept. Retry with a lower lr: dsd2 resume {run_dir} --lr-scale {lr_scale / 10:g}"
+    if resumed:
+        advice += (
+            " --restart-round (this attempt started from the round's epoch checkpoint, which may already hold diverged "
+            "weights; --restart-round drops it and retrains the round from the last finished round)"
+        )
+    return advice
 
 
 def _evaluate(ctx: RunContext) -> dict[str, Any]:
