@@ -116,3 +116,17 @@ def test_malformed_manifests_and_a_file_in_place_of_a_round_are_clear_errors(tmp
     rd.write_text("not a folder")
     with pytest.raises(UserError, match="is a file where dsd2 keeps a folder"):
         store.finished_rounds(run)
+
+
+def test_temp_files_of_a_killed_writer_are_removed_under_the_lock(tmp_path):
+    run = tmp_path / "run"
+    (run / "round_000").mkdir(parents=True)
+    stale = [run / ".rounds.csv.abc123.tmp", run / "round_000" / ".state.safetensors.xyz.tmp"]
+    for p in stale:
+        p.write_bytes(b"half written")
+    keep = run / "notes.tmp"
+    keep.write_text("mine")
+    with store.run_lock(run):
+        pass
+    assert not any(p.exists() for p in stale)
+    assert keep.exists()

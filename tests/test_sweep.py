@@ -453,3 +453,10 @@ def test_a_sweep_name_cannot_leave_the_output_folder():
 def test_non_finite_resources_are_refused():
     with pytest.raises(UserError, match="finite number"):
         load_sweep("tiny_demo", ["sweep.resources.num_cpus=.inf"])
+
+
+def test_duplicate_and_oversized_grids_are_refused():
+    with pytest.raises(UserError, match="same run as cell"):
+        expand(load_sweep("tiny_demo", ["sweep.grid.seed=[0, 0.0]"]))
+    with pytest.raises(UserError, match="more than 10,000"):
+        expand(load_sweep("tiny_demo", [f"sweep.grid.seed={list(range(200))}", f"sweep.grid.noise.rate={[i / 1000 for i in range(100)]}"]))

@@ -9,6 +9,7 @@ is :mod:`dsd2.rundir`'s.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import fcntl
@@ -248,6 +249,17 @@ def finished_rounds(run_dir: Path) -> list[int]:
     return done
 
 
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temp files of atomic writes a killed process left in ``run_dir`` and its round
+    folders (``.<name>.<random>.tmp``); call only while holding the run's lock."""
+    stale = [*run_dir.glob(".*.tmp"), *run_dir.glob("round_*/.*.tmp")]
+    for p in stale:
+        with contextlib.suppress(OSError):
+            if p.is_file() and not p.is_symlink():
+                p.unlink()
+    return stale
+
+
 def is_locked(run_dir: Path) -> bool:
     """True while a dsd2 process holds the lock of ``run_dir`` (a run in progress)."""
     try:
@@ -290,6 +302,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             raise UserError(f"{run_dir} is in use by another dsd2 process; wait for it to finish or stop it") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
+        remove_stale_temp_files(run_dir)
         yield
     finally:
         os.close(fd)

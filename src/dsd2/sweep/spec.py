@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, load_yaml_text, read_yaml, validate_config
+from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, config_hash, load_yaml_text, read_yaml, validate_config
 from dsd2.errors import UserError
 from dsd2.pipeline import teacher_config
 from dsd2.sweep.shapes import dataset_key, has_model_facts, meta_model
@@ -324,13 +325,21 @@ def _set_path(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = json.loads(json.dumps(value))
 
 
+# Above this many cells expansion (validation of every cell) takes minutes: refuse early.
+MAX_CELLS = 10_000
+
+
 def expand(spec: SweepSpec) -> list[Cell]:
     """The cells of ``spec`` (cartesian product of the grid, in grid order), validated."""
     _check_spec(spec)
+    size = math.prod(len(v) for v in spec.grid.values())
+    if size > MAX_CELLS:
+        raise UserError(f"sweep {spec.name}: the grid has {size:,} cells, more than {MAX_CELLS:,}: split it into smaller sweeps")
     base = apply_overrides(_base_data(spec), spec.overrides)
     keys = list(spec.grid)
     cells: list[Cell] = []
     names: set[str] = set()
+    seen: dict[str, str] = {}  # hash of a cell's config without its name -> the cell that has it
     for index, values in enumerate(itertools.product(*(spec.grid[k] for k in keys))):
         params = dict(zip(keys, values))
         name = _bounded(f"{spec.name}_{param_string(params)}", params)
@@ -351,6 +360,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
             _check_model_and_data(cfg)
         except UserError as err:
             raise cell_error(spec, name, params, str(err)) from None
+        key = config_hash(cfg)
+        if key in seen:
+            raise cell_error(spec, name, params, f"it is the same run as cell {seen[key]} (grid values that mean the same, e.g. 0 and 0.0)")
+        seen[key] = name
         tcfg = None
         if spec.pipeline:
             try:
