@@ -200,11 +200,13 @@ def test_version_and_choices(tiny_run, capsys):
 def test_damaged_tables_are_one_line_errors(tiny_run, tmp_path, capsys):
     import shutil
 
+    # run folders without table checksums (as older dsd2 wrote them): the tables themselves are checked
+    no_sums = shutil.ignore_patterns("tables.sha256.json")
     binary = tmp_path / "binary"
-    shutil.copytree(tiny_run, binary)
+    shutil.copytree(tiny_run, binary, ignore=no_sums)
     (binary / "rounds.csv").write_bytes(bytes(range(256)))
     edited = tmp_path / "edited"
-    shutil.copytree(tiny_run, edited)
+    shutil.copytree(tiny_run, edited, ignore=no_sums)
     lines = (edited / "rounds.csv").read_text().splitlines()
     lines[1] = "x" + lines[1][1:]
     (edited / "rounds.csv").write_text("\n".join(lines) + "\n")
@@ -239,3 +241,20 @@ def test_divergence_advice_follows_the_retry(tmp_path, capsys):
     partial.write_bytes(b"diverged weights")  # what an epoch checkpoint of a diverging round may hold
     assert main(["resume", str(run_dir), "--lr-scale", "0.00001", "--restart-round", "-q"]) == 0
     assert not partial.exists()
+
+
+def test_a_hand_edited_rounds_csv_is_detected(tiny_run, tmp_path, capsys):
+    import shutil
+
+    from dsd2 import store
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    rows = store.read_csv(run / "rounds.csv")
+    rows[1]["val_acc"] = 0.99  # a better-looking round
+    store.write_csv(run / "rounds.csv", rows, list(rows[0]))
+    for args in (["compare", str(run)], ["stop", str(run)], ["show", str(run)], ["report", str(run), "-o", str(tmp_path / "r")]):
+        assert main(args) == 2, args
+        assert "was changed after dsd2 wrote it" in " ".join(capsys.readouterr().err.split())
+    assert main(["resume", str(run), "-q"]) == 0  # rewrites the tables from the checksummed rounds
+    assert main(["compare", str(run)]) == 0

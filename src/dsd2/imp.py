@@ -730,6 +730,7 @@ def write_tables(ctx: RunContext, rounds: Rounds) -> None:
     store.write_csv(ctx.run_dir / rundir.ROUNDS_CSV, [r.as_dict() for r in rounds.rows], rundir.ROUND_COLUMNS)
     store.write_csv(ctx.run_dir / rundir.ENTROPY_CSV, rounds.entropy, rundir.ENTROPY_COLUMNS)
     store.write_csv(ctx.run_dir / rundir.TIMINGS_CSV, rounds.timings, rundir.TIMING_COLUMNS)
+    rundir.record_tables(ctx.run_dir)
 
 
 def stop_decision(cfg: RunConfig, rows: list[RoundRow]):

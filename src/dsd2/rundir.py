@@ -161,10 +161,34 @@ def is_complete(cfg: RunConfig, done: int, run_dir: str | Path) -> bool:
     return done >= cfg.prune.rounds + 1 or (cfg.early_stop.rule != "none" and done > 0 and stopped_at(run_dir) is not None)
 
 
+TABLE_SUMS = "tables.sha256.json"
+
+
+def record_tables(run_dir: Path, names: tuple[str, ...] = (ROUNDS_CSV, ENTROPY_CSV)) -> None:
+    """Write the checksums of the tables just written (read_table checks them)."""
+    store.write_json(run_dir / TABLE_SUMS, {n: store.sha256_file(run_dir / n) for n in names if (run_dir / n).is_file()})
+
+
+def read_table(run_dir: str | Path, name: str) -> list[dict[str, Any]]:
+    """Rows of a table of the run (rounds.csv, entropy.csv), refused when it was edited since dsd2
+    wrote it. Runs written before the checksums existed are read as they are."""
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    sums_path = run_dir / TABLE_SUMS
+    sums = store.read_json(sums_path) if sums_path.is_file() else {}
+    expected = sums.get(name) if isinstance(sums, dict) else None
+    if expected is not None and path.is_file() and store.sha256_file(path) != expected:
+        raise UserError(
+            f"{path} was changed after dsd2 wrote it (checksum in {TABLE_SUMS} differs): its numbers cannot be trusted; "
+            f"`dsd2 resume {run_dir}` rewrites it from the checksummed round files"
+        )
+    return store.read_csv(path)
+
+
 def read_rounds(run_dir: str | Path) -> list[RoundRow]:
-    """The rows of ``rounds.csv`` (a table anyone can edit; see :func:`read_finished`)."""
+    """The rows of ``rounds.csv``, checked against the checksum dsd2 recorded when writing it."""
     path = Path(run_dir) / ROUNDS_CSV
-    return [RoundRow.from_dict(r, source=path) for r in store.read_csv(path)]
+    return [RoundRow.from_dict(r, source=path) for r in read_table(run_dir, ROUNDS_CSV)]
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsd2 import store
+from dsd2 import rundir, store
 from dsd2.errors import UserError
 from dsd2.rundir import RoundRow
 
@@ -93,7 +93,7 @@ class RunGroup:
 
 
 def _read_csv_with_header(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    rows = store.read_csv(path)
+    rows = rundir.read_table(path.parent, path.name)
     header = path.read_text().splitlines()[:1]
     columns = header[0].split(",") if header else []
     return rows, columns
@@ -118,7 +118,7 @@ def load_run(path: str | Path) -> RunData:
     if not isinstance(config, dict):
         raise UserError(f"{config_path} is not a mapping; it is corrupt")
     meta = store.read_json(path / "meta.json") if (path / "meta.json").is_file() else {}
-    entropy_rows = store.read_csv(path / "entropy.csv") if (path / "entropy.csv").is_file() else []
+    entropy_rows = rundir.read_table(path, rundir.ENTROPY_CSV) if (path / rundir.ENTROPY_CSV).is_file() else []
     timings = store.read_csv(path / "timings.csv") if (path / "timings.csv").is_file() else []
     teacher = store.read_json(path / "teacher.json") if (path / "teacher.json").is_file() else None
     early = store.read_json(path / "early_stop.json") if (path / "early_stop.json").is_file() else None
