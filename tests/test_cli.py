@@ -258,3 +258,9 @@ def test_a_hand_edited_rounds_csv_is_detected(tiny_run, tmp_path, capsys):
         assert "was changed after dsd2 wrote it" in " ".join(capsys.readouterr().err.split())
     assert main(["resume", str(run), "-q"]) == 0  # rewrites the tables from the checksummed rounds
     assert main(["compare", str(run)]) == 0
+
+
+def test_fetch_names_its_own_flag(tmp_path, capsys):
+    assert main(["fetch", "cifar10", "--root", str(tmp_path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--download" in err and "dataset.download=true" not in err

@@ -411,7 +411,11 @@ def fetch(
     """Check that a dataset is available (optionally download it) and print its sizes."""
     from dsd2.data import load_dataset
 
-    d = load_dataset(name, root, val_size=0, download=download, augment=False)
+    try:
+        d = load_dataset(name, root, val_size=0, download=download, augment=False)
+    except UserError as err:
+        # the loaders speak of config keys; here the switch is the --download flag
+        raise UserError(str(err).replace("dataset.download=true", "--download")) from None
     console.print(
         f"{name}: {d.train_x.shape[0]} train, {d.test_x.shape[0]} test, {d.num_classes} classes, input {tuple(d.train_x.shape[1:])}"
     )
