@@ -6,6 +6,7 @@ User errors (``UserError``) print one line and exit 2; ``--debug`` shows the tra
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -92,11 +93,14 @@ def rounds_table(rows: list[RoundRow], title: str = "") -> Table:
 class _Progress:
     """Rich progress bar over the epochs of the current round."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, last_round: int | None = None):
         self.enabled = enabled
+        self.last_round = last_round  # the run's final round index, for "round k/N" and the ETA
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         self.round: int | None = None
+        self.started = time.monotonic()
+        self.rounds_here = 0  # rounds trained by this process (a resumed run skips the others)
 
     def __enter__(self):
         if self.enabled:
@@ -122,7 +126,8 @@ class _Progress:
         if self.task is None or self.round != round_idx:
             if self.task is not None:
                 self.bar.remove_task(self.task)
-            self.task = self.bar.add_task(f"round {round_idx}", total=total, info="")
+            of = f"/{self.last_round}" if self.last_round is not None else ""
+            self.task = self.bar.add_task(f"round {round_idx}{of}", total=total, info="")
             self.round = round_idx
         self.bar.update(self.task, completed=log.epoch, info=f"loss {log.loss:.3f} acc {100 * log.acc:.1f}%")
 
@@ -135,13 +140,18 @@ class _Progress:
         )
         if row.entropy is not None:
             msg += f"  H {row.entropy:.3f}"
+        self.rounds_here += 1
+        if self.last_round is not None and row.round < self.last_round:
+            per_round = (time.monotonic() - self.started) / self.rounds_here
+            left = per_round * (self.last_round - row.round)
+            msg += f"  [{row.round}/{self.last_round}, about {int(left // 60)} min {int(left % 60):02d} s left]"
         err_console.print(msg)
 
 
 def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
     from dsd2 import imp, rundir
 
-    with _Progress(enabled=not quiet) as prog:
+    with _Progress(enabled=not quiet, last_round=cfg.prune.rounds) as prog:
         target = run_dir or rundir.run_dir_for(cfg, out)
         if not quiet:
             err_console.print(f"run directory: {target}")
