@@ -20,7 +20,7 @@ SRC = Path(dsd2.__file__).parent
 LAYERS = [
     {"dsd2", "errors"},
     {"registry"},
-    {"config", "store"},
+    {"config", "store", "threads"},
     {"data", "noise", "models", "prune", "checkpoint"},
     {"train", "entropy", "flops", "phases"},
     {"rundir"},

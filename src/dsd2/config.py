@@ -124,7 +124,11 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs (CUDA and CPU).")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: torch's default).")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto",
+        description="torch CPU threads of a CPU run. auto: 1 for models whose training step is too small to gain from more, "
+        "else the usable cores shared among the runs side by side, fewer when the machine is busy (null reads as auto).",
+    )
     tensorboard: bool = Field(
         False, description="Also log per-epoch and per-round scalars to <run dir>/tensorboard (pip install tensorboard)."
     )
@@ -133,6 +137,11 @@ class TrainConfig(_Section):
         ge=0.0,
         description="Save a mid-round checkpoint at the end of an epoch when this many seconds passed since the last (0: every epoch).",
     )
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads_none_is_auto(cls, v: Any) -> Any:
+        return "auto" if v is None else v
 
     @field_validator("milestones")
     @classmethod

@@ -45,6 +45,7 @@ from dsd2.registry import RETRAIN_MODES
 
 # Kept importable here for the sweep and older callers; their home is dsd2.rundir.
 from dsd2.rundir import ROUND_COLUMNS, RoundRow, load_round_model, load_state, run_dir_for  # noqa: F401
+from dsd2.threads import resolve_threads
 from dsd2.train import Batches, EpochLog, Objective, Schedule, TrainingDiverged, accuracy, cross_entropy, logits_of, predict, train
 
 
@@ -265,6 +266,19 @@ class RunContext:
     teacher: nn.Module | None
     teacher_info: dict[str, Any] | None
     teacher_masks: Masks | None
+    threads: int | None = None  # torch CPU threads this process uses (recorded per round in timings.csv)
+
+
+def set_threads(cfg: RunConfig, device: torch.device, model: nn.Module, batches: Batches, teacher: nn.Module | None) -> int:
+    """Apply ``train.threads`` (README, "Performance"): an integer as given; ``auto`` on CPU by the rule
+    of :mod:`dsd2.threads` (from the FLOPs of one training step); ``auto`` on CUDA keeps torch's
+    default for the CPU side. Returns the thread count in use."""
+    if isinstance(cfg.train.threads, int):
+        torch.set_num_threads(cfg.train.threads)
+    elif device.type == "cpu":
+        step = step_flops(model, batches.prepare(batches.x[:2]), teacher=teacher)
+        torch.set_num_threads(resolve_threads(step.dense_per_example * cfg.train.batch_size).threads)
+    return torch.get_num_threads()
 
 
 def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
@@ -285,8 +299,6 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
 
 def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     data = build_data(cfg)
     labels = noisy_labels(cfg, data)
     _labels_file(run_dir, data, labels)
@@ -326,7 +338,10 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
             teacher, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, amp=cfg.train.amp, cached_logits=cached
         )
         store.write_json(run_dir / "teacher.json", teacher_info)
-    return RunContext(cfg, run_dir, device, data, labels, model, weights, train_batches, objective, teacher, teacher_info, teacher_masks)
+    threads = set_threads(cfg, device, model, train_batches, teacher)
+    return RunContext(
+        cfg, run_dir, device, data, labels, model, weights, train_batches, objective, teacher, teacher_info, teacher_masks, threads
+    )
 
 
 def start(cfg: RunConfig, run_dir: Path) -> RunContext:
@@ -762,7 +777,14 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
     logs, lr_scale = train_round(ctx, round_idx, masks, hooks)
     train_s = time.perf_counter() - t0
     row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last)
-    timing = {"round": round_idx, "wall_s": time.perf_counter() - t0, "train_s": train_s, "device": str(ctx.device), "lr_scale": lr_scale}
+    timing = {
+        "round": round_idx,
+        "wall_s": time.perf_counter() - t0,
+        "train_s": train_s,
+        "device": str(ctx.device),
+        "lr_scale": lr_scale,
+        "threads": ctx.threads,
+    }
     save_round(ctx, masks, row, layer_rows, timing, logs)
     rounds.rows.append(row)
     rounds.entropy.extend(layer_rows)

@@ -104,10 +104,12 @@ def _round_line(cfg: RunConfig) -> Callable[[Mapping[str, Any]], None]:
     return show
 
 
-def _pipeline_worker(args: tuple[dict[str, Any], str]) -> tuple[str, str]:
+def _pipeline_worker(args: tuple[dict[str, Any], str, int]) -> tuple[str, str]:
     from dsd2 import imp
+    from dsd2.threads import set_share
 
-    cfg_data, out = args
+    cfg_data, out, processes = args
+    set_share(processes)  # train.threads=auto: this process's part of the cores
 
     def run(c: RunConfig, o: str | Path, **kw: Any) -> Path:
         return imp.run(c, o, on_round=_round_line(c), **kw)
@@ -120,13 +122,15 @@ def run_pipelines_parallel(configs: list[RunConfig], *, out: str | Path, jobs: i
     """One pipeline per config (e.g. one per seed), ``jobs`` processes at a time.
 
     Separate processes, not threads: on a small CPU two single-threaded runs side by side get
-    more done than one run using both cores (see README, "Demo").
+    more done than one run using both cores (see README, "Demo"). With ``train.threads=auto``
+    each process uses its share of the cores (``dsd2.threads``).
     """
     if jobs <= 1 or len(configs) <= 1:
-        return [(Path(t), Path(s)) for t, s in (_pipeline_worker((c.resolved(), str(out))) for c in configs)]
+        return [(Path(t), Path(s)) for t, s in (_pipeline_worker((c.resolved(), str(out), 1)) for c in configs)]
+    processes = min(jobs, len(configs))
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        results = list(pool.map(_pipeline_worker, [(c.resolved(), str(out)) for c in configs]))
+        results = list(pool.map(_pipeline_worker, [(c.resolved(), str(out), processes) for c in configs]))
     return [(Path(t), Path(s)) for t, s in results]

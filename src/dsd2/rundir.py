@@ -124,7 +124,7 @@ _COLUMN_SET = frozenset(ROUND_COLUMNS)
 # Columns holding fractions (shown as percentages by reports).
 FRACTION_COLUMNS = frozenset(c for c in ROUND_COLUMNS if c.endswith("_acc") or "_acc_" in c or c == "sparsity")
 ENTROPY_COLUMNS = ["round", "sparsity", "layer", "neurons", "entropy"]
-TIMING_COLUMNS = ["round", "wall_s", "train_s", "device", "lr_scale"]
+TIMING_COLUMNS = ["round", "wall_s", "train_s", "device", "lr_scale", "threads"]
 
 
 def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:

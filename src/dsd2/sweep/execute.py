@@ -43,13 +43,17 @@ class Outcome:
 
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
-    # the sequential backend runs in the caller's process: give its thread count back
+    # the sequential backend runs in the caller's process: give its thread count back.
+    # train.threads=auto decides within this cap (dsd2.threads): one thread per cell by default.
     import torch
+
+    from dsd2.threads import sharing
 
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        yield
+        with sharing(cap=n):
+            yield
     finally:
         torch.set_num_threads(before)
 

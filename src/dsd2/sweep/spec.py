@@ -53,7 +53,11 @@ _MAX_NAME = 120
 
 class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per run (Ray task); torch threads = max(1, round(num_cpus)).")
+    num_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs per run (Ray task); torch threads at most max(1, round(num_cpus)) (train.threads=auto: 1 for small models).",
+    )
     num_gpus: float = Field(0.0, ge=0, description="GPUs per run (fractions share a GPU).")
 
     @property
