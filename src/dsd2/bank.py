@@ -173,17 +173,39 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+@dataclass
+class Judgement:
+    """Both rules on every curve of a bank in one setting: what the reports print."""
+
+    whole: float  # rel_drop fitted on the whole bank
+    fold_rel_drop: dict[str, float]  # curve -> rel_drop fitted without its setting
+    plain: list[RuleOutcome]  # per curve, in bank order
+    held: list[RuleOutcome]  # entropy rule with the held-out rel_drop, per curve
+    sensitivity: list[dict[str, Any]]
+
+
+def judge(curves: list[Curve], rule: dict[str, Any]) -> Judgement:
+    """Evaluate plain and held-out entropy stopping on every curve (each fit done once)."""
+    folds = {f.setting: f for f in leave_one_setting_out(curves, **rule)}
+    return Judgement(
+        whole=fit_rel_drop(curves, **rule),
+        fold_rel_drop={c.name: folds[c.setting].rel_drop for c in curves},
+        plain=[evaluate(c, "plain", **rule) for c in curves],
+        held=[next(o for o in folds[c.setting].outcomes if o.curve == c.name) for c in curves],
+        sensitivity=sensitivity(curves, **rule),
+    )
+
+
 def stop_rule_report(curves: list[Curve]) -> str:
     """Markdown: per curve, what plain and entropy-aided stopping select and cost, with the
     entropy threshold fitted leave-one-setting-out; then the threshold's sensitivity."""
     lines: list[str] = []
     for key, rule in SETTINGS.items():
-        folds = {f.setting: f for f in leave_one_setting_out(curves, **rule)}
-        whole = fit_rel_drop(curves, **rule)
+        j = judge(curves, rule)
         lines += [
             f"### Setting `{key}`: tolerance {rule['tolerance']:g}, patience {rule['patience']}, select {rule['select']}",
             "",
-            f"`rel_drop` fitted on the whole bank: **{whole:g}**. On each curve the entropy rule uses the value fitted "
+            f"`rel_drop` fitted on the whole bank: **{j.whole:g}**. On each curve the entropy rule uses the value fitted "
             "on the other settings (`fold`). Cells: selected round (sparsity %), test-accuracy gap to the exhaustive "
             "choice in points, rounds less pruned than the sparsest round within the tolerance, cost as a fraction of "
             "training every round; ✓ = success for this setting's goal.",
@@ -191,22 +213,15 @@ def stop_rule_report(curves: list[Curve]) -> str:
             "| curve | exhaustive: round (sparsity %), test % | plain | fold | entropy (held out) |",
             "|---|---|---|---|---|",
         ]
-        held: list[RuleOutcome] = []
-        plain_all: list[RuleOutcome] = []
-        for c in curves:
+        for c, pl, en in zip(curves, j.plain, j.held):
             ex = evaluate(c, "none")
-            pl = evaluate(c, "plain", **rule)
-            fold = folds[c.setting]
-            en = next(o for o in fold.outcomes if o.curve == c.name)
-            held.append(en)
-            plain_all.append(pl)
             lines.append(
                 f"| {c.name} | {ex.selected_round} ({_pct(ex.sparsity)}), {_pct(ex.test_acc)} "
-                f"| {_cell(pl)} | {fold.rel_drop:g} | {_cell(en)} |"
+                f"| {_cell(pl)} | {j.fold_rel_drop[c.name]:g} | {_cell(en)} |"
             )
-        (p_ok, p_cost), (e_ok, e_cost) = score(plain_all), score(held)
+        (p_ok, p_cost), (e_ok, e_cost) = score(j.plain), score(j.held)
         lines.append(
-            f"| **successes, mean cost** | | **{p_ok}/{len(plain_all)}, {-p_cost:.2f}** | | **{e_ok}/{len(held)}, {-e_cost:.2f}** |"
+            f"| **successes, mean cost** | | **{p_ok}/{len(j.plain)}, {-p_cost:.2f}** | | **{e_ok}/{len(j.held)}, {-e_cost:.2f}** |"
         )
         lines += [
             "",
@@ -215,7 +230,7 @@ def stop_rule_report(curves: list[Curve]) -> str:
             "| rel_drop | successes | mean test gap (pt) | mean cost |",
             "|---|---|---|---|",
         ]
-        for s in sensitivity(curves, **rule):
+        for s in j.sensitivity:
             lines.append(f"| {s['rel_drop']:g} | {s['ok']}/{s['curves']} | {s['mean_gap']:.2f} | {s['mean_cost']:.2f} |")
         lines.append("")
     return "\n".join(lines)
@@ -229,43 +244,28 @@ def _cell(o: RuleOutcome) -> str:
 def stop_rule_summary(curves: list[Curve]) -> str:
     """Markdown for the README: one row per curve with what each rule keeps in both settings (the
     entropy rule with its held-out threshold), then the threshold's sensitivity."""
-    cells: dict[str, dict[str, str]] = {c.name: {} for c in curves}
-    totals: dict[str, tuple[int, float]] = {}
-    sens: dict[str, list[dict[str, Any]]] = {}
-    for key, rule in SETTINGS.items():
-        folds = {f.setting: f for f in leave_one_setting_out(curves, **rule)}
-        for rule_name in ("plain", "entropy"):
-            res = []
-            for c in curves:
-                if rule_name == "plain":
-                    o = evaluate(c, "plain", **rule)
-                else:
-                    o = next(x for x in folds[c.setting].outcomes if x.curve == c.name)
-                res.append(o)
-                cells[c.name][f"{key}/{rule_name}"] = _short(o)
-            ok, neg = score(res)
-            totals[f"{key}/{rule_name}"] = (ok, -neg)
-        sens[key] = sensitivity(curves, **rule)
-    cols = [f"{k}/{r}" for k in SETTINGS for r in ("plain", "entropy")]
+    judged = {key: judge(curves, rule) for key, rule in SETTINGS.items()}
+    results = {f"{k}/{name}": getattr(j, attr) for k, j in judged.items() for name, attr in (("plain", "plain"), ("entropy", "held"))}
+    cols = list(results)
     lines = [
         "| curve | best on validation: round (sparsity %), test % | " + " | ".join(cols) + " |",
         "|---|---|" + "---|" * len(cols),
     ]
-    for c in curves:
+    for i, c in enumerate(curves):
         ex = evaluate(c, "none")
         lines.append(
             f"| {c.name} | {ex.selected_round} ({_pct(ex.sparsity)}), {_pct(ex.test_acc)} | "
-            + " | ".join(cells[c.name][k] for k in cols)
+            + " | ".join(_short(results[k][i]) for k in cols)
             + " |"
         )
+    totals = {k: score(v) for k, v in results.items()}
     lines.append(
-        "| **successes, mean cost** | | " + " | ".join(f"**{totals[k][0]}/{len(curves)}, {totals[k][1]:.2f}**" for k in cols) + " |"
+        "| **successes, mean cost** | | " + " | ".join(f"**{totals[k][0]}/{len(curves)}, {-totals[k][1]:.2f}**" for k in cols) + " |"
     )
     lines += ["", "| rel_drop | " + " | ".join(f"{k}: successes, mean cost" for k in SETTINGS) + " |", "|---|" + "---|" * len(SETTINGS)]
     for i, r in enumerate(REL_DROP_GRID):
-        lines.append(
-            f"| {r:g} | " + " | ".join(f"{sens[k][i]['ok']}/{sens[k][i]['curves']}, {sens[k][i]['mean_cost']:.2f}" for k in SETTINGS) + " |"
-        )
+        sens = [judged[k].sensitivity[i] for k in SETTINGS]
+        lines.append(f"| {r:g} | " + " | ".join(f"{s['ok']}/{s['curves']}, {s['mean_cost']:.2f}" for s in sens) + " |")
     return "\n".join(lines)
 
 
