@@ -250,10 +250,10 @@ def _by_memorisation(acc, m, fit, finished, p: PhaseParams, tol, fit_tol) -> Pha
         # inside the break: Critical lasts to the accuracy trough, which may still be ahead
         return Phases(labels[:start] + [UNDETERMINED] * (n - start), "memorisation", note)
     # Critical → Sweet at the accuracy trough, kept inside the break window [start, end]
+    # light <= start <= stop: the break cannot start at round 0 (m[0] is its own running peak)
     stop = end if end is not None else n - 1
-    trough = _argmin_last(acc, light, stop + 1) if light <= stop else stop
+    trough = _argmin_last(acc, light, stop + 1)
     sweet = min(max(trough + 1, start), stop)
-    sweet = max(sweet, light)
     peak = _argmax_last(acc, sweet, n)
     if acc[peak] < min(acc[light : sweet + 1]) + tol:
         # memorisation broke but held-out accuracy never recovered: no Sweet phase (no SDD)
