@@ -102,34 +102,43 @@ def test_hash_covers_only_non_default_values():
     a = load_config(None, ["prune.rounds=3"])
     b = load_config(None, ["prune.rounds=3", "early_stop.select=best", "train.lr=0.1"])  # explicit defaults
     assert config_hash(a) == config_hash(b)
-    assert config_hash(a) != config_hash(load_config(None, ["prune.rounds=4"]))
     assert config_hash(a) != config_hash(load_config(None, ["prune.rounds=3", "model.depth=3"]))
 
 
+def test_rounds_leave_the_run_id_but_not_the_digest():
+    """More rounds extend the same curve (same run id); the digest still tells the configs apart."""
+    a, b = load_config(None, ["prune.rounds=3"]), load_config(None, ["prune.rounds=4"])
+    assert a.run_id() == b.run_id()
+    assert a.digest() != b.digest()
+
+
 # Run ids name run directories: a change to the hash would orphan every existing run.
+# (preset, overrides, run id, the earlier scheme's id that counted prune.rounds)
 PINNED_RUN_IDS = [
-    ("tiny_mnist1d", [], "tiny_mnist1d-021559a66d"),
-    ("demo_fmnist", [], "demo_fmnist-24589fb56a"),
-    ("cifar10_vgg_noise50", [], "cifar10_vgg_noise50-7de4b089a6"),
-    ("demo_fmnist", ["seed=1", "train.epochs=6"], "demo_fmnist-ff9d9c8d2d"),
-    (None, [], "run-44136fa355"),
+    ("tiny_mnist1d", [], "tiny_mnist1d-7248436e8d", "tiny_mnist1d-021559a66d"),
+    ("demo_fmnist", [], "demo_fmnist-1bf78e5bd4", "demo_fmnist-24589fb56a"),
+    ("cifar10_vgg_noise50", [], "cifar10_vgg_noise50-7de4b089a6", "cifar10_vgg_noise50-7de4b089a6"),
+    ("demo_fmnist", ["seed=1", "train.epochs=6"], "demo_fmnist-ac0606f6ee", "demo_fmnist-ff9d9c8d2d"),
+    (None, [], "run-44136fa355", "run-44136fa355"),
 ]
 
 
-@pytest.mark.parametrize("preset, overrides, run_id", PINNED_RUN_IDS)
-def test_pinned_run_ids(preset, overrides, run_id):
-    assert load_config(preset, overrides).run_id() == run_id
+@pytest.mark.parametrize("preset, overrides, run_id, with_rounds", PINNED_RUN_IDS)
+def test_pinned_run_ids(preset, overrides, run_id, with_rounds):
+    cfg = load_config(preset, overrides)
+    assert cfg.run_id() == run_id
+    assert cfg.legacy_run_ids()[0] == with_rounds
 
 
 def test_data_location_and_devices_leave_the_run_id():
     base = load_config("cifar10_vgg_noise50").run_id()
     for o in ("dataset.root=/elsewhere/cifar", "dataset.download=true", "train.device=cpu", "train.threads=3"):
         assert load_config("cifar10_vgg_noise50", [o]).run_id() == base, o
-    # dsd2 0.1 hashed the data folder: such run directories still resolve through legacy_run_id
+    # the first run ids hashed the data folder: such run directories still resolve through legacy_run_ids
     moved = load_config("cifar10_vgg_noise50", ["dataset.root=/data/cifar"])
-    assert moved.legacy_run_id() == "cifar10_vgg_noise50-ce5e6bf4d9"
-    assert load_config("cifar10_vgg_noise50").legacy_run_id() == base
-    assert load_config("tiny_mnist1d").legacy_run_id() == "tiny_mnist1d-bd1a7efe44"  # its preset sets root: null
+    assert moved.legacy_run_ids()[1] == "cifar10_vgg_noise50-ce5e6bf4d9"
+    assert load_config("cifar10_vgg_noise50").legacy_run_ids()[1] == base
+    assert load_config("tiny_mnist1d").legacy_run_ids()[1] == "tiny_mnist1d-bd1a7efe44"  # its preset sets root: null
 
 
 def test_a_run_directory_named_by_the_old_hash_still_resumes(tmp_path):
@@ -137,8 +146,9 @@ def test_a_run_directory_named_by_the_old_hash_still_resumes(tmp_path):
 
     cfg = load_config("tiny_mnist1d")
     assert run_dir_for(cfg, tmp_path) == tmp_path / cfg.run_id()
-    (tmp_path / cfg.legacy_run_id()).mkdir()
-    assert run_dir_for(cfg, tmp_path) == tmp_path / cfg.legacy_run_id()
+    for old in reversed(cfg.legacy_run_ids()):  # the newer scheme wins when both exist
+        (tmp_path / old).mkdir()
+        assert run_dir_for(cfg, tmp_path) == tmp_path / old
     (tmp_path / cfg.run_id()).mkdir()
     assert run_dir_for(cfg, tmp_path) == tmp_path / cfg.run_id()
 

@@ -408,6 +408,49 @@ def test_a_hand_edited_config_is_refused_on_resume(finished, tmp_path):
     assert not store.round_dir(edited, 3).exists()
 
 
+def test_more_rounds_extend_a_finished_run(finished, tmp_path):
+    """prune.rounds=3 after a finished prune.rounds=1 run trains rounds 2-3 in the same folder,
+    identical to an uninterrupted 3-round run, and records the extension."""
+    cfg, ref_dir = finished
+    short = tiny("prune.rounds=1")
+    run_dir = imp.run(short, tmp_path)
+    assert run_dir.name == cfg.run_id()
+    assert store.finished_rounds(run_dir) == [0, 1]
+    assert imp.run(cfg, tmp_path) == run_dir
+    assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
+    meta = store.read_json(run_dir / "meta.json")
+    assert [(e["rounds_from"], e["rounds_to"]) for e in meta["extensions"]] == [(1, 3)]
+    assert meta["config_digest"] == cfg.digest()
+    imp.resume(run_dir)  # the rewritten config.yaml matches the recorded digest
+    # asking fewer rounds than the run holds trains nothing and changes nothing
+    before = (run_dir / "rounds.csv").read_bytes()
+    assert imp.run(short, tmp_path) == run_dir
+    assert (run_dir / "rounds.csv").read_bytes() == before
+    assert store.read_json(run_dir / "meta.json") == meta
+
+
+def test_a_run_named_by_the_old_rounds_counting_id_is_extended(tmp_path):
+    """Run folders of the earlier scheme (whose id counted prune.rounds) are found and extended."""
+    short = tiny("prune.rounds=0")
+    run_dir = imp.run(short, tmp_path)
+    meta = store.read_json(run_dir / "meta.json")
+    meta["config_hash"] = meta.pop("config_digest")  # what the earlier version recorded
+    store.write_json(run_dir / "meta.json", meta)
+    old = run_dir.rename(tmp_path / short.legacy_run_ids()[0])
+    extended = imp.run(tiny("prune.rounds=1"), tmp_path)
+    assert extended == old
+    assert store.finished_rounds(old) == [0, 1]
+
+
+def test_an_early_stopped_run_is_not_extended(tmp_path):
+    stopping = ("early_stop.rule=plain", "train.lr=5")  # lr 5 diverges to chance: round 1 drops, the rule fires
+    run_dir = imp.run(tiny("prune.rounds=2", *stopping), tmp_path)
+    assert store.read_json(run_dir / "early_stop.json")["stop_round"] == 1
+    with pytest.raises(UserError, match="ended by its early-stop rule"):
+        imp.run(tiny("prune.rounds=3", *stopping), tmp_path)
+    assert "extensions" not in store.read_json(run_dir / "meta.json")
+
+
 def test_a_failed_start_leaves_no_run_folder(tmp_path):
     cfg = tiny("model.hidden=[200000, 200000]")  # 160 GB of weights
     with pytest.raises(UserError, match="does not fit in memory"):

@@ -217,13 +217,22 @@ class RunConfig(_Section):
     def run_id(self) -> str:
         return f"{self.name}-{config_hash(self)}"
 
-    def legacy_run_id(self) -> str:
-        """The run id dsd2 0.1 gave this config (it hashed dataset.root and dataset.download)."""
-        return f"{self.name}-{config_hash(self, legacy=True)}"
+    def legacy_run_ids(self) -> list[str]:
+        """The run ids earlier schemes gave this config, newest first: the second scheme hashed
+        prune.rounds; the first also hashed dataset.root and dataset.download."""
+        return [f"{self.name}-{config_hash(self, version=v)}" for v in (2, 1)]
+
+    def digest(self) -> str:
+        """Hash of every setting that changes the numbers, prune.rounds included (meta.json records
+        it: resume refuses a config.yaml edited since, except an extension by more rounds)."""
+        return config_hash(self, version=2)
 
 
 # Fields that do not change the numbers a run produces; they stay out of the hash so that
 # moving a run to another device, thread count or data folder resumes the same directory.
+# prune.rounds stays out too (as OpenLTH's levels): a run with more rounds extends the same
+# curve, whose first rounds do not depend on how many follow.
+_ROUNDS_FIELD = ("prune", "rounds")
 _LOCATION_FIELDS = {("dataset", "root"), ("dataset", "download")}
 _NON_RESULT_FIELDS = _LOCATION_FIELDS | {
     ("train", "device"),
@@ -251,16 +260,20 @@ def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, An
 _MISSING = object()
 
 
-def config_hash(cfg: RunConfig, *, legacy: bool = False) -> str:
+def config_hash(cfg: RunConfig, *, version: int = 3) -> str:
     """Short hash of what the config changes from the defaults (as OpenLTH does).
 
     Hashing only the non-default values keeps run ids stable when a later version adds a field
-    with a default: an old run directory still resumes.
+    with a default: an old run directory still resumes. ``version``: 3 (the run id) leaves out
+    prune.rounds; 2 (the second scheme's run id, and :meth:`RunConfig.digest`) counts it; 1 (the
+    first scheme) also counts the data folder.
     """
     data = cfg.resolved()
     data.pop("name")
-    # legacy: the hash of dsd2 0.1, which still counted the data folder (old run directories)
-    for section, key in _NON_RESULT_FIELDS - (_LOCATION_FIELDS if legacy else set()):
+    skip = set(_NON_RESULT_FIELDS) | ({_ROUNDS_FIELD} if version >= 3 else set())
+    if version <= 1:
+        skip -= _LOCATION_FIELDS
+    for section, key in skip:
         data[section].pop(key, None)
     blob = json.dumps(_non_default(data, RunConfig().resolved()), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]

@@ -87,7 +87,8 @@ def run_metadata(cfg: RunConfig) -> dict[str, Any]:
         "numpy": numpy.__version__,
         "platform": platform.platform(),
         "seed": cfg.seed,
-        "config_hash": config_hash(cfg),  # resume refuses a config.yaml edited since
+        "config_hash": config_hash(cfg),  # the run id's hash
+        "config_digest": cfg.digest(),  # resume refuses a config.yaml edited since (an extension rewrites it)
         "data_seed": data_seed(cfg),
         "init_seed": init_seed(cfg),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -281,20 +282,56 @@ def set_threads(cfg: RunConfig, device: torch.device, model: nn.Module, batches:
     return torch.get_num_threads()
 
 
-def _check_config_matches(run_dir: Path, cfg: RunConfig) -> None:
+def _recorded_digest(meta: dict[str, Any]) -> str | None:
+    # runs started before extensions existed recorded the digest as "config_hash" (their run id hash counted the rounds)
+    return meta.get("config_digest", meta.get("config_hash"))
+
+
+def _check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
+    """The config to run in ``run_dir``: ``cfg``, or the saved one when it asks more rounds.
+
+    A config that differs from the saved one only by more rounds extends the run (see
+    :func:`_extend`); anything else is refused."""
     if not (run_dir / rundir.CONFIG).exists():
-        return
+        return cfg
     saved = rundir.read_config(run_dir)
-    meta = run_dir / rundir.META
-    recorded = store.read_json(meta).get("config_hash") if meta.is_file() else None
-    if recorded is not None and config_hash(saved) != recorded:
+    meta = store.read_json(run_dir / rundir.META) if (run_dir / rundir.META).is_file() else {}
+    recorded = _recorded_digest(meta) if isinstance(meta, dict) else None
+    if recorded is not None and saved.digest() != recorded:
         raise UserError(
-            f"{run_dir / rundir.CONFIG} was edited after the run started (its hash {config_hash(saved)} is not the recorded "
+            f"{run_dir / rundir.CONFIG} was edited after the run started (its hash {saved.digest()} is not the recorded "
             f"{recorded}): finished rounds were trained with another config. Start a new run with the changed config "
-            "(`dsd2 run CONFIG`), or, to retry a diverged run with a lower learning rate, `dsd2 resume RUN_DIR --lr-scale 0.1`"
+            "(`dsd2 run CONFIG`), extend it with more rounds (`dsd2 run CONFIG prune.rounds=N`), or, to retry a diverged "
+            "run with a lower learning rate, `dsd2 resume RUN_DIR --lr-scale 0.1`"
         )
     if saved.run_id() != cfg.run_id():
         raise UserError(f"{run_dir} holds a run of a different config ({saved.run_id()}); choose another --out or remove that directory")
+    if cfg.prune.rounds <= saved.prune.rounds:
+        return saved  # the first rounds of a longer curve are this curve: nothing new to decide
+    stop = rundir.stopped_at(run_dir)
+    if saved.early_stop.rule != "none" and stop is not None:
+        raise UserError(
+            f"{run_dir} was ended by its early-stop rule ({saved.early_stop.rule}) at round {stop}: more rounds would not be "
+            "trained. To go on past the stop, run the same config with early_stop.rule=none (a new run)"
+        )
+    return cfg
+
+
+def _extend(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
+    """Record that ``cfg`` asks more rounds than the run was started with: config.yaml takes the
+    new count, meta.json its digest and the extension (from, to, when, by which version)."""
+    meta = store.read_json(run_dir / rundir.META)
+    extension = {
+        "rounds_from": saved.prune.rounds,
+        "rounds_to": cfg.prune.rounds,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dsd2": __version__,
+        "git_commit": _git_commit(),
+    }
+    meta["extensions"] = [*meta.get("extensions", []), extension]
+    meta["config_digest"] = cfg.digest()
+    store.write_yaml(run_dir / rundir.CONFIG, cfg.resolved())
+    store.write_json(run_dir / rundir.META, meta)
 
 
 def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
@@ -808,9 +845,13 @@ def run(
     ``on_round(row)`` is called after every round (the row is also a read-only mapping of column
     to value), ``progress(round, epochs, log)`` after every epoch."""
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, out)
-    _check_config_matches(run_dir, cfg)
+    cfg = _check_config_matches(run_dir, cfg)
     fresh = not run_dir.exists()
     with store.run_lock(run_dir):
+        if not fresh and (run_dir / rundir.META).is_file():
+            saved = rundir.read_config(run_dir)
+            if cfg.prune.rounds > saved.prune.rounds:
+                _extend(run_dir, saved, cfg)
         try:
             ctx = start(cfg, run_dir)
         except BaseException:

@@ -129,11 +129,30 @@ TIMING_COLUMNS = ["round", "wall_s", "train_s", "device", "lr_scale", "threads"]
 
 def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
     """Where ``dsd2 run`` puts the run of ``cfg``: named by the config's hash, so the same command
-    resumes the same directory. A directory named by the hash of dsd2 0.1 (which also counted
-    dataset.root and dataset.download) is still found and resumed."""
+    resumes the same directory (and a config asking more rounds extends it). A directory named
+    by an earlier version's hash (``RunConfig.legacy_run_ids``) is still found and resumed."""
     path = Path(out) / cfg.run_id()
-    legacy = Path(out) / cfg.legacy_run_id()
-    return legacy if not path.exists() and legacy.is_dir() else path
+    if path.exists():
+        return path
+    legacy = [Path(out) / rid for rid in cfg.legacy_run_ids()]
+    return next((p for p in legacy if p.is_dir()), None) or _older_run_to_extend(cfg, Path(out)) or path
+
+
+def _older_run_to_extend(cfg: RunConfig, out: Path) -> Path | None:
+    """A run of an earlier version with the same config but another prune.rounds: its id
+    counted the rounds, so only its saved config can tell (read for this name's folders only)."""
+    if not out.is_dir():
+        return None
+    for candidate in sorted(out.glob(f"{cfg.name}-*")):
+        if not (candidate / CONFIG).is_file():
+            continue
+        try:
+            saved = read_config(candidate)
+        except UserError:
+            continue
+        if saved.run_id() == cfg.run_id() and saved.name == cfg.name:
+            return candidate
+    return None
 
 
 def read_config(run_dir: str | Path, *, hint: str = "give the folder `dsd2 run` printed") -> RunConfig:

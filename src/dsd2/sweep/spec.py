@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, config_hash, load_yaml_text, read_yaml, validate_config
+from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, load_yaml_text, read_yaml, validate_config
 from dsd2.errors import UserError
 from dsd2.pipeline import teacher_config
 from dsd2.sweep.shapes import dataset_key, has_model_facts, meta_model
@@ -364,7 +364,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
             _check_model_and_data(cfg)
         except UserError as err:
             raise cell_error(spec, name, params, str(err)) from None
-        key = config_hash(cfg)
+        key = cfg.digest()  # prune.rounds counts here: cells with other round counts are other cells
         if key in seen:
             raise cell_error(spec, name, params, f"it is the same run as cell {seen[key]} (grid values that mean the same, e.g. 0 and 0.0)")
         seen[key] = name
