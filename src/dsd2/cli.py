@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from dsd2.errors import UserError
@@ -68,26 +69,88 @@ def _pct(v: Any) -> str:
     return "" if v is None else f"{100 * v:.2f}"
 
 
-def rounds_table(rows: list[RoundRow], title: str = "") -> Table:
-    table = Table(title=title, show_lines=False)
-    cols: list[tuple[str, str, Callable[[Any], str]]] = [
-        ("round", "round", str),
-        ("sparsity %", "sparsity", lambda v: f"{100 * v:.2f}"),
-        ("train(noisy)", "train_acc_noisy", _pct),
-        ("memorised", "train_acc_flipped", _pct),
-        ("train(clean)", "train_acc_clean", _pct),
-        ("val", "val_acc", _pct),
-        ("test", "test_acc", _pct),
-        ("entropy", "entropy", lambda v: "" if v is None else f"{v:.3f}"),
-        ("phase", "phase", lambda v: v or ""),
-        ("cum. PFLOPs", "train_pflops_dense", lambda v: "" if v is None else f"{v:.4g}"),
-    ]
-    present = [c for c in cols if any(r.get(c[1]) is not None for r in rows)]
-    for header, _, _ in present:
-        table.add_column(header, justify="right")
-    for r in rows:
-        table.add_row(*[fmt(r.get(key)) if r.get(key) is not None else "" for _, key, fmt in present])
+def _fits(table: Table, width: int) -> bool:
+    """Whether ``table`` fits ``width`` columns without rich squeezing a column below what it needs
+    (no cell cut with "…", no word or header split; wrapping columns wrap between words, and not
+    below their ``min_width``)."""
+
+    def need(col: Column) -> int:
+        texts = [str(col.header), *map(str, col.cells)]
+        if col.no_wrap:
+            parts = [line for t in texts for line in t.splitlines()]
+        else:
+            parts = [word for t in texts for word in t.split()]
+        return max([cell_len(p) for p in parts] + [col.min_width or 0])
+
+    pad = table.padding[1] + table.padding[3]
+    return sum(need(c) + pad for c in table.columns) + len(table.columns) + 1 <= width
+
+
+def _narrowed(
+    make: Callable[[list[str], bool], Table], columns: list[str], drop_order: list[str], width: int | None, names: dict[str, str]
+) -> Table:
+    """The first of ``make(columns, short=False)``, ``make(columns, short=True)`` (short headers,
+    spelled out in the caption), then the latter less the columns of ``drop_order`` one by one,
+    that fits ``width`` (default: the console's); the caption says which columns were left out."""
+    width = width or console.width
+    table = make(columns, False)
+    if _fits(table, width):
+        return table
+    kept = list(columns)
+    table = make(kept, True)
+    dropped: list[str] = []
+    for col in drop_order:
+        if _fits(table, width):
+            break
+        if col in kept:
+            kept.remove(col)
+            dropped.append(names.get(col, col))
+            table = make(kept, True)
+    if dropped:
+        note = f"not shown at {width} columns: {', '.join(dropped)} (a wider terminal shows them)"
+        table.caption = f"{table.caption}\n{note}" if table.caption else note
     return table
+
+
+# (header, short header for narrow terminals, column, format); the caption spells short headers out.
+_ROUND_COLS: list[tuple[str, str, str, Callable[[Any], str]]] = [
+    ("round", "round", "round", str),
+    ("sparsity %", "spars%", "sparsity", lambda v: f"{100 * v:.2f}"),
+    ("train(noisy)", "noisy", "train_acc_noisy", _pct),
+    ("memorised", "memo", "train_acc_flipped", _pct),
+    ("train(clean)", "clean", "train_acc_clean", _pct),
+    ("val", "val", "val_acc", _pct),
+    ("test", "test", "test_acc", _pct),
+    ("entropy", "H", "entropy", lambda v: f"{v:.3f}"),
+    ("phase", "phase", "phase", str),
+    ("cum. PFLOPs", "PFLOPs", "train_pflops_dense", lambda v: f"{v:.4g}"),
+]
+_ROUND_LEGEND = {
+    "noisy": "noisy: train acc on the noisy labels",
+    "memo": "memo: flipped samples fitted to their noisy label (memorisation)",
+    "clean": "clean: train acc on the true labels",
+    "H": "H: mean activation entropy (bits)",
+    "PFLOPs": "PFLOPs: cumulative training cost, measured",
+}
+
+
+def rounds_table(rows: list[RoundRow], title: str = "", width: int | None = None) -> Table:
+    """The rounds of a run, accuracies in %. At a narrow ``width`` (default: the console's) the
+    headers shorten, then train(clean), the PFLOPs and the entropy columns go, in that order."""
+    present = [c for c in _ROUND_COLS if any(r.get(c[2]) is not None for r in rows)]
+
+    def make(keep: list[str], short: bool) -> Table:
+        cols = [c for c in present if c[2] in keep]
+        legend = [_ROUND_LEGEND[c[1]] for c in cols if short and c[1] in _ROUND_LEGEND]
+        table = Table(title=title, caption="; ".join(["accuracies in %", *legend]), caption_justify="left")
+        for header, brief, key, _ in cols:
+            table.add_column(brief if short else header, justify="left" if key == "phase" else "right", no_wrap=True)
+        for r in rows:
+            table.add_row(*["" if r.get(key) is None else fmt(r.get(key)) for _, _, key, fmt in cols])
+        return table
+
+    names = {c[2]: c[0] for c in present}
+    return _narrowed(make, [c[2] for c in present], ["train_acc_clean", "train_pflops_dense", "entropy"], width, names)
 
 
 class _Progress:
@@ -306,41 +369,57 @@ def _num(v: float | None) -> str:
     return "" if v is None else f"{v:.4g}"
 
 
-def strategy_rich_table(outcomes, rule: str = "tolerance 0, patience 1, select best") -> Table:
-    table = Table(
-        title=f"Selected model and training cost per strategy (paper Figure 1, right); early stop: {rule}",
-        caption="PFLOPs measured: FlopCounterMode, 2 FLOPs per multiply-add, exact backward; paper conv.: 3 × forward MACs × images × epochs "
-        "(docs/protocol.md, Compute)",
-    )
-    for col in (
-        "strategy",
-        "round",
-        "sparsity %",
-        "phase",
-        "sel. acc",
-        "test acc",
-        "PFLOPs measured",
-        "PFLOPs sparse-aware",
-        "PFLOPs paper conv.",
-        "units",
-        "note",
-    ):
-        table.add_column(col, justify="left" if col in ("strategy", "note", "phase") else "right", no_wrap=col == "strategy")
-    for o in outcomes:
-        table.add_row(
-            o.strategy,
-            f"{o.selected_round} (of 0..{o.trained_until})",
-            f"{100 * o.sparsity:.2f}",
-            o.phase or "",
-            _pct(o.selection_acc),
-            _pct(o.test_acc),
-            f"{o.pflops_dense:.4g}",
-            f"{o.pflops_sparse:.4g}",
-            _num(o.pflops_paper),
-            f"{o.units:.2f}",
-            o.note,
+# strategy table columns: (header, short header, cell); the caption spells short headers out.
+_STRATEGY_COLS: dict[str, tuple[str, str, Callable[[Any], str]]] = {
+    "round": ("round (trained)", "round", lambda o: f"{o.selected_round} (0..{o.trained_until})"),
+    "sparsity": ("sparsity %", "spars%", lambda o: f"{100 * o.sparsity:.2f}"),
+    "phase": ("phase", "phase", lambda o: o.phase or ""),
+    "selection": ("sel. acc", "sel%", lambda o: _pct(o.selection_acc)),
+    "test": ("test acc", "test%", lambda o: _pct(o.test_acc)),
+    "dense": ("PFLOPs measured", "PFLOPs", lambda o: f"{o.pflops_dense:.4g}"),
+    "sparse": ("PFLOPs sparse-aware", "sparse", lambda o: f"{o.pflops_sparse:.4g}"),
+    "paper": ("PFLOPs paper conv.", "paper", lambda o: _num(o.pflops_paper)),
+    "units": ("units", "units", lambda o: f"{o.units:.2f}"),
+}
+_STRATEGY_LEGEND = {
+    "round": "round: selected (rounds trained)",
+    "selection": "sel%: selection acc",
+    "dense": "PFLOPs: measured",
+    "sparse": "sparse: PFLOPs sparse-aware",
+    "paper": "paper: PFLOPs in the paper's convention",
+}
+_STRATEGY_CAPTION = (
+    "PFLOPs measured: FlopCounterMode, 2 FLOPs per multiply-add, exact backward; paper conv.: 3 × forward MACs × images × epochs; "
+    "units: dense training runs of the vanilla model (its round 0) (docs/protocol.md, Compute)"
+)
+
+
+def strategy_rich_table(outcomes, rule: str = "tolerance 0, patience 1, select best", width: int | None = None) -> Table:
+    """Selected round, accuracy and cost per strategy, each strategy's note under its name. At a
+    narrow ``width`` (default: the console's) the headers shorten, then the paper-convention,
+    sparse-aware and measured PFLOPs go (units stay), then the phase."""
+
+    def make(keep: list[str], short: bool) -> Table:
+        legend = [_STRATEGY_LEGEND[c] for c in keep if short and c in _STRATEGY_LEGEND]
+        table = Table(
+            title=f"Selected model and training cost per strategy (paper Figure 1, right); early stop: {rule}",
+            caption="; ".join(["accuracies in %", *legend, _STRATEGY_CAPTION]),
+            caption_justify="left",
+            show_lines=any(o.note for o in outcomes),  # a rule between strategies: a note is not read as a name
         )
-    return table
+        table.add_column("strategy", min_width=20, overflow="fold")
+        for c in keep:
+            header, brief, _ = _STRATEGY_COLS[c]
+            table.add_column(brief if short else header, justify="left" if c == "phase" else "right", no_wrap=True)
+        for o in outcomes:
+            name = Text(o.strategy)
+            if o.note:
+                name.append("\n" + o.note, style="dim")
+            table.add_row(name, *[_STRATEGY_COLS[c][2](o) for c in keep])
+        return table
+
+    names = {c: v[0] for c, v in _STRATEGY_COLS.items()}
+    return _narrowed(make, list(_STRATEGY_COLS), ["paper", "sparse", "dense", "phase"], width, names)
 
 
 @app.command("stop-rules")
@@ -473,9 +552,14 @@ def demo(
 def dip_rich_table(pairs) -> Table:
     from dsd2 import compare
 
-    table = Table(title="Critical dip per curve (largest recovered drop of the selection accuracy, points)")
-    for col in ("run", "dense acc", "dip depth", "trough round", "best acc", "best round"):
-        table.add_column(col, justify="right" if col != "run" else "left")
+    table = Table(
+        title="Critical dip per curve (largest recovered drop of the selection accuracy)",
+        caption="selection accuracy in %; dense: round 0; dip: depth in points, at the trough round; best: the most accurate round",
+        caption_justify="left",
+    )
+    table.add_column("run", overflow="fold")  # run folder names have no spaces: fold them rather than cut
+    for col in ("dense", "dip", "trough", "best", "at round"):
+        table.add_column(col, justify="right", no_wrap=True)
     for teacher_dir, student_dir in pairs:
         for d in (teacher_dir, student_dir):
             rows = compare.load_rows(d)
