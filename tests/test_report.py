@@ -376,3 +376,28 @@ def test_figures_come_first_and_the_phase_definitions_are_in_the_page(report):
     assert text.index("<h2>Figures</h2>") < text.index('id="phases"') < text.index("<h2>Summary</h2>") < text.index("<h2>Runs</h2>")
     for phase in ("light", "critical", "sweet", "collapsed", "undetermined"):
         assert f'class="phase-{phase}"' in text
+
+
+def test_full_disk_during_report_is_one_line_and_leaves_the_runs_alone(study, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from dsd2.cli import main
+
+    def snapshot(d):
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+    before = snapshot(study["v0"])
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.os, "fsync", full)  # the atomic write's fsync hits the full disk
+    out = tmp_path / "rep"
+    assert main(["report", str(study["v0"]), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+    msg = " ".join(err.split())
+    assert "no space left on the device" in msg and "run the same command again" in msg
+    assert "resume" not in msg.lower()  # a report has nothing to resume
+    assert snapshot(study["v0"]) == before  # the run folder is untouched
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no temp file or half-written figure left

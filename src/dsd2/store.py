@@ -74,7 +74,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             pass
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             raise UserError(
-                f"no space left on the device while writing {path}: free some space and run the command again (finished rounds of a run are kept; `dsd2 resume` continues it)"
+                # one message for every command (run, report, export, sweep): running the same
+                # command again is right for all of them; a run picks up from its finished rounds
+                f"no space left on the device while writing {path}: free some space and run the same command again"
             ) from None
         raise UserError(f"cannot write {path}: {err.strerror or err}") from None
     _fsync_dir(path.parent)
