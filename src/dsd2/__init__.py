@@ -1,3 +1,26 @@
-"""dsd2: study and dodge sparse double descent in neural-network pruning."""
+"""dsd2: study and dodge sparse double descent in neural-network pruning.
+
+The Python API (:mod:`dsd2.api`): ``run``, ``resume``, ``pipeline``, ``export``,
+``load_exported`` and their result types. They are imported on first use (PEP 562), so
+``import dsd2`` stays cheap: the CLI starts fast and ``dsd2.config`` still loads without torch.
+"""
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API = ("run", "resume", "pipeline", "export", "load_exported", "RunResult", "PipelineResult", "ExportResult")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        # The package root's one import of a higher layer (tests/test_layers.py allows exactly this).
+        # `pipeline` and `export` are also modules: `from dsd2 import pipeline` must keep giving the
+        # module, so those two resolve to it (calling the module runs the API function).
+        import sys
+
+        from dsd2 import api  # imports dsd2.pipeline and dsd2.export as well
+
+        return sys.modules[f"dsd2.{name}"] if name in ("pipeline", "export") else getattr(api, name)
+    raise AttributeError(f"module 'dsd2' has no attribute {name!r}")

@@ -8,11 +8,18 @@ The teacher run doubles as the vanilla curve when teacher and student share an a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import sys
+import types
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dsd2.config import RunConfig, apply_overrides, validate_config
+
+if TYPE_CHECKING:  # torch-free at import: the sweep's dry run and the CLI read teacher_config only
+    from dsd2.rundir import RoundRow
+    from dsd2.runs import Config, RunResult
 
 
 def student_config(teacher_cfg: RunConfig, student_cfg: RunConfig | None, teacher_dir: Path) -> RunConfig:
@@ -134,3 +141,54 @@ def run_pipelines_parallel(configs: list[RunConfig], *, out: str | Path, jobs: i
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         results = list(pool.map(_pipeline_worker, [(c.resolved(), str(out), processes) for c in configs]))
     return [(Path(t), Path(s)) for t, s in results]
+
+
+# ----------------------------------------------------------------------------- the Python API's `dsd2.pipeline(...)`
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """The runs of one DSD² study: teacher, student and the vanilla baseline of the student's
+    architecture (the teacher run itself when they share it)."""
+
+    teacher: RunResult
+    student: RunResult
+    vanilla: RunResult
+
+
+def study(
+    config: Config,
+    overrides: Sequence[str] = (),
+    *,
+    student: Config | None = None,
+    out: str | Path = "runs",
+    on_round: Callable[[RoundRow], None] | None = None,
+    progress: Callable[[int, int, Any], None] | None = None,
+    run_stage: Callable[[RunConfig, Path], Path] | None = None,
+) -> PipelineResult:
+    """Teacher IMP → teacher round (``distill.round``) → student IMP with KD (``dsd2 pipeline``).
+
+    ``config``/``student``: preset name, YAML file, mapping or RunConfig; ``overrides`` apply to
+    both. ``run_stage(cfg, out) -> run_dir`` runs one stage (default: :func:`dsd2.imp.run` with
+    ``on_round`` and ``progress``; the CLI passes its own, which prints)."""
+    from dsd2 import imp
+    from dsd2.runs import as_config, result
+
+    def stage(cfg: RunConfig, o: str | Path, **_: Any) -> Path:
+        if run_stage is not None:
+            return run_stage(cfg, Path(o))
+        return imp.run(cfg, o, on_round=on_round, progress=progress)
+
+    scfg = as_config(student, overrides) if student is not None else None
+    s = run_pipeline(as_config(config, overrides), scfg, out=out, run=stage)
+    return PipelineResult(result(s.teacher), result(s.student), result(s.vanilla))
+
+
+class _CallableModule(types.ModuleType):
+    # `dsd2.pipeline` names both this module (imported across dsd2) and the API function: the
+    # module, once imported, is what the package attribute holds, so calling it runs `study`.
+    def __call__(self, *args: Any, **kwargs: Any) -> PipelineResult:
+        return study(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
