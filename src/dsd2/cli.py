@@ -212,13 +212,13 @@ class _Progress:
 
 
 def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
-    from dsd2 import imp, rundir
+    from dsd2 import api, rundir
 
     with _Progress(enabled=not quiet, last_round=cfg.prune.rounds) as prog:
         target = run_dir or rundir.run_dir_for(cfg, out)
         if not quiet:
             err_console.print(f"run directory: {target}")
-        path = imp.run(cfg, out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch)
+        path = api.run(cfg, out=out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch).run_dir
     rows = rundir.read_rounds(path)
     console.print(
         rounds_table(rows, title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, {cfg.noise.kind} noise {cfg.noise.rate:g}")
@@ -457,12 +457,12 @@ def compare_cmd(
 
 
 def _pipeline(cfg, student_cfg, out: Path, quiet: bool):
-    from dsd2 import pipeline
+    from dsd2 import api
 
-    def run_stage(c, o, **kw):
+    def run_stage(c, o):
         return _run_config(c, o, None, quiet)
 
-    return pipeline.run_pipeline(cfg, student_cfg, out=out, run=run_stage)
+    return api.pipeline(cfg, student=student_cfg, out=out, run_stage=run_stage)
 
 
 @app.command("pipeline")
@@ -480,15 +480,16 @@ def pipeline_cmd(
     cfg = load_config(config, overrides or [])
     scfg = load_config(student, overrides or []) if student else None
     study = _pipeline(cfg, scfg, out, quiet)
-    t = store.read_json(study.student / "teacher.json")
+    t = store.read_json(study.student.run_dir / "teacher.json")
     console.print(
         f"teacher: {t['run_dir']} round {t['round']} ({t['choice']}, sparsity {100 * t['sparsity']:.2f}%, selected on {t['selected_on']})"
     )
-    if study.vanilla != study.teacher:
-        console.print(f"the student's architecture differs from the teacher's: vanilla baseline {study.vanilla}")
-    console.print(strategy_rich_table(compare.strategy_table(study.vanilla, study.student)))
+    vanilla, student_dir = study.vanilla.run_dir, study.student.run_dir
+    if vanilla != study.teacher.run_dir:
+        console.print(f"the student's architecture differs from the teacher's: vanilla baseline {vanilla}")
+    console.print(strategy_rich_table(compare.strategy_table(vanilla, student_dir)))
     rule = compare.COMPRESS_RULE
-    console.print(strategy_rich_table(compare.strategy_table(study.vanilla, study.student, **rule), compare.rule_text(rule)))
+    console.print(strategy_rich_table(compare.strategy_table(vanilla, student_dir, **rule), compare.rule_text(rule)))
 
 
 @app.command()
@@ -612,6 +613,36 @@ def report(
     else:
         path = write_report(list(run_dirs), out, title=title)
     console.print(f"report: {path}")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A run directory with finished rounds."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write model.safetensors, model.json (and model.onnx) into."),
+    round: str = typer.Option(
+        "best", "--round", help="best (highest validation accuracy), last_good (the early-stop rule's sparsest good round) or an index."
+    ),
+    onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx, checked against PyTorch with onnxruntime."),
+    compressed: bool = typer.Option(False, "--compressed", help="Store each pruned tensor as kept values + a bitmask."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier export in --out."),
+) -> None:
+    """Export a round of a run as a deployable model (docs/export.md)."""
+    from dsd2.api import export
+
+    res = export(run_dir, out, round=round, onnx=onnx, compressed=compressed, force=force)
+    how = res.info.get("selected_on")
+    console.print(
+        f"round {res.round} ({res.selected_by}{f' on {how}' if how else ''}), sparsity {100 * res.sparsity:.2f}%, "
+        f"test {_pct(res.info['accuracy'].get('test_acc'))}%"
+    )
+    if compressed:
+        ratio = res.dense_bytes / res.weights_bytes if res.weights_bytes else float("nan")
+        console.print(f"model.safetensors: {res.weights_bytes:,} bytes compressed vs {res.dense_bytes:,} dense ({ratio:.1f}x smaller)")
+    else:
+        console.print(f"model.safetensors: {res.weights_bytes:,} bytes (dense, masks folded in)")
+    if res.onnx_max_abs_diff is not None:
+        console.print(f"model.onnx: max abs difference from PyTorch on random inputs {res.onnx_max_abs_diff:.3g}")
+    console.print(f"export: {res.dir}")
 
 
 _INTERRUPTED = "interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`"
