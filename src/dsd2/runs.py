@@ -22,6 +22,8 @@ Config = str | Path | Mapping[str, Any] | RunConfig
 
 def as_config(config: Config, overrides: Sequence[str] = ()) -> RunConfig:
     """The RunConfig of ``config`` with ``key.sub=value`` ``overrides`` applied (as the CLI does)."""
+    if isinstance(config, RunConfig) and not overrides:
+        return config
     if isinstance(config, RunConfig | Mapping):
         data = config.resolved() if isinstance(config, RunConfig) else dict(config)
         return validate_config(apply_overrides(data, list(overrides)), source="config")
@@ -30,8 +32,8 @@ def as_config(config: Config, overrides: Sequence[str] = ()) -> RunConfig:
 
 @dataclass(frozen=True)
 class RunResult:
-    """A run directory, its config and the rows of its finished rounds (read from the
-    checksummed round files, not the editable rounds.csv)."""
+    """A run directory, its config and the rows of its finished rounds (``rounds.csv``, phases
+    labelled; refused when edited since dsd2 wrote it)."""
 
     run_dir: Path
     config: RunConfig
@@ -46,4 +48,6 @@ class RunResult:
 def result(run_dir: str | Path) -> RunResult:
     """The RunResult of an existing run directory (nothing is trained)."""
     run_dir = Path(run_dir)
-    return RunResult(run_dir, rundir.read_config(run_dir), rundir.read_finished(run_dir).rows)
+    cfg = rundir.read_config(run_dir)
+    rows = rundir.read_rounds(run_dir) if (run_dir / rundir.ROUNDS_CSV).is_file() else []
+    return RunResult(run_dir, cfg, rows)
