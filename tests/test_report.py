@@ -161,20 +161,55 @@ def test_memorisation_and_entropy_figures(study):
         assert list(artist(fig, f"layer:0:{layer}").get_ydata()) == pytest.approx([x["entropy"] for x in ent if x["layer"] == layer])
 
 
-def test_compute_figure_x_is_cumulative_dense_pflops(study):
+def test_compute_figure_x_is_units_with_pflops_on_top(study):
     v, s = rows(study["v0"]), rows(study["student"])
+    unit = v[0]["round_pflops_dense"]
     outcomes = compare.strategy_table(study["v0"], study["student"])
     fig = compute_figure(study["v0"], study["student"])
-    assert list(artist(fig, "pflops:vanilla").get_xdata()) == pytest.approx([x["train_pflops_dense"] for x in v])
+    assert list(artist(fig, "pflops:vanilla").get_xdata()) == pytest.approx([x["train_pflops_dense"] / unit for x in v])
     assert list(artist(fig, "pflops:vanilla").get_ydata()) == pytest.approx([100 * x["test_acc"] for x in v])
-    assert list(artist(fig, "pflops:student").get_xdata()) == pytest.approx([x["train_pflops_dense"] for x in s])
+    assert list(artist(fig, "pflops:student").get_xdata()) == pytest.approx([x["train_pflops_dense"] / unit for x in s])
     points = artists(fig, "strategy:")
     assert len(points) == len(outcomes)
     for pt, o in zip(points, outcomes):
-        assert (pt.get_xdata()[0], pt.get_ydata()[0]) == pytest.approx((o.pflops_dense, 100 * o.test_acc))
+        assert (pt.get_xdata()[0], pt.get_ydata()[0]) == pytest.approx((o.units, 100 * o.test_acc))
         assert o.strategy in pt.get_label()
-    texts = [t.get_text() for t in fig.axes[0].texts]
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("cumulative training compute (units")
+    texts = [t.get_text() for t in ax.texts]
     assert texts == [str(i) for i in range(1, len(outcomes) + 1)]
+    # the top axis: PFLOPs = units x the unit
+    (top,) = ax.child_axes
+    assert top.get_xlabel() == "measured PFLOPs"
+    fig.canvas.draw()
+    for tick in (1.0, 2.5):
+        assert ax.transData.transform((tick, 0))[0] == pytest.approx(top.transData.transform((tick * unit, 0))[0])
+
+
+def test_strategies_on_one_point_nest_and_stay_visible(study):
+    """Strategies selecting the same point (exhaustive and entropy stop at the same round) are
+    drawn smaller and above the earlier ones: every marker shows."""
+    from dsd2.report.figures import stacked_marker_sizes
+
+    assert stacked_marker_sizes([(1, 50), (2, 60), (1, 50.001), (1, 50)]) == [13, 13, 9.5, 6]
+    outcomes = compare.strategy_table(study["v0"], study["student"])
+    same = compare.Outcome(**{**outcomes[0].as_dict(), "strategy": "a strategy on the first one's point"})
+    fig = compute_figure(study["v0"], study["student"], [*outcomes, same])
+    first, last = artist(fig, "strategy:1"), artist(fig, f"strategy:{len(outcomes) + 1}")
+    assert (first.get_xdata()[0], first.get_ydata()[0]) == (last.get_xdata()[0], last.get_ydata()[0])
+    assert last.get_markersize() < first.get_markersize() and last.get_zorder() > first.get_zorder()
+    fig.canvas.draw()  # the later marker lies inside the earlier one: both show
+    r = fig.canvas.get_renderer()
+    assert last.get_window_extent(r).width < first.get_window_extent(r).width
+
+
+def test_teacher_point_is_labelled_in_the_legend_not_on_the_curves(study):
+    fig = accuracy_figure([study["v0"], study["student"]])
+    info = store.read_json(study["student"] / "teacher.json")
+    assert not [t for ax in fig.axes for t in ax.texts]  # no label drawn over the curves
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert f"teacher point: round {info['round']} ({format_sparsity(info['sparsity'])}% sparse)" in legend
+    assert artist(fig, f"teacher:{info['round']}").get_label() in legend
 
 
 def test_group_runs_by_config_without_seed_and_name(study, tmp_path):

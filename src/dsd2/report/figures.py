@@ -331,15 +331,20 @@ def _mark_teachers(ax: Axes, groups: Sequence[RunGroup]) -> None:
         if row.get("test_acc") is None:
             continue
         x, y = sparsity_to_x(row["sparsity"]), 100.0 * row["test_acc"]
-        (pt,) = ax.plot([x], [y], marker="*", ms=13, color="gold", mec="black", mew=0.8, ls="none", zorder=5, label="_nolegend_")
-        pt.set_gid(f"teacher:{rnd}")
-        ax.annotate(
-            _mpl(f"teacher (round {rnd})"),
-            (x, y),
-            xytext=(6, 8),
-            textcoords="offset points",
-            fontsize=7,
+        # the label goes to the legend: text next to the star would sit on the curves
+        (pt,) = ax.plot(
+            [x],
+            [y],
+            marker="*",
+            ms=13,
+            color="gold",
+            mec="black",
+            mew=0.8,
+            ls="none",
+            zorder=5,
+            label=f"teacher point: round {rnd} ({format_sparsity(row['sparsity'])}% sparse)",
         )
+        pt.set_gid(f"teacher:{rnd}")
 
 
 def memorisation_figure(runs: Any, *, phases_from: RunData | None = None, title: str | None = None) -> Figure:
@@ -412,18 +417,36 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
     return fig
 
 
+def stacked_marker_sizes(points: Sequence[tuple[float, float]], base: float = 13.0, step: float = 3.5) -> list[float]:
+    """Marker size of each point: the k-th point drawn on a spot an earlier one already holds is
+    ``step`` smaller, so markers on one spot nest and every one stays visible (drawn above the
+    larger ones). Spots compare at 4 significant digits (x) and 0.01 (y)."""
+    seen: dict[tuple[str, float], int] = {}
+    sizes = []
+    for x, y in points:
+        key = (f"{x:.4g}", round(y, 2))
+        k = seen[key] = seen.get(key, -1) + 1
+        sizes.append(max(base - step * k, 3.0))
+    return sizes
+
+
 def compute_figure(
     vanilla: str | Path | RunData, student: str | Path | RunData | None = None, outcomes: Sequence[Any] | None = None
 ) -> Figure:
-    """Test accuracy vs cumulative training PFLOPs (measured, sparsity not credited) of the
-    vanilla run and the DSD² student, with the early-stop points of
-    :func:`dsd2.compare.strategy_table` numbered and listed in the legend (Figure 1, right)."""
+    """Test accuracy vs cumulative training compute of the vanilla run and the DSD² student, with
+    the early-stop points of :func:`dsd2.compare.strategy_table` numbered and listed in the legend
+    (Figure 1, right).
+
+    The x axis is in units, one dense training run of the vanilla model (its round 0; the strategy
+    table's unit, docs/protocol.md), with the measured PFLOPs (sparsity not credited) on the top
+    axis. Strategies that select the same point nest there (later ones smaller, on top)."""
     from dsd2 import compare
 
     v = _as_run(vanilla)
     s = _as_run(student) if student is not None else None
     if outcomes is None:
         outcomes = compare.strategy_table(v.path, s.path if s is not None else None)
+    unit = float(v.rows[0]["round_pflops_dense"]) or 1.0
     fig = _new_figure(10.0, 6.0)
     ax = fig.add_subplot()
     for run, color, what in ((v, _color(0), "vanilla IMP"), (s, _color(1), "DSD² student (teacher forward passes included)")):
@@ -431,7 +454,7 @@ def compute_figure(
             continue
         rows = [r for r in run.rows if r.get("train_pflops_dense") is not None and r.get("test_acc") is not None]
         (line,) = ax.plot(
-            [r["train_pflops_dense"] for r in rows],
+            [r["train_pflops_dense"] / unit for r in rows],
             [100.0 * r["test_acc"] for r in rows],
             color=color,
             marker="o",
@@ -441,28 +464,41 @@ def compute_figure(
         )
         line.set_gid("pflops:student" if run is s else "pflops:vanilla")
     markers = ["D", "v", "P", "*", "X", "^", "s", "h"]
-    at: dict[tuple[float, float], int] = {}
-    for i, o in enumerate(outcomes, start=1):
-        x, y = float(o.pflops_dense), 100.0 * float(o.test_acc)
-        k = at[(x, y)] = at.get((x, y), -1) + 1  # several strategies on one point: labels side by side
+    xy = [(float(o.pflops_dense) / unit, 100.0 * float(o.test_acc)) for o in outcomes]
+    sizes = stacked_marker_sizes(xy)
+    at: dict[tuple[str, float], int] = {}
+    for i, (o, (x, y), ms) in enumerate(zip(outcomes, xy, sizes), start=1):
+        key = (f"{x:.4g}", round(y, 2))
+        k = at[key] = at.get(key, -1) + 1  # several strategies on one point: labels side by side
         (pt,) = ax.plot(
             [x],
             [y],
             ls="none",
             marker=markers[(i - 1) % len(markers)],
-            ms=10,
+            ms=ms,
             mec="black",
             mew=0.8,
             color=_color(i + 1),
-            zorder=5,
+            zorder=5 + 0.1 * i,  # later (smaller) markers above the earlier ones on the same spot
             label=_mpl(
                 f"{i}. {o.strategy}: round {o.selected_round} ({format_sparsity(o.sparsity)}% sparse), "
-                f"{y:.1f}%, {x:.4g} PFLOPs = {o.units:.1f} units"
+                f"{y:.1f}%, {x:.2f} units = {o.pflops_dense:.4g} PFLOPs"
             ),
         )
         pt.set_gid(f"strategy:{i}")
-        ax.annotate(str(i), (x, y), xytext=(6 + 9 * k, 6), textcoords="offset points", fontsize=8, weight="bold")
-    ax.set_xlabel("cumulative training PFLOPs (dense count; KD includes the teacher's forwards)")
+        ax.annotate(str(i), (x, y), xytext=(7 + 9 * k, 6), textcoords="offset points", fontsize=8, weight="bold")
+    ax.set_xlabel("cumulative training compute (units: dense training runs of the vanilla model; KD includes the teacher's forwards)")
+
+    def to_pflops(u: Any) -> Any:
+        return u * unit  # matplotlib passes arrays
+
+    def to_units(p: Any) -> Any:
+        return p / unit
+
+    top = ax.secondary_xaxis("top", functions=(to_pflops, to_units))
+    top.set_xlabel("measured PFLOPs", fontsize=8)
+    top.tick_params(labelsize=7)
+    top.xaxis.set_major_formatter(lambda p, _: f"{p:.3g}")  # no "1e-7" offset text over the corner
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs training compute, with the early-stop points", fontsize=10)
     ax.grid(True, alpha=0.3, lw=0.5)
