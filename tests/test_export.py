@@ -81,7 +81,7 @@ def test_compressed_is_smaller_and_round_trips_exactly(tiny_run, tmp_path, capsy
     small_file = (tmp_path / "small" / "model.safetensors").stat().st_size
     assert small_file < dense_file / 1.5
     info = read_info(tmp_path / "small")
-    assert info["weights_format"] == "values+bitmask" and info["dense_bytes"] == dense_file
+    assert info["weights_format"] == "sparse-values" and info["dense_bytes"] == dense_file
     dense, small = load_exported(tmp_path / "dense"), load_exported(tmp_path / "small")
     for (k, a), (k2, b) in zip(dense.state_dict().items(), small.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
@@ -90,11 +90,14 @@ def test_compressed_is_smaller_and_round_trips_exactly(tiny_run, tmp_path, capsy
 def test_compress_keeps_kept_zeros_and_odd_sizes():
     w = torch.tensor([[0.0, 2.0, -3.0], [4.0, 0.5, 6.0], [7.0, 8.0, 9.0]])
     mask = torch.tensor([[True, True, False], [False, True, False], [False, False, True]])  # 9 bits: not a byte multiple
-    state = fold_masks({"w": w, "b": torch.ones(3)}, {"w": mask})
-    tensors, shapes = compress(state, {"w": mask})
+    very = torch.zeros(1000, dtype=torch.bool)
+    very[[3, 500, 999]] = True  # 0.3% dense: 3 int32 indices (12 bytes) beat a 125-byte bitmask
+    state = fold_masks({"w": w, "b": torch.ones(3), "v": torch.randn(1000)}, {"w": mask, "v": very})
+    tensors, shapes = compress(state, {"w": mask, "v": very})
     assert tensors["w#values"].tolist() == [0.0, 2.0, 0.5, 9.0] and tensors["w#bitmask"].numel() == 2
+    assert tensors["v#indices"].tolist() == [3, 500, 999] and "v#bitmask" not in tensors
     back = decompress(tensors, shapes)
-    assert torch.equal(back["w"], state["w"]) and torch.equal(back["b"], state["b"])
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
 
 
 @pytest.mark.skipif(

@@ -6,7 +6,8 @@ a failure or a kill leaves nothing half-written):
 - ``model.safetensors``: the round's state dict with the masks folded in (pruned entries are
   exact zeros). Its keys are the model's own, so a torchvision-built model's file loads into the
   plain torchvision constructor with ``strict=True``. With ``compressed=True`` every masked
-  tensor is stored as its kept values (1-D) plus a packed bitmask instead (docs/export.md).
+  tensor is stored as its kept values (1-D) plus a packed bitmask or their indices instead
+  (docs/export.md).
 - ``model.json``: what rebuilding and using the model needs (architecture and options, plugins,
   classes, input shape, normalisation) and where it came from (run, round, how it was selected,
   its accuracies and sparsity, the round's manifest hashes), plus the sha256 of every file.
@@ -51,9 +52,9 @@ MODEL_JSON = "model.json"
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
 # Layout of model.safetensors, also in its metadata (safetensors readers see it without model.json).
-DENSE, COMPRESSED = "dense", "values+bitmask"
+DENSE, COMPRESSED = "dense", "sparse-values"
 # Key suffixes of a compressed tensor; '#' cannot occur in a state-dict key (module attribute names).
-VALUES, BITMASK = "#values", "#bitmask"
+VALUES, BITMASK, INDICES = "#values", "#bitmask", "#indices"
 # ONNX vs PyTorch on random inputs: max |difference| allowed, relative to the largest |logit| (at least 1).
 ONNX_TOLERANCE = 1e-4
 _ONNX_EXTRA = "the ONNX check needs onnx, onnxscript and onnxruntime: pip install 'dsd2[export]'"
@@ -123,8 +124,10 @@ def fold_masks(state: Mapping[str, torch.Tensor], masks: Masks) -> dict[str, tor
 
 def compress(state: Mapping[str, torch.Tensor], masks: Masks) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
     """(tensors, shapes): each masked tensor as ``name#values`` (its kept entries, 1-D, in
-    row-major order) and ``name#bitmask`` (the mask, 8 entries per uint8, little bit order);
-    other tensors as they are. ``shapes`` holds the masked tensors' shapes."""
+    row-major order) plus where they go, whichever is smaller: ``name#bitmask`` (the mask, 8
+    entries per uint8, little bit order; 1 bit per weight) or ``name#indices`` (int32 positions;
+    32 bits per kept weight, smaller below 1/32 density). Other tensors stay as they are;
+    ``shapes`` holds the masked tensors' shapes."""
     out: dict[str, torch.Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for k, v in state.items():
@@ -133,22 +136,33 @@ def compress(state: Mapping[str, torch.Tensor], masks: Masks) -> tuple[dict[str,
             continue
         m = masks[k].detach().cpu().flatten().bool()
         out[k + VALUES] = v.detach().cpu().flatten()[m].contiguous()
-        out[k + BITMASK] = torch.from_numpy(np.packbits(m.numpy(), bitorder="little"))
+        kept, n = int(m.sum()), m.numel()
+        if 4 * kept < (n + 7) // 8 and n < 2**31:
+            out[k + INDICES] = m.nonzero().flatten().to(torch.int32)
+        else:
+            out[k + BITMASK] = torch.from_numpy(np.packbits(m.numpy(), bitorder="little"))
         shapes[k] = list(v.shape)
     return out, shapes
 
 
 def decompress(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]]) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`compress`: the dense state dict, zeros where the bitmask is 0."""
-    out = {k: v for k, v in tensors.items() if not k.endswith((VALUES, BITMASK))}
+    """Inverse of :func:`compress`: the dense state dict, zeros where no value was kept."""
+    out = {k: v for k, v in tensors.items() if not k.endswith((VALUES, BITMASK, INDICES))}
     for k, shape in shapes.items():
-        values, packed = tensors[k + VALUES], tensors[k + BITMASK]
+        values = tensors[k + VALUES]
         n = int(np.prod(shape)) if shape else 1
-        mask = torch.from_numpy(np.unpackbits(packed.numpy(), count=n, bitorder="little").astype(bool))
-        if int(mask.sum()) != values.numel():
-            raise UserError(f"compressed tensor {k}: {values.numel()} values but {int(mask.sum())} bits set (corrupt file)")
+        if k + INDICES in tensors:
+            where = tensors[k + INDICES].long()
+            if where.numel() != values.numel() or (where.numel() and (int(where.min()) < 0 or int(where.max()) >= n)):
+                raise UserError(
+                    f"compressed tensor {k}: its indices do not fit its {values.numel()} values and shape {shape} (corrupt file)"
+                )
+        else:
+            where = torch.from_numpy(np.unpackbits(tensors[k + BITMASK].numpy(), count=n, bitorder="little").astype(bool))
+            if int(where.sum()) != values.numel():
+                raise UserError(f"compressed tensor {k}: {values.numel()} values but {int(where.sum())} bits set (corrupt file)")
         dense = torch.zeros(n, dtype=values.dtype)
-        dense[mask] = values
+        dense[where] = values
         out[k] = dense.view(shape)
     return out
 
