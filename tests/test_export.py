@@ -194,3 +194,49 @@ def test_an_edited_export_is_refused(tiny_run, tmp_path):
     with pytest.raises(Exception, match="checksum"):
         load_exported(out)
     assert info["files"]["model.safetensors"]["sha256"] != store.sha256_file(out / "model.safetensors")
+
+
+def test_load_exported_imports_the_plugins(tiny_run, tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    assert _export(tiny_run, out, "--round", "0") == 0
+    info = json.loads((out / "model.json").read_text())
+    (tmp_path / "dsd2_test_plugin_export.py").write_text("LOADED = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (out / "model.json").write_text(json.dumps({**info, "plugins": ["dsd2_test_plugin_export"]}))
+    load_exported(out)
+    import sys
+
+    assert sys.modules["dsd2_test_plugin_export"].LOADED
+    (out / "model.json").write_text(json.dumps({**info, "plugins": ["dsd2_no_such_plugin"]}))
+    with pytest.raises(Exception, match="dsd2_no_such_plugin"):
+        load_exported(out)
+
+
+@pytest.mark.slow
+def test_a_torchvision_run_exports_into_the_plain_constructor(tmp_path, capsys):
+    """End to end: ResNet-18 (torchvision's, ImageNet stem) on a tiny CIFAR-10, pruned once."""
+    torchvision = pytest.importorskip("torchvision")
+    from dsd2.config import validate_config
+    from dsd2.data.testing import write_cifar
+
+    write_cifar(tmp_path / "data", "cifar10", n_per_train_file=8, n_test=8)
+    cfg = validate_config(
+        {
+            "name": "tv",
+            "dataset": {"name": "cifar10", "root": str(tmp_path / "data"), "val_size": 8, "augment": False},
+            "noise": {"kind": "none"},
+            "model": {"name": "resnet18"},
+            "train": {"epochs": 1, "batch_size": 16, "optimizer": "adam", "lr": 0.001, "device": "cpu"},
+            "prune": {"rounds": 1, "rate": 0.5},
+            "entropy": {"enabled": False},
+        }
+    )
+    run_dir = run(cfg, tmp_path / "runs")
+    assert _export(run_dir, tmp_path / "model", "--round", "1") == 0
+    plain = torchvision.models.resnet18(num_classes=10).eval()
+    plain.load_state_dict(load_file(tmp_path / "model" / "model.safetensors"), strict=True)
+    info = read_info(tmp_path / "model")
+    assert info["input_shape"] == [3, 32, 32] and len(info["mean"]) == 3 and info["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(plain(x), load_exported(tmp_path / "model")(x))
