@@ -6,6 +6,7 @@ import base64
 import io
 import math
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -375,6 +376,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         "--disable-dev-shm-usage",
         f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=5000",
+        "--window-size=1280,900",
         "--enable-logging=stderr",
         "--v=0",
         "--dump-dom",
@@ -383,6 +385,9 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'data-images-ok="4/4"' in proc.stdout, proc.stderr[-2000:]
+    # at 1280 px only the per-run rounds tables (every rounds.csv column) may scroll sideways
+    wide = re.search(r'data-wide-tables="([^"]*)"', proc.stdout)
+    assert wide is not None and set(wide.group(1).split()) <= {"rounds"}, wide
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
     assert not [line for line in console if "Uncaught" in line or "Error" in line], console
 
@@ -436,3 +441,19 @@ def test_full_disk_during_report_is_one_line_and_leaves_the_runs_alone(study, tm
     assert "resume" not in msg.lower()  # a report has nothing to resume
     assert snapshot(study["v0"]) == before  # the run folder is untouched
     assert not [p for p in out.rglob("*") if p.is_file()]  # no temp file or half-written figure left
+
+
+def test_summary_table_is_built_to_fit_a_1280_px_window(report):
+    """Few columns, headers and text cells that wrap: the runs summary needs no sideways scroll
+    (the headless-Chromium test measures it)."""
+    from dsd2.report.html import _CSS, SUMMARY_HEADERS
+
+    _, index = report
+    text = index.read_text()
+    table = text[text.index('<table class="runs">') :]
+    table = table[: table.index("</table>")]
+    head = table[: table.index("</thead>")]
+    assert head.count("<th ") == len(SUMMARY_HEADERS) <= 11
+    assert "th{background:#f3f3f3;white-space:normal" in _CSS  # headers wrap between words
+    assert "td.t{overflow-wrap:anywhere" in _CSS  # long folder names wrap too
+    assert "max-width:1200px" in _CSS

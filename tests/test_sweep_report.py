@@ -2,13 +2,16 @@
 
 import base64
 import re
+import shutil
+import subprocess
 
 import pytest
 
 from dsd2 import store
 from dsd2.cli import main
 from dsd2.errors import UserError
-from dsd2.report.sweep import analysis_figure, grid_keys, write_sweep_report
+from dsd2.report import accuracy_figure
+from dsd2.report.sweep import analysis_figure, grid_keys, point_label, sweep_runs, write_sweep_report
 from dsd2.sweep import load_sweep, run_sweep
 
 
@@ -50,3 +53,53 @@ def test_sweep_report_page(sweep_dir, tmp_path):
 def test_not_a_sweep_folder(tmp_path):
     with pytest.raises(UserError, match="not a sweep folder"):
         write_sweep_report(tmp_path)
+
+
+def test_legends_name_the_grid_point_not_the_cell(sweep_dir):
+    assert point_label({"seed": 0, "noise.rate": 0.2, "model.depth": 3}, "x") == "noise.rate=0.2, model.depth=3"
+    assert point_label({"seed": 1}, "tiny_demo") == "tiny_demo"
+    runs = sweep_runs(sweep_dir)
+    assert {r.display for r in runs} == {"noise.rate=0.1", "noise.rate=0.4"}
+    fig = accuracy_figure(runs)
+    legend = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    titles = [leg.get_title().get_text() for leg in fig.legends]
+    assert "vanilla: noise.rate=0.1 (seeds 0, 1; mean ± std) — test" in legend
+    assert "vanilla: noise.rate=0.4 (seeds 0, 1; mean ± std) — val" in legend
+    assert not [t for t in legend + titles if "tiny_demo_" in t]  # no internal cell name
+
+
+def test_sweep_summary_table_wraps_to_fit(sweep_dir, tmp_path):
+    page = write_sweep_report(sweep_dir, tmp_path / "rep").read_text()
+    table = page[page.index('<table class="sweep-summary">') :]
+    table = table[: table.index("</table>")]
+    head = table[: table.index("</thead>")]
+    assert "best test acc %" in head and "best_test_acc" not in head  # headers wrap between words
+    assert '<td class="w">' in table and "\u00b1\u00a0" in table  # mean over "± std" when narrow
+    assert "vanilla: noise.rate=0.1 (seed 0)" in page  # headings name the grid point
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium)")
+def test_sweep_report_tables_fit_1280_px_in_headless_chromium(sweep_dir, tmp_path):
+    index = write_sweep_report(sweep_dir, tmp_path / "rep")
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,900",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        index.resolve().as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wide = re.search(r'data-wide-tables="([^"]*)"', proc.stdout)
+    # the page's script lists the tables wider than the page; only per-run rounds tables may be
+    assert wide is not None and set(wide.group(1).split()) <= {"rounds"}, wide

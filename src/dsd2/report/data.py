@@ -40,6 +40,9 @@ class RunData:
     teacher: dict[str, Any] | None = None
     early_stop: dict[str, Any] | None = None
     role: str = "vanilla"
+    # what legends and headings call the run instead of its config name: a sweep cell's grid
+    # point ("noise.rate=0.2, model.depth=3") rather than its internal cell name
+    display: str | None = None
 
     @property
     def name(self) -> str:
@@ -54,8 +57,13 @@ class RunData:
         return self.teacher is not None
 
     @property
+    def title(self) -> str:
+        """The run's name for people: :attr:`display` when set, else the config name."""
+        return self.display or self.name
+
+    @property
     def label(self) -> str:
-        return f"{self.role}: {self.name} (seed {self.seed})"
+        return f"{self.role}: {self.title} (seed {self.seed})"
 
     def column(self, key: str) -> list[Any]:
         return [r.get(key) for r in self.rows]
@@ -87,9 +95,9 @@ class RunGroup:
     def label(self) -> str:
         first = self.runs[0]
         if len(self.runs) == 1:
-            return f"{self.role}: {first.name} (seed {first.seed})"
+            return f"{self.role}: {first.title} (seed {first.seed})"
         seeds = ", ".join(str(s) for s in self.seeds)
-        return f"{self.role}: {first.name} (seeds {seeds}; mean ± std)"
+        return f"{self.role}: {first.title} (seeds {seeds}; mean ± std)"
 
 
 def _read_csv_with_header(path: Path) -> tuple[list[dict[str, Any]], list[str]]:

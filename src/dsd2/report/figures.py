@@ -290,7 +290,7 @@ def _curves_figure(
     setup_sparsity_axis(ax, all_sp)
     ax.set_ylabel(ylabel)
     ax.set_title(_mpl(title), fontsize=10)
-    _add_legends(ax, handles, title=f"phases ({prun.name}, seed {prun.seed})" if prun else None)
+    _add_legends(ax, handles, title=f"phases ({prun.title}, seed {prun.seed})" if prun else None)
     return fig
 
 
@@ -460,7 +460,7 @@ def compute_figure(
             marker="o",
             ms=3.5,
             lw=1.5,
-            label=_mpl(f"{what}: {run.name} (seed {run.seed})"),
+            label=_mpl(f"{what}: {run.title} (seed {run.seed})"),
         )
         line.set_gid("pflops:student" if run is s else "pflops:vanilla")
     markers = ["D", "v", "P", "*", "X", "^", "s", "h"]

@@ -29,7 +29,8 @@ h1{font-size:1.6em;margin-bottom:.2em}h2{border-bottom:1px solid #ccc;padding-bo
 h3{margin-bottom:.3em}
 table{border-collapse:collapse;font-size:.82em;margin:.5em 0 1em}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
-th{background:#f3f3f3}td.t,th.t{text-align:left;white-space:normal}
+th{background:#f3f3f3;white-space:normal;vertical-align:bottom}td.t,th.t{text-align:left;white-space:normal}
+td.t{overflow-wrap:anywhere;min-width:5em}td.w{white-space:normal}
 tr.sel td{background:#fff7d6}
 .scroll{overflow-x:auto}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
@@ -48,6 +49,12 @@ window.addEventListener("load", function () {
     if (imgs[i].complete && imgs[i].naturalWidth > 0) { ok++; }
   }
   document.body.dataset.imagesOk = ok + "/" + imgs.length;
+  // tables wider than the page (they scroll sideways): the classes, for tests and headless checks
+  var wide = [], boxes = document.querySelectorAll("div.scroll");
+  for (var j = 0; j < boxes.length; j++) {
+    if (boxes[j].scrollWidth > boxes[j].clientWidth + 1) { wide.push(boxes[j].firstChild.className || "?"); }
+  }
+  document.body.dataset.wideTables = wide.join(" ");
 });
 """
 
@@ -79,16 +86,20 @@ def _table(
     *,
     cls: str = "",
     text_cols: Iterable[int] = (),
+    wrap_cols: Iterable[int] = (),
     row_classes: Sequence[str] | None = None,
 ) -> str:
+    """An HTML table; ``text_cols`` are left-aligned and wrap anywhere, ``wrap_cols`` (numbers)
+    wrap at spaces; other cells keep on one line."""
     tcols = set(text_cols)
+    wcols = set(wrap_cols) - tcols
     out = [f'<div class="scroll"><table class="{esc(cls)}"><thead><tr>']
     out += [f'<th class="{"t" if i in tcols else ""}">{esc(h)}</th>' for i, h in enumerate(headers)]
     out.append("</tr></thead><tbody>")
     for ri, row in enumerate(rows):
         rc = row_classes[ri] if row_classes is not None and ri < len(row_classes) else ""
         out.append(f'<tr class="{esc(rc)}">')
-        out += [f'<td class="{"t" if i in tcols else ""}">{esc(c)}</td>' for i, c in enumerate(row)]
+        out += [f'<td class="{"t" if i in tcols else "w" if i in wcols else ""}">{esc(c)}</td>' for i, c in enumerate(row)]
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
@@ -157,7 +168,7 @@ def _pairs(runs: Sequence[RunData]) -> list[tuple[RunData, RunData | None, str]]
         elif same:
             pairs.append((same[0], st, "a vanilla run of the student's architecture"))
         elif others:
-            pairs.append((others[0], None, f"no vanilla run of {st.name}'s architecture among the inputs: vanilla strategies only"))
+            pairs.append((others[0], None, f"no vanilla run of {st.title}'s architecture among the inputs: vanilla strategies only"))
     if not students and others:
         pairs.append((others[0], None, "no DSD² student among the inputs: vanilla strategies only"))
     return pairs
@@ -173,7 +184,7 @@ def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path
     if not pairs:
         return '<p class="note">No vanilla run among the inputs: no strategy comparison.</p>', figs
     for k, (v, s, note) in enumerate(pairs, start=1):
-        head = f"vanilla {v.name} (seed {v.seed})" + (f" vs DSD² student {s.name} (seed {s.seed})" if s else "")
+        head = f"vanilla {v.title} (seed {v.seed})" + (f" vs DSD² student {s.title} (seed {s.seed})" if s else "")
         parts.append(
             f'<h3>{esc(head)}</h3><p class="note">{esc(note)}. Vanilla: <code>{esc(v.path)}</code>'
             + (f"; student: <code>{esc(s.path)}</code>" if s else "")
@@ -195,7 +206,9 @@ def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path
         parts.append(f'<p class="note">1 unit = one dense training run of the vanilla model (its round 0) = {unit_text} PFLOPs.</p>')
         fig = F.compute_figure(v, s, outcomes)
         stem = "compute" if k == 1 else f"compute_{k}"
-        figs.append(_figure_block(fig, fig_dir, stem, f"Accuracy vs training PFLOPs — {head}", written))
+        figs.append(
+            _figure_block(fig, fig_dir, stem, f"Accuracy vs training compute (units; measured PFLOPs on the top axis) — {head}", written)
+        )
     return "".join(parts), figs
 
 
@@ -246,6 +259,21 @@ def _figure_block(fig: Any, fig_dir: Path, stem: str, caption: str, written: lis
     return f"<figure>{_img(png, caption)}<figcaption>{esc(caption)} ({links})</figcaption></figure>"
 
 
+SUMMARY_HEADERS = [
+    "run",
+    "directory",
+    "model",
+    "data",
+    "rounds",
+    "final sparsity %",
+    "best test acc %",
+    "best round",
+    "teacher",
+    "train PFLOPs (measured)",
+    "wall time",
+]
+
+
 def _summary(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> str:
     datasets = sorted({str(_get(r.config, "dataset", "name")) for r in runs})
     models = sorted({_model_text(r) for r in runs})
@@ -278,13 +306,10 @@ def _summary(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> str:
         last = r.rows[-1]
         rows.append(
             [
-                r.role,
-                r.name,
-                r.seed,
+                r.label,
                 r.path.name,
                 _model_text(r),
-                _get(r.config, "dataset", "name"),
-                _noise_text(r),
+                f"{_get(r.config, 'dataset', 'name')}; noise {_noise_text(r)}",
                 len(r.rows),
                 F.format_sparsity(last["sparsity"]),
                 f"{100 * br['test_acc']:.2f}" if br.get("test_acc") is not None else "",
@@ -294,27 +319,13 @@ def _summary(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> str:
                 _wall_time(r),
             ]
         )
+    # 11 columns whose text wraps (headers too): the table fits a 1280 px window instead of scrolling
     out.append(
         _table(
-            [
-                "role",
-                "name",
-                "seed",
-                "directory",
-                "model",
-                "dataset",
-                "noise",
-                "rounds",
-                "final sparsity %",
-                "best test acc %",
-                "best round",
-                "teacher",
-                "train PFLOPs (measured)",
-                "wall time",
-            ],
+            SUMMARY_HEADERS,
             rows,
             cls="runs",
-            text_cols=(0, 1, 3, 4, 5, 6, 10, 11),
+            text_cols=(0, 1, 2, 3, 7, 8),
         )
     )
     return "".join(out)

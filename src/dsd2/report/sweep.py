@@ -18,7 +18,7 @@ from dsd2 import store
 from dsd2.errors import UserError
 from dsd2.report import figures as F
 from dsd2.report import html as H
-from dsd2.report.data import load_runs
+from dsd2.report.data import RunData, load_runs
 
 
 def grid_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -82,6 +82,12 @@ def analysis_figure(rows: list[dict[str, Any]], key: str) -> Figure:
     return fig
 
 
+def point_label(params: dict[str, Any], default: str) -> str:
+    """A grid point for people: ``noise.rate=0.2, model.depth=3`` (the seed left out: seeds are
+    grouped into bands); ``default`` when the seed is the only grid key."""
+    return ", ".join(f"{k}={v}" for k, v in params.items() if k != "seed") or default
+
+
 def _summary_table(rows: list[dict[str, Any]]) -> str:
     keys = grid_keys(rows)
     shown = ("best_acc", "best_sparsity", "best_test_acc", "dense_acc", "dip_depth")
@@ -91,30 +97,55 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
         mean, std = _as_number(r.get(col)), _as_number(r.get(col[: -len("_mean")] + "_std"))
         if mean is None:
             return ""
-        return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+        # a no-break space keeps "± std" together when the cell wraps under the mean
+        return f"{100 * mean:.2f}" + (f" ±\u00a0{100 * std:.2f}" if std is not None else "")
 
-    headers = [*keys, "seeds", *[c[: -len("_mean")] + " %" for c in means]]
+    # spaces, not underscores: headers wrap between words, so the table fits the page
+    headers = [*keys, "seeds", *[c[: -len("_mean")].replace("_", " ") + " %" for c in means]]
     body = [[*(r[k] for k in keys), r.get("seeds", ""), *(cell(r, c) for c in means)] for r in rows]
-    return H._table(headers, body, text_cols=range(len(keys) + 1))
+    return H._table(headers, body, cls="sweep-summary", text_cols=range(len(keys) + 1), wrap_cols=range(len(keys) + 1, len(headers)))
 
 
-def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, title: str | None = None) -> Path:
-    """``out_dir/index.html`` (default ``<sweep_dir>/report``): analysis figures and tables of the
-    sweep, then the usual report of all its finished runs (seeds grouped into bands)."""
-    sweep_dir = Path(sweep_dir)
+def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
     if not (sweep_dir / "sweep.json").is_file():
         raise UserError(f"{sweep_dir} is not a sweep folder (no sweep.json): give out/<sweep name> of a `dsd2 sweep` run")
     info = store.read_json(sweep_dir / "sweep.json")
-    by_point = store.read_csv(sweep_dir / "summary_by_point.csv") if (sweep_dir / "summary_by_point.csv").is_file() else []
+    if not isinstance(info, dict):
+        raise UserError(f"{sweep_dir / 'sweep.json'} is not a mapping; it is corrupt")
+    return info
+
+
+def sweep_runs(sweep_dir: str | Path) -> list[RunData]:
+    """The finished runs of a sweep (teachers too), each labelled with its grid point
+    (:func:`point_label`) for legends and headings instead of its internal cell name."""
+    sweep_dir = Path(sweep_dir)
+    info = _read_sweep(sweep_dir)
+    name = str(info.get("spec", {}).get("name", sweep_dir.name))
     run_dirs: list[Path] = []
+    labels: dict[Path, str] = {}
     for cell in info.get("cells", []):
         if cell.get("status") in ("finished", "skipped"):
             for key in ("teacher_dir", "run_dir"):
                 d = cell.get(key)
                 if d and Path(d).is_dir() and Path(d) not in run_dirs:
                     run_dirs.append(Path(d))
+                    params = cell.get("params")
+                    labels[Path(d)] = point_label(params if isinstance(params, dict) else {}, name)
     if not run_dirs:
         raise UserError(f"sweep {sweep_dir.name} has no finished cell yet: run `dsd2 sweep` first")
+    runs = load_runs(run_dirs)
+    for run in runs:
+        run.display = labels.get(run.path)
+    return runs
+
+
+def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None, *, title: str | None = None) -> Path:
+    """``out_dir/index.html`` (default ``<sweep_dir>/report``): analysis figures and tables of the
+    sweep, then the usual report of all its finished runs (seeds grouped into bands)."""
+    sweep_dir = Path(sweep_dir)
+    info = _read_sweep(sweep_dir)
+    by_point = store.read_csv(sweep_dir / "summary_by_point.csv") if (sweep_dir / "summary_by_point.csv").is_file() else []
+    runs = sweep_runs(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
     fig_dir = out / "figures"
     written: list[Path] = []
@@ -128,7 +159,6 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         parts.append(
             "<h3>Failed cells</h3>" + H._table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1))
         )
-    runs = load_runs(run_dirs)
     page, _ = H.build_report(
         runs,
         out,
