@@ -262,6 +262,7 @@ def _prepare_target(out: Path, run_dir: Path, force: bool) -> None:
 @contextlib.contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """A temporary folder beside ``out``, renamed over it when the block succeeds."""
+    out = out.resolve()  # "-o ." has no name to build a sibling from
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -270,16 +271,27 @@ def _staging(out: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~store._UMASK)  # mkdtemp makes 0700; an export is shared like any folder
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "export")
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an earlier export there is moved aside first and deleted
+    after, or put back when the rename fails."""
+    aside = None
+    try:
+        if out.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, aside / "export")
+        os.replace(tmp, out)
+    except OSError as err:
+        if aside is not None and (aside / "export").exists() and not out.exists():
+            os.replace(aside / "export", out)
+        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _manifest_hashes(run_dir: Path, round_idx: int) -> dict[str, Any]:
