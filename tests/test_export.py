@@ -162,6 +162,13 @@ def test_unfinished_and_tampered_runs_are_refused(tiny_run, tmp_path, capsys):
     _one_line_error(capsys, "checksum")
     assert not (tmp_path / "b").exists()
 
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_run, edited)
+    cfg = edited / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("- 16\n", "- 17\n", 1))
+    assert _export(edited, tmp_path / "c", "--round", "0") == 2
+    _one_line_error(capsys, "edited after the run started")
+
 
 def test_output_folder_rules(tiny_run, tmp_path, capsys):
     out = tmp_path / "model"

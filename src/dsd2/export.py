@@ -294,6 +294,17 @@ def _swap_in(tmp: Path, out: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+def _check_config_unchanged(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse a config.yaml edited since the run recorded its digest in meta.json (as resume does):
+    model.json would describe options the weights were not trained with."""
+    meta = store.read_json(run_dir / rundir.META)
+    recorded = meta.get("config_digest", meta.get("config_hash")) if isinstance(meta, dict) else None
+    if recorded is not None and cfg.digest() != recorded:
+        raise UserError(
+            f"{run_dir / rundir.CONFIG} was edited after the run started (its digest is not the one in meta.json): not exported"
+        )
+
+
 def _manifest_hashes(run_dir: Path, round_idx: int) -> dict[str, Any]:
     rd = rundir.round_dir(run_dir, round_idx)
     manifest = store.read_json(rd / rundir.MANIFEST)
@@ -319,6 +330,7 @@ def export_run(
     """Export the selected round of ``run_dir`` into the folder ``out`` (see the module doc)."""
     run_dir, out = Path(run_dir), Path(out)
     cfg = rundir.read_config(run_dir)
+    _check_config_unchanged(run_dir, cfg)
     rows = rundir.read_finished(run_dir).rows  # every finished round's manifest checked: a tampered run stops here
     idx, selection = select_round(run_dir, round, cfg, rows)
     _prepare_target(out, run_dir, force)
