@@ -58,8 +58,10 @@ bank: venv data
 	$(BIN)/dsd2 stop-rules tests/data/curves --write docs/stop_rules.md
 	$(BIN)/dsd2 stop-rules tests/data/curves --write README.md
 
-bench: venv
-	$(BIN)/python benchmarks/train_throughput.py
+# Training loop vs the reference-style pipeline, peak FLOP/s, CPU variants, one IMP round broken down
+# (about 15 min on 2 cores; results in benchmarks/results/bench_cpu.json). GPU: benchmarks/train_throughput.py --device cuda.
+bench: venv data
+	$(BIN)/python benchmarks/bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
