@@ -36,8 +36,11 @@ class _Section(BaseModel):
 
 
 class DatasetConfig(_Section):
-    name: str = Field("cifar10", description="Registered dataset: cifar10, cifar100, fashion_mnist, mnist1d.")
-    root: str | None = Field("./data", description="Folder holding the dataset files (or where to download them).")
+    name: str = Field("cifar10", description="Registered dataset: cifar10, cifar100, fashion_mnist, mnist1d, image_folder.")
+    root: str | None = Field(
+        "./data",
+        description="Folder holding the dataset files (or where to download them); image_folder: the folder with train/ and test/.",
+    )
     download: bool = Field(False, description="Download (checksum-verified) when the files are missing.")
     val_size: int | None = Field(
         None,
@@ -51,7 +54,11 @@ class DatasetConfig(_Section):
         description="Seed of the validation split, the training subset and generated data. None: the run seed, so runs with other "
         "seeds also see other data; an integer keeps the data fixed and seeds vary only initialisation, noise draws and batch order.",
     )
-    augment: bool = Field(True, description="Use the dataset's batched augmentation (CIFAR: random crop pad 4 + flip).")
+    augment: bool = Field(
+        True,
+        description="Use the dataset's augmentation (CIFAR: random crop pad 4 + flip; image_folder: crop pad image_size/8 + flip "
+        "in memory, RandomResizedCrop + flip when streamed).",
+    )
     label_file: str | None = Field(
         None,
         description="Real (human) noisy train labels, e.g. CIFAR-10_human.pt / CIFAR-100_human.pt (read without unpickling code); needs noise.kind=none.",
@@ -63,6 +70,30 @@ class DatasetConfig(_Section):
         None, description="Per-channel normalisation mean (None: the dataset's; CIFAR uses ImageNet stats as the reference)."
     )
     std: list[float] | None = Field(None, description="Per-channel normalisation std (None: the dataset's).")
+    image_size: int | None = Field(
+        None,
+        ge=1,
+        description="image_folder: images are resized and cropped to image_size x image_size (None: 224). Other datasets: leave unset.",
+    )
+    loader: Literal["auto", "memory", "stream"] = Field(
+        "auto",
+        description="image_folder data path (docs/data.md): memory = decoded once into one uint8 tensor on the device, CIFAR-style "
+        "batched crop + flip; stream = DataLoader workers decode every epoch, RandomResizedCrop + flip; auto = memory when the "
+        "decoded set fits memory_budget_gb.",
+    )
+    memory_budget_gb: float = Field(
+        4.0, gt=0.0, description="image_folder, loader=auto: largest decoded set (N x 3 x image_size^2 bytes, GB = 1e9) kept in memory."
+    )
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="image_folder: DataLoader worker processes that decode images (0: in the training process; auto: the usable "
+        "cores less one, at most 8). Results do not depend on it.",
+    )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_none_is_auto(cls, v: Any) -> Any:
+        return "auto" if v is None else v
 
     @model_validator(mode="after")
     def _mean_std(self) -> DatasetConfig:
@@ -237,6 +268,7 @@ _LOCATION_FIELDS = {("dataset", "root"), ("dataset", "download")}
 _NON_RESULT_FIELDS = _LOCATION_FIELDS | {
     ("train", "device"),
     ("train", "threads"),
+    ("dataset", "workers"),
     ("train", "eval_batch_size"),
     ("train", "checkpoint_interval_s"),
     ("train", "tensorboard"),

@@ -32,7 +32,8 @@ from torch import nn
 from dsd2 import __version__, checkpoint, rundir, store
 from dsd2.compare import decide, selection_column
 from dsd2.config import RunConfig, config_hash
-from dsd2.data import DataSplits, load_dataset
+from dsd2.data import DataSplits, ImageLoader, load_dataset
+from dsd2.data.image_folder import resolve_workers
 from dsd2.distill import KDObjective, load_teacher
 from dsd2.entropy import activation_entropy
 from dsd2.errors import UserError
@@ -46,7 +47,19 @@ from dsd2.registry import RETRAIN_MODES
 # Kept importable here for the sweep and older callers; their home is dsd2.rundir.
 from dsd2.rundir import ROUND_COLUMNS, RoundRow, load_round_model, load_state, run_dir_for  # noqa: F401
 from dsd2.threads import resolve_threads
-from dsd2.train import Batches, EpochLog, Objective, Schedule, TrainingDiverged, accuracy, cross_entropy, logits_of, predict, train
+from dsd2.train import (
+    EpochLog,
+    Objective,
+    Schedule,
+    Source,
+    TrainingDiverged,
+    accuracy,
+    cross_entropy,
+    logits_of,
+    make_source,
+    predict,
+    train,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -110,11 +123,36 @@ def init_seed(cfg: RunConfig) -> int:
     return cfg.seed
 
 
+# Dataset options passed to the loaders that take them (image_folder); a non-default value for a
+# loader that does not take it is an error that names the key.
+DATASET_OPTIONS = ("image_size", "loader", "memory_budget_gb", "workers")
+
+
+def dataset_options(cfg: RunConfig) -> dict[str, Any]:
+    """The dataset.* options of ``cfg`` for its loader: all of them for a loader that takes options,
+    else only those set away from their defaults (which the loader then refuses, naming them)."""
+    import inspect
+
+    from dsd2.data import DATASETS
+
+    d = cfg.dataset
+    takes = inspect.signature(DATASETS.get(d.name)).parameters
+    fields = type(d).model_fields
+    return {k: getattr(d, k) for k in DATASET_OPTIONS if k in takes or getattr(d, k) != fields[k].default}
+
+
 def build_data(cfg: RunConfig) -> DataSplits:
     d = cfg.dataset
     root = Path(d.root).expanduser() if d.root else None  # "~/data" in a YAML file or an override
     data = load_dataset(
-        d.name, root, val_size=d.val_size, train_subset=d.train_subset, seed=data_seed(cfg), download=d.download, augment=d.augment
+        d.name,
+        root,
+        val_size=d.val_size,
+        train_subset=d.train_subset,
+        seed=data_seed(cfg),
+        download=d.download,
+        augment=d.augment,
+        options=dataset_options(cfg),
     )
     if d.mean is not None and d.std is not None:
         channels = data.train_x.shape[1] if data.train_x.dim() == 4 else 1
@@ -125,9 +163,44 @@ def build_data(cfg: RunConfig) -> DataSplits:
 
 
 def data_shape(data: DataSplits) -> dict[str, int]:
-    """What a model builder needs to know about the data (stored in meta.json)."""
+    """What a model builder needs to know about the data (the first keys of meta.json's "data")."""
     shape = data.train_x.shape
     return {"num_classes": data.num_classes, "in_channels": shape[1] if len(shape) == 4 else 1, "input_size": shape[-1]}
+
+
+def data_meta(data: DataSplits) -> dict[str, Any]:
+    """meta.json's "data": the builder's shape, one sample's shape, the normalisation, the class
+    names (None when the dataset has none), the data path (memory or stream) and, for image
+    folders, the sha256 of the file list (a resumed run refuses another list)."""
+    return {
+        **data_shape(data),
+        "input_shape": list(data.input_shape),
+        "mean": list(data.mean),
+        "std": list(data.std),
+        "class_names": list(data.class_names) if data.class_names is not None else None,
+        "loader": "stream" if data.streamed else "memory",
+        "files_sha256": data.files_digest,
+    }
+
+
+def _check_data_matches(run_dir: Path, data: DataSplits) -> None:
+    """A resumed run must read the data its finished rounds were trained on: same data path, same file list."""
+    meta = store.read_json(run_dir / rundir.META) if (run_dir / rundir.META).is_file() else {}
+    saved = meta.get("data") if isinstance(meta, dict) else None
+    if not isinstance(saved, dict):
+        return
+    now = data_meta(data)
+    if saved.get("loader", now["loader"]) != now["loader"]:
+        raise UserError(
+            f"{run_dir} was trained on the {saved['loader']} data path but this config now resolves to {now['loader']} "
+            "(dataset.loader=auto and the decoded set's size against dataset.memory_budget_gb changed?): set dataset.loader="
+            f"{saved['loader']} to resume, or start a new run"
+        )
+    if saved.get("files_sha256") is not None and saved["files_sha256"] != now["files_sha256"]:
+        raise UserError(
+            f"the image folder's file list changed since {run_dir} started (files added, removed or renamed): its finished "
+            "rounds were trained on other files. Restore the folder, or start a new run directory"
+        )
 
 
 def make_model(cfg: RunConfig, data: DataSplits, seed: int) -> nn.Module:
@@ -262,23 +335,37 @@ class RunContext:
     labels: NoisyLabels
     model: nn.Module
     weights: dict[str, nn.Parameter]
-    train_batches: Batches
+    train_batches: Source
     objective: Objective
     teacher: nn.Module | None
     teacher_info: dict[str, Any] | None
     teacher_masks: Masks | None
     threads: int | None = None  # torch CPU threads this process uses (recorded per round in timings.csv)
+    images: ImageLoader | None = None  # a streamed image folder's loader workers, shared by every pass
+
+    def source(self, x: Any, y: torch.Tensor) -> Source:
+        """An evaluation split (validation, test) of this run's data as a :class:`~dsd2.train.Source`."""
+        d, tb = self.data, self.train_batches
+        return make_source(x, y, mean=d.mean, std=d.std, device=self.device, channels_last=tb.channels_last, loader=self.images)
+
+    def close(self) -> None:
+        """Stop the loader workers of a streamed image folder (nothing to do otherwise)."""
+        if self.images is not None:
+            self.images.close()
 
 
-def set_threads(cfg: RunConfig, device: torch.device, model: nn.Module, batches: Batches, teacher: nn.Module | None) -> int:
+def set_threads(
+    cfg: RunConfig, device: torch.device, model: nn.Module, batches: Source, teacher: nn.Module | None, loader_workers: int = 0
+) -> int:
     """Apply ``train.threads`` (README, "Performance"): an integer as given; ``auto`` on CPU by the rule
-    of :mod:`dsd2.threads` (from the FLOPs of one training step); ``auto`` on CUDA keeps torch's
-    default for the CPU side. Returns the thread count in use."""
+    of :mod:`dsd2.threads` (from the FLOPs of one training step, less the image loader's workers);
+    ``auto`` on CUDA keeps torch's default for the CPU side. Returns the thread count in use."""
     if isinstance(cfg.train.threads, int):
         torch.set_num_threads(cfg.train.threads)
     elif device.type == "cpu":
-        step = step_flops(model, batches.prepare(batches.x[:2]), teacher=teacher)
-        torch.set_num_threads(resolve_threads(step.dense_per_example * cfg.train.batch_size).threads)
+        step = step_flops(model, batches.example(2), teacher=teacher)
+        choice = resolve_threads(step.dense_per_example * cfg.train.batch_size, loader_workers=loader_workers)
+        torch.set_num_threads(choice.threads)
     return torch.get_num_threads()
 
 
@@ -350,13 +437,21 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
         model = model.to(memory_format=torch.channels_last)
     weights = prunable_weights(model, include_classifier=cfg.prune.include_classifier)
     augment = data.augment if cfg.dataset.augment else type(data.augment)()
-    train_batches = Batches(
-        x=data.train_x.to(device),
-        y=labels.noisy.to(device),
+    images = None
+    if data.streamed:  # one pool of loader workers for every pass of the run (train, evaluation, entropy)
+        files = data.train_x
+        assert not isinstance(files, torch.Tensor)
+        workers = resolve_workers(cfg.dataset.workers)
+        images = ImageLoader(files.table, files.image_size, augment=augment, workers=workers, pin_memory=device.type == "cuda")
+    train_batches = make_source(
+        data.train_x,
+        labels.noisy,
         mean=data.mean,
         std=data.std,
+        device=device,
         augment=augment,
         channels_last=channels_last,
+        loader=images,
     )
     objective: Objective = cross_entropy
     teacher = teacher_info = teacher_masks = None
@@ -368,16 +463,29 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
         if channels_last:
             teacher = teacher.to(memory_format=torch.channels_last)
         cached = None
-        if train_batches.augment.is_identity or train_batches.x.dim() != 4:
+        if not train_batches.augmented:
             # unaugmented data: the frozen teacher's logits per row never change, compute them once
             cached = logits_of(teacher, train_batches, batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp)
         objective = KDObjective(
             teacher, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, amp=cfg.train.amp, cached_logits=cached
         )
         store.write_json(run_dir / "teacher.json", teacher_info)
-    threads = set_threads(cfg, device, model, train_batches, teacher)
+    threads = set_threads(cfg, device, model, train_batches, teacher, loader_workers=images.workers if images is not None else 0)
     return RunContext(
-        cfg, run_dir, device, data, labels, model, weights, train_batches, objective, teacher, teacher_info, teacher_masks, threads
+        cfg,
+        run_dir,
+        device,
+        data,
+        labels,
+        model,
+        weights,
+        train_batches,
+        objective,
+        teacher,
+        teacher_info,
+        teacher_masks,
+        threads,
+        images=images,
     )
 
 
@@ -387,7 +495,9 @@ def start(cfg: RunConfig, run_dir: Path) -> RunContext:
         store.write_yaml(run_dir / rundir.CONFIG, cfg.resolved())
     ctx = prepare(cfg, run_dir)
     if not (run_dir / rundir.META).exists():
-        store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": data_shape(ctx.data)})
+        store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": data_meta(ctx.data)})
+    else:
+        _check_data_matches(run_dir, ctx.data)
     return ctx
 
 
@@ -660,7 +770,7 @@ def _divergence_advice(message: str, run_dir: Path, lr_scale: float, *, resumed:
 
 
 def _evaluate(ctx: RunContext) -> dict[str, Any]:
-    cfg, d, dev = ctx.cfg, ctx.data, ctx.device
+    cfg, d = ctx.cfg, ctx.data
     bs, amp = cfg.train.eval_batch_size, cfg.train.amp
     tb = ctx.train_batches
     pred = predict(ctx.model, tb, batch_size=bs, amp=amp).cpu()
@@ -675,16 +785,16 @@ def _evaluate(ctx: RunContext) -> dict[str, Any]:
         "unflipped_acc": accuracy(pred, d.train_y, keep.nonzero().squeeze(1)),
     }
     for split, x, y in (("val", d.val_x, d.val_y), ("test", d.test_x, d.test_y)):
-        batches = Batches(x=x.to(dev), y=y.to(dev), mean=d.mean, std=d.std, channels_last=tb.channels_last)
-        out[f"{split}_acc"] = accuracy(predict(ctx.model, batches, batch_size=bs, amp=amp).cpu(), y)
+        out[f"{split}_acc"] = accuracy(predict(ctx.model, ctx.source(x, y), batch_size=bs, amp=amp).cpu(), y)
     return out
 
 
 def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]]]:
     if not ctx.cfg.entropy.enabled:
         return None, []
-    tb = ctx.train_batches
-    res = activation_entropy(ctx.model, tb.x, batch_size=ctx.cfg.entropy.batch_size, device=ctx.device, transform=lambda xb: tb.prepare(xb))
+    bs = ctx.cfg.entropy.batch_size
+    # the clean (unaugmented, evaluation-transformed) training inputs, in row order
+    res = activation_entropy(ctx.model, ctx.train_batches.ordered(bs), batch_size=bs, device=ctx.device)
     rows = [{"layer": name, "entropy": h, "neurons": res.neurons[name]} for name, h in res.per_layer.items()]
     return res.weighted_mean, rows
 
@@ -692,12 +802,12 @@ def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]
 def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> tuple[float, float, float]:
     """(measured dense, measured sparse-aware, paper convention) PFLOPs of one round (docs/protocol.md)."""
     tb = ctx.train_batches
-    example = tb.prepare(tb.x[:2])
+    example = tb.example(2)
     step = step_flops(ctx.model, example, teacher=ctx.teacher, masks=masks, teacher_masks=ctx.teacher_masks)
     cached = getattr(ctx.objective, "cached_logits", None) is not None
     # cached teacher logits: one teacher pass over the data, charged to round 0
     passes = (1 if round_idx == 0 else 0) if cached else None
-    n = tb.x.shape[0]
+    n = tb.num_rows
     dense, sparse = training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
     paper = paper_training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
     return to_pflops(dense), to_pflops(sparse), to_pflops(paper)
@@ -870,6 +980,7 @@ def run(
         finally:
             for hook in hooks:
                 hook.close()
+            ctx.close()
         _write_early_stop(ctx, rounds.rows)
     return run_dir
 

@@ -240,8 +240,14 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path | 
         raise UserError(f"{source} does not fit the configured model: {detail[:1000]}") from None
 
 
-def saved_data_shape(run_dir: str | Path) -> dict[str, int]:
-    """num_classes, in_channels, input_size: what a model builder needs, from meta.json."""
+# What a model builder takes from the data; meta.json's "data" holds them first.
+BUILDER_DATA_KEYS = ("num_classes", "in_channels", "input_size")
+
+
+def saved_data_shape(run_dir: str | Path) -> dict[str, Any]:
+    """meta.json's "data": num_classes, in_channels, input_size (what a model builder needs, as
+    :data:`BUILDER_DATA_KEYS`) and, from runs of dsd2 with image folders on, input_shape, mean,
+    std, class_names (None when the dataset has none), loader, files_sha256."""
     shape = store.read_json(Path(run_dir) / META).get("data")
     if shape is None:
         raise UserError(f"{run_dir}/{META} lacks the data shape; re-run with this version of dsd2")
@@ -255,7 +261,8 @@ def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device |
     rd = round_dir(run_dir, round_idx)
     if not store.verify_manifest(rd, ROUND_FILES):
         raise UserError(f"round {round_idx} of {run_dir} is not finished (no {rd / MANIFEST})")
-    shape = saved_data_shape(run_dir)
+    saved = saved_data_shape(run_dir)
+    shape = {k: saved[k] for k in BUILDER_DATA_KEYS}  # meta.json's "data" also holds mean, std, class names, ...
     from dsd2.models import build_model  # every architecture and torchvision: only loading a model needs them
 
     torch.manual_seed(cfg.seed)  # building draws from the global generator: leave it in a reproducible state

@@ -277,9 +277,26 @@ def is_locked(run_dir: Path) -> bool:
     return False
 
 
+# Descriptors of the run locks this process holds. A flock belongs to the open file, which a
+# forked child (a DataLoader worker) shares: the child closes its copies at once, or it would keep
+# the run locked after a kill of its parent until it noticed and exited.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Exclusive lock on a run directory: a second process on it gets a clear error."""
+    """Exclusive lock on a run directory: a second process on it gets a clear error (a child
+    forked while it is held, e.g. a DataLoader worker, does not hold it)."""
     lock = run_dir / ".lock"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -302,9 +319,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise UserError(f"{run_dir} is in use by another dsd2 process; wait for it to finish or stop it") from None
+        _HELD_LOCKS.add(fd)
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         remove_stale_temp_files(run_dir)
         yield
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)

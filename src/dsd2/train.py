@@ -5,6 +5,10 @@ index, augments it on the device in one batched op, normalises it, and runs the 
 no per-sample Python and no ``.item()`` in the hot loop: losses accumulate on the device and are
 read once per epoch, where NaN/Inf are also detected.
 
+A streamed image folder (docs/data.md) is the other :class:`Source`: :class:`StreamBatches`
+gets its uint8 batches from DataLoader workers, which decode and augment each image; labels
+stay a device tensor indexed by the batch's rows, as for the resident :class:`Batches`.
+
 The loss is a strategy passed in (``Objective``): cross-entropy for vanilla IMP, the KD loss for
 DSD² students. Masks are re-applied after every optimiser step.
 """
@@ -12,7 +16,7 @@ DSD² students. Masks are re-applied after every optimiser step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -21,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsd2.data import AugmentSpec, augment_batch, normalize
+from dsd2.data import AugmentSpec, ImageFiles, ImageLoader, augment_batch, normalize
+from dsd2.data.image_folder import EVAL, TRAIN, sample_seeds
 from dsd2.errors import UserError
 from dsd2.prune import apply_masks
 from dsd2.registry import OPTIMIZERS, SCHEDULES
@@ -98,9 +103,40 @@ def make_optimizer(params, s: Schedule) -> torch.optim.Optimizer:
     return OPTIMIZERS.get(s.optimizer)(list(params), s)
 
 
+class Source(Protocol):
+    """What training and evaluation read: a split's model inputs, batch by batch, on the device.
+
+    ``epoch(generator, batch_size)`` yields ``(inputs, idx)`` for one shuffled, augmented epoch:
+    ``idx`` (on the device) are the rows of the split in the batch, so per-row tensors (labels,
+    cached teacher logits) are indexed by it; the order and augmentation come from ``generator``
+    alone. ``ordered(batch_size)`` yields the unaugmented inputs of every row in order.
+    """
+
+    y: torch.Tensor
+    augment: AugmentSpec
+    channels_last: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def num_rows(self) -> int: ...
+
+    @property
+    def augmented(self) -> bool: ...
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def ordered(self, batch_size: int) -> Iterator[torch.Tensor]: ...
+
+    def example(self, k: int = 2) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Batches:
-    """A split on the device plus how to turn a slice of it into model input."""
+    """A split on the device plus how to turn a slice of it into model input (the resident :class:`Source`)."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -116,6 +152,118 @@ class Batches:
         if self.channels_last and xb.dim() == 4:
             xb = xb.contiguous(memory_format=torch.channels_last)
         return xb
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.x.shape[0])
+
+    @property
+    def augmented(self) -> bool:
+        """Training inputs differ from one epoch to the next (images with a non-identity augmentation)."""
+        return self.x.dim() == 4 and not self.augment.is_identity
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A permutation from ``generator``, then per batch: gather, augment (same generator), normalise."""
+        perm = torch.randperm(self.num_rows, generator=generator, device=self.device)
+        for offset in range(0, self.num_rows, batch_size):
+            idx = perm[offset : offset + batch_size]
+            yield self.prepare(self.x[idx], generator, train=True), idx
+
+    def ordered(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, self.num_rows, batch_size):
+            yield self.prepare(self.x[start : start + batch_size])
+
+    def example(self, k: int = 2) -> torch.Tensor:
+        """The first ``k`` rows as model input (FLOP counting)."""
+        return self.prepare(self.x[:k])
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class StreamBatches:
+    """A streamed image folder's split (:class:`~dsd2.data.ImageFiles`) as a :class:`Source`.
+
+    The loader's workers decode and transform the images (uint8); batches are moved to
+    ``device`` and normalised there. ``epoch`` draws the row permutation from ``generator``, then
+    one 62-bit epoch seed; sample i's random transform is seeded by (epoch seed, i)
+    (:func:`~dsd2.data.image_folder.sample_seeds`), so an epoch depends on the generator's state
+    alone: not on the number of workers, and a run resumed from an epoch checkpoint (which stores
+    the generator state) reproduces the uninterrupted one. Without augmentation training reads
+    the evaluation transform.
+    """
+
+    files: ImageFiles
+    y: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    loader: ImageLoader
+    augment: AugmentSpec = field(default_factory=AugmentSpec)
+    channels_last: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.y.device
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.files)
+
+    @property
+    def augmented(self) -> bool:
+        return not self.augment.is_identity
+
+    def prepare(self, xb: torch.Tensor) -> torch.Tensor:
+        xb = normalize(xb.to(self.device, non_blocking=True), self.mean, self.std)
+        return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
+
+    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm = torch.randperm(self.num_rows, generator=generator, device=self.device)
+        epoch_seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
+        order = perm.cpu().numpy()
+        mode, seeds = (TRAIN, sample_seeds(epoch_seed, order)) if self.augmented else (EVAL, None)
+        offset = 0
+        for xb in self.loader.batches(self.files.rows[order], mode, seeds, batch_size):
+            idx = perm[offset : offset + xb.shape[0]]
+            offset += xb.shape[0]
+            yield self.prepare(xb), idx
+
+    def ordered(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for xb in self.loader.batches(self.files.rows, EVAL, None, batch_size):
+            yield self.prepare(xb)
+
+    def example(self, k: int = 2) -> torch.Tensor:
+        s = self.files.image_size
+        return self.prepare(torch.zeros((k, 3, s, s), dtype=torch.uint8))
+
+    def close(self) -> None:
+        self.loader.close()
+
+
+def make_source(
+    x: torch.Tensor | ImageFiles,
+    y: torch.Tensor,
+    *,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    device: torch.device,
+    augment: AugmentSpec | None = None,
+    channels_last: bool = False,
+    loader: ImageLoader | None = None,
+) -> Batches | StreamBatches:
+    """The :class:`Source` of a split: resident tensors moved to ``device``, or a streamed image
+    folder's files read through ``loader``; ``y`` (labels) goes to ``device``."""
+    spec = augment if augment is not None else AugmentSpec()
+    if isinstance(x, ImageFiles):
+        if loader is None:
+            raise ValueError("a streamed split needs its ImageLoader")
+        return StreamBatches(x, y.to(device), mean, std, loader, spec, channels_last)
+    return Batches(x.to(device), y.to(device), mean, std, spec, channels_last)
 
 
 def autocast_for(device: torch.device, amp: bool):
@@ -134,7 +282,7 @@ class EpochLog:
 
 def train(
     model: nn.Module,
-    data: Batches,
+    data: Source,
     schedule: Schedule,
     *,
     batch_size: int,
@@ -154,13 +302,14 @@ def train(
     and generator state, epoch log) continues a round mid-way; ``checkpoint(next_epoch,
     optimizer, logs)`` is called after every epoch so the caller can save one.
     """
-    device = data.x.device
-    n = data.x.shape[0]
+    device = data.device
+    n = data.num_rows
     opt = make_optimizer(model.parameters(), schedule)
     logs: list[EpochLog] = []
     start = schedule.start_epoch
     if resume is not None:
         opt.load_state_dict(resume.optimizer_state)
+        _match_param_layout(opt)
         generator.set_state(resume.generator_state)
         logs = [EpochLog(**log) for log in resume.logs]
         start = resume.next_epoch
@@ -169,15 +318,12 @@ def train(
         lr = schedule.lr_at(epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        perm = torch.randperm(n, generator=generator, device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         # first step of the epoch with a non-finite loss, tracked on the device (no sync per step)
         step = torch.zeros((), device=device, dtype=torch.long)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        for offset in range(0, n, batch_size):
-            idx = perm[offset : offset + batch_size]
-            xb = data.prepare(data.x[idx], generator, train=True)
+        for xb, idx in data.epoch(generator, batch_size):
             yb = data.y[idx]
             with autocast_for(device, amp):
                 logits = model(xb)
@@ -208,6 +354,20 @@ def train(
     return logs
 
 
+def _match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give the optimiser's per-parameter state tensors their parameter's memory layout.
+
+    A checkpoint stores them contiguous; a channels_last conv weight's momentum loaded that way
+    has other strides than the weight, and the fused kernels then pair the wrong elements (the
+    resumed round silently diverged from the uninterrupted one). Values are copied logically."""
+    for group in opt.param_groups:
+        for param in group["params"]:
+            state = opt.state.get(param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def _check_finite_weights(model: nn.Module) -> None:
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
@@ -215,28 +375,27 @@ def _check_finite_weights(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, data: Batches, *, batch_size: int, amp: bool = False) -> torch.Tensor:
-    """Float32 logits for every row of ``data.x`` (unaugmented, eval mode), on the data's device."""
+def logits_of(model: nn.Module, data: Source, *, batch_size: int, amp: bool = False) -> torch.Tensor:
+    """Float32 logits for every row of ``data`` (unaugmented, eval mode), on the data's device."""
     was_training = model.training
     model.eval()
     out = []
     try:
-        for start in range(0, data.x.shape[0], batch_size):
-            xb = data.prepare(data.x[start : start + batch_size])
-            with autocast_for(data.x.device, amp):
+        for xb in data.ordered(batch_size):
+            with autocast_for(data.device, amp):
                 out.append(model(xb).float())
     finally:
         model.train(was_training)
     if not out:
-        return torch.empty(0, 0, device=data.x.device)
+        return torch.empty(0, 0, device=data.device)
     return torch.cat(out)
 
 
-def predict(model: nn.Module, data: Batches, *, batch_size: int, amp: bool = False) -> torch.Tensor:
-    """Predicted classes (int64, on the data's device) for every row of ``data.x``; eval mode."""
+def predict(model: nn.Module, data: Source, *, batch_size: int, amp: bool = False) -> torch.Tensor:
+    """Predicted classes (int64, on the data's device) for every row of ``data``; eval mode."""
     logits = logits_of(model, data, batch_size=batch_size, amp=amp)
     if logits.numel() == 0:
-        return torch.empty(0, dtype=torch.long, device=data.x.device)
+        return torch.empty(0, dtype=torch.long, device=data.device)
     return logits.argmax(1)
 
 

@@ -52,6 +52,8 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
     Returns ``x`` itself when the spec is the identity or ``x`` is 2-D (non-image data such as
     MNIST-1D).
     """
+    if spec.resized_crop:
+        raise ValueError("resized_crop is applied per sample by the image loader's workers (stream path), not by augment_batch")
     if spec.is_identity or x.ndim == 2:
         return x
     if x.ndim != 4:

@@ -27,6 +27,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BASE_URL = "https://www.cs.toronto.edu/~kriz/"
 
+# Class names in label order, as the release's batches.meta / meta files list them.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = tuple(
+    """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can castle
+    caterpillar cattle chair chimpanzee clock cloud cockroach couch crab crocodile cup dinosaur dolphin elephant flatfish
+    forest fox girl hamster house kangaroo keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle
+    mountain mouse mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy porcupine
+    possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail snake spider squirrel streetcar
+    sunflower sweet_pepper table tank telephone television tiger tractor train trout tulip turtle wardrobe whale willow_tree
+    wolf woman worm""".split()
+)
+
 
 @dataclass(frozen=True)
 class CifarLayout:
@@ -159,6 +171,7 @@ def load_cifar(root: Path | None, layout: CifarLayout, *, download: bool) -> Raw
         std=IMAGENET_STD,
         augment=AugmentSpec(crop_padding=4, flip=True),
         default_val_size=5000,
+        class_names=CIFAR10_CLASSES if layout.num_classes == 10 else CIFAR100_CLASSES,
     )
 
 

@@ -116,6 +116,9 @@ def _labels(path: Path, n: int, num_classes: int) -> np.ndarray:
     return y
 
 
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+
+
 @register_dataset("fashion_mnist", num_classes=10, input_shape=(1, 28, 28), train_size=60000, test_size=10000, default_val_size=5000)
 def _fashion_mnist(root: Path | None, *, download: bool = False, seed: int = 0) -> RawDataset:
     files = find_fashion_files(root, download=download)
@@ -132,4 +135,5 @@ def _fashion_mnist(root: Path | None, *, download: bool = False, seed: int = 0) 
         std=STD,
         augment=AugmentSpec(),
         default_val_size=5000,
+        class_names=CLASSES,
     )

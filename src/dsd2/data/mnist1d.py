@@ -58,4 +58,5 @@ def _mnist1d(root: Path | None, *, download: bool = False, seed: int = 0) -> Raw
         std=(1.0,),
         augment=AugmentSpec(),
         default_val_size=500,
+        class_names=tuple(str(d) for d in range(10)),  # the digit each sequence was made from
     )

@@ -146,3 +146,38 @@ def py2_cifar_batch_pickle(data: np.ndarray, labels: list[int], label_key: str =
     out += _py2_str(b"batch_label") + _py2_str(b"training batch")
     out += b"u."
     return out
+
+
+def write_image_folder(
+    root: str | Path,
+    *,
+    classes: tuple[str, ...] = ("ant", "bee", "cat"),
+    n_train: int = 8,
+    n_test: int = 4,
+    n_val: int = 0,
+    test_folder: str = "test",
+    sizes: tuple[int, int] = (8, 40),
+    seed: int = 0,
+) -> list[Path]:
+    """A tiny image folder: ``root/train/<class>/``, ``root/<test_folder>/<class>/`` (and
+    ``root/val/<class>/`` when ``n_val``), PNG and JPEG files in turn, each of a random size
+    between ``sizes`` (width and height drawn apart), coloured by class plus noise so a small
+    net can learn the classes. Returns the written paths."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    written: list[Path] = []
+    splits = [("train", n_train), (test_folder, n_test)] + ([("val", n_val)] if n_val else [])
+    for split, n in splits:
+        for c, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            colour = np.array([(c * 97) % 256, (c * 181 + 60) % 256, (c * 53 + 120) % 256], dtype=np.float64)
+            for i in range(n):
+                h, w = (int(v) for v in rng.integers(sizes[0], sizes[1] + 1, size=2))
+                pixels = np.clip(colour + rng.normal(0, 40, size=(h, w, 3)), 0, 255).astype(np.uint8)
+                path = folder / f"img_{i:03d}.{'png' if i % 2 == 0 else 'jpg'}"
+                Image.fromarray(pixels).save(path)
+                written.append(path)
+    return written

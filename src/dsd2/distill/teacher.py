@@ -67,6 +67,8 @@ def check_consistent(tcfg: RunConfig, run_dir: Path, scfg: RunConfig, data, labe
     shape = store.read_json(run_dir / "meta.json").get("data", {})
     if shape.get("num_classes") not in (None, data.num_classes):
         diffs.append(f"{shape['num_classes']} vs {data.num_classes} classes")
+    if shape.get("input_shape") is not None and tuple(shape["input_shape"]) != tuple(data.input_shape):
+        diffs.append(f"input shape {tuple(shape['input_shape'])} vs {tuple(data.input_shape)} (dataset.image_size)")
     saved = store.load_tensors(run_dir / "labels.safetensors")
     if "train_idx" in saved and not torch.equal(saved["train_idx"], data.train_idx.cpu()):
         diffs.append("training samples (dataset.val_size / train_subset / subset seed)")

@@ -34,7 +34,15 @@ def dataset_info(cfg: RunConfig, needed: tuple[str, ...] = ()) -> Mapping[str, A
     from dsd2.data import DATASETS
 
     key = DATASETS.canonical(cfg.dataset.name)
-    info = DATASETS.metadata(key)
+    info: dict[str, Any] = dict(DATASETS.metadata(key))
+    facts = info.pop("facts", None)
+    if facts is not None:  # facts that depend on the config (image_folder: counted from its files, nothing decoded)
+        try:
+            info.update({k: v for k, v in facts(cfg.dataset.model_dump(mode="json")).items() if v is not None})
+        except UserError as err:
+            if needed:
+                raise UserError(f"dataset {key!r}: the cost estimate needs its {', '.join(needed)}: {err}") from None
+            return info  # validation builds no meta model then
     missing = [k for k in needed if info.get(k) is None]
     if missing:
         example = "num_classes=10, input_shape=(3, 32, 32), train_size=50000, test_size=10000"
@@ -52,8 +60,10 @@ def has_model_facts(cfg: RunConfig) -> bool:
 
 
 def model_key(cfg: RunConfig) -> str:
-    """One string per (dataset, model, options): the key of the meta-model and FLOP caches."""
-    return json.dumps([cfg.dataset.name, cfg.model.model_dump(mode="json")], sort_keys=True)
+    """One string per (dataset, model, options): the key of the meta-model and FLOP caches (an image
+    folder's classes and input size depend on its root and image_size)."""
+    d = cfg.dataset
+    return json.dumps([d.name, d.root, d.image_size, cfg.model.model_dump(mode="json")], sort_keys=True)
 
 
 def input_shape(cfg: RunConfig) -> tuple[int, ...]:
