@@ -257,3 +257,32 @@ def test_rounds_record_the_paper_convention(tmp_path):
     assert rows[1]["train_pflops_paper"] == pytest.approx(2 * rows[0]["round_pflops_paper"])
     # measured: 2 FLOPs per MAC, the first layer computes no grad-input
     assert rows[0]["round_pflops_dense"] < 2 * rows[0]["round_pflops_paper"]
+
+
+class _Attention(nn.Module):
+    """nn.MultiheadAttention as torchvision's ViT uses it (batch_first, no weights returned)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+
+def test_attention_is_counted_on_the_cpu_and_in_evaluation_mode_too():
+    """FlopCounterMode has no formula for CPU's fused attention kernel nor for the fused eval
+    kernel of nn.MultiheadAttention: the first gets one (as the CUDA kernels have), the second is
+    avoided in eval-mode counts (MACs per example, a teacher's forward), so all agree."""
+    from dsd2.models import macs_per_example
+
+    model = _Attention()
+    x = torch.randn(2, 5, 8)
+    step = step_flops(model, x, teacher=model)
+    # per example: q, k, v and output projections 4·5·8·8, scores and weighted sum 2·5·5·8, head 8·3
+    expected = 4 * 5 * 8 * 8 + 2 * 5 * 5 * 8 + 8 * 3
+    assert step.fwd_per_example / 2 == expected
+    assert step.teacher_fwd_per_example / 2 == expected
+    assert macs_per_example(model, (5, 8)) == expected
+    assert torch.backends.mha.get_fastpath_enabled()  # restored

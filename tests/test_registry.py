@@ -344,3 +344,37 @@ def test_built_in_dataset_sizes_come_from_the_registry():
     }
     assert DATASETS.metadata("mnist1d")["default_val_size"] == 500
     assert DATASETS.metadata("Fashion-MNIST")["input_shape"] == (1, 28, 28)
+
+
+def test_a_family_answers_prefixed_names_on_demand():
+    calls = []
+
+    def resolve(name):
+        calls.append(name)
+        if name not in ("alpha", "beta_2"):
+            raise LookupError(name)
+        return name.upper(), {"size": len(name)}
+
+    r = _reg()
+    r.register_family("Kit", resolve=resolve, names=lambda: ["alpha", "beta_2"], description="kit widgets", listing="`list kit`.")
+    assert r.canonical("KIT/Beta-2") == "kit/beta_2" and r.get("kit/beta_2") == "BETA_2" and r.metadata("kit/beta_2")["size"] == 6
+    assert calls == ["beta_2"]  # resolved once, then kept
+    assert r.names() == ["big_widget", "small_widget"]  # family names are not listed
+    assert [f.prefix for f in r.families()] == ["kit"]
+    assert "kit/alpha" in r and "kit/gamma" not in r and "kat/alpha" not in r
+    with pytest.raises(
+        UnknownNameError, match=r"unknown widget 'kit/alpah' \('alpah' is not among kit's widgets\). Did you mean 'kit/alpha'\? `list kit`."
+    ):
+        r.get("kit/alpah")
+    with pytest.raises(UnknownNameError, match=r"no widget family 'kat'. Did you mean 'kit/alpha'\?.*Also kit/<name>: kit widgets."):
+        r.get("kat/alpha")
+    with pytest.raises(UnknownNameError, match=r"unknown widget 'alpha'. Did you mean 'kit/alpha'\?"):
+        r.get("alpha")  # an exact family name without its prefix
+    with r.snapshot():
+        r.register_family("more", resolve=resolve, names=list, description="more")
+        r.unregister("kit/beta_2")
+    assert [f.prefix for f in r.families()] == ["kit"] and "kit/beta_2" in r._resolved
+    with pytest.raises(DuplicateNameError):
+        r.register_family("kit", resolve=resolve, names=list, description="again")
+    with pytest.raises(TypeError):
+        r.register_family("a/b", resolve=resolve, names=list, description="slash")

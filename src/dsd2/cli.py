@@ -320,15 +320,53 @@ def presets() -> None:
 
 
 @app.command()
-def models() -> None:
-    """List the registered models and their options."""
+def models(
+    name: Optional[str] = typer.Argument(
+        None, help="A family (torchvision, timm): list its models; a model (e.g. torchvision/resnet50): show its options."
+    ),
+) -> None:
+    """List the registered models and their options; `dsd2 models torchvision` lists torchvision's
+    classifiers (model.name=torchvision/<name>), `dsd2 models NAME` shows one model's options."""
     from dsd2.models import MODELS, list_models, model_options
+    from dsd2.registry import normalise_name
 
+    if name is not None:
+        families = {f.prefix: f for f in MODELS.families()}
+        prefix = normalise_name(name).rstrip("/*")
+        if prefix in families:
+            family = families[prefix]
+            names = family.names()
+            console.print(f"{prefix}: {family.description}; {len(names)} models, as model.name={prefix}/<name>:")
+            for n in names:
+                console.print(f"{prefix}/{n}")
+            return
+        key = MODELS.canonical(name)
+        meta = MODELS.metadata(key)
+        shape = meta.get("input_shape")
+        built_by = f": {meta['constructor']}" if "constructor" in meta else ""
+        console.print(f"{key}{built_by}" + (f", designed for {'×'.join(map(str, shape))} inputs" if shape else ""))
+        options = model_options(key)
+        if not options:
+            console.print("no options")
+            return
+        table = Table("option", "default")
+        for option, default in options.items():
+            table.add_row(f"model.{option}", repr(default))
+        console.print(table)
+        if "family" in meta:
+            console.print(
+                "Defaults are the constructor's; an option left unset is not passed, so the library's builder keeps its own "
+                "choice where it sets one. num_classes, the input size and channels come from the data (docs/models.md)."
+            )
+        return
     table = Table("model", "options (defaults)", "designed for input")
     for name in list_models():
         shape = MODELS.metadata(name).get("input_shape")
         table.add_row(name, ", ".join(f"{k}={v!r}" for k, v in model_options(name).items()), "×".join(map(str, shape)) if shape else "")
     console.print(table)
+    for family in MODELS.families():
+        console.print(f"{family.prefix}/<name>: {family.description}. {family.listing}")
+    console.print("`dsd2 models NAME` shows a model's options, e.g. dsd2 models torchvision/resnet50.")
 
 
 def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int, select: str) -> None:

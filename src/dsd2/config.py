@@ -132,7 +132,11 @@ class ModelConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    name: str = Field("vgg_like", description="Registered model: resnet18_cifar, resnet18, resnet50, vgg_like, lenet_300_100, lenet5, mlp.")
+    name: str = Field(
+        "vgg_like",
+        description="Registered model: resnet18_cifar, resnet18, resnet50, vgg_like, lenet_300_100, lenet5, mlp; or any "
+        "torchvision classifier as torchvision/<name> (e.g. torchvision/resnet50), any timm model as timm/<name> (docs/models.md).",
+    )
 
     @property
     def options(self) -> dict[str, Any]:
@@ -186,7 +190,10 @@ class PruneConfig(_Section):
     rounds: int = Field(34, ge=0, description="IMP rounds after the dense training (round 0).")
     rate: float = Field(0.2, gt=0.0, lt=1.0, description="Fraction of the *remaining* weights removed per round.")
     method: PruningMethodName = Field("global_magnitude", description=f"Pruning method: {PRUNING_METHODS.describe()}.")
-    include_classifier: bool = Field(True, description="Prune the last Linear layer too (the reference does).")
+    include_classifier: bool = Field(
+        True, description="Prune the classifier too (the reference does): the last Linear layer, or timm's get_classifier()."
+    )
+    exclude_first_conv: bool = Field(False, description="Keep the first convolution (the stem) dense.")
     retrain: RetrainModeName = Field("lr_rewind", description=f"{RETRAIN_MODES.describe()}.")
     finetune_lr: float = Field(1e-3, gt=0.0, description="Constant lr of the finetune mode.")
     finetune_epochs: int | None = Field(None, ge=1, description="Epochs per finetune round (None: train.epochs).")

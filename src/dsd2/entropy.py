@@ -16,17 +16,30 @@ Layers.  ReLUs are found in two ways:
 
 * ``nn.ReLU`` modules, via forward hooks.  The layer is named by the module's qualified name;
   a module instance called several times in one forward pass gives ``name``, ``name#1``, …
-  in call order.
+  in call order (torchvision's ResNet blocks call one ``relu`` module two or three times:
+  ``layer1.0.relu`` and ``layer1.0.relu#1`` are the block's two activations).
 * functional ReLUs inside ``forward`` (``F.relu``, ``F.relu(inplace=True)``, ``F.relu_``,
   ``torch.relu``, ``torch.relu_``, ``Tensor.relu``, ``Tensor.relu_``), via a
   :class:`torch.overrides.TorchFunctionMode`.  They are named after the innermost module being
   executed plus ``:relu`` (``block1:relu``, ``block1:relu#1``, …; ``:relu`` for the root
-  module).  Calls made *inside* an ``nn.ReLU`` module (whose forward calls ``F.relu``) are
-  skipped, so nothing is counted twice.
+  module).  Calls made *inside* a counted activation module (``nn.ReLU``'s forward calls
+  ``F.relu``) are skipped, so nothing is counted twice.
 
 For in-place ReLUs the output is read right after the op.  Names are stable across calls on the
 same model (same forward → same call order → same keys), and the returned mappings are ordered
 by first call.
+
+Other rectifiers.  GELU, SiLU (swish), Mish, Hardswish, ELU, CELU, SELU, LeakyReLU and ReLU6
+(:data:`RECTIFIER_MODULES`; functional ``F.gelu``, ``F.silu``, ``F.mish``, ``F.hardswish``,
+``F.elu``, ``F.celu``, ``F.selu``, ``F.leaky_relu``, ``F.relu6`` and their in-place forms, named
+``…:gelu``, ``…:silu``, …) are counted the same way: a neuron is ON when the activation's output
+is > 0, which for all of them is exactly when its pre-activation is > 0 (they keep the sign of
+their input), so ON is the same event as for a ReLU at that place — the side of the kink the
+neuron is on.  Their outputs below zero are not exactly 0, so "OFF" means the (soft) gate is
+closed rather than that the output vanishes.  Gates and saturating activations (Sigmoid,
+Hardsigmoid, Tanh, Softplus in squeeze-excitation blocks or attention) and PReLU (whose learned
+slope may be negative) are not layers; a model with none of the above has no entropy
+(:func:`activation_entropy` raises a UserError).
 
 How layers are combined into one network curve is not known from the paper:
 :func:`activation_entropy` reports per-layer values, the neuron-weighted mean (= mean of
@@ -48,6 +61,7 @@ from dsd2.errors import UserError
 
 __all__ = [
     "DEFAULT_EPS",
+    "RECTIFIER_MODULES",
     "EntropyResult",
     "OnCounter",
     "activation_entropy",
@@ -60,8 +74,34 @@ __all__ = [
 
 DEFAULT_EPS = 1e-5
 
-# Functions intercepted by the function mode (F.relu_ is torch.relu_).
-_RELU_FUNCS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_})
+# Activation modules whose outputs are counted (forward hooks): output > 0 exactly when the input is > 0.
+RECTIFIER_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+)
+
+# Functions intercepted by the function mode, and the suffix of the layers they make
+# (F.relu_ is torch.relu_, F.selu_ torch.selu_, F.celu_ torch.celu_).
+_ACTIVATION_FUNCS: dict[Callable, str] = {
+    **dict.fromkeys((F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_), "relu"),
+    F.relu6: "relu6",
+    **dict.fromkeys((F.leaky_relu, F.leaky_relu_), "leaky_relu"),
+    **dict.fromkeys((F.elu, F.elu_), "elu"),
+    **dict.fromkeys((F.celu, F.celu_), "celu"),
+    **dict.fromkeys((F.selu, F.selu_), "selu"),
+    F.gelu: "gelu",
+    F.silu: "silu",
+    F.mish: "mish",
+    F.hardswish: "hardswish",
+}
 
 
 def binary_entropy(p: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
@@ -109,8 +149,9 @@ class _ReluFunctionMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if func in _RELU_FUNCS:
-            self._counter._on_functional_relu(out)
+        suffix = _ACTIVATION_FUNCS.get(func)
+        if suffix is not None:
+            self._counter._on_functional_activation(out, suffix)
         return out
 
 
@@ -125,8 +166,9 @@ class OnCounter:
         oc.counts   # OrderedDict name -> int64 tensor (shape of one example's ReLU output)
         oc.samples  # OrderedDict name -> number of inputs seen
 
-    On entry it registers forward hooks on every ``nn.ReLU`` module, name-stack hooks on every
-    submodule and (``functional=True``) a TorchFunctionMode catching functional ReLUs; on exit
+    On entry it registers forward hooks on every ``nn.ReLU`` module (and the other
+    :data:`RECTIFIER_MODULES`), name-stack hooks on every submodule and (``functional=True``) a
+    TorchFunctionMode catching functional ReLUs (and GELUs, SiLUs, ...); on exit
     (also on exception) everything is removed.  It does not touch the model's mode or grad
     state: :func:`activation_entropy` does that.  Counts accumulate over any number of
     forward passes of ``model`` (the root module must be called, not a submodule).
@@ -175,7 +217,7 @@ class OnCounter:
             if self.functional:
                 add(module.register_forward_pre_hook(self._make_push(name, module)))
                 add(module.register_forward_hook(self._pop, always_call=True))
-            if isinstance(module, nn.ReLU):
+            if isinstance(module, RECTIFIER_MODULES):
                 add(module.register_forward_hook(self._make_relu_hook(name)))
 
     def _remove(self) -> None:
@@ -205,14 +247,14 @@ class OnCounter:
 
         return hook
 
-    def _on_functional_relu(self, out) -> None:
+    def _on_functional_activation(self, out, suffix: str) -> None:
         if not self._stack:
             # Not inside a forward of the model (e.g. user code between batches).
             return
         name, module = self._stack[-1]
-        if isinstance(module, nn.ReLU):
+        if isinstance(module, RECTIFIER_MODULES):
             return  # counted by the module hook
-        self._record(f"{name}:relu", out)
+        self._record(f"{name}:{suffix}", out)
 
     def _record(self, base: str, output) -> None:
         k = self._calls.get(base, 0)
@@ -339,8 +381,9 @@ def activation_entropy(
             m.training = training
     if not oc.counts:
         raise UserError(
-            "no ReLU activations were seen: the model has no nn.ReLU / functional relu "
-            "(other activations are not supported) or no inputs were given"
+            "no ReLU activations were seen: the model has no nn.ReLU / functional relu, nor another rectifier "
+            "(GELU, SiLU, Mish, Hardswish, ELU, CELU, SELU, LeakyReLU, ReLU6; other activations are not counted), "
+            "or no inputs were given. Set entropy.enabled=false to run such a model without the entropy measure"
         )
     return oc.result(eps)
 

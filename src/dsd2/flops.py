@@ -23,7 +23,11 @@ overcounts ``groups``-fold: :func:`flop_counter` registers a corrected formula (
 gradient) so the per-layer split stays exact.  We do not use
 ``get_flop_counts()``'s per-module breakdown because its backward attribution is wrong for
 modules called more than once.  Everything not in a Conv/Linear ("non-prunable", e.g. a
-matmul in a custom forward) is the counter total minus the layers' sum and is never scaled.
+matmul in a custom forward, attention products) is the counter total minus the layers' sum and is
+never scaled.  Attention: :func:`flop_counter` also counts CPU's fused attention kernel (as
+FlopCounterMode counts the CUDA ones), and eval-mode counts run under
+:func:`dsd2.models.analysis.attention_counted` so that ``nn.MultiheadAttention`` does not take
+its uncounted fused inference kernel.
 
 Sparse-aware cost: ``sparse = Σ_l density_l · flops_l + non-prunable`` for forward and
 backward, with ``density_l`` the fraction of nonzero entries of the layer's weight mask (an
@@ -40,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from dsd2.errors import UserError
+from dsd2.models.analysis import ATTENTION_FLOP_FORMULAS, attention_counted
 
 __all__ = [
     "LayerFlops",
@@ -80,10 +85,14 @@ def _conv_backward_flop(
 
 
 def flop_counter() -> FlopCounterMode:
-    """The FlopCounterMode used here (no display; grouped-conv backward corrected)."""
+    """The FlopCounterMode used here (no display; grouped-conv backward corrected; CPU's fused
+    attention counted as the CUDA kernels are, so transformers cost the same on every device)."""
     return FlopCounterMode(
         display=False,
-        custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop},
+        custom_mapping={
+            torch.ops.aten.convolution_backward: _conv_backward_flop,
+            **ATTENTION_FLOP_FORMULAS,
+        },
     )
 
 
@@ -261,7 +270,7 @@ def _teacher_flops(teacher: nn.Module, batch: Tensor, masks) -> tuple[int, float
     dens = _densities(teacher, masks)
     with _preserved(teacher):
         teacher.eval()
-        with torch.no_grad(), flop_counter() as fc:
+        with torch.no_grad(), attention_counted(), flop_counter() as fc:
             tracker = _LayerTracker(teacher, fc)
             try:
                 teacher(batch)

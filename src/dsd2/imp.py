@@ -435,7 +435,7 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     channels_last = cfg.train.channels_last and data.train_x.dim() == 4
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    weights = prunable_weights(model, include_classifier=cfg.prune.include_classifier)
+    weights = prunable_weights(model, include_classifier=cfg.prune.include_classifier, exclude_first_conv=cfg.prune.exclude_first_conv)
     augment = data.augment if cfg.dataset.augment else type(data.augment)()
     images = None
     if data.streamed:  # one pool of loader workers for every pass of the run (train, evaluation, entropy)

@@ -9,7 +9,12 @@ Its rules, the same for every kind:
 - an unknown name raises :class:`UnknownNameError` (a :class:`~dsd2.errors.UserError` and a
   ``ValueError``) with a did-you-mean hint and the registered names;
 - registering a taken name raises :class:`DuplicateNameError` unless ``overwrite=True``
-  (registering the very same object again is allowed: it only replaces the metadata).
+  (registering the very same object again is allowed: it only replaces the metadata);
+- a *family* (:meth:`Registry.register_family`) answers every name ``<prefix>/<name>`` on demand
+  (e.g. ``torchvision/resnet50``): its resolver is called the first time such a name is looked
+  up, its result is kept, and an unknown name gets a did-you-mean hint from the family's names.
+  Family names are not listed by :meth:`Registry.names` (a family can be large or need an
+  optional package); :meth:`Registry.families` lists the families.
 
 This module must not import torch: :mod:`dsd2.config` validates names against the registries
 below before anything heavy is loaded. So the registries whose names a config chooses
@@ -51,6 +56,7 @@ __all__ = [
     "SCHEDULES",
     "STOP_RULES",
     "DuplicateNameError",
+    "Family",
     "Lazy",
     "Registry",
     "UnknownNameError",
@@ -103,6 +109,25 @@ class _Entry:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Family:
+    """Names ``<prefix>/<name>`` answered on demand (see :meth:`Registry.register_family`).
+
+    ``resolve(name)`` gets the part after the slash (normalised) and returns ``(object,
+    metadata)``; it raises ``LookupError`` for a name it does not know (the registry turns that
+    into an :class:`UnknownNameError` with a hint from ``names()``) and a
+    :class:`~dsd2.errors.UserError` when it cannot answer at all (an optional package missing).
+    ``names()`` lists the names it knows (for hints and listings), ``description`` says what
+    the family is, ``listing`` how a user lists its names.
+    """
+
+    prefix: str
+    resolve: Callable[[str], tuple[Any, Mapping[str, Any]]]
+    names: Callable[[], list[str]]
+    description: str
+    listing: str = ""
+
+
 class Registry(Generic[T]):
     """Named objects of one kind (``kind`` names it in messages: "model", "pruning method").
 
@@ -115,6 +140,8 @@ class Registry(Generic[T]):
         self.kind = kind
         self.plural = plural or f"{kind}s"
         self._entries: dict[str, _Entry] = {}
+        self._families: dict[str, Family] = {}
+        self._resolved: dict[str, _Entry] = {}  # family names looked up so far
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}: {', '.join(self.names()) or 'empty'})"
@@ -145,19 +172,54 @@ class Registry(Generic[T]):
             raise DuplicateNameError(f"{self.kind} {key!r} is already registered ({_describe(old.obj)}); pass overwrite=True to replace it")
         self._entries[key] = _Entry(obj, dict(metadata or {}))
 
+    def register_family(
+        self,
+        prefix: str,
+        *,
+        resolve: Callable[[str], tuple[Any, Mapping[str, Any]]],
+        names: Callable[[], list[str]],
+        description: str,
+        listing: str = "",
+        overwrite: bool = False,
+    ) -> Family:
+        """Answer every name ``<prefix>/<name>`` with ``resolve(name)`` (see :class:`Family`)."""
+        key = normalise_name(prefix) if isinstance(prefix, str) else ""
+        if not key or "/" in key:
+            raise TypeError(f"a {self.kind} family prefix must be a non-empty string without '/', got {prefix!r}")
+        if key in self._families and not overwrite:
+            raise DuplicateNameError(f"{self.kind} family {key!r} is already registered; pass overwrite=True to replace it")
+        family = Family(key, resolve, names, description, listing)
+        self._families[key] = family
+        for name in [n for n in self._resolved if n.startswith(f"{key}/")]:
+            del self._resolved[name]
+        return family
+
+    def families(self) -> list[Family]:
+        """The registered families, by prefix."""
+        return [self._families[k] for k in sorted(self._families)]
+
     def unregister(self, name: str) -> None:
-        """Remove ``name`` (UnknownNameError if it is not registered)."""
-        del self._entries[self.canonical(name)]
+        """Remove ``name`` (UnknownNameError if it is not registered; a family name forgets its
+        resolved entry, which the family answers again on the next look-up)."""
+        key = self.canonical(name)
+        if key in self._entries:
+            del self._entries[key]
+        else:
+            self._resolved.pop(key, None)
 
     @contextmanager
     def snapshot(self) -> Iterator[Registry[T]]:
         """``with registry.snapshot():`` registrations made inside are undone on exit (tests, notebooks)."""
-        saved = dict(self._entries)
+        entries, families, resolved = dict(self._entries), dict(self._families), dict(self._resolved)
         try:
             yield self
         finally:
             self._entries.clear()
-            self._entries.update(saved)
+            self._entries.update(entries)
+            self._families.clear()
+            self._families.update(families)
+            self._resolved.clear()
+            self._resolved.update(resolved)
 
     # ------------------------------------------------------------------ looking up
 
@@ -166,13 +228,48 @@ class Registry(Generic[T]):
         if not isinstance(name, str):
             raise UnknownNameError(f"{self.kind} name must be a string, got {name!r}; {self._known()}")
         key = normalise_name(name)
-        if key not in self._entries:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}.{did_you_mean(key, self._entries)} {self._known()}")
+        if key in self._entries:
+            return key
+        if "/" in key:
+            return self._resolve_family_name(name, key)
+        hint = did_you_mean(key, self._entries) or self._family_hint(key)
+        raise UnknownNameError(f"unknown {self.kind} {name!r}.{hint} {self._known()}")
+
+    def _family_hint(self, key: str) -> str:
+        """``" Did you mean '<prefix>/<key>'?"`` when a family knows ``key`` exactly (first by prefix)."""
+        for family in self.families():
+            try:
+                if key in family.names():
+                    return f" Did you mean '{family.prefix}/{key}'?"
+            except (UserError, ImportError):
+                continue
+        return ""
+
+    def _resolve_family_name(self, name: str, key: str) -> str:
+        if key in self._resolved:
+            return key
+        prefix, _, rest = key.partition("/")
+        family = self._families.get(prefix)
+        if family is None:
+            close = difflib.get_close_matches(prefix, list(self._families), n=1)
+            hint = f" Did you mean '{close[0]}/{rest}'?" if close else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}: no {self.kind} family {prefix!r}.{hint} {self._known()}")
+        try:
+            obj, metadata = family.resolve(rest)
+        except LookupError:
+            hint = did_you_mean(rest, family.names(), prefix=f"{prefix}/") if rest else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r} ({rest!r} is not among {prefix}'s {self.plural}).{hint} {family.listing}".rstrip()
+            ) from None
+        self._resolved[key] = _Entry(obj, dict(metadata or {}))
         return key
+
+    def _entry(self, key: str) -> _Entry:
+        return self._entries[key] if key in self._entries else self._resolved[key]
 
     def get(self, name: str) -> T:
         """The object registered under ``name`` (a :class:`Lazy` one is imported now, once)."""
-        entry = self._entries[self.canonical(name)]
+        entry = self._entry(self.canonical(name))
         if isinstance(entry.obj, Lazy):
             try:
                 entry.obj = entry.obj.resolve()
@@ -182,14 +279,26 @@ class Registry(Generic[T]):
 
     def metadata(self, name: str) -> Mapping[str, Any]:
         """The metadata ``name`` was registered with (read-only; empty if none)."""
-        return MappingProxyType(dict(self._entries[self.canonical(name)].metadata))
+        return MappingProxyType(dict(self._entry(self.canonical(name)).metadata))
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and normalise_name(name) in self._entries
+        """Registered, or answered by a family (which may import its package to say so)."""
+        if not isinstance(name, str):
+            return False
+        key = normalise_name(name)
+        if key in self._entries:
+            return True
+        if "/" not in key or key.partition("/")[0] not in self._families:
+            return False
+        try:
+            self.canonical(name)
+        except UserError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -199,7 +308,10 @@ class Registry(Generic[T]):
 
     def _known(self) -> str:
         names = ", ".join(self.names())
-        return f"Registered {self.plural}: {names}." if names else f"No {self.plural} are registered."
+        text = f"Registered {self.plural}: {names}." if names else f"No {self.plural} are registered."
+        if self._families:
+            text += " Also " + "; ".join(f"{f.prefix}/<name>: {f.description}" for f in self.families()) + "."
+        return text
 
     def describe(self) -> str:
         """``"name: description; ..."`` in registration order, from each entry's ``description``
