@@ -264,3 +264,34 @@ def test_fetch_names_its_own_flag(tmp_path, capsys):
     assert main(["fetch", "cifar10", "--root", str(tmp_path)]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "--download" in err and "dataset.download=true" not in err
+
+
+def _all_commands():
+    import typer.main
+
+    from dsd2.cli import app
+
+    group = typer.main.get_command(app)
+    return group, {name: group.commands[name] for name in group.commands}  # type: ignore[attr-defined]
+
+
+def test_every_option_and_argument_has_help():
+    group, commands = _all_commands()
+    missing = [
+        f"{name} {p.name}"
+        for name, cmd in [("dsd2", group), *commands.items()]
+        for p in cmd.params
+        if not (getattr(p, "help", None) or "").strip()
+    ]
+    assert not missing, f"no help text: {missing}"
+    assert not [name for name, c in commands.items() if not (c.help or "").strip()]
+
+
+def test_help_shows_no_bool_placeholder_and_every_command_takes_plugin(capsys):
+    group, commands = _all_commands()
+    for args in [["--help"], *[[name, "--help"] for name in commands]]:
+        assert main(args) == 0, args
+        text = capsys.readouterr().out
+        assert "<bool>" not in text, args
+        if args[0] != "--help":
+            assert "--plugin" in text, args

@@ -18,7 +18,8 @@ SRC = Path(dsd2.__file__).parent
 # into a package; sitting just below the CLI it may import any layer, so for now only what
 # imports it is checked.
 LAYERS = [
-    {"dsd2", "errors", "plugins"},
+    {"dsd2", "errors"},
+    {"plugins"},
     {"registry"},
     {"config", "store", "threads"},
     {"data", "noise", "models", "prune", "checkpoint"},

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
+import typer.core
 from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -24,8 +25,31 @@ from dsd2.errors import UserError
 if TYPE_CHECKING:
     from dsd2.rundir import RoundRow
 
+
+def _no_bool_placeholder(params: list[Any]) -> list[Any]:
+    # typer's help shows a flag (--quiet, --help) as taking a "<bool>" value, which it does not
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_bool_placeholder(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_bool_placeholder(super().get_params(ctx))
+
+
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Study and dodge sparse double descent (DSD²)."
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Study and dodge sparse double descent (DSD²).",
 )
 # Piped output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default.
 # markup=False: paths, config values and error texts are user text; "[lr=0.1]" or "[/]" in them
@@ -47,6 +71,35 @@ class Select(StrEnum):
 
     best = "best"
     last_good = "last_good"
+
+
+def _plugin_option(recorded: bool = False) -> Any:
+    """``--plugin MODULE`` (repeatable): a module to import first, for what it registers."""
+    where = (
+        "recorded in the run's config.yaml, so later commands on the run load it"
+        if recorded
+        else "a run's recorded plugins load without it"
+    )
+    return typer.Option(
+        None,
+        "--plugin",
+        metavar="<module>",
+        help=f"Plugin module to import first (it registers models, datasets, ...); repeatable; {where} (docs/plugins.md).",
+    )
+
+
+def _load_plugins(plugins: list[str] | None) -> None:
+    from dsd2.plugins import load_plugins
+
+    load_plugins(plugins or [])
+
+
+def _quiet_option() -> Any:
+    return typer.Option(False, "--quiet", "-q", help="No progress output.")
+
+
+def _out_option(help: str = "Folder for run directories.") -> Any:
+    return typer.Option(Path("runs"), "--out", "-o", help=help)
 
 
 def _version(value: bool) -> None:
@@ -231,8 +284,9 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
 def run(
     config: str = typer.Argument(..., help="YAML config, preset name, or an existing run directory (resumes it)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. prune.rounds=10 seed=1"),
-    out: Path = typer.Option(Path("runs"), "--out", "-o", help="Folder for run directories."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    out: Path = _out_option(),
+    quiet: bool = _quiet_option(),
+    plugins: Optional[list[str]] = _plugin_option(recorded=True),
 ) -> None:
     """Run (or resume) an IMP study: dense training, then prune/retrain rounds."""
     from dsd2.config import PRESET_DIR, load_config
@@ -243,15 +297,15 @@ def run(
     elif p.is_dir():
         if overrides:
             raise UserError("overrides cannot change an existing run; start a new run from its config.yaml instead")
-        return resume(p, quiet=quiet, lr_scale=None)
-    cfg = load_config(config, overrides or [])
+        return resume(p, quiet=quiet, lr_scale=None, restart_round=False, plugins=plugins)
+    cfg = load_config(config, overrides or [], plugins=plugins or [])
     _run_config(cfg, out, None, quiet)
 
 
 @app.command()
 def resume(
     run_dir: Path = typer.Argument(..., help="Run directory printed by `dsd2 run`."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: bool = _quiet_option(),
     lr_scale: Optional[float] = typer.Option(
         None,
         "--lr-scale",
@@ -260,10 +314,12 @@ def resume(
     restart_round: bool = typer.Option(
         False, "--restart-round", help="Drop the unfinished round's epoch checkpoint: it retrains from the last finished round."
     ),
+    plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
     """Resume an interrupted run from its last finished round (or epoch checkpoint)."""
     from dsd2 import imp, rundir, store
 
+    _load_plugins(plugins)
     cfg = rundir.read_config(run_dir)
     if lr_scale is not None:
         with store.run_lock(run_dir):
@@ -277,37 +333,41 @@ def resume(
 
 
 @app.command()
-def show(run_dir: Path = typer.Argument(..., help="Run directory.")) -> None:
+def show(run_dir: Path = typer.Argument(..., help="Run directory."), plugins: Optional[list[str]] = _plugin_option()) -> None:
     """Print the rounds table of a run."""
     from dsd2 import rundir
 
+    _load_plugins(plugins)
     console.print(rounds_table(rundir.read_rounds(run_dir), title=str(run_dir)))
 
 
 @app.command("config")
 def config_cmd(
     config: Optional[str] = typer.Argument(None, help="YAML file or preset to resolve; omit to list every key."),
-    overrides: Optional[list[str]] = typer.Argument(None),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. prune.rounds=10 seed=1"),
+    plugins: Optional[list[str]] = _plugin_option(recorded=True),
 ) -> None:
     """List every config key with its default, or print a resolved config."""
     import yaml
 
     from dsd2.config import describe_schema, load_config
 
+    _load_plugins(plugins)
     if config is None:
         table = Table("key", "default", "meaning")
         for key, default, desc in describe_schema():
             table.add_row(key, default, desc)
         console.print(table)
         return
-    cfg = load_config(config, overrides or [])
+    cfg = load_config(config, overrides or [], plugins=plugins or [])
     console.print(yaml.safe_dump(cfg.resolved(), sort_keys=False), end="")
     console.print(f"# run id: {cfg.run_id()}")
 
 
 @app.command()
-def presets() -> None:
+def presets(plugins: Optional[list[str]] = _plugin_option()) -> None:
     """List the bundled presets (usable by name in `dsd2 run`)."""
+    _load_plugins(plugins)
     from dsd2.config import PRESET_DIR, list_presets
     from dsd2.sweep import list_sweep_presets
 
@@ -324,12 +384,14 @@ def models(
     name: Optional[str] = typer.Argument(
         None, help="A family (torchvision, timm): list its models; a model (e.g. torchvision/resnet50): show its options."
     ),
+    plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
     """List the registered models and their options; `dsd2 models torchvision` lists torchvision's
     classifiers (model.name=torchvision/<name>), `dsd2 models NAME` shows one model's options."""
     from dsd2.models import MODELS, list_models, model_options
     from dsd2.registry import normalise_name
 
+    _load_plugins(plugins)
     if name is not None:
         families = {f.prefix: f for f in MODELS.families()}
         prefix = normalise_name(name).rstrip("/*")
@@ -398,8 +460,10 @@ def stop(
     tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated."),
     patience: int = typer.Option(1, help="Consecutive drops needed to stop."),
     select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
+    plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
     """Which round an early-stopping rule would select on a run, and what it would cost."""
+    _load_plugins(plugins)
     _print_decision(run_dir, rule.value, tolerance, patience, select.value)
 
 
@@ -466,11 +530,13 @@ def stop_rules_cmd(
     write: Optional[Path] = typer.Option(
         None, "--write", help="Markdown file whose bank sections to regenerate (docs/stop_rules.md, README.md)."
     ),
+    plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
     """Judge plain and entropy-aided early stopping on a bank of curves; fit the entropy threshold
     leave-one-setting-out (docs/stop_rules.md)."""
     from dsd2 import bank
 
+    _load_plugins(plugins)
     curves = bank.load_bank(bank_dir)
     if write is None:
         console.print(bank.stop_rule_report(curves), markup=False, highlight=False, soft_wrap=True)
@@ -484,12 +550,14 @@ def compare_cmd(
     vanilla: Path = typer.Argument(..., help="Vanilla IMP run directory."),
     student: Optional[Path] = typer.Argument(None, help="DSD² student run directory."),
     tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated before a round counts as a drop."),
-    patience: int = typer.Option(1),
+    patience: int = typer.Option(1, help="Consecutive dropped rounds needed to stop."),
     select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
+    plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
     """Exhaustive vanilla vs. early stops vs. DSD²: selected round, accuracy, cost."""
     from dsd2 import compare
 
+    _load_plugins(plugins)
     outcomes = compare.strategy_table(vanilla, student, tolerance=tolerance, patience=patience, select=select.value)
     console.print(strategy_rich_table(outcomes, f"tolerance {tolerance:g}, patience {patience}, select {select.value}"))
 
@@ -508,15 +576,16 @@ def pipeline_cmd(
     config: str = typer.Argument(..., help="Teacher/vanilla config (YAML or preset); its distill section sets round, alpha, T."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides for both runs."),
     student: Optional[str] = typer.Option(None, "--student", help="Student config (default: the same config, KD from the teacher)."),
-    out: Path = typer.Option(Path("runs"), "--out", "-o"),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    out: Path = _out_option(),
+    quiet: bool = _quiet_option(),
+    plugins: Optional[list[str]] = _plugin_option(recorded=True),
 ) -> None:
     """Teacher IMP -> teacher at best fit (or dense / a round) -> student IMP with KD at every round."""
     from dsd2 import compare, store
     from dsd2.config import load_config
 
-    cfg = load_config(config, overrides or [])
-    scfg = load_config(student, overrides or []) if student else None
+    cfg = load_config(config, overrides or [], plugins=plugins or [])
+    scfg = load_config(student, overrides or [], plugins=plugins or []) if student else None
     study = _pipeline(cfg, scfg, out, quiet)
     t = store.read_json(study.student.run_dir / "teacher.json")
     console.print(
@@ -535,10 +604,12 @@ def fetch(
     name: str = typer.Argument(..., help="Dataset name (see `dsd2 config`: dataset.name)."),
     root: Path = typer.Option(Path("./data"), help="Folder to look in / download to."),
     download: bool = typer.Option(False, "--download", help="Download (checksum-verified) when missing."),
+    plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
     """Check that a dataset is available (optionally download it) and print its sizes."""
     from dsd2.data import load_dataset
 
+    _load_plugins(plugins)
     try:
         d = load_dataset(name, root, val_size=0, download=download, augment=False)
     except UserError as err:
@@ -551,10 +622,11 @@ def fetch(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs"), "--out", "-o"),
+    out: Path = _out_option("Folder for the run directories and demo_report/."),
     seeds: str = typer.Option("0,1", help="Comma-separated seeds; one vanilla + DSD² pipeline per seed."),
     jobs: int = typer.Option(2, help="Pipelines run side by side (processes)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Overrides for the demo preset, e.g. prune.rounds=10."),
+    plugins: Optional[list[str]] = _plugin_option(recorded=True),
 ) -> None:
     """The CPU demo: vanilla IMP with SDD, DSD² students from the best-fit teacher, compute table."""
     from dsd2 import compare, rundir
@@ -567,7 +639,7 @@ def demo(
         raise UserError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
     if not seed_list:
         raise UserError(f"--seeds names no seed ({seeds!r}): give comma-separated integers, e.g. --seeds 0,1")
-    configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"]) for s in seed_list]
+    configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"], plugins=plugins or []) for s in seed_list]
     err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
     pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
     for cfg, (teacher_dir, student_dir) in zip(configs, pairs):
@@ -620,17 +692,20 @@ def dip_rich_table(pairs) -> Table:
 def sweep(
     path: str = typer.Argument(..., help="Sweep YAML or sweep preset name (see `dsd2 presets`)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Run-config overrides for every cell; `sweep.key=value` changes the sweep."),
-    out: Path = typer.Option(Path("runs"), "--out", "-o"),
+    out: Path = _out_option("Folder for the cells' run directories and <sweep name>/ (summaries, report)."),
     backend: str = typer.Option("ray", help="ray (parallel, local or --address) or sequential (debugging)."),
     address: Optional[str] = typer.Option(None, help="Address of an existing Ray cluster (default: a local one)."),
     max_parallel: Optional[int] = typer.Option(None, help="Cells at once on a local Ray (default: CPU count)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the cells and the cost estimate."),
     gpu_tflops: float = typer.Option(25.0, help="Effective GPU throughput for the cost estimate (TFLOP/s; an assumption, not measured)."),
+    plugins: Optional[list[str]] = _plugin_option(recorded=True),
 ) -> None:
     """Run a grid of runs (seeds, noise, width/depth, retraining modes, KD settings) on Ray."""
     from dsd2.sweep import sweep_main
 
-    code = sweep_main(path, overrides or [], out, backend, address, max_parallel, dry_run, gpu_tflops=gpu_tflops, console=console)
+    code = sweep_main(
+        path, overrides or [], out, backend, address, max_parallel, dry_run, gpu_tflops=gpu_tflops, console=console, plugins=plugins or []
+    )
     if code:
         raise typer.Exit(code)
 
@@ -640,12 +715,14 @@ def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (vanilla, students, seeds) to put in one report."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for index.html and the figures."),
     title: Optional[str] = typer.Option(None, help="Page title."),
+    plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
     """Write one self-contained HTML report (figures embedded) for the given runs, or for a
     whole sweep (give its out/<sweep name> folder: analysis tables and figures, then every run)."""
     from dsd2.report import write_report
     from dsd2.report.sweep import write_sweep_report
 
+    _load_plugins(plugins)
     if len(run_dirs) == 1 and (run_dirs[0] / "sweep.json").is_file():
         path = write_sweep_report(run_dirs[0], out, title=title)
     else:
@@ -663,10 +740,12 @@ def export_cmd(
     onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx, checked against PyTorch with onnxruntime."),
     compressed: bool = typer.Option(False, "--compressed", help="Store each pruned tensor as kept values + a bitmask."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier export in --out."),
+    plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
     """Export a round of a run as a deployable model (docs/export.md)."""
     from dsd2.api import export
 
+    _load_plugins(plugins)
     res = export(run_dir, out, round=round, onnx=onnx, compressed=compressed, force=force)
     how = res.info.get("selected_on")
     console.print(
@@ -682,6 +761,10 @@ def export_cmd(
         console.print(f"model.onnx: max abs difference from PyTorch on random inputs {res.onnx_max_abs_diff:.3g}")
     console.print(f"export: {res.dir}")
 
+
+for _info in app.registered_commands:  # every command's --help without "<bool>" (see _Command)
+    if _info.cls in (None, typer.core.TyperCommand):
+        _info.cls = _Command
 
 _INTERRUPTED = "interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`"
 

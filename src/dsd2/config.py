@@ -16,6 +16,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dsd2.errors import UserError
+from dsd2.plugins import check_module_name, load_plugins, merge
 from dsd2.registry import OPTIMIZERS, PRUNING_METHODS, RETRAIN_MODES, SCHEDULES, STOP_RULES
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -227,6 +228,11 @@ class EarlyStopConfig(_Section):
 
 
 class RunConfig(_Section):
+    plugins: list[str] = Field(
+        [],
+        description="Modules imported before the config is validated, e.g. [my_pkg.dsd2_ext]: they register models, datasets, "
+        "... (docs/plugins.md). Recorded in config.yaml, so resume, sweeps, report and export load them; not in the run id.",
+    )
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: the run directory is <name>-<hash>.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Run seed (0 … 2^32 - 1).")
     dataset: DatasetConfig = DatasetConfig()
@@ -237,6 +243,23 @@ class RunConfig(_Section):
     distill: DistillConfig = DistillConfig()
     entropy: EntropyConfig = EntropyConfig()
     early_stop: EarlyStopConfig = EarlyStopConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, data: Any) -> Any:
+        # before any field: the names a plugin registers (model, dataset, pruning method) must exist
+        # when the fields naming them are checked. A malformed list is left to the field's checks.
+        names = data.get("plugins") if isinstance(data, dict) else None
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            load_plugins(names)
+        elif names is None:
+            load_plugins()  # the entry points still load: they register names a config may use
+        return data
+
+    @field_validator("plugins")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(check_module_name(n) for n in v))
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -309,6 +332,7 @@ def config_hash(cfg: RunConfig, *, version: int = 3) -> str:
     """
     data = cfg.resolved()
     data.pop("name")
+    data.pop("plugins")  # where names come from is not a setting: the names themselves are hashed
     skip = set(_NON_RESULT_FIELDS) | ({_ROUNDS_FIELD} if version >= 3 else set())
     if version <= 1:
         skip -= _LOCATION_FIELDS
@@ -421,9 +445,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data or {}
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *, plugins: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The validated config of a YAML file or preset (None: the defaults) with ``overrides``
+    applied; ``plugins`` (``--plugin``) are added to its ``plugins`` (imported before validation)."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
+    if plugins:
+        listed = data.get("plugins") or []
+        data["plugins"] = merge(listed if isinstance(listed, list) else [listed], plugins)  # a malformed one: the schema says so
     return validate_config(data, source=str(path) if path else "overrides")
 
 

@@ -9,6 +9,7 @@ default), so a caller can wrap what runs without touching the backend.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -67,6 +68,24 @@ def _in_worker(worker: Worker, task: Task) -> Outcome:
     return worker(task)
 
 
+# Ray >= 2.5x says at every local start that it enabled token authentication, its secure default:
+# nothing for a user of the sweep to act on. Only that notice is dropped; the warning that auth is
+# *disabled* and every other record of Ray's loggers still show.
+_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+def _not_token_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_TOKEN_NOTICE)
+
+
+def quiet_ray_token_notice() -> None:
+    """Drop Ray's "token authentication is enabled" notice (idempotent)."""
+    logger = logging.getLogger(_TOKEN_LOGGER)
+    if _not_token_notice not in logger.filters:
+        logger.addFilter(_not_token_notice)
+
+
 def _ray_error_text(err: BaseException) -> str:
     import ray.exceptions as rex
 
@@ -100,10 +119,9 @@ class RayBackend:
         *,
         worker: Worker = run_task,
     ) -> None:
-        import logging
-
         import ray
 
+        quiet_ray_token_notice()
         self.ray = ray
         self.slots = max_parallel
         self.worker = worker

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from dsd2.config import validate_config
 from dsd2.errors import UserError
+from dsd2.plugins import load_plugins
 
 if TYPE_CHECKING:
     from dsd2.rundir import RoundRow
@@ -28,6 +29,8 @@ class Task:
     config: dict[str, Any]
     run_dir: str
     threads: int
+    # folders the driver imported the config's plugins from: a worker may not start where it did
+    plugin_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def run_task(task: Task, on_round: Callable[[RoundRow], None] | None = None) -> Outcome:
-    """Run (or resume: ``imp.run`` continues from the last finished round) the run of ``task``.
+    """Run (or resume: ``imp.run`` continues from the last finished round) the run of ``task``,
+    after importing its plugins (a plugin that fails to import fails the attempt, naming it).
 
     ``on_round(row)`` is passed to ``imp.run``: it is called after every finished round.
     """
@@ -67,6 +71,7 @@ def run_task(task: Task, on_round: Callable[[RoundRow], None] | None = None) -> 
     try:
         from dsd2 import imp
 
+        load_plugins(task.config.get("plugins") or (), paths=task.plugin_paths)
         with _torch_threads(task.threads):
             cfg = validate_config(task.config, source="sweep cell config")
             run_dir = Path(task.run_dir)

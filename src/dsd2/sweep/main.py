@@ -66,16 +66,18 @@ def sweep_main(
     *,
     gpu_tflops: float = DEFAULT_GPU_TFLOPS,
     console: Any = None,
+    plugins: list[str] | tuple[str, ...] = (),
 ) -> int:
     """``dsd2 sweep``: print the cost estimate, run (unless ``dry_run``), print the cells.
 
+    ``plugins`` (``--plugin``) join the sweep's ``plugins``: every cell's config records them.
     Returns 0 when every cell finished (or on a dry run), 1 when some failed. UserErrors
     (bad sweep file, bad cell config) propagate for the CLI to print.
     """
     from rich.console import Console
 
     console = console or Console()
-    spec = load_sweep(path, list(overrides))
+    spec = load_sweep(path, list(overrides), plugins=plugins)
     cells = expand(spec)
     try:
         cost = format_cost(estimate_cost(spec, gpu_tflops=gpu_tflops, cells=cells))

@@ -26,6 +26,7 @@ from typing import Literal
 from dsd2 import rundir
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
+from dsd2.plugins import plugin_roots
 from dsd2.sweep.backends import Backend
 from dsd2.sweep.execute import Outcome, Task
 from dsd2.sweep.spec import Cell, SweepSpec
@@ -119,7 +120,7 @@ def _failed_dependency(job: Job, jobs: dict[str, Job]) -> Job | None:
 def _start(job: Job, backend: Backend, threads: int) -> None:
     job.attempts += 1
     job.state = State.RUNNING
-    backend.submit(job.key, Task(job.config.resolved(), str(job.run_dir), threads))
+    backend.submit(job.key, Task(job.config.resolved(), str(job.run_dir), threads, tuple(plugin_roots(job.config.plugins))))
 
 
 def schedule(jobs: dict[str, Job], backend: Backend, *, retries: int, threads: int) -> Iterator[Event]:

@@ -14,6 +14,7 @@ whose cartesian product gives the cells::
     teacher_overrides: []              # pipelines: applied to the teacher config only
     resources: {num_cpus: 1, num_gpus: 0.25}   # per cell (per run), for Ray
     retries: 1
+    plugins: [my_pkg.dsd2_ext]         # imported first; every cell's config records them
 
 Order of application for a cell: base → ``overrides`` → grid values (a grid key wins over a
 file override of the same key; a command-line override of a grid key is refused) → (teacher only)
@@ -43,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, load_yaml_text, read_yaml, validate_config
 from dsd2.errors import UserError
 from dsd2.pipeline import teacher_config
+from dsd2.plugins import check_module_name, merge
 from dsd2.sweep.shapes import dataset_key, has_model_facts, meta_model
 
 SWEEP_PRESET_DIR = PRESET_DIR / "sweeps"
@@ -81,8 +83,16 @@ class SweepSpec(BaseModel):
     teacher_overrides: list[str] = Field(default_factory=list, description="Pipelines: overrides applied to the teacher config only.")
     resources: Resources = Field(default_factory=Resources)
     retries: int = Field(1, ge=0, description="Extra attempts for a failed run (each resumes from its last finished round).")
+    plugins: list[str] = Field(
+        default_factory=list, description="Plugin modules (docs/plugins.md), added to every cell's plugins (after the base config's)."
+    )
 
     _source_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("plugins")
+    @classmethod
+    def _module_names(cls, v: list[str]) -> list[str]:
+        return merge(check_module_name(n) for n in v)
 
     @field_validator("grid", mode="before")
     @classmethod
@@ -182,13 +192,16 @@ def _apply_sweep_overrides(data: dict[str, Any], overrides: list[str] | tuple[st
     return data, run_overrides
 
 
-def load_sweep(path_or_preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SweepSpec:
+def load_sweep(
+    path_or_preset: str | Path, overrides: list[str] | tuple[str, ...] = (), *, plugins: list[str] | tuple[str, ...] = ()
+) -> SweepSpec:
     """Read, validate and expand (every cell config is validated) a sweep file or preset.
 
     ``overrides``: ``key=value`` strings. ``sweep.<field>=value`` changes the sweep itself
     (``sweep.retries=2``, ``sweep.pipeline=true``, ``sweep.grid.seed=[0,1,2]``,
     ``sweep.resources.num_gpus=0.5``); anything else is a run-config override appended to
-    ``overrides`` (applied to every cell, e.g. ``train.epochs=1``).
+    ``overrides`` (applied to every cell, e.g. ``train.epochs=1``). ``plugins`` (``--plugin``) are
+    added to the sweep's ``plugins``.
     """
     path = _sweep_file(path_or_preset)
     try:
@@ -200,6 +213,9 @@ def load_sweep(path_or_preset: str | Path, overrides: list[str] | tuple[str, ...
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping (name:, base:, grid:, ...)")
     data, run_overrides = _apply_sweep_overrides(data, overrides, path)
+    if plugins:
+        listed = data.get("plugins") or []
+        data["plugins"] = merge(listed if isinstance(listed, list) else [listed], plugins)  # a malformed list: the schema says so
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as err:
@@ -340,6 +356,9 @@ def expand(spec: SweepSpec) -> list[Cell]:
     if size > MAX_CELLS:
         raise UserError(f"sweep {spec.name}: the grid has {size:,} cells, more than {MAX_CELLS:,}: split it into smaller sweeps")
     base = apply_overrides(_base_data(spec), spec.overrides)
+    if spec.plugins:  # every run records them (config.yaml): its resume, report and export load them
+        listed = base.get("plugins") or []
+        base["plugins"] = merge(listed if isinstance(listed, list) else [listed], spec.plugins)
     keys = list(spec.grid)
     cells: list[Cell] = []
     names: set[str] = set()
