@@ -295,3 +295,10 @@ def test_help_shows_no_bool_placeholder_and_every_command_takes_plugin(capsys):
         assert "<bool>" not in text, args
         if args[0] != "--help":
             assert "--plugin" in text, args
+
+
+def test_run_on_a_run_directory_resumes_without_restarting_the_round(tiny_run, capsys):
+    # `run DIR` calls resume(); its unset options must not arrive as typer's (truthy) defaults
+    assert main(["run", str(tiny_run)]) == 0
+    err = capsys.readouterr().err
+    assert "restarts" not in err and "lr ×" not in err
