@@ -21,7 +21,7 @@ LAYERS = [
     {"dsd2", "errors"},
     {"plugins"},
     {"registry"},
-    {"config", "store", "threads"},
+    {"config", "store", "threads", "distributed"},
     {"data", "noise", "models", "prune", "checkpoint"},
     {"train", "entropy", "flops", "phases"},
     {"rundir"},
@@ -32,6 +32,7 @@ LAYERS = [
     {"sweep"},
     {"api"},
     {"cli"},
+    {"__main__"},  # python -m dsd2
 ]
 # The one upward import allowed: the package root re-exports the Python API lazily (PEP 562
 # ``__getattr__`` in dsd2/__init__.py), so ``import dsd2`` stays cheap and ``dsd2.run`` works.

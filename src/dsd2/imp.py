@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,13 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsd2 import __version__, checkpoint, rundir, store
+from dsd2 import __version__, checkpoint, distributed, rundir, store
 from dsd2.compare import decide, selection_column
 from dsd2.config import RunConfig, config_hash
 from dsd2.data import DataSplits, ImageLoader, load_dataset
 from dsd2.data.image_folder import resolve_workers
 from dsd2.distill import KDObjective, load_teacher
-from dsd2.entropy import activation_entropy
+from dsd2.entropy import OnCounter, activation_entropy, entropy_from_counts
 from dsd2.errors import UserError
 from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flops
 from dsd2.models import build_model, prunable_weights
@@ -46,7 +47,7 @@ from dsd2.registry import RETRAIN_MODES
 
 # Kept importable here for the sweep and older callers; their home is dsd2.rundir.
 from dsd2.rundir import ROUND_COLUMNS, RoundRow, load_round_model, load_state, run_dir_for  # noqa: F401
-from dsd2.threads import resolve_threads
+from dsd2.threads import resolve_threads, sharing
 from dsd2.train import (
     EpochLog,
     Objective,
@@ -309,6 +310,7 @@ def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Sched
         kind=t.schedule,
         milestones=tuple(t.milestones),
         lr_decay=t.lr_decay,
+        warmup_epochs=t.warmup_epochs,
     )
     base["lr"] = t.lr * lr_scale
     if round_idx == 0:
@@ -364,7 +366,12 @@ def set_threads(
         torch.set_num_threads(cfg.train.threads)
     elif device.type == "cpu":
         step = step_flops(model, batches.example(2), teacher=teacher)
-        choice = resolve_threads(step.dense_per_example * cfg.train.batch_size, loader_workers=loader_workers)
+        w = distributed.world()
+        if w.distributed:  # the ranks on this node share its cores, each with its slice of the batch
+            with sharing(w.local_size):
+                choice = resolve_threads(step.dense_per_example * cfg.train.batch_size / w.size, loader_workers=loader_workers)
+        else:
+            choice = resolve_threads(step.dense_per_example * cfg.train.batch_size, loader_workers=loader_workers)
         torch.set_num_threads(choice.threads)
     return torch.get_num_threads()
 
@@ -422,7 +429,7 @@ def _extend(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
 
 
 def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
-    device = resolve_device(cfg.train.device)
+    device = distributed.local_device(resolve_device(cfg.train.device))
     data = build_data(cfg)
     labels = noisy_labels(cfg, data)
     _labels_file(run_dir, data, labels)
@@ -469,7 +476,8 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
         objective = KDObjective(
             teacher, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, amp=cfg.train.amp, cached_logits=cached
         )
-        store.write_json(run_dir / "teacher.json", teacher_info)
+        if distributed.is_main():
+            store.write_json(run_dir / "teacher.json", teacher_info)
     threads = set_threads(cfg, device, model, train_batches, teacher, loader_workers=images.workers if images is not None else 0)
     return RunContext(
         cfg,
@@ -673,6 +681,8 @@ def make_hooks(
     """The run's hooks, called in this order (the retraining mode's first: the late-rewind snapshot is
     on disk before anyone hears of its epoch)."""
     hooks: list[Hook] = []
+    if not distributed.is_main():
+        return hooks  # they write files or report progress: rank 0's job
     mode: RetrainMode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)
     if mode.hooks is not None:
         hooks.extend(mode.hooks(ctx))
@@ -693,7 +703,10 @@ def prune_step(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
     if round_idx == 0:
         return masks
     gen = torch.Generator().manual_seed(round_seed(ctx.cfg.seed, round_idx, stream=2))
-    return next_masks(ctx.cfg.prune.method, ctx.weights, masks, ctx.cfg.prune.rate, gen)
+    new = next_masks(ctx.cfg.prune.method, ctx.weights, masks, ctx.cfg.prune.rate, gen)
+    # every rank prunes its replica (identical weights, same seed); a difference means they drifted
+    distributed.check_same(new, f"masks of round {round_idx}")
+    return new
 
 
 def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:
@@ -710,6 +723,8 @@ def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total
     last = [time.monotonic()]
 
     def save(next_epoch: int, opt: torch.optim.Optimizer, logs: list[EpochLog]) -> None:
+        if not distributed.is_main():
+            return  # the replicas are identical: rank 0 saves, every rank resumes from it
         if next_epoch >= total_epochs or time.monotonic() - last[0] < interval:
             return  # the finished round itself is saved right after
         checkpoint.save_epoch_state(
@@ -770,10 +785,9 @@ def _divergence_advice(message: str, run_dir: Path, lr_scale: float, *, resumed:
 
 
 def _evaluate(ctx: RunContext) -> dict[str, Any]:
-    cfg, d = ctx.cfg, ctx.data
-    bs, amp = cfg.train.eval_batch_size, cfg.train.amp
+    d = ctx.data
     tb = ctx.train_batches
-    pred = predict(ctx.model, tb, batch_size=bs, amp=amp).cpu()
+    pred = _predict(ctx, tb)
     flipped = ctx.labels.flipped
     keep = torch.ones(d.train_y.numel(), dtype=torch.bool)
     keep[flipped] = False
@@ -785,8 +799,24 @@ def _evaluate(ctx: RunContext) -> dict[str, Any]:
         "unflipped_acc": accuracy(pred, d.train_y, keep.nonzero().squeeze(1)),
     }
     for split, x, y in (("val", d.val_x, d.val_y), ("test", d.test_x, d.test_y)):
-        out[f"{split}_acc"] = accuracy(predict(ctx.model, ctx.source(x, y), batch_size=bs, amp=amp).cpu(), y)
+        out[f"{split}_acc"] = accuracy(_predict(ctx, ctx.source(x, y)), y)
     return out
+
+
+def _predict(ctx: RunContext, source: Source) -> torch.Tensor:
+    """Predicted classes of every row of ``source``, on the CPU. In a data-parallel job each rank
+    predicts a contiguous slice and the slices are summed into the full vector, so every rank
+    scores the same predictions with the one-process code."""
+    bs, amp = ctx.cfg.train.eval_batch_size, ctx.cfg.train.amp
+    w = distributed.world()
+    if not w.distributed:
+        return predict(ctx.model, source, batch_size=bs, amp=amp).cpu()
+    n = source.num_rows
+    lo, hi = distributed.shard_bounds(n, w.rank, w.size)
+    full = torch.zeros(n, dtype=torch.long, device=ctx.device)
+    if hi > lo:
+        full[lo:hi] = predict(ctx.model, source, batch_size=bs, amp=amp, rows=(lo, hi))
+    return distributed.all_reduce_sum(full).cpu()
 
 
 def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]]]:
@@ -794,9 +824,33 @@ def _measure_entropy(ctx: RunContext) -> tuple[float | None, list[dict[str, Any]
         return None, []
     bs = ctx.cfg.entropy.batch_size
     # the clean (unaugmented, evaluation-transformed) training inputs, in row order
-    res = activation_entropy(ctx.model, ctx.train_batches.ordered(bs), batch_size=bs, device=ctx.device)
+    if distributed.world().distributed:
+        res = _sharded_entropy(ctx, bs)
+    else:
+        res = activation_entropy(ctx.model, ctx.train_batches.ordered(bs), batch_size=bs, device=ctx.device)
     rows = [{"layer": name, "entropy": h, "neurons": res.neurons[name]} for name, h in res.per_layer.items()]
     return res.weighted_mean, rows
+
+
+def _sharded_entropy(ctx: RunContext, batch_size: int):
+    """Entropy from ON counts summed over the ranks, each counting a contiguous slice of the
+    rows: the counts (integers) are those of one process passing every row."""
+    w, tb, model = distributed.world(), ctx.train_batches, ctx.model
+    rows = distributed.shard_bounds(tb.num_rows, w.rank, w.size)
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(), OnCounter(model) as oc:
+            for x in tb.ordered(batch_size, rows):
+                model(x)
+    finally:
+        for m, training in modes:
+            m.training = training
+    if not oc.counts:  # no rectifier in the model (on every rank): the one-process error
+        return activation_entropy(model, tb.ordered(batch_size), batch_size=batch_size, device=ctx.device)
+    counts = {k: distributed.all_reduce_sum(v.clone()) for k, v in oc.counts.items()}
+    seen = distributed.all_reduce_sum(torch.tensor(list(oc.samples.values()), dtype=torch.long, device=ctx.device))
+    return entropy_from_counts(counts, dict(zip(oc.samples, seen.tolist())))
 
 
 def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> tuple[float, float, float]:
@@ -884,11 +938,16 @@ def _n_eval(ctx: RunContext) -> int:
     return int(ctx.data.val_y.numel()) or int(ctx.data.test_y.numel())
 
 
-def write_tables(ctx: RunContext, rounds: Rounds) -> None:
-    """Relabel the phases over the curve so far and rewrite rounds.csv, entropy.csv and timings.csv."""
+def relabel(ctx: RunContext, rounds: Rounds) -> None:
+    """Label the phases over the curve so far."""
     finished = len(rounds.rows) == ctx.cfg.prune.rounds + 1
     phases = label_rows(rounds.rows, finished=finished, n_eval=_n_eval(ctx))
     rounds.rows = [dataclasses.replace(r, phase=p) for r, p in zip(rounds.rows, phases)]
+
+
+def write_tables(ctx: RunContext, rounds: Rounds) -> None:
+    """Relabel the phases over the curve so far and rewrite rounds.csv, entropy.csv and timings.csv."""
+    relabel(ctx, rounds)
     store.write_csv(ctx.run_dir / rundir.ROUNDS_CSV, [r.as_dict() for r in rounds.rows], rundir.ROUND_COLUMNS)
     store.write_csv(ctx.run_dir / rundir.ENTROPY_CSV, rounds.entropy, rundir.ENTROPY_COLUMNS)
     store.write_csv(ctx.run_dir / rundir.TIMINGS_CSV, rounds.timings, rundir.TIMING_COLUMNS)
@@ -932,14 +991,19 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
         "lr_scale": lr_scale,
         "threads": ctx.threads,
     }
-    save_round(ctx, masks, row, layer_rows, timing, logs)
+    w = distributed.world()
+    if w.distributed:
+        timing["world_size"] = w.size  # metrics.json: which rounds ran how split
+    if w.main:
+        save_round(ctx, masks, row, layer_rows, timing, logs)
     rounds.rows.append(row)
     rounds.entropy.extend(layer_rows)
     rounds.timings.append(timing)
     rounds.masks = masks
-    write_tables(ctx, rounds)
+    _tables(ctx, rounds)
     for hook in hooks:
         hook.round_end(rounds.rows[-1])
+    distributed.barrier()  # the round is on disk before any rank reads a file of it (late rewind, resume)
 
 
 def run(
@@ -953,36 +1017,81 @@ def run(
     """Run (or resume) the IMP study of ``cfg``; return its run directory.
 
     ``on_round(row)`` is called after every round (the row is also a read-only mapping of column
-    to value), ``progress(round, epochs, log)`` after every epoch."""
+    to value), ``progress(round, epochs, log)`` after every epoch.
+
+    Under a launcher that starts several processes (``torchrun``: RANK/WORLD_SIZE set) the
+    processes train this one run data-parallel (:mod:`dsd2.distributed`): rank 0 holds the
+    lock and writes the run directory, the others read what it wrote; the callbacks run on
+    rank 0 only."""
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, out)
-    cfg = _check_config_matches(run_dir, cfg)
-    fresh = not run_dir.exists()
-    with store.run_lock(run_dir):
-        if not fresh and (run_dir / rundir.META).is_file():
-            saved = rundir.read_config(run_dir)
-            if cfg.prune.rounds > saved.prune.rounds:
-                _extend(run_dir, saved, cfg)
-        try:
-            ctx = start(cfg, run_dir)
-        except BaseException:
-            if fresh:  # a failed start (missing data, unknown model, no memory) leaves no half-made run
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        rounds = resume_rounds(ctx)
-        write_tables(ctx, rounds)
-        hooks = make_hooks(ctx, on_round=on_round, progress=progress)
-        try:
-            for i in range(len(rounds.rows), cfg.prune.rounds + 1):
-                decision = stop_decision(cfg, rounds.rows)
-                if decision is not None and decision.stop_round is not None:
-                    break
-                run_round(ctx, rounds, i, hooks)
-        finally:
-            for hook in hooks:
-                hook.close()
-            ctx.close()
-        _write_early_stop(ctx, rounds.rows)
+    with distributed.session(resolve_device(cfg.train.device).type) as world:
+        if world.distributed:
+            distributed.check_global_batch(cfg.train.batch_size, world.size)
+        checked = distributed.on_main(lambda: _check_config_matches(run_dir, cfg))
+        cfg = distributed.broadcast_object(checked) if world.distributed else checked  # type: ignore[assignment]
+        with ExitStack() as held:
+            ctx = distributed.on_main(lambda: _begin(cfg, run_dir, held))
+            if ctx is None:  # another rank: rank 0 has written config, meta, labels and init
+                ctx = start(cfg, run_dir)
+            _rounds(ctx, on_round, progress)
     return run_dir
+
+
+def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack) -> RunContext:
+    """Lock the run directory (``held`` keeps the lock), extend it when ``cfg`` asks more rounds,
+    and start the run; a run that fails to start leaves no half-made directory."""
+    fresh = not run_dir.exists()
+    held.enter_context(store.run_lock(run_dir))
+    if not fresh and (run_dir / rundir.META).is_file():
+        saved = rundir.read_config(run_dir)
+        if cfg.prune.rounds > saved.prune.rounds:
+            _extend(run_dir, saved, cfg)
+    try:
+        ctx = start(cfg, run_dir)
+    except BaseException:
+        if fresh:  # a failed start (missing data, unknown model, no memory) leaves no half-made run
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if distributed.world().distributed:
+        _record_world(run_dir, cfg)
+    return ctx
+
+
+def _record_world(run_dir: Path, cfg: RunConfig) -> None:
+    """meta.json's "distributed": how the latest launch split the run (a resume may use another
+    world size: the sample order does not depend on it; each round's metrics.json has its own)."""
+    meta = store.read_json(run_dir / rundir.META)
+    meta["distributed"] = distributed.describe(cfg.train.batch_size)
+    store.write_json(run_dir / rundir.META, meta)
+
+
+def _rounds(ctx: RunContext, on_round: Callable[[RoundRow], None] | None, progress: Callable[[int, int, EpochLog], None] | None) -> None:
+    """The rounds still to train, until the last or the early-stop rule's stop."""
+    cfg, main = ctx.cfg, distributed.is_main()
+    rounds = resume_rounds(ctx)
+    _tables(ctx, rounds)
+    hooks = make_hooks(ctx, on_round=on_round, progress=progress)
+    try:
+        for i in range(len(rounds.rows), cfg.prune.rounds + 1):
+            decision = stop_decision(cfg, rounds.rows)
+            if decision is not None and decision.stop_round is not None:
+                break
+            run_round(ctx, rounds, i, hooks)
+    finally:
+        for hook in hooks:
+            hook.close()
+        ctx.close()
+    if main:
+        _write_early_stop(ctx, rounds.rows)
+    distributed.barrier()  # every file is written when any rank returns
+
+
+def _tables(ctx: RunContext, rounds: Rounds) -> None:
+    """Rank 0 writes the tables; the other ranks label the phases the same way (the stop rule reads them)."""
+    if distributed.is_main():
+        write_tables(ctx, rounds)
+    else:
+        relabel(ctx, rounds)
 
 
 def resume(run_dir: str | Path, **kwargs) -> Path:

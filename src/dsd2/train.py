@@ -27,6 +27,7 @@ from torch import nn
 
 from dsd2.data import AugmentSpec, ImageFiles, ImageLoader, augment_batch, normalize
 from dsd2.data.image_folder import EVAL, TRAIN, sample_seeds
+from dsd2.distributed import all_reduce_min, all_reduce_sum, step_rows, world, wrap
 from dsd2.errors import UserError
 from dsd2.prune import apply_masks
 from dsd2.registry import OPTIMIZERS, SCHEDULES
@@ -63,10 +64,13 @@ class Schedule:
     milestones: tuple[float, ...] = (0.5, 0.75)
     lr_decay: float = 0.1
     start_epoch: int = 0  # >0 resumes the schedule mid-way (late rewinding)
+    warmup_epochs: int = 0  # linear warm-up (transformers), before any schedule kind
 
     def lr_at(self, epoch: int) -> float:
-        """The learning rate of ``epoch`` by the registered schedule ``kind``."""
-        return SCHEDULES.get(self.kind)(self, epoch)
+        """The learning rate of ``epoch`` by the registered schedule ``kind``; during the first
+        ``warmup_epochs`` epochs it rises linearly, (e+1)/warmup of the schedule's own value."""
+        lr = SCHEDULES.get(self.kind)(self, epoch)
+        return lr * (epoch + 1) / self.warmup_epochs if epoch < self.warmup_epochs else lr
 
 
 # The built-in schedules and optimisers, registered by name in dsd2.registry (SCHEDULES, OPTIMIZERS).
@@ -110,6 +114,11 @@ class Source(Protocol):
     ``idx`` (on the device) are the rows of the split in the batch, so per-row tensors (labels,
     cached teacher logits) are indexed by it; the order and augmentation come from ``generator``
     alone. ``ordered(batch_size)`` yields the unaugmented inputs of every row in order.
+
+    ``shard=(rank, size)`` (a data-parallel job, :mod:`dsd2.distributed`): every rank draws the
+    same permutation and augmentation from the same generator and gets its slice of each global
+    batch (:func:`~dsd2.distributed.step_rows`); ``rows=(lo, hi)`` restricts ``ordered`` to rows
+    ``lo..hi-1``.
     """
 
     y: torch.Tensor
@@ -125,9 +134,11 @@ class Source(Protocol):
     @property
     def augmented(self) -> bool: ...
 
-    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def epoch(
+        self, generator: torch.Generator, batch_size: int, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
-    def ordered(self, batch_size: int) -> Iterator[torch.Tensor]: ...
+    def ordered(self, batch_size: int, rows: tuple[int, int] | None = None) -> Iterator[torch.Tensor]: ...
 
     def example(self, k: int = 2) -> torch.Tensor: ...
 
@@ -166,16 +177,29 @@ class Batches:
         """Training inputs differ from one epoch to the next (images with a non-identity augmentation)."""
         return self.x.dim() == 4 and not self.augment.is_identity
 
-    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(
+        self, generator: torch.Generator, batch_size: int, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """A permutation from ``generator``, then per batch: gather, augment (same generator), normalise."""
         perm = torch.randperm(self.num_rows, generator=generator, device=self.device)
+        rank, size = shard
         for offset in range(0, self.num_rows, batch_size):
             idx = perm[offset : offset + batch_size]
-            yield self.prepare(self.x[idx], generator, train=True), idx
+            if size == 1:
+                yield self.prepare(self.x[idx], generator, train=True), idx
+                continue
+            # the whole global batch is augmented (uint8, cheap next to the model) so each
+            # sample's crop and flip are those of the one-process run, whatever the world size
+            xb = self.x[idx]
+            if xb.dim() == 4:
+                xb = augment_batch(xb, self.augment, generator)
+            lo, hi, _ = step_rows(idx.numel(), rank, size)
+            yield self.prepare(xb[lo:hi]), idx[lo:hi]
 
-    def ordered(self, batch_size: int) -> Iterator[torch.Tensor]:
-        for start in range(0, self.num_rows, batch_size):
-            yield self.prepare(self.x[start : start + batch_size])
+    def ordered(self, batch_size: int, rows: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+        lo, hi = rows if rows is not None else (0, self.num_rows)
+        for start in range(lo, hi, batch_size):
+            yield self.prepare(self.x[start : min(start + batch_size, hi)])
 
     def example(self, k: int = 2) -> torch.Tensor:
         """The first ``k`` rows as model input (FLOP counting)."""
@@ -222,19 +246,30 @@ class StreamBatches:
         xb = normalize(xb.to(self.device, non_blocking=True), self.mean, self.std)
         return xb.contiguous(memory_format=torch.channels_last) if self.channels_last else xb
 
-    def epoch(self, generator: torch.Generator, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(
+        self, generator: torch.Generator, batch_size: int, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         perm = torch.randperm(self.num_rows, generator=generator, device=self.device)
         epoch_seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=self.device))
         order = perm.cpu().numpy()
         mode, seeds = (TRAIN, sample_seeds(epoch_seed, order)) if self.augmented else (EVAL, None)
+        rank, size = shard
+        if size > 1:
+            # the distributed sampler: this rank's slice of every global batch; a sample's seed
+            # comes from (epoch seed, its index), so it is augmented as in the one-process run
+            picks = torch.from_numpy(_rank_positions(self.num_rows, batch_size, rank, size))
+            perm, order = perm[picks.to(perm.device)], order[picks.numpy()]
+            seeds = seeds[picks.numpy()] if seeds is not None else None
+            batch_size //= size
         offset = 0
         for xb in self.loader.batches(self.files.rows[order], mode, seeds, batch_size):
             idx = perm[offset : offset + xb.shape[0]]
             offset += xb.shape[0]
             yield self.prepare(xb), idx
 
-    def ordered(self, batch_size: int) -> Iterator[torch.Tensor]:
-        for xb in self.loader.batches(self.files.rows, EVAL, None, batch_size):
+    def ordered(self, batch_size: int, rows: tuple[int, int] | None = None) -> Iterator[torch.Tensor]:
+        lo, hi = rows if rows is not None else (0, self.num_rows)
+        for xb in self.loader.batches(self.files.rows[lo:hi], EVAL, None, batch_size):
             yield self.prepare(xb)
 
     def example(self, k: int = 2) -> torch.Tensor:
@@ -243,6 +278,19 @@ class StreamBatches:
 
     def close(self) -> None:
         self.loader.close()
+
+
+def _rank_positions(n: int, batch_size: int, rank: int, size: int):
+    """Positions in an epoch's order of the rows ``rank`` trains on, global batch after global
+    batch. Every full batch gives ``batch_size // size`` rows (the loader batches the list by that
+    size), the last one its slice, at least one row (see :func:`~dsd2.distributed.step_rows`)."""
+    import numpy as np
+
+    parts = []
+    for offset in range(0, n, batch_size):
+        lo, hi, _ = step_rows(min(batch_size, n - offset), rank, size)
+        parts.append(np.arange(offset + lo, offset + hi))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def make_source(
@@ -301,8 +349,15 @@ def train(
     seeded generator makes the round reproducible. ``resume`` (an epoch checkpoint: optimiser
     and generator state, epoch log) continues a round mid-way; ``checkpoint(next_epoch,
     optimizer, logs)`` is called after every epoch so the caller can save one.
+
+    In a data-parallel job (:mod:`dsd2.distributed`) ``batch_size`` is the global batch: each
+    rank trains on its slice of every batch of the one-process order, the model is wrapped in
+    DistributedDataParallel, and each rank's mean loss is weighted by its share of the batch,
+    so the averaged gradient is that of the global batch's mean loss. The epoch log is summed
+    over the ranks: identical on every rank.
     """
     device = data.device
+    w = world()
     n = data.num_rows
     opt = make_optimizer(model.parameters(), schedule)
     logs: list[EpochLog] = []
@@ -313,6 +368,7 @@ def train(
         generator.set_state(resume.generator_state)
         logs = [EpochLog(**log) for log in resume.logs]
         start = resume.next_epoch
+    net = wrap(model, device)  # the model itself for one process
     model.train()
     for epoch in range(start, schedule.epochs):
         lr = schedule.lr_at(epoch)
@@ -323,20 +379,30 @@ def train(
         # first step of the epoch with a non-finite loss, tracked on the device (no sync per step)
         step = torch.zeros((), device=device, dtype=torch.long)
         first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        for xb, idx in data.epoch(generator, batch_size):
+        batches = data.epoch(generator, batch_size, (w.rank, w.size)) if w.distributed else data.epoch(generator, batch_size)
+        for k, (xb, idx) in enumerate(batches):
             yb = data.y[idx]
             with autocast_for(device, amp):
-                logits = model(xb)
+                logits = net(xb)
             loss = objective(logits, yb, xb, idx)
+            real, backward_loss = idx.numel(), loss
+            if w.distributed:
+                count = min(batch_size, n - k * batch_size)
+                real = step_rows(count, w.rank, w.size)[2]
+                # DDP averages the ranks' gradients; weighting each rank's mean by its share makes
+                # that average the gradient of the global batch's mean loss (factor 1 for equal shares)
+                backward_loss = loss * (real * w.size / count)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            backward_loss.backward()
             opt.step()
             if masks is not None and weights is not None:
                 apply_masks(weights, masks)
-            loss_sum += loss.detach() * idx.numel()
-            correct += (logits.detach().argmax(1) == yb).sum()
+            loss_sum += loss.detach() * real
+            correct += (logits.detach().argmax(1)[:real] == yb[:real]).sum()
             step += 1
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+        if w.distributed:
+            loss_sum, correct, first_bad = _reduce_epoch(loss_sum, correct, first_bad, step)
         mean_loss = float(loss_sum) / n  # one sync per epoch
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
@@ -352,6 +418,16 @@ def train(
             checkpoint(epoch + 1, opt, logs)
     _check_finite_weights(model)
     return logs
+
+
+def _reduce_epoch(
+    loss_sum: torch.Tensor, correct: torch.Tensor, first_bad: torch.Tensor, steps: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The epoch's loss sum and correct count over all ranks, and the first step any rank saw a
+    non-finite loss (-1: none); the same on every rank, so all stop together on a divergence."""
+    totals = all_reduce_sum(torch.stack([loss_sum.double(), correct.double()]))
+    bad = all_reduce_min(torch.where(first_bad < 0, steps + 1, first_bad))
+    return totals[0], totals[1].long(), torch.where(bad > steps, -1, bad)
 
 
 def _match_param_layout(opt: torch.optim.Optimizer) -> None:
@@ -375,13 +451,13 @@ def _check_finite_weights(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def logits_of(model: nn.Module, data: Source, *, batch_size: int, amp: bool = False) -> torch.Tensor:
-    """Float32 logits for every row of ``data`` (unaugmented, eval mode), on the data's device."""
+def logits_of(model: nn.Module, data: Source, *, batch_size: int, amp: bool = False, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Float32 logits for every row of ``data`` (or rows ``lo..hi-1``; unaugmented, eval mode), on the data's device."""
     was_training = model.training
     model.eval()
     out = []
     try:
-        for xb in data.ordered(batch_size):
+        for xb in data.ordered(batch_size) if rows is None else data.ordered(batch_size, rows):
             with autocast_for(data.device, amp):
                 out.append(model(xb).float())
     finally:
@@ -391,9 +467,9 @@ def logits_of(model: nn.Module, data: Source, *, batch_size: int, amp: bool = Fa
     return torch.cat(out)
 
 
-def predict(model: nn.Module, data: Source, *, batch_size: int, amp: bool = False) -> torch.Tensor:
-    """Predicted classes (int64, on the data's device) for every row of ``data``; eval mode."""
-    logits = logits_of(model, data, batch_size=batch_size, amp=amp)
+def predict(model: nn.Module, data: Source, *, batch_size: int, amp: bool = False, rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """Predicted classes (int64, on the data's device) for every row of ``data`` (or rows ``lo..hi-1``); eval mode."""
+    logits = logits_of(model, data, batch_size=batch_size, amp=amp, rows=rows)
     if logits.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=data.device)
     return logits.argmax(1)
