@@ -156,6 +156,9 @@ class TrainConfig(_Section):
         [0.5, 0.75], description="MultiStep milestones as fractions of `epochs` (0.5, 0.75 = epochs 80, 120 of 160)."
     )
     lr_decay: float = Field(0.1, gt=0.0, le=1.0, description="MultiStep factor.")
+    warmup_epochs: int = Field(
+        0, ge=0, description="Linear lr warm-up over the first epochs of every (re)started schedule, as ViTs need (0: none)."
+    )
     eval_batch_size: int = Field(1000, ge=1)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
@@ -185,6 +188,12 @@ class TrainConfig(_Section):
         if any(not 0.0 < m < 1.0 for m in v) or sorted(v) != v:
             raise ValueError("milestones must be increasing fractions of the epochs in (0, 1), e.g. [0.5, 0.75]")
         return v
+
+    @model_validator(mode="after")
+    def _warmup_shorter_than_a_round(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be smaller than epochs={self.epochs}")
+        return self
 
 
 class PruneConfig(_Section):

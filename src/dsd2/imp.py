@@ -310,6 +310,7 @@ def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Sched
         kind=t.schedule,
         milestones=tuple(t.milestones),
         lr_decay=t.lr_decay,
+        warmup_epochs=t.warmup_epochs,
     )
     base["lr"] = t.lr * lr_scale
     if round_idx == 0:

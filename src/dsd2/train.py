@@ -64,10 +64,13 @@ class Schedule:
     milestones: tuple[float, ...] = (0.5, 0.75)
     lr_decay: float = 0.1
     start_epoch: int = 0  # >0 resumes the schedule mid-way (late rewinding)
+    warmup_epochs: int = 0  # linear warm-up (transformers), before any schedule kind
 
     def lr_at(self, epoch: int) -> float:
-        """The learning rate of ``epoch`` by the registered schedule ``kind``."""
-        return SCHEDULES.get(self.kind)(self, epoch)
+        """The learning rate of ``epoch`` by the registered schedule ``kind``; during the first
+        ``warmup_epochs`` epochs it rises linearly, (e+1)/warmup of the schedule's own value."""
+        lr = SCHEDULES.get(self.kind)(self, epoch)
+        return lr * (epoch + 1) / self.warmup_epochs if epoch < self.warmup_epochs else lr
 
 
 # The built-in schedules and optimisers, registered by name in dsd2.registry (SCHEDULES, OPTIMIZERS).
