@@ -2,7 +2,8 @@
 
 Written to ``out/<sweep name>/``:
 
-- ``sweep.json``: the spec, and per cell its params, status, attempts, errors and run dirs
+- ``sweep.json``: the spec, and per cell its params, status, attempts, errors, run dirs and
+  the Ray node of each attempt (``nodes``, ``teacher_nodes``)
   (rewritten as the sweep goes, so an interrupted sweep leaves one too);
 - ``all_rounds.csv``: every row of every cell's ``rounds.csv``, with ``cell``, the grid
   params, ``role`` (run / teacher / student) and ``run_dir`` prepended;
@@ -50,6 +51,8 @@ class CellResult:
     teacher_dir: str | None = None
     teacher_attempts: int = 0
     wall_s: float = 0.0
+    nodes: list[str | None] = field(default_factory=list)  # Ray node id of each attempt (None: unknown or in-process)
+    teacher_nodes: list[str | None] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -109,6 +112,8 @@ def cell_result(cell: Cell, jobs: list[Job]) -> CellResult:
         teacher_dir=str(teacher.run_dir) if teacher else None,
         teacher_attempts=teacher.attempts if teacher else 0,
         wall_s=sum(j.wall_s for j in jobs),
+        nodes=list(main.nodes),
+        teacher_nodes=list(teacher.nodes) if teacher else [],
     )
 
 

@@ -65,7 +65,45 @@ class SequentialBackend:
 
 def _in_worker(worker: Worker, task: Task) -> Outcome:
     # module level, so Ray workers import it rather than unpickle a closure
-    return worker(task)
+    import dataclasses
+
+    import ray
+
+    # which node ran it goes into sweep.json: on a cluster that is where its logs and its failures are
+    return dataclasses.replace(worker(task), node=ray.get_runtime_context().get_node_id())
+
+
+CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_address(address: str) -> None:
+    """Refuse, in one line, an address Ray cannot use: ``ray.init`` waits minutes on an
+    unreachable one before it gives up."""
+    import socket
+
+    if address == "auto":  # the cluster `ray start` left on this machine: Ray finds it or says so
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address!r} is not HOST:PORT (the head's `ray start --head --port=PORT`, e.g. 10.0.0.1:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(
+            f"no Ray cluster answers at {address} ({err.strerror or err}): start one with `ray start --head --port={port}` "
+            "on that machine, or check the address and the firewall"
+        ) from None
+
+
+def _connect_error(address: str, err: BaseException) -> UserError:
+    text = f"{err} {err.__cause__ or ''}"
+    if "uthentication" in text or "auth token" in text.lower():
+        return UserError(
+            f"the Ray cluster at {address} wants its auth token: set RAY_AUTH_MODE=token here, with the head's token in "
+            "RAY_AUTH_TOKEN or ~/.ray/auth_token (or start the cluster with RAY_AUTH_MODE=disabled on a trusted network)"
+        )
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return UserError(f"could not connect to the Ray cluster at {address}: {lines[-1] if lines else type(err).__name__}")
 
 
 # Ray >= 2.5x says at every local start that it enabled token authentication, its secure default:
@@ -131,7 +169,11 @@ class RayBackend:
                 include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, logging_level=logging.WARNING
             )
             if address:
-                ray.init(address=address, **kwargs)
+                _check_address(address)
+                try:
+                    ray.init(address=address, **kwargs)
+                except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as err:
+                    raise _connect_error(address, err) from None
             else:
                 ncpu = os.cpu_count() or 1
                 if max_parallel:

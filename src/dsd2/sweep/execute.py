@@ -42,6 +42,7 @@ class Outcome:
     error: str | None = None
     traceback: str | None = None
     wall_s: float = 0.0
+    node: str | None = None  # the Ray node that ran it (None: in-process, or it died with its worker)
 
 
 @contextmanager

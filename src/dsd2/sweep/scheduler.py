@@ -55,6 +55,7 @@ class Job:
     state: State = State.PENDING
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    nodes: list[str | None] = field(default_factory=list)  # where each ended attempt ran (Outcome.node)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ def schedule(jobs: dict[str, Job], backend: Backend, *, retries: int, threads: i
         in_flight -= 1
         job = jobs[key]
         job.wall_s += outcome.wall_s
+        job.nodes.append(outcome.node)
         if outcome.ok:
             job.state = State.DONE
             yield Event(job, "finished", outcome)
