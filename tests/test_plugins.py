@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import pytest
@@ -141,32 +140,42 @@ def test_a_plugin_in_the_current_directory_is_found(tmp_path, monkeypatch):
         plugins._loaded.remove("here_ext")
 
 
-def test_entry_points_load_once_and_a_failing_one_is_named(monkeypatch, tmp_path):
-    (tmp_path / "ep_ok.py").write_text("import builtins\nbuiltins._dsd2_ep_loads = getattr(builtins, '_dsd2_ep_loads', 0) + 1\n")
-    (tmp_path / "ep_bad.py").write_text("raise ImportError('needs torch_geometric')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    import builtins
+def _installed(site: Path, dist: str, entry_points: dict[str, str]) -> None:
+    """A distribution as pip leaves it: ``<dist>-0.1.dist-info`` with METADATA and entry_points.txt."""
+    info = site / f"{dist}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    lines = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[{plugins.ENTRY_POINT_GROUP}]\n{lines}")
 
-    found = [EntryPoint("ok", "ep_ok", plugins.ENTRY_POINT_GROUP)]
-    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: found if group == plugins.ENTRY_POINT_GROUP else [])
+
+def test_entry_points_load_once_per_process_in_every_command(tmp_path):
+    site = tmp_path / "site"
+    _installed(site, "dsd2_ep_ext", {"ep_ext": "ep_ext_mod"})
+    (site / "ep_ext_mod.py").write_text(
+        "from torch import nn\nfrom dsd2.models import register_model\nprint('loaded', flush=True)\n\n"
+        "@register_model('ep_net')\ndef ep_net(num_classes, in_channels, input_size, depth: int = 2):\n    return nn.Identity()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    code = "import sys; from dsd2.cli import main; from dsd2.config import RunConfig; RunConfig(); sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "models"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("loaded") == 1 and "ep_net" in proc.stdout and "depth=2" in proc.stdout
+
+
+def test_a_failing_entry_point_is_exit_2_naming_it(tmp_path, monkeypatch, capsys):
+    site = tmp_path / "site"
+    _installed(site, "dsd2_bad_ext", {"bad": "ep_bad_mod"})
+    (site / "ep_bad_mod.py").write_text("raise ImportError('needs torch_geometric')\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
     monkeypatch.setattr(plugins, "_entry_points_done", False)
     try:
-        plugins.load_plugins()
-        plugins.load_plugins()
-        RunConfig()
-        assert builtins._dsd2_ep_loads == 1  # type: ignore[attr-defined]
-        found.append(EntryPoint("bad", "ep_bad", plugins.ENTRY_POINT_GROUP))
-        monkeypatch.setattr(plugins, "_entry_points_done", False)
-        with pytest.raises(
-            UserError, match=r"plugin entry point bad = ep_bad \(group dsd2.plugins\) failed to load: ImportError: needs torch_geometric"
-        ):
-            load_config("tiny_mnist1d")
+        assert main(["config", "tiny_mnist1d"]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "plugin entry point bad = ep_bad_mod (group dsd2.plugins) failed to load: ImportError: needs torch_geometric" in err
     finally:
-        for m in ("ep_ok", "ep_bad"):
-            sys.modules.pop(m, None)
-        if hasattr(builtins, "_dsd2_ep_loads"):
-            del builtins._dsd2_ep_loads
+        sys.modules.pop("ep_bad_mod", None)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -218,7 +227,7 @@ def test_run_killed_then_resumed_pipeline_report_export_without_a_flag(plugin_di
 # ----------------------------------------------------------------------------- sweeps
 
 
-def _sweep_file(tmp_path: Path, name: str) -> Path:
+def _sweep_file(tmp_path: Path, name: str, *, plugin_key: bool) -> Path:
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump(apply_overrides({}, RUN)))  # no plugins: the sweep file names it
     path = tmp_path / f"{name}.yaml"
@@ -226,7 +235,7 @@ def _sweep_file(tmp_path: Path, name: str) -> Path:
         textwrap.dedent(f"""\
         name: {name}
         base: base.yaml
-        plugins: [{PLUGIN}]
+        {f"plugins: [{PLUGIN}]" if plugin_key else ""}
         grid:
           seed: [0, 1]
         retries: 0
@@ -244,8 +253,10 @@ def _check_sweep(out: Path, name: str) -> None:
 
 
 def test_sequential_sweep_with_a_plugin(plugin_dir, tmp_path, capsys):
-    path = _sweep_file(tmp_path, "plugsweep")
-    assert main(["sweep", str(path), "--backend", "sequential", "--out", str(tmp_path / "runs")]) == 0
+    path = _sweep_file(tmp_path, "plugsweep", plugin_key=False)
+    assert main(["sweep", str(path), "--backend", "sequential", "--out", str(tmp_path / "runs")]) == 2  # unknown model
+    assert "unknown dataset 'plug_blobs'" in capsys.readouterr().err  # what a sweep said before plugins
+    assert main(["sweep", str(path), "--backend", "sequential", "--plugin", PLUGIN, "--out", str(tmp_path / "runs")]) == 0
     _check_sweep(tmp_path / "runs", "plugsweep")
     _forget_plugin()
     assert main(["report", str(tmp_path / "runs" / "plugsweep"), "-o", str(tmp_path / "rep")]) == 0
@@ -256,7 +267,7 @@ def test_sequential_sweep_with_a_plugin(plugin_dir, tmp_path, capsys):
 def test_ray_sweep_with_a_plugin_only_on_the_drivers_sys_path(plugin_dir, tmp_path, capsys, monkeypatch):
     # the plugin folder is on this process's sys.path only: the Ray workers learn it from the task
     monkeypatch.delenv("PYTHONPATH", raising=False)
-    path = _sweep_file(tmp_path, "plugray")
+    path = _sweep_file(tmp_path, "plugray", plugin_key=True)
     assert main(["sweep", str(path), "--max-parallel", "2", "--out", str(tmp_path / "runs")]) == 0
     _check_sweep(tmp_path / "runs", "plugray")
     captured = capsys.readouterr()
