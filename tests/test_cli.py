@@ -302,3 +302,19 @@ def test_run_on_a_run_directory_resumes_without_restarting_the_round(tiny_run, c
     assert main(["run", str(tiny_run)]) == 0
     err = capsys.readouterr().err
     assert "restarts" not in err and "lr ×" not in err
+
+
+def test_ray_token_notice_is_dropped_and_other_records_kept(caplog):
+    import logging
+
+    from dsd2.sweep.backends import _TOKEN_LOGGER, quiet_ray_token_notice
+
+    quiet_ray_token_notice()
+    quiet_ray_token_notice()  # idempotent: one filter
+    logger = logging.getLogger(_TOKEN_LOGGER)
+    assert len(logger.filters) == 1
+    with caplog.at_level(logging.INFO, logger=_TOKEN_LOGGER):
+        logger.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
+        logger.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
+        logger.error("cannot write the token file")
+    assert [r.getMessage()[:37] for r in caplog.records] == ["Token authentication is disabled for ", "cannot write the token file"]

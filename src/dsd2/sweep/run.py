@@ -7,7 +7,8 @@ plus the student run ``out/<cell name>-<hash>``). A failed run is retried up to 
 times and resumes from its last finished round (``imp.run`` resumes); the traceback of an
 unexpected error is kept in ``out/<sweep>/errors/<run name>.attempt<n>.txt``.
 
-On a Ray cluster (``address=``) every node needs this package installed and ``out`` must be
+On a Ray cluster (``address=``) every node needs this package installed and the cells' plugins
+importable (from the folders the driver imported them from, or installed), and ``out`` must be
 a path on a filesystem that all nodes and the driver share (it is made absolute on the driver;
 the student's ``distill.teacher`` is that absolute teacher path).
 """
