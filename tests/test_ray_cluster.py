@@ -116,9 +116,17 @@ class Cluster:
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def busy(self, name: str) -> bool:
-        """Whether a Ray worker of node ``name`` is running a sweep task (Ray titles it ray::<function>)."""
-        return any(_cmdline(pid).startswith("ray::_in_worker") for pid in _children(self.procs[name].pid))
+    def running(self, name: str, out: Path) -> Path | None:
+        """The run directory (under ``out``) whose cell node ``name`` is running now: the run's
+        ``.lock`` holds the pid of a Ray worker of that node busy with a sweep task (ray::<function>)."""
+        busy = {pid for pid in _children(self.procs[name].pid) if _cmdline(pid).startswith("ray::_in_worker")}
+        for lock in out.glob("*/.lock"):
+            try:
+                if int(lock.read_text() or 0) in busy:
+                    return lock.parent
+            except (OSError, ValueError):
+                continue
+        return None
 
     def stop(self) -> None:
         for proc in reversed(self.procs.values()):
@@ -164,13 +172,15 @@ def test_sweep_on_two_nodes_survives_losing_one(cluster, tmp_path):
     with open(log, "w") as f:
         sweep = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True)
     try:
-        # kill the second node once it has finished a cell and is running another
+        # kill the second node in the middle of a cell: once it has saved round 1 of the cell it runs
         deadline = time.monotonic() + SWEEP_TIMEOUT_S
-        while not (any(c["nodes"] == [cluster.ids["node2"]] for c in _cells(sweep_json)) and cluster.busy("node2")):
-            assert sweep.poll() is None, f"the sweep ended before the second node could be killed:\n{log.read_text()[-3000:]}"
+        while (lost_dir := cluster.running("node2", out)) is None or 1 not in store.finished_rounds(lost_dir):
+            assert sweep.poll() is None, f"the sweep ended before the second node ran a cell:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
         _kill_tree(cluster.procs["node2"])
+        killed_at = time.time_ns()
+        before = store.finished_rounds(lost_dir)
         rc = sweep.wait(timeout=SWEEP_TIMEOUT_S)
     finally:
         if sweep.poll() is None:
@@ -181,14 +191,17 @@ def test_sweep_on_two_nodes_survives_losing_one(cluster, tmp_path):
     head, node2 = cluster.ids["head"], cluster.ids["node2"]
     cells = _cells(sweep_json)
     assert [c["status"] for c in cells] == ["finished"] * 4
-    on_node2 = [c for c in cells if c["nodes"] == [node2]]
-    killed = [c for c in cells if c["attempts"] == 2]
-    assert on_node2 and len(killed) == 1, cells  # spread over both nodes; one cell lost with the node
-    (lost,) = killed
-    assert lost["nodes"] == [None, head], lost  # the dead attempt reports no node; the retry ran on the head
-    assert len(lost["errors"]) == 1 and lost["error"] is None
-    assert all(c["nodes"][-1] in (head, node2) for c in cells)
+    (lost,) = [c for c in cells if c["run_dir"] == str(lost_dir)]
+    # the attempt lost with the node reports no node (its outcome never came back); the retry ran on the head
+    assert lost["attempts"] == 2 and lost["nodes"] == [None, head] and lost["error"] is None, lost
+    assert lost["errors"] == [f"the Ray node running it died or left the cluster (node {node2})"], lost
+    assert all(c["attempts"] == 1 and c["nodes"][0] in (head, node2) for c in cells if c is not lost), cells
     assert "retrying" in text and "cells failed" not in text
+    # the retry resumed: the rounds the second node had saved were not redone
+    assert before[:2] == [0, 1] and store.finished_rounds(lost_dir) == [0, 1, 2, 3]
+    for r in before:
+        assert store.round_dir(lost_dir, r).joinpath(store.MANIFEST).stat().st_mtime_ns <= killed_at
+    assert store.round_dir(lost_dir, 3).joinpath(store.MANIFEST).stat().st_mtime_ns > killed_at
 
     # the same rows as an undisturbed sweep (in-process, one cell after another)
     ref = run_sweep(load_sweep("tiny_demo", OVERRIDES), out=tmp_path / "ref", backend="sequential")
@@ -217,6 +230,7 @@ def test_bad_address_is_refused_at_once(address, says):
 def test_missing_token_is_one_line_exit_2(cluster, tmp_path):
     env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray retries the refused connection once a second, 20 times by default
     out = subprocess.run(
         [str(BIN / "dsd2"), "sweep", "tiny_demo", "--address", cluster.address, "--out", str(tmp_path)],
         env=env,

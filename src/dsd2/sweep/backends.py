@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -129,6 +130,9 @@ def _ray_error_text(err: BaseException) -> str:
 
     if isinstance(err, rex.WorkerCrashedError):
         return "the worker process died (killed, out of memory or crashed) before the run finished"
+    if isinstance(err, rex.NodeDiedError):
+        node = re.search(r"node ID: ([0-9a-f]+)", str(err))
+        return f"the Ray node running it died or left the cluster{f' (node {node[1]})' if node else ''}"
     if isinstance(err, rex.TaskCancelledError):
         return "the task was cancelled"
     if isinstance(err, rex.OutOfMemoryError):
