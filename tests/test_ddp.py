@@ -232,10 +232,12 @@ def _worker_pids(parent: int) -> dict[int, int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks through /proc")
-def test_killing_a_rank_stops_the_job_and_the_rerun_resumes(tmp_path, one_process):
+@pytest.mark.parametrize("rerun", ["torchrun", "one process"])
+def test_killing_a_rank_stops_the_job_and_the_rerun_resumes(rerun, tmp_path, one_process):
     """Kill rank 1 while round 1 trains (after an epoch checkpoint): torchrun stops every rank and
     exits non-zero; the same command resumes (round 0 is not retrained) and ends with the run of
-    one process, within the tolerances above."""
+    one process, within the tolerances above. The world size is not part of the run: one process
+    resumes the 2-process job as well (same global batch, same sample order)."""
     out = tmp_path / "runs"
     extra = ["train.checkpoint_interval_s=0"]
     cmd = [*TORCHRUN, "-m", "dsd2", "run", "tiny_mnist1d", *TINY, *extra, "--out", str(out), "-q"]
@@ -258,11 +260,12 @@ def test_killing_a_rank_stops_the_job_and_the_rerun_resumes(tmp_path, one_proces
     finally:
         if job.poll() is None:
             job.kill()
-    res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    again = cmd if rerun == "torchrun" else [sys.executable, *cmd[len(TORCHRUN) :]]
+    res = subprocess.run(again, env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = _run_dir(out)
     assert (run_dir / "round_000" / "state.safetensors").stat().st_mtime_ns == round0
-    with_interval = one_process.parent / "with_interval"
+    with_interval = tmp_path / "reference"
     shutil.copytree(one_process, with_interval)  # the interval is in the config: compare all but config.yaml
     (with_interval / "config.yaml").write_text((run_dir / "config.yaml").read_text())
     _assert_same_run(with_interval, run_dir)
