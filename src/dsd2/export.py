@@ -44,6 +44,7 @@ from torch import nn
 from dsd2 import __version__, compare, rundir, store
 from dsd2.config import EarlyStopConfig, RunConfig
 from dsd2.errors import UserError
+from dsd2.plugins import load_plugins
 from dsd2.prune import Masks, count_alive, count_total, sparsity
 
 FORMAT = "dsd2-export"
@@ -225,14 +226,12 @@ def _plugins(run_dir: Path, cfg: RunConfig) -> list[str]:
 
 
 def import_plugins(plugins: list[str]) -> None:
-    """Import the modules that register the exported model's architecture."""
-    if not plugins:
-        return
-    for name in plugins:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            raise UserError(f"the exported model needs the plugin module {name!r}, which cannot be imported ({err})") from None
+    """Import the modules that register the exported model's architecture (as every command
+    does: once per process, the current folder searched too, entry points loaded)."""
+    try:
+        load_plugins(plugins)
+    except UserError as err:
+        raise UserError(f"the exported model needs its plugins: {err}") from None
 
 
 # ----------------------------------------------------------------------------- the folder
