@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from dsd2 import compare, rundir, store
 from dsd2.cli import main
-from dsd2.export import compress, decompress, fold_masks, load_exported, read_info
+from dsd2.exporting import compress, decompress, fold_masks, load_exported, read_info
 from dsd2.imp import run
 from dsd2.models import build_model
 

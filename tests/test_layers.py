@@ -28,7 +28,7 @@ LAYERS = [
     {"compare", "runs"},
     {"distill"},
     {"imp"},
-    {"pipeline", "report", "bank", "export"},
+    {"study", "report", "bank", "exporting"},
     {"sweep"},
     {"api"},
     {"cli"},

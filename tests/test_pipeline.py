@@ -2,7 +2,7 @@
 
 import pytest
 
-from dsd2 import compare, pipeline, store
+from dsd2 import compare, store, study
 from dsd2.config import load_config
 from dsd2.errors import UserError
 
@@ -13,7 +13,7 @@ from conftest import TINY
 def pair(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipe")
     cfg = load_config("tiny_mnist1d", TINY + ["distill.alpha=0.9", "distill.temperature=4"])
-    return cfg, out, pipeline.run_pipeline(cfg, out=out)
+    return cfg, out, study.run_pipeline(cfg, out=out)
 
 
 def test_pipeline_chains_teacher_and_student(pair):
@@ -38,7 +38,7 @@ def test_pipeline_resumes_at_any_stage(pair, tmp_path):
     states = sorted(teacher_dir.glob("round_*/state.safetensors")) + sorted(student_dir.glob("round_*/state.safetensors"))
     before = {p: p.stat().st_mtime_ns for p in states}
     csvs = {p: p.read_bytes() for p in (teacher_dir / "rounds.csv", student_dir / "rounds.csv")}
-    assert pipeline.run_pipeline(cfg, out=out) == (teacher_dir, student_dir, teacher_dir)
+    assert study.run_pipeline(cfg, out=out) == (teacher_dir, student_dir, teacher_dir)
     assert {p: p.stat().st_mtime_ns for p in states} == before  # nothing retrained
     assert {p: p.read_bytes() for p in csvs} == csvs
     # student stage interrupted after its round 0: the pipeline retrains only the student's missing rounds
@@ -46,7 +46,7 @@ def test_pipeline_resumes_at_any_stage(pair, tmp_path):
 
     shutil.rmtree(student_dir / "round_001")
     shutil.rmtree(student_dir / "round_002")
-    assert pipeline.run_pipeline(cfg, out=out) == (teacher_dir, student_dir, teacher_dir)
+    assert study.run_pipeline(cfg, out=out) == (teacher_dir, student_dir, teacher_dir)
     assert (student_dir / "rounds.csv").read_bytes() == csvs[student_dir / "rounds.csv"]
     assert {p: p.stat().st_mtime_ns for p in states if teacher_dir in p.parents} == {
         p: t for p, t in before.items() if teacher_dir in p.parents
@@ -102,7 +102,7 @@ def test_parallel_pipelines_match_the_in_process_pipeline(pair, tmp_path, capfd)
     progress line per round on stderr."""
     cfg, out, (teacher_dir, student_dir, _) = pair
     other = load_config("tiny_mnist1d", TINY + ["distill.alpha=0.9", "distill.temperature=4", "seed=1"])
-    results = pipeline.run_pipelines_parallel([cfg, other], out=tmp_path, jobs=2)
+    results = study.run_pipelines_parallel([cfg, other], out=tmp_path, jobs=2)
     (t0, s0), (t1, s1) = results
     assert t0.name == teacher_dir.name  # the student's id includes its teacher's path, which differs here
     assert (t0 / "rounds.csv").read_bytes() == (teacher_dir / "rounds.csv").read_bytes()

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from dsd2 import imp, pipeline, store
+from dsd2 import imp, store, study
 from dsd2.config import load_config
 from dsd2.errors import UserError
 
@@ -79,10 +79,10 @@ def test_teacher_changed_since_the_student_started_is_refused(teacher, tmp_path)
 
 def test_teacher_config_has_no_kd_and_no_early_stop():
     cfg = tiny("distill.alpha=0.5", "distill.temperature=4", "early_stop.rule=plain")
-    t = pipeline.teacher_config(cfg, name="t")
+    t = study.teacher_config(cfg, name="t")
     assert t.distill == type(t.distill)() and t.early_stop.rule == "none" and t.name == "t"
     # the student's KD choices never change the teacher's run id
-    assert pipeline.teacher_config(tiny("distill.alpha=0.9"), name="t").run_id() == t.run_id()
+    assert study.teacher_config(tiny("distill.alpha=0.9"), name="t").run_id() == t.run_id()
 
 
 def test_split_seed_fixes_the_data_across_seeds(tmp_path):
@@ -107,9 +107,9 @@ def test_student_init_shared_or_independent(teacher, tmp_path):
 
 def test_pipeline_teacher_trains_its_whole_curve_and_only_the_student_stops_early(tmp_path):
     cfg = tiny("early_stop.rule=plain", "early_stop.tolerance=0", "prune.rounds=3")
-    study = pipeline.run_pipeline(cfg, out=tmp_path)
-    assert store.finished_rounds(study.teacher) == [0, 1, 2, 3]
-    assert not (study.teacher / "early_stop.json").exists()
-    scfg = load_config(study.student / "config.yaml")
+    runs = study.run_pipeline(cfg, out=tmp_path)
+    assert store.finished_rounds(runs.teacher) == [0, 1, 2, 3]
+    assert not (runs.teacher / "early_stop.json").exists()
+    scfg = load_config(runs.student / "config.yaml")
     assert scfg.early_stop.rule == "plain"
-    assert (study.student / "early_stop.json").is_file()
+    assert (runs.student / "early_stop.json").is_file()

@@ -15,12 +15,7 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name: str) -> Any:
     if name in _API:
-        # The package root's one import of a higher layer (tests/test_layers.py allows exactly this).
-        # `pipeline` and `export` are also modules: `from dsd2 import pipeline` must keep giving the
-        # module, so those two resolve to it (calling the module runs the API function).
-        import sys
+        from dsd2 import api  # the package root's one import of a higher layer (tests/test_layers.py allows it)
 
-        from dsd2 import api  # imports dsd2.pipeline and dsd2.export as well
-
-        return sys.modules[f"dsd2.{name}"] if name in ("pipeline", "export") else getattr(api, name)
+        return getattr(api, name)
     raise AttributeError(f"module 'dsd2' has no attribute {name!r}")

@@ -11,8 +11,8 @@ Usable from a script or a notebook; the CLI parses, calls these and prints::
     model = dsd2.load_exported("model/")                                 # nn.Module, eval mode
 
 ``dsd2/__init__.py`` re-exports these names lazily, so ``import dsd2`` stays cheap (no torch).
-``dsd2.pipeline`` and ``dsd2.export`` are also the names of modules; calling the module runs
-the function (:func:`dsd2.pipeline.study`, :func:`dsd2.export.export_run`).
+``dsd2.pipeline`` is :func:`dsd2.study.run_study`, ``dsd2.export`` is
+:func:`dsd2.exporting.export_run`.
 A bad config, run or option raises :class:`dsd2.errors.UserError` with a one-line message.
 """
 
@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dsd2 import imp, rundir
-from dsd2.export import ExportResult, load_exported
-from dsd2.export import export_run as export
-from dsd2.pipeline import PipelineResult
-from dsd2.pipeline import study as pipeline
+from dsd2.exporting import ExportResult, load_exported
+from dsd2.exporting import export_run as export
 from dsd2.rundir import RoundRow
 from dsd2.runs import Config, RunResult, as_config, result
+from dsd2.study import PipelineResult
+from dsd2.study import run_study as pipeline
 from dsd2.train import EpochLog
 
 __all__ = ["ExportResult", "PipelineResult", "RunResult", "export", "load_exported", "pipeline", "resume", "run"]

@@ -631,7 +631,7 @@ def demo(
     """The CPU demo: vanilla IMP with SDD, DSD² students from the best-fit teacher, compute table."""
     from dsd2 import compare, rundir
     from dsd2.config import load_config
-    from dsd2.pipeline import run_pipelines_parallel
+    from dsd2.study import run_pipelines_parallel
 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]

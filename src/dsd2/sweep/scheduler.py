@@ -71,7 +71,7 @@ class Event:
 def build_jobs(spec: SweepSpec, cells: list[Cell], out: Path) -> tuple[dict[str, Job], list[list[str]]]:
     """Jobs keyed by run id (teachers before their students), and each cell's job keys
     (teacher first for pipelines)."""
-    from dsd2.pipeline import student_config
+    from dsd2.study import student_config
 
     jobs: dict[str, Job] = {}
     cell_jobs: list[list[str]] = []

@@ -43,8 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, load_yaml_text, read_yaml, validate_config
 from dsd2.errors import UserError
-from dsd2.pipeline import teacher_config
 from dsd2.plugins import check_module_name, merge
+from dsd2.study import teacher_config
 from dsd2.sweep.shapes import dataset_key, has_model_facts, meta_model
 
 SWEEP_PRESET_DIR = PRESET_DIR / "sweeps"

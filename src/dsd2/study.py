@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +96,6 @@ def run_pipeline(
 
 def _round_line(cfg: RunConfig) -> Callable[[Mapping[str, Any]], None]:
     """One line per finished round on stderr, tagged with the run (parallel workers share it)."""
-    import sys
 
     def show(row: Mapping[str, Any]) -> None:
         test = row.get("test_acc")
@@ -143,7 +141,7 @@ def run_pipelines_parallel(configs: list[RunConfig], *, out: str | Path, jobs: i
     return [(Path(t), Path(s)) for t, s in results]
 
 
-# ----------------------------------------------------------------------------- the Python API's `dsd2.pipeline(...)`
+# ----------------------------------------------------------------------------- the Python API's `dsd2.pipeline(...)` (run_study)
 
 
 @dataclass(frozen=True)
@@ -156,7 +154,7 @@ class PipelineResult:
     vanilla: RunResult
 
 
-def study(
+def run_study(
     config: Config,
     overrides: Sequence[str] = (),
     *,
@@ -182,13 +180,3 @@ def study(
     scfg = as_config(student, overrides) if student is not None else None
     s = run_pipeline(as_config(config, overrides), scfg, out=out, run=stage)
     return PipelineResult(result(s.teacher), result(s.student), result(s.vanilla))
-
-
-class _CallableModule(types.ModuleType):
-    # `dsd2.pipeline` names both this module (imported across dsd2) and the API function: the
-    # module, once imported, is what the package attribute holds, so calling it runs `study`.
-    def __call__(self, *args: Any, **kwargs: Any) -> PipelineResult:
-        return study(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

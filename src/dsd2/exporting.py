@@ -28,9 +28,7 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
-import types
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -500,13 +498,3 @@ def load_exported(export_dir: str | Path, device: torch.device | str = "cpu") ->
         )
     rundir.load_state(model, load_state(export_dir), Path(export_dir) / WEIGHTS)
     return model.to(device).eval()
-
-
-class _CallableModule(types.ModuleType):
-    # `dsd2.export` names both this module and the API function: the module, once imported, is
-    # what the package attribute holds, so calling it runs `export_run`.
-    def __call__(self, *args: Any, **kwargs: Any) -> ExportResult:
-        return export_run(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
