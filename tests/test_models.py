@@ -22,7 +22,7 @@ from dsd2.models import (
 )
 from dsd2.models import registry as registry_module
 
-ALL_MODELS = ["lenet5", "lenet_300_100", "mlp", "resnet18", "resnet18_cifar", "resnet50", "vgg_like"]
+ALL_MODELS = ["lenet5", "lenet_300_100", "mlp", "resnet18", "resnet18_cifar", "resnet50", "vgg_like", "vit"]
 
 # name -> (build kwargs, input shape without batch, number of ReLU modules)
 CASES: dict[str, tuple[dict, tuple[int, ...], int]] = {
