@@ -165,3 +165,16 @@ def test_show_at_80_columns_through_the_cli(tmp_path: Path, monkeypatch):
     assert cli.main(["show", str(run)]) == 0
     text = narrow.export_text()
     assert "…" not in text and "not shown at 80 columns" in text
+
+
+def test_round_line_keeps_position_and_time_left_and_fits_80_columns():
+    fields = {f: None for f in RoundRow.__dataclass_fields__}
+    values = {"round": 3, "sparsity": 0.488, "train_acc_noisy": 0.6, "train_acc_flipped": 0.25, "val_acc": 0.7, "test_acc": 0.69}
+    row = RoundRow(**{**fields, **values, "entropy": 0.85, "epochs": 2, "alive_weights": 10})
+    wide = cli.round_line(row, 30, 125.0, 200)
+    assert wide.startswith("round 3/30 (~2m05s left)  48.80% sparse")
+    assert "memorised 25.00" in wide and "H 0.850" in wide
+    narrow = cli.round_line(row, 30, 125.0, 80)
+    assert len(narrow) <= 80 and narrow.startswith("round 3/30 (~2m05s left)") and "test 69.00" in narrow
+    assert "H 0.850" not in narrow  # entropy goes first when the line would wrap
+    assert cli.round_line(row, 3, None, 200).startswith("round 3/3  48.80% sparse")

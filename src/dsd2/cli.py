@@ -5,6 +5,7 @@ User errors (``UserError``) print one line and exit 2; ``--debug`` shows the tra
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -54,8 +55,10 @@ app = typer.Typer(
 # Piped output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default.
 # markup=False: paths, config values and error texts are user text; "[lr=0.1]" or "[/]" in them
 # must print as written, not be read as rich markup.
-console = Console(width=None if sys.stdout.isatty() else 160, markup=False)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160, markup=False)
+# Piped output gets a wide fixed width (logs keep whole tables) unless COLUMNS asks for another.
+_PIPED_WIDTH = None if "COLUMNS" in os.environ else 160
+console = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH, markup=False)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH, markup=False)
 _STATE = {"debug": False}
 
 
@@ -250,18 +253,31 @@ class _Progress:
     def round_done(self, row: RoundRow) -> None:
         if not self.enabled:
             return
-        msg = (
-            f"round {row.round:>3}  sparsity {100 * row.sparsity:6.2f}%  train(noisy) {_pct(row.train_acc_noisy)}  "
-            f"flipped {_pct(row.train_acc_flipped) or '-'}  val {_pct(row.val_acc) or '-'}  test {_pct(row.test_acc)}"
-        )
-        if row.entropy is not None:
-            msg += f"  H {row.entropy:.3f}"
         self.rounds_here += 1
+        left = None
         if self.last_round is not None and row.round < self.last_round:
-            per_round = (time.monotonic() - self.started) / self.rounds_here
-            left = per_round * (self.last_round - row.round)
-            msg += f"  [{row.round}/{self.last_round}, about {int(left // 60)} min {int(left % 60):02d} s left]"
-        err_console.print(msg)
+            left = (time.monotonic() - self.started) / self.rounds_here * (self.last_round - row.round)
+        err_console.print(round_line(row, self.last_round, left, err_console.width))
+
+
+def round_line(row: RoundRow, last_round: int | None, left_s: float | None, width: int) -> str:
+    """The one-line summary of a finished round: position and time left first, then the
+    accuracies; entropy and memorisation are dropped (in that order) where the line would wrap."""
+    head = f"round {row.round}/{last_round}" if last_round is not None else f"round {row.round}"
+    if left_s is not None:
+        head += f" (~{int(left_s // 60)}m{int(left_s % 60):02d}s left)"
+    parts = [head, f"{100 * row.sparsity:.2f}% sparse", f"noisy {_pct(row.train_acc_noisy)}"]
+    optional = []
+    if row.train_acc_flipped is not None:
+        optional.append(f"memorised {_pct(row.train_acc_flipped)}")
+    parts += [f"val {_pct(row.val_acc) or '-'}", f"test {_pct(row.test_acc)}"]
+    if row.entropy is not None:
+        optional.append(f"H {row.entropy:.3f}")
+    line = "  ".join(parts + optional)
+    while optional and len(line) > width:
+        optional.pop()
+        line = "  ".join(parts + optional)
+    return line
 
 
 def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
