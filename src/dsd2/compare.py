@@ -221,6 +221,8 @@ def _teacher_cost(student_dir: str | Path) -> tuple[float, float, float | None, 
     if not info_path.is_file():
         return None
     info = store.read_json(info_path)
+    if not isinstance(info, dict) or "run_dir" not in info:
+        return None  # several teachers (a list) or self-distillation: no single teacher run to add
     trows = load_rows(info["run_dir"])
     # a best-fit teacher is only known once the whole teacher curve exists
     upto = len(trows) - 1 if info.get("choice") == "best" else int(info["round"])

@@ -20,6 +20,7 @@ from dsd2.plugins import check_module_name, load_plugins, merge
 from dsd2.registry import OPTIMIZERS, PRUNING_METHODS, RETRAIN_MODES, SCHEDULES, STOP_RULES
 
 PRESET_DIR = Path(__file__).parent / "presets"
+SELF_TEACHER = "self"  # distill.teacher=self: self-distillation (a run directory named self is ./self)
 
 
 # Name fields checked against their registry (normalised to the registered spelling). The
@@ -210,9 +211,24 @@ class PruneConfig(_Section):
     rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
 
 
+class TeacherSpec(_Section):
+    run: str = Field(description="Run directory of the teacher (a finished IMP run).")
+    round: int | Literal["best", "dense"] = Field("best", description="Teacher round: best, dense or an index (as distill.round).")
+    weight: float = Field(1.0, gt=0.0, description="Weight of this teacher in the mixture (the weights are normalised to sum 1).")
+
+
 class DistillConfig(_Section):
-    teacher: str | None = Field(None, description="Run directory of the teacher (a finished IMP run). None: no distillation.")
+    teacher: str | None = Field(
+        None,
+        description="Run directory of the teacher (a finished IMP run); self: self-distillation (round i distils from the "
+        "student's own round i-1, round 0 trains with plain CE). None: no distillation (or distill.teachers).",
+    )
     round: int | Literal["best", "dense"] = Field("best", description="Teacher round: best (highest val acc), dense (round 0) or an index.")
+    teachers: list[TeacherSpec] = Field(
+        [],
+        description="Several teachers, e.g. [{run: DIR, round: dense}, {run: DIR, round: best, weight: 2}]: the target is the "
+        "weighted average of their probabilities at the temperature (docs/distillation.md). Exclusive with distill.teacher.",
+    )
     alpha: float = Field(0.8, ge=0.0, le=1.0, description="Weight of the distillation term (1-alpha weights CE on noisy labels).")
     temperature: float = Field(10.0, gt=0.0)
     student_init: Literal["shared", "independent"] = Field(
@@ -220,6 +236,25 @@ class DistillConfig(_Section):
         description="shared: the student is initialised from the run seed like its teacher (bit-identical to the teacher's "
         "initialisation when both share architecture and seed, as in the reference); independent: from its own seed stream.",
     )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> DistillConfig:
+        if self.teacher is not None and self.teachers:
+            raise ValueError("distill.teacher and distill.teachers are exclusive: give one teacher, or the list")
+        if self.teacher == SELF_TEACHER and self.round != "best":
+            raise ValueError("distill.teacher=self always distils from the previous round: leave distill.round unset")
+        if any(t.run == SELF_TEACHER for t in self.teachers):
+            raise ValueError("self-distillation is distill.teacher=self, not an entry of distill.teachers")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the student distils (from a run, several runs, or itself)."""
+        return self.teacher is not None or bool(self.teachers)
+
+    @property
+    def self_distill(self) -> bool:
+        return self.teacher == SELF_TEACHER
 
 
 class EntropyConfig(_Section):

@@ -35,7 +35,7 @@ from dsd2.compare import decide, selection_column
 from dsd2.config import RunConfig, config_hash
 from dsd2.data import DataSplits, ImageLoader, load_dataset
 from dsd2.data.image_folder import resolve_workers
-from dsd2.distill import KDObjective, load_teacher
+from dsd2.distill.setup import run_teaching, self_teaching
 from dsd2.entropy import OnCounter, activation_entropy, entropy_from_counts
 from dsd2.errors import UserError
 from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flops
@@ -56,7 +56,6 @@ from dsd2.train import (
     TrainingDiverged,
     accuracy,
     cross_entropy,
-    logits_of,
     make_source,
     predict,
     train,
@@ -119,7 +118,7 @@ def data_seed(cfg: RunConfig) -> int:
 
 def init_seed(cfg: RunConfig) -> int:
     """Seed of the initial weights; a KD student with student_init=independent draws its own."""
-    if cfg.distill.teacher and cfg.distill.student_init == "independent":
+    if cfg.distill.enabled and cfg.distill.student_init == "independent":
         return round_seed(cfg.seed, 0, stream=5)
     return cfg.seed
 
@@ -340,10 +339,11 @@ class RunContext:
     train_batches: Source
     objective: Objective
     teacher: nn.Module | None
-    teacher_info: dict[str, Any] | None
+    teacher_info: dict[str, Any] | list[dict[str, Any]] | None
     teacher_masks: Masks | None
     threads: int | None = None  # torch CPU threads this process uses (recorded per round in timings.csv)
     images: ImageLoader | None = None  # a streamed image folder's loader workers, shared by every pass
+    teacher_cache_round: int | None = None  # the round charged with the pass that cached the teachers' logits
 
     def source(self, x: Any, y: torch.Tensor) -> Source:
         """An evaluation split (validation, test) of this run's data as a :class:`~dsd2.train.Source`."""
@@ -460,22 +460,13 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
         channels_last=channels_last,
         loader=images,
     )
+    # distillation (docs/distillation.md): one or several teachers, or the student's own last round
+    teaching = run_teaching(cfg, run_dir, device, data, labels, train_batches, channels_last)
     objective: Objective = cross_entropy
     teacher = teacher_info = teacher_masks = None
-    if cfg.distill.teacher:
-        recorded = store.read_json(run_dir / "teacher.json") if (run_dir / "teacher.json").is_file() else None
-        teacher, teacher_info, teacher_masks = load_teacher(
-            cfg.distill.teacher, cfg.distill.round, device=device, student=(cfg, data, labels), recorded=recorded
-        )
-        if channels_last:
-            teacher = teacher.to(memory_format=torch.channels_last)
-        cached = None
-        if not train_batches.augmented:
-            # unaugmented data: the frozen teacher's logits per row never change, compute them once
-            cached = logits_of(teacher, train_batches, batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp)
-        objective = KDObjective(
-            teacher, alpha=cfg.distill.alpha, temperature=cfg.distill.temperature, amp=cfg.train.amp, cached_logits=cached
-        )
+    if teaching is not None:
+        objective = teaching.objective or cross_entropy
+        teacher, teacher_info, teacher_masks = teaching.teacher, teaching.info, teaching.masks
         if distributed.is_main():
             store.write_json(run_dir / "teacher.json", teacher_info)
     threads = set_threads(cfg, device, model, train_batches, teacher, loader_workers=images.workers if images is not None else 0)
@@ -494,6 +485,7 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
         teacher_masks,
         threads,
         images=images,
+        teacher_cache_round=None if teaching is None else teaching.cache_round,
     )
 
 
@@ -858,9 +850,10 @@ def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> 
     tb = ctx.train_batches
     example = tb.example(2)
     step = step_flops(ctx.model, example, teacher=ctx.teacher, masks=masks, teacher_masks=ctx.teacher_masks)
-    cached = getattr(ctx.objective, "cached_logits", None) is not None
-    # cached teacher logits: one teacher pass over the data, charged to round 0
-    passes = (1 if round_idx == 0 else 0) if cached else None
+    # cached teacher logits: one teacher pass over the data, charged to the round that made it
+    # (round 0 for fixed teachers, each round for self-distillation, whose teacher changes)
+    cached = ctx.teacher is not None and getattr(ctx.objective, "cached_logits", None) is not None
+    passes = (1 if round_idx == ctx.teacher_cache_round else 0) if cached else None
     n = tb.num_rows
     dense, sparse = training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
     paper = paper_training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
@@ -979,6 +972,8 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
     """One round: prune → reset → train → measure → save; then the tables and the hooks."""
     t0 = time.perf_counter()
     masks = prune_step(ctx, rounds.masks, round_idx)
+    if ctx.cfg.distill.self_distill and round_idx > 0:
+        _teach_from_round_before(ctx, round_idx)
     reset_weights(ctx, round_idx, masks)
     logs, lr_scale = train_round(ctx, round_idx, masks, hooks)
     train_s = time.perf_counter() - t0
@@ -1004,6 +999,15 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
     for hook in hooks:
         hook.round_end(rounds.rows[-1])
     distributed.barrier()  # the round is on disk before any rank reads a file of it (late rewind, resume)
+
+
+def _teach_from_round_before(ctx: RunContext, round_idx: int) -> None:
+    """Self-distillation: round ``round_idx`` learns from round ``round_idx - 1`` as saved on disk
+    (the same teacher whether the run was interrupted or not)."""
+    channels_last = ctx.train_batches.channels_last
+    t = self_teaching(ctx.cfg, ctx.run_dir, round_idx, ctx.device, ctx.train_batches, channels_last)
+    assert t.objective is not None
+    ctx.objective, ctx.teacher, ctx.teacher_masks, ctx.teacher_cache_round = t.objective, t.teacher, t.masks, t.cache_round
 
 
 def run(

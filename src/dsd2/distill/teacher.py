@@ -12,7 +12,7 @@ from torch import nn
 from dsd2 import rundir, store
 from dsd2.compare import Rows, best_round, selection_column
 from dsd2.config import RunConfig
-from dsd2.distill.loss import kd_loss
+from dsd2.distill.loss import kd_loss, kd_loss_to, mixture_log_probs
 from dsd2.errors import UserError
 
 
@@ -143,30 +143,93 @@ def load_teacher(
     return model, info, masks
 
 
+class TeacherEnsemble(nn.Module):
+    """Several frozen teachers as one module, for the compute accounting: its forward runs every
+    teacher on the batch (so a FLOP count of it is the sum of their forwards) and returns their
+    weighted mean logits. The training target is not this mean: see :func:`mixture_log_probs`."""
+
+    def __init__(self, teachers: list[nn.Module], weights: list[float]):
+        super().__init__()
+        self.members = nn.ModuleList(teachers)
+        total = float(sum(weights))
+        self.weights = [float(w) / total for w in weights]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([w * t(x) for w, t in zip(self.weights, self.members)]).sum(0)
+
+    @staticmethod
+    def masks_of(masks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The members' masks under the ensemble's qualified names (``members.<k>.<layer>``)."""
+        return {f"members.{k}.{name}": m for k, ms in enumerate(masks) for name, m in ms.items()}
+
+
+def load_teachers(
+    specs: list[Any],
+    *,
+    device: torch.device | str = "cpu",
+    student: tuple[RunConfig, Any, Any] | None = None,
+    recorded: Any = None,
+) -> tuple[list[nn.Module], list[dict[str, Any]], list[dict[str, torch.Tensor]]]:
+    """:func:`load_teacher` for every ``distill.teachers`` entry (run, round, weight): the same checks
+    each; ``recorded``: the teacher.json list a resumed student wrote (each entry's digest is checked).
+    Returns (models, infos with the normalised weight, masks), in the order given."""
+    total = float(sum(spec.weight for spec in specs))
+    before = recorded if isinstance(recorded, list) and len(recorded) == len(specs) else [None] * len(specs)
+    models, infos, masks = [], [], []
+    for spec, rec in zip(specs, before):
+        model, info, m = load_teacher(spec.run, spec.round, device=device, student=student, recorded=rec)
+        models.append(model)
+        infos.append({**info, "weight": spec.weight / total})
+        masks.append(m)
+    return models, infos, masks
+
+
 class KDObjective:
-    """Training objective of a DSD² student: ``kd_loss`` against a frozen teacher on the same batch.
+    """Training objective of a DSD² student: ``kd_loss`` against frozen teachers on the same batch.
+
+    One teacher: :func:`kd_loss` on its logits. Several (``teacher`` a list, ``weights`` theirs):
+    :func:`kd_loss_to` the weighted average of their probabilities at the temperature.
 
     With ``cached_logits`` (the teacher's logits for every training row, valid when the batches
-    are not augmented) the teacher is not run per step: its output for a row never changes.
+    are not augmented; a list with one tensor per teacher for several) the teachers are not run
+    per step: their output for a row never changes.
     """
 
     def __init__(
-        self, teacher: nn.Module, *, alpha: float, temperature: float, amp: bool = False, cached_logits: torch.Tensor | None = None
+        self,
+        teacher: nn.Module | list[nn.Module],
+        *,
+        alpha: float,
+        temperature: float,
+        amp: bool = False,
+        cached_logits: torch.Tensor | list[torch.Tensor] | None = None,
+        weights: list[float] | None = None,
     ):
-        self.teacher = teacher.eval()
+        self.teachers = [t.eval() for t in teacher] if isinstance(teacher, list) else [teacher.eval()]
+        self.teacher = self.teachers[0]
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.teachers)
+        if len(self.weights) != len(self.teachers):
+            raise UserError(f"{len(self.teachers)} teachers for {len(self.weights)} weights")
         self.alpha = alpha
         self.temperature = temperature
         self.amp = amp
         self.cached_logits = cached_logits
 
+    def _teacher_logits(self, k: int, inputs: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        from dsd2.train import autocast_for
+
+        cached = self.cached_logits
+        if cached is not None and index is not None:
+            return (cached[k] if isinstance(cached, list) else cached)[index]
+        with torch.no_grad(), autocast_for(inputs.device, self.amp):
+            return self.teachers[k](inputs)
+
     def __call__(
         self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, index: torch.Tensor | None = None
     ) -> torch.Tensor:
-        from dsd2.train import autocast_for
-
-        if self.cached_logits is not None and index is not None:
-            teacher_logits = self.cached_logits[index]
-        else:
-            with torch.no_grad(), autocast_for(inputs.device, self.amp):
-                teacher_logits = self.teacher(inputs)
-        return kd_loss(logits, teacher_logits, targets, alpha=self.alpha, temperature=self.temperature)
+        if len(self.teachers) == 1:
+            t = self._teacher_logits(0, inputs, index)
+            return kd_loss(logits, t, targets, alpha=self.alpha, temperature=self.temperature)
+        zs = [self._teacher_logits(k, inputs, index) for k in range(len(self.teachers))]
+        target = mixture_log_probs(zs, self.weights, self.temperature)
+        return kd_loss_to(logits, target, targets, alpha=self.alpha, temperature=self.temperature)

@@ -1,0 +1,106 @@
+"""The student's objective from ``distill.*``: one teacher, several teachers, or itself (docs/distillation.md).
+
+:func:`run_teaching` is what a run starts with; :func:`self_teaching` what round i >= 1 of a
+self-distilling run switches to (its round i-1, read back from the run directory, so a resumed
+run gets exactly the teacher an uninterrupted one had).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dsd2 import rundir, store
+from dsd2.config import RunConfig
+from dsd2.distill.teacher import KDObjective, TeacherEnsemble, load_teacher, load_teachers
+from dsd2.train import Source, logits_of
+
+TEACHER_JSON = "teacher.json"
+
+
+@dataclass
+class Teaching:
+    """A student's objective and what the compute accounting needs of its teachers.
+
+    ``teacher``: the module whose forward is the teachers' cost per batch (one teacher, or a
+    :class:`TeacherEnsemble`); ``masks``: its weight masks; ``info``: what teacher.json records
+    (a dict for one teacher, a list for several); ``cache_round``: the round charged with the one
+    teacher pass that filled the cached logits (None when the teachers run every step)."""
+
+    objective: KDObjective | None
+    teacher: nn.Module | None
+    masks: dict[str, torch.Tensor] | None
+    info: dict[str, Any] | list[dict[str, Any]]
+    cache_round: int | None
+
+
+def _frozen(model: nn.Module, channels_last: bool) -> nn.Module:
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _cache(cfg: RunConfig, teachers: list[nn.Module], batches: Source) -> list[torch.Tensor] | None:
+    """Each teacher's logits per training row when the batches are unaugmented (they never change then)."""
+    if batches.augmented:
+        return None
+    return [logits_of(t, batches, batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp) for t in teachers]
+
+
+def run_teaching(
+    cfg: RunConfig, run_dir: Path, device: torch.device, data: Any, labels: Any, batches: Source, channels_last: bool
+) -> Teaching | None:
+    """The objective a run starts with: None without distillation; for self-distillation no
+    teacher yet (round 0 trains with plain CE); else the configured teacher(s), checked against
+    the student and against the teacher.json a resumed run recorded."""
+    d = cfg.distill
+    if not d.enabled:
+        return None
+    if d.self_distill:
+        return Teaching(None, None, None, self_info(), None)
+    path = run_dir / TEACHER_JSON
+    recorded = store.read_json(path) if path.is_file() else None
+    student = (cfg, data, labels)
+    if d.teacher is not None:  # the single-teacher form: unchanged (a dict in teacher.json)
+        model, info, masks = load_teacher(d.teacher, d.round, device=device, student=student, recorded=recorded)
+        model = _frozen(model, channels_last)
+        cached = _cache(cfg, [model], batches)
+        objective = KDObjective(
+            model, alpha=d.alpha, temperature=d.temperature, amp=cfg.train.amp, cached_logits=None if cached is None else cached[0]
+        )
+        return Teaching(objective, model, masks, info, None if cached is None else 0)
+    models, infos, masks_list = load_teachers(d.teachers, device=device, student=student, recorded=recorded)
+    models = [_frozen(m, channels_last) for m in models]
+    weights = [i["weight"] for i in infos]
+    cached = _cache(cfg, models, batches)
+    objective = KDObjective(models, alpha=d.alpha, temperature=d.temperature, amp=cfg.train.amp, cached_logits=cached, weights=weights)
+    ensemble = TeacherEnsemble(models, weights)
+    return Teaching(objective, ensemble, TeacherEnsemble.masks_of(masks_list), infos, None if cached is None else 0)
+
+
+def self_info() -> dict[str, Any]:
+    return {
+        "self": True,
+        "rule": "round i >= 1 distils from this run's own round i-1 (its saved state and masks); round 0 trains with plain CE",
+    }
+
+
+def self_teaching(cfg: RunConfig, run_dir: Path, round_idx: int, device: torch.device, batches: Source, channels_last: bool) -> Teaching:
+    """Self-distillation's objective for round ``round_idx`` >= 1: the student of round i-1 as it
+    was saved (round_XXX/state.safetensors, its masks applied), frozen."""
+    model, masks, _ = rundir.load_round_model(run_dir, round_idx - 1, device=device)
+    model = _frozen(model, channels_last)
+    cached = _cache(cfg, [model], batches)
+    d = cfg.distill
+    objective = KDObjective(
+        model, alpha=d.alpha, temperature=d.temperature, amp=cfg.train.amp, cached_logits=None if cached is None else cached[0]
+    )
+    # a new teacher every round: the pass that fills its cache is charged to the round it teaches
+    return Teaching(objective, model, masks, self_info(), None if cached is None else round_idx)
