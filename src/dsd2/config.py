@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from dsd2.errors import UserError
 from dsd2.plugins import check_module_name, load_plugins, merge
-from dsd2.registry import OPTIMIZERS, PRUNING_METHODS, RETRAIN_MODES, SCHEDULES, STOP_RULES
+from dsd2.registry import OPTIMIZERS, PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_METHODS, RETRAIN_MODES, SCHEDULES, STOP_RULES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 SELF_TEACHER = "self"  # distill.teacher=self: self-distillation (a run directory named self is ./self)
@@ -26,6 +26,8 @@ SELF_TEACHER = "self"  # distill.teacher=self: self-distillation (a run director
 # Name fields checked against their registry (normalised to the registered spelling). The
 # registries hold names without importing torch, so this runs before anything heavy loads.
 PruningMethodName = Annotated[str, AfterValidator(PRUNING_METHODS.canonical)]
+PruningCriterionName = Annotated[str, AfterValidator(PRUNING_CRITERIA.canonical)]
+AllocationName = Annotated[str, AfterValidator(PRUNING_ALLOCATIONS.canonical)]
 RetrainModeName = Annotated[str, AfterValidator(RETRAIN_MODES.canonical)]
 OptimizerName = Annotated[str, AfterValidator(OPTIMIZERS.canonical)]
 ScheduleName = Annotated[str, AfterValidator(SCHEDULES.canonical)]
@@ -205,10 +207,34 @@ class PruneConfig(_Section):
         True, description="Prune the classifier too (the reference does): the last Linear layer, or timm's get_classifier()."
     )
     exclude_first_conv: bool = Field(False, description="Keep the first convolution (the stem) dense.")
+    criterion: PruningCriterionName | None = Field(
+        None, description=f"Score that orders the weights (None: the method's own): {PRUNING_CRITERIA.describe()}."
+    )
+    allocation: AllocationName | None = Field(
+        None, description=f"How many weights each layer loses (None: the method's own): {PRUNING_ALLOCATIONS.describe()}."
+    )
+    score_batches: int = Field(8, ge=1, description="Training batches (noisy labels) the gradient criteria average over.")
+    include: list[str] = Field(
+        [], description="Prune only the layers these fnmatch patterns match (weight or module name, e.g. 'layer4.*'); empty: all."
+    )
+    exclude: list[str] = Field([], description="Keep the layers these fnmatch patterns match dense (e.g. '*.downsample.*').")
     retrain: RetrainModeName = Field("lr_rewind", description=f"{RETRAIN_MODES.describe()}.")
     finetune_lr: float = Field(1e-3, gt=0.0, description="Constant lr of the finetune mode.")
     finetune_epochs: int | None = Field(None, ge=1, description="Epochs per finetune round (None: train.epochs).")
     rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
+
+    @model_validator(mode="after")
+    def _composable(self) -> PruneConfig:
+        # a method replaced in part must say what it is made of (the built-in ones do)
+        if self.criterion is not None or self.allocation is not None:
+            implied = PRUNING_METHODS.metadata(self.method)
+            if "criterion" not in implied or "allocation" not in implied:
+                if self.criterion is None or self.allocation is None:
+                    raise ValueError(
+                        f"pruning method {self.method!r} names no criterion and allocation of its own: give both "
+                        "prune.criterion and prune.allocation"
+                    )
+        return self
 
 
 class TeacherSpec(_Section):

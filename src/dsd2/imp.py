@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,7 +42,19 @@ from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flo
 from dsd2.models import build_model, prunable_weights
 from dsd2.noise import NoisyLabels, apply_label_noise
 from dsd2.phases import label_phases
-from dsd2.prune import Masks, apply_masks, count_alive, full_masks, next_masks, sparsity
+from dsd2.prune import (
+    GradientSource,
+    Masks,
+    ScoreInputs,
+    apply_masks,
+    composed,
+    count_alive,
+    full_masks,
+    needs_gradients,
+    next_masks,
+    prune_with,
+    sparsity,
+)
 from dsd2.registry import RETRAIN_MODES
 
 # Kept importable here for the sweep and older callers; their home is dsd2.rundir.
@@ -442,7 +454,10 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     channels_last = cfg.train.channels_last and data.train_x.dim() == 4
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    weights = prunable_weights(model, include_classifier=cfg.prune.include_classifier, exclude_first_conv=cfg.prune.exclude_first_conv)
+    p = cfg.prune
+    weights = prunable_weights(
+        model, include_classifier=p.include_classifier, exclude_first_conv=p.exclude_first_conv, include=p.include, exclude=p.exclude
+    )
     augment = data.augment if cfg.dataset.augment else type(data.augment)()
     images = None
     if data.streamed:  # one pool of loader workers for every pass of the run (train, evaluation, entropy)
@@ -694,11 +709,39 @@ def prune_step(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
     """Round i >= 1 removes ``prune.rate`` of the weights round i-1 left; round 0 prunes nothing."""
     if round_idx == 0:
         return masks
+    p = ctx.cfg.prune
     gen = torch.Generator().manual_seed(round_seed(ctx.cfg.seed, round_idx, stream=2))
-    new = next_masks(ctx.cfg.prune.method, ctx.weights, masks, ctx.cfg.prune.rate, gen)
+    pair = composed(p.method, p.criterion, p.allocation)
+    if pair is None:
+        new = next_masks(p.method, ctx.weights, masks, p.rate, gen)
+    else:
+        grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
+        inputs = ScoreInputs(masks, gen, grads)
+        # ERK aims at the geometric schedule's density; global and uniform remove rate of the alive weights
+        new = prune_with(*pair, ctx.weights, masks, p.rate, inputs=inputs, density=(1.0 - p.rate) ** round_idx)
     # every rank prunes its replica (identical weights, same seed); a difference means they drifted
     distributed.check_same(new, f"masks of round {round_idx}")
     return new
+
+
+def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
+    """The training-loss gradients the gradient criteria score with: cross-entropy on the noisy
+    labels of the first ``prune.score_batches`` batches of a shuffled epoch drawn from the round's
+    own seed (the same batches on every rank and on a resumed run), taken in eval mode on the
+    model itself (not a DDP wrapper); SNIP reads the run's initial weights (init.safetensors)."""
+    src, p = ctx.train_batches, ctx.cfg.prune
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = _generator(src.device, round_seed(ctx.cfg.seed, round_idx, stream=6))
+        for k, (xb, idx) in enumerate(src.epoch(gen, ctx.cfg.train.batch_size)):
+            if k >= p.score_batches:
+                break
+            yield xb, src.y[idx]
+
+    def init_state() -> dict[str, torch.Tensor]:
+        return store.load_tensors(ctx.run_dir / "init.safetensors")
+
+    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state)
 
 
 def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:

@@ -1,4 +1,4 @@
-"""Pruning masks: selection by global / layer-wise magnitude or at random, apply, sparsity.
+"""Pruning masks: a criterion scores the weights, an allocation decides how many each layer loses; apply, sparsity.
 
 Masks are plain bool tensors keyed by the state-dict name of the weight they cover. They are
 re-applied after every optimiser step (``apply_masks``), which keeps pruned weights at exactly
@@ -7,17 +7,38 @@ the dense architecture with zeros in it.
 
 Each round removes ``round(rate * alive)`` of the weights still alive (as ``torch.nn.utils.prune``
 does), so after round i the sparsity is 1 - (1 - rate)^i up to one weight per round.
+
+A pruning step is two composable choices (docs/pruning.md):
+
+- a *criterion* (:data:`dsd2.registry.PRUNING_CRITERIA`) scores every weight, low = pruned first:
+  ``criterion(weights, inputs: ScoreInputs) -> {name: float scores on the CPU}``: magnitude |w|,
+  random, magnitude × gradient |w·g| and SNIP |w₀·g(w₀)|; the gradient ones read
+  :class:`GradientSource` from ``inputs``;
+- an *allocation* (:data:`dsd2.registry.PRUNING_ALLOCATIONS`) turns scores into the next masks:
+  ``allocation(scores, masks, rate, density) -> masks``: one threshold over all layers (global),
+  the same fraction of every layer (uniform), or Erdős–Rényi-Kernel layer densities (erk), which
+  aims at the round's target ``density`` of the whole set.
+
+The registered pruning *methods* (``prune.method``: ``method(weights, masks, rate, generator)``)
+are the reference's pairs, bit-identical to their earlier one-piece implementations:
+global_magnitude = magnitude + global, layerwise_magnitude = magnitude + uniform, random =
+random + global.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
-from dsd2.registry import PRUNING_METHODS
+from dsd2.errors import UserError
+from dsd2.registry import PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_METHODS
 
 Masks = dict[str, torch.Tensor]
+Scores = dict[str, torch.Tensor]
 
 
 def full_masks(weights: Mapping[str, torch.Tensor]) -> Masks:
@@ -62,6 +83,218 @@ def _drop_smallest(scores: torch.Tensor, alive: torch.Tensor, n_drop: int) -> to
     return new
 
 
+def _unflatten(flat: torch.Tensor, names: list[str], like: Mapping[str, torch.Tensor]) -> Masks:
+    out: Masks = {}
+    start = 0
+    for n in names:
+        k = like[n].numel()
+        out[n] = flat[start : start + k].view_as(like[n]).to(like[n].device)
+        start += k
+    return out
+
+
+# ----------------------------------------------------------------------------- criteria
+
+
+class GradientSource:
+    """Gradients of the training loss for the gradient criteria, computed on demand.
+
+    ``batches()`` yields ``(inputs, labels)``: the same batches every call (the caller seeds
+    them). The gradient is the mean over those batches of the gradient of each batch's mean loss,
+    taken in eval mode (BatchNorm statistics stay put, dropout is off: deterministic) with
+    ``torch.autograd.grad`` (the parameters' ``.grad`` are left alone). ``init_state`` (a state
+    dict of the initial weights) is needed by SNIP only: :meth:`at_init` loads it, masks it,
+    takes the gradient there and puts the model's state back.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        weights: Mapping[str, nn.Parameter],
+        batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+        loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        init_state: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+    ) -> None:
+        self.model, self.weights, self.batches, self.init_state = model, weights, batches, init_state
+        self.loss = loss or (lambda logits, y: nn.functional.cross_entropy(logits.float(), y))
+
+    def gradients(self) -> Scores:
+        """Mean gradient of the loss w.r.t. every weight, at the model's current state (CPU, float)."""
+        names = list(self.weights)
+        params = [self.weights[n] for n in names]
+        total: list[torch.Tensor] | None = None
+        count = 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for x, y in self.batches():
+                grads = torch.autograd.grad(self.loss(self.model(x), y), params)
+                total = [g.detach().float() for g in grads] if total is None else [t + g.float() for t, g in zip(total, grads)]
+                count += 1
+        finally:
+            self.model.train(was_training)
+        if total is None:
+            raise ValueError("the gradient criteria need at least one batch of training data")
+        return {n: (t / count).cpu() for n, t in zip(names, total)}
+
+    def at_current(self) -> tuple[Scores, Scores]:
+        """(weights, gradients) at the model's current (trained, masked) weights."""
+        # a copy: at_init puts the trained weights back into these very tensors
+        return {n: w.detach().float().cpu().clone() for n, w in self.weights.items()}, self.gradients()
+
+    def at_init(self, masks: Mapping[str, torch.Tensor]) -> tuple[Scores, Scores]:
+        """(weights, gradients) at the initial weights under ``masks``; the model's state is restored after."""
+        if self.init_state is None:
+            raise ValueError("SNIP needs the initial weights: give GradientSource an init_state")
+        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        try:
+            self.model.load_state_dict(dict(self.init_state()))
+            apply_masks(self.weights, masks)
+            return self.at_current()
+        finally:
+            self.model.load_state_dict(saved)
+
+
+@dataclass
+class ScoreInputs:
+    """What a criterion may read besides the weights: the current masks, the round's generator
+    (random) and the training-loss gradients (magnitude_gradient, snip)."""
+
+    masks: Mapping[str, torch.Tensor]
+    generator: torch.Generator | None = None
+    gradients: GradientSource | None = None
+
+
+def magnitude_scores(weights: Mapping[str, torch.Tensor], inputs: ScoreInputs | None = None) -> Scores:
+    """|w| (L1 unstructured)."""
+    return {n: w.detach().abs().float().cpu() for n, w in weights.items()}
+
+
+def random_scores(weights: Mapping[str, torch.Tensor], inputs: ScoreInputs) -> Scores:
+    """Uniform random scores from the round's generator: one draw over all layers in order (so the
+    masks of ``prune.method=random`` are those it always drew)."""
+    if inputs.generator is None:
+        raise ValueError("random pruning needs a generator")
+    names = list(weights)
+    flat = torch.rand(sum(weights[n].numel() for n in names), generator=inputs.generator)
+    return _unflatten(flat, names, {n: torch.empty(weights[n].shape) for n in names})
+
+
+def _needs_gradients(inputs: ScoreInputs, criterion: str) -> GradientSource:
+    if inputs.gradients is None:
+        raise ValueError(f"the {criterion} criterion needs training-loss gradients: pass ScoreInputs(gradients=GradientSource(...))")
+    return inputs.gradients
+
+
+def magnitude_gradient_scores(weights: Mapping[str, torch.Tensor], inputs: ScoreInputs) -> Scores:
+    """|w·∂L/∂w| at the current (trained) weights: the first-order estimate of the loss change
+    when w is removed."""
+    w, g = _needs_gradients(inputs, "magnitude_gradient").at_current()
+    return {n: (w[n] * g[n]).abs() for n in weights}
+
+
+def snip_scores(weights: Mapping[str, torch.Tensor], inputs: ScoreInputs) -> Scores:
+    """SNIP's connection sensitivity |w₀·∂L/∂w(w₀)| at the initial weights w₀ under the current
+    mask (recomputed each round, so the already pruned weights shape the gradient)."""
+    w0, g = _needs_gradients(inputs, "snip").at_init(inputs.masks)
+    return {n: (w0[n] * g[n]).abs() for n in weights}
+
+
+# ----------------------------------------------------------------------------- allocations
+
+
+def global_allocation(
+    scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, density: float | None = None
+) -> Masks:
+    """Remove ``round(rate * alive)`` weights of lowest score over all layers together (one threshold)."""
+    names = list(scores)
+    flat_scores = torch.cat([scores[n].flatten() for n in names])
+    alive = torch.cat([masks[n].flatten().cpu() for n in names])
+    flat = _drop_smallest(flat_scores, alive, round(rate * int(alive.sum())))
+    return _unflatten(flat, names, masks)
+
+
+def uniform_allocation(
+    scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, density: float | None = None
+) -> Masks:
+    """Remove ``round(rate * alive_l)`` weights of lowest score in every layer l separately."""
+    return {n: _drop_per_layer(scores[n], masks[n], round(rate * int(masks[n].sum()))) for n in scores}
+
+
+def _drop_per_layer(score: torch.Tensor, mask: torch.Tensor, n_drop: int) -> torch.Tensor:
+    flat = _drop_smallest(score.flatten(), mask.flatten().cpu(), n_drop)
+    return flat.view_as(mask).to(mask.device)
+
+
+def erk_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, float]:
+    """Erdős–Rényi-Kernel layer densities (Evci et al. 2020, RigL) for an overall ``density``.
+
+    Layer l's density is ε·(Σ dims)/(Π dims) (for a conv: (n_out + n_in + k_h + k_w)/(n_out·n_in·k_h·k_w),
+    for a Linear Erdős–Rényi's (n_out + n_in)/(n_out·n_in)), ε chosen so the kept weights add up
+    to ``density`` of the total. A layer whose density would pass 1 stays dense and ε is solved
+    again over the others (as RigL's code does), until none does.
+    """
+    if not 0.0 < density <= 1.0:
+        raise ValueError(f"ERK needs an overall density in (0, 1], got {density}")
+    size = {n: _numel(s) for n, s in shapes.items()}
+    raw = {n: sum(s) / size[n] for n, s in shapes.items()}
+    keep = density * sum(size.values())
+    dense: set[str] = set()
+    while True:
+        rest = [n for n in shapes if n not in dense]
+        budget = keep - sum(size[n] for n in dense)
+        divisor = sum(raw[n] * size[n] for n in rest)
+        eps = budget / divisor if divisor else 0.0
+        over = [n for n in rest if eps * raw[n] > 1.0]
+        if not over:
+            return {n: 1.0 if n in dense else eps * raw[n] for n in shapes}
+        dense.add(max(over, key=lambda n: raw[n]))
+
+
+def _numel(shape: Sequence[int]) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+def erk_allocation(
+    scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, density: float | None = None
+) -> Masks:
+    """Keep ``round(d_l · n_l)`` weights of highest score in layer l, d_l the ERK density for the
+    round's overall target ``density`` (IMP passes (1 - rate)^round; None: (1 - rate) × the
+    current density). ERK densities grow with the target, so from dense masks every round's
+    masks nest in the previous ones; a layer already sparser than its share loses nothing."""
+    if density is None:
+        density = (1.0 - rate) * count_alive(masks) / max(count_total(masks), 1)
+    target = erk_densities({n: tuple(m.shape) for n, m in masks.items()}, density)
+    out: Masks = {}
+    for n in scores:
+        alive = int(masks[n].sum())
+        out[n] = _drop_per_layer(scores[n], masks[n], alive - min(alive, round(target[n] * masks[n].numel())))
+    return out
+
+
+# ----------------------------------------------------------------------------- methods and one step
+
+
+def prune_with(
+    criterion: str,
+    allocation: str,
+    weights: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    rate: float,
+    *,
+    inputs: ScoreInputs | None = None,
+    density: float | None = None,
+) -> Masks:
+    """The next masks: scores of the registered ``criterion``, removed as the registered ``allocation`` says."""
+    _check(weights, masks, rate)
+    inputs = inputs if inputs is not None else ScoreInputs(masks)
+    scores = PRUNING_CRITERIA.get(criterion)(weights, inputs)
+    return PRUNING_ALLOCATIONS.get(allocation)(scores, masks, rate, density)
+
+
 def global_magnitude_masks(
     weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, generator: torch.Generator | None = None
 ) -> Masks:
@@ -69,11 +302,7 @@ def global_magnitude_masks(
 
     ``generator`` is unused (magnitude pruning draws nothing): the signature of every pruning method."""
     _check(weights, masks, rate)
-    names = list(weights)
-    scores = torch.cat([weights[n].detach().abs().float().flatten().cpu() for n in names])
-    alive = torch.cat([masks[n].flatten().cpu() for n in names])
-    flat = _drop_smallest(scores, alive, round(rate * int(alive.sum())))
-    return _unflatten(flat, names, masks)
+    return global_allocation(magnitude_scores(weights), masks, rate)
 
 
 def layerwise_magnitude_masks(
@@ -81,12 +310,7 @@ def layerwise_magnitude_masks(
 ) -> Masks:
     """Remove ``round(rate * alive_l)`` weights of smallest |w| in every layer l separately (``generator`` unused)."""
     _check(weights, masks, rate)
-    out: Masks = {}
-    for n, w in weights.items():
-        alive = masks[n].flatten().cpu()
-        flat = _drop_smallest(w.detach().abs().float().flatten().cpu(), alive, round(rate * int(alive.sum())))
-        out[n] = flat.view_as(masks[n]).to(masks[n].device)
-    return out
+    return uniform_allocation(magnitude_scores(weights), masks, rate)
 
 
 def random_masks(
@@ -96,21 +320,7 @@ def random_masks(
     if generator is None:
         raise ValueError("random pruning needs a generator")
     _check(weights, masks, rate)
-    names = list(weights)
-    alive = torch.cat([masks[n].flatten().cpu() for n in names])
-    scores = torch.rand(alive.numel(), generator=generator)
-    flat = _drop_smallest(scores, alive, round(rate * int(alive.sum())))
-    return _unflatten(flat, names, masks)
-
-
-def _unflatten(flat: torch.Tensor, names: list[str], like: Mapping[str, torch.Tensor]) -> Masks:
-    out: Masks = {}
-    start = 0
-    for n in names:
-        k = like[n].numel()
-        out[n] = flat[start : start + k].view_as(like[n]).to(like[n].device)
-        start += k
-    return out
+    return global_allocation(random_scores(weights, ScoreInputs(masks, generator)), masks, rate)
 
 
 def next_masks(
@@ -123,6 +333,28 @@ def next_masks(
     """The masks of the next round by the registered pruning method ``method``
     (:data:`dsd2.registry.PRUNING_METHODS`; an unknown name raises UnknownNameError, a ValueError)."""
     return PRUNING_METHODS.get(method)(weights, masks, rate, generator)
+
+
+def composed(method: str, criterion: str | None, allocation: str | None) -> tuple[str, str] | None:
+    """The (criterion, allocation) pair a run prunes with, or None to call ``method`` itself.
+
+    Neither given: None (the method as registered, plugins' included). Otherwise the one not
+    given comes from the method's registry metadata (``criterion`` / ``allocation``: the
+    built-in methods have both); a method without it cannot be combined (UserError)."""
+    if criterion is None and allocation is None:
+        return None
+    implied: Mapping[str, Any] = PRUNING_METHODS.metadata(method)
+    crit = criterion if criterion is not None else implied.get("criterion")
+    alloc = allocation if allocation is not None else implied.get("allocation")
+    if crit is None or alloc is None:
+        missing = "prune.criterion" if crit is None else "prune.allocation"
+        raise UserError(f"pruning method {method!r} names no criterion and allocation of its own: give {missing} too")
+    return crit, alloc
+
+
+def needs_gradients(criterion: str) -> bool:
+    """Whether the registered ``criterion`` reads the training-loss gradients (registry metadata)."""
+    return bool(PRUNING_CRITERIA.metadata(criterion).get("gradients"))
 
 
 @torch.no_grad()

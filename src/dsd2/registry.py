@@ -28,6 +28,9 @@ What each registry here holds (register your own with ``REGISTRY.register(name, 
 names it like a built-in one, in every process that registered it):
 
 - :data:`PRUNING_METHODS`: ``method(weights, masks, rate, generator) -> masks`` (:mod:`dsd2.prune`);
+- :data:`PRUNING_CRITERIA`: ``criterion(weights, inputs) -> scores`` (:mod:`dsd2.prune`; metadata
+  ``gradients=True`` when it reads the training-loss gradients);
+- :data:`PRUNING_ALLOCATIONS`: ``allocation(scores, masks, rate, density) -> masks`` (:mod:`dsd2.prune`);
 - :data:`RETRAIN_MODES`: a :class:`dsd2.imp.RetrainMode` (starting weights, schedule, hooks);
 - :data:`OPTIMIZERS`: ``make(params, schedule) -> torch.optim.Optimizer`` (:mod:`dsd2.train`);
 - :data:`SCHEDULES`: ``lr(schedule, epoch) -> float`` (:mod:`dsd2.train`);
@@ -51,6 +54,8 @@ T = TypeVar("T")
 
 __all__ = [
     "OPTIMIZERS",
+    "PRUNING_ALLOCATIONS",
+    "PRUNING_CRITERIA",
     "PRUNING_METHODS",
     "RETRAIN_MODES",
     "SCHEDULES",
@@ -332,6 +337,8 @@ def _describe(obj: Any) -> str:
 # ------------------------------------------------------------------------------------------
 
 PRUNING_METHODS: Registry[Callable[..., Any]] = Registry("pruning method")
+PRUNING_CRITERIA: Registry[Callable[..., Any]] = Registry("pruning criterion", "pruning criteria")
+PRUNING_ALLOCATIONS: Registry[Callable[..., Any]] = Registry("sparsity allocation")
 RETRAIN_MODES: Registry[Any] = Registry("retraining mode")
 OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
@@ -343,13 +350,44 @@ def _builtin(registry: Registry[Any], module: str, entries: list[tuple[str, str,
         registry.register(name, Lazy(f"{module}:{attr}"), metadata={"description": description})
 
 
+# a built-in method names what it is made of: prune.criterion / prune.allocation replace one part of it
+for _name, _attr, _description, _criterion, _allocation in [
+    (
+        "global_magnitude",
+        "global_magnitude_masks",
+        "smallest |w| over all prunable weights together (L1 unstructured, the reference)",
+        "magnitude",
+        "global",
+    ),
+    ("layerwise_magnitude", "layerwise_magnitude_masks", "smallest |w| in every layer separately", "magnitude", "uniform"),
+    ("random", "random_masks", "alive weights chosen uniformly at random over all layers", "random", "global"),
+]:
+    PRUNING_METHODS.register(
+        _name,
+        Lazy(f"dsd2.prune:{_attr}"),
+        metadata={"description": _description, "criterion": _criterion, "allocation": _allocation},
+    )
 _builtin(
-    PRUNING_METHODS,
+    PRUNING_CRITERIA,
     "dsd2.prune",
     [
-        ("global_magnitude", "global_magnitude_masks", "smallest |w| over all prunable weights together (L1 unstructured, the reference)"),
-        ("layerwise_magnitude", "layerwise_magnitude_masks", "smallest |w| in every layer separately"),
-        ("random", "random_masks", "alive weights chosen uniformly at random over all layers"),
+        ("magnitude", "magnitude_scores", "|w| (the reference)"),
+        ("random", "random_scores", "uniform random scores from the round's seed"),
+    ],
+)
+for _name, _attr, _description in [
+    ("magnitude_gradient", "magnitude_gradient_scores", "|w·dL/dw| at the trained weights, gradient over `score_batches` batches"),
+    ("snip", "snip_scores", "SNIP: |w0·dL/dw| at the initial weights under the current mask, over `score_batches` batches"),
+]:
+    # gradients=True: the round loop computes the training-loss gradients for it
+    PRUNING_CRITERIA.register(_name, Lazy(f"dsd2.prune:{_attr}"), metadata={"description": _description, "gradients": True})
+_builtin(
+    PRUNING_ALLOCATIONS,
+    "dsd2.prune",
+    [
+        ("global", "global_allocation", "one score threshold over all layers"),
+        ("uniform", "uniform_allocation", "every layer loses the same fraction"),
+        ("erk", "erk_allocation", "Erdős–Rényi-Kernel layer densities for the round's target sparsity 1-(1-rate)^round"),
     ],
 )
 _builtin(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -10,10 +11,19 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
+from dsd2.errors import UserError
+
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-def prunable_weights(model: nn.Module, *, include_classifier: bool = True, exclude_first_conv: bool = False) -> dict[str, nn.Parameter]:
+def prunable_weights(
+    model: nn.Module,
+    *,
+    include_classifier: bool = True,
+    exclude_first_conv: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> dict[str, nn.Parameter]:
     """The ``weight`` of every Conv1d/Conv2d/Linear module, keyed by state-dict name.
 
     Ordered by module order (``model.named_modules()``), e.g. ``"features.0.weight"``.
@@ -21,7 +31,9 @@ def prunable_weights(model: nn.Module, *, include_classifier: bool = True, exclu
     biases and BatchNorm never (nor weights held outside such modules, e.g. the packed
     ``in_proj_weight`` of ``nn.MultiheadAttention``). ``include_classifier=False`` drops the
     classifier (:func:`classifier_layers`); ``exclude_first_conv=True`` drops the first
-    convolution (:func:`first_conv`; nothing when the model has none). Subclasses count
+    convolution (:func:`first_conv`; nothing when the model has none). Then ``include`` (fnmatch
+    patterns; empty: all) keeps the weights some pattern matches and ``exclude`` drops those some
+    pattern matches (:func:`select_layers`). Subclasses count
     (timm's and torchvision's layers are Conv2d/Linear subclasses).
     The modules must hold a plain ``weight`` Parameter (no ``torch.nn.utils.prune`` or
     parametrization wrappers: the project keeps masks outside the model).
@@ -44,7 +56,34 @@ def prunable_weights(model: nn.Module, *, include_classifier: bool = True, exclu
         first = first_conv(model)
         if first is not None:
             drop.add(_weight_key(first))
-    return {k: w for k, w in found if k not in drop}
+    kept = {k: w for k, w in found if k not in drop}
+    if not include and not exclude:
+        return kept
+    names = select_layers([k for k, _ in found], list(kept), include, exclude)
+    return {k: kept[k] for k in names}
+
+
+def select_layers(every: Sequence[str], candidates: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """The ``candidates`` (weight keys) kept by the ``include`` and ``exclude`` fnmatch patterns.
+
+    A pattern matches a key (``features.0.weight``) or its module name (``features.0``), case
+    sensitive: ``*.downsample.*``, ``layer4.*``, ``fc``. A pattern that matches none of ``every``
+    prunable weight is a typo: UserError naming the first few layers; so is a selection that
+    leaves nothing to prune.
+    """
+
+    def hit(pattern: str, key: str) -> bool:
+        return fnmatch.fnmatchcase(key, pattern) or fnmatch.fnmatchcase(key.removesuffix(".weight"), pattern)
+
+    for kind, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns:
+            if not any(hit(pattern, k) for k in every):
+                shown = ", ".join(every[:8]) + (f", … ({len(every)} in all)" if len(every) > 8 else "")
+                raise UserError(f"prune.{kind} pattern {pattern!r} matches no prunable layer; the layers are: {shown}")
+    kept = [k for k in candidates if (not include or any(hit(p, k) for p in include)) and not any(hit(p, k) for p in exclude)]
+    if not kept:
+        raise UserError(f"prune.include={list(include)} and prune.exclude={list(exclude)} leave no layer to prune")
+    return kept
 
 
 def _weight_key(module_name: str) -> str:
