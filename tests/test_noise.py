@@ -189,4 +189,4 @@ def test_validation_errors():
 
 
 def test_noise_kinds_constant():
-    assert NOISE_KINDS == ("none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip")
+    assert NOISE_KINDS == ("none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip", "transition", "instance")

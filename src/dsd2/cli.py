@@ -355,6 +355,12 @@ def show(run_dir: Path = typer.Argument(..., help="Run directory."), plugins: Op
 
     _load_plugins(plugins)
     console.print(rounds_table(rundir.read_rounds(run_dir), title=str(run_dir)))
+    noise = rundir.read_noise(run_dir)
+    if noise is not None and isinstance(noise.get("realized_rate"), (int, float)):
+        console.print(
+            f"label noise: {noise.get('kind')}, realised rate {100 * noise['realized_rate']:.2f}% "
+            f"({noise.get('num_flipped')} of {noise.get('n')} train labels changed; noise.json)"
+        )
 
 
 @app.command("config")

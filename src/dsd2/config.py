@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dsd2 import registry
 from dsd2.errors import UserError
 from dsd2.plugins import check_module_name, load_plugins, merge
 from dsd2.registry import OPTIMIZERS, PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_METHODS, RETRAIN_MODES, SCHEDULES, STOP_RULES
@@ -32,6 +33,7 @@ RetrainModeName = Annotated[str, AfterValidator(RETRAIN_MODES.canonical)]
 OptimizerName = Annotated[str, AfterValidator(OPTIMIZERS.canonical)]
 ScheduleName = Annotated[str, AfterValidator(SCHEDULES.canonical)]
 StopRuleName = Annotated[str, AfterValidator(STOP_RULES.canonical)]
+NoiseKindName = Annotated[str, AfterValidator(registry.NOISE_MODELS.canonical)]
 
 
 class _Section(BaseModel):
@@ -108,17 +110,23 @@ class DatasetConfig(_Section):
         return self
 
 
-NoiseKind = Literal["none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip"]
-
-
 class NoiseConfig(_Section):
-    kind: NoiseKind = Field(
+    kind: NoiseKindName = Field(
         "symmetric",
         description="symmetric: first floor(rate*N) samples get one of the K-1 other classes (reference); uniform: drawn from all K; "
-        "bernoulli: each sample flips with prob. rate; asymmetric: class map; pairflip: c -> c+1.",
+        "bernoulli: each sample flips with prob. rate; asymmetric: class map; pairflip: c -> c+1; transition: rows of noise.matrix "
+        "(rate unused); instance: instance-dependent, Xia et al. 2020 (docs/noise.md); or a plugin's kind.",
     )
-    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Noise rate epsilon in [0, 1).")
+    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Noise rate epsilon in [0, 1) (instance: the mean flip rate; transition: unused).")
     class_map: dict[int, int] | None = Field(None, description="Asymmetric noise map source->target (default: the dataset's).")
+    matrix: list[list[float]] | None = Field(
+        None,
+        description="transition: the K x K matrix P(noisy=j | clean=i), inline or the path of a .npy / .yaml file, read when the "
+        "config is loaded (its values, not the path, are in the run id); rows must sum to 1.",
+    )
+    matrix_file: str | None = Field(None, description="Set on loading: the file noise.matrix was read from (a record; not in the run id).")
+    matrix_sha256: str | None = Field(None, description="Set on loading: sha256 of that file (a record; not in the run id).")
+    instance_std: float = Field(0.1, gt=0.0, description="instance: std of the truncated normal of the per-sample flip rates.")
 
     @field_validator("rate")
     @classmethod
@@ -126,6 +134,85 @@ class NoiseConfig(_Section):
         if v != v:
             raise ValueError("noise rate is NaN")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_matrix_file(cls, data: Any) -> Any:
+        # a path is a location, its content the setting: the values go into the config (and so the
+        # run id and config.yaml); the path and the file's hash are kept as a record.
+        if isinstance(data, dict) and isinstance(data.get("matrix"), str):
+            path = data["matrix"]
+            values, digest = read_matrix_file(path)
+            data = {**data, "matrix": values, "matrix_file": path, "matrix_sha256": digest}
+        return data
+
+    @field_validator("matrix")
+    @classmethod
+    def _stochastic(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        if v is not None:
+            check_transition_rows(v)
+        return v
+
+    @model_validator(mode="after")
+    def _matrix_for_transition(self) -> NoiseConfig:
+        if self.kind == "transition" and self.matrix is None:
+            raise ValueError("noise.kind=transition needs noise.matrix (a K x K list, or the path of a .npy or .yaml file)")
+        if self.kind != "transition" and self.matrix is not None:
+            raise ValueError(f"noise.matrix is used only by noise.kind=transition, not {self.kind}: remove it")
+        return self
+
+
+# Rows of a transition matrix must sum to 1 within this (dsd2.noise checks the same and renormalises).
+MATRIX_ROW_TOL = 1e-6
+
+
+def check_transition_rows(rows: list[list[float]]) -> None:
+    """A transition matrix's shape and entries (ValueError): square, finite, non-negative, rows
+    summing to 1 within :data:`MATRIX_ROW_TOL`. The dataset's K is checked when labels are made."""
+    k = len(rows)
+    if k < 2 or any(len(r) != k for r in rows):
+        raise ValueError(f"must be a square K x K matrix with K >= 2, got {k} rows of lengths {sorted({len(r) for r in rows})}")
+    for i, row in enumerate(rows):
+        if any(v != v or v in (float("inf"), float("-inf")) for v in row):
+            raise ValueError(f"row {i} holds NaN or infinite entries")
+        if any(v < 0 for v in row):
+            raise ValueError(f"row {i} has a negative entry: {min(row)}")
+        if abs(sum(row) - 1.0) > MATRIX_ROW_TOL:
+            raise ValueError(f"row {i} sums to {sum(row):.9g}, not 1 (row i is P(noisy | clean = i))")
+
+
+def read_matrix_file(path: str) -> tuple[list[list[float]], str]:
+    """The rows of a ``.npy`` (numeric, read without unpickling) or ``.yaml`` matrix file, and the
+    sha256 of the file (ValueError when it cannot be read)."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as err:
+        raise ValueError(f"cannot read the matrix file {path}: {err.strerror or err}") from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if p.suffix.lower() == ".npy":
+        import io
+
+        import numpy as np
+
+        try:
+            arr = np.load(io.BytesIO(raw), allow_pickle=False)
+        except ValueError as err:  # numpy's refusal of an object (pickled) array lands here too
+            raise ValueError(f"{path} is not a numeric .npy array (pickled arrays are refused): {err}") from None
+        if arr.dtype.kind not in "biuf" or arr.ndim != 2:
+            raise ValueError(f"{path} must hold a 2-D numeric array, got dtype {arr.dtype} and shape {arr.shape}")
+        return arr.astype(np.float64).tolist(), digest
+    if p.suffix.lower() in (".yaml", ".yml"):
+        try:
+            rows = load_yaml_text(raw.decode())
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid YAML: {err}") from None
+        if isinstance(rows, dict) and "matrix" in rows:
+            rows = rows["matrix"]
+        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+            raise ValueError(f"{path} must hold a list of rows (or a mapping with key matrix)")
+        return rows, digest
+    raise ValueError(f"the matrix file {path} must end in .npy or .yaml")
 
 
 class ModelConfig(BaseModel):
@@ -366,6 +453,8 @@ class RunConfig(_Section):
 _ROUNDS_FIELD = ("prune", "rounds")
 _LOCATION_FIELDS = {("dataset", "root"), ("dataset", "download")}
 _NON_RESULT_FIELDS = _LOCATION_FIELDS | {
+    ("noise", "matrix_file"),  # a record: the matrix's values are hashed
+    ("noise", "matrix_sha256"),
     ("train", "device"),
     ("train", "threads"),
     ("dataset", "workers"),

@@ -40,7 +40,7 @@ from dsd2.entropy import OnCounter, activation_entropy, entropy_from_counts
 from dsd2.errors import UserError
 from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flops
 from dsd2.models import build_model, prunable_weights
-from dsd2.noise import NoisyLabels, apply_label_noise
+from dsd2.noise import FeatureSource, NoisyLabels, apply_label_noise, noise_summary
 from dsd2.phases import label_phases
 from dsd2.prune import (
     GradientSource,
@@ -231,7 +231,22 @@ def noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
         seed=cfg.seed,
         class_map=cfg.noise.class_map,
         dataset=data.name,
+        matrix=cfg.noise.matrix,
+        instance_std=cfg.noise.instance_std,
+        features=_train_features(data),
     )
+
+
+def _train_features(data: DataSplits) -> FeatureSource | None:
+    """The flattened, normalised train inputs instance-dependent noise reads (read by chunks when
+    asked; None for a streamed image folder, whose images stay on disk)."""
+    from dsd2.data.augment import normalize
+
+    x = data.train_x
+    if not isinstance(x, torch.Tensor):
+        return None
+    dim = int(x[0].numel())
+    return FeatureSource(dim, lambda idx: normalize(x[idx.to(x.device)], data.mean, data.std).reshape(idx.numel(), -1))
 
 
 def _human_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
@@ -268,6 +283,28 @@ def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
                 )
         return
     store.save_tensors(path, tensors)
+
+
+def _noise_file(run_dir: Path, cfg: RunConfig, data: DataSplits, labels: NoisyLabels) -> None:
+    """``noise.json``: the noise asked for and what it did to the train labels (realised rate,
+    per-class flip rates, clean→noisy confusion counts); rewritten on every start (a pure
+    function of the labels, which labels.safetensors pins)."""
+    summary = noise_summary(data.train_y, labels.noisy, data.num_classes)
+    asked: dict[str, Any] = {"kind": cfg.noise.kind, "rate": cfg.noise.rate}
+    if cfg.dataset.label_file:
+        asked = {"kind": "human", "label_file": cfg.dataset.label_file, "label_key": cfg.dataset.label_key}
+    elif cfg.noise.kind == "transition":
+        asked = {
+            "kind": "transition",
+            "matrix": cfg.noise.matrix,
+            "matrix_file": cfg.noise.matrix_file,
+            "matrix_sha256": cfg.noise.matrix_sha256,
+        }
+    elif cfg.noise.kind == "instance":
+        asked["instance_std"] = cfg.noise.instance_std
+    elif cfg.noise.kind == "asymmetric" and cfg.noise.class_map is not None:
+        asked["class_map"] = cfg.noise.class_map
+    store.write_json(run_dir / rundir.NOISE, {**asked, "class_names": list(data.class_names) if data.class_names else None, **summary})
 
 
 LR_SCALE_FILE = "lr_scale.json"
@@ -445,6 +482,8 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     data = build_data(cfg)
     labels = noisy_labels(cfg, data)
     _labels_file(run_dir, data, labels)
+    if distributed.is_main():
+        _noise_file(run_dir, cfg, data, labels)
     model = make_model(cfg, data, init_seed(cfg)).to(device)
     init_path = run_dir / "init.safetensors"
     if init_path.exists():

@@ -35,7 +35,9 @@ names it like a built-in one, in every process that registered it):
 - :data:`OPTIMIZERS`: ``make(params, schedule) -> torch.optim.Optimizer`` (:mod:`dsd2.train`);
 - :data:`SCHEDULES`: ``lr(schedule, epoch) -> float`` (:mod:`dsd2.train`);
 - :data:`STOP_RULES`: ``rule(acc, entropy, *, tolerance, patience, select, **params) ->
-  StopDecision | None`` (:mod:`dsd2.compare`).
+  StopDecision | None`` (:mod:`dsd2.compare`);
+- :data:`NOISE_MODELS`: ``kind(request: NoiseRequest) -> noisy labels`` (``noise.kind``,
+  :mod:`dsd2.noise`).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from dsd2.errors import UserError
 T = TypeVar("T")
 
 __all__ = [
+    "NOISE_MODELS",
     "OPTIMIZERS",
     "PRUNING_ALLOCATIONS",
     "PRUNING_CRITERIA",
@@ -343,6 +346,7 @@ RETRAIN_MODES: Registry[Any] = Registry("retraining mode")
 OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
 STOP_RULES: Registry[Callable[..., Any]] = Registry("stop rule")
+NOISE_MODELS: Registry[Callable[..., Any]] = Registry("noise kind")
 
 
 def _builtin(registry: Registry[Any], module: str, entries: list[tuple[str, str, str]]) -> None:
@@ -426,5 +430,19 @@ _builtin(
         ("none", "no_stop", "never stop, train every round"),
         ("plain", "plain_stop", "stop at the first accuracy drop beyond `tolerance` for `patience` rounds"),
         ("entropy", "entropy_stop", "as plain, but drops are ignored while the activation entropy stays near its running maximum"),
+    ],
+)
+_builtin(
+    NOISE_MODELS,
+    "dsd2.noise",
+    [
+        ("none", "no_noise", "clean labels"),
+        ("symmetric", "symmetric_noise", "the first floor(rate*N) samples get one of the K-1 other classes (reference)"),
+        ("uniform", "uniform_noise", "the first floor(rate*N) samples get a class drawn from all K"),
+        ("bernoulli", "bernoulli_noise", "each sample flips with prob. rate to one of the K-1 other classes"),
+        ("asymmetric", "asymmetric_noise", "floor(rate*n_c) samples of each class c of class_map get class_map[c]"),
+        ("pairflip", "pairflip_noise", "a random floor(rate*N) samples get c -> c+1"),
+        ("transition", "transition_noise", "each label drawn from row clean of the K x K matrix noise.matrix (rate unused)"),
+        ("instance", "instance_noise", "instance-dependent (Xia et al. 2020): per-sample rate ~ truncated N(rate, instance_std)"),
     ],
 )

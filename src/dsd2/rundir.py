@@ -180,6 +180,19 @@ def is_complete(cfg: RunConfig, done: int, run_dir: str | Path) -> bool:
     return done >= cfg.prune.rounds + 1 or (cfg.early_stop.rule != "none" and done > 0 and stopped_at(run_dir) is not None)
 
 
+NOISE = "noise.json"
+
+
+def read_noise(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``noise.json`` (the noise asked for, realised rate, per-class flip rates,
+    confusion counts: docs/noise.md), or None for a run started before it was written."""
+    path = Path(run_dir) / NOISE
+    if not path.is_file():
+        return None
+    data = store.read_json(path)
+    return data if isinstance(data, dict) else None
+
+
 TABLE_SUMS = "tables.sha256.json"
 
 

@@ -39,6 +39,7 @@ class RunData:
     timings: list[dict[str, Any]] = field(default_factory=list)
     teacher: dict[str, Any] | None = None
     early_stop: dict[str, Any] | None = None
+    noise: dict[str, Any] | None = None  # noise.json: realised rate, per-class flip rates, confusion
     role: str = "vanilla"
     # what legends and headings call the run instead of its config name: a sweep cell's grid
     # point ("noise.rate=0.2, model.depth=3") rather than its internal cell name
@@ -141,6 +142,7 @@ def load_run(path: str | Path) -> RunData:
         timings=timings,
         teacher=teacher if isinstance(teacher, dict) else None,
         early_stop=early if isinstance(early, dict) else None,
+        noise=rundir.read_noise(path),
         role="student" if teacher is not None else "vanilla",
     )
 

@@ -403,6 +403,42 @@ def _rounds_table(run: RunData) -> str:
     )
 
 
+# Classes up to which the report shows the whole clean -> noisy confusion table (beyond: a summary).
+CONFUSION_MAX_CLASSES = 12
+
+
+def _noise_block(noise: dict[str, Any]) -> str:
+    """noise.json in short: the realised rate and the clean → noisy counts (small K) or the
+    spread of the per-class flip rates (large K)."""
+    rate = noise.get("realized_rate")
+    head = f"Label noise (noise.json): {noise.get('kind')}, realised rate " + (
+        f"{100 * rate:.2f}% ({noise.get('num_flipped')} of {noise.get('n')} train labels)" if isinstance(rate, (int, float)) else "?"
+    )
+    conf = noise.get("confusion")
+    if not isinstance(conf, list) or not conf:
+        return f"<p>{esc(head)}</p>"
+    k = len(conf)
+    names = noise.get("class_names") if isinstance(noise.get("class_names"), list) else None
+    label = [str(names[i]) if names and i < len(names) else str(i) for i in range(k)]
+    rates = noise.get("class_flip_rates") or []
+    if k <= CONFUSION_MAX_CLASSES:
+        rows = [[label[i], *conf[i], _fmt_rate(rates[i] if i < len(rates) else None)] for i in range(k)]
+        body = _table(["clean → noisy", *label, "flipped %"], rows, cls="confusion", text_cols=(0,))
+    else:
+        known = [(r, i) for i, r in enumerate(rates) if isinstance(r, (int, float))]
+        body = (
+            f'<p class="note">{k} classes: per-class flip rate from {_fmt_rate(min(known)[0])} (class {esc(label[min(known)[1]])}) to '
+            f"{_fmt_rate(max(known)[0])} (class {esc(label[max(known)[1]])}); the full confusion counts are in noise.json.</p>"
+            if known
+            else ""
+        )
+    return f"<details><summary>{esc(head)}</summary>{body}</details>"
+
+
+def _fmt_rate(r: Any) -> str:
+    return f"{100 * r:.1f}" if isinstance(r, (int, float)) else "–"
+
+
 def _meta_table(run: RunData) -> str:
     keys = ["dsd2", "git_commit", "python", "torch", "torchvision", "numpy", "platform", "created", "seed"]
     meta = run.meta
@@ -426,6 +462,8 @@ def _run_section(i: int, run: RunData) -> str:
             + "</p>"
         )
     parts.append(f"<details open><summary>Rounds ({len(run.rows)})</summary>{_rounds_table(run)}</details>")
+    if run.noise:
+        parts.append(_noise_block(run.noise))
     parts.append(f"<details><summary>Resolved config</summary><pre>{esc(run.config_text)}</pre></details>")
     parts.append(f"<details><summary>Versions and commit (meta.json)</summary>{_meta_table(run)}</details>")
     return "".join(parts)
