@@ -292,3 +292,18 @@ def test_gradient_pruning_is_reproducible_in_the_round_loop(tmp_path):
     imp.run(plain, a)
     mp = store.load_tensors(store.round_dir(a / plain.run_id(), 1) / "masks.safetensors")
     assert any(not torch.equal(ma[k], mp[k]) for k in ma)
+
+
+def test_a_sweep_grid_over_criteria_and_allocations(tmp_path):
+    import yaml
+
+    from dsd2.sweep.spec import expand, load_sweep
+
+    path = tmp_path / "prune_sweep.yaml"
+    grid = {"prune.criterion": ["magnitude", "snip"], "prune.allocation": ["global", "erk"]}
+    path.write_text(yaml.safe_dump({"name": "prune_sweep", "base": "tiny_mnist1d", "grid": grid}))
+    cells = expand(load_sweep(path))
+    assert {(c.config.prune.criterion, c.config.prune.allocation) for c in cells} == {
+        (a, b) for a in grid["prune.criterion"] for b in grid["prune.allocation"]
+    }
+    assert len({c.config.run_id() for c in cells}) == 4
