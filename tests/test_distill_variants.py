@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from dsd2 import imp, rundir, store
 from dsd2.distill import KDObjective, TeacherEnsemble, kd_loss, mixture_log_probs
+from dsd2.distill.feature import make_adapter
 from dsd2.errors import UserError
 from dsd2.flops import step_flops
 
@@ -166,3 +167,90 @@ def test_self_distillation_resume_gives_identical_rounds(self_run, tmp_path):
 def test_self_distillation_refuses_a_round_choice():
     with pytest.raises(UserError, match="previous round"):
         tiny("distill.teacher=self", "distill.round=dense")
+
+
+# ----------------------------------------------------------------------------- feature distillation
+
+
+def hinted(teacher_dir, *extra):
+    hint = "distill.feature={student_layer: layers.2, teacher_layer: layers.2, weight: 0.5}"
+    return tiny("name=hinted", "model.hidden=[24]", f"distill.teacher={teacher_dir}", hint, "prune.rounds=1", *extra)
+
+
+def test_adapter_shapes():
+    g = torch.Generator().manual_seed(0)
+    lin = make_adapter((8, 24), (8, 16), g)
+    assert isinstance(lin, torch.nn.Linear) and tuple(lin.weight.shape) == (16, 24)
+    conv = make_adapter((2, 8, 4, 4), (2, 32, 4, 4), g)
+    assert isinstance(conv, torch.nn.Conv2d) and tuple(conv.weight.shape) == (32, 8, 1, 1)
+    tokens = make_adapter((2, 5, 12), (2, 5, 20), g)
+    assert tuple(tokens(torch.zeros(2, 5, 12)).shape) == (2, 5, 20)
+    with pytest.raises(UserError, match="spatial size"):
+        make_adapter((2, 8, 4, 4), (2, 8, 2, 2), g)
+    # seeded: the same seed gives the same adapter
+    a, b = make_adapter((1, 3), (1, 2), torch.Generator().manual_seed(5)), make_adapter((1, 3), (1, 2), torch.Generator().manual_seed(5))
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+def test_unknown_hint_layer_is_refused_with_the_names(teacher, tmp_path):
+    bad = "distill.feature={student_layer: layers.9, teacher_layer: layers.2}"
+    with pytest.raises(UserError, match=r"layers\.9.*not a module of the student.*layers\.1"):
+        imp.run(tiny("name=bad", f"distill.teacher={teacher}", bad), tmp_path)
+    with pytest.raises(UserError, match="needs one teacher"):
+        tiny(f"distill.teachers=[{{run: {teacher}}}]", "distill.feature={student_layer: a, teacher_layer: b}")
+
+
+def test_feature_distillation_two_rounds(teacher, tmp_path):
+    run_dir = imp.run(hinted(teacher), tmp_path)
+    plain = rundir.read_rounds(imp.run(hinted(teacher, "distill.feature=null", "name=plain"), tmp_path))
+    rows = rundir.read_rounds(run_dir)
+    assert len(rows) == 2 and rows[0]["train_loss"] != plain[0]["train_loss"]
+    for i in range(2):
+        rd = store.round_dir(run_dir, i)
+        adapter = store.load_tensors(rd / "adapter.safetensors")
+        assert tuple(adapter["weight"].shape) == (16, 24)  # student hint 24 -> teacher hint 16
+        assert "adapter" not in "".join(store.load_tensors(rd / "state.safetensors"))  # not in the student, not pruned
+        fresh = make_adapter((1, 24), (1, 16), torch.Generator().manual_seed(imp.round_seed(0, i, stream=7)))
+        assert not torch.equal(adapter["weight"], fresh.weight)  # trained from the round's seed
+    # the teacher runs every step (hints are not cached): more teacher compute than cached plain KD
+    assert rows[1]["round_pflops_dense"] > plain[1]["round_pflops_dense"]
+
+
+def test_feature_self_distillation_resumes_mid_round_exactly(tmp_path):
+    hint = "distill.feature={student_layer: layers.2, teacher_layer: layers.2}"
+    cfg = tiny("name=selfhint", "distill.teacher=self", hint, "train.epochs=2", "train.checkpoint_interval_s=0")
+    ref = imp.run(cfg, tmp_path / "ref")
+
+    class Boom(Exception):
+        pass
+
+    def stop_in_round_2(round_idx, epochs, log):
+        if round_idx == 2 and log.epoch == 2:  # after the epoch-1 checkpoint (adapter inside) was written
+            raise Boom
+
+    with pytest.raises(Boom):
+        imp.run(cfg, tmp_path / "cut", progress=stop_in_round_2)
+    run_dir = tmp_path / "cut" / cfg.run_id()
+    assert (run_dir / "round_002.partial.safetensors").is_file()
+    imp.resume(run_dir)
+    assert (run_dir / "rounds.csv").read_bytes() == (ref / "rounds.csv").read_bytes()
+    for i in range(3):
+        for name in ("state.safetensors", "adapter.safetensors") if i else ("state.safetensors",):
+            a = store.load_tensors(store.round_dir(run_dir, i) / name)
+            b = store.load_tensors(store.round_dir(ref, i) / name)
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (store.round_dir(ref, 0) / "adapter.safetensors").exists()  # round 0 has no teacher yet
+
+
+# ----------------------------------------------------------------------------- in sweeps
+
+
+def test_variants_are_sweep_grid_values(tmp_path):
+    from dsd2.sweep.spec import expand, load_sweep
+
+    hint = "{student_layer: layers.2, teacher_layer: layers.2, weight: 0.1}"
+    spec = load_sweep("tiny_demo", [f"sweep.grid.distill=[{{}}, {{teacher: self}}, {{teacher: self, feature: {hint}}}]"])
+    cells = expand(spec)
+    kinds = {(c.config.distill.self_distill, c.config.distill.feature is not None) for c in cells}
+    assert {(False, False), (True, False), (True, True)} <= kinds
+    assert len({c.config.run_id() for c in cells}) == len(cells)

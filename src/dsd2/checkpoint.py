@@ -11,7 +11,7 @@ so a kill while writing leaves the previous checkpoint.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class EpochState:
     optimizer_state: dict[str, Any]
     generator_state: torch.Tensor
     logs: list[dict[str, Any]]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. feature distillation's adapter
 
 
 def partial_path(run_dir: Path, round_idx: int) -> Path:
@@ -72,9 +73,11 @@ def save_epoch_state(
     generator: torch.Generator,
     next_epoch: int,
     logs: list[dict[str, Any]],
+    extra: dict[str, torch.Tensor] | None = None,
 ) -> None:
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"extra/{k}": v for k, v in (extra or {}).items()})
     tensors.update(opt_tensors)
     tensors["rng"] = generator.get_state()
     meta = {"next_epoch": str(next_epoch), "logs": json.dumps(logs), "optimizer": json.dumps(opt_meta)}
@@ -97,6 +100,7 @@ def load_epoch_state(path: Path) -> EpochState | None:
             optimizer_state=_unflatten_optimizer(tensors, json.loads(meta["optimizer"])),
             generator_state=tensors["rng"],
             logs=json.loads(meta["logs"]),
+            extra={k[len("extra/") :]: v for k, v in tensors.items() if k.startswith("extra/")},
         )
     except (KeyError, ValueError, json.JSONDecodeError) as err:
         raise UserError(

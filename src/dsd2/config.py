@@ -330,6 +330,12 @@ class TeacherSpec(_Section):
     weight: float = Field(1.0, gt=0.0, description="Weight of this teacher in the mixture (the weights are normalised to sum 1).")
 
 
+class FeatureHintConfig(_Section):
+    student_layer: str = Field(description="Student module whose output is the hint (a name of model.named_modules()).")
+    teacher_layer: str = Field(description="Teacher module whose output the adapted student hint regresses.")
+    weight: float = Field(1.0, ge=0.0, description="beta: loss = KD loss + beta * MSE(adapter(student hint), teacher hint).")
+
+
 class DistillConfig(_Section):
     teacher: str | None = Field(
         None,
@@ -341,6 +347,11 @@ class DistillConfig(_Section):
         [],
         description="Several teachers, e.g. [{run: DIR, round: dense}, {run: DIR, round: best, weight: 2}]: the target is the "
         "weighted average of their probabilities at the temperature (docs/distillation.md). Exclusive with distill.teacher.",
+    )
+    feature: FeatureHintConfig | None = Field(
+        None,
+        description="FitNets hint: {student_layer: NAME, teacher_layer: NAME, weight: beta}; a learned 1x1 conv / Linear adapter "
+        "maps the student's features to the teacher's (needs distill.teacher, a run or self).",
     )
     alpha: float = Field(0.8, ge=0.0, le=1.0, description="Weight of the distillation term (1-alpha weights CE on noisy labels).")
     temperature: float = Field(10.0, gt=0.0)
@@ -358,6 +369,8 @@ class DistillConfig(_Section):
             raise ValueError("distill.teacher=self always distils from the previous round: leave distill.round unset")
         if any(t.run == SELF_TEACHER for t in self.teachers):
             raise ValueError("self-distillation is distill.teacher=self, not an entry of distill.teachers")
+        if self.feature is not None and self.teacher is None:
+            raise ValueError("distill.feature needs one teacher: distill.teacher=<run> or self (not distill.teachers)")
         return self
 
     @property

@@ -515,7 +515,7 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
         loader=images,
     )
     # distillation (docs/distillation.md): one or several teachers, or the student's own last round
-    teaching = run_teaching(cfg, run_dir, device, data, labels, train_batches, channels_last)
+    teaching = run_teaching(cfg, run_dir, device, data, labels, train_batches, channels_last, student=model)
     objective: Objective = cross_entropy
     teacher = teacher_info = teacher_masks = None
     if teaching is not None:
@@ -802,7 +802,13 @@ def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total
         if next_epoch >= total_epochs or time.monotonic() - last[0] < interval:
             return  # the finished round itself is saved right after
         checkpoint.save_epoch_state(
-            path, model=ctx.model, optimizer=opt, generator=gen, next_epoch=next_epoch, logs=[vars(x) for x in logs]
+            path,
+            model=ctx.model,
+            optimizer=opt,
+            generator=gen,
+            next_epoch=next_epoch,
+            logs=[vars(x) for x in logs],
+            extra=_adapter_state(ctx),
         )
         last[0] = time.monotonic()
 
@@ -821,6 +827,11 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
     resume_state = checkpoint.load_epoch_state(partial)
     if resume_state is not None:
         load_state(ctx.model, resume_state.model_state, partial)
+    reset = getattr(ctx.objective, "reset", None)
+    if reset is not None:  # feature distillation: the round's adapter from its seed, or as the checkpoint left it
+        reset(round_seed(cfg.seed, round_idx, stream=7))
+        if resume_state is not None:
+            ctx.objective.load_adapter_state(resume_state.extra)  # type: ignore[attr-defined]
 
     def epoch_end(log: EpochLog, model: nn.Module) -> None:
         for hook in hooks:
@@ -981,6 +992,9 @@ def save_round(
     rd.mkdir(parents=True, exist_ok=True)
     store.save_tensors(rd / "state.safetensors", state_dict_cpu(ctx.model))
     store.save_tensors(rd / "masks.safetensors", masks)
+    adapter = _adapter_state(ctx)
+    if adapter is not None:  # feature distillation: the round's trained adapter, beside (not in) the student's state
+        store.save_tensors(rd / "adapter.safetensors", adapter)
     store.write_json(
         rd / rundir.METRICS,
         {"row": row.as_dict(), "entropy_layers": layer_rows, "timing": timing, "epochs": [vars(log) for log in logs]},
@@ -1083,11 +1097,19 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
     distributed.barrier()  # the round is on disk before any rank reads a file of it (late rewind, resume)
 
 
+def _adapter_state(ctx: RunContext) -> dict[str, torch.Tensor] | None:
+    state = getattr(ctx.objective, "adapter_state", None)
+    return state() if state is not None else None
+
+
 def _teach_from_round_before(ctx: RunContext, round_idx: int) -> None:
     """Self-distillation: round ``round_idx`` learns from round ``round_idx - 1`` as saved on disk
     (the same teacher whether the run was interrupted or not)."""
+    close = getattr(ctx.objective, "close", None)
+    if close is not None:  # the previous round's hint hooks on the student
+        close()
     channels_last = ctx.train_batches.channels_last
-    t = self_teaching(ctx.cfg, ctx.run_dir, round_idx, ctx.device, ctx.train_batches, channels_last)
+    t = self_teaching(ctx.cfg, ctx.run_dir, round_idx, ctx.device, ctx.train_batches, channels_last, student=ctx.model)
     assert t.objective is not None
     ctx.objective, ctx.teacher, ctx.teacher_masks, ctx.teacher_cache_round = t.objective, t.teacher, t.masks, t.cache_round
 

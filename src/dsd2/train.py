@@ -359,7 +359,8 @@ def train(
     device = data.device
     w = world()
     n = data.num_rows
-    opt = make_optimizer(model.parameters(), schedule)
+    learned = getattr(objective, "parameters", None)  # a loss with weights of its own (feature distillation's adapter)
+    opt = make_optimizer([*model.parameters(), *(learned() if learned is not None else [])], schedule)
     logs: list[EpochLog] = []
     start = schedule.start_epoch
     if resume is not None:

@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsd2 import rundir, store
+from dsd2 import distributed, rundir, store
 from dsd2.config import RunConfig
+from dsd2.distill.feature import HintObjective
 from dsd2.distill.teacher import KDObjective, TeacherEnsemble, load_teacher, load_teachers
+from dsd2.errors import UserError
 from dsd2.train import Source, logits_of
 
 TEACHER_JSON = "teacher.json"
@@ -31,7 +33,7 @@ class Teaching:
     (a dict for one teacher, a list for several); ``cache_round``: the round charged with the one
     teacher pass that filled the cached logits (None when the teachers run every step)."""
 
-    objective: KDObjective | None
+    objective: KDObjective | HintObjective | None
     teacher: nn.Module | None
     masks: dict[str, torch.Tensor] | None
     info: dict[str, Any] | list[dict[str, Any]]
@@ -54,8 +56,36 @@ def _cache(cfg: RunConfig, teachers: list[nn.Module], batches: Source) -> list[t
     return [logits_of(t, batches, batch_size=cfg.train.eval_batch_size, amp=cfg.train.amp) for t in teachers]
 
 
+def _hint(cfg: RunConfig, student: nn.Module, teacher: nn.Module, batches: Source, seed: int) -> HintObjective:
+    """Feature distillation's objective (the teacher runs every step: its hints are not cached)."""
+    d, f = cfg.distill, cfg.distill.feature
+    assert f is not None
+    if distributed.world().distributed:
+        # the adapter is not in the DDP-wrapped model: its gradients would not be averaged over the ranks
+        raise UserError("distill.feature is not supported in a data-parallel (torchrun) job yet: run it in one process")
+    return HintObjective(
+        student,
+        teacher,
+        student_layer=f.student_layer,
+        teacher_layer=f.teacher_layer,
+        beta=f.weight,
+        alpha=d.alpha,
+        temperature=d.temperature,
+        example=batches.example(2),
+        seed=seed,
+        amp=cfg.train.amp,
+    )
+
+
 def run_teaching(
-    cfg: RunConfig, run_dir: Path, device: torch.device, data: Any, labels: Any, batches: Source, channels_last: bool
+    cfg: RunConfig,
+    run_dir: Path,
+    device: torch.device,
+    data: Any,
+    labels: Any,
+    batches: Source,
+    channels_last: bool,
+    student: nn.Module | None = None,
 ) -> Teaching | None:
     """The objective a run starts with: None without distillation; for self-distillation no
     teacher yet (round 0 trains with plain CE); else the configured teacher(s), checked against
@@ -67,16 +97,19 @@ def run_teaching(
         return Teaching(None, None, None, self_info(), None)
     path = run_dir / TEACHER_JSON
     recorded = store.read_json(path) if path.is_file() else None
-    student = (cfg, data, labels)
+    checks = (cfg, data, labels)
     if d.teacher is not None:  # the single-teacher form: unchanged (a dict in teacher.json)
-        model, info, masks = load_teacher(d.teacher, d.round, device=device, student=student, recorded=recorded)
+        model, info, masks = load_teacher(d.teacher, d.round, device=device, student=checks, recorded=recorded)
         model = _frozen(model, channels_last)
+        if d.feature is not None:
+            assert student is not None
+            return Teaching(_hint(cfg, student, model, batches, cfg.seed), model, masks, info, None)
         cached = _cache(cfg, [model], batches)
         objective = KDObjective(
             model, alpha=d.alpha, temperature=d.temperature, amp=cfg.train.amp, cached_logits=None if cached is None else cached[0]
         )
         return Teaching(objective, model, masks, info, None if cached is None else 0)
-    models, infos, masks_list = load_teachers(d.teachers, device=device, student=student, recorded=recorded)
+    models, infos, masks_list = load_teachers(d.teachers, device=device, student=checks, recorded=recorded)
     models = [_frozen(m, channels_last) for m in models]
     weights = [i["weight"] for i in infos]
     cached = _cache(cfg, models, batches)
@@ -92,11 +125,22 @@ def self_info() -> dict[str, Any]:
     }
 
 
-def self_teaching(cfg: RunConfig, run_dir: Path, round_idx: int, device: torch.device, batches: Source, channels_last: bool) -> Teaching:
+def self_teaching(
+    cfg: RunConfig,
+    run_dir: Path,
+    round_idx: int,
+    device: torch.device,
+    batches: Source,
+    channels_last: bool,
+    student: nn.Module | None = None,
+) -> Teaching:
     """Self-distillation's objective for round ``round_idx`` >= 1: the student of round i-1 as it
     was saved (round_XXX/state.safetensors, its masks applied), frozen."""
     model, masks, _ = rundir.load_round_model(run_dir, round_idx - 1, device=device)
     model = _frozen(model, channels_last)
+    if cfg.distill.feature is not None:
+        assert student is not None
+        return Teaching(_hint(cfg, student, model, batches, cfg.seed), model, masks, self_info(), None)
     cached = _cache(cfg, [model], batches)
     d = cfg.distill
     objective = KDObjective(
