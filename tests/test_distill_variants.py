@@ -198,6 +198,18 @@ def test_unknown_hint_layer_is_refused_with_the_names(teacher, tmp_path):
         imp.run(tiny("name=bad", f"distill.teacher={teacher}", bad), tmp_path)
     with pytest.raises(UserError, match="needs one teacher"):
         tiny(f"distill.teachers=[{{run: {teacher}}}]", "distill.feature={student_layer: a, teacher_layer: b}")
+    with pytest.raises(UserError, match="needs a teacher"):
+        imp.run(tiny("name=bad", "distill.feature={student_layer: layers.2, teacher_layer: layers.2}"), tmp_path)
+
+
+def test_feature_distillation_in_a_pipeline(tmp_path):
+    from dsd2.study import run_pipeline
+
+    cfg = tiny("prune.rounds=1", "distill.feature={student_layer: layers.2, teacher_layer: layers.2}")
+    study = run_pipeline(cfg, out=tmp_path)
+    assert store.read_json(study.student / "teacher.json")["round"] in (0, 1)
+    assert (store.round_dir(study.student, 1) / "adapter.safetensors").is_file()
+    assert not (store.round_dir(study.teacher, 1) / "adapter.safetensors").exists()
 
 
 def test_feature_distillation_two_rounds(teacher, tmp_path):

@@ -369,7 +369,8 @@ class DistillConfig(_Section):
             raise ValueError("distill.teacher=self always distils from the previous round: leave distill.round unset")
         if any(t.run == SELF_TEACHER for t in self.teachers):
             raise ValueError("self-distillation is distill.teacher=self, not an entry of distill.teachers")
-        if self.feature is not None and self.teacher is None:
+        # without any teacher it may still be a pipeline's student config (the pipeline sets distill.teacher)
+        if self.feature is not None and self.teachers:
             raise ValueError("distill.feature needs one teacher: distill.teacher=<run> or self (not distill.teachers)")
         return self
 

@@ -92,6 +92,8 @@ def run_teaching(
     the student and against the teacher.json a resumed run recorded."""
     d = cfg.distill
     if not d.enabled:
+        if d.feature is not None:
+            raise UserError("distill.feature needs a teacher: set distill.teacher=<run directory> or self (or run it as a pipeline)")
         return None
     if d.self_distill:
         return Teaching(None, None, None, self_info(), None)
