@@ -247,3 +247,83 @@ def test_tiny_imp_run_with_each_new_kind(kind, tmp_path):
         assert off.sum() == off[np.arange(10), (np.arange(10) + 1) % 10].sum()  # only c -> c+1
         assert info["matrix"] == m
     assert rundir.read_config(run_dir).noise.kind == kind
+
+
+# ------------------------------------------------------------------ soft labels
+
+
+def _soft_file(tmp_path, cfg, *, flip_every: int = 10) -> tuple:
+    """An N×K .npy of class probabilities for MNIST-1D's full training set: 0.8 on the clean class,
+    except every ``flip_every``-th sample, whose mass 0.6 sits on the next class."""
+    data = imp.build_data(cfg)
+    n = data.train_idx.numel() + data.val_idx.numel()
+    clean = torch.empty(n, dtype=torch.long)
+    clean[data.train_idx], clean[data.val_idx] = data.train_y, data.val_y
+    k = data.num_classes
+    probs = torch.full((n, k), 0.2 / (k - 1), dtype=torch.float64)
+    probs[torch.arange(n), clean] = 0.8
+    moved = torch.arange(0, n, flip_every)
+    probs[moved] = 0.4 / (k - 1)
+    probs[moved, clean[moved]] = 0.0
+    probs[moved, (clean[moved] + 1) % k] = 0.6
+    probs = probs / probs.sum(1, keepdim=True)
+    path = tmp_path / "soft.npy"
+    np.save(path, probs.numpy().astype(np.float32))
+    return path, probs, data
+
+
+def test_soft_targets_objective():
+    from dsd2.train import SoftTargets, cross_entropy
+
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    one_hot = torch.nn.functional.one_hot(y, 4).float()
+    idx = torch.arange(6)
+    assert torch.allclose(SoftTargets(one_hot)(logits, y, logits, idx), cross_entropy(logits, y, logits))
+    t = torch.softmax(torch.randn(6, 4, generator=torch.Generator().manual_seed(1)), 1)
+    expected = -(t * torch.log_softmax(logits, 1)).sum(1).mean()
+    assert torch.allclose(SoftTargets(t)(logits, y, logits, idx), expected)
+
+
+def test_soft_label_checks(tmp_path):
+    from dsd2.data.human_labels import soft_labels
+
+    good = np.full((5, 3), 1 / 3, dtype=np.float32)
+    cases = {
+        "shape": (np.full((5, 2), 0.5), "must be 5 x 3"),
+        "sum": (np.full((5, 3), 0.3), "sums to 0.9"),
+        "neg": (np.array([[1.5, -0.5, 0.0]] * 5), "negative, NaN"),
+        "nan": (np.array([[np.nan, 0.5, 0.5]] * 5), "negative, NaN"),
+    }
+    for name, (arr, message) in cases.items():
+        np.save(tmp_path / f"{name}.npy", arr)
+        with pytest.raises(UserError, match=message):
+            soft_labels(tmp_path / f"{name}.npy", None, expected_len=5, num_classes=3)
+    np.save(tmp_path / "good.npy", good)
+    out = soft_labels(tmp_path / "good.npy", None, expected_len=5, num_classes=3)
+    assert out.dtype == torch.float32 and torch.allclose(out.sum(1), torch.ones(5))
+    with pytest.raises(UserError, match="needs dataset.label_file"):
+        tiny_config("dataset.soft_labels=true", "noise.kind=none")
+
+
+def test_tiny_imp_run_with_soft_labels(tmp_path):
+    base = tiny_config("noise.kind=none")
+    path, probs, data = _soft_file(tmp_path, base)
+    cfg = tiny_config("noise.kind=none", f"dataset.label_file={path}", "dataset.soft_labels=true")
+    assert cfg.run_id() != tiny_config("noise.kind=none", f"dataset.label_file={path}").run_id()
+    run_dir = imp.run(cfg, tmp_path / "runs")
+    rows = rundir.read_rounds(run_dir)
+    assert len(rows) == 3
+    # trained on the soft targets: cross-entropy never falls below the targets' own entropy
+    t = probs[data.train_idx]
+    entropy = float(-(t * t.clamp_min(1e-12).log()).sum(1).mean())
+    assert all(r["train_loss"] >= entropy - 1e-3 for r in rows)
+    labels = imp.store.load_tensors(run_dir / "labels.safetensors")
+    assert torch.allclose(labels["soft"], probs[data.train_idx].float())
+    moved = (data.train_idx % 10 == 0).nonzero().flatten()
+    assert torch.equal(labels["flipped"], moved)  # the arg-max moved exactly where the mass moved
+    info = rundir.read_noise(run_dir)
+    assert info is not None and info["kind"] == "soft" and info["num_flipped"] == moved.numel()
+    assert info["mean_clean_probability"] == pytest.approx(float(probs[data.train_idx, data.train_y].mean()), abs=1e-5)
+    with pytest.raises(UserError, match="not combined with distillation"):
+        tiny_config("noise.kind=none", f"dataset.label_file={path}", "dataset.soft_labels=true", f"distill.teacher={run_dir}")

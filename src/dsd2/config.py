@@ -72,6 +72,11 @@ class DatasetConfig(_Section):
     label_key: str | None = Field(
         None, description="Key in label_file: e.g. worse_label, aggre_label, random_label1 (10N), noisy_label (100N)."
     )
+    soft_labels: bool = Field(
+        False,
+        description="label_file's array (label_key) holds N x K class probabilities: trained on as soft targets (cross-entropy "
+        "with soft targets); their arg-max is the noisy label the tables and noise.json use. Not combined with distillation.",
+    )
     mean: list[float] | None = Field(
         None, description="Per-channel normalisation mean (None: the dataset's; CIFAR uses ImageNet stats as the reference)."
     )
@@ -436,6 +441,10 @@ class RunConfig(_Section):
     def _consistent(self) -> RunConfig:
         if self.dataset.label_file and self.noise.kind != "none":
             raise ValueError("dataset.label_file gives real noisy labels: set noise.kind=none (synthetic noise would be added on top)")
+        if self.dataset.soft_labels and not self.dataset.label_file:
+            raise ValueError("dataset.soft_labels needs dataset.label_file: the file that holds the class probabilities")
+        if self.dataset.soft_labels and self.distill.enabled:
+            raise ValueError("dataset.soft_labels is not combined with distillation yet: the KD loss takes integer labels")
         if self.dataset.label_file and self.dataset.train_subset:
             raise ValueError("dataset.label_file applies to the full training set: it cannot be combined with dataset.train_subset")
         if self.prune.retrain == "late_rewind" and self.prune.rewind_epoch >= self.train.epochs:

@@ -64,6 +64,7 @@ from dsd2.train import (
     EpochLog,
     Objective,
     Schedule,
+    SoftTargets,
     Source,
     TrainingDiverged,
     accuracy,
@@ -263,6 +264,13 @@ def _human_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
     full_clean[data.train_idx] = data.train_y
     full_clean[data.val_idx] = data.val_y
     assert cfg.dataset.label_file is not None  # called only for runs with a label file
+    if cfg.dataset.soft_labels:
+        from dsd2.data.human_labels import soft_labels
+
+        probs = soft_labels(cfg.dataset.label_file, cfg.dataset.label_key, expected_len=n_total, num_classes=data.num_classes)
+        soft = probs[data.train_idx]
+        noisy = soft.argmax(1)  # the first of tied classes: deterministic
+        return NoisyLabels(noisy=noisy, flipped=(noisy != data.train_y).nonzero().squeeze(1), soft=soft)
     full_noisy = human_labels(
         cfg.dataset.label_file, cfg.dataset.label_key, expected_len=n_total, num_classes=data.num_classes, clean_labels=full_clean
     )
@@ -273,9 +281,11 @@ def _human_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
 def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
     path = run_dir / "labels.safetensors"
     tensors = {"clean": data.train_y, "noisy": labels.noisy, "flipped": labels.flipped, "train_idx": data.train_idx}
+    if labels.soft is not None:  # only then: the files of hard-label runs stay as they were
+        tensors["soft"] = labels.soft
     if path.exists():
         saved = store.load_tensors(path)
-        for key in ("clean", "noisy", "flipped"):
+        for key in ("clean", "noisy", "flipped", *(["soft"] if "soft" in tensors else [])):
             if key not in saved or not torch.equal(saved[key], tensors[key].cpu()):
                 raise UserError(
                     f"{path} does not match the labels this config produces ({key} differs): it was edited, or the data or noise "
@@ -293,6 +303,8 @@ def _noise_file(run_dir: Path, cfg: RunConfig, data: DataSplits, labels: NoisyLa
     asked: dict[str, Any] = {"kind": cfg.noise.kind, "rate": cfg.noise.rate}
     if cfg.dataset.label_file:
         asked = {"kind": "human", "label_file": cfg.dataset.label_file, "label_key": cfg.dataset.label_key}
+        if labels.soft is not None:  # the summary below is of the arg-max labels
+            asked |= {"kind": "soft", "mean_clean_probability": float(labels.soft.gather(1, data.train_y.view(-1, 1)).mean())}
     elif cfg.noise.kind == "transition":
         asked = {
             "kind": "transition",
@@ -516,7 +528,7 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     )
     # distillation (docs/distillation.md): one or several teachers, or the student's own last round
     teaching = run_teaching(cfg, run_dir, device, data, labels, train_batches, channels_last, student=model)
-    objective: Objective = cross_entropy
+    objective: Objective = cross_entropy if labels.soft is None else SoftTargets(labels.soft.to(device))
     teacher = teacher_info = teacher_masks = None
     if teaching is not None:
         objective = teaching.objective or cross_entropy

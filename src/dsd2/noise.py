@@ -55,10 +55,11 @@ CIFAR10_CLASS_MAP = {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
 
 @dataclass(frozen=True, eq=False)
 class NoisyLabels:
-    """Noisy labels and the sorted indices of the samples whose label changed."""
+    """Noisy labels, the sorted indices of the samples whose label changed, and soft labels if any."""
 
     noisy: torch.Tensor  # int64, same length as the clean labels
     flipped: torch.Tensor  # int64, sorted indices where noisy != clean
+    soft: torch.Tensor | None = None  # N×K class probabilities when the labels are soft (noisy: their arg-max)
 
     @property
     def realized_rate(self) -> float:

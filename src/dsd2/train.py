@@ -51,6 +51,18 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Ten
     return F.cross_entropy(logits.float(), targets)
 
 
+@dataclass(frozen=True, eq=False)
+class SoftTargets:
+    """Cross-entropy with soft targets, −Σ_j t_ij log softmax(z_i)_j, where t_i is row ``index``
+    of ``probs`` (the training split's class probabilities, on the device); the integer
+    ``targets`` are not used."""
+
+    probs: torch.Tensor
+
+    def __call__(self, logits: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), self.probs[index])
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Optimiser and learning-rate schedule of one round."""

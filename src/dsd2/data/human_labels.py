@@ -16,6 +16,7 @@ Public API::
     load_label_file(path) -> dict[str, np.ndarray]
     human_labels(path, key, *, expected_len, num_classes, clean_labels=None) -> torch.Tensor (int64)
     realized_noise_rate(noisy, clean) -> float
+    soft_labels(path, key, *, expected_len, num_classes) -> torch.Tensor (N x K float32)
 
 Accepted formats (sniffed from the content, not the suffix):
 
@@ -345,6 +346,42 @@ def human_labels(
     return torch.from_numpy(np.array(arr, dtype=np.int64, copy=True))
 
 
+SOFT_ROW_TOL = 1e-4  # float32 files: rows of class probabilities sum to 1 only up to rounding
+
+
+def soft_labels(path: str | Path, key: str | None, *, expected_len: int, num_classes: int) -> torch.Tensor:
+    """Per-sample class probabilities (soft labels) stored under ``key`` in the label file at
+    ``path``: an ``expected_len × num_classes`` numeric array, finite, non-negative, each row
+    summing to 1 within :data:`SOFT_ROW_TOL`. Returned as float32, rows renormalised to sum 1.
+    Every problem raises :class:`UserError`."""
+    p = Path(path)
+    arrays = load_label_file(p)
+    present = ", ".join(sorted(arrays))
+    if key is None:
+        if len(arrays) != 1:
+            raise UserError(f"{p} holds several arrays ({present}): choose the soft labels with dataset.label_key")
+        key = next(iter(arrays))
+    if key not in arrays:
+        raise UserError(f"{p} has no array named {key!r}; the keys present are: {present} (set dataset.label_key)")
+    arr = np.asarray(arrays[key])
+    if arr.ndim != 2 or arr.shape != (expected_len, num_classes):
+        raise UserError(
+            f"{key!r} in {p} has shape {tuple(arr.shape)}; soft labels must be {expected_len} x {num_classes} (one row of "
+            "class probabilities per sample of the full training set, in its official order)"
+        )
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
+        raise UserError(f"{key!r} in {p} has dtype {arr.dtype}; soft labels must be numbers")
+    t = torch.from_numpy(np.array(arr, dtype=np.float64, copy=True))
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise UserError(f"{key!r} in {p} holds negative, NaN or infinite probabilities")
+    sums = t.sum(1)
+    bad = ((sums - 1).abs() > SOFT_ROW_TOL).nonzero().flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise UserError(f"row {i} of {key!r} in {p} sums to {sums[i].item():.6g}, not 1 ({bad.numel()} such rows): not probabilities")
+    return (t / sums.unsqueeze(1)).to(torch.float32)
+
+
 def _check_labels(arr: np.ndarray, p: Path, key: str, *, expected_len: int, num_classes: int) -> np.ndarray:
     if arr.ndim != 1:
         raise UserError(f"{key!r} in {p} has shape {tuple(arr.shape)}; expected a 1-D array of {expected_len} labels")
@@ -387,4 +424,5 @@ __all__ = [
     "human_labels",
     "load_label_file",
     "realized_noise_rate",
+    "soft_labels",
 ]
