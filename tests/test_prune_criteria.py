@@ -307,3 +307,97 @@ def test_a_sweep_grid_over_criteria_and_allocations(tmp_path):
         (a, b) for a in grid["prune.criterion"] for b in grid["prune.allocation"]
     }
     assert len({c.config.run_id() for c in cells}) == 4
+
+
+# ----------------------------------------------------------------------------- network slimming
+
+
+def _bn_mlp(num_classes: int, in_channels: int, input_size: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(input_size, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, 16),
+        nn.BatchNorm1d(16),
+        nn.ReLU(),
+        nn.Linear(16, num_classes),
+    )
+
+
+def test_batchnorm_links_on_a_resnet_and_slimming_scores():
+    from dsd2.models import build_model
+    from dsd2.prune import batchnorm_after, slimming_scores
+
+    model = build_model("resnet18_cifar", num_classes=10)
+    links = batchnorm_after(model, prunable_weights(model))
+    assert links["conv1.weight"] == "bn1" and links["layer2.0.downsample.0.weight"] == "layer2.0.downsample.1"
+    assert links["layer1.0.conv2.weight"] == "layer1.0.bn2" and "fc.weight" not in links
+    net = _bn_mlp(3, 1, 6)
+    with torch.no_grad():
+        net[2].weight.copy_(torch.linspace(-1, 1, 16))
+    w = prunable_weights(net)
+    scores = slimming_scores(w, ScoreInputs(full_masks(w), model=net))
+    assert (
+        torch.equal(scores["1.weight"][:, 0], torch.linspace(-1, 1, 16).abs()) and (scores["1.weight"] == scores["1.weight"][:, :1]).all()
+    )
+    assert torch.isinf(scores["7.weight"]).all()  # the classifier has no BatchNorm after it
+
+
+def test_channel_allocation_removes_whole_channels_of_smallest_gamma():
+    from dsd2.prune import batchnorm_masks, channel_sparsity
+
+    net = _bn_mlp(3, 1, 6)
+    with torch.no_grad():
+        net[2].weight.copy_(torch.arange(1, 17) / 16)  # channel c of layer 1: gamma (c+1)/16
+        net[5].weight.copy_(torch.arange(1, 17) / 8)  # layer 4 larger: loses fewer
+    w = prunable_weights(net)
+    masks = full_masks(w)
+    new = prune_with("slimming", "channel", w, masks, 0.25, inputs=ScoreInputs(masks, model=net))
+    assert torch.equal(new["7.weight"], masks["7.weight"])  # no BatchNorm: never chosen
+    dead = {n: (~m.any(1)).nonzero().flatten().tolist() for n, m in new.items()}
+    assert dead["1.weight"] == [0, 1, 2, 3, 4, 5] and dead["4.weight"] == [0, 1]  # round(0.25*32) = 8 lowest |gamma|
+    assert all((m.all(1) | ~m.any(1)).all() for m in new.values())  # whole rows
+    assert channel_sparsity(net, new) == pytest.approx(8 / 32)
+    params, bn = batchnorm_masks(net, new)
+    assert set(params) == {"2.weight", "2.bias", "5.weight", "5.bias"} and bn["2.bias"].tolist()[:7] == [False] * 6 + [True]
+    # zeroing gamma and beta with the rows: a removed channel outputs exactly 0
+    apply_masks({**w, **params}, {**new, **bn})
+    net.eval()
+    assert (net[:3](torch.randn(5, 6))[:, :6] == 0).all()
+
+
+def test_slimming_penalty_adds_lambda_sign_gamma_to_the_gradient():
+    from dsd2.prune import add_slimming_penalty
+
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    plain, slim = _bn_mlp(3, 1, 6), _bn_mlp(3, 1, 6)
+    with torch.no_grad():
+        for net in (plain, slim):
+            net[2].weight.copy_(torch.linspace(-1, 1, 16))
+    handles = add_slimming_penalty(slim, 0.5)
+    for net in (plain, slim):
+        nn.functional.cross_entropy(net(x), y).backward()
+    expected = plain[2].weight.grad + 0.5 * torch.sign(plain[2].weight.detach())
+    assert torch.allclose(slim[2].weight.grad, expected) and torch.equal(slim[1].weight.grad, plain[1].weight.grad)
+    assert len(handles) == 2
+
+
+def test_two_round_slimming_run(tmp_path):
+    from dsd2.models.registry import MODELS, register_model
+
+    with MODELS.snapshot():
+        register_model("bn_mlp", input_shape=(40,))(_bn_mlp)
+        cfg = tiny_config("model={name: bn_mlp}", "prune.criterion=slimming", "prune.allocation=channel", "prune.slimming_lambda=1e-3")
+        imp.run(cfg, tmp_path)
+        run_dir = tmp_path / cfg.run_id()
+        rows = rundir.read_rounds(run_dir)
+        assert [r["round"] for r in rows] == [0, 1, 2] and set(rundir.ROUND_COLUMNS) <= set(rows[0])
+        masks = store.load_tensors(store.round_dir(run_dir, 2) / "masks.safetensors")
+        state = store.load_tensors(store.round_dir(run_dir, 2) / "state.safetensors")
+        for layer, bn in (("1", "2"), ("4", "5")):
+            dead = ~masks[f"{layer}.weight"].any(1)
+            assert dead.any() and (state[f"{bn}.weight"][dead] == 0).all() and (state[f"{bn}.bias"][dead] == 0).all()
+        alive_channels = sum(int(masks[k].any(1).sum()) for k in ("1.weight", "4.weight"))
+        assert alive_channels == 8  # 32 channels with a BatchNorm, half removed per round: 16, then 8

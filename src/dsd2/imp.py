@@ -46,7 +46,9 @@ from dsd2.prune import (
     GradientSource,
     Masks,
     ScoreInputs,
+    add_slimming_penalty,
     apply_masks,
+    batchnorm_masks,
     composed,
     count_alive,
     full_masks,
@@ -55,7 +57,7 @@ from dsd2.prune import (
     prune_with,
     sparsity,
 )
-from dsd2.registry import RETRAIN_MODES
+from dsd2.registry import PRUNING_ALLOCATIONS, RETRAIN_MODES
 
 # Kept importable here for the sweep and older callers; their home is dsd2.rundir.
 from dsd2.rundir import ROUND_COLUMNS, RoundRow, load_round_model, load_state, run_dir_for  # noqa: F401
@@ -506,6 +508,8 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     p = cfg.prune
+    if p.slimming_lambda > 0:
+        add_slimming_penalty(model, p.slimming_lambda)  # hooks on the γ Parameters: they live as long as the model
     weights = prunable_weights(
         model, include_classifier=p.include_classifier, exclude_first_conv=p.exclude_first_conv, include=p.include, exclude=p.exclude
     )
@@ -767,7 +771,7 @@ def prune_step(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
         new = next_masks(p.method, ctx.weights, masks, p.rate, gen)
     else:
         grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
-        inputs = ScoreInputs(masks, gen, grads)
+        inputs = ScoreInputs(masks, gen, grads, ctx.model)
         # ERK aims at the geometric schedule's density; global and uniform remove rate of the alive weights
         new = prune_with(*pair, ctx.weights, masks, p.rate, inputs=inputs, density=(1.0 - p.rate) ** round_idx)
     # every rank prunes its replica (identical weights, same seed); a difference means they drifted
@@ -800,7 +804,18 @@ def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:
     mode: RetrainMode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)
     if round_idx > 0 and mode.restart is not None:
         mode.restart(ctx, round_idx)
-    apply_masks(ctx.weights, masks)
+    apply_masks(*masked_tensors(ctx, masks))
+
+
+def masked_tensors(ctx: RunContext, masks: Masks) -> tuple[dict[str, torch.Tensor], Masks]:
+    """What the masks zero after every optimiser step: the pruned weights; with a structured
+    allocation also the BatchNorm γ and β of the removed channels (a removed channel outputs 0)."""
+    p = ctx.cfg.prune
+    pair = composed(p.method, p.criterion, p.allocation)
+    if pair is None or not PRUNING_ALLOCATIONS.metadata(pair[1]).get("structured"):
+        return dict(ctx.weights), masks
+    params, bn_masks = batchnorm_masks(ctx.model, masks)
+    return {**ctx.weights, **params}, {**masks, **bn_masks}
 
 
 def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total_epochs: int):
@@ -849,6 +864,7 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
         for hook in hooks:
             hook.epoch_end(round_idx, schedule.epochs, log, model)
 
+    masked, all_masks = masked_tensors(ctx, masks)
     try:
         logs = train(
             ctx.model,
@@ -856,8 +872,8 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
             schedule,
             batch_size=cfg.train.batch_size,
             generator=gen,
-            masks=masks,
-            weights=ctx.weights,
+            masks=all_masks,
+            weights=masked,
             objective=ctx.objective,
             amp=cfg.train.amp,
             on_epoch_end=epoch_end,

@@ -27,9 +27,10 @@ random + global.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -158,11 +159,13 @@ class GradientSource:
 @dataclass
 class ScoreInputs:
     """What a criterion may read besides the weights: the current masks, the round's generator
-    (random) and the training-loss gradients (magnitude_gradient, snip)."""
+    (random), the training-loss gradients (magnitude_gradient, snip) and the model (slimming
+    reads its BatchNorm scales)."""
 
     masks: Mapping[str, torch.Tensor]
     generator: torch.Generator | None = None
     gradients: GradientSource | None = None
+    model: nn.Module | None = None
 
 
 def magnitude_scores(weights: Mapping[str, torch.Tensor], inputs: ScoreInputs | None = None) -> Scores:
@@ -273,6 +276,114 @@ def erk_allocation(
         alive = int(masks[n].sum())
         out[n] = _drop_per_layer(scores[n], masks[n], alive - min(alive, round(target[n] * masks[n].numel())))
     return out
+
+
+# ----------------------------------------------------------------------------- network slimming (structured)
+
+BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def batchnorm_after(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    """Weight key → module name of the BatchNorm that normalises its output channels.
+
+    By module order (registration order, which is call order in the built-in and torchvision
+    models): the first BatchNorm after a Conv/Linear, before the next Conv/Linear, with one
+    feature per output channel. Layers without one (the classifier) are absent.
+    """
+    links: dict[str, str] = {}
+    last: str | None = None
+    for name, module in model.named_modules():
+        key = f"{name}.weight" if name else "weight"
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            last = key if key in weights else None
+        elif isinstance(module, BATCHNORMS) and last is not None and module.num_features == weights[last].shape[0]:
+            if module.affine:
+                links[last] = name
+            last = None
+    return links
+
+
+def slimming_scores(weights: Mapping[str, torch.Tensor], inputs: ScoreInputs) -> Scores:
+    """Network slimming (Liu et al. 2017): every weight of output channel c scores |γ_c|, the scale
+    of the BatchNorm after its layer; layers without a BatchNorm score +inf (never chosen)."""
+    if inputs.model is None:
+        raise ValueError("the slimming criterion reads BatchNorm scales: pass ScoreInputs(model=...)")
+    links = batchnorm_after(inputs.model, weights)
+    modules = dict(inputs.model.named_modules())
+    out: Scores = {}
+    for n, w in weights.items():
+        if n not in links:
+            out[n] = torch.full(w.shape, math.inf)
+            continue
+        gamma = modules[links[n]].weight.detach().abs().float().cpu()
+        out[n] = gamma.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
+    return out
+
+
+def channel_allocation(
+    scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, density: float | None = None
+) -> Masks:
+    """Structured: remove round(rate · alive channels) whole output channels (rows of dim 0) of
+    lowest mean alive score over all layers. A channel is alive while any of its weights is; one
+    whose score is not finite is never removed (slimming: layers without BatchNorm)."""
+    names = list(scores)
+    unit_scores, unit_alive = [], []
+    for n in names:
+        m = masks[n].flatten(1).cpu() if masks[n].dim() > 1 else masks[n].view(-1, 1).cpu()
+        sc = scores[n].reshape(m.shape)
+        alive = m.any(1)
+        mean = (sc * m).sum(1) / m.sum(1).clamp(min=1)
+        finite = torch.isfinite(sc).all(1)
+        unit_scores.append(torch.where(finite, mean, torch.zeros_like(mean)))
+        unit_alive.append(alive & finite)
+    flat_alive = torch.cat(unit_alive)
+    keep = _drop_smallest(torch.cat(unit_scores), flat_alive, round(rate * int(flat_alive.sum())))
+    out: Masks = {}
+    start = 0
+    for n, alive in zip(names, unit_alive):
+        rows = keep[start : start + alive.numel()] | ~alive  # channels not eligible keep their mask
+        start += alive.numel()
+        shape = (-1,) + (1,) * (masks[n].dim() - 1)
+        out[n] = masks[n] & rows.view(shape).to(masks[n].device)
+    return out
+
+
+def batchnorm_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> tuple[dict[str, nn.Parameter], Masks]:
+    """The scale γ and shift β of every BatchNorm channel after a layer, with masks that zero those
+    whose output channel is removed, so a removed channel outputs exactly 0 (its conv output is 0,
+    and BatchNorm would add β). Applied with the weight masks after every optimiser step."""
+    links = batchnorm_after(model, masks)
+    modules = dict(model.named_modules())
+    params: dict[str, nn.Parameter] = {}
+    out: Masks = {}
+    for key, bn_name in links.items():
+        alive = masks[key].flatten(1).any(1) if masks[key].dim() > 1 else masks[key]
+        bn = modules[bn_name]
+        for part in ("weight", "bias"):
+            param = getattr(bn, part)
+            params[f"{bn_name}.{part}"] = param
+            out[f"{bn_name}.{part}"] = alive.to(param.device)
+    return params, out
+
+
+def channel_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of removed output channels over the layers that have a BatchNorm after them."""
+    links = batchnorm_after(model, masks)
+    total = sum(masks[k].shape[0] for k in links)
+    alive = sum(int((masks[k].flatten(1) if masks[k].dim() > 1 else masks[k].view(-1, 1)).any(1).sum()) for k in links)
+    return 1.0 - alive / total if total else 0.0
+
+
+def add_slimming_penalty(model: nn.Module, lam: float) -> list[torch.utils.hooks.RemovableHandle]:
+    """Network slimming's sparsity penalty λ·Σ|γ| on every BatchNorm scale, as its subgradient
+    λ·sign(γ) added to γ's gradient by a tensor hook (what the authors' code does after backward):
+    the training loop and the loss are untouched, and the logged loss is the task loss alone."""
+    handles = []
+    for module in model.modules():
+        if isinstance(module, BATCHNORMS) and module.affine:
+            gamma = cast(torch.Tensor, module.weight)
+            handles.append(gamma.register_hook(lambda g, gamma=gamma: g + lam * torch.sign(gamma.detach())))
+    return handles
 
 
 # ----------------------------------------------------------------------------- methods and one step

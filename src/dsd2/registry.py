@@ -377,6 +377,11 @@ _builtin(
     [
         ("magnitude", "magnitude_scores", "|w| (the reference)"),
         ("random", "random_scores", "uniform random scores from the round's seed"),
+        (
+            "slimming",
+            "slimming_scores",
+            "network slimming: |γ| of the BatchNorm after the layer, per output channel (use allocation=channel)",
+        ),
     ],
 )
 for _name, _attr, _description in [
@@ -393,6 +398,12 @@ _builtin(
         ("uniform", "uniform_allocation", "every layer loses the same fraction"),
         ("erk", "erk_allocation", "Erdős–Rényi-Kernel layer densities for the round's target sparsity 1-(1-rate)^round"),
     ],
+)
+# structured=True: whole output channels go, and the BatchNorm γ/β of a removed channel are masked too
+PRUNING_ALLOCATIONS.register(
+    "channel",
+    Lazy("dsd2.prune:channel_allocation"),
+    metadata={"description": "structured: `rate` of the alive output channels, lowest mean score first", "structured": True},
 )
 _builtin(
     RETRAIN_MODES,
