@@ -266,3 +266,35 @@ def test_variants_are_sweep_grid_values(tmp_path):
     kinds = {(c.config.distill.self_distill, c.config.distill.feature is not None) for c in cells}
     assert {(False, False), (True, False), (True, True)} <= kinds
     assert len({c.config.run_id() for c in cells}) == len(cells)
+
+
+def test_conv_hints_train_the_adapter_and_the_student():
+    from dsd2.distill.feature import HintObjective
+
+    torch.manual_seed(0)
+
+    def net(width):
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, width, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4 * width, 5),
+        )
+
+    student, teacher = net(4), net(6).eval()
+    x = torch.randn(8, 3, 6, 6).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 5, (8,))
+    obj = HintObjective(student, teacher, student_layer="1", teacher_layer="1", beta=1.0, alpha=0.5, temperature=2.0, example=x[:2], seed=3)
+    assert isinstance(obj.adapter, torch.nn.Conv2d) and tuple(obj.adapter.weight.shape) == (6, 4, 1, 1)
+    loss = obj(student(x), y, x)
+    loss.backward()
+    assert obj.adapter.weight.grad is not None and student[0].weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters())
+    without = HintObjective(
+        student, teacher, student_layer="1", teacher_layer="1", beta=0.0, alpha=0.5, temperature=2.0, example=x[:2], seed=3
+    )
+    obj.close()
+    assert without(student(x), y, x).item() == pytest.approx(kd_loss(student(x), teacher(x), y, alpha=0.5, temperature=2.0).item())
+    without.close()
+    assert not student[1]._forward_hooks and not teacher[1]._forward_hooks  # closed objectives leave no hooks
