@@ -290,7 +290,11 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
         path = api.run(cfg, out=out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch).run_dir
     rows = rundir.read_rounds(path)
     console.print(
-        rounds_table(rows, title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, {cfg.noise.kind} noise {cfg.noise.rate:g}")
+        rounds_table(
+            rows,
+            title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, {cfg.noise.kind} noise"
+            + ("" if cfg.noise.kind == "transition" else f" {cfg.noise.rate:g}"),  # the matrix, not rate, sets its rate
+        )
     )
     console.print(f"run directory: {path}")
     return path

@@ -130,6 +130,8 @@ def _noise_text(run: RunData) -> str:
     kind, rate = _get(run.config, "noise", "kind"), _get(run.config, "noise", "rate")
     if kind in (None, "none"):
         return "none"
+    if kind == "transition":  # noise.rate is not used: the matrix sets the rate (noise.json has the realised one)
+        return "transition matrix"
     return f"{kind}, ε = {100 * float(rate):g}%" if isinstance(rate, (int, float)) else str(kind)
 
 
