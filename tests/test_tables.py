@@ -178,3 +178,28 @@ def test_round_line_keeps_position_and_time_left_and_fits_80_columns():
     assert len(narrow) <= 80 and narrow.startswith("round 3/30 (~2m05s left)") and "test 69.00" in narrow
     assert "H 0.850" not in narrow  # entropy goes first when the line would wrap
     assert cli.round_line(row, 3, None, 200).startswith("round 3/3  48.80% sparse")
+
+
+def test_sweep_cells_table_fits_80_columns_without_cutting_cell_names():
+    from types import SimpleNamespace
+
+    from dsd2.sweep.main import _cells_table
+
+    cells = [
+        SimpleNamespace(
+            name=f"tiny_demo_seed-{s}_rate-0.{r}", skipped=False, status="finished", attempts=1, error=None, run_dir=f"/o/x-{s}{r}"
+        )
+        for s in (0, 1)
+        for r in (1, 4)
+    ]
+    summary = [{"best_acc": 0.25, "best_sparsity": 0.75, "dip_depth": 0.0033}] * 4
+    result = SimpleNamespace(spec=SimpleNamespace(name="tiny_demo", pipeline=False), cells=cells, summary=summary)
+    console = Console(width=80, record=True)
+    console.print(_cells_table(result, "/o", 80))
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "run directories: /o/<cell>-<hash>" in text
+    cells[0].error = "boom"  # a failed cell brings the error column back
+    console = Console(width=80, record=True)
+    console.print(_cells_table(result, "/o", 80))
+    assert "boom" in console.export_text()

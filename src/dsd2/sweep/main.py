@@ -30,28 +30,37 @@ class _Progress:
         self.console.print(f"[{self.done}/{self.total}] {cell.name}: {status}", highlight=False, markup=False)
 
 
-def _cells_table(result: SweepResult, out: str | Path):
+def _cells_table(result: SweepResult, out: str | Path, width: int = 160):
+    """One row per cell. Cell names fold instead of being cut; below 120 columns the run-folder
+    column is left out unless a cell failed (the caption says where the folders are)."""
     from rich.table import Table
 
     spec = result.spec
-    table = Table(title=f"sweep {spec.name}")
-    table.add_column("cell")
-    table.add_column("status")
+    failed = any(cell.error for cell in result.cells)
+    show_dirs = width >= 120 or failed
+    caption = None if show_dirs else f"run directories: {Path(out)}/<cell>-<hash>"
+    table = Table(title=f"sweep {spec.name}", caption=caption, caption_justify="left")
+    table.add_column("cell", overflow="fold")
+    table.add_column("status", overflow="fold")
     table.add_column("tries", justify="right")
     prefixes = ["teacher_", "student_"] if spec.pipeline else [""]
     for p in prefixes:
-        who = p.rstrip("_") + " " if p else ""
-        table.add_column(f"{who}best acc %", justify="right")
-        table.add_column(f"{who}@ sparsity %", justify="right")
+        who = p[0] + " " if p else ""  # t / s: the caption of a pipeline sweep says which
+        table.add_column(f"{who}best %", justify="right")
+        table.add_column(f"{who}at sp. %", justify="right")
         table.add_column(f"{who}dip pt", justify="right")
-    table.add_column(f"run dir (in {Path(out)}) / error")
+    if show_dirs:
+        table.add_column(f"run dir (in {Path(out)}) / error", overflow="fold")
+    if spec.pipeline:
+        table.caption = "t = teacher, s = student" + (f"; {caption}" if caption else "")
     for cell, row in zip(result.cells, result.summary):
         status = "skipped (done)" if cell.skipped else cell.status
         vals = []
         for p in prefixes:
             dip = row.get(f"{p}dip_depth")
             vals += [_pct(row.get(f"{p}best_acc")), _pct(row.get(f"{p}best_sparsity")), "" if dip is None else f"{100 * dip:.2f}"]
-        table.add_row(cell.name, status, str(cell.attempts), *vals, cell.error or Path(cell.run_dir).name)
+        last = [cell.error or Path(cell.run_dir).name] if show_dirs else []
+        table.add_row(cell.name, status, str(cell.attempts), *vals, *last)
     return table
 
 
@@ -89,7 +98,7 @@ def sweep_main(
         return 0
     progress = _Progress(console, len(cells))
     result = run_sweep(spec, out=out, backend=backend, address=address, max_parallel=max_parallel, on_event=progress)
-    console.print(_cells_table(result, out))
+    console.print(_cells_table(result, out, console.width))
     console.print(f"summaries: {result.sweep_dir}/summary.csv, summary_by_point.csv, all_rounds.csv, sweep.json", markup=False)
     if any(c.status == "finished" for c in result.cells):
         from dsd2.report.sweep import write_sweep_report
