@@ -462,3 +462,30 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
     with pytest.raises(UserError):
         imp.run(tiny("prune.rounds=0"), tmp_path)
     assert (run_dir / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_compiled_training_resumes_exactly_and_keeps_the_run_id(finished, tmp_path):
+    """train.compile=true: same run directory (not in the run id), and an interrupted compiled run
+    resumes to the uninterrupted compiled run's numbers (compiled kernels are deterministic on
+    CPU; against eager mode only close, not bitwise)."""
+    cfg, eager_dir = finished
+    compiled = tiny("train.compile=true")
+    assert compiled.run_id() == cfg.run_id()
+    ref_dir = imp.run(compiled, tmp_path / "ref")
+
+    class Boom(Exception):
+        pass
+
+    def stop_after_round_1(row):
+        if row["round"] == 1:
+            raise Boom
+
+    with pytest.raises(Boom):
+        imp.run(compiled, tmp_path / "cut", on_round=stop_after_round_1)
+    run_dir = imp.resume(tmp_path / "cut" / compiled.run_id())
+    assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
+    ref = store.read_csv(ref_dir / "rounds.csv")
+    eager = store.read_csv(eager_dir / "rounds.csv")
+    assert [r["alive_weights"] for r in ref] == [r["alive_weights"] for r in eager]
+    assert all(abs(a["train_loss"] - b["train_loss"]) < 0.05 for a, b in zip(ref, eager))

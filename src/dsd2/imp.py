@@ -879,6 +879,7 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
             on_epoch_end=epoch_end,
             resume=resume_state,
             checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs),
+            compile_model=cfg.train.compile,
         )
     except TrainingDiverged as err:
         raise TrainingDiverged(_divergence_advice(str(err), ctx.run_dir, lr_scale, resumed=resume_state is not None)) from None

@@ -354,6 +354,7 @@ def train(
     on_epoch_end: Callable[[EpochLog, nn.Module], None] | None = None,
     resume: EpochState | None = None,
     checkpoint: Callable[[int, torch.optim.Optimizer, list[EpochLog]], None] | None = None,
+    compile_model: bool = False,
 ) -> list[EpochLog]:
     """Train ``model`` on ``data`` for ``schedule.epochs - schedule.start_epoch`` epochs.
 
@@ -361,6 +362,8 @@ def train(
     seeded generator makes the round reproducible. ``resume`` (an epoch checkpoint: optimiser
     and generator state, epoch log) continues a round mid-way; ``checkpoint(next_epoch,
     optimizer, logs)`` is called after every epoch so the caller can save one.
+    ``compile_model``: run the steps through ``torch.compile`` (``train.compile``; not bitwise
+    equal to eager mode, reproducible within it).
 
     In a data-parallel job (:mod:`dsd2.distributed`) ``batch_size`` is the global batch: each
     rank trains on its slice of every batch of the one-process order, the model is wrapped in
@@ -381,7 +384,9 @@ def train(
         generator.set_state(resume.generator_state)
         logs = [EpochLog(**log) for log in resume.logs]
         start = resume.next_epoch
-    net = wrap(model, device)  # the model itself for one process
+    net: Callable[[torch.Tensor], torch.Tensor] = wrap(model, device)  # the model itself for one process
+    if compile_model:  # forward and backward through torch.compile; the weights stay the model's own
+        net = torch.compile(net)
     model.train()
     for epoch in range(start, schedule.epochs):
         lr = schedule.lr_at(epoch)
