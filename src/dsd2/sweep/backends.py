@@ -181,22 +181,23 @@ class RayBackend:
             else:
                 ncpu = os.cpu_count() or 1
                 if max_parallel:
-                    ncpu = max(1, math.ceil(max_parallel * resources.num_cpus))
+                    ncpu = max(1, math.ceil(max_parallel * resources.cell_cpus))
                 ray.init(num_cpus=ncpu, **kwargs)
             self.started = True
         if not address:
             self._check_fits(resources)
-        self.remote = ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_retries=0)(_in_worker)
+        # one task holds all of a DDP cell's CPUs/GPUs: Ray then places the whole job on one node
+        self.remote = ray.remote(num_cpus=resources.cell_cpus, num_gpus=resources.cell_gpus, max_retries=0)(_in_worker)
         self.inflight: dict[Any, str] = {}
 
     def _check_fits(self, resources: Resources) -> None:
         total = self.ray.cluster_resources()
-        for res, want in (("CPU", resources.num_cpus), ("GPU", resources.num_gpus)):
+        for res, want in (("CPU", resources.cell_cpus), ("GPU", resources.cell_gpus)):
             have = total.get(res, 0.0)
             if want > have:
                 self.close()
                 raise UserError(
-                    f"each cell asks for {want:g} {res}(s) (resources.num_{res.lower()}s) but the Ray cluster has "
+                    f"each cell asks for {want:g} {res}(s) (resources.num_{res.lower()}s x processes) but the Ray cluster has "
                     f"{have:g}: lower it (sweep.resources.num_{res.lower()}s=...) or pass --address of a bigger cluster"
                 )
 

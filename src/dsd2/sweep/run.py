@@ -87,7 +87,9 @@ def run_sweep(
         try:
             if any(j.state is State.PENDING for j in jobs.values()):
                 runner = make_backend(backend, spec.resources, address, max_parallel) if isinstance(backend, str) else backend
-                for event in schedule(jobs, runner, retries=spec.retries, threads=spec.resources.threads):
+                for event in schedule(
+                    jobs, runner, retries=spec.retries, threads=spec.resources.threads, processes=spec.resources.processes
+                ):
                     _keep_traceback(sweep_dir, event)
                     _tell(on_event, cells, event.job, event.status)
                     if event.outcome is not None:  # an attempt ended: record it

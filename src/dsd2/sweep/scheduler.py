@@ -118,13 +118,14 @@ def _failed_dependency(job: Job, jobs: dict[str, Job]) -> Job | None:
     return next((jobs[d] for d in job.deps if jobs[d].state is State.FAILED), None)
 
 
-def _start(job: Job, backend: Backend, threads: int) -> None:
+def _start(job: Job, backend: Backend, threads: int, processes: int = 1) -> None:
     job.attempts += 1
     job.state = State.RUNNING
-    backend.submit(job.key, Task(job.config.resolved(), str(job.run_dir), threads, tuple(plugin_roots(job.config.plugins))))
+    roots = tuple(plugin_roots(job.config.plugins))
+    backend.submit(job.key, Task(job.config.resolved(), str(job.run_dir), threads, roots, processes))
 
 
-def schedule(jobs: dict[str, Job], backend: Backend, *, retries: int, threads: int) -> Iterator[Event]:
+def schedule(jobs: dict[str, Job], backend: Backend, *, retries: int, threads: int, processes: int = 1) -> Iterator[Event]:
     """Run every pending job on ``backend``, teachers before their students, each up to
     ``1 + retries`` times; stop when nothing is left to run or wait for."""
     limit = backend.slots or len(jobs)
@@ -140,7 +141,7 @@ def schedule(jobs: dict[str, Job], backend: Backend, *, retries: int, threads: i
                 yield Event(job, "failed")
             elif in_flight < limit and all(jobs[d].state in FINISHED for d in job.deps):
                 yield Event(job, "started")
-                _start(job, backend, threads)
+                _start(job, backend, threads, processes)
                 in_flight += 1
         if in_flight == 0:
             return
@@ -156,7 +157,7 @@ def schedule(jobs: dict[str, Job], backend: Backend, *, retries: int, threads: i
         job.errors.append(outcome.error or "unknown error")
         if job.attempts <= retries:
             yield Event(job, "retrying", outcome)
-            _start(job, backend, threads)
+            _start(job, backend, threads, processes)
             in_flight += 1
         else:
             job.state = State.FAILED

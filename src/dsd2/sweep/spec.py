@@ -12,7 +12,7 @@ whose cartesian product gives the cells::
       noise.rate: [0.1, 0.2, 0.5]
     pipeline: false                    # true: each cell is teacher IMP + DSD² student
     teacher_overrides: []              # pipelines: applied to the teacher config only
-    resources: {num_cpus: 1, num_gpus: 0.25}   # per cell (per run), for Ray
+    resources: {num_cpus: 1, num_gpus: 0.25}   # per run process, for Ray; processes: N runs DDP
     retries: 1
     plugins: [my_pkg.dsd2_ext]         # imported first; every cell's config records them
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, load_yaml_text, read_yaml, validate_config
 from dsd2.errors import UserError
@@ -60,12 +60,37 @@ class Resources(BaseModel):
         gt=0,
         description="CPUs per run (Ray task); torch threads at most max(1, round(num_cpus)) (train.threads=auto: 1 for small models).",
     )
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per run (fractions share a GPU).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per run process (fractions share a GPU).")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Processes per run: >1 runs the cell data-parallel (torchrun in the cell's task); "
+        "num_cpus and num_gpus are per process, a cell reserves processes times them on one node.",
+    )
+
+    @field_validator("processes")
+    @classmethod
+    def _whole_gpus(cls, v: int, info: ValidationInfo) -> int:
+        # DDP over NCCL wants one GPU per rank: two ranks on one GPU fail, half a GPU each cannot work
+        gpus = info.data.get("num_gpus", 0.0)
+        if v > 1 and gpus not in (0, 1):
+            raise ValueError(f"processes: {v} needs num_gpus 0 (CPU, gloo) or 1 (one whole GPU per process), got {gpus:g}")
+        return v
 
     @property
     def threads(self) -> int:
-        """Torch threads of one run."""
+        """Torch threads of one run process."""
         return max(1, round(self.num_cpus))
+
+    @property
+    def cell_cpus(self) -> float:
+        """CPUs a cell's task reserves (all its processes)."""
+        return self.num_cpus * self.processes
+
+    @property
+    def cell_gpus(self) -> float:
+        """GPUs a cell's task reserves: whole ones under DDP, so Ray places the job on one node."""
+        return self.num_gpus * self.processes
 
 
 class SweepSpec(BaseModel):

@@ -1,0 +1,88 @@
+"""A data-parallel sweep cell (resources.processes > 1): torchrun inside the cell's task.
+
+The cell runs ``torchrun --standalone --nproc_per_node 2 -m dsd2 run`` (2 gloo CPU processes);
+it must give the one-process run of the same config within test_ddp's tolerances (its docstring
+says why), fail an attempt with the job's own error line, and resume its run directory on retry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dsd2.errors import UserError
+from dsd2.sweep import Task, load_sweep, run_sweep
+from dsd2.sweep.execute import ddp_command, ddp_env, last_error_line
+from test_ddp import TINY, _assert_same_run
+
+
+def _sweep_file(tmp_path: Path, name: str, processes: int, extra: tuple[str, ...] = ()) -> Path:
+    spec = {
+        "name": name,
+        "base": "tiny_mnist1d",
+        "overrides": [*TINY, *extra],
+        "grid": {"seed": [0]},
+        "resources": {"num_cpus": 1, "processes": processes},
+        "retries": 0,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# ----------------------------------------------------------------------------- pure pieces (fast)
+
+
+def test_processes_default_to_one_and_keep_the_cells():
+    spec = load_sweep("tiny_demo")
+    assert spec.resources.processes == 1
+    assert spec.resources.cell_cpus == spec.resources.num_cpus
+
+
+def test_a_ddp_cell_reserves_whole_gpus_per_process(tmp_path):
+    spec = load_sweep("tiny_demo", ["sweep.resources.processes=8", "sweep.resources.num_gpus=1", "sweep.resources.num_cpus=4"])
+    assert (spec.resources.cell_gpus, spec.resources.cell_cpus, spec.resources.threads) == (8, 32, 4)
+    with pytest.raises(UserError, match="one whole GPU per process"):
+        load_sweep("tiny_demo", ["sweep.resources.processes=2", "sweep.resources.num_gpus=0.5"])
+
+
+def test_the_command_is_the_clis_launcher_and_a_retry_resumes(tmp_path):
+    task = Task({}, str(tmp_path / "runs" / "cell-abc"), 3, ("/plugins",), 4)
+    cmd = ddp_command(task, "/tmp/c.yaml")
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
+    assert cmd[6:] == ["dsd2", "run", "/tmp/c.yaml", "--out", str(tmp_path / "runs"), "-q"]
+    assert ddp_command(task, None)[6:] == ["dsd2", "run", task.run_dir, "-q"]  # the run directory: resume
+    env = ddp_env(task)
+    assert env["PYTHONPATH"].split(":")[0] == "/plugins" and env["OMP_NUM_THREADS"] == "3"
+
+
+def test_the_error_line_is_dsd2s_not_torchruns_frame():
+    stderr = "noise\nerror: train.batch_size=127 must be divisible by 2\n[rank0]: x\n====\nChildFailedError:\n  time\n====\n"
+    assert last_error_line(stderr) == "train.batch_size=127 must be divisible by 2"
+    assert last_error_line("Traceback\nRuntimeError: boom\n=====\n") == "RuntimeError: boom"
+
+
+# ----------------------------------------------------------------------------- the job (slow)
+
+
+@pytest.mark.slow
+def test_a_two_process_cell_trains_the_one_process_run(tmp_path):
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        res = run_sweep(load_sweep(_sweep_file(tmp_path, "ddp", processes)), out=out, backend="sequential")
+        assert res.ok, [c.error for c in res.cells]
+        runs[processes] = Path(res.cells[0].run_dir)
+    assert runs[1].name == runs[2].name  # same config, same run id: processes are outside it
+    _assert_same_run(runs[1], runs[2])
+    again = run_sweep(load_sweep(_sweep_file(tmp_path, "ddp", 2)), out=tmp_path / "p2", backend="sequential")
+    assert again.cells[0].skipped  # finished: no job started
+
+
+@pytest.mark.slow
+def test_a_failing_job_fails_the_attempt_with_its_error(tmp_path):
+    res = run_sweep(load_sweep(_sweep_file(tmp_path, "odd", 2, ("train.batch_size=127",))), out=tmp_path, backend="sequential")
+    (cell,) = res.cells
+    assert cell.status == "failed" and "must be divisible" in (cell.error or "") and "torchrun exit" in (cell.error or "")
