@@ -18,7 +18,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from dsd2 import registry
 from dsd2.errors import UserError
 from dsd2.plugins import check_module_name, load_plugins, merge
-from dsd2.registry import OPTIMIZERS, PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_METHODS, RETRAIN_MODES, SCHEDULES, STOP_RULES
+from dsd2.registry import (
+    OPTIMIZERS,
+    PRUNING_ALLOCATIONS,
+    PRUNING_CRITERIA,
+    PRUNING_METHODS,
+    PRUNING_SCHEDULES,
+    RETRAIN_MODES,
+    SCHEDULES,
+    STOP_RULES,
+)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 SELF_TEACHER = "self"  # distill.teacher=self: self-distillation (a run directory named self is ./self)
@@ -30,6 +39,7 @@ PruningMethodName = Annotated[str, AfterValidator(PRUNING_METHODS.canonical)]
 PruningCriterionName = Annotated[str, AfterValidator(PRUNING_CRITERIA.canonical)]
 AllocationName = Annotated[str, AfterValidator(PRUNING_ALLOCATIONS.canonical)]
 RetrainModeName = Annotated[str, AfterValidator(RETRAIN_MODES.canonical)]
+PruningScheduleName = Annotated[str, AfterValidator(PRUNING_SCHEDULES.canonical)]
 OptimizerName = Annotated[str, AfterValidator(OPTIMIZERS.canonical)]
 ScheduleName = Annotated[str, AfterValidator(SCHEDULES.canonical)]
 StopRuleName = Annotated[str, AfterValidator(STOP_RULES.canonical)]
@@ -322,6 +332,8 @@ class PruneConfig(_Section):
     finetune_lr: float = Field(1e-3, gt=0.0, description="Constant lr of the finetune mode.")
     finetune_epochs: int | None = Field(None, ge=1, description="Epochs per finetune round (None: train.epochs).")
     rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
+    schedule: PruningScheduleName = Field("iterative", description=f"Pruning schedule: {PRUNING_SCHEDULES.describe()}.")
+    targets: list[float] = Field([], description="one_shot: round i's target sparsity is targets[i-1] (empty: IMP's 1-(1-rate)^i).")
 
     @model_validator(mode="after")
     def _composable(self) -> PruneConfig:
@@ -334,6 +346,14 @@ class PruneConfig(_Section):
                         f"pruning method {self.method!r} names no criterion and allocation of its own: give both "
                         "prune.criterion and prune.allocation"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _targets(self) -> PruneConfig:
+        if self.targets and self.schedule != "one_shot":
+            raise ValueError("prune.targets is for prune.schedule=one_shot")
+        if any(not 0.0 < t < 1.0 for t in self.targets):
+            raise ValueError(f"prune.targets must lie in (0, 1), got {self.targets}")
         return self
 
 

@@ -57,7 +57,7 @@ from dsd2.prune import (
     prune_with,
     sparsity,
 )
-from dsd2.registry import PRUNING_ALLOCATIONS, RETRAIN_MODES
+from dsd2.registry import PRUNING_ALLOCATIONS, PRUNING_SCHEDULES, RETRAIN_MODES
 
 # Kept importable here for the sweep and older callers; their home is dsd2.rundir.
 from dsd2.rundir import ROUND_COLUMNS, RoundRow, load_round_model, load_state, run_dir_for  # noqa: F401
@@ -761,22 +761,51 @@ def make_hooks(
 
 
 def prune_step(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
-    """Round i >= 1 removes ``prune.rate`` of the weights round i-1 left; round 0 prunes nothing."""
+    """Round i >= 1's masks by the run's pruning schedule (``prune.schedule``); round 0 prunes nothing."""
     if round_idx == 0:
         return masks
+    schedule = PRUNING_SCHEDULES.get(ctx.cfg.prune.schedule)
+    new = schedule(ctx, masks, round_idx)
+    # every rank prunes its replica (identical weights, same seed); a difference means they drifted
+    distributed.check_same(new, f"masks of round {round_idx}")
+    return new
+
+
+def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: float) -> Masks:
+    """Remove ``rate`` of the alive weights of ``ctx.model`` by the configured method (ERK aims at ``density``)."""
     p = ctx.cfg.prune
     gen = torch.Generator().manual_seed(round_seed(ctx.cfg.seed, round_idx, stream=2))
     pair = composed(p.method, p.criterion, p.allocation)
     if pair is None:
-        new = next_masks(p.method, ctx.weights, masks, p.rate, gen)
-    else:
-        grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
-        inputs = ScoreInputs(masks, gen, grads, ctx.model)
-        # ERK aims at the geometric schedule's density; global and uniform remove rate of the alive weights
-        new = prune_with(*pair, ctx.weights, masks, p.rate, inputs=inputs, density=(1.0 - p.rate) ** round_idx)
-    # every rank prunes its replica (identical weights, same seed); a difference means they drifted
-    distributed.check_same(new, f"masks of round {round_idx}")
-    return new
+        return next_masks(p.method, ctx.weights, masks, rate, gen)
+    grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
+    inputs = ScoreInputs(masks, gen, grads, ctx.model)
+    return prune_with(*pair, ctx.weights, masks, rate, inputs=inputs, density=density)
+
+
+def iterative_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
+    """IMP: remove ``prune.rate`` of the weights round i-1 left (ERK aims at the geometric (1-rate)^i)."""
+    rate = ctx.cfg.prune.rate
+    return _prune(ctx, masks, round_idx, rate, (1.0 - rate) ** round_idx)
+
+
+def target_sparsity(cfg: RunConfig, round_idx: int) -> float:
+    """One-shot round i's target: ``prune.targets[i-1]``, or IMP's 1-(1-rate)^i when none are given."""
+    p = cfg.prune
+    if not p.targets:
+        return 1.0 - (1.0 - p.rate) ** round_idx
+    if round_idx > len(p.targets):
+        raise UserError(f"round {round_idx} has no target: prune.targets lists {len(p.targets)}; lower prune.rounds")
+    return p.targets[round_idx - 1]
+
+
+def one_shot_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
+    """He et al.'s one-shot baseline: load round 0's dense trained weights and prune them straight
+    to round i's target sparsity; each round is an independent one-shot model (not round i-1's)."""
+    path = rundir.round_dir(ctx.run_dir, 0) / "state.safetensors"
+    load_state(ctx.model, store.load_tensors(path), path)  # the retraining mode may restart from elsewhere after
+    target = target_sparsity(ctx.cfg, round_idx)
+    return _prune(ctx, full_masks(ctx.weights), round_idx, target, 1.0 - target)
 
 
 def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:

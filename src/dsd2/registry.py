@@ -32,6 +32,7 @@ names it like a built-in one, in every process that registered it):
   ``gradients=True`` when it reads the training-loss gradients);
 - :data:`PRUNING_ALLOCATIONS`: ``allocation(scores, masks, rate, density) -> masks`` (:mod:`dsd2.prune`);
 - :data:`RETRAIN_MODES`: a :class:`dsd2.imp.RetrainMode` (starting weights, schedule, hooks);
+- :data:`PRUNING_SCHEDULES`: ``schedule(ctx, masks, round_idx) -> masks``, round i's masks (:mod:`dsd2.imp`);
 - :data:`OPTIMIZERS`: ``make(params, schedule) -> torch.optim.Optimizer`` (:mod:`dsd2.train`);
 - :data:`SCHEDULES`: ``lr(schedule, epoch) -> float`` (:mod:`dsd2.train`);
 - :data:`STOP_RULES`: ``rule(acc, entropy, *, tolerance, patience, select, **params) ->
@@ -60,6 +61,7 @@ __all__ = [
     "PRUNING_ALLOCATIONS",
     "PRUNING_CRITERIA",
     "PRUNING_METHODS",
+    "PRUNING_SCHEDULES",
     "RETRAIN_MODES",
     "SCHEDULES",
     "STOP_RULES",
@@ -343,6 +345,7 @@ PRUNING_METHODS: Registry[Callable[..., Any]] = Registry("pruning method")
 PRUNING_CRITERIA: Registry[Callable[..., Any]] = Registry("pruning criterion", "pruning criteria")
 PRUNING_ALLOCATIONS: Registry[Callable[..., Any]] = Registry("sparsity allocation")
 RETRAIN_MODES: Registry[Any] = Registry("retraining mode")
+PRUNING_SCHEDULES: Registry[Callable[..., Any]] = Registry("pruning schedule")
 OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer")
 SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
 STOP_RULES: Registry[Callable[..., Any]] = Registry("stop rule")
@@ -414,6 +417,15 @@ _builtin(
         ("lottery", "LOTTERY", "rewind to init"),
         ("late_rewind", "LATE_REWIND", "rewind to the weights of epoch `rewind_epoch`"),
         ("reinit", "REINIT", "fresh random init under the mask"),
+    ],
+)
+# how round i's masks are made: prune_step calls schedule(ctx, masks, round_idx) -> masks
+_builtin(
+    PRUNING_SCHEDULES,
+    "dsd2.imp",
+    [
+        ("iterative", "iterative_schedule", "IMP: round i removes `rate` of the weights round i-1 left (the reference)"),
+        ("one_shot", "one_shot_schedule", "round i prunes round 0's dense model straight to its target sparsity (He et al.)"),
     ],
 )
 _builtin(

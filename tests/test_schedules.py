@@ -1,0 +1,89 @@
+"""Pruning schedules (prune.schedule): one_shot prunes round 0's dense model straight to each
+round's target; the rounds contract (rounds.csv, resume, phases, compare) is unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dsd2 import imp, store
+from dsd2.cli import app
+from dsd2.compare import decide, load_rows
+from dsd2.config import RunConfig
+from dsd2.errors import UserError
+from dsd2.models import prunable_weights
+from dsd2.prune import full_masks, next_masks
+from dsd2.rundir import ROUND_COLUMNS, load_state
+
+from conftest import tiny_config
+
+ONE_SHOT = ("prune.schedule=one_shot", "prune.rounds=3")
+
+
+@pytest.fixture(scope="module")
+def one_shot(tmp_path_factory):
+    cfg = tiny_config(*ONE_SHOT)
+    return cfg, imp.run(cfg, tmp_path_factory.mktemp("one_shot"))
+
+
+def test_default_schedule_keeps_run_ids():
+    assert RunConfig().prune.schedule == "iterative"
+    assert tiny_config().run_id() == tiny_config("prune.schedule=iterative").run_id()
+    assert tiny_config().run_id() != tiny_config("prune.schedule=one_shot").run_id()
+
+
+def test_targets_are_checked():
+    with pytest.raises(UserError, match="one_shot"):
+        tiny_config("prune.targets=[0.5]")
+    with pytest.raises(UserError, match=r"\(0, 1\)"):
+        tiny_config("prune.schedule=one_shot", "prune.targets=[1.0]")
+    with pytest.raises(UserError, match="pruning schedule"):
+        tiny_config("prune.schedule=oneshot_typo")
+
+
+def test_one_shot_masks_hit_the_target_from_round_0s_weights(one_shot):
+    cfg, run_dir = one_shot
+    dense = store.load_tensors(store.round_dir(run_dir, 0) / "state.safetensors")
+    model = imp.make_model(cfg, imp.build_data(cfg), 0)
+    load_state(model, dense, "round 0")
+    weights = prunable_weights(model)
+    total = sum(w.numel() for w in weights.values())
+    for i in (1, 2, 3):
+        masks = store.load_tensors(store.round_dir(run_dir, i) / "masks.safetensors")
+        target = 1 - (1 - cfg.prune.rate) ** i
+        alive = sum(int(m.sum()) for m in masks.values())
+        assert abs((total - alive) - round(target * total)) <= len(masks)  # ±1 weight per layer
+        expected = next_masks(cfg.prune.method, weights, full_masks(weights), target, None)
+        assert all(torch.equal(masks[k], expected[k].to(masks[k].dtype)) for k in masks)
+
+
+def test_one_shot_explicit_targets(tmp_path):
+    cfg = tiny_config("prune.schedule=one_shot", "prune.targets=[0.3, 0.9]", "prune.rounds=2")
+    rows = load_rows(imp.run(cfg, tmp_path))
+    assert [round(r["sparsity"], 2) for r in rows] == [0.0, 0.3, 0.9]
+
+
+def test_one_shot_rounds_csv_resume_show_and_decide(one_shot, tmp_path):
+    cfg, ref_dir = one_shot
+    header = (ref_dir / "rounds.csv").read_text().splitlines()[0].split(",")
+    assert header == list(ROUND_COLUMNS)
+
+    class Boom(Exception):
+        pass
+
+    def stop_after_round_1(row):
+        if row["round"] == 1:
+            raise Boom
+
+    with pytest.raises(Boom):
+        imp.run(cfg, tmp_path, on_round=stop_after_round_1)
+    run_dir = tmp_path / cfg.run_id()
+    imp.resume(run_dir)
+    assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
+
+    rows = load_rows(run_dir)
+    assert len(rows) == 4 and all(r["phase"] for r in rows)
+    decide(rows, "plain", tolerance=0.0, patience=1)
+    result = CliRunner().invoke(app, ["show", str(run_dir)])
+    assert result.exit_code == 0, result.output
