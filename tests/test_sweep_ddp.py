@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from dsd2.errors import UserError
-from dsd2.sweep import Task, load_sweep, run_sweep
+from dsd2.sweep import Task, expand, list_sweep_presets, load_sweep, run_sweep
 from dsd2.sweep.execute import ddp_command, ddp_env, last_error_line
 from test_ddp import TINY, _assert_same_run
 
@@ -86,3 +86,12 @@ def test_a_failing_job_fails_the_attempt_with_its_error(tmp_path):
     res = run_sweep(load_sweep(_sweep_file(tmp_path, "odd", 2, ("train.batch_size=127",))), out=tmp_path, backend="sequential")
     (cell,) = res.cells
     assert cell.status == "failed" and "must be divisible" in (cell.error or "") and "torchrun exit" in (cell.error or "")
+
+
+def test_the_imagenet_ddp_preset():
+    spec = load_sweep("imagenet_dsd2_ddp")
+    (cell,) = expand(spec)
+    assert (spec.resources.processes, spec.resources.cell_gpus, spec.pipeline) == (8, 8, True)
+    assert cell.config.model.name == "resnet18" and cell.teacher_config is not None
+    assert cell.teacher_config.model.name == "resnet50" and cell.teacher_config.dataset == cell.config.dataset
+    assert {"vit_cifar10", "vit_cifar100"} <= set(list_sweep_presets())
