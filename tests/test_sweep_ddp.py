@@ -95,3 +95,13 @@ def test_the_imagenet_ddp_preset():
     assert cell.config.model.name == "resnet18" and cell.teacher_config is not None
     assert cell.teacher_config.model.name == "resnet50" and cell.teacher_config.dataset == cell.config.dataset
     assert {"vit_cifar10", "vit_cifar100"} <= set(list_sweep_presets())
+
+
+@pytest.mark.slow
+def test_a_two_process_cell_on_ray(tmp_path):
+    pytest.importorskip("ray")
+    one = run_sweep(load_sweep(_sweep_file(tmp_path, "ddp", 1)), out=tmp_path / "p1", backend="sequential")
+    two = run_sweep(load_sweep(_sweep_file(tmp_path, "ddp", 2)), out=tmp_path / "p2", backend="ray", max_parallel=1)
+    assert two.ok, [c.error for c in two.cells]
+    assert two.cells[0].nodes and two.cells[0].nodes[0] is not None  # it ran in a Ray task
+    _assert_same_run(Path(one.cells[0].run_dir), Path(two.cells[0].run_dir))
