@@ -87,3 +87,59 @@ def test_one_shot_rounds_csv_resume_show_and_decide(one_shot, tmp_path):
     decide(rows, "plain", tolerance=0.0, patience=1)
     result = CliRunner().invoke(app, ["show", str(run_dir)])
     assert result.exit_code == 0, result.output
+
+
+def test_gmp_sparsity_is_zhu_gupta_cubic():
+    assert imp.gmp_sparsity(0.8, 0, 1, 4) == 0.0  # before t0
+    assert imp.gmp_sparsity(0.8, 4, 1, 4) == pytest.approx(0.8)  # the target at the window's end
+    assert imp.gmp_sparsity(0.8, 9, 1, 4) == pytest.approx(0.8)
+    assert imp.gmp_sparsity(0.8, 2, 1, 4) == pytest.approx(0.8 * (1 - (1 - 2 / 4) ** 3))
+
+
+def test_gradual_follows_the_cubic_schedule_and_ends_at_the_target(tmp_path):
+    cfg = tiny_config("prune.schedule=gradual", "train.epochs=4", "prune.rounds=2")
+    seen: list[tuple[int, float]] = []
+    real = imp.gradual_step
+
+    def spy(ctx, masks, round_idx, epoch, epochs):
+        real(ctx, masks, round_idx, epoch, epochs)
+        total = sum(m.numel() for m in masks.values())
+        seen.append((round_idx, 1 - sum(int(m.sum()) for m in masks.values()) / total))
+
+    imp.gradual_step = spy
+    try:
+        run_dir = imp.run(cfg, tmp_path)
+    finally:
+        imp.gradual_step = real
+    total = sum(m.numel() for m in store.load_tensors(store.round_dir(run_dir, 1) / "masks.safetensors").values())
+    for i in (1, 2):
+        target = 1 - (1 - cfg.prune.rate) ** i
+        got = [s for r, s in seen if r == i]
+        want = [imp.gmp_sparsity(target, e, 0, 3) for e in range(4)]
+        assert got == pytest.approx(want, abs=1.5 / total)
+    rows = load_rows(run_dir)
+    assert [r["sparsity"] for r in rows] == pytest.approx([0.0, 0.5, 0.75], abs=1.5 / total)
+    decide(rows, "plain")
+    assert CliRunner().invoke(app, ["show", str(run_dir)]).exit_code == 0
+
+
+def test_gradual_needs_lr_rewind():
+    with pytest.raises(UserError, match="gradual"):
+        tiny_config("prune.schedule=gradual", "prune.retrain=finetune")
+
+
+def test_gradual_resume_after_interruption_gives_identical_rounds(tmp_path):
+    cfg = tiny_config("prune.schedule=gradual", "train.epochs=2")
+    ref = imp.run(cfg, tmp_path / "ref")
+
+    class Boom(Exception):
+        pass
+
+    def stop_after_round_1(row):
+        if row["round"] == 1:
+            raise Boom
+
+    with pytest.raises(Boom):
+        imp.run(cfg, tmp_path / "cut", on_round=stop_after_round_1)
+    run_dir = imp.resume(tmp_path / "cut" / cfg.run_id())
+    assert (run_dir / "rounds.csv").read_bytes() == (ref / "rounds.csv").read_bytes()

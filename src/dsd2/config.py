@@ -333,7 +333,11 @@ class PruneConfig(_Section):
     finetune_epochs: int | None = Field(None, ge=1, description="Epochs per finetune round (None: train.epochs).")
     rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
     schedule: PruningScheduleName = Field("iterative", description=f"Pruning schedule: {PRUNING_SCHEDULES.describe()}.")
-    targets: list[float] = Field([], description="one_shot: round i's target sparsity is targets[i-1] (empty: IMP's 1-(1-rate)^i).")
+    gradual_start: int = Field(0, ge=0, description="gradual: the first epoch (0-based) after which it prunes (Zhu & Gupta's t0).")
+    gradual_end: int | None = Field(None, ge=0, description="gradual: the epoch after which the target is reached (None: the last).")
+    targets: list[float] = Field(
+        [], description="one_shot / gradual: round i's target sparsity is targets[i-1] (empty: IMP's 1-(1-rate)^i)."
+    )
 
     @model_validator(mode="after")
     def _composable(self) -> PruneConfig:
@@ -350,8 +354,10 @@ class PruneConfig(_Section):
 
     @model_validator(mode="after")
     def _targets(self) -> PruneConfig:
-        if self.targets and self.schedule != "one_shot":
-            raise ValueError("prune.targets is for prune.schedule=one_shot")
+        if self.targets and self.schedule == "iterative":
+            raise ValueError("prune.targets is for prune.schedule=one_shot or gradual")
+        if self.schedule == "gradual" and self.retrain != "lr_rewind":
+            raise ValueError("prune.schedule=gradual trains every round from init with round 0's schedule: leave prune.retrain=lr_rewind")
         if any(not 0.0 < t < 1.0 for t in self.targets):
             raise ValueError(f"prune.targets must lie in (0, 1), got {self.targets}")
         return self

@@ -808,6 +808,51 @@ def one_shot_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
     return _prune(ctx, full_masks(ctx.weights), round_idx, target, 1.0 - target)
 
 
+def gradual_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
+    """Zhu & Gupta's gradual pruning: round i starts dense from the initialisation; :func:`gradual_step`
+    prunes at the end of each epoch of its window while it trains."""
+    path = ctx.run_dir / "init.safetensors"
+    load_state(ctx.model, store.load_tensors(path), path)
+    return full_masks(ctx.weights)
+
+
+def gmp_sparsity(final: float, epoch: int, start: int, end: int) -> float:
+    """Sparsity after epoch ``epoch``: s_f (1 - (1 - (t - t0)/(nΔt))^3) with Δt one epoch, s_i = 0,
+    t = epoch + 1 counted from t0 = start, n = end - start + 1; 0 before the window, s_f after it."""
+    if epoch < start:
+        return 0.0
+    n = end - start + 1
+    done = min(epoch - start + 1, n) / n
+    return final * (1.0 - (1.0 - done) ** 3)
+
+
+def _gradual_window(cfg: RunConfig, epochs: int) -> tuple[int, int]:
+    p = cfg.prune
+    end = epochs - 1 if p.gradual_end is None else min(p.gradual_end, epochs - 1)
+    return min(p.gradual_start, end), end
+
+
+@torch.no_grad()
+def gradual_step(ctx: RunContext, masks: Masks, round_idx: int, epoch: int, epochs: int) -> None:
+    """Prune by magnitude (the configured method) to this epoch's sparsity on the cubic schedule,
+    updating ``masks`` in place (train re-applies the same tensors after every step)."""
+    start, end = _gradual_window(ctx.cfg, epochs)
+    target = gmp_sparsity(target_sparsity(ctx.cfg, round_idx), epoch, start, end)
+    total = sum(m.numel() for m in masks.values())
+    alive = sum(int(m.sum()) for m in masks.values())
+    remove = alive - round((1.0 - target) * total)
+    if remove <= 0:
+        return
+    new = _prune(ctx, masks, round_idx, remove / alive, 1.0 - target)
+    for name, m in masks.items():
+        m.copy_(new[name])
+    apply_masks(ctx.weights, masks)
+
+
+def _gradual(ctx: RunContext, round_idx: int) -> bool:
+    return round_idx > 0 and ctx.cfg.prune.schedule == "gradual"
+
+
 def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
     """The training-loss gradients the gradient criteria score with: cross-entropy on the noisy
     labels of the first ``prune.score_batches`` batches of a shuffled epoch drawn from the round's
@@ -889,7 +934,14 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
         if resume_state is not None:
             ctx.objective.load_adapter_state(resume_state.extra)  # type: ignore[attr-defined]
 
+    if resume_state is not None and _gradual(ctx, round_idx):
+        # the masks pruned so far are the zeros of the checkpointed weights (re-zeroed after every step)
+        for name, m in masks.items():
+            m.copy_(ctx.weights[name] != 0)
+
     def epoch_end(log: EpochLog, model: nn.Module) -> None:
+        if _gradual(ctx, round_idx):
+            gradual_step(ctx, masks, round_idx, log.epoch - 1, schedule.epochs)  # log.epoch counts from 1
         for hook in hooks:
             hook.epoch_end(round_idx, schedule.epochs, log, model)
 

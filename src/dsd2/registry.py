@@ -425,6 +425,7 @@ _builtin(
     "dsd2.imp",
     [
         ("iterative", "iterative_schedule", "IMP: round i removes `rate` of the weights round i-1 left (the reference)"),
+        ("gradual", "gradual_schedule", "Zhu & Gupta's cubic magnitude pruning while round i trains from init, to its target"),
         ("one_shot", "one_shot_schedule", "round i prunes round 0's dense model straight to its target sparsity (He et al.)"),
     ],
 )
