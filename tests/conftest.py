@@ -7,6 +7,8 @@ samples. Tests add their own overrides after these (later overrides win).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dsd2.config import RunConfig, load_config
@@ -23,3 +25,20 @@ def tiny_config(*extra: str) -> RunConfig:
 def tiny():
     """Factory fixture: ``tiny("seed=1", ...)`` gives the tiny run's config with overrides."""
     return tiny_config
+
+
+class Interrupted(Exception):
+    """Raised from a run's on_round callback to stop it as a crash would, between rounds."""
+
+
+def run_interrupted(cfg: RunConfig, out: Path, after_round: int = 1) -> Path:
+    """Run ``cfg`` under ``out`` and stop it once round ``after_round`` is saved; its run directory."""
+    from dsd2 import imp
+
+    def stop(row) -> None:
+        if row["round"] == after_round:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        imp.run(cfg, out, on_round=stop)
+    return Path(out) / cfg.run_id()

@@ -10,7 +10,7 @@ from dsd2.distill.feature import make_adapter
 from dsd2.errors import UserError
 from dsd2.flops import step_flops
 
-from conftest import tiny_config
+from conftest import run_interrupted, tiny_config
 
 
 def tiny(*extra):
@@ -145,16 +145,7 @@ def test_self_distillation_differs_from_vanilla_from_round_1_only(self_run, tmp_
 def test_self_distillation_resume_gives_identical_rounds(self_run, tmp_path):
     cfg, ref_dir = self_run
 
-    class Boom(Exception):
-        pass
-
-    def stop_after_round_1(row):
-        if row["round"] == 1:
-            raise Boom
-
-    with pytest.raises(Boom):
-        imp.run(cfg, tmp_path, on_round=stop_after_round_1)
-    run_dir = tmp_path / cfg.run_id()
+    run_dir = run_interrupted(cfg, tmp_path)
     assert store.finished_rounds(run_dir) == [0, 1]
     imp.resume(run_dir)
     assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()

@@ -14,7 +14,7 @@ from dsd2.errors import UserError
 from dsd2.prune import full_masks
 
 from conftest import TINY as TINY_RUN
-from conftest import tiny_config
+from conftest import run_interrupted, tiny_config
 
 # Two epochs and three rounds: resume and kill tests need an epoch boundary inside a round.
 IMP = ["train.epochs=2", "prune.rounds=3", "model.hidden=[32, 32]", "entropy.batch_size=700"]
@@ -86,16 +86,7 @@ def test_run_directory_contract(finished):
 def test_resume_after_interruption_gives_identical_rounds(finished, tmp_path):
     cfg, ref_dir = finished
 
-    class Boom(Exception):
-        pass
-
-    def stop_after_round_1(row):
-        if row["round"] == 1:
-            raise Boom
-
-    with pytest.raises(Boom):
-        imp.run(cfg, tmp_path, on_round=stop_after_round_1)
-    run_dir = tmp_path / cfg.run_id()
+    run_dir = run_interrupted(cfg, tmp_path)
     assert store.finished_rounds(run_dir) == [0, 1]
     imp.resume(run_dir)
     assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
@@ -474,16 +465,7 @@ def test_compiled_training_resumes_exactly_and_keeps_the_run_id(finished, tmp_pa
     assert compiled.run_id() == cfg.run_id()
     ref_dir = imp.run(compiled, tmp_path / "ref")
 
-    class Boom(Exception):
-        pass
-
-    def stop_after_round_1(row):
-        if row["round"] == 1:
-            raise Boom
-
-    with pytest.raises(Boom):
-        imp.run(compiled, tmp_path / "cut", on_round=stop_after_round_1)
-    run_dir = imp.resume(tmp_path / "cut" / compiled.run_id())
+    run_dir = imp.resume(run_interrupted(compiled, tmp_path / "cut"))
     assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
     ref = store.read_csv(ref_dir / "rounds.csv")
     eager = store.read_csv(eager_dir / "rounds.csv")

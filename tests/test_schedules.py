@@ -16,7 +16,7 @@ from dsd2.models import prunable_weights
 from dsd2.prune import full_masks, next_masks
 from dsd2.rundir import ROUND_COLUMNS, load_state
 
-from conftest import tiny_config
+from conftest import run_interrupted, tiny_config
 
 ONE_SHOT = ("prune.schedule=one_shot", "prune.rounds=3")
 
@@ -69,16 +69,7 @@ def test_one_shot_rounds_csv_resume_show_and_decide(one_shot, tmp_path):
     header = (ref_dir / "rounds.csv").read_text().splitlines()[0].split(",")
     assert header == list(ROUND_COLUMNS)
 
-    class Boom(Exception):
-        pass
-
-    def stop_after_round_1(row):
-        if row["round"] == 1:
-            raise Boom
-
-    with pytest.raises(Boom):
-        imp.run(cfg, tmp_path, on_round=stop_after_round_1)
-    run_dir = tmp_path / cfg.run_id()
+    run_dir = run_interrupted(cfg, tmp_path)
     imp.resume(run_dir)
     assert (run_dir / "rounds.csv").read_bytes() == (ref_dir / "rounds.csv").read_bytes()
 
@@ -132,14 +123,5 @@ def test_gradual_resume_after_interruption_gives_identical_rounds(tmp_path):
     cfg = tiny_config("prune.schedule=gradual", "train.epochs=2")
     ref = imp.run(cfg, tmp_path / "ref")
 
-    class Boom(Exception):
-        pass
-
-    def stop_after_round_1(row):
-        if row["round"] == 1:
-            raise Boom
-
-    with pytest.raises(Boom):
-        imp.run(cfg, tmp_path / "cut", on_round=stop_after_round_1)
-    run_dir = imp.resume(tmp_path / "cut" / cfg.run_id())
+    run_dir = imp.resume(run_interrupted(cfg, tmp_path / "cut"))
     assert (run_dir / "rounds.csv").read_bytes() == (ref / "rounds.csv").read_bytes()
