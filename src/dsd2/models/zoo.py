@@ -180,6 +180,17 @@ def _construct(label: str, make: Callable[[], nn.Module], options: Mapping[str, 
         raise _fail(label, f"cannot be built for the data's {channels}×{size}×{size} inputs{given}: {type(err).__name__}: {err}") from None
 
 
+def _library_kwargs(
+    label: str, params: Mapping[str, inspect.Parameter], options: dict[str, Any], pretrained_key: str, unset: Any
+) -> dict[str, Any]:
+    """A library constructor's keyword arguments: dsd2's defaults under the user's options, once
+    pretrained weights and auxiliary heads (one logits tensor is trained) are refused."""
+    _refuse_pretrained(label, pretrained_key, options.pop(pretrained_key, unset))
+    if options.get("aux_logits"):
+        raise _fail(label, "aux_logits=true is not supported: dsd2 trains on one logits tensor (leave aux_logits unset)")
+    return {**_dsd2_defaults(params), **options}
+
+
 def _refuse_pretrained(label: str, option: str, value: Any) -> None:
     if value in (None, False):
         return
@@ -327,10 +338,7 @@ def _resolve_torchvision(name: str) -> tuple[Builder, dict[str, Any]]:
     label = f"{TORCHVISION}/{name}"
 
     def construct(num_classes: int, in_channels: int, input_size: int, options: dict[str, Any]) -> nn.Module:
-        _refuse_pretrained(label, "weights", options.pop("weights", None))
-        if options.get("aux_logits"):
-            raise _fail(label, "aux_logits=true is not supported: dsd2 trains on one logits tensor (leave aux_logits unset)")
-        kwargs = {**_dsd2_defaults(params), **options}
+        kwargs = _library_kwargs(label, params, options, "weights", None)
         if "image_size" in params:  # torchvision's ViTs
             kwargs["image_size"] = input_size
         if "input_size" in params:  # MaxViT
@@ -382,10 +390,7 @@ def _resolve_timm(name: str) -> tuple[Builder, dict[str, Any]]:
     label = f"{TIMM}/{name}"
 
     def construct(num_classes: int, in_channels: int, input_size: int, options: dict[str, Any]) -> nn.Module:
-        _refuse_pretrained(label, "pretrained", options.pop("pretrained", False))
-        if options.get("aux_logits"):
-            raise _fail(label, "aux_logits=true is not supported: dsd2 trains on one logits tensor (leave aux_logits unset)")
-        kwargs = {**_dsd2_defaults(params), **options}
+        kwargs = _library_kwargs(label, params, options, "pretrained", False)
         if "img_size" in params:  # transformers built for one image size
             kwargs["img_size"] = input_size
         if "in_chans" in params:
