@@ -105,3 +105,72 @@ def test_a_two_process_cell_on_ray(tmp_path):
     assert two.ok, [c.error for c in two.cells]
     assert two.cells[0].nodes and two.cells[0].nodes[0] is not None  # it ran in a Ray task
     _assert_same_run(Path(one.cells[0].run_dir), Path(two.cells[0].run_dir))
+
+
+def _descendants(root: int) -> dict[int, dict[str, str]]:
+    """pid -> environment of every live process below ``root``, from /proc."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    below = {}
+    for pid in parent:
+        p = pid
+        while p in parent and p != root:
+            p = parent[p]
+        if p == root and pid != root:
+            try:
+                raw = Path(f"/proc/{pid}/environ").read_text().split("\0")
+            except OSError:
+                continue
+            below[pid] = dict(v.split("=", 1) for v in raw if "=" in v)
+    return below
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks through /proc")
+def test_a_killed_rank_fails_the_attempt_and_the_retry_resumes(tmp_path):
+    """SIGKILL rank 1 of a DDP cell while round 1 trains: torchrun stops the job, the sweep records
+    the failed attempt, retries it, the retry resumes the cell's run directory (round 0 is not
+    retrained) and the result is the one-process run's, within test_ddp's tolerances."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    extra = ("train.checkpoint_interval_s=0",)
+    spec = yaml.safe_load(_sweep_file(tmp_path, "ddp", 2, extra).read_text())
+    spec["retries"] = 1
+    path = tmp_path / "ddp_retry.yaml"
+    path.write_text(yaml.safe_dump(spec))  # same name: the run folders compare whole
+    out = tmp_path / "p2"
+    cmd = [sys.executable, "-m", "dsd2", "sweep", str(path), "--out", str(out), "--backend", "sequential"]
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        partial, deadline = None, time.monotonic() + 240  # a hang guard, not a timing check
+        while partial is None and time.monotonic() < deadline and job.poll() is None:
+            partial = next(iter(out.glob("**/round_001.partial.safetensors")), None)
+            time.sleep(0.02)
+        if partial is None:
+            pytest.skip("the job finished round 1 before the test saw its epoch checkpoint (a very fast machine)")
+        round0 = (partial.parent / "round_000" / "state.safetensors").stat().st_mtime_ns
+        ranks = {int(env["RANK"]): pid for pid, env in _descendants(job.pid).items() if "RANK" in env and "LOCAL_RANK" in env}
+        os.kill(ranks[1], signal.SIGKILL)
+        _, err = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0, err[-3000:]
+    (cell,) = json.loads(next(out.glob("**/sweep.json")).read_text())["cells"]
+    assert cell["status"] == "finished" and cell["attempts"] == 2, cell
+    assert "torchrun exit" in cell["errors"][0], cell
+    run_dir = Path(cell["run_dir"])
+    assert (run_dir / "round_000" / "state.safetensors").stat().st_mtime_ns == round0
+    one = run_sweep(load_sweep(_sweep_file(tmp_path, "ddp", 1, extra)), out=tmp_path / "p1", backend="sequential")
+    assert one.ok and Path(one.cells[0].run_dir).name == run_dir.name
+    _assert_same_run(Path(one.cells[0].run_dir), run_dir)
