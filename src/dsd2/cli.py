@@ -715,6 +715,25 @@ def dip_rich_table(pairs) -> Table:
 
 
 @app.command()
+def estimate(
+    config: str = typer.Argument(..., help="YAML config or preset name."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.device=cuda"),
+    steps: int = typer.Option(10, "--steps", help="Training steps timed after a warm-up epoch of as many."),
+    as_json: bool = typer.Option(False, "--json", help="Print the measurement and prediction as JSON."),
+    plugins: Optional[list[str]] = _plugin_option(),
+) -> None:
+    """Predict a run's wall time and PFLOPs from a few training steps timed on this device."""
+    import json
+
+    from dsd2.config import load_config
+    from dsd2.sweep.measure import format_prediction, measure, predict
+
+    cfg = load_config(config, overrides or [], plugins=plugins or [])
+    p = predict(cfg, measure(cfg, steps=steps))
+    console.print(json.dumps(p, indent=2) if as_json else format_prediction(p), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
 def sweep(
     path: str = typer.Argument(..., help="Sweep YAML or sweep preset name (see `dsd2 presets`)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Run-config overrides for every cell; `sweep.key=value` changes the sweep."),
@@ -724,13 +743,25 @@ def sweep(
     max_parallel: Optional[int] = typer.Option(None, help="Cells at once on a local Ray (default: CPU count)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print the cells and the cost estimate."),
     gpu_tflops: float = typer.Option(25.0, help="Effective GPU throughput for the cost estimate (TFLOP/s; an assumption, not measured)."),
+    measure: bool = typer.Option(False, "--measure", help="Time each model on this machine (as `dsd2 estimate`) instead of --gpu-tflops."),
     plugins: Optional[list[str]] = _plugin_option(recorded=True),
 ) -> None:
     """Run a grid of runs (seeds, noise, width/depth, retraining modes, KD settings) on Ray."""
     from dsd2.sweep import sweep_main
+    from dsd2.sweep.measure import DEFAULT_STEPS
 
     code = sweep_main(
-        path, overrides or [], out, backend, address, max_parallel, dry_run, gpu_tflops=gpu_tflops, console=console, plugins=plugins or []
+        path,
+        overrides or [],
+        out,
+        backend,
+        address,
+        max_parallel,
+        dry_run,
+        gpu_tflops=gpu_tflops,
+        measure_steps=DEFAULT_STEPS if measure else None,
+        console=console,
+        plugins=plugins or [],
     )
     if code:
         raise typer.Exit(code)

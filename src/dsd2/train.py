@@ -305,6 +305,34 @@ def _rank_positions(n: int, batch_size: int, rank: int, size: int):
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+# A resident split may take this share of the device's free memory: the rest is for the model,
+# its optimiser state and the activations of a batch.
+RESIDENT_SHARE = 0.5
+
+
+def free_device_bytes(device: torch.device) -> int | None:
+    """Free memory of ``device`` in bytes; None where nothing needs checking (the CPU: the split
+    was decoded into this memory already, image folders bound it by dataset.memory_budget_gb)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return None
+
+
+def check_resident_fits(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> None:
+    """Refuse, before copying, a split whose tensors would take more than :data:`RESIDENT_SHARE`
+    of ``device``'s free memory."""
+    if x.device == device:
+        return
+    free = free_device_bytes(device)
+    need = x.nelement() * x.element_size() + y.nelement() * y.element_size()
+    if free is not None and need > RESIDENT_SHARE * free:
+        raise UserError(
+            f"the data ({need / 1e9:.2f} GB as {x.dtype} {tuple(x.shape)}) do not fit on {device}: dsd2 keeps a split resident "
+            f"on the device and allows it {RESIDENT_SHARE:.0%} of the {free / 1e9:.2f} GB free there; use dataset.train_subset, "
+            "an image folder with dataset.loader=stream, or a device with more memory (docs/data.md, 'Memory')"
+        )
+
+
 def make_source(
     x: torch.Tensor | ImageFiles,
     y: torch.Tensor,
@@ -323,6 +351,7 @@ def make_source(
         if loader is None:
             raise ValueError("a streamed split needs its ImageLoader")
         return StreamBatches(x, y.to(device), mean, std, loader, spec, channels_last)
+    check_resident_fits(x, y, device)
     return Batches(x.to(device), y.to(device), mean, std, spec, channels_last)
 
 

@@ -7,6 +7,7 @@ training step is counted with :func:`dsd2.flops.step_flops`.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from dsd2.config import RunConfig
@@ -67,12 +68,19 @@ def _model_label(cfg: RunConfig) -> str:
     return f"{cfg.model.name}({opts})" if opts else cfg.model.name
 
 
-def _run_estimate(cfg: RunConfig, role: str, teacher: RunConfig | None, gpu_tflops: float) -> dict[str, Any]:
+# A measured throughput: a run config (and its KD teacher) -> (achieved training FLOP/s, device name).
+Throughput = Callable[[RunConfig, "RunConfig | None"], tuple[float, str]]
+
+
+def _run_estimate(
+    cfg: RunConfig, role: str, teacher: RunConfig | None, gpu_tflops: float, throughput: Throughput | None = None
+) -> dict[str, Any]:
     n = train_examples(cfg)  # first: it names every dataset fact the estimate lacks
     fwd, step, tfwd = _per_example(cfg, teacher)
     ep = epochs_total(cfg)
     flops = (step + tfwd) * n * ep
     paper = (1.5 * fwd + 0.5 * tfwd) * n * ep  # 3 x student MACs + 1 x teacher MACs per example
+    flops_per_s, measured_on = (gpu_tflops * 1e12, None) if throughput is None else throughput(cfg, teacher)
     return {
         "role": role,
         "run": cfg.name,
@@ -86,22 +94,26 @@ def _run_estimate(cfg: RunConfig, role: str, teacher: RunConfig | None, gpu_tflo
         "teacher_fwd_flops_per_example": tfwd,
         "pflops": flops / 1e15,
         "paper_pflops": paper / 1e15,
-        "gpu_hours": flops / (gpu_tflops * 1e12) / 3600.0,
+        "gpu_hours": flops / flops_per_s / 3600.0,
+        "flops_per_s": flops_per_s,
+        "measured_on": measured_on,
     }
 
 
-def _cell_runs(spec: SweepSpec, cell: Cell, gpu_tflops: float) -> list[tuple[str, dict[str, Any]]]:
+def _cell_runs(spec: SweepSpec, cell: Cell, gpu_tflops: float, throughput: Throughput | None) -> list[tuple[str, dict[str, Any]]]:
     """(unique key, estimate) of each run of ``cell``: a shared teacher has one key."""
     if not spec.pipeline:
-        return [("run:" + cell.name, _run_estimate(cell.config, "run", None, gpu_tflops))]
+        return [("run:" + cell.name, _run_estimate(cell.config, "run", None, gpu_tflops, throughput))]
     assert cell.teacher_config is not None
     return [
-        ("teacher:" + cell.teacher_config.run_id(), _run_estimate(cell.teacher_config, "teacher", None, gpu_tflops)),
-        ("student:" + cell.name, _run_estimate(cell.config, "student", cell.teacher_config, gpu_tflops)),
+        ("teacher:" + cell.teacher_config.run_id(), _run_estimate(cell.teacher_config, "teacher", None, gpu_tflops, throughput)),
+        ("student:" + cell.name, _run_estimate(cell.config, "student", cell.teacher_config, gpu_tflops, throughput)),
     ]
 
 
-def estimate_cost(spec: SweepSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, cells: list[Cell] | None = None) -> dict[str, Any]:
+def estimate_cost(
+    spec: SweepSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, cells: list[Cell] | None = None, throughput: Throughput | None = None
+) -> dict[str, Any]:
     """Training FLOPs of every cell, estimated before running (no data loaded, no training).
 
     Per run: the model is built on the meta device; :func:`dsd2.flops.step_flops` counts one
@@ -111,17 +123,21 @@ def estimate_cost(spec: SweepSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, ce
     training), evaluation and entropy passes left out (< 1% at 160 epochs), early stopping not
     anticipated: an upper bound. ``paper_pflops`` is the paper's convention (3 × MACs per
     example, 1 × for the teacher forward). GPU-hours assume ``gpu_tflops`` TFLOP/s effective
-    (default :data:`DEFAULT_GPU_TFLOPS`, an assumption, not measured). A teacher shared by
-    several pipeline cells counts once in the totals.
+    (default :data:`DEFAULT_GPU_TFLOPS`, an assumption, not measured), or the FLOP/s that
+    ``throughput`` measured for each run's model on this machine (``--measure``,
+    :mod:`.measure`); the hours are then device-hours of that device. Per cell: the processes,
+    GPUs and CPUs it reserves (``resources``) and its wall time (device-hours / processes for a
+    data-parallel cell). A teacher shared by several pipeline cells counts once in the totals.
     """
     if not gpu_tflops > 0:
         raise UserError(f"gpu_tflops must be > 0, got {gpu_tflops}")
     cells = expand(spec) if cells is None else cells
+    res = spec.resources
     per_cell = []
     unique: dict[str, dict[str, Any]] = {}
     for cell in cells:
         try:
-            keyed = _cell_runs(spec, cell, gpu_tflops)
+            keyed = _cell_runs(spec, cell, gpu_tflops, throughput)
         except UserError as err:
             raise cell_error(spec, cell.name, cell.params, str(err), what=", cost estimate") from None
         for key, run in keyed:
@@ -135,15 +151,28 @@ def estimate_cost(spec: SweepSpec, *, gpu_tflops: float = DEFAULT_GPU_TFLOPS, ce
                 "pflops": sum(r["pflops"] for r in runs),
                 "paper_pflops": sum(r["paper_pflops"] for r in runs),
                 "gpu_hours": sum(r["gpu_hours"] for r in runs),
+                "processes": res.processes,
+                "gpus": res.cell_gpus,
+                "cpus": res.cell_cpus,
+                "wall_hours": sum(r["gpu_hours"] for r in runs) / res.processes,
             }
+        )
+    measured = sorted({r["measured_on"] for r in unique.values() if r["measured_on"]})
+    if measured:
+        assumption = (
+            f"Hours are device-hours at the training throughput measured here on {', '.join(measured)} "
+            "(a warm-up epoch, then a timed epoch per model: dsd2 estimate); evaluation passes not included."
+        )
+    else:
+        assumption = (
+            f"GPU-hours assume {gpu_tflops:g} TFLOP/s effective training throughput (2 FLOPs per multiply-add). "
+            "Not measured: pass --measure to time each model on this machine, or --gpu-tflops after timing one epoch on your GPU."
         )
     return {
         "sweep": spec.name,
         "gpu_tflops": gpu_tflops,
-        "assumption": (
-            f"GPU-hours assume {gpu_tflops:g} TFLOP/s effective training throughput (2 FLOPs per multiply-add). "
-            "Not measured: no GPU was available when this default was set; time one epoch on your GPU and pass --gpu-tflops."
-        ),
+        "measured": bool(measured),
+        "assumption": assumption,
         "convention": "dense training FLOPs (fwd + bwd, + teacher fwd for KD), all rounds, no early stop, evaluation excluded",
         "cells": per_cell,
         "runs": len(unique),
@@ -163,7 +192,8 @@ def _num(x: float) -> str:
 
 def format_cost(estimate: dict[str, Any]) -> str:
     """A plain-text table of :func:`estimate_cost`'s result (one line per run)."""
-    header = ("cell", "role", "model", "epochs", "examples", "GFLOP/ex-step", "PFLOPs", "GPU-h")
+    hours = "device-h" if estimate.get("measured") else "GPU-h"
+    header = ("cell", "role", "model", "epochs", "examples", "GFLOP/ex-step", "PFLOPs", hours)
     lines_data = []
     seen = set()
     for c in estimate["cells"]:
@@ -189,7 +219,21 @@ def format_cost(estimate: dict[str, Any]) -> str:
     out.append(
         f"total: {estimate['runs']} runs, {_num(estimate['total_pflops'])} PFLOPs "
         f"(paper convention 3×MACs: {_num(estimate['total_paper_pflops'])} PFLOPs), "
-        f"≈ {_num(estimate['total_gpu_hours'])} GPU-hours at {estimate['gpu_tflops']:g} TFLOP/s"
+        + (
+            f"≈ {_num(estimate['total_gpu_hours'])} device-hours as measured"
+            if estimate.get("measured")
+            else f"≈ {_num(estimate['total_gpu_hours'])} GPU-hours at {estimate['gpu_tflops']:g} TFLOP/s"
+        )
     )
+    cells = estimate["cells"]
+    if cells:
+        c = cells[0]
+        wall = [x["wall_hours"] for x in cells]
+        out.append(
+            f"each cell reserves {c['processes']} process(es), {c['gpus']:g} GPU(s), {c['cpus']:g} CPU(s)"
+            + (" (a data-parallel job: torchrun inside its task)" if c["processes"] > 1 else "")
+            + f"; wall time per cell ≈ its hours / {c['processes']}: longest {_num(max(wall))} h, "
+            f"all cells one after another {_num(estimate['total_gpu_hours'] / c['processes'])} h"
+        )
     out.append(estimate["assumption"])
     return "\n".join(out)

@@ -74,12 +74,15 @@ def sweep_main(
     dry_run: bool = False,
     *,
     gpu_tflops: float = DEFAULT_GPU_TFLOPS,
+    measure_steps: int | None = None,
     console: Any = None,
     plugins: list[str] | tuple[str, ...] = (),
 ) -> int:
     """``dsd2 sweep``: print the cost estimate, run (unless ``dry_run``), print the cells.
 
     ``plugins`` (``--plugin``) join the sweep's ``plugins``: every cell's config records them.
+    ``measure_steps`` (``--measure``): time each model on this machine (:mod:`.measure`) instead
+    of assuming ``gpu_tflops``.
     Returns 0 when every cell finished (or on a dry run), 1 when some failed. UserErrors
     (bad sweep file, bad cell config) propagate for the CLI to print.
     """
@@ -89,7 +92,12 @@ def sweep_main(
     spec = load_sweep(path, list(overrides), plugins=plugins)
     cells = expand(spec)
     try:
-        cost = format_cost(estimate_cost(spec, gpu_tflops=gpu_tflops, cells=cells))
+        throughput = None
+        if measure_steps is not None:
+            from dsd2.sweep.measure import measured_throughput
+
+            throughput = measured_throughput(measure_steps)
+        cost = format_cost(estimate_cost(spec, gpu_tflops=gpu_tflops, cells=cells, throughput=throughput))
     except UserError as err:  # e.g. a dataset without a known input shape: run anyway
         cost = f"cost estimate unavailable: {err}"
     console.print(cost, highlight=False, markup=False, soft_wrap=True)

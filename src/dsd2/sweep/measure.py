@@ -1,0 +1,218 @@
+"""Measured cost: time a few real training steps of a config on this device and extrapolate.
+
+The FLOP count of :mod:`.cost` says how much work a run is; how long it takes depends on the
+device, the model's shapes and the data path. :func:`measure` builds the config's model on the
+run's device, trains it with :func:`dsd2.train.train` (the training loop a run uses: batched
+augmentation, masks, optimiser, one sync per epoch) on synthetic data of the dataset's shape
+for a warm-up epoch and a measured epoch of ``steps`` batches each, then times an evaluation
+pass. :func:`predict` turns that into wall time per round and for the whole run.
+
+What it leaves out, and why that is small or stated: the entropy pass and the file writes (2.3%
+of a demo round on CPU, README "Performance"); decoding of a streamed image folder (the data are
+synthetic uint8 tensors resident on the device, as for built-in datasets); start-up (data
+loading, process launch). Unstructured sparsity does not change dense kernels' time, so the
+dense step is timed once for every round. A KD student's teacher forward is added in
+proportion to its FLOPs (:func:`dsd2.sweep.cost` counts them), not timed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from dsd2.config import RunConfig
+from dsd2.errors import UserError
+from dsd2.sweep.cost import _per_example, epochs_total, train_examples
+from dsd2.sweep.shapes import dataset_info, input_shape, model_key, model_kwargs
+
+DEFAULT_STEPS = 10
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One config's measured throughput on one device."""
+
+    device: str
+    threads: int
+    batch_size: int
+    steps: int
+    train_examples_per_s: float  # training step (fwd + bwd + optimiser + masks), measured epoch
+    eval_examples_per_s: float  # forward pass at the evaluation batch size
+    step_flops_per_example: float  # counted (dsd2.flops): dense fwd + bwd of the student
+    teacher_flops_per_example: float  # counted: the KD teacher's forward (0 without a teacher)
+
+    @property
+    def train_flops_per_s(self) -> float:
+        """Achieved training FLOP/s (counted FLOPs / measured time)."""
+        return self.step_flops_per_example * self.train_examples_per_s
+
+    @property
+    def step_s_per_example(self) -> float:
+        """Seconds per training example, the teacher's forward added by its FLOP share."""
+        return (1.0 + self.teacher_flops_per_example / self.step_flops_per_example) / self.train_examples_per_s
+
+
+def _synthetic(cfg: RunConfig, rows: int, device: Any) -> Any:
+    """A resident :class:`dsd2.train.Batches` of ``rows`` uint8 examples of the dataset's shape,
+    with the augmentation a built-in image dataset uses when ``dataset.augment`` is on."""
+    import torch
+
+    from dsd2.data.augment import AugmentSpec
+    from dsd2.train import make_source
+
+    shape = input_shape(cfg)
+    classes = int(dataset_info(cfg, ("num_classes",))["num_classes"])
+    gen = torch.Generator().manual_seed(0)
+    if len(shape) == 3:
+        x = torch.randint(0, 256, (rows, *shape), dtype=torch.uint8, generator=gen)
+        crop = cfg.dataset.augment and shape[0] == 3  # colour images get crop + flip (CIFAR, image folders)
+        spec = AugmentSpec(crop_padding=max(1, shape[-1] // 8), flip=True) if crop else AugmentSpec()
+        mean, std = (0.5,) * shape[0], (0.25,) * shape[0]
+    else:
+        x = torch.randn((rows, *shape), generator=gen)
+        spec, mean, std = AugmentSpec(), (0.0,), (1.0,)
+    y = torch.randint(0, classes, (rows,), generator=gen)
+    return make_source(x, y, mean=mean, std=std, device=device, augment=spec, channels_last=cfg.train.channels_last)
+
+
+def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | None = None) -> Measured:
+    """Train ``cfg``'s model for a warm-up epoch and a measured epoch of ``steps`` batches of
+    synthetic data on the run's device; time an evaluation pass of the same rows."""
+    import torch
+
+    from dsd2.imp import resolve_device, set_threads
+    from dsd2.models import build_model
+    from dsd2.train import Schedule, train
+
+    if steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    device = resolve_device(cfg.train.device)
+    batch = cfg.train.batch_size
+    data = _synthetic(cfg, batch * steps, device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, **model_kwargs(cfg), **cfg.model.options).to(device)
+    if cfg.train.channels_last and len(input_shape(cfg)) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    threads = set_threads(cfg, device, model, data, None)
+    t = cfg.train
+    schedule = Schedule(epochs=2, lr=t.lr, optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, kind="constant")
+    stamps: list[float] = []
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    train(model, data, schedule, batch_size=batch, generator=gen, amp=t.amp, on_epoch_end=lambda log, m: stamps.append(time.perf_counter()))
+    train_s = stamps[1] - stamps[0]  # the second epoch: warm caches, allocator, kernels chosen
+    model.eval()
+    with torch.no_grad():
+        for xb in data.ordered(t.eval_batch_size):  # warm-up pass, then the timed one
+            model(xb)
+        t0 = time.perf_counter()
+        for xb in data.ordered(t.eval_batch_size):
+            out = model(xb)
+        float(out.sum())  # one sync, as the run's evaluation
+        eval_s = time.perf_counter() - t0
+    _, step, tfwd = _per_example(cfg, teacher)
+    rows = data.num_rows
+    return Measured(
+        device=str(device),
+        threads=threads,
+        batch_size=batch,
+        steps=steps,
+        train_examples_per_s=rows / train_s,
+        eval_examples_per_s=rows / eval_s,
+        step_flops_per_example=step,
+        teacher_flops_per_example=tfwd,
+    )
+
+
+def eval_examples_per_round(cfg: RunConfig) -> int:
+    """Examples a round evaluates: the training set (clean/noisy fit, memorisation), the
+    validation split and the test set."""
+    from dsd2.data.core import DEFAULT_VAL_SIZE
+
+    info = dataset_info(cfg, ("train_size",))
+    n_train = train_examples(cfg)
+    val = (
+        cfg.dataset.val_size
+        if cfg.dataset.val_size is not None
+        else min(info.get("default_val_size", DEFAULT_VAL_SIZE), int(info["train_size"]) // 5)
+    )
+    test = int(info.get("test_size") or 0)
+    return n_train + val + test
+
+
+def predict(cfg: RunConfig, m: Measured) -> dict[str, Any]:
+    """Wall time per round and for the run (round 0 + ``prune.rounds``) from a measurement, and
+    the run's dense training PFLOPs in the run tables' convention (fwd + bwd, 2 FLOPs per
+    multiply-add, all epochs, + the teacher's forward)."""
+    from dsd2.imp import schedule_for
+
+    n = train_examples(cfg)
+    n_eval = eval_examples_per_round(cfg)
+    eval_s = n_eval / m.eval_examples_per_s
+    later = schedule_for(cfg, 1)
+    rounds = [cfg.train.epochs] + [later.epochs - later.start_epoch] * cfg.prune.rounds
+    round_s = [e * n * m.step_s_per_example + eval_s for e in rounds]
+    flops = (m.step_flops_per_example + m.teacher_flops_per_example) * n * epochs_total(cfg)
+    out = {
+        "run": cfg.name,
+        "model": cfg.model.name,
+        "measured": {**asdict(m), "train_flops_per_s": m.train_flops_per_s},
+        "train_examples": n,
+        "eval_examples_per_round": n_eval,
+        "epochs_per_round": rounds,
+        "round_s": round_s,
+        "total_s": sum(round_s),
+        "train_pflops": flops / 1e15,
+    }
+    if not all(math.isfinite(s) and s > 0 for s in round_s):
+        raise UserError(f"the measurement gave a non-finite time ({round_s[0]!r} s for round 0): run it again with more --steps")
+    return out
+
+
+def _duration(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def format_prediction(p: dict[str, Any]) -> str:
+    """A short plain-text report (fits 80 columns)."""
+    m = p["measured"]
+    rounds = p["round_s"]
+    lines = [
+        f"Measured on {m['device']} ({m['threads']} thread(s)), {m['steps']} steps of batch {m['batch_size']} after a warm-up epoch:",
+        f"  training  {m['train_examples_per_s']:,.0f} examples/s  ({m['train_flops_per_s'] / 1e9:,.1f} GFLOP/s counted)",
+        f"  evaluation {m['eval_examples_per_s']:,.0f} examples/s",
+        f"Predicted for {p['run']} ({p['train_examples']:,} training examples, {p['eval_examples_per_round']:,} evaluated per round):",
+        f"  round 0        {p['epochs_per_round'][0]:>4} epochs  {_duration(rounds[0])}",
+    ]
+    if len(rounds) > 1:
+        lines.append(f"  rounds 1-{len(rounds) - 1:<5} {p['epochs_per_round'][1]:>4} epochs  {_duration(rounds[1])} each")
+    lines += [
+        f"  whole run      {_duration(p['total_s'])}, {p['train_pflops']:.4g} PFLOPs dense training",
+        "Left out: entropy pass and writes (~2% of a round), data loading, early stopping.",
+    ]
+    return "\n".join(lines)
+
+
+def measured_throughput(steps: int = DEFAULT_STEPS) -> Callable[[RunConfig, RunConfig | None], tuple[float, str]]:
+    """The ``throughput`` of :func:`dsd2.sweep.cost.estimate_cost` for ``--measure``: each
+    distinct (model, data shape, batch, device) is timed once; a KD student's rate is its own
+    step's, the teacher's forward added by FLOP share (as :attr:`Measured.step_s_per_example`)."""
+    cache: dict[str, Measured] = {}
+
+    def rate(cfg: RunConfig, teacher: RunConfig | None) -> tuple[float, str]:
+        t = cfg.train
+        key = json.dumps([model_key(cfg), t.batch_size, t.device, t.optimizer, t.channels_last, t.amp, cfg.dataset.augment])
+        if key not in cache:
+            cache[key] = measure(cfg, steps=steps)
+        m = cache[key]
+        _, step, tfwd = _per_example(cfg, teacher)
+        return (step + tfwd) / ((1.0 + tfwd / step) / m.train_examples_per_s), m.device
+
+    return rate
