@@ -114,11 +114,12 @@ def test_the_stop_rules_doc_and_readme_show_this_bank():
 def test_the_entropy_default_is_the_whole_bank_fit():
     from dsd2.compare import ENTROPY_RULE_DEFAULTS
 
-    assert ENTROPY_RULE_DEFAULTS["rel_drop"] == bank.fit_rel_drop(list(CURVES.values()), **bank.SETTINGS["paper"])
+    assert ENTROPY_RULE_DEFAULTS["rel_drop"] == bank.fit_default_rel_drop(list(CURVES.values()))
 
 
 def test_plain_stop_keeps_the_dense_model_where_the_sweet_peak_beats_it():
-    sweet_best = [n for n in CURVES if EXPECTED[n]["best_phase"] == "sweet"]
+    # the Sweet peak is the best model by far (more than the success margin above the dense start)
+    sweet_best = [n for n in CURVES if EXPECTED[n]["best_phase"] == "sweet" and bank.evaluate(CURVES[n], "plain").gap > bank.OK_GAP]
     assert len(sweet_best) >= 2
     for name in sweet_best:
         plain = bank.evaluate(CURVES[name], "plain")
@@ -170,3 +171,19 @@ def test_accuracy_only_labels_agree_with_memorisation_labels():
         agree += sum(a == b for a, b in zip(full.labels, blind.labels))
         total += len(acc)
     assert agree / total >= 0.9, (agree, total)
+
+
+def test_a_recovering_round_is_not_a_collapse():
+    """The entropy rule confirms a drop only while the accuracy still falls. Without that, the
+    GELU ViT curves (entropy falling through the whole recovery) stop inside the dip when the
+    goal is compression, with the whole-bank threshold; with it every curve of the bank succeeds."""
+    vit = [c for n, c in CURVES.items() if n.startswith("fm_vit")]
+    assert len(vit) >= 3
+    r = bank.fit_default_rel_drop(list(CURVES.values()))
+    rule = bank.SETTINGS["compress"]
+    before = [bank.evaluate(c, "entropy", rel_drop=r, falling=False, **rule) for c in vit]
+    now = [bank.evaluate(c, "entropy", rel_drop=r, **rule) for c in vit]
+    assert not all(o.ok for o in before) and all(o.ok for o in now)
+    assert all(o.selected_round > b.selected_round for o, b in zip(now, before) if not b.ok)
+    for goal in bank.SETTINGS.values():
+        assert all(bank.evaluate(c, "entropy", rel_drop=r, **goal).ok for c in CURVES.values())

@@ -36,10 +36,13 @@ trained).  ``selected_round`` = the best round among ``0 … stop_round`` (ties 
 ``stop_round`` is None and the selection runs over all rounds.
 
 Default entropy signal (:func:`entropy_drop_signal`): "collapsed" iff the current entropy is
-below ``(1 - rel_drop) * max(entropy so far)``.  During the Critical dip the network still
-memorises and its activation entropy stays near its maximum; once memorisation breaks, ReLUs
-die or become linear and the entropy falls.  ``rel_drop`` is fitted by leave-one-setting-out
-over the curve bank (``docs/stop_rules.md``), not on the demo.
+below ``(1 - rel_drop) * max(entropy so far)`` *and* the accuracy is still falling (below the
+round before).  During the Critical dip the network still memorises and its activation entropy
+stays near its maximum; once memorisation breaks, units die or become linear and the entropy
+falls, but while the accuracy recovers (the Sweet phase) that fall is not a collapse: on the
+GELU ViT curves of the bank the entropy falls through the whole recovery, and on the ReLU
+curves a threshold small enough to stop cheaply fired inside the recovery.  ``rel_drop`` is
+fitted by leave-one-setting-out over the curve bank (``docs/stop_rules.md``), not on the demo.
 """
 
 from __future__ import annotations
@@ -325,12 +328,17 @@ def entropy_drop_signal(
     rel_drop: float = 0.1,
     abs_drop: float | None = None,
     dense_fraction: float | None = None,
+    falling: bool = True,
 ) -> bool:
-    """True ("collapsed") iff the last entropy fell from the running max.
+    """True ("collapsed") iff the last entropy fell from the running max while the accuracy
+    is still falling.
 
-    Fires when ``H[-1] < (1 - rel_drop) * max(H)`` (or ``H[-1] < max(H) - abs_drop`` when
-    ``abs_drop`` is given), or when ``dense_fraction`` is given and
-    ``H[-1] < dense_fraction * H[0]``.
+    The entropy part holds when ``H[-1] < (1 - rel_drop) * max(H)`` (or ``H[-1] < max(H) -
+    abs_drop`` when ``abs_drop`` is given), or when ``dense_fraction`` is given and
+    ``H[-1] < dense_fraction * H[0]``.  With ``falling`` (the default) the last accuracy must
+    also be below the one before (``acc[-1] < acc[-2]``): a round that recovers is not a
+    collapse, whatever its entropy.  ``falling=False`` is the rule before the ViT curves
+    (docs/stop_rules.md says what it got wrong).
     """
     if not entropy:
         return False
@@ -338,7 +346,9 @@ def entropy_drop_signal(
     top = max(float(x) for x in entropy)
     fell = h < (top - abs_drop) if abs_drop is not None else h < (1.0 - rel_drop) * top
     if dense_fraction is not None and h < dense_fraction * float(entropy[0]):
-        return True
+        fell = True
+    if fell and falling and eval_acc is not None and len(eval_acc) >= 2:
+        return float(eval_acc[-1]) < float(eval_acc[-2])
     return fell
 
 
