@@ -270,7 +270,7 @@ def test_two_round_imp_with_each_choice(extra, tmp_path):
     imp.run(cfg, tmp_path)
     rows = rundir.read_rounds(result_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert set(rundir.ROUND_COLUMNS) <= set(rows[0])
+    assert set(rundir.round_columns(False)) <= set(rows[0])
     masks = store.load_tensors(store.round_dir(result_dir, 2) / "masks.safetensors")
     total = sum(m.numel() for m in masks.values())
     assert abs(rows[2]["sparsity"] - 0.75) <= len(masks) / total + 1e-9
@@ -393,7 +393,7 @@ def test_two_round_slimming_run(tmp_path):
         imp.run(cfg, tmp_path)
         run_dir = tmp_path / cfg.run_id()
         rows = rundir.read_rounds(run_dir)
-        assert [r["round"] for r in rows] == [0, 1, 2] and set(rundir.ROUND_COLUMNS) <= set(rows[0])
+        assert [r["round"] for r in rows] == [0, 1, 2] and set(rundir.round_columns(False)) <= set(rows[0])
         masks = store.load_tensors(store.round_dir(run_dir, 2) / "masks.safetensors")
         state = store.load_tensors(store.round_dir(run_dir, 2) / "state.safetensors")
         for layer, bn in (("1", "2"), ("4", "5")):

@@ -14,7 +14,7 @@ from dsd2.config import RunConfig
 from dsd2.errors import UserError
 from dsd2.models import prunable_weights
 from dsd2.prune import full_masks, next_masks
-from dsd2.rundir import ROUND_COLUMNS, load_state
+from dsd2.rundir import load_state, round_columns
 
 from conftest import run_interrupted, tiny_config
 
@@ -67,7 +67,7 @@ def test_one_shot_explicit_targets(tmp_path):
 def test_one_shot_rounds_csv_resume_show_and_decide(one_shot, tmp_path):
     cfg, ref_dir = one_shot
     header = (ref_dir / "rounds.csv").read_text().splitlines()[0].split(",")
-    assert header == list(ROUND_COLUMNS)
+    assert header == round_columns(False)
 
     run_dir = run_interrupted(cfg, tmp_path)
     imp.resume(run_dir)

@@ -281,6 +281,11 @@ class TrainConfig(_Section):
     tensorboard: bool = Field(
         False, description="Also log per-epoch and per-round scalars to <run dir>/tensorboard (pip install tensorboard)."
     )
+    select_epoch: Literal["last", "best_val"] = Field(
+        "last",
+        description="Model kept per round: last (the reference) or also best_val, the epoch with the best validation accuracy "
+        "(round_XXX/best_state.safetensors and the best_* columns of rounds.csv; IMP continues from the last epoch).",
+    )
     checkpoint_interval_s: float = Field(
         60.0,
         ge=0.0,
@@ -483,6 +488,8 @@ class RunConfig(_Section):
             raise ValueError("dataset.label_file applies to the full training set: it cannot be combined with dataset.train_subset")
         if self.prune.retrain == "late_rewind" and self.prune.rewind_epoch >= self.train.epochs:
             raise ValueError(f"prune.rewind_epoch={self.prune.rewind_epoch} must be smaller than train.epochs={self.train.epochs}")
+        if self.train.select_epoch == "best_val" and self.dataset.val_size == 0:
+            raise ValueError("train.select_epoch=best_val picks epochs on the validation split: dataset.val_size=0 has none")
         return self
 
     def resolved(self) -> dict[str, Any]:

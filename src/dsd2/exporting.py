@@ -350,7 +350,7 @@ def export_run(
         **data,
         "round": idx,
         **selection,
-        "accuracy": {k: row[k] for k in rundir.ROUND_COLUMNS if k.endswith("_acc") or "_acc_" in k},
+        "accuracy": {k: row[k] for k in rundir.round_columns(row["best_epoch"] is not None) if k.endswith("_acc") or "_acc_" in k},
         "sparsity": sparsity(masks),
         "alive_weights": count_alive(masks),
         "prunable_weights": count_total(masks),

@@ -671,6 +671,60 @@ class EpochProgress(Hook):
         self.fn(round_idx, epochs, log)
 
 
+class BestEpoch(Hook):
+    """``train.select_epoch=best_val``: after every epoch, the validation accuracy; the weights of
+    the best epoch so far (ties: the earlier) and its test accuracy are kept for the round's files.
+    Evaluation runs in eval mode and draws no random numbers, so training is unchanged. Every
+    rank evaluates (the prediction is sharded); the epoch checkpoint carries the best so far, so
+    a resumed round keeps the same best epoch."""
+
+    PREFIX = "best/"
+
+    def __init__(self, ctx: RunContext):
+        d = ctx.data
+        self.ctx = ctx
+        self.val, self.test = ctx.source(d.val_x, d.val_y), ctx.source(d.test_x, d.test_y)
+        self.round_start(0)
+
+    def round_start(self, round_idx: int) -> None:
+        self.epoch: int | None = None
+        self.val_acc = -1.0
+        self.test_acc: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        d = self.ctx.data
+        acc = accuracy(_predict(self.ctx, self.val), d.val_y)
+        if acc is not None and acc > self.val_acc:
+            self.epoch, self.val_acc, self.state = log.epoch, acc, state_dict_cpu(model)
+            self.test_acc = accuracy(_predict(self.ctx, self.test), d.test_y)
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The best so far, as tensors for the epoch checkpoint's ``extra``."""
+        if self.state is None:
+            return {}
+        meta = torch.tensor([float(self.epoch or 0), self.val_acc, -1.0 if self.test_acc is None else self.test_acc], dtype=torch.float64)
+        return {f"{self.PREFIX}meta": meta, **{f"{self.PREFIX}state/{k}": v for k, v in self.state.items()}}
+
+    def restore(self, extra: dict[str, torch.Tensor]) -> None:
+        """The best so far from an epoch checkpoint (nothing when it holds none)."""
+        meta = extra.get(f"{self.PREFIX}meta")
+        if meta is None:
+            return
+        epoch, val_acc, test_acc = meta.tolist()
+        self.epoch, self.val_acc, self.test_acc = int(epoch), float(val_acc), None if test_acc < 0 else float(test_acc)
+        cut = len(f"{self.PREFIX}state/")
+        self.state = {k[cut:]: v for k, v in extra.items() if k.startswith(f"{self.PREFIX}state/")}
+
+    def columns(self) -> dict[str, Any]:
+        """The round's best-epoch columns of rounds.csv."""
+        return {"best_epoch": self.epoch, "best_val_acc": self.val_acc, "best_test_acc": self.test_acc}
+
+
+def best_epoch_hook(hooks: list[Hook]) -> BestEpoch | None:
+    return next((h for h in hooks if isinstance(h, BestEpoch)), None)
+
+
 class RoundDone(Hook):
     """The caller's ``on_round(row)`` once a round is saved (the row as rounds.csv now has it)."""
 
@@ -743,8 +797,10 @@ def make_hooks(
     """The run's hooks, called in this order (the retraining mode's first: the late-rewind snapshot is
     on disk before anyone hears of its epoch)."""
     hooks: list[Hook] = []
+    if ctx.cfg.train.select_epoch == "best_val":
+        hooks.append(BestEpoch(ctx))  # on every rank: evaluation is sharded; first, so the others see the round's best
     if not distributed.is_main():
-        return hooks  # they write files or report progress: rank 0's job
+        return hooks  # the others write files or report progress: rank 0's job
     mode: RetrainMode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)
     if mode.hooks is not None:
         hooks.extend(mode.hooks(ctx))
@@ -892,7 +948,7 @@ def masked_tensors(ctx: RunContext, masks: Masks) -> tuple[dict[str, torch.Tenso
     return {**ctx.weights, **params}, {**masks, **bn_masks}
 
 
-def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total_epochs: int):
+def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total_epochs: int, best: BestEpoch | None = None):
     """Save a mid-round checkpoint after an epoch when the configured interval has passed."""
     interval = ctx.cfg.train.checkpoint_interval_s
     last = [time.monotonic()]
@@ -909,7 +965,7 @@ def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total
             generator=gen,
             next_epoch=next_epoch,
             logs=[vars(x) for x in logs],
-            extra=_adapter_state(ctx),
+            extra={**(_adapter_state(ctx) or {}), **(best.checkpoint_state() if best is not None else {})},
         )
         last[0] = time.monotonic()
 
@@ -932,7 +988,11 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
     if reset is not None:  # feature distillation: the round's adapter from its seed, or as the checkpoint left it
         reset(round_seed(cfg.seed, round_idx, stream=7))
         if resume_state is not None:
-            ctx.objective.load_adapter_state(resume_state.extra)  # type: ignore[attr-defined]
+            adapter = {k: v for k, v in resume_state.extra.items() if not k.startswith(BestEpoch.PREFIX)}
+            ctx.objective.load_adapter_state(adapter)  # type: ignore[attr-defined]
+    best = best_epoch_hook(hooks)
+    if best is not None and resume_state is not None:
+        best.restore(resume_state.extra)
 
     if resume_state is not None and _gradual(ctx, round_idx):
         # the masks pruned so far are the zeros of the checkpointed weights (re-zeroed after every step)
@@ -959,7 +1019,7 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
             amp=cfg.train.amp,
             on_epoch_end=epoch_end,
             resume=resume_state,
-            checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs),
+            checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs, best),
             compile_model=cfg.train.compile,
         )
     except TrainingDiverged as err:
@@ -1094,10 +1154,17 @@ def measure(
 
 
 def save_round(
-    ctx: RunContext, masks: Masks, row: RoundRow, layer_rows: list[dict[str, Any]], timing: dict[str, Any], logs: list[EpochLog]
+    ctx: RunContext,
+    masks: Masks,
+    row: RoundRow,
+    layer_rows: list[dict[str, Any]],
+    timing: dict[str, Any],
+    logs: list[EpochLog],
+    best_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write the round's folder, its manifest last (from then on the round counts as finished),
-    and drop its epoch checkpoint."""
+    and drop its epoch checkpoint. ``best_state``: the best-validation epoch's weights
+    (``train.select_epoch=best_val``), checksummed in the manifest beside the others."""
     rd = rundir.round_dir(ctx.run_dir, row.round)
     rd.mkdir(parents=True, exist_ok=True)
     store.save_tensors(rd / "state.safetensors", state_dict_cpu(ctx.model))
@@ -1109,7 +1176,11 @@ def save_round(
         rd / rundir.METRICS,
         {"row": row.as_dict(), "entropy_layers": layer_rows, "timing": timing, "epochs": [vars(log) for log in logs]},
     )
-    store.write_manifest(rd, list(rundir.ROUND_FILES))
+    files = list(rundir.ROUND_FILES)
+    if best_state is not None:
+        store.save_tensors(rd / rundir.BEST_STATE, best_state)
+        files.append(rundir.BEST_STATE)
+    store.write_manifest(rd, files)
     checkpoint.partial_path(ctx.run_dir, row.round).unlink(missing_ok=True)
 
 
@@ -1147,7 +1218,8 @@ def relabel(ctx: RunContext, rounds: Rounds) -> None:
 def write_tables(ctx: RunContext, rounds: Rounds) -> None:
     """Relabel the phases over the curve so far and rewrite rounds.csv, entropy.csv and timings.csv."""
     relabel(ctx, rounds)
-    store.write_csv(ctx.run_dir / rundir.ROUNDS_CSV, [r.as_dict() for r in rounds.rows], rundir.ROUND_COLUMNS)
+    columns = rundir.round_columns(ctx.cfg.train.select_epoch == "best_val")
+    store.write_csv(ctx.run_dir / rundir.ROUNDS_CSV, [r.as_dict() for r in rounds.rows], columns)
     store.write_csv(ctx.run_dir / rundir.ENTROPY_CSV, rounds.entropy, rundir.ENTROPY_COLUMNS)
     store.write_csv(ctx.run_dir / rundir.TIMINGS_CSV, rounds.timings, rundir.TIMING_COLUMNS)
     rundir.record_tables(ctx.run_dir)
@@ -1184,6 +1256,9 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
     logs, lr_scale = train_round(ctx, round_idx, masks, hooks)
     train_s = time.perf_counter() - t0
     row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last)
+    best = best_epoch_hook(hooks)
+    if best is not None:
+        row = dataclasses.replace(row, **best.columns())
     timing = {
         "round": round_idx,
         "wall_s": time.perf_counter() - t0,
@@ -1196,7 +1271,7 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
     if w.distributed:
         timing["world_size"] = w.size  # metrics.json: which rounds ran how split
     if w.main:
-        save_round(ctx, masks, row, layer_rows, timing, logs)
+        save_round(ctx, masks, row, layer_rows, timing, logs, best.state if best is not None else None)
     rounds.rows.append(row)
     rounds.entropy.extend(layer_rows)
     rounds.timings.append(timing)

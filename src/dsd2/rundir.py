@@ -82,6 +82,11 @@ class RoundRow(Mapping[str, Any]):
     train_pflops_sparse: float
     round_pflops_paper: float | None = None
     train_pflops_paper: float | None = None
+    # train.select_epoch=best_val only (the columns are absent otherwise): the round's epoch (1-based)
+    # with the best validation accuracy (ties: the earlier), and that epoch's accuracies
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    best_test_acc: float | None = None
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any], *, source: str | Path | None = None) -> RoundRow:
@@ -103,8 +108,10 @@ class RoundRow(Mapping[str, Any]):
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
-        """Column → value, in file order (what ``rounds.csv`` and ``metrics.json`` store)."""
-        return {c: getattr(self, c) for c in ROUND_COLUMNS}
+        """Column → value, in file order (what ``rounds.csv`` and ``metrics.json`` store); the
+        best-epoch columns only when the round has them (a run that keeps the last epoch writes
+        the files it wrote before they existed)."""
+        return {c: getattr(self, c) for c in round_columns(self.best_epoch is not None)}
 
     def __getitem__(self, column: str) -> Any:
         if column not in _COLUMN_SET:
@@ -112,14 +119,23 @@ class RoundRow(Mapping[str, Any]):
         return getattr(self, column)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(ROUND_COLUMNS)
+        return iter(round_columns(self.best_epoch is not None))
 
     def __len__(self) -> int:
-        return len(ROUND_COLUMNS)
+        return len(round_columns(self.best_epoch is not None))
 
 
 # Columns of rounds.csv, in order: the fields of RoundRow, the one definition.
 ROUND_COLUMNS: list[str] = [f.name for f in fields(RoundRow)]
+BEST_COLUMNS = ("best_epoch", "best_val_acc", "best_test_acc")
+BEST_STATE = "best_state.safetensors"  # a round's best-validation weights (train.select_epoch=best_val)
+
+
+def round_columns(best_epoch: bool) -> list[str]:
+    """The columns rounds.csv has: the best-epoch ones only when the run keeps the best epoch."""
+    return ROUND_COLUMNS if best_epoch else [c for c in ROUND_COLUMNS if c not in BEST_COLUMNS]
+
+
 _COLUMN_SET = frozenset(ROUND_COLUMNS)
 # Columns holding fractions (shown as percentages by reports).
 FRACTION_COLUMNS = frozenset(c for c in ROUND_COLUMNS if c.endswith("_acc") or "_acc_" in c or c == "sparsity")
