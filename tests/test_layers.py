@@ -22,7 +22,7 @@ LAYERS = [
     {"plugins"},
     {"registry"},
     {"config", "store", "threads", "distributed"},
-    {"data", "noise", "models", "prune", "checkpoint"},
+    {"data", "noise", "models", "prune", "checkpoint", "shrink"},
     {"train", "entropy", "flops", "phases"},
     {"rundir"},
     {"compare", "runs"},

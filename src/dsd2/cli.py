@@ -796,6 +796,9 @@ def export_cmd(
     ),
     onnx: bool = typer.Option(False, "--onnx", help="Also write model.onnx, checked against PyTorch with onnxruntime."),
     compressed: bool = typer.Option(False, "--compressed", help="Store each pruned tensor as kept values + a bitmask."),
+    structured: bool = typer.Option(
+        False, "--structured", help="Remove pruned channels: a physically smaller model (channel-pruned runs; docs/export.md)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an earlier export in --out."),
     plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
@@ -803,7 +806,7 @@ def export_cmd(
     from dsd2.api import export
 
     _load_plugins(plugins)
-    res = export(run_dir, out, round=round, onnx=onnx, compressed=compressed, force=force)
+    res = export(run_dir, out, round=round, onnx=onnx, compressed=compressed, structured=structured, force=force)
     how = res.info.get("selected_on")
     console.print(
         f"round {res.round} ({res.selected_by}{f' on {how}' if how else ''}), sparsity {100 * res.sparsity:.2f}%, "
@@ -812,6 +815,13 @@ def export_cmd(
     if compressed:
         ratio = res.dense_bytes / res.weights_bytes if res.weights_bytes else float("nan")
         console.print(f"model.safetensors: {res.weights_bytes:,} bytes compressed vs {res.dense_bytes:,} dense ({ratio:.1f}x smaller)")
+    elif structured:
+        s = res.info["structured"]
+        console.print(
+            f"model.safetensors: {res.weights_bytes:,} bytes, {s['params_after']:,} parameters "
+            f"(unpruned shapes: {res.dense_bytes:,} bytes, {s['params_before']:,}); channels removed in {len(s['layers'])} layer(s)"
+            + (f", {len(s['kept_whole'])} kept whole" if s["kept_whole"] else "")
+        )
     else:
         console.print(f"model.safetensors: {res.weights_bytes:,} bytes (dense, masks folded in)")
     if res.onnx_max_abs_diff is not None:

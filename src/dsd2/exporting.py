@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
-from dsd2 import __version__, compare, rundir, store
+from dsd2 import __version__, compare, rundir, shrink, store
 from dsd2.config import EarlyStopConfig, RunConfig
 from dsd2.errors import UserError
 from dsd2.plugins import load_plugins
@@ -322,6 +322,7 @@ def export_run(
     round: str | int = "best",
     onnx: bool = False,
     compressed: bool = False,
+    structured: bool = False,
     force: bool = False,
 ) -> ExportResult:
     """Export the selected round of ``run_dir`` into the folder ``out`` (see the module doc)."""
@@ -330,6 +331,8 @@ def export_run(
     _check_config_unchanged(run_dir, cfg)
     rows = rundir.read_finished(run_dir).rows  # every finished round's manifest checked: a tampered run stops here
     idx, selection = select_round(run_dir, round, cfg, rows)
+    if structured and compressed:
+        raise UserError("--structured writes smaller dense tensors, --compressed packs the zeros of dense ones: choose one")
     _prepare_target(out, run_dir, force)
     if onnx:
         _check_onnx_available()
@@ -338,6 +341,12 @@ def export_run(
     state = fold_masks(model.state_dict(), masks)
     model.load_state_dict(state, strict=True)  # what was saved is what the ONNX file and the check see
     data = _data_info(run_dir, cfg)
+    probe = torch.randn((8, *data["input_shape"]), generator=torch.Generator().manual_seed(0))
+    macs = shrink.inference_macs(model, probe)
+    shrunk = None
+    if structured:
+        small, report = shrink.shrink(model, probe)
+        shrunk = {**report.as_dict(), "shapes": shrink.module_shapes(small)}
     row = rows[idx]
     meta = store.read_json(run_dir / rundir.META)
     info: dict[str, Any] = {
@@ -355,6 +364,13 @@ def export_run(
         "alive_weights": count_alive(masks),
         "prunable_weights": count_total(masks),
         "layer_sparsity": _layer_sparsity(masks),
+        "inference_macs": {
+            "per_layer": macs,
+            "dense": sum(v["dense"] for v in macs.values()),
+            "nonzero": sum(v["nonzero"] for v in macs.values()),
+            "note": "multiply-accumulates of one example's forward pass; dense kernels compute the dense count whatever the "
+            "zeros, so unstructured sparsity does not make them faster: only removed channels (--structured) do",
+        },
         "source": {
             "run_dir": str(run_dir.resolve()),
             "run_name": cfg.name,
@@ -366,6 +382,9 @@ def export_run(
     }
     dense_meta = {"dsd2_format": DENSE}
     dense_bytes = _safetensors_bytes(state, dense_meta)
+    if shrunk is not None:
+        info["structured"] = shrunk
+        model, state = small, small.state_dict()
     max_diff = None
     with _staging(out) as tmp:
         if compressed:
@@ -496,5 +515,7 @@ def load_exported(export_dir: str | Path, device: torch.device | str = "cpu") ->
             input_size=info["input_size"],
             **info["model"]["options"],
         )
+    if info.get("structured"):  # removed channels: the layers take the export's smaller shapes first
+        shrink.rebuild(model, info["structured"]["shapes"])
     rundir.load_state(model, load_state(export_dir), Path(export_dir) / WEIGHTS)
     return model.to(device).eval()
