@@ -111,6 +111,11 @@ def test_presets_expand_and_fig1_teacher():
     assert {"fig1", "noise_sweep", "width_depth", "retrain_modes", "cifar100", "tiny_demo"} <= set(list_sweep_presets())
     sizes = {name: len(expand(load_sweep(name))) for name in list_sweep_presets()}
     assert sizes["width_depth"] == 20 and sizes["noise_sweep"] == 9 and sizes["retrain_modes"] == 5
+    assert sizes["methods_fmnist"] == 8
+    methods = expand(load_sweep("methods_fmnist"))
+    assert {(c.config.prune.criterion, c.config.noise.kind) for c in methods} == {
+        (crit, kind) for crit in ("magnitude", "magnitude_gradient", "snip", "random") for kind in ("symmetric", "instance")
+    }
     (cell,) = expand(load_sweep("fig1"))
     assert cell.config.model.name == "vgg_like" and cell.config.model.options["gamma"] == 5
     assert cell.teacher_config.model.name == "resnet18_cifar" and cell.teacher_config.model.options == {"maxpool": True}
@@ -460,3 +465,13 @@ def test_duplicate_and_oversized_grids_are_refused():
         expand(load_sweep("tiny_demo", ["sweep.grid.seed=[0, 0.0]"]))
     with pytest.raises(UserError, match="more than 10,000"):
         expand(load_sweep("tiny_demo", [f"sweep.grid.seed={list(range(200))}", f"sweep.grid.noise.rate={[i / 1000 for i in range(100)]}"]))
+
+
+def test_the_methods_preset_runs_end_to_end_at_a_tiny_size(tmp_path):
+    """The criteria x noise grid of README "Pruning criteria and noise models", on MNIST-1D in seconds."""
+    tiny = ["dataset.name=mnist1d", "dataset.root=null", "dataset.train_subset=null", "dataset.val_size=500", "model.name=mlp"]
+    tiny += ["model.hidden=[16]", "train.epochs=1", "prune.rounds=2", "prune.score_batches=1", "train.threads=1"]
+    res = run_sweep(load_sweep("methods_fmnist", tiny), out=tmp_path, backend="sequential")
+    assert res.ok and len(res.cells) == 8
+    rows = store.read_csv(res.sweep_dir / "all_rounds.csv")
+    assert len(rows) == 8 * 3 and {r["prune.criterion"] for r in rows} == {"magnitude", "magnitude_gradient", "snip", "random"}
