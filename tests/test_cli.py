@@ -228,9 +228,9 @@ def test_divergence_advice_follows_the_retry(tmp_path, capsys):
     from dsd2 import checkpoint, imp
 
     msg = "training diverged at epoch 2, step 3 of 9: the loss became nan. Finished rounds and ..."
-    first = imp._divergence_advice(msg, tmp_path, 1.0, resumed=False)
+    first = imp.loop._divergence_advice(msg, tmp_path, 1.0, resumed=False)
     assert first.startswith("training diverged at epoch 2, step 3") and "--lr-scale 0.1" in first and "--restart-round" not in first
-    again = imp._divergence_advice(msg, tmp_path, 0.1, resumed=True)
+    again = imp.loop._divergence_advice(msg, tmp_path, 0.1, resumed=True)
     assert "--lr-scale 0.01" in again and "--restart-round" in again
 
     args = ["run", "tiny_mnist1d", *TINY, "train.optimizer=sgd", "train.lr=10000"]

@@ -118,7 +118,7 @@ def test_self_distillation_teacher_is_the_previous_round(self_run, monkeypatch):
     assert store.read_json(run_dir / "teacher.json")["self"] is True
     ctx = imp.prepare(cfg, run_dir)
     assert ctx.teacher is None  # round 0 has no teacher: plain CE
-    imp._teach_from_round_before(ctx, 1)
+    imp.loop._teach_from_round_before(ctx, 1)
     saved = store.load_tensors(store.round_dir(run_dir, 0) / "state.safetensors")
     got = ctx.teacher.state_dict()
     assert saved.keys() == got.keys() and all(torch.equal(saved[k], got[k].cpu()) for k in saved)

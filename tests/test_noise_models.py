@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsd2 import imp, rundir
+from dsd2 import imp, rundir, store
 from dsd2.cli import main
 from dsd2.config import validate_config
 from dsd2.errors import UserError
@@ -219,7 +219,7 @@ def test_noise_json_symmetric(tmp_path, capsys):
     assert info["num_flipped"] == 29 * n // 100  # ⌊εN⌋ exactly and info["realized_rate"] == info["num_flipped"] / n
     conf = torch.tensor(info["confusion"])
     assert int(conf.sum()) == n and int(conf.sum() - conf.trace()) == info["num_flipped"]
-    labels = imp.store.load_tensors(run_dir / "labels.safetensors")
+    labels = store.load_tensors(run_dir / "labels.safetensors")
     assert info["num_flipped"] == labels["flipped"].numel()
     # dsd2 show prints the realised rate; the report shows the confusion table (MNIST-1D: 10 classes)
     assert main(["show", str(run_dir)]) == 0
@@ -318,7 +318,7 @@ def test_tiny_imp_run_with_soft_labels(tmp_path):
     t = probs[data.train_idx]
     entropy = float(-(t * t.clamp_min(1e-12).log()).sum(1).mean())
     assert all(r["train_loss"] >= entropy - 1e-3 for r in rows)
-    labels = imp.store.load_tensors(run_dir / "labels.safetensors")
+    labels = store.load_tensors(run_dir / "labels.safetensors")
     assert torch.allclose(labels["soft"], probs[data.train_idx].float())
     moved = (data.train_idx % 10 == 0).nonzero().flatten()
     assert torch.equal(labels["flipped"], moved)  # the arg-max moved exactly where the mass moved

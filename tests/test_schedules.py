@@ -90,18 +90,18 @@ def test_gmp_sparsity_is_zhu_gupta_cubic():
 def test_gradual_follows_the_cubic_schedule_and_ends_at_the_target(tmp_path):
     cfg = tiny_config("prune.schedule=gradual", "train.epochs=4", "prune.rounds=2")
     seen: list[tuple[int, float]] = []
-    real = imp.gradual_step
+    real = imp.modes.gradual_step
 
     def spy(ctx, masks, round_idx, epoch, epochs):
         real(ctx, masks, round_idx, epoch, epochs)
         total = sum(m.numel() for m in masks.values())
         seen.append((round_idx, 1 - sum(int(m.sum()) for m in masks.values()) / total))
 
-    imp.gradual_step = spy
+    imp.modes.gradual_step = spy  # the loop calls it through its module
     try:
         run_dir = imp.run(cfg, tmp_path)
     finally:
-        imp.gradual_step = real
+        imp.modes.gradual_step = real
     total = sum(m.numel() for m in store.load_tensors(store.round_dir(run_dir, 1) / "masks.safetensors").values())
     for i in (1, 2):
         target = 1 - (1 - cfg.prune.rate) ** i

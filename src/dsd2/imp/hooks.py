@@ -1,0 +1,180 @@
+"""What runs alongside the rounds without changing their numbers: the late-rewind snapshot,
+TensorBoard, progress, the best-validation epoch, the caller's ``on_round``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dsd2 import distributed, store
+from dsd2.errors import UserError
+from dsd2.imp.measure import _predict
+from dsd2.imp.setup import RunContext, state_dict_cpu
+from dsd2.registry import RETRAIN_MODES
+from dsd2.rundir import RoundRow
+from dsd2.train import (
+    EpochLog,
+    accuracy,
+)
+
+# ----------------------------------------------------------------------------- hooks
+
+
+class Hook:
+    """Runs alongside the rounds without changing their numbers; every method is a no-op here."""
+
+    def round_start(self, round_idx: int) -> None:
+        pass
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        pass
+
+    def round_end(self, row: RoundRow) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RewindSnapshot(Hook):
+    """late_rewind: the weights of epoch ``prune.rewind_epoch`` of round 0, which later rounds restart from."""
+
+    def __init__(self, run_dir: Path, epoch: int):
+        self.run_dir, self.epoch = run_dir, epoch
+        self.path = run_dir / "rewind.safetensors"
+
+    def round_start(self, round_idx: int) -> None:
+        if round_idx == 0 and self.epoch == 0:  # epoch 0 is the initialisation
+            store.save_tensors(self.path, store.load_tensors(self.run_dir / "init.safetensors"))
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        if round_idx == 0 and log.epoch == self.epoch:
+            store.save_tensors(self.path, state_dict_cpu(model))
+
+
+class TensorBoard(Hook):
+    """Optional TensorBoard scalars: per epoch (loss, accuracy, lr) and per round (every metric)."""
+
+    def __init__(self, run_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # optional dependency
+        except ImportError:
+            raise UserError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        step = round_idx * epochs + log.epoch
+        for key in ("loss", "acc", "lr"):
+            self.writer.add_scalar(f"epoch/{key}", getattr(log, key), step)
+
+    def round_end(self, row: RoundRow) -> None:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "round":
+                self.writer.add_scalar(f"round/{key}", value, row.round)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class EpochProgress(Hook):
+    """The caller's ``progress(round, epochs, log)`` after every epoch."""
+
+    def __init__(self, fn: Callable[[int, int, EpochLog], None]):
+        self.fn = fn
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        self.fn(round_idx, epochs, log)
+
+
+class BestEpoch(Hook):
+    """``train.select_epoch=best_val``: after every epoch, the validation accuracy; the weights of
+    the best epoch so far (ties: the earlier) and its test accuracy are kept for the round's files.
+    Evaluation runs in eval mode and draws no random numbers, so training is unchanged. Every
+    rank evaluates (the prediction is sharded); the epoch checkpoint carries the best so far, so
+    a resumed round keeps the same best epoch."""
+
+    PREFIX = "best/"
+
+    def __init__(self, ctx: RunContext):
+        d = ctx.data
+        self.ctx = ctx
+        self.val, self.test = ctx.source(d.val_x, d.val_y), ctx.source(d.test_x, d.test_y)
+        self.round_start(0)
+
+    def round_start(self, round_idx: int) -> None:
+        self.epoch: int | None = None
+        self.val_acc = -1.0
+        self.test_acc: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
+        d = self.ctx.data
+        acc = accuracy(_predict(self.ctx, self.val), d.val_y)
+        if acc is not None and acc > self.val_acc:
+            self.epoch, self.val_acc, self.state = log.epoch, acc, state_dict_cpu(model)
+            self.test_acc = accuracy(_predict(self.ctx, self.test), d.test_y)
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """The best so far, as tensors for the epoch checkpoint's ``extra``."""
+        if self.state is None:
+            return {}
+        meta = torch.tensor([float(self.epoch or 0), self.val_acc, -1.0 if self.test_acc is None else self.test_acc], dtype=torch.float64)
+        return {f"{self.PREFIX}meta": meta, **{f"{self.PREFIX}state/{k}": v for k, v in self.state.items()}}
+
+    def restore(self, extra: dict[str, torch.Tensor]) -> None:
+        """The best so far from an epoch checkpoint (nothing when it holds none)."""
+        meta = extra.get(f"{self.PREFIX}meta")
+        if meta is None:
+            return
+        epoch, val_acc, test_acc = meta.tolist()
+        self.epoch, self.val_acc, self.test_acc = int(epoch), float(val_acc), None if test_acc < 0 else float(test_acc)
+        cut = len(f"{self.PREFIX}state/")
+        self.state = {k[cut:]: v for k, v in extra.items() if k.startswith(f"{self.PREFIX}state/")}
+
+    def columns(self) -> dict[str, Any]:
+        """The round's best-epoch columns of rounds.csv."""
+        return {"best_epoch": self.epoch, "best_val_acc": self.val_acc, "best_test_acc": self.test_acc}
+
+
+def best_epoch_hook(hooks: list[Hook]) -> BestEpoch | None:
+    return next((h for h in hooks if isinstance(h, BestEpoch)), None)
+
+
+class RoundDone(Hook):
+    """The caller's ``on_round(row)`` once a round is saved (the row as rounds.csv now has it)."""
+
+    def __init__(self, fn: Callable[[RoundRow], None]):
+        self.fn = fn
+
+    def round_end(self, row: RoundRow) -> None:
+        self.fn(row)
+
+
+def make_hooks(
+    ctx: RunContext,
+    *,
+    on_round: Callable[[RoundRow], None] | None = None,
+    progress: Callable[[int, int, EpochLog], None] | None = None,
+) -> list[Hook]:
+    """The run's hooks, called in this order (the retraining mode's first: the late-rewind snapshot is
+    on disk before anyone hears of its epoch)."""
+    hooks: list[Hook] = []
+    if ctx.cfg.train.select_epoch == "best_val":
+        hooks.append(BestEpoch(ctx))  # on every rank: evaluation is sharded; first, so the others see the round's best
+    if not distributed.is_main():
+        return hooks  # the others write files or report progress: rank 0's job
+    mode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)  # a dsd2.imp.modes.RetrainMode
+    if mode.hooks is not None:
+        hooks.extend(mode.hooks(ctx))
+    if ctx.cfg.train.tensorboard:
+        hooks.append(TensorBoard(ctx.run_dir))
+    if progress is not None:
+        hooks.append(EpochProgress(progress))
+    if on_round is not None:
+        hooks.append(RoundDone(on_round))
+    return hooks

@@ -1,0 +1,406 @@
+"""The round loop: :func:`run_round` chains prune → reset → train → measure → save; :func:`run`
+and :func:`resume` run every round of a config, from its checkpoints after a kill."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dsd2 import checkpoint, distributed, rundir, store
+from dsd2.compare import decide, selection_column
+from dsd2.config import RunConfig
+from dsd2.distill.setup import self_teaching
+from dsd2.imp import modes
+from dsd2.imp.hooks import BestEpoch, Hook, best_epoch_hook, make_hooks
+from dsd2.imp.measure import measure
+from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_for
+from dsd2.imp.setup import (
+    RunContext,
+    _check_config_matches,
+    _extend,
+    _generator,
+    lr_scale_for,
+    resolve_device,
+    round_seed,
+    start,
+    state_dict_cpu,
+)
+from dsd2.phases import label_phases
+from dsd2.prune import (
+    Masks,
+    full_masks,
+)
+from dsd2.rundir import RoundRow, load_state, run_dir_for
+from dsd2.train import (
+    EpochLog,
+    TrainingDiverged,
+    train,
+)
+
+# ----------------------------------------------------------------------------- loop state
+
+
+@dataclass
+class Rounds:
+    """The finished rounds (rows as labelled in rounds.csv, per-layer entropy, timings) and the
+    masks the next round prunes from."""
+
+    rows: list[RoundRow]
+    entropy: list[dict[str, Any]]
+    timings: list[dict[str, Any]]
+    masks: Masks
+
+    @property
+    def last(self) -> RoundRow | None:
+        return self.rows[-1] if self.rows else None
+
+
+def resume_rounds(ctx: RunContext) -> Rounds:
+    """The rounds already finished, from their checksummed files; the model gets the last one's weights."""
+    done = rundir.read_finished(ctx.run_dir)
+    masks = full_masks(ctx.weights)
+    if done.rows:
+        last = rundir.round_dir(ctx.run_dir, done.rows[-1].round)
+        load_state(ctx.model, store.load_tensors(last / "state.safetensors"), last / "state.safetensors")
+        saved = store.load_tensors(last / "masks.safetensors")
+        masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
+    return Rounds(done.rows, done.entropy, done.timings, masks)
+
+
+def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total_epochs: int, best: BestEpoch | None = None):
+    """Save a mid-round checkpoint after an epoch when the configured interval has passed."""
+    interval = ctx.cfg.train.checkpoint_interval_s
+    last = [time.monotonic()]
+
+    def save(next_epoch: int, opt: torch.optim.Optimizer, logs: list[EpochLog]) -> None:
+        if not distributed.is_main():
+            return  # the replicas are identical: rank 0 saves, every rank resumes from it
+        if next_epoch >= total_epochs or time.monotonic() - last[0] < interval:
+            return  # the finished round itself is saved right after
+        checkpoint.save_epoch_state(
+            path,
+            model=ctx.model,
+            optimizer=opt,
+            generator=gen,
+            next_epoch=next_epoch,
+            logs=[vars(x) for x in logs],
+            extra={**(_adapter_state(ctx) or {}), **(best.checkpoint_state() if best is not None else {})},
+        )
+        last[0] = time.monotonic()
+
+    return save
+
+
+def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]) -> tuple[list[EpochLog], float]:
+    """Train one round, from its epoch checkpoint when a kill interrupted it; (epoch logs, lr factor)."""
+    cfg = ctx.cfg
+    lr_scale = lr_scale_for(ctx.run_dir, round_idx)
+    schedule = schedule_for(cfg, round_idx, lr_scale)
+    gen = _generator(ctx.device, round_seed(cfg.seed, round_idx, stream=1))
+    for hook in hooks:
+        hook.round_start(round_idx)
+    partial = checkpoint.partial_path(ctx.run_dir, round_idx)
+    resume_state = checkpoint.load_epoch_state(partial)
+    if resume_state is not None:
+        load_state(ctx.model, resume_state.model_state, partial)
+    reset = getattr(ctx.objective, "reset", None)
+    if reset is not None:  # feature distillation: the round's adapter from its seed, or as the checkpoint left it
+        reset(round_seed(cfg.seed, round_idx, stream=7))
+        if resume_state is not None:
+            adapter = {k: v for k, v in resume_state.extra.items() if not k.startswith(BestEpoch.PREFIX)}
+            ctx.objective.load_adapter_state(adapter)  # type: ignore[attr-defined]
+    best = best_epoch_hook(hooks)
+    if best is not None and resume_state is not None:
+        best.restore(resume_state.extra)
+
+    if resume_state is not None and modes._gradual(ctx, round_idx):
+        # the masks pruned so far are the zeros of the checkpointed weights (re-zeroed after every step)
+        for name, m in masks.items():
+            m.copy_(ctx.weights[name] != 0)
+
+    def epoch_end(log: EpochLog, model: nn.Module) -> None:
+        if modes._gradual(ctx, round_idx):
+            modes.gradual_step(ctx, masks, round_idx, log.epoch - 1, schedule.epochs)  # log.epoch counts from 1
+        for hook in hooks:
+            hook.epoch_end(round_idx, schedule.epochs, log, model)
+
+    masked, all_masks = masked_tensors(ctx, masks)
+    try:
+        logs = train(
+            ctx.model,
+            ctx.train_batches,
+            schedule,
+            batch_size=cfg.train.batch_size,
+            generator=gen,
+            masks=all_masks,
+            weights=masked,
+            objective=ctx.objective,
+            amp=cfg.train.amp,
+            on_epoch_end=epoch_end,
+            resume=resume_state,
+            checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs, best),
+            compile_model=cfg.train.compile,
+        )
+    except TrainingDiverged as err:
+        raise TrainingDiverged(_divergence_advice(str(err), ctx.run_dir, lr_scale, resumed=resume_state is not None)) from None
+    return logs, lr_scale
+
+
+def _divergence_advice(message: str, run_dir: Path, lr_scale: float, *, resumed: bool) -> str:
+    """What to do after a divergence, given the lr factor in use and where the round started."""
+    head = message.split(". Finished rounds", 1)[0]
+    advice = f"{head}. Finished rounds are kept. Retry with a lower lr: dsd2 resume {run_dir} --lr-scale {lr_scale / 10:g}"
+    if resumed:
+        advice += (
+            " --restart-round (this attempt started from the round's epoch checkpoint, which may already hold diverged "
+            "weights; --restart-round drops it and retrains the round from the last finished round)"
+        )
+    return advice
+
+
+def save_round(
+    ctx: RunContext,
+    masks: Masks,
+    row: RoundRow,
+    layer_rows: list[dict[str, Any]],
+    timing: dict[str, Any],
+    logs: list[EpochLog],
+    best_state: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the round's folder, its manifest last (from then on the round counts as finished),
+    and drop its epoch checkpoint. ``best_state``: the best-validation epoch's weights
+    (``train.select_epoch=best_val``), checksummed in the manifest beside the others."""
+    rd = rundir.round_dir(ctx.run_dir, row.round)
+    rd.mkdir(parents=True, exist_ok=True)
+    store.save_tensors(rd / "state.safetensors", state_dict_cpu(ctx.model))
+    store.save_tensors(rd / "masks.safetensors", masks)
+    adapter = _adapter_state(ctx)
+    if adapter is not None:  # feature distillation: the round's trained adapter, beside (not in) the student's state
+        store.save_tensors(rd / "adapter.safetensors", adapter)
+    store.write_json(
+        rd / rundir.METRICS,
+        {"row": row.as_dict(), "entropy_layers": layer_rows, "timing": timing, "epochs": [vars(log) for log in logs]},
+    )
+    files = list(rundir.ROUND_FILES)
+    if best_state is not None:
+        store.save_tensors(rd / rundir.BEST_STATE, best_state)
+        files.append(rundir.BEST_STATE)
+    store.write_manifest(rd, files)
+    checkpoint.partial_path(ctx.run_dir, row.round).unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- tables and stopping
+
+
+def label_rows(rows: list[RoundRow], *, finished: bool, n_eval: int | None = None) -> list[str]:
+    """Phase of every round (docs/phases.md); ``finished``: every configured round was trained;
+    ``n_eval``: samples behind the selection accuracy (sets the accuracy tolerance)."""
+    if not rows:
+        return []
+    col = selection_column(rows)
+    mem = [r.train_acc_flipped for r in rows]
+    return label_phases(
+        [r[col] for r in rows],
+        memorisation=None if any(m is None for m in mem) else mem,
+        fit=[r.unflipped_acc for r in rows],
+        finished=finished,
+        n_eval=n_eval,
+    )
+
+
+def _n_eval(ctx: RunContext) -> int:
+    """Samples behind the selection column: validation, or test when there is no validation split."""
+    return int(ctx.data.val_y.numel()) or int(ctx.data.test_y.numel())
+
+
+def relabel(ctx: RunContext, rounds: Rounds) -> None:
+    """Label the phases over the curve so far."""
+    finished = len(rounds.rows) == ctx.cfg.prune.rounds + 1
+    phases = label_rows(rounds.rows, finished=finished, n_eval=_n_eval(ctx))
+    rounds.rows = [dataclasses.replace(r, phase=p) for r, p in zip(rounds.rows, phases)]
+
+
+def write_tables(ctx: RunContext, rounds: Rounds) -> None:
+    """Relabel the phases over the curve so far and rewrite rounds.csv, entropy.csv and timings.csv."""
+    relabel(ctx, rounds)
+    columns = rundir.round_columns(ctx.cfg.train.select_epoch == "best_val")
+    store.write_csv(ctx.run_dir / rundir.ROUNDS_CSV, [r.as_dict() for r in rounds.rows], columns)
+    store.write_csv(ctx.run_dir / rundir.ENTROPY_CSV, rounds.entropy, rundir.ENTROPY_COLUMNS)
+    store.write_csv(ctx.run_dir / rundir.TIMINGS_CSV, rounds.timings, rundir.TIMING_COLUMNS)
+    rundir.record_tables(ctx.run_dir)
+
+
+def stop_decision(cfg: RunConfig, rows: list[RoundRow]):
+    """The early-stop rule of ``cfg`` applied to the finished rows (None when no rule is set)."""
+    if cfg.early_stop.rule == "none" or not rows:
+        return None
+    es = cfg.early_stop
+    return decide(rows, es.rule, tolerance=es.tolerance, patience=es.patience, select=es.select)
+
+
+def _write_early_stop(ctx: RunContext, rows: list[RoundRow]) -> None:
+    decision = stop_decision(ctx.cfg, rows)
+    if decision is not None:
+        store.write_json(ctx.run_dir / "early_stop.json", {"rule": ctx.cfg.early_stop.rule, **_as_dict(decision)})
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else dict(obj)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]) -> None:
+    """One round: prune → reset → train → measure → save; then the tables and the hooks."""
+    t0 = time.perf_counter()
+    masks = prune_step(ctx, rounds.masks, round_idx)
+    if ctx.cfg.distill.self_distill and round_idx > 0:
+        _teach_from_round_before(ctx, round_idx)
+    reset_weights(ctx, round_idx, masks)
+    logs, lr_scale = train_round(ctx, round_idx, masks, hooks)
+    train_s = time.perf_counter() - t0
+    row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last)
+    best = best_epoch_hook(hooks)
+    if best is not None:
+        row = dataclasses.replace(row, **best.columns())
+    timing = {
+        "round": round_idx,
+        "wall_s": time.perf_counter() - t0,
+        "train_s": train_s,
+        "device": str(ctx.device),
+        "lr_scale": lr_scale,
+        "threads": ctx.threads,
+    }
+    w = distributed.world()
+    if w.distributed:
+        timing["world_size"] = w.size  # metrics.json: which rounds ran how split
+    if w.main:
+        save_round(ctx, masks, row, layer_rows, timing, logs, best.state if best is not None else None)
+    rounds.rows.append(row)
+    rounds.entropy.extend(layer_rows)
+    rounds.timings.append(timing)
+    rounds.masks = masks
+    _tables(ctx, rounds)
+    for hook in hooks:
+        hook.round_end(rounds.rows[-1])
+    distributed.barrier()  # the round is on disk before any rank reads a file of it (late rewind, resume)
+
+
+def _adapter_state(ctx: RunContext) -> dict[str, torch.Tensor] | None:
+    state = getattr(ctx.objective, "adapter_state", None)
+    return state() if state is not None else None
+
+
+def _teach_from_round_before(ctx: RunContext, round_idx: int) -> None:
+    """Self-distillation: round ``round_idx`` learns from round ``round_idx - 1`` as saved on disk
+    (the same teacher whether the run was interrupted or not)."""
+    close = getattr(ctx.objective, "close", None)
+    if close is not None:  # the previous round's hint hooks on the student
+        close()
+    channels_last = ctx.train_batches.channels_last
+    t = self_teaching(ctx.cfg, ctx.run_dir, round_idx, ctx.device, ctx.train_batches, channels_last, student=ctx.model)
+    assert t.objective is not None
+    ctx.objective, ctx.teacher, ctx.teacher_masks, ctx.teacher_cache_round = t.objective, t.teacher, t.masks, t.cache_round
+
+
+def run(
+    cfg: RunConfig,
+    out: str | Path = "runs",
+    *,
+    run_dir: Path | None = None,
+    on_round: Callable[[RoundRow], None] | None = None,
+    progress: Callable[[int, int, EpochLog], None] | None = None,
+) -> Path:
+    """Run (or resume) the IMP study of ``cfg``; return its run directory.
+
+    ``on_round(row)`` is called after every round (the row is also a read-only mapping of column
+    to value), ``progress(round, epochs, log)`` after every epoch.
+
+    Under a launcher that starts several processes (``torchrun``: RANK/WORLD_SIZE set) the
+    processes train this one run data-parallel (:mod:`dsd2.distributed`): rank 0 holds the
+    lock and writes the run directory, the others read what it wrote; the callbacks run on
+    rank 0 only."""
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg, out)
+    with distributed.session(resolve_device(cfg.train.device).type) as world:
+        if world.distributed:
+            distributed.check_global_batch(cfg.train.batch_size, world.size)
+        checked = distributed.on_main(lambda: _check_config_matches(run_dir, cfg))
+        cfg = distributed.broadcast_object(checked) if world.distributed else checked  # type: ignore[assignment]
+        with ExitStack() as held:
+            ctx = distributed.on_main(lambda: _begin(cfg, run_dir, held))
+            if ctx is None:  # another rank: rank 0 has written config, meta, labels and init
+                ctx = start(cfg, run_dir)
+            _rounds(ctx, on_round, progress)
+    return run_dir
+
+
+def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack) -> RunContext:
+    """Lock the run directory (``held`` keeps the lock), extend it when ``cfg`` asks more rounds,
+    and start the run; a run that fails to start leaves no half-made directory."""
+    fresh = not run_dir.exists()
+    held.enter_context(store.run_lock(run_dir))
+    if not fresh and (run_dir / rundir.META).is_file():
+        saved = rundir.read_config(run_dir)
+        if cfg.prune.rounds > saved.prune.rounds:
+            _extend(run_dir, saved, cfg)
+    try:
+        ctx = start(cfg, run_dir)
+    except BaseException:
+        if fresh:  # a failed start (missing data, unknown model, no memory) leaves no half-made run
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if distributed.world().distributed:
+        _record_world(run_dir, cfg)
+    return ctx
+
+
+def _record_world(run_dir: Path, cfg: RunConfig) -> None:
+    """meta.json's "distributed": how the latest launch split the run (a resume may use another
+    world size: the sample order does not depend on it; each round's metrics.json has its own)."""
+    meta = store.read_json(run_dir / rundir.META)
+    meta["distributed"] = distributed.describe(cfg.train.batch_size)
+    store.write_json(run_dir / rundir.META, meta)
+
+
+def _rounds(ctx: RunContext, on_round: Callable[[RoundRow], None] | None, progress: Callable[[int, int, EpochLog], None] | None) -> None:
+    """The rounds still to train, until the last or the early-stop rule's stop."""
+    cfg, main = ctx.cfg, distributed.is_main()
+    rounds = resume_rounds(ctx)
+    _tables(ctx, rounds)
+    hooks = make_hooks(ctx, on_round=on_round, progress=progress)
+    try:
+        for i in range(len(rounds.rows), cfg.prune.rounds + 1):
+            decision = stop_decision(cfg, rounds.rows)
+            if decision is not None and decision.stop_round is not None:
+                break
+            run_round(ctx, rounds, i, hooks)
+    finally:
+        for hook in hooks:
+            hook.close()
+        ctx.close()
+    if main:
+        _write_early_stop(ctx, rounds.rows)
+    distributed.barrier()  # every file is written when any rank returns
+
+
+def _tables(ctx: RunContext, rounds: Rounds) -> None:
+    """Rank 0 writes the tables; the other ranks label the phases the same way (the stop rule reads them)."""
+    if distributed.is_main():
+        write_tables(ctx, rounds)
+    else:
+        relabel(ctx, rounds)
+
+
+def resume(run_dir: str | Path, **kwargs) -> Path:
+    """Continue the run in ``run_dir`` with the config it recorded."""
+    return run(rundir.read_config(run_dir), run_dir=Path(run_dir), **kwargs)

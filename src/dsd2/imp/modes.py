@@ -1,0 +1,240 @@
+"""How a round starts: the retraining modes (``prune.retrain``: the weights and schedule a round
+restarts from) and the pruning schedules (``prune.schedule``: iterative, one-shot, gradual)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dsd2 import distributed, rundir, store
+from dsd2.config import RunConfig
+from dsd2.errors import UserError
+from dsd2.imp.hooks import Hook, RewindSnapshot
+from dsd2.imp.setup import RunContext, _generator, make_model, round_seed
+from dsd2.prune import (
+    GradientSource,
+    Masks,
+    ScoreInputs,
+    apply_masks,
+    batchnorm_masks,
+    composed,
+    full_masks,
+    needs_gradients,
+    next_masks,
+    prune_with,
+)
+from dsd2.registry import PRUNING_ALLOCATIONS, PRUNING_SCHEDULES, RETRAIN_MODES
+from dsd2.rundir import load_state
+from dsd2.train import (
+    Schedule,
+)
+
+# ----------------------------------------------------------------------------- retraining modes
+
+
+@dataclass(frozen=True)
+class RetrainMode:
+    """How rounds i >= 1 restart after pruning; registered by name in :data:`dsd2.registry.RETRAIN_MODES`
+    (``prune.retrain``). Round 0 always trains the initialisation with the configured schedule.
+
+    ``restart(ctx, round_idx)`` loads the round's starting weights into ``ctx.model`` (None: keep
+    the trained weights; the masks are applied after it). ``schedule(cfg, base, lr_scale)`` turns
+    round 0's :class:`~dsd2.train.Schedule` arguments into the round's (None: the same).
+    ``hooks(ctx)``: hooks the mode needs (the late-rewind snapshot), run before the others.
+    """
+
+    restart: Callable[[RunContext, int], None] | None = None
+    schedule: Callable[[RunConfig, dict[str, Any], float], dict[str, Any]] | None = None
+    hooks: Callable[[RunContext], list[Hook]] | None = None
+
+
+def _load_run_file(name: str) -> Callable[[RunContext, int], None]:
+    def restart(ctx: RunContext, round_idx: int) -> None:
+        path = ctx.run_dir / name
+        load_state(ctx.model, store.load_tensors(path), path)
+
+    return restart
+
+
+def _fresh_init(ctx: RunContext, round_idx: int) -> None:
+    fresh = make_model(ctx.cfg, ctx.data, round_seed(ctx.cfg.seed, round_idx, stream=3))
+    load_state(ctx.model, fresh.state_dict(), "a fresh initialisation")
+
+
+def _finetune_schedule(cfg: RunConfig, base: dict[str, Any], lr_scale: float) -> dict[str, Any]:
+    p = cfg.prune
+    return {**base, "epochs": p.finetune_epochs or cfg.train.epochs, "lr": p.finetune_lr * lr_scale, "kind": "constant"}
+
+
+def _late_rewind_schedule(cfg: RunConfig, base: dict[str, Any], lr_scale: float) -> dict[str, Any]:
+    return {**base, "start_epoch": cfg.prune.rewind_epoch}
+
+
+def _rewind_snapshot(ctx: RunContext) -> list[Hook]:
+    return [RewindSnapshot(ctx.run_dir, ctx.cfg.prune.rewind_epoch)]
+
+
+# The built-in modes (names and descriptions in dsd2.registry.RETRAIN_MODES).
+LR_REWIND = RetrainMode()  # keep the trained weights, restart the schedule (the reference)
+FINETUNE = RetrainMode(schedule=_finetune_schedule)
+LOTTERY = RetrainMode(restart=_load_run_file("init.safetensors"))
+LATE_REWIND = RetrainMode(restart=_load_run_file("rewind.safetensors"), schedule=_late_rewind_schedule, hooks=_rewind_snapshot)
+REINIT = RetrainMode(restart=_fresh_init)
+
+
+def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Schedule:
+    t, p = cfg.train, cfg.prune
+    base: dict[str, Any] = dict(
+        epochs=t.epochs,
+        lr=t.lr,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        kind=t.schedule,
+        milestones=tuple(t.milestones),
+        lr_decay=t.lr_decay,
+        warmup_epochs=t.warmup_epochs,
+    )
+    base["lr"] = t.lr * lr_scale
+    if round_idx == 0:
+        return Schedule(**base)
+    mode: RetrainMode = RETRAIN_MODES.get(p.retrain)
+    return Schedule(**(mode.schedule(cfg, base, lr_scale) if mode.schedule is not None else base))
+
+
+# ----------------------------------------------------------------------------- the steps of a round
+
+
+def prune_step(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
+    """Round i >= 1's masks by the run's pruning schedule (``prune.schedule``); round 0 prunes nothing."""
+    if round_idx == 0:
+        return masks
+    schedule = PRUNING_SCHEDULES.get(ctx.cfg.prune.schedule)
+    new = schedule(ctx, masks, round_idx)
+    # every rank prunes its replica (identical weights, same seed); a difference means they drifted
+    distributed.check_same(new, f"masks of round {round_idx}")
+    return new
+
+
+def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: float) -> Masks:
+    """Remove ``rate`` of the alive weights of ``ctx.model`` by the configured method (ERK aims at ``density``)."""
+    p = ctx.cfg.prune
+    gen = torch.Generator().manual_seed(round_seed(ctx.cfg.seed, round_idx, stream=2))
+    pair = composed(p.method, p.criterion, p.allocation)
+    if pair is None:
+        return next_masks(p.method, ctx.weights, masks, rate, gen)
+    grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
+    inputs = ScoreInputs(masks, gen, grads, ctx.model)
+    return prune_with(*pair, ctx.weights, masks, rate, inputs=inputs, density=density)
+
+
+def iterative_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
+    """IMP: remove ``prune.rate`` of the weights round i-1 left (ERK aims at the geometric (1-rate)^i)."""
+    rate = ctx.cfg.prune.rate
+    return _prune(ctx, masks, round_idx, rate, (1.0 - rate) ** round_idx)
+
+
+def target_sparsity(cfg: RunConfig, round_idx: int) -> float:
+    """One-shot round i's target: ``prune.targets[i-1]``, or IMP's 1-(1-rate)^i when none are given."""
+    p = cfg.prune
+    if not p.targets:
+        return 1.0 - (1.0 - p.rate) ** round_idx
+    if round_idx > len(p.targets):
+        raise UserError(f"round {round_idx} has no target: prune.targets lists {len(p.targets)}; lower prune.rounds")
+    return p.targets[round_idx - 1]
+
+
+def one_shot_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
+    """He et al.'s one-shot baseline: load round 0's dense trained weights and prune them straight
+    to round i's target sparsity; each round is an independent one-shot model (not round i-1's)."""
+    path = rundir.round_dir(ctx.run_dir, 0) / "state.safetensors"
+    load_state(ctx.model, store.load_tensors(path), path)  # the retraining mode may restart from elsewhere after
+    target = target_sparsity(ctx.cfg, round_idx)
+    return _prune(ctx, full_masks(ctx.weights), round_idx, target, 1.0 - target)
+
+
+def gradual_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
+    """Zhu & Gupta's gradual pruning: round i starts dense from the initialisation; :func:`gradual_step`
+    prunes at the end of each epoch of its window while it trains."""
+    path = ctx.run_dir / "init.safetensors"
+    load_state(ctx.model, store.load_tensors(path), path)
+    return full_masks(ctx.weights)
+
+
+def gmp_sparsity(final: float, epoch: int, start: int, end: int) -> float:
+    """Sparsity after epoch ``epoch``: s_f (1 - (1 - (t - t0)/(nΔt))^3) with Δt one epoch, s_i = 0,
+    t = epoch + 1 counted from t0 = start, n = end - start + 1; 0 before the window, s_f after it."""
+    if epoch < start:
+        return 0.0
+    n = end - start + 1
+    done = min(epoch - start + 1, n) / n
+    return final * (1.0 - (1.0 - done) ** 3)
+
+
+def _gradual_window(cfg: RunConfig, epochs: int) -> tuple[int, int]:
+    p = cfg.prune
+    end = epochs - 1 if p.gradual_end is None else min(p.gradual_end, epochs - 1)
+    return min(p.gradual_start, end), end
+
+
+@torch.no_grad()
+def gradual_step(ctx: RunContext, masks: Masks, round_idx: int, epoch: int, epochs: int) -> None:
+    """Prune by magnitude (the configured method) to this epoch's sparsity on the cubic schedule,
+    updating ``masks`` in place (train re-applies the same tensors after every step)."""
+    start, end = _gradual_window(ctx.cfg, epochs)
+    target = gmp_sparsity(target_sparsity(ctx.cfg, round_idx), epoch, start, end)
+    total = sum(m.numel() for m in masks.values())
+    alive = sum(int(m.sum()) for m in masks.values())
+    remove = alive - round((1.0 - target) * total)
+    if remove <= 0:
+        return
+    new = _prune(ctx, masks, round_idx, remove / alive, 1.0 - target)
+    for name, m in masks.items():
+        m.copy_(new[name])
+    apply_masks(ctx.weights, masks)
+
+
+def _gradual(ctx: RunContext, round_idx: int) -> bool:
+    return round_idx > 0 and ctx.cfg.prune.schedule == "gradual"
+
+
+def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
+    """The training-loss gradients the gradient criteria score with: cross-entropy on the noisy
+    labels of the first ``prune.score_batches`` batches of a shuffled epoch drawn from the round's
+    own seed (the same batches on every rank and on a resumed run), taken in eval mode on the
+    model itself (not a DDP wrapper); SNIP reads the run's initial weights (init.safetensors)."""
+    src, p = ctx.train_batches, ctx.cfg.prune
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = _generator(src.device, round_seed(ctx.cfg.seed, round_idx, stream=6))
+        for k, (xb, idx) in enumerate(src.epoch(gen, ctx.cfg.train.batch_size)):
+            if k >= p.score_batches:
+                break
+            yield xb, src.y[idx]
+
+    def init_state() -> dict[str, torch.Tensor]:
+        return store.load_tensors(ctx.run_dir / "init.safetensors")
+
+    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state)
+
+
+def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:
+    """The weights a round starts from: those the retraining mode restarts from, then masked."""
+    mode: RetrainMode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)
+    if round_idx > 0 and mode.restart is not None:
+        mode.restart(ctx, round_idx)
+    apply_masks(*masked_tensors(ctx, masks))
+
+
+def masked_tensors(ctx: RunContext, masks: Masks) -> tuple[dict[str, torch.Tensor], Masks]:
+    """What the masks zero after every optimiser step: the pruned weights; with a structured
+    allocation also the BatchNorm γ and β of the removed channels (a removed channel outputs 0)."""
+    p = ctx.cfg.prune
+    pair = composed(p.method, p.criterion, p.allocation)
+    if pair is None or not PRUNING_ALLOCATIONS.metadata(pair[1]).get("structured"):
+        return dict(ctx.weights), masks
+    params, bn_masks = batchnorm_masks(ctx.model, masks)
+    return {**ctx.weights, **params}, {**masks, **bn_masks}
