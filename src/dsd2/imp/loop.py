@@ -269,7 +269,7 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
     reset_weights(ctx, round_idx, masks)
     logs, lr_scale = train_round(ctx, round_idx, masks, hooks)
     train_s = time.perf_counter() - t0
-    row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last)
+    row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last, modes.scored_examples(ctx, round_idx, len(logs)))
     best = best_epoch_hook(hooks)
     if best is not None:
         row = dataclasses.replace(row, **best.columns())

@@ -94,8 +94,10 @@ def _sharded_entropy(ctx: RunContext, batch_size: int):
     return entropy_from_counts(counts, dict(zip(oc.samples, seen.tolist())))
 
 
-def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> tuple[float, float, float]:
-    """(measured dense, measured sparse-aware, paper convention) PFLOPs of one round (docs/protocol.md)."""
+def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int, scored: int = 0) -> tuple[float, float, float]:
+    """(measured dense, measured sparse-aware, paper convention) PFLOPs of one round (docs/protocol.md);
+    ``scored``: examples the gradient criteria passed forward and backward to prune, counted as
+    training steps (the sparse-aware count at this round's masks, a close upper bound)."""
     tb = ctx.train_batches
     example = tb.example(2)
     step = step_flops(ctx.model, example, teacher=ctx.teacher, masks=masks, teacher_masks=ctx.teacher_masks)
@@ -106,17 +108,22 @@ def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int) -> 
     n = tb.num_rows
     dense, sparse = training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
     paper = paper_training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
+    if scored:
+        dense += (step.dense_fwd + step.dense_bwd) / step.batch_size * scored
+        sparse += (step.sparse_fwd + step.sparse_bwd) / step.batch_size * scored
+        paper += 1.5 * step.dense_fwd / step.batch_size * scored  # 3 x forward MACs per example, as training
     return to_pflops(dense), to_pflops(sparse), to_pflops(paper)
 
 
 def measure(
-    ctx: RunContext, round_idx: int, masks: Masks, logs: list[EpochLog], previous: RoundRow | None
+    ctx: RunContext, round_idx: int, masks: Masks, logs: list[EpochLog], previous: RoundRow | None, scored: int = 0
 ) -> tuple[RoundRow, list[dict[str, Any]]]:
     """The round's row (accuracies, entropy, compute; phase None until the tables are written)
-    and its per-layer entropy rows. ``previous``: the row of round i-1, for the cumulative cost."""
+    and its per-layer entropy rows. ``previous``: the row of round i-1, for the cumulative cost;
+    ``scored``: examples the pruning criterion's gradient passes saw (compute)."""
     metrics = _evaluate(ctx)
     entropy, layers = _measure_entropy(ctx)
-    pf_dense, pf_sparse, pf_paper = _round_flops(ctx, masks, len(logs), round_idx)
+    pf_dense, pf_sparse, pf_paper = _round_flops(ctx, masks, len(logs), round_idx, scored)
     if previous is None:
         before: tuple[float, float, float | None] = (0.0, 0.0, 0.0)
     else:  # the paper column stays None after rounds written before it existed

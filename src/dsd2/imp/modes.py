@@ -180,10 +180,10 @@ def _gradual_window(cfg: RunConfig, epochs: int) -> tuple[int, int]:
     return min(p.gradual_start, end), end
 
 
-@torch.no_grad()
 def gradual_step(ctx: RunContext, masks: Masks, round_idx: int, epoch: int, epochs: int) -> None:
-    """Prune by magnitude (the configured method) to this epoch's sparsity on the cubic schedule,
-    updating ``masks`` in place (train re-applies the same tensors after every step)."""
+    """Prune by the configured method to this epoch's sparsity on the cubic schedule, updating
+    ``masks`` in place (train re-applies the same tensors after every step). Not under no_grad:
+    the gradient criteria take the loss's gradients here."""
     start, end = _gradual_window(ctx.cfg, epochs)
     target = gmp_sparsity(target_sparsity(ctx.cfg, round_idx), epoch, start, end)
     total = sum(m.numel() for m in masks.values())
@@ -192,9 +192,32 @@ def gradual_step(ctx: RunContext, masks: Masks, round_idx: int, epoch: int, epoc
     if remove <= 0:
         return
     new = _prune(ctx, masks, round_idx, remove / alive, 1.0 - target)
-    for name, m in masks.items():
-        m.copy_(new[name])
+    with torch.no_grad():
+        for name, m in masks.items():
+            m.copy_(new[name])
     apply_masks(ctx.weights, masks)
+
+
+def scored_examples(ctx: RunContext, round_idx: int, epochs: int) -> int:
+    """Training examples the gradient criteria (magnitude_gradient, snip) passed forward and
+    backward to score round ``round_idx``'s pruning: ``prune.score_batches`` batches per pruning
+    step, one step per round (iterative, one-shot) or one per epoch that removes weights
+    (gradual: counted from the schedule, so a resumed round counts the same). 0 otherwise."""
+    p = ctx.cfg.prune
+    pair = composed(p.method, p.criterion, p.allocation)
+    if round_idx == 0 or pair is None or not needs_gradients(pair[0]):
+        return 0
+    per_step = min(p.score_batches * ctx.cfg.train.batch_size, ctx.train_batches.num_rows)
+    if p.schedule != "gradual":
+        return per_step
+    start, end = _gradual_window(ctx.cfg, epochs)
+    total = sum(w.numel() for w in ctx.weights.values())
+    alive, steps = total, 0
+    for epoch in range(epochs):
+        keep = round((1.0 - gmp_sparsity(target_sparsity(ctx.cfg, round_idx), epoch, start, end)) * total)
+        if alive - keep > 0:
+            steps, alive = steps + 1, keep
+    return steps * per_step
 
 
 def _gradual(ctx: RunContext, round_idx: int) -> bool:
