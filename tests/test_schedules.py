@@ -125,3 +125,16 @@ def test_gradual_resume_after_interruption_gives_identical_rounds(tmp_path):
 
     run_dir = imp.resume(run_interrupted(cfg, tmp_path / "cut"))
     assert (run_dir / "rounds.csv").read_bytes() == (ref / "rounds.csv").read_bytes()
+
+
+def test_gradual_with_a_channel_allocation_removes_whole_rows(tmp_path):
+    cfg = tiny_config("prune.schedule=gradual", "train.epochs=4", "prune.rounds=2", "prune.criterion=magnitude", "prune.allocation=channel")
+    cfg = cfg.model_copy(update={"prune": cfg.prune.model_copy(update={"include_classifier": False})})
+    run_dir = imp.run(cfg, tmp_path)
+    rows = store.read_csv(run_dir / "rounds.csv")
+    for r in (1, 2):
+        masks = store.load_tensors(store.round_dir(run_dir, r) / "masks.safetensors")
+        for m in masks.values():  # every row all kept or all removed
+            assert bool(((m.flatten(1).all(1)) | (~m.flatten(1).any(1))).all())
+        # channel granularity: the target 1-(1-rate)^r is met to within one row of the widest layer
+        assert rows[r]["sparsity"] == pytest.approx(1 - (1 - cfg.prune.rate) ** r, abs=0.02)
