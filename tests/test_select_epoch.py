@@ -110,3 +110,18 @@ def checkpoint_exists(run_dir, r: int) -> bool:
 def test_best_val_needs_a_validation_split():
     with pytest.raises(UserError, match="best_val picks epochs on the validation split"):
         load_config("tiny_mnist1d", ["train.select_epoch=best_val", "dataset.val_size=0"])
+
+
+def test_the_best_epoch_exports_and_a_last_epoch_run_refuses(runs, tmp_path):
+    from dsd2 import exporting
+
+    best, last, _ = runs
+    res = exporting.export_run(best, tmp_path / "e", round=1, epoch="best_val")
+    row = store.read_csv(best / "rounds.csv")[1]
+    assert res.info["epoch"] == {"best_val": int(row["best_epoch"])}
+    model = exporting.load_exported(tmp_path / "e")
+    exported = {k: v for k, v in model.state_dict().items()}
+    saved = store.load_tensors(rundir.round_dir(best, 1) / rundir.BEST_STATE)
+    assert all(torch.equal(exported[k], saved[k]) for k in saved)
+    with pytest.raises(UserError, match="--epoch best_val needs a run with train.select_epoch=best_val"):
+        exporting.export_run(last, tmp_path / "f", round=1, epoch="best_val")

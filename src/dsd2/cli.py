@@ -799,6 +799,9 @@ def export_cmd(
     structured: bool = typer.Option(
         False, "--structured", help="Remove pruned channels: a physically smaller model (channel-pruned runs; docs/export.md)."
     ),
+    epoch: str = typer.Option(
+        "last", "--epoch", help="last (the round's model, as every analysis uses) or best_val (runs with train.select_epoch=best_val)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an earlier export in --out."),
     plugins: Optional[list[str]] = _plugin_option(),
 ) -> None:
@@ -806,7 +809,7 @@ def export_cmd(
     from dsd2.api import export
 
     _load_plugins(plugins)
-    res = export(run_dir, out, round=round, onnx=onnx, compressed=compressed, structured=structured, force=force)
+    res = export(run_dir, out, round=round, onnx=onnx, compressed=compressed, structured=structured, epoch=epoch, force=force)
     how = res.info.get("selected_on")
     console.print(
         f"round {res.round} ({res.selected_by}{f' on {how}' if how else ''}), sparsity {100 * res.sparsity:.2f}%, "

@@ -323,6 +323,7 @@ def export_run(
     onnx: bool = False,
     compressed: bool = False,
     structured: bool = False,
+    epoch: str = "last",
     force: bool = False,
 ) -> ExportResult:
     """Export the selected round of ``run_dir`` into the folder ``out`` (see the module doc)."""
@@ -331,12 +332,19 @@ def export_run(
     _check_config_unchanged(run_dir, cfg)
     rows = rundir.read_finished(run_dir).rows  # every finished round's manifest checked: a tampered run stops here
     idx, selection = select_round(run_dir, round, cfg, rows)
+    if epoch not in ("last", "best_val"):
+        raise UserError(f"--epoch {epoch!r}: give last or best_val")
+    if epoch == "best_val" and rows[idx].best_epoch is None:
+        raise UserError(f"round {idx} of {run_dir} kept only its last epoch: --epoch best_val needs a run with train.select_epoch=best_val")
     if structured and compressed:
         raise UserError("--structured writes smaller dense tensors, --compressed packs the zeros of dense ones: choose one")
     _prepare_target(out, run_dir, force)
     if onnx:
         _check_onnx_available()
     model, masks, _ = rundir.load_round_model(run_dir, idx)
+    if epoch == "best_val":  # the round's best-validation epoch: same masks, other weights
+        best = rundir.round_dir(run_dir, idx) / rundir.BEST_STATE
+        rundir.load_state(model, store.load_tensors(best), best)
     model.eval()
     state = fold_masks(model.state_dict(), masks)
     model.load_state_dict(state, strict=True)  # what was saved is what the ONNX file and the check see
@@ -359,6 +367,7 @@ def export_run(
         **data,
         "round": idx,
         **selection,
+        "epoch": "last" if epoch == "last" else {"best_val": rows[idx].best_epoch},
         "accuracy": {k: row[k] for k in rundir.round_columns(row["best_epoch"] is not None) if k.endswith("_acc") or "_acc_" in k},
         "sparsity": sparsity(masks),
         "alive_weights": count_alive(masks),
