@@ -111,7 +111,10 @@ def test_presets_expand_and_fig1_teacher():
     assert {"fig1", "noise_sweep", "width_depth", "retrain_modes", "cifar100", "tiny_demo"} <= set(list_sweep_presets())
     sizes = {name: len(expand(load_sweep(name))) for name in list_sweep_presets()}
     assert sizes["width_depth"] == 20 and sizes["noise_sweep"] == 9 and sizes["retrain_modes"] == 5
-    assert sizes["methods_fmnist"] == 8
+    assert sizes["methods_fmnist"] == 8 and sizes["schedules_fmnist"] == 3 and sizes["noise_models_fmnist"] == 5
+    (slim, l1) = sorted(expand(load_sweep("structured_fmnist")), key=lambda c: c.config.prune.criterion != "slimming")
+    assert slim.config.prune.criterion == "slimming" and l1.config.prune.criterion == "magnitude"
+    assert slim.config.prune.allocation == l1.config.prune.allocation == "channel" and slim.config.model.name == "vgg_like"
     methods = expand(load_sweep("methods_fmnist"))
     assert {(c.config.prune.criterion, c.config.noise.kind) for c in methods} == {
         (crit, kind) for crit in ("magnitude", "magnitude_gradient", "snip", "random") for kind in ("symmetric", "instance")
@@ -467,11 +470,21 @@ def test_duplicate_and_oversized_grids_are_refused():
         expand(load_sweep("tiny_demo", [f"sweep.grid.seed={list(range(200))}", f"sweep.grid.noise.rate={[i / 1000 for i in range(100)]}"]))
 
 
-def test_the_methods_preset_runs_end_to_end_at_a_tiny_size(tmp_path):
-    """The criteria x noise grid of README "Pruning criteria and noise models", on MNIST-1D in seconds."""
+@pytest.mark.parametrize(
+    "preset, key, values",
+    [
+        ("methods_fmnist", "prune.criterion", {"magnitude", "magnitude_gradient", "snip", "random"}),
+        ("schedules_fmnist", "prune.schedule", {"iterative", "one_shot", "gradual"}),
+        ("noise_models_fmnist", "noise.kind", {"symmetric", "uniform", "bernoulli", "pairflip", "instance"}),
+    ],
+)
+def test_the_methods_presets_run_end_to_end_at_a_tiny_size(tmp_path, preset, key, values):
+    """The field's-methods sweep presets (README "Pruning criteria and noise models"), on MNIST-1D
+    in seconds: every cell finishes and the grid is the one the preset names."""
     tiny = ["dataset.name=mnist1d", "dataset.root=null", "dataset.train_subset=null", "dataset.val_size=500", "model.name=mlp"]
-    tiny += ["model.hidden=[16]", "train.epochs=1", "prune.rounds=2", "prune.score_batches=1", "train.threads=1"]
-    res = run_sweep(load_sweep("methods_fmnist", tiny), out=tmp_path, backend="sequential")
-    assert res.ok and len(res.cells) == 8
+    tiny += ["model.hidden=[16]", "train.epochs=2", "prune.rounds=2", "prune.score_batches=1", "train.threads=1"]
+    spec = load_sweep(preset, tiny)
+    res = run_sweep(spec, out=tmp_path, backend="sequential")
+    assert res.ok and len(res.cells) == len(expand(spec))
     rows = store.read_csv(res.sweep_dir / "all_rounds.csv")
-    assert len(rows) == 8 * 3 and {r["prune.criterion"] for r in rows} == {"magnitude", "magnitude_gradient", "snip", "random"}
+    assert len(rows) == len(res.cells) * 3 and {r[key] for r in rows} == values
