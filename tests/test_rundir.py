@@ -35,7 +35,8 @@ ROW = {
 def test_the_columns_are_the_fields_in_file_order():
     assert ROUND_COLUMNS == [f.name for f in dataclasses.fields(RoundRow)]
     # the best-epoch columns last, and only in runs that keep the best epoch (train.select_epoch=best_val)
-    assert rundir.round_columns(False) == list(ROW) and ROUND_COLUMNS == [*ROW, *rundir.BEST_COLUMNS]
+    assert rundir.round_columns(False) == list(ROW) and ROUND_COLUMNS == [*ROW, *rundir.BEST_COLUMNS, *rundir.CHANNEL_COLUMNS]
+    assert rundir.round_columns(False, True) == [*ROW, "channel_sparsity"]
     assert {"sparsity", "val_acc", "test_acc", "train_acc_flipped"} <= rundir.FRACTION_COLUMNS
     assert "train_loss" not in rundir.FRACTION_COLUMNS and "round_pflops_dense" not in rundir.FRACTION_COLUMNS
 

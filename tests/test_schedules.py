@@ -136,5 +136,7 @@ def test_gradual_with_a_channel_allocation_removes_whole_rows(tmp_path):
         masks = store.load_tensors(store.round_dir(run_dir, r) / "masks.safetensors")
         for m in masks.values():  # every row all kept or all removed
             assert bool(((m.flatten(1).all(1)) | (~m.flatten(1).any(1))).all())
+        removed = sum(int((~m.flatten(1).any(1)).sum()) for m in masks.values())
+        assert rows[r]["channel_sparsity"] == pytest.approx(removed / sum(m.shape[0] for m in masks.values()), abs=1e-12)
         # channel granularity: the target 1-(1-rate)^r is met to within one row of the widest layer
         assert rows[r]["sparsity"] == pytest.approx(1 - (1 - cfg.prune.rate) ** r, abs=0.02)

@@ -368,7 +368,7 @@ def export_run(
         "round": idx,
         **selection,
         "epoch": "last" if epoch == "last" else {"best_val": rows[idx].best_epoch},
-        "accuracy": {k: row[k] for k in rundir.round_columns(row["best_epoch"] is not None) if k.endswith("_acc") or "_acc_" in k},
+        "accuracy": {k: v for k, v in row.items() if k.endswith("_acc") or "_acc_" in k},
         "sparsity": sparsity(masks),
         "alive_weights": count_alive(masks),
         "prunable_weights": count_total(masks),

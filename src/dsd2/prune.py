@@ -374,6 +374,14 @@ def channel_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> flo
     return 1.0 - alive / total if total else 0.0
 
 
+def row_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of output channels (rows of dim 0) with no weight left, over every masked layer:
+    what a structured allocation removes, whether or not a BatchNorm follows."""
+    rows = [(m.flatten(1) if m.dim() > 1 else m.view(-1, 1)).any(1) for m in masks.values()]
+    total = sum(r.numel() for r in rows)
+    return 1.0 - sum(int(r.sum()) for r in rows) / total if total else 0.0
+
+
 def add_slimming_penalty(model: nn.Module, lam: float) -> list[torch.utils.hooks.RemovableHandle]:
     """Network slimming's sparsity penalty λ·Σ|γ| on every BatchNorm scale, as its subgradient
     λ·sign(γ) added to γ's gradient by a tensor hook (what the authors' code does after backward):

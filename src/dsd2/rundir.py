@@ -87,6 +87,8 @@ class RoundRow(Mapping[str, Any]):
     best_epoch: int | None = None
     best_val_acc: float | None = None
     best_test_acc: float | None = None
+    # structured allocations only (absent otherwise): the fraction of output channels removed
+    channel_sparsity: float | None = None
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any], *, source: str | Path | None = None) -> RoundRow:
@@ -111,7 +113,10 @@ class RoundRow(Mapping[str, Any]):
         """Column → value, in file order (what ``rounds.csv`` and ``metrics.json`` store); the
         best-epoch columns only when the round has them (a run that keeps the last epoch writes
         the files it wrote before they existed)."""
-        return {c: getattr(self, c) for c in round_columns(self.best_epoch is not None)}
+        return {c: getattr(self, c) for c in self._columns()}
+
+    def _columns(self) -> list[str]:
+        return round_columns(self.best_epoch is not None, self.channel_sparsity is not None)
 
     def __getitem__(self, column: str) -> Any:
         if column not in _COLUMN_SET:
@@ -119,21 +124,24 @@ class RoundRow(Mapping[str, Any]):
         return getattr(self, column)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(round_columns(self.best_epoch is not None))
+        return iter(self._columns())
 
     def __len__(self) -> int:
-        return len(round_columns(self.best_epoch is not None))
+        return len(self._columns())
 
 
 # Columns of rounds.csv, in order: the fields of RoundRow, the one definition.
 ROUND_COLUMNS: list[str] = [f.name for f in fields(RoundRow)]
 BEST_COLUMNS = ("best_epoch", "best_val_acc", "best_test_acc")
+CHANNEL_COLUMNS = ("channel_sparsity",)
 BEST_STATE = "best_state.safetensors"  # a round's best-validation weights (train.select_epoch=best_val)
 
 
-def round_columns(best_epoch: bool) -> list[str]:
-    """The columns rounds.csv has: the best-epoch ones only when the run keeps the best epoch."""
-    return ROUND_COLUMNS if best_epoch else [c for c in ROUND_COLUMNS if c not in BEST_COLUMNS]
+def round_columns(best_epoch: bool, channels: bool = False) -> list[str]:
+    """The columns rounds.csv has: the best-epoch ones only when the run keeps the best epoch,
+    channel sparsity only with a structured allocation."""
+    drop = (() if best_epoch else BEST_COLUMNS) + (() if channels else CHANNEL_COLUMNS)
+    return [c for c in ROUND_COLUMNS if c not in drop]
 
 
 _COLUMN_SET = frozenset(ROUND_COLUMNS)

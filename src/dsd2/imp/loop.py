@@ -33,6 +33,7 @@ from dsd2.imp.setup import (
     round_seed,
     start,
     state_dict_cpu,
+    structured_allocation,
 )
 from dsd2.phases import label_phases
 from dsd2.prune import (
@@ -232,7 +233,7 @@ def relabel(ctx: RunContext, rounds: Rounds) -> None:
 def write_tables(ctx: RunContext, rounds: Rounds) -> None:
     """Relabel the phases over the curve so far and rewrite rounds.csv, entropy.csv and timings.csv."""
     relabel(ctx, rounds)
-    columns = rundir.round_columns(ctx.cfg.train.select_epoch == "best_val")
+    columns = rundir.round_columns(ctx.cfg.train.select_epoch == "best_val", structured_allocation(ctx.cfg))
     store.write_csv(ctx.run_dir / rundir.ROUNDS_CSV, [r.as_dict() for r in rounds.rows], columns)
     store.write_csv(ctx.run_dir / rundir.ENTROPY_CSV, rounds.entropy, rundir.ENTROPY_COLUMNS)
     store.write_csv(ctx.run_dir / rundir.TIMINGS_CSV, rounds.timings, rundir.TIMING_COLUMNS)

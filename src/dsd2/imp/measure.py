@@ -10,10 +10,11 @@ import torch
 from dsd2 import distributed
 from dsd2.entropy import OnCounter, activation_entropy, entropy_from_counts
 from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flops
-from dsd2.imp.setup import RunContext
+from dsd2.imp.setup import RunContext, structured_allocation
 from dsd2.prune import (
     Masks,
     count_alive,
+    row_sparsity,
     sparsity,
 )
 from dsd2.rundir import RoundRow
@@ -142,5 +143,6 @@ def measure(
         train_pflops_sparse=before[1] + pf_sparse,
         round_pflops_paper=pf_paper,
         train_pflops_paper=None if before[2] is None else before[2] + pf_paper,
+        channel_sparsity=row_sparsity(masks) if structured_allocation(ctx.cfg) else None,
     )
     return row, [{"round": round_idx, "sparsity": row.sparsity, **r} for r in layers]

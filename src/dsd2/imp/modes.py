@@ -13,7 +13,7 @@ from dsd2 import distributed, rundir, store
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
 from dsd2.imp.hooks import Hook, RewindSnapshot
-from dsd2.imp.setup import RunContext, _generator, make_model, round_seed
+from dsd2.imp.setup import RunContext, _generator, make_model, round_seed, structured_allocation
 from dsd2.prune import (
     GradientSource,
     Masks,
@@ -26,7 +26,7 @@ from dsd2.prune import (
     next_masks,
     prune_with,
 )
-from dsd2.registry import PRUNING_ALLOCATIONS, PRUNING_SCHEDULES, RETRAIN_MODES
+from dsd2.registry import PRUNING_SCHEDULES, RETRAIN_MODES
 from dsd2.rundir import load_state
 from dsd2.train import (
     Schedule,
@@ -255,9 +255,7 @@ def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:
 def masked_tensors(ctx: RunContext, masks: Masks) -> tuple[dict[str, torch.Tensor], Masks]:
     """What the masks zero after every optimiser step: the pruned weights; with a structured
     allocation also the BatchNorm γ and β of the removed channels (a removed channel outputs 0)."""
-    p = ctx.cfg.prune
-    pair = composed(p.method, p.criterion, p.allocation)
-    if pair is None or not PRUNING_ALLOCATIONS.metadata(pair[1]).get("structured"):
+    if not structured_allocation(ctx.cfg):
         return dict(ctx.weights), masks
     params, bn_masks = batchnorm_masks(ctx.model, masks)
     return {**ctx.weights, **params}, {**masks, **bn_masks}

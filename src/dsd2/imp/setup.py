@@ -27,7 +27,9 @@ from dsd2.noise import FeatureSource, NoisyLabels, apply_label_noise, noise_summ
 from dsd2.prune import (
     Masks,
     add_slimming_penalty,
+    composed,
 )
+from dsd2.registry import PRUNING_ALLOCATIONS
 from dsd2.rundir import load_state
 from dsd2.threads import resolve_threads, sharing
 from dsd2.train import (
@@ -321,6 +323,13 @@ def restart_round(run_dir: Path) -> int:
     next_round = len(rundir.finished_rounds(run_dir))
     checkpoint.partial_path(run_dir, next_round).unlink(missing_ok=True)
     return next_round
+
+
+def structured_allocation(cfg: RunConfig) -> bool:
+    """Whether the run removes whole output channels (``prune.allocation=channel`` or a method made of it)."""
+    p = cfg.prune
+    pair = composed(p.method, p.criterion, p.allocation)
+    return pair is not None and bool(PRUNING_ALLOCATIONS.metadata(pair[1]).get("structured"))
 
 
 def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
