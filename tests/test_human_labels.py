@@ -308,10 +308,11 @@ def test_malicious_data_pkl_runs_nothing(tmp_path, c10n, monkeypatch):
     marker = tmp_path / "MARKER"
     marker2 = tmp_path / "MARKER2"
 
-    # the open() payload is live: a plain pickle.loads would create the file (this deliberate
-    # unrestricted load of a payload built here, never of a user file, proves the test means something)
+    # the open() payload is live: what a plain unpickler calls for it (the REDUCE of its
+    # __reduce__) creates the file, so the refusals below prove something
     live = tmp_path / "proof"
-    pickle.loads(pickle.dumps(_OpenPayload(str(live)), protocol=2)).close()
+    call, args = _OpenPayload(str(live)).__reduce__()
+    call(*args).close()
     assert live.exists()
 
     cases = [

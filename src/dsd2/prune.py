@@ -357,7 +357,7 @@ def batchnorm_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> tupl
     params: dict[str, nn.Parameter] = {}
     out: Masks = {}
     for key, bn_name in links.items():
-        alive = masks[key].flatten(1).any(1) if masks[key].dim() > 1 else masks[key]
+        alive = alive_rows(masks[key])
         bn = modules[bn_name]
         for part in ("weight", "bias"):
             param = getattr(bn, part)
@@ -366,20 +366,22 @@ def batchnorm_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> tupl
     return params, out
 
 
-def channel_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> float:
-    """Fraction of removed output channels over the layers that have a BatchNorm after them."""
-    links = batchnorm_after(model, masks)
-    total = sum(masks[k].shape[0] for k in links)
-    alive = sum(int((masks[k].flatten(1) if masks[k].dim() > 1 else masks[k].view(-1, 1)).any(1).sum()) for k in links)
-    return 1.0 - alive / total if total else 0.0
+def alive_rows(mask: torch.Tensor) -> torch.Tensor:
+    """Per output channel (row of dim 0) of a weight mask: whether any of its weights is kept."""
+    return mask.flatten(1).any(1) if mask.dim() > 1 else mask.bool()
 
 
 def row_sparsity(masks: Mapping[str, torch.Tensor]) -> float:
     """Fraction of output channels (rows of dim 0) with no weight left, over every masked layer:
     what a structured allocation removes, whether or not a BatchNorm follows."""
-    rows = [(m.flatten(1) if m.dim() > 1 else m.view(-1, 1)).any(1) for m in masks.values()]
+    rows = [alive_rows(m) for m in masks.values()]
     total = sum(r.numel() for r in rows)
     return 1.0 - sum(int(r.sum()) for r in rows) / total if total else 0.0
+
+
+def channel_sparsity(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> float:
+    """Fraction of removed output channels over the layers that have a BatchNorm after them."""
+    return row_sparsity({k: masks[k] for k in batchnorm_after(model, masks)})
 
 
 def add_slimming_penalty(model: nn.Module, lam: float) -> list[torch.utils.hooks.RemovableHandle]:

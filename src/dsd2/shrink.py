@@ -179,6 +179,12 @@ def _consumer_inputs(model: nn.Module, probe: torch.Tensor, names: list[str]) ->
     return seen
 
 
+def _input_columns(channels: torch.Tensor, block: int) -> torch.Tensor:
+    """The consumer's input columns of ``channels``: each channel's block of ``block`` features
+    (1 without a flatten between producer and consumer)."""
+    return (channels[:, None] * block + torch.arange(block)).flatten()
+
+
 def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -233,7 +239,7 @@ def shrink(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, ShrinkRepo
         if link.flattened and x.shape[1] != n_out * block:
             kept[link.producer] = "the flatten does not map channels to blocks of the consumer's inputs"
             continue
-        per_channel = x.reshape(x.shape[0], n_out, -1) if not link.flattened else x.reshape(x.shape[0], n_out, block)
+        per_channel = x.reshape(x.shape[0], n_out, -1)  # (batch, channel, positions or its flattened block)
         lo, hi = per_channel.amin(dim=(0, 2)), per_channel.amax(dim=(0, 2))
         constant = lo == hi
         zero = constant & (hi == 0)
@@ -249,14 +255,11 @@ def shrink(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, ShrinkRepo
             keep_idx = torch.zeros(1, dtype=torch.long)  # a layer keeps one channel: shapes stay valid
             remove = torch.ones_like(remove)
             remove[0] = False
-        cols = keep_idx if not link.flattened else (keep_idx[:, None] * block + torch.arange(block)).flatten()
-        new_cons = _resized(cons, in_idx=cols)
-        if isinstance(cons, nn.Linear):
-            gone = remove.nonzero().squeeze(1)
-            gone_cols = gone if not link.flattened else (gone[:, None] * block + torch.arange(block)).flatten()
-            value = per_channel[0, :, :].reshape(-1) if link.flattened else per_channel[0, :, 0]
+        new_cons = _resized(cons, in_idx=_input_columns(keep_idx, block))
+        if isinstance(cons, nn.Linear):  # its input is (batch, features): per_channel[0] is one example's, blocks in order
+            gone_cols = _input_columns(remove.nonzero().squeeze(1), block)
             with torch.no_grad():
-                shift = cons.weight[:, gone_cols] @ value[gone_cols if link.flattened else gone]
+                shift = cons.weight[:, gone_cols] @ per_channel[0].reshape(-1)[gone_cols]
                 if new_cons.bias is None:
                     new_cons.bias = nn.Parameter(shift.clone())
                 else:

@@ -25,26 +25,35 @@ DEFAULT_GPU_TFLOPS = 25.0
 _STEP_CACHE: dict[str, tuple[float, float, float]] = {}
 
 
-def train_examples(cfg: RunConfig) -> int:
-    """Training examples per epoch of ``cfg``, from the dataset registry's metadata (no data is
-    loaded); the validation split as :func:`dsd2.data.load_dataset` carves it."""
+def val_examples(cfg: RunConfig) -> int:
+    """Validation examples of ``cfg``, carved from the training set as :func:`dsd2.data.load_dataset`
+    does, from the dataset registry's metadata (no data is loaded)."""
     from dsd2.data.core import DEFAULT_VAL_SIZE
 
     info = dataset_info(cfg, COST_FACTS)
-    n = int(info["train_size"])
     default_val = info.get("default_val_size", DEFAULT_VAL_SIZE)
-    val = min(default_val, n // 5) if cfg.dataset.val_size is None else cfg.dataset.val_size
-    left = max(0, n - val)
+    return min(default_val, int(info["train_size"]) // 5) if cfg.dataset.val_size is None else cfg.dataset.val_size
+
+
+def train_examples(cfg: RunConfig) -> int:
+    """Training examples per epoch of ``cfg``: the training set less the validation split, or
+    ``dataset.train_subset`` of it (no data is loaded)."""
+    left = max(0, int(dataset_info(cfg, COST_FACTS)["train_size"]) - val_examples(cfg))
     return min(cfg.dataset.train_subset, left) if cfg.dataset.train_subset else left
 
 
-def epochs_total(cfg: RunConfig) -> int:
-    """Epochs over all rounds (round 0 + ``prune.rounds``), as ``imp.run`` trains them: a pruning
-    round trains the epochs of its retraining mode's schedule (:func:`dsd2.imp.schedule_for`)."""
+def epochs_per_round(cfg: RunConfig) -> list[int]:
+    """Epochs of round 0 and of each of the ``prune.rounds`` rounds, as ``imp.run`` trains them: a
+    pruning round trains the epochs of its retraining mode's schedule (:func:`dsd2.imp.schedule_for`)."""
     from dsd2.imp import schedule_for
 
     later = schedule_for(cfg, 1)
-    return cfg.train.epochs + cfg.prune.rounds * (later.epochs - later.start_epoch)
+    return [cfg.train.epochs] + [later.epochs - later.start_epoch] * cfg.prune.rounds
+
+
+def epochs_total(cfg: RunConfig) -> int:
+    """Epochs over all rounds (round 0 + ``prune.rounds``)."""
+    return sum(epochs_per_round(cfg))
 
 
 def _per_example(cfg: RunConfig, teacher: RunConfig | None) -> tuple[float, float, float]:

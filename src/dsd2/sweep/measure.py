@@ -26,7 +26,7 @@ from typing import Any
 
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
-from dsd2.sweep.cost import _per_example, epochs_total, train_examples
+from dsd2.sweep.cost import _per_example, epochs_per_round, train_examples, val_examples
 from dsd2.sweep.shapes import dataset_info, input_shape, model_key, model_kwargs
 
 DEFAULT_STEPS = 10
@@ -130,32 +130,20 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
 def eval_examples_per_round(cfg: RunConfig) -> int:
     """Examples a round evaluates: the training set (clean/noisy fit, memorisation), the
     validation split and the test set."""
-    from dsd2.data.core import DEFAULT_VAL_SIZE
-
-    info = dataset_info(cfg, ("train_size",))
-    n_train = train_examples(cfg)
-    val = (
-        cfg.dataset.val_size
-        if cfg.dataset.val_size is not None
-        else min(info.get("default_val_size", DEFAULT_VAL_SIZE), int(info["train_size"]) // 5)
-    )
-    test = int(info.get("test_size") or 0)
-    return n_train + val + test
+    test = int(dataset_info(cfg, ("train_size",)).get("test_size") or 0)
+    return train_examples(cfg) + val_examples(cfg) + test
 
 
 def predict(cfg: RunConfig, m: Measured) -> dict[str, Any]:
     """Wall time per round and for the run (round 0 + ``prune.rounds``) from a measurement, and
     the run's dense training PFLOPs in the run tables' convention (fwd + bwd, 2 FLOPs per
     multiply-add, all epochs, + the teacher's forward)."""
-    from dsd2.imp import schedule_for
-
     n = train_examples(cfg)
     n_eval = eval_examples_per_round(cfg)
     eval_s = n_eval / m.eval_examples_per_s
-    later = schedule_for(cfg, 1)
-    rounds = [cfg.train.epochs] + [later.epochs - later.start_epoch] * cfg.prune.rounds
+    rounds = epochs_per_round(cfg)
     round_s = [e * n * m.step_s_per_example + eval_s for e in rounds]
-    flops = (m.step_flops_per_example + m.teacher_flops_per_example) * n * epochs_total(cfg)
+    flops = (m.step_flops_per_example + m.teacher_flops_per_example) * n * sum(rounds)
     out = {
         "run": cfg.name,
         "model": cfg.model.name,
@@ -202,8 +190,9 @@ def format_prediction(p: dict[str, Any]) -> str:
 
 def measured_throughput(steps: int = DEFAULT_STEPS) -> Callable[[RunConfig, RunConfig | None], tuple[float, str]]:
     """The ``throughput`` of :func:`dsd2.sweep.cost.estimate_cost` for ``--measure``: each
-    distinct (model, data shape, batch, device) is timed once; a KD student's rate is its own
-    step's, the teacher's forward added by FLOP share (as :attr:`Measured.step_s_per_example`)."""
+    distinct (model, data shape, batch, device) is timed once. The rate is the student step's
+    achieved FLOP/s; the cost estimate charges a KD teacher's forward FLOPs at that rate too, the
+    teacher added by FLOP share as :attr:`Measured.step_s_per_example` does."""
     cache: dict[str, Measured] = {}
 
     def rate(cfg: RunConfig, teacher: RunConfig | None) -> tuple[float, str]:
@@ -211,8 +200,6 @@ def measured_throughput(steps: int = DEFAULT_STEPS) -> Callable[[RunConfig, RunC
         key = json.dumps([model_key(cfg), t.batch_size, t.device, t.optimizer, t.channels_last, t.amp, cfg.dataset.augment])
         if key not in cache:
             cache[key] = measure(cfg, steps=steps)
-        m = cache[key]
-        _, step, tfwd = _per_example(cfg, teacher)
-        return (step + tfwd) / ((1.0 + tfwd / step) / m.train_examples_per_s), m.device
+        return cache[key].train_flops_per_s, cache[key].device
 
     return rate
