@@ -81,7 +81,9 @@ def _synthetic(cfg: RunConfig, rows: int, device: Any) -> Any:
 
 def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | None = None) -> Measured:
     """Train ``cfg``'s model for a warm-up epoch and a measured epoch of ``steps`` batches of
-    synthetic data on the run's device; time an evaluation pass of the same rows."""
+    synthetic data on the run's device; time an evaluation pass of the same rows. ``teacher``: the
+    KD teacher's config, read from ``distill.teacher``'s run directory when not given (several
+    teachers and self-distillation, whose logits are cached once per round, add none)."""
     import torch
 
     from dsd2.imp import resolve_device, set_threads
@@ -90,6 +92,10 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
 
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
+    if teacher is None and cfg.distill.teacher is not None and not cfg.distill.self_distill:
+        from dsd2.rundir import read_config
+
+        teacher = read_config(cfg.distill.teacher)
     device = resolve_device(cfg.train.device)
     batch = cfg.train.batch_size
     data = _synthetic(cfg, batch * steps, device)
