@@ -101,9 +101,8 @@ class BestEpoch(Hook):
     PREFIX = "best/"
 
     def __init__(self, ctx: RunContext):
-        d = ctx.data
         self.ctx = ctx
-        self.val, self.test = ctx.source(d.val_x, d.val_y), ctx.source(d.test_x, d.test_y)
+        self.val, self.test = ctx.split("val"), ctx.split("test")
         self.round_start(0)
 
     def round_start(self, round_idx: int) -> None:

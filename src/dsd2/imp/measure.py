@@ -40,8 +40,8 @@ def _evaluate(ctx: RunContext) -> dict[str, Any]:
         "flipped_acc_clean": accuracy(pred, d.train_y, flipped),
         "unflipped_acc": accuracy(pred, d.train_y, keep.nonzero().squeeze(1)),
     }
-    for split, x, y in (("val", d.val_x, d.val_y), ("test", d.test_x, d.test_y)):
-        out[f"{split}_acc"] = accuracy(_predict(ctx, ctx.source(x, y)), y)
+    for split, y in (("val", d.val_y), ("test", d.test_y)):
+        out[f"{split}_acc"] = accuracy(_predict(ctx, ctx.split(split)), y)
     return out
 
 

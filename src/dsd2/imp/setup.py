@@ -7,7 +7,7 @@ import dataclasses
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -358,11 +358,18 @@ class RunContext:
     threads: int | None = None  # torch CPU threads this process uses (recorded per round in timings.csv)
     images: ImageLoader | None = None  # a streamed image folder's loader workers, shared by every pass
     teacher_cache_round: int | None = None  # the round charged with the pass that cached the teachers' logits
+    _splits: dict[str, Source] = field(default_factory=dict, repr=False)
 
-    def source(self, x: Any, y: torch.Tensor) -> Source:
-        """An evaluation split (validation, test) of this run's data as a :class:`~dsd2.train.Source`."""
-        d, tb = self.data, self.train_batches
-        return make_source(x, y, mean=d.mean, std=d.std, device=self.device, channels_last=tb.channels_last, loader=self.images)
+    def split(self, name: str) -> Source:
+        """The ``val`` or ``test`` split as a :class:`~dsd2.train.Source`, made once per run: its
+        tensors go to the device once, and every evaluation (rounds, best epoch) reads them."""
+        if name not in self._splits:
+            d, tb = self.data, self.train_batches
+            x, y = (d.val_x, d.val_y) if name == "val" else (d.test_x, d.test_y)
+            self._splits[name] = make_source(
+                x, y, mean=d.mean, std=d.std, device=self.device, channels_last=tb.channels_last, loader=self.images
+            )
+        return self._splits[name]
 
     def close(self) -> None:
         """Stop the loader workers of a streamed image folder (nothing to do otherwise)."""
