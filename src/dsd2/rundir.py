@@ -111,8 +111,8 @@ class RoundRow(Mapping[str, Any]):
 
     def as_dict(self) -> dict[str, Any]:
         """Column → value, in file order (what ``rounds.csv`` and ``metrics.json`` store); the
-        best-epoch columns only when the round has them (a run that keeps the last epoch writes
-        the files it wrote before they existed)."""
+        optional columns (best epoch, channel sparsity) only when the round has them, so a run
+        that uses neither writes the files it wrote before they existed."""
         return {c: getattr(self, c) for c in self._columns()}
 
     def _columns(self) -> list[str]:
