@@ -161,7 +161,7 @@ def test_show_at_80_columns_through_the_cli(tmp_path: Path, monkeypatch):
     run.mkdir()
     store.write_csv(run / ROUNDS_CSV, round_dicts(), ROUND_COLUMNS)
     narrow = Console(width=80, record=True, markup=False, color_system=None)
-    monkeypatch.setattr(cli, "console", narrow)
+    monkeypatch.setattr(cli.render, "console", narrow)  # commands print through render.console
     assert cli.main(["show", str(run)]) == 0
     text = narrow.export_text()
     assert "…" not in text and "not shown at 80 columns" in text

@@ -1,0 +1,113 @@
+"""The ``dsd2`` command line: thin wrappers that parse, call, print and set the exit code.
+
+User errors (``UserError``) print one line and exit 2; ``--debug`` shows the traceback.
+The commands live by area (``runs``, ``explore``, ``results``, ``sweep``), what they draw in
+``render``; this module builds the app, lists the commands in their ``--help`` order and runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import typer
+import typer.core
+from rich.text import Text
+
+from dsd2.cli import explore, render, results, runs, sweep
+from dsd2.cli.render import console, dip_rich_table, err_console, round_line, rounds_table, strategy_rich_table
+from dsd2.errors import UserError
+
+__all__ = ["app", "console", "dip_rich_table", "err_console", "main", "round_line", "rounds_table", "strategy_rich_table"]
+
+
+def _no_bool_placeholder(params: list[Any]) -> list[Any]:
+    # typer's help shows a flag (--quiet, --help) as taking a "<bool>" value, which it does not
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_bool_placeholder(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _no_bool_placeholder(super().get_params(ctx))
+
+
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Study and dodge sparse double descent (DSD²).",
+)
+_STATE = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from dsd2 import __version__
+
+        render.console.print(f"dsd2 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    _STATE["debug"] = debug
+
+
+# (name, function), in the order `dsd2 --help` lists them; every command's --help without "<bool>" (see _Command)
+_COMMANDS: list[tuple[str, Callable[..., Any]]] = [
+    ("run", runs.run),
+    ("resume", runs.resume),
+    ("show", runs.show),
+    ("config", explore.config_cmd),
+    ("presets", explore.presets),
+    ("models", explore.models),
+    ("stop", results.stop),
+    ("stop-rules", results.stop_rules_cmd),
+    ("compare", results.compare_cmd),
+    ("pipeline", runs.pipeline_cmd),
+    ("fetch", sweep.fetch),
+    ("demo", runs.demo),
+    ("estimate", explore.estimate),
+    ("sweep", sweep.sweep),
+    ("report", results.report),
+    ("export", results.export_cmd),
+]
+for _name, _fn in _COMMANDS:
+    app.command(_name, cls=_Command)(_fn)
+
+_INTERRUPTED = "interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = app(args=argv, standalone_mode=False)
+        if code == 130:  # typer's answer to Ctrl-C when it does not exit itself
+            render.err_console.print(_INTERRUPTED)
+        if isinstance(code, int) and code:
+            return code
+    except UserError as err:
+        if _STATE["debug"]:
+            raise
+        render.err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)), highlight=False)
+        return 2
+    except (KeyboardInterrupt, typer.Abort):  # click may turn Ctrl-C into Abort
+        render.err_console.print(_INTERRUPTED)
+        return 130
+    except typer.TyperException as err:  # usage errors: unknown option, missing argument
+        show = getattr(err, "show", None)
+        if show is not None:
+            show()
+        return int(getattr(err, "exit_code", 2))
+    return 0

@@ -1,0 +1,172 @@
+"""Commands that train or read one run: run, resume, show, pipeline, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dsd2.cli import render
+from dsd2.cli.options import load_plugins, out_option, plugin_option, quiet_option
+from dsd2.cli.render import RoundProgress, dip_rich_table, rounds_table, strategy_rich_table
+from dsd2.errors import UserError
+
+
+def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
+    from dsd2 import api, rundir
+
+    with RoundProgress(enabled=not quiet, last_round=cfg.prune.rounds) as prog:
+        target = run_dir or rundir.run_dir_for(cfg, out)
+        if not quiet:
+            render.err_console.print(f"run directory: {target}")
+        res = api.run(cfg, out=out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch)
+    path = res.run_dir
+    render.console.print(
+        rounds_table(
+            res.rows,
+            title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, {cfg.noise.kind} noise"
+            + ("" if cfg.noise.kind == "transition" else f" {cfg.noise.rate:g}"),  # the matrix, not rate, sets its rate
+        )
+    )
+    render.console.print(f"run directory: {path}")
+    return path
+
+
+def run(
+    config: str = typer.Argument(..., help="YAML config, preset name, or an existing run directory (resumes it)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. prune.rounds=10 seed=1"),
+    out: Path = out_option(),
+    quiet: bool = quiet_option(),
+    plugins: Optional[list[str]] = plugin_option(recorded=True),
+) -> None:
+    """Run (or resume) an IMP study: dense training, then prune/retrain rounds."""
+    from dsd2.config import PRESET_DIR, load_config
+
+    p = Path(config)
+    if p.is_dir() and not (p / "config.yaml").is_file() and (PRESET_DIR / f"{config}.yaml").is_file():
+        render.err_console.print(f"{p}/ is a folder, not a run directory: using the preset {config!r}")
+    elif p.is_dir():
+        if overrides:
+            raise UserError("overrides cannot change an existing run; start a new run from its config.yaml instead")
+        return resume(p, quiet=quiet, lr_scale=None, restart_round=False, plugins=plugins)
+    cfg = load_config(config, overrides or [], plugins=plugins or [])
+    _run_config(cfg, out, None, quiet)
+
+
+def resume(
+    run_dir: Path = typer.Argument(..., help="Run directory printed by `dsd2 run`."),
+    quiet: bool = quiet_option(),
+    lr_scale: Optional[float] = typer.Option(
+        None,
+        "--lr-scale",
+        help="Retry after a divergence with this factor on the lr, from the next unfinished round on (recorded in lr_scale.json).",
+    ),
+    restart_round: bool = typer.Option(
+        False, "--restart-round", help="Drop the unfinished round's epoch checkpoint: it retrains from the last finished round."
+    ),
+    plugins: Optional[list[str]] = plugin_option(),
+) -> None:
+    """Resume an interrupted run from its last finished round (or epoch checkpoint)."""
+    from dsd2 import imp, rundir, store
+
+    load_plugins(plugins)
+    cfg = rundir.read_config(run_dir)
+    if lr_scale is not None:
+        with store.run_lock(run_dir):
+            first = imp.set_lr_scale(run_dir, lr_scale)
+        render.err_console.print(f"rounds {first}+ train with lr × {lr_scale:g}")
+    if restart_round:
+        with store.run_lock(run_dir):
+            first = imp.restart_round(run_dir)
+        render.err_console.print(f"round {first} restarts from round {first - 1}'s weights" if first else "round 0 restarts from scratch")
+    _run_config(cfg, run_dir.parent, run_dir, quiet)
+
+
+def show(run_dir: Path = typer.Argument(..., help="Run directory."), plugins: Optional[list[str]] = plugin_option()) -> None:
+    """Print the rounds table of a run."""
+    from dsd2 import rundir
+
+    load_plugins(plugins)
+    render.console.print(rounds_table(rundir.read_rounds(run_dir), title=str(run_dir)))
+    noise = rundir.read_noise(run_dir)
+    if noise is not None and isinstance(noise.get("realized_rate"), (int, float)):
+        render.console.print(
+            f"label noise: {noise.get('kind')}, realised rate {100 * noise['realized_rate']:.2f}% "
+            f"({noise.get('num_flipped')} of {noise.get('n')} train labels changed; noise.json)"
+        )
+
+
+def _pipeline(cfg, student_cfg, out: Path, quiet: bool):
+    from dsd2 import api
+
+    def run_stage(c, o):
+        return _run_config(c, o, None, quiet)
+
+    return api.pipeline(cfg, student=student_cfg, out=out, run_stage=run_stage)
+
+
+def pipeline_cmd(
+    config: str = typer.Argument(..., help="Teacher/vanilla config (YAML or preset); its distill section sets round, alpha, T."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides for both runs."),
+    student: Optional[str] = typer.Option(None, "--student", help="Student config (default: the same config, KD from the teacher)."),
+    out: Path = out_option(),
+    quiet: bool = quiet_option(),
+    plugins: Optional[list[str]] = plugin_option(recorded=True),
+) -> None:
+    """Teacher IMP -> teacher at best fit (or dense / a round) -> student IMP with KD at every round."""
+    from dsd2 import compare, store
+    from dsd2.config import load_config
+
+    cfg = load_config(config, overrides or [], plugins=plugins or [])
+    scfg = load_config(student, overrides or [], plugins=plugins or []) if student else None
+    study = _pipeline(cfg, scfg, out, quiet)
+    t = store.read_json(study.student.run_dir / "teacher.json")
+    render.console.print(
+        f"teacher: {t['run_dir']} round {t['round']} ({t['choice']}, sparsity {100 * t['sparsity']:.2f}%, selected on {t['selected_on']})"
+    )
+    vanilla, student_dir = study.vanilla.run_dir, study.student.run_dir
+    if vanilla != study.teacher.run_dir:
+        render.console.print(f"the student's architecture differs from the teacher's: vanilla baseline {vanilla}")
+    render.console.print(strategy_rich_table(compare.strategy_table(vanilla, student_dir)))
+    rule = compare.COMPRESS_RULE
+    render.console.print(strategy_rich_table(compare.strategy_table(vanilla, student_dir, **rule), compare.rule_text(rule)))
+
+
+def demo(
+    out: Path = out_option("Folder for the run directories and demo_report/."),
+    seeds: str = typer.Option("0,1", help="Comma-separated seeds; one vanilla + DSD² pipeline per seed."),
+    jobs: int = typer.Option(2, help="Pipelines run side by side (processes)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Overrides for the demo preset, e.g. prune.rounds=10."),
+    plugins: Optional[list[str]] = plugin_option(recorded=True),
+) -> None:
+    """The CPU demo: vanilla IMP with SDD, DSD² students from the best-fit teacher, compute table."""
+    from dsd2 import compare, rundir
+    from dsd2.config import load_config
+    from dsd2.study import run_pipelines_parallel
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds must be comma-separated integers, got {seeds!r}") from None
+    if not seed_list:
+        raise UserError(f"--seeds names no seed ({seeds!r}): give comma-separated integers, e.g. --seeds 0,1")
+    configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"], plugins=plugins or []) for s in seed_list]
+    render.err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
+    pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
+    for cfg, (teacher_dir, student_dir) in zip(configs, pairs):
+        render.console.rule(f"seed {cfg.seed}")
+        render.console.print(rounds_table(rundir.read_rounds(teacher_dir), title=f"vanilla IMP (seed {cfg.seed}): {teacher_dir}"))
+        render.console.print(rounds_table(rundir.read_rounds(student_dir), title=f"DSD² student (seed {cfg.seed}): {student_dir}"))
+        render.console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir)))
+        rule = compare.COMPRESS_RULE
+        render.console.print(strategy_rich_table(compare.strategy_table(teacher_dir, student_dir, **rule), compare.rule_text(rule)))
+    render.console.print(dip_rich_table(pairs))
+    for teacher_dir, student_dir in pairs:
+        render.console.print(f"vanilla run: {teacher_dir}   DSD² student run: {student_dir}")
+    from dsd2.report import write_report
+
+    page = write_report(
+        [d for pair in pairs for d in pair], out / "demo_report", title="dsd2 demo: SDD and DSD² on Fashion-MNIST (40% noise)"
+    )
+    render.console.print(f"report: {page.resolve()}")
