@@ -56,7 +56,7 @@ test-fast: venv
 bank: venv data
 	$(BIN)/python benchmarks/curve_bank.py --out $(OUT)/bank --jobs 2
 	$(BIN)/dsd2 stop-rules tests/data/curves --write docs/stop_rules.md
-	$(BIN)/dsd2 stop-rules tests/data/curves --write README.md
+	$(BIN)/dsd2 stop-rules tests/data/curves --write docs/results.md
 
 # Training loop vs the reference-style pipeline, peak FLOP/s, CPU variants, one IMP round broken down
 # (about 15 min on 2 cores; results in benchmarks/results/bench_cpu.json). GPU: benchmarks/train_throughput.py --device cuda.

@@ -104,11 +104,11 @@ def test_best_fit_round_and_its_phase(name):
     assert phases(name).labels[b] == EXPECTED[name]["best_phase"]
 
 
-def test_the_stop_rules_doc_and_readme_show_this_bank():
+def test_the_stop_rules_doc_and_the_results_doc_show_this_bank():
     root = Path(__file__).parents[1]
     curves = list(CURVES.values())
     assert bank.section_text((root / "docs" / "stop_rules.md").read_text(), "bank") == bank.stop_rule_report(curves).strip()
-    assert bank.section_text((root / "README.md").read_text(), "bank-summary") == bank.stop_rule_summary(curves).strip()
+    assert bank.section_text((root / "docs" / "results.md").read_text(), "bank-summary") == bank.stop_rule_summary(curves).strip()
 
 
 def test_the_entropy_default_is_the_whole_bank_fit():

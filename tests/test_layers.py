@@ -1,4 +1,4 @@
-"""Imports flow one way (README, "Design"): a module imports only its own package and lower layers.
+"""Imports flow one way (docs/design.md): a module imports only its own package and lower layers.
 
 Every module under src/dsd2 is parsed with ``ast``; module-level, function-local and
 ``TYPE_CHECKING`` imports all count, so a cycle cannot hide behind an import inside a function.

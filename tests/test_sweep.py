@@ -483,7 +483,7 @@ def test_duplicate_and_oversized_grids_are_refused():
     ],
 )
 def test_the_methods_presets_run_end_to_end_at_a_tiny_size(tmp_path, preset, key, values):
-    """The field's-methods sweep presets (README "Pruning criteria and noise models"), on MNIST-1D
+    """The field's-methods sweep presets (docs/results.md, "Pruning criteria and noise models"), on MNIST-1D
     in seconds: every cell finishes and the grid is the one the preset names."""
     tiny = ["dataset.name=mnist1d", "dataset.root=null", "dataset.train_subset=null", "dataset.val_size=500", "model.name=mlp"]
     tiny += ["model.hidden=[16,16]", "train.epochs=2", "prune.rounds=2", "prune.score_batches=1", "train.threads=1"]

@@ -144,7 +144,7 @@ def test_an_imp_run_with_phase_labels_and_stop_rules(tmp_path):
 def test_sweep_dry_run_estimates_the_cifar_presets(tmp_path, capsys):
     from dsd2.cli import main
 
-    # 35 rounds x 200 epochs x 45,000 examples at 25 TFLOP/s (README "Vision Transformers")
+    # 35 rounds x 200 epochs x 45,000 examples at 25 TFLOP/s (docs/results.md, "Vision Transformers")
     expected = {"cifar10_vit_tiny_noise20": ("2.154", "679", "7.54"), "cifar100_vit_small_noise20": ("8.385", "2,641", "29.3")}
     for preset, (gflop, pflops, hours) in expected.items():
         path = tmp_path / f"{preset}.yaml"

@@ -28,7 +28,7 @@ from dsd2.rundir import RoundRow
 # A curve: rounds in order, each a mapping of column to value (rundir.RoundRow or a CSV dict).
 Rows = Sequence[Mapping[str, Any]]
 
-# The entropy rule's parameters, chosen from the measured demo curves (README, "The demo").
+# The entropy rule's parameters, chosen from the measured demo curves (docs/results.md, "The demo").
 ENTROPY_RULE_DEFAULTS: dict[str, Any] = {"rel_drop": 0.1}
 
 # A second stopping setting shown next to the paper's (tolerance 0, keep the best): keep the

@@ -1,4 +1,4 @@
-"""One IMP run data-parallel over several processes (docs: README, "Several GPUs: one run data-parallel").
+"""One IMP run data-parallel over several processes (docs/distributed.md).
 
 A launcher (``torchrun``, SLURM's ``srun`` with the variables exported, ...) starts one process
 per device and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;

@@ -5,7 +5,7 @@ average) and the process's share (set by whoever starts several runs side by sid
 :func:`sharing`) and says once per process when the machine is busy. The rule:
 
 1. a training step below :data:`THRESHOLD_FLOPS_PER_STEP` (forward + backward FLOPs of one
-   batch) gets 1 thread: more threads only add synchronisation (README, "Performance");
+   batch) gets 1 thread: more threads only add synchronisation (docs/performance.md);
 2. otherwise the usable cores divided among the processes that share the machine, less the
    DataLoader workers of this process, at most ``cap`` (a sweep cell's CPUs), at least 1;
 3. when the 1-minute load average is above the usable cores the machine is already

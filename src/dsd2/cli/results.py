@@ -51,7 +51,7 @@ def stop(
 def stop_rules_cmd(
     bank_dir: Path = typer.Argument(..., help="A folder of finished runs (or of <curve>/rounds.csv folders): your curve bank."),
     write: Optional[Path] = typer.Option(
-        None, "--write", help="Markdown file whose bank sections to regenerate (docs/stop_rules.md, README.md)."
+        None, "--write", help="Markdown file whose bank sections to regenerate (docs/stop_rules.md, docs/results.md)."
     ),
     plugins: Optional[list[str]] = plugin_option(),
 ) -> None:

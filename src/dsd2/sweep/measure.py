@@ -8,7 +8,7 @@ for a warm-up epoch and a measured epoch of ``steps`` batches each, then times a
 pass. :func:`predict` turns that into wall time per round and for the whole run.
 
 What it leaves out, and why that is small or stated: the entropy pass and the file writes (2.3%
-of a demo round on CPU, README "Performance"); decoding of a streamed image folder (the data are
+of a demo round on CPU, docs/performance.md); decoding of a streamed image folder (the data are
 synthetic uint8 tensors resident on the device, as for built-in datasets); start-up (data
 loading, process launch). Unstructured sparsity does not change dense kernels' time, so the
 dense step is timed once for every round. A KD student's teacher forward is added in
