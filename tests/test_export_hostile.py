@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from dsd2 import store
 from dsd2.cli import main
+from dsd2.errors import UserError
 from dsd2.exporting import read_info
 from dsd2.imp import run
 
@@ -313,3 +315,81 @@ def test_report_rewrites_its_own_files_and_keeps_the_users(tiny_run, tmp_path, c
     assert _report(tiny_run, d) == 2
     one_line_error(capsys, "index.html was not written by dsd2")
     assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- run --out
+
+
+def _run_cli(out: Path, *args: str) -> int:
+    from conftest import TINY
+
+    return main(["run", "tiny_mnist1d", *TINY, "--out", str(out), "-q", *args])
+
+
+def _linked_run_dir(tmp: Path, run_id: str) -> Path:
+    """OUT/<run-id> planted as a link to a folder of the user's."""
+    (tmp / "out").mkdir()
+    (tmp / "out" / run_id).symlink_to(user_folder(tmp / "victim"))
+    return tmp / "out"
+
+
+def _dangling_run_dir(tmp: Path, run_id: str) -> Path:
+    (tmp / "out").mkdir()
+    (tmp / "out" / run_id).symlink_to(tmp / "nowhere" / "deep")
+    return tmp / "out"
+
+
+def _linked_round(tmp: Path, run_id: str, tiny_run: Path, name: str = "round_002", dangling: bool = False) -> Path:
+    """A copy of a finished run with one of its entries replaced by a link."""
+    shutil.copytree(tiny_run, tmp / "out" / run_id)
+    entry = tmp / "out" / run_id / name
+    target = tmp / "victim" / name.replace("/", "_")
+    if not dangling:
+        user_folder(tmp / "victim")
+        shutil.move(entry, target)
+    if entry.is_dir():
+        shutil.rmtree(entry)
+    elif entry.exists():
+        entry.unlink()
+    entry.symlink_to(target)
+    return tmp / "out"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["run dir link", "run dir dangling", "round link", "round dangling", "table link", "round file link"],
+)
+def test_run_never_writes_through_a_planted_link(tiny_run, tmp_path, capsys, case):
+    run_id = tiny_config().run_id()
+    if case == "run dir link":
+        out = _linked_run_dir(tmp_path, run_id)
+    elif case == "run dir dangling":
+        out = _dangling_run_dir(tmp_path, run_id)
+    elif case == "round link":
+        out = _linked_round(tmp_path, run_id, tiny_run, "round_002")
+    elif case == "round dangling":
+        out = _linked_round(tmp_path, run_id, tiny_run, "round_002", dangling=True)
+    elif case == "table link":
+        out = _linked_round(tmp_path, run_id, tiny_run, "rounds.csv")
+    else:
+        out = _linked_round(tmp_path, run_id, tiny_run, "round_001/metrics.json")
+    before = snapshot(tmp_path)
+    assert _run_cli(out) == 2
+    one_line_error(capsys, "symbolic link")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_link_planted_during_a_run_is_refused_at_the_write(tmp_path):
+    """The per-write guard: a round folder that became a link after the lock was taken."""
+    run_dir = tmp_path / "run"
+    victim = user_folder(tmp_path / "victim")
+    before = snapshot(victim)
+    with store.run_lock(run_dir):
+        (run_dir / "round_000").symlink_to(victim)
+        with pytest.raises(UserError, match="round_000 is a symbolic link"):
+            store.write_json(run_dir / "round_000" / "metrics.json", {})
+        with pytest.raises(UserError, match="symbolic link"):
+            store.save_tensors(run_dir / "round_000", {})
+    store.write_json(victim / "other.json", {})  # outside a locked run folder: the user's own links are theirs
+    (victim / "other.json").unlink()
+    assert snapshot(victim) == before
