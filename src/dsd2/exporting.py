@@ -22,14 +22,13 @@ early-stop rule, else the plain rule with the config defaults) or a round index.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+import re
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
-from dsd2 import __version__, compare, rundir, shrink, store
+from dsd2 import __version__, compare, outdir, rundir, shrink, store
 from dsd2.config import EarlyStopConfig, RunConfig
 from dsd2.errors import UserError
 from dsd2.plugins import load_plugins
@@ -56,6 +55,8 @@ DENSE, COMPRESSED = "dense", "sparse-values"
 VALUES, BITMASK, INDICES = "#values", "#bitmask", "#indices"
 # ONNX vs PyTorch on random inputs: max |difference| allowed, relative to the largest |logit| (at least 1).
 ONNX_TOLERANCE = 1e-4
+# model.json is a few kB to a few MB (per-layer tables): larger is not ours
+_MAX_MODEL_JSON = 64 << 20
 _ONNX_EXTRA = "the ONNX check needs onnx, onnxscript and onnxruntime: pip install 'dsd2[export]'"
 
 
@@ -82,7 +83,7 @@ def select_round(run_dir: Path, choice: str | int, cfg: RunConfig, rows: list[ru
     run's checksummed rows. ``best`` and ``last_good`` need the run's whole curve."""
     if not rows:
         raise UserError(f"{run_dir} has no finished round yet: nothing to export")
-    if isinstance(choice, int) or str(choice).lstrip("-").isdigit():
+    if isinstance(choice, int) or re.fullmatch(r"-?[0-9]{1,9}", str(choice)):  # ASCII digits: "²".isdigit() is True
         idx = int(choice)
         if not 0 <= idx < len(rows):
             raise UserError(
@@ -90,7 +91,7 @@ def select_round(run_dir: Path, choice: str | int, cfg: RunConfig, rows: list[ru
             )
         return idx, {"selected_by": "round"}
     if choice not in ("best", "last_good"):
-        raise UserError(f"--round {choice!r}: give best, last_good or a round index")
+        raise UserError(f"--round {str(choice)[:40]!r}: give best, last_good or a round index (0 to 999999999)")
     if store.is_locked(run_dir):
         raise UserError(f"{run_dir} is still running (another dsd2 process holds its lock): --round {choice} needs its whole curve")
     if not rundir.is_complete(cfg, len(rows), run_dir):
@@ -235,68 +236,82 @@ def import_plugins(plugins: list[str]) -> None:
 # ----------------------------------------------------------------------------- the folder
 
 
-def _prepare_target(out: Path, run_dir: Path, force: bool) -> None:
-    """Refuse a target that is a file, holds something other than an earlier export, or would
-    replace the run itself; a non-empty earlier export needs ``force``."""
+# The names an export writes; only these, and only when an earlier export's model.json vouches
+# for their bytes, may --force replace or remove (dsd2.outdir).
+EXPORT_NAMES = frozenset({MODEL_JSON, WEIGHTS, ONNX, ONNX + ".data"})
+_WHY_TAKEN = "move it away or give another -o; --force replaces only the files of an earlier dsd2 export"
+
+
+def _earlier_export(out: Path) -> set[str]:
+    """The files of an intact earlier export in ``out`` (its model.json included): those that
+    model.json lists with sha256 and that still match it; empty when there is none."""
+    path = out / MODEL_JSON
+    if not outdir.regular_file(path) or path.stat().st_size > _MAX_MODEL_JSON:
+        return set()
+    try:
+        info = json.loads(path.read_bytes())
+    except (ValueError, RecursionError):
+        return set()
+    files = info.get("files") if isinstance(info, dict) and info.get("format") == FORMAT else None
+    if not isinstance(files, dict) or WEIGHTS not in files:
+        return set()
+    listing = {name: entry.get("sha256") for name, entry in files.items() if isinstance(entry, dict)}
+    mine = outdir.owned(out, listing, EXPORT_NAMES.__contains__)
+    return mine | {MODEL_JSON} if mine == set(files) else set()
+
+
+def _prepare_target(out: Path, run_dir: Path, force: bool, names: list[str]) -> set[str]:
+    """Refuse a target that is a link, a file, inside a run directory or would replace the run
+    itself, or holds something that is not an intact earlier export; a non-empty folder needs
+    ``force``. Return the files of the earlier export there (what may be replaced)."""
     out_r, run_r = out.resolve(), run_dir.resolve()
     if out_r == run_r or run_r.is_relative_to(out_r) or out_r.is_relative_to(run_r):
         raise UserError(f"-o {out} overlaps the run directory {run_dir}: export to a folder outside it")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"-o {out} is a file: give a folder")
+    outdir.check_target(out)  # a link, a file, another run's folder
     if not out.is_dir() or not any(out.iterdir()):
-        return
+        return set()
     if not force:
         raise UserError(f"{out} is not empty: give another -o, or --force to replace the export there")
-    info = out / MODEL_JSON
+    ours = _earlier_export(out)
+    if not ours:
+        raise UserError(
+            f"{out} holds files that are not a dsd2 export (no {MODEL_JSON} of ours whose files match it): "
+            "--force replaces only an earlier export"
+        )
+    outdir.refuse_taken(out, names, ours, _WHY_TAKEN)
+    return ours
+
+
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    """meta.json, checked to be a regular file of sane size holding a mapping before it is read
+    (a FIFO would block the read, a directory or a list would end in a traceback)."""
+    path = run_dir / rundir.META
     try:
-        is_export = json.loads(info.read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        is_export = False
-    if not is_export:
-        raise UserError(f"{out} holds files that are not a dsd2 export (no {MODEL_JSON} of ours): --force replaces only an earlier export")
-
-
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out``, renamed over it when the block succeeds."""
-    out = out.resolve()  # "-o ." has no name to build a sibling from
+        st = os.stat(path)
+    except OSError:
+        raise UserError(f"{path} is missing: {run_dir} is not a dsd2 run directory (or is incomplete)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{path} is not a regular file: {run_dir} is not a dsd2 run directory as dsd2 wrote it")
+    if st.st_size > _MAX_MODEL_JSON:
+        raise UserError(f"{path} is {st.st_size:,} bytes, far more than dsd2 writes: it is not dsd2's")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as err:
-        raise UserError(f"cannot write in {out.parent}: {err.strerror or err}; choose a writable -o") from None
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~store._UMASK)  # mkdtemp makes 0700; an export is shared like any folder
-        _swap_in(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        meta = store.read_json(path)
+    except RecursionError:
+        meta = None
+    if not isinstance(meta, dict) or not isinstance(meta.get("data", {}), dict):
+        raise UserError(f"{path} is not a dsd2 meta.json (edited or corrupt): not exported")
+    return meta
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an earlier export there is moved aside first and deleted
-    after, or put back when the rename fails."""
-    aside = None
-    try:
-        if out.exists():
-            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, aside / "export")
-        os.replace(tmp, out)
-    except OSError as err:
-        if aside is not None and (aside / "export").exists() and not out.exists():
-            os.replace(aside / "export", out)
-        raise UserError(f"cannot write {out}: {err.strerror or err}") from None
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-
-
-def _check_config_unchanged(run_dir: Path, cfg: RunConfig) -> None:
+def _check_config_unchanged(run_dir: Path, cfg: RunConfig, meta: dict[str, Any]) -> None:
     """Refuse a config.yaml edited since the run recorded its digest in meta.json (as resume does):
     model.json would describe options the weights were not trained with."""
-    meta = store.read_json(run_dir / rundir.META)
-    recorded = meta.get("config_digest", meta.get("config_hash")) if isinstance(meta, dict) else None
-    if recorded is not None and cfg.digest() != recorded:
+    recorded = meta.get("config_digest", meta.get("config_hash"))
+    if not isinstance(recorded, str):  # a missing guard is a refusal, not a pass
+        raise UserError(
+            f"{run_dir / rundir.META} lacks the config digest that proves config.yaml unchanged (edited or corrupt): not exported"
+        )
+    if cfg.digest() != recorded:
         raise UserError(
             f"{run_dir / rundir.CONFIG} was edited after the run started (its digest is not the one in meta.json): not exported"
         )
@@ -328,8 +343,9 @@ def export_run(
 ) -> ExportResult:
     """Export the selected round of ``run_dir`` into the folder ``out`` (see the module doc)."""
     run_dir, out = Path(run_dir), Path(out)
+    meta = _read_meta(run_dir)
     cfg = rundir.read_config(run_dir)
-    _check_config_unchanged(run_dir, cfg)
+    _check_config_unchanged(run_dir, cfg, meta)
     rows = rundir.read_finished(run_dir).rows  # every finished round's manifest checked: a tampered run stops here
     idx, selection = select_round(run_dir, round, cfg, rows)
     if epoch not in ("last", "best_val"):
@@ -338,7 +354,7 @@ def export_run(
         raise UserError(f"round {idx} of {run_dir} kept only its last epoch: --epoch best_val needs a run with train.select_epoch=best_val")
     if structured and compressed:
         raise UserError("--structured writes smaller dense tensors, --compressed packs the zeros of dense ones: choose one")
-    _prepare_target(out, run_dir, force)
+    ours = _prepare_target(out, run_dir, force, [MODEL_JSON, WEIGHTS] + ([ONNX] if onnx else []))
     if onnx:
         _check_onnx_available()
     model, masks, _ = rundir.load_round_model(run_dir, idx)
@@ -356,7 +372,6 @@ def export_run(
         small, report = shrink.shrink(model, probe)
         shrunk = {**report.as_dict(), "shapes": shrink.module_shapes(small)}
     row = rows[idx]
-    meta = store.read_json(run_dir / rundir.META)
     info: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -384,7 +399,7 @@ def export_run(
             "run_dir": str(run_dir.resolve()),
             "run_name": cfg.name,
             "seed": cfg.seed,
-            "git_commit": meta.get("git_commit") if isinstance(meta, dict) else None,
+            "git_commit": meta.get("git_commit"),
             "config_sha256": store.sha256_file(run_dir / rundir.CONFIG),
             "round": _manifest_hashes(run_dir, idx),
         },
@@ -395,7 +410,7 @@ def export_run(
         info["structured"] = shrunk
         model, state = small, small.state_dict()
     max_diff = None
-    with _staging(out) as tmp:
+    with outdir.staging(out) as tmp:
         if compressed:
             tensors, shapes = compress(state, masks)
             store.save_tensors(tmp / WEIGHTS, tensors, {"dsd2_format": COMPRESSED, "dsd2_shapes": json.dumps(shapes)})
@@ -415,6 +430,7 @@ def export_run(
         info["dense_bytes"] = dense_bytes
         store.write_json(tmp / MODEL_JSON, info)
         files[MODEL_JSON] = (tmp / MODEL_JSON).stat().st_size
+        outdir.publish(tmp, out, ours, listing=MODEL_JSON, why=_WHY_TAKEN)
     return ExportResult(
         dir=out,
         round=idx,

@@ -52,9 +52,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Folders dsd2 owns while it writes them (a run or sweep directory, under its lock): no entry from
+# such a folder down to a file written there may be a symbolic link, or a planted link would
+# send config, states and manifests to wherever it points.
+_GUARDED: list[Path] = []
+
+
+def refuse_links(path: str | Path) -> None:
+    """Refuse ``path`` when it, or a folder between it and the guarded folder holding it, is a
+    symbolic link (one line naming the link)."""
+    p = Path(os.path.abspath(path))
+    for root in _GUARDED:
+        if p == root or not p.is_relative_to(root):
+            continue
+        cur = root
+        for part in p.relative_to(root).parts:
+            cur = cur / part
+            if os.path.islink(cur):
+                raise UserError(
+                    f"{cur} is a symbolic link inside {root} (to {os.readlink(cur)}): dsd2 does not write through links; "
+                    f"remove it (`rm {cur}`) and retry"
+                )
+
+
+def _first_link(run_dir: Path) -> Path | None:
+    """A symbolic link among the entries of ``run_dir`` and of its round folders, if any."""
+    for entry in sorted(run_dir.iterdir()):
+        if entry.is_symlink():
+            return entry
+        if entry.is_dir() and entry.name.startswith("round_"):
+            link = next((e for e in sorted(entry.iterdir()) if e.is_symlink()), None)
+            if link is not None:
+                return link
+    return None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + rename)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + rename); never through a
+    symbolic link inside a run directory (:func:`refuse_links`)."""
     path = Path(path)
+    refuse_links(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -298,6 +335,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive lock on a run directory: a second process on it gets a clear error (a child
     forked while it is held, e.g. a DataLoader worker, does not hold it)."""
     lock = run_dir / ".lock"
+    if os.path.islink(run_dir):
+        raise UserError(
+            f"{run_dir} is a symbolic link (to {os.readlink(run_dir)}): dsd2 writes a run only into a real folder; "
+            "remove the link, or give the folder it points to"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         # O_NOFOLLOW: a .lock planted as a symlink (a run folder from someone else) must not make
@@ -320,10 +362,20 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise UserError(f"{run_dir} is in use by another dsd2 process; wait for it to finish or stop it") from None
         _HELD_LOCKS.add(fd)
+        link = _first_link(run_dir)
+        if link is not None:
+            raise UserError(
+                f"{link} is a symbolic link inside the run directory (to {os.readlink(link)}): dsd2 does not read or write "
+                f"a run through links; remove it (`rm {link}`) and retry"
+            )
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         remove_stale_temp_files(run_dir)
-        yield
+        _GUARDED.append(Path(os.path.abspath(run_dir)))
+        try:
+            yield
+        finally:
+            _GUARDED.pop()
     finally:
         _HELD_LOCKS.discard(fd)
         os.close(fd)

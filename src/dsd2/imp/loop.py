@@ -180,8 +180,7 @@ def save_round(
     """Write the round's folder, its manifest last (from then on the round counts as finished),
     and drop its epoch checkpoint. ``best_state``: the best-validation epoch's weights
     (``train.select_epoch=best_val``), checksummed in the manifest beside the others."""
-    rd = rundir.round_dir(ctx.run_dir, row.round)
-    rd.mkdir(parents=True, exist_ok=True)
+    rd = rundir.round_dir(ctx.run_dir, row.round)  # made by the first write, which refuses a link there
     store.save_tensors(rd / "state.safetensors", state_dict_cpu(ctx.model))
     store.save_tensors(rd / "masks.safetensors", masks)
     adapter = _adapter_state(ctx)

@@ -1,8 +1,8 @@
 """One self-contained HTML report of a study (figures as data URIs; no external files).
 
 ``write_report(run_dirs, out_dir)`` writes ``out_dir/index.html`` plus the figures as PNG and
-SVG files under ``out_dir/figures/``. Every file is written atomically (temp file + rename),
-``index.html`` last. Every string that comes from a config, a file name or a CSV cell goes
+SVG files under ``out_dir/figures/``, built in a staging folder and moved in (:mod:`dsd2.outdir`):
+files an earlier report did not write (``.dsd2-report.json`` lists what it wrote) are never replaced. Every string that comes from a config, a file name or a CSV cell goes
 through :func:`esc` (``html.escape``, quotes included).
 """
 
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dsd2 import rundir
+from dsd2 import outdir, rundir, store
 from dsd2.errors import UserError
 from dsd2.report import figures as F
 from dsd2.report.data import RunData, RunGroup, group_runs, load_runs, teacher_of
@@ -565,10 +566,47 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: 
     if not run_dirs:
         raise UserError("no run directories given: pass one or more dsd2 run directories to report on")
     runs = load_runs(run_dirs)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory: choose another output folder")
-    page, _ = build_report(runs, out, title=title)
-    index = out / "index.html"
-    F.write_public(index, page.encode("utf-8"))
-    return index
+    return publish_report(Path(out_dir), lambda tmp: build_report(runs, tmp, title=title)[0])
+
+
+# What a report wrote into its folder (relative path -> sha256): what a later report may replace.
+REPORT_LISTING = ".dsd2-report.json"
+_WHY_TAKEN = "move it away or give another -o (a report replaces only the files of an earlier dsd2 report)"
+
+
+def _report_name(name: str) -> bool:
+    """The names a report writes: index.html and figures/<stem>.<png|svg|pdf>."""
+    if name == "index.html":
+        return True
+    folder, _, leaf = name.partition("/")
+    return folder == "figures" and "/" not in leaf and not leaf.startswith(".") and leaf.endswith((".png", ".svg", ".pdf"))
+
+
+def _earlier_report(out: Path) -> set[str]:
+    """The files of an earlier report in ``out`` that still match its listing (the listing included)."""
+    path = out / REPORT_LISTING
+    if not outdir.regular_file(path) or path.stat().st_size > 16 << 20:
+        return set()
+    try:
+        listing = json.loads(path.read_bytes())
+    except (ValueError, RecursionError):
+        return set()
+    files = listing.get("files") if isinstance(listing, dict) and listing.get("format") == "dsd2-report" else None
+    if not isinstance(files, dict):
+        return set()
+    return outdir.owned(out, files, _report_name) | {REPORT_LISTING}
+
+
+def publish_report(out: Path, page_for: Callable[[Path], str]) -> Path:
+    """Build the report in a staging folder (``page_for(folder)`` writes the figures there and
+    returns the HTML), then move it into ``out``: a file there that an earlier report did not
+    write (index.html, figures/*) is never replaced; everything else in ``out`` stays."""
+    outdir.check_target(out)
+    ours = _earlier_report(out) if out.is_dir() else set()
+    outdir.refuse_taken(out, ["index.html", REPORT_LISTING], ours, _WHY_TAKEN)  # before the figures are drawn
+    with outdir.staging(out) as tmp:
+        F.write_public(tmp / "index.html", page_for(tmp).encode("utf-8"))
+        files = outdir.files_under(tmp)
+        store.write_json(tmp / REPORT_LISTING, {"format": "dsd2-report", "files": {n: store.sha256_file(tmp / n) for n in files}})
+        outdir.publish(tmp, out, ours, listing=REPORT_LISTING, why=_WHY_TAKEN)
+    return out / "index.html"

@@ -147,24 +147,26 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
     by_point = store.read_csv(sweep_dir / "summary_by_point.csv") if (sweep_dir / "summary_by_point.csv").is_file() else []
     runs = sweep_runs(sweep_dir)
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
-    fig_dir = out / "figures"
-    written: list[Path] = []
-    parts = [f"<p>{len(info.get('cells', []))} cells: {H.esc(info.get('counts', {}))}</p>"]
-    if by_point:
-        parts.append(_summary_table(by_point))
-        for key in [k for k in grid_keys(by_point) if len({r[k] for r in by_point}) > 1]:
-            parts.append(H._figure_block(analysis_figure(by_point, key), fig_dir, f"sweep_{key}", f"Best fit vs {key}", written))
-    failed = [c for c in info.get("cells", []) if c.get("status") == "failed"]
-    if failed:
-        parts.append(
-            "<h3>Failed cells</h3>" + H._table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1))
+
+    def page_for(folder: Path) -> str:
+        fig_dir = folder / "figures"
+        written: list[Path] = []
+        parts = [f"<p>{len(info.get('cells', []))} cells: {H.esc(info.get('counts', {}))}</p>"]
+        if by_point:
+            parts.append(_summary_table(by_point))
+            for key in [k for k in grid_keys(by_point) if len({r[k] for r in by_point}) > 1]:
+                parts.append(H._figure_block(analysis_figure(by_point, key), fig_dir, f"sweep_{key}", f"Best fit vs {key}", written))
+        failed = [c for c in info.get("cells", []) if c.get("status") == "failed"]
+        if failed:
+            parts.append(
+                "<h3>Failed cells</h3>" + H._table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1))
+            )
+        page, _ = H.build_report(
+            runs,
+            folder,
+            title=title or f"dsd2 sweep {info.get('spec', {}).get('name', sweep_dir.name)}",
+            extra_sections=[("Sweep analysis (mean ± std over seeds)", "".join(parts))],
         )
-    page, _ = H.build_report(
-        runs,
-        out,
-        title=title or f"dsd2 sweep {info.get('spec', {}).get('name', sweep_dir.name)}",
-        extra_sections=[("Sweep analysis (mean ± std over seeds)", "".join(parts))],
-    )
-    index = out / "index.html"
-    F.write_public(index, page.encode("utf-8"))
-    return index
+        return page
+
+    return H.publish_report(out, page_for)

@@ -1,0 +1,395 @@
+"""Hostile folders and files around export, report and run: dsd2 replaces only what it wrote,
+never writes through a planted link, and refuses a doctored export in one line (exit 2),
+leaving every folder as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dsd2 import store
+from dsd2.cli import main
+from dsd2.errors import UserError
+from dsd2.exporting import read_info
+from dsd2.imp import run
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run: rounds 0..2."""
+    return run(tiny_config(), tmp_path_factory.mktemp("hostile"))
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    """A clean export of round 0 (copied by the tests that doctor it)."""
+    out = tmp_path_factory.mktemp("clean") / "model"
+    assert main(["export", str(tiny_run), "-o", str(out), "--round", "0"]) == 0
+    return out
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Every entry under ``root`` (links not followed): its kind and bytes or target."""
+    out: dict[str, object] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink():
+                out[rel] = ("link", os.readlink(p))
+            elif p.is_dir():
+                out[rel] = ("dir",)
+            else:
+                out[rel] = ("file", p.read_bytes())
+    return out
+
+
+def one_line_error(capsys, needle: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and needle in err, err
+    assert "Traceback" not in err and len(err.splitlines()) <= 4, err
+
+
+def user_folder(path: Path) -> Path:
+    """A folder of the user's: a thesis, a sub-folder with a file."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "thesis.txt").write_text("three years of work")
+    (path / "sub").mkdir(exist_ok=True)
+    (path / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    return path
+
+
+def planted_export(path: Path, files: dict[str, object]) -> Path:
+    """A model.json claiming ``path`` is a dsd2 export listing ``files``."""
+    (path / "model.json").write_text(json.dumps({"format": "dsd2-export", "format_version": 1, "files": files}))
+    return path
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- export -o
+
+
+def _planted_empty(tmp: Path) -> Path:
+    return planted_export(user_folder(tmp / "d"), {})
+
+
+def _planted_thesis(tmp: Path) -> Path:
+    d = user_folder(tmp / "d")
+    return planted_export(d, {"thesis.txt": {"sha256": sha(d / "thesis.txt"), "bytes": 19}})
+
+
+def _planted_weights(tmp: Path) -> Path:
+    """A model.safetensors of the user's and a model.json that names it with a wrong hash."""
+    d = user_folder(tmp / "d")
+    (d / "model.safetensors").write_bytes(b"my own weights")
+    return planted_export(d, {"model.safetensors": {"sha256": "0" * 64, "bytes": 14}})
+
+
+def _edited_export(tmp: Path, exported: Path) -> Path:
+    """An earlier export whose weights the user has since changed: no longer ours."""
+    d = tmp / "d"
+    shutil.copytree(exported, d)
+    (d / "model.safetensors").write_bytes(b"fine-tuned by hand")
+    return d
+
+
+def _linked_weights(tmp: Path, exported: Path) -> Path:
+    """An earlier export whose model.safetensors is a link to a file elsewhere."""
+    d = tmp / "d"
+    shutil.copytree(exported, d)
+    elsewhere = user_folder(tmp / "elsewhere") / "weights.bin"
+    shutil.copy(d / "model.safetensors", elsewhere)
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors").symlink_to(elsewhere)
+    return d
+
+
+def _dangling_link(tmp: Path) -> Path:
+    (tmp / "link").symlink_to(tmp / "nowhere" / "deep" / "model")
+    return tmp / "link"
+
+
+def _live_link(tmp: Path) -> Path:
+    (tmp / "link").symlink_to(user_folder(tmp / "target"))
+    return tmp / "link"
+
+
+def _other_run(tmp: Path, tiny_run: Path) -> Path:
+    other = tmp / "other_run"
+    shutil.copytree(tiny_run, other)
+    return other / "exports"
+
+
+@pytest.mark.parametrize(
+    "make, args, needle",
+    [
+        (_planted_empty, ["--force"], "not a dsd2 export"),
+        (_planted_thesis, ["--force"], "not a dsd2 export"),
+        (_planted_weights, ["--force"], "not a dsd2 export"),
+        (_planted_empty, [], "not empty"),
+        (lambda tmp: user_folder(tmp / "d"), ["--force"], "not a dsd2 export"),
+        ("edited", ["--force"], "not a dsd2 export"),
+        ("linked", ["--force"], "not a dsd2 export"),
+        (_dangling_link, [], "symbolic link"),
+        (_live_link, ["--force"], "symbolic link"),
+        ("other_run", [], "inside the run directory"),
+    ],
+)
+def test_export_never_touches_what_is_not_its_own(tiny_run, exported, tmp_path, capsys, make, args, needle):
+    if make == "edited":
+        out = _edited_export(tmp_path, exported)
+    elif make == "linked":
+        out = _linked_weights(tmp_path, exported)
+    elif make == "other_run":
+        out = _other_run(tmp_path, tiny_run)
+    else:
+        out = make(tmp_path)
+    before = snapshot(tmp_path)
+    assert main(["export", str(tiny_run), "-o", str(out), "--round", "1", *args]) == 2
+    one_line_error(capsys, needle)
+    assert snapshot(tmp_path) == before
+
+
+def test_export_dot_with_user_files_is_refused(tiny_run, tmp_path, capsys, monkeypatch):
+    d = planted_export(user_folder(tmp_path / "d"), {})
+    monkeypatch.chdir(d)
+    before = snapshot(tmp_path)
+    for args in ([], ["--force"]):
+        assert main(["export", str(tiny_run), "-o", ".", "--round", "1", *args]) == 2
+        one_line_error(capsys, "export")
+    assert snapshot(tmp_path) == before
+
+
+def test_force_replaces_only_the_earlier_exports_files(tiny_run, exported, tmp_path, capsys):
+    d = tmp_path / "d"
+    shutil.copytree(exported, d)
+    user_folder(d)
+    # an ONNX file of the earlier export (listed with its hash): stale once round 1 has none
+    (d / "model.onnx").write_bytes(b"onnx of round 0")
+    info = json.loads((d / "model.json").read_text())
+    info["files"]["model.onnx"] = {"bytes": 15, "sha256": sha(d / "model.onnx")}
+    (d / "model.json").write_text(json.dumps(info))
+    assert main(["export", str(tiny_run), "-o", str(d), "--round", "1", "--force"]) == 0
+    assert read_info(d)["round"] == 1
+    assert (d / "thesis.txt").read_text() == "three years of work"
+    assert (d / "sub" / "data.csv").read_text() == "a,b\n1,2\n"
+    assert not (d / "model.onnx").exists()  # ours, not written again: no stale ONNX beside the new weights
+    assert sorted(p.name for p in d.iterdir()) == ["model.json", "model.safetensors", "sub", "thesis.txt"]
+    capsys.readouterr()
+
+
+def test_export_into_an_empty_dot(tiny_run, tmp_path, capsys, monkeypatch):
+    (tmp_path / "d").mkdir()
+    monkeypatch.chdir(tmp_path / "d")
+    assert main(["export", str(tiny_run), "-o", ".", "--round", "0"]) == 0
+    assert read_info(tmp_path / "d")["round"] == 0
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["model.json", "model.safetensors"]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--round", "²"], "best, last_good"),
+        (["--round", "1" * 5000], "best, last_good"),
+    ],
+)
+def test_export_bad_round_text(tiny_run, tmp_path, capsys, args, needle):
+    assert main(["export", str(tiny_run), "-o", str(tmp_path / "x"), *args]) == 2
+    one_line_error(capsys, needle)
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_long_out_name(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "-o", str(tmp_path / ("x" * 300)), "--round", "0"]) == 2
+    one_line_error(capsys, "x" * 20)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "list", "nested", "no digest"])
+def test_export_refuses_a_bad_meta_json(tiny_run, tmp_path, capsys, kind):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    meta = run_dir / "meta.json"
+    if kind == "fifo":
+        meta.unlink()
+        os.mkfifo(meta)
+    elif kind == "dir":
+        meta.unlink()
+        meta.mkdir()
+    elif kind == "list":
+        meta.write_text("[]")
+    elif kind == "nested":
+        meta.write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        doc = json.loads(meta.read_text())
+        doc.pop("config_digest")
+        doc.pop("config_hash")
+        meta.write_text(json.dumps(doc))
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "x"), "--round", "0"]) == 2
+    one_line_error(capsys, "meta.json")
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- report -o
+
+
+def _report(run_dir: Path, out: Path) -> int:
+    return main(["report", str(run_dir), "-o", str(out)])
+
+
+def _user_index(tmp: Path) -> Path:
+    d = user_folder(tmp / "site")
+    (d / "index.html").write_text("<h1>my homepage</h1>")
+    return d
+
+
+def _user_figure(tmp: Path) -> Path:
+    d = user_folder(tmp / "site")
+    (d / "figures").mkdir()
+    (d / "figures" / "accuracy.png").write_bytes(b"my plot")
+    return d
+
+
+def _planted_report(tmp: Path) -> Path:
+    """A report listing that vouches for an index.html with the wrong hash."""
+    d = _user_index(tmp)
+    (d / ".dsd2-report.json").write_text(json.dumps({"format": "dsd2-report", "files": {"index.html": "0" * 64}}))
+    return d
+
+
+def _linked_figures(tmp: Path) -> Path:
+    d = user_folder(tmp / "site")
+    (d / "figures").symlink_to(user_folder(tmp / "elsewhere"))
+    return d
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (_user_index, "index.html was not written by dsd2"),
+        (_user_figure, "accuracy.png was not written by dsd2"),
+        (_planted_report, "index.html was not written by dsd2"),
+        (_linked_figures, "not a folder dsd2 made"),
+        (_dangling_link, "symbolic link"),
+        ("run_dir", "inside the run directory"),
+        ("in_run_dir", "inside the run directory"),
+    ],
+)
+def test_report_never_overwrites_what_is_not_its_own(tiny_run, tmp_path, capsys, make, needle):
+    if make in ("run_dir", "in_run_dir"):
+        run_dir = tmp_path / "run"
+        shutil.copytree(tiny_run, run_dir)
+        out = run_dir if make == "run_dir" else run_dir / "round_000" / "report"
+        target = run_dir
+    else:
+        out = make(tmp_path)
+        target = tmp_path
+    before = snapshot(tmp_path)
+    assert _report(target if make in ("run_dir", "in_run_dir") else tiny_run, out) == 2
+    one_line_error(capsys, needle)
+    assert snapshot(tmp_path) == before
+
+
+def test_report_rewrites_its_own_files_and_keeps_the_users(tiny_run, tmp_path, capsys):
+    d = user_folder(tmp_path / "site")
+    assert _report(tiny_run, d) == 0
+    first = snapshot(d)
+    assert "index.html" in first and "figures/accuracy.png" in first and ".dsd2-report.json" in first
+    (d / "figures" / "notes.txt").write_text("mine")
+    assert _report(tiny_run, d) == 0  # its own earlier report: replaced
+    assert (d / "thesis.txt").read_text() == "three years of work"
+    assert (d / "figures" / "notes.txt").read_text() == "mine"
+    (d / "index.html").write_text("<h1>edited by hand</h1>")  # now the user's
+    before = snapshot(tmp_path)
+    assert _report(tiny_run, d) == 2
+    one_line_error(capsys, "index.html was not written by dsd2")
+    assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- run --out
+
+
+def _run_cli(out: Path, *args: str) -> int:
+    from conftest import TINY
+
+    return main(["run", "tiny_mnist1d", *TINY, "--out", str(out), "-q", *args])
+
+
+def _linked_run_dir(tmp: Path, run_id: str) -> Path:
+    """OUT/<run-id> planted as a link to a folder of the user's."""
+    (tmp / "out").mkdir()
+    (tmp / "out" / run_id).symlink_to(user_folder(tmp / "victim"))
+    return tmp / "out"
+
+
+def _dangling_run_dir(tmp: Path, run_id: str) -> Path:
+    (tmp / "out").mkdir()
+    (tmp / "out" / run_id).symlink_to(tmp / "nowhere" / "deep")
+    return tmp / "out"
+
+
+def _linked_round(tmp: Path, run_id: str, tiny_run: Path, name: str = "round_002", dangling: bool = False) -> Path:
+    """A copy of a finished run with one of its entries replaced by a link."""
+    shutil.copytree(tiny_run, tmp / "out" / run_id)
+    entry = tmp / "out" / run_id / name
+    target = tmp / "victim" / name.replace("/", "_")
+    if not dangling:
+        user_folder(tmp / "victim")
+        shutil.move(entry, target)
+    if entry.is_dir():
+        shutil.rmtree(entry)
+    elif entry.exists():
+        entry.unlink()
+    entry.symlink_to(target)
+    return tmp / "out"
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["run dir link", "run dir dangling", "round link", "round dangling", "table link", "round file link"],
+)
+def test_run_never_writes_through_a_planted_link(tiny_run, tmp_path, capsys, case):
+    run_id = tiny_config().run_id()
+    if case == "run dir link":
+        out = _linked_run_dir(tmp_path, run_id)
+    elif case == "run dir dangling":
+        out = _dangling_run_dir(tmp_path, run_id)
+    elif case == "round link":
+        out = _linked_round(tmp_path, run_id, tiny_run, "round_002")
+    elif case == "round dangling":
+        out = _linked_round(tmp_path, run_id, tiny_run, "round_002", dangling=True)
+    elif case == "table link":
+        out = _linked_round(tmp_path, run_id, tiny_run, "rounds.csv")
+    else:
+        out = _linked_round(tmp_path, run_id, tiny_run, "round_001/metrics.json")
+    before = snapshot(tmp_path)
+    assert _run_cli(out) == 2
+    one_line_error(capsys, "symbolic link")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_link_planted_during_a_run_is_refused_at_the_write(tmp_path):
+    """The per-write guard: a round folder that became a link after the lock was taken."""
+    run_dir = tmp_path / "run"
+    victim = user_folder(tmp_path / "victim")
+    before = snapshot(victim)
+    with store.run_lock(run_dir):
+        (run_dir / "round_000").symlink_to(victim)
+        with pytest.raises(UserError, match="round_000 is a symbolic link"):
+            store.write_json(run_dir / "round_000" / "metrics.json", {})
+        with pytest.raises(UserError, match="symbolic link"):
+            store.save_tensors(run_dir / "round_000", {})
+    store.write_json(victim / "other.json", {})  # outside a locked run folder: the user's own links are theirs
+    (victim / "other.json").unlink()
+    assert snapshot(victim) == before
