@@ -22,7 +22,7 @@ LAYERS = [
     {"plugins"},
     {"registry"},
     {"config", "store", "threads", "distributed"},
-    {"data", "noise", "models", "prune", "checkpoint", "shrink"},
+    {"data", "noise", "models", "prune", "checkpoint", "shrink", "outdir"},
     {"train", "entropy", "flops", "phases"},
     {"rundir"},
     {"compare", "runs"},
