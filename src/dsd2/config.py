@@ -326,6 +326,9 @@ class PruneConfig(_Section):
         None, description=f"How many weights each layer loses (None: the method's own): {PRUNING_ALLOCATIONS.describe()}."
     )
     score_batches: int = Field(8, ge=1, description="Training batches (noisy labels) the gradient criteria average over.")
+    min_channels: int = Field(
+        1, ge=1, description="Structured (channel*) allocations: every pruned layer keeps at least this many output channels."
+    )
     slimming_lambda: float = Field(
         0.0, ge=0.0, description="Network slimming's L1 penalty on every BatchNorm scale γ during training (e.g. 1e-4; 0: none)."
     )

@@ -128,7 +128,7 @@ def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: 
         return next_masks(p.method, ctx.weights, masks, rate, gen)
     grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
     inputs = ScoreInputs(masks, gen, grads, ctx.model)
-    return prune_with(*pair, ctx.weights, masks, rate, inputs=inputs, density=density)
+    return prune_with(*pair, ctx.weights, masks, rate, inputs=inputs, density=density, min_channels=p.min_channels)
 
 
 def iterative_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
