@@ -342,7 +342,7 @@ class PruneConfig(_Section):
     rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
     schedule: PruningScheduleName = Field("iterative", description=f"Pruning schedule: {PRUNING_SCHEDULES.describe()}.")
     gradual_start: int = Field(0, ge=0, description="gradual: the first epoch (0-based) after which it prunes (Zhu & Gupta's t0).")
-    gradual_end: int | None = Field(None, ge=0, description="gradual: the epoch after which the target is reached (None: the last).")
+    gradual_end: int | None = Field(None, ge=0, description="gradual: last epoch that prunes (None: leave the last quarter to train).")
     targets: list[float] = Field(
         [], description="one_shot / gradual: round i's target sparsity is targets[i-1] (empty: IMP's 1-(1-rate)^i)."
     )
