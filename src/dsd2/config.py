@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from dsd2 import registry
 from dsd2.errors import UserError
+from dsd2.layer_defaults import with_model_prune_defaults
 from dsd2.plugins import check_module_name, load_plugins, merge
 from dsd2.registry import (
     OPTIMIZERS,
@@ -473,6 +474,11 @@ class RunConfig(_Section):
         elif names is None:
             load_plugins()  # the entry points still load: they register names a config may use
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_prune_defaults(cls, data: Any) -> Any:
+        return with_model_prune_defaults(data)  # the ViT keeps its patch embedding and head dense unless told
 
     @field_validator("plugins")
     @classmethod
