@@ -327,6 +327,9 @@ class PruneConfig(_Section):
         None, description=f"How many weights each layer loses (None: the method's own): {PRUNING_ALLOCATIONS.describe()}."
     )
     score_batches: int = Field(8, ge=1, description="Training batches (noisy labels) the gradient criteria average over.")
+    score_batchnorm: Literal["running", "batch"] = Field(
+        "running", description="BatchNorm in the gradient criteria: running statistics (eval mode) or each batch's (train mode)."
+    )
     min_channels: int = Field(
         1, ge=1, description="Structured (channel*) allocations: every pruned layer keeps at least this many output channels."
     )

@@ -104,10 +104,13 @@ class GradientSource:
 
     ``batches()`` yields ``(inputs, labels)``: the same batches every call (the caller seeds
     them). The gradient is the mean over those batches of the gradient of each batch's mean loss,
-    taken in eval mode (BatchNorm statistics stay put, dropout is off: deterministic) with
-    ``torch.autograd.grad`` (the parameters' ``.grad`` are left alone). ``init_state`` (a state
-    dict of the initial weights) is needed by SNIP only: :meth:`at_init` loads it, masks it,
-    takes the gradient there and puts the model's state back.
+    taken in eval mode (dropout is off: deterministic) with ``torch.autograd.grad`` (the
+    parameters' ``.grad`` are left alone). ``batchnorm``: ``"running"`` normalises with the
+    BatchNorm running statistics (eval mode); ``"batch"`` puts the BatchNorm layers alone in
+    training mode, so each batch is normalised with its own statistics, as a network in training
+    mode is; their running statistics are put back afterwards. ``init_state`` (a state dict of the
+    initial weights) is needed by SNIP only: :meth:`at_init` loads it, masks it, takes the
+    gradient there and puts the model's state back.
     """
 
     def __init__(
@@ -117,8 +120,12 @@ class GradientSource:
         batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         init_state: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+        batchnorm: str = "running",
     ) -> None:
+        if batchnorm not in ("running", "batch"):
+            raise ValueError(f"batchnorm must be 'running' or 'batch', got {batchnorm!r}")
         self.model, self.weights, self.batches, self.init_state = model, weights, batches, init_state
+        self.batchnorm = batchnorm
         self.loss = loss or (lambda logits, y: nn.functional.cross_entropy(logits.float(), y))
 
     def gradients(self) -> Scores:
@@ -129,12 +136,20 @@ class GradientSource:
         count = 0
         was_training = self.model.training
         self.model.eval()
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if self.batchnorm == "batch" else []
+        kept = [{k: b.detach().clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+        for m in norms:
+            m.train()  # batch statistics; the forward updates the running ones, put back below
         try:
             for x, y in self.batches():
                 grads = torch.autograd.grad(self.loss(self.model(x), y), params)
                 total = [g.detach().float() for g in grads] if total is None else [t + g.float() for t, g in zip(total, grads)]
                 count += 1
         finally:
+            with torch.no_grad():
+                for m, buffers in zip(norms, kept):
+                    for k, b in m.named_buffers(recurse=False):
+                        b.copy_(buffers[k])
             self.model.train(was_training)
         if total is None:
             raise ValueError("the gradient criteria need at least one batch of training data")

@@ -232,8 +232,9 @@ def _gradual(ctx: RunContext, round_idx: int) -> bool:
 def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
     """The training-loss gradients the gradient criteria score with: cross-entropy on the noisy
     labels of the first ``prune.score_batches`` batches of a shuffled epoch drawn from the round's
-    own seed (the same batches on every rank and on a resumed run), taken in eval mode on the
-    model itself (not a DDP wrapper); SNIP reads the run's initial weights (init.safetensors)."""
+    own seed (the same batches on every rank and on a resumed run), taken in eval mode (BatchNorm
+    as ``prune.score_batchnorm`` says) on the model itself (not a DDP wrapper); SNIP reads the
+    run's initial weights (init.safetensors)."""
     src, p = ctx.train_batches, ctx.cfg.prune
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -246,7 +247,7 @@ def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
     def init_state() -> dict[str, torch.Tensor]:
         return store.load_tensors(ctx.run_dir / "init.safetensors")
 
-    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state)
+    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state, batchnorm=p.score_batchnorm)
 
 
 def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:
