@@ -93,6 +93,24 @@ def test_channel_masks_are_unchanged_until_the_old_allocation_would_empty_a_laye
     assert [int(alive_rows(old[n]).sum()) for n in w] == [5, 0] and [int(alive_rows(new[n]).sum()) for n in w] == [4, 1]
 
 
+def test_the_capped_choice_is_the_greedy_one_in_score_order():
+    from dsd2.prune import _drop_capped
+
+    g = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        n = int(torch.randint(1, 40, (1,), generator=g))
+        scores = torch.randint(0, 6, (n,), generator=g).float()  # ties on purpose
+        eligible = torch.rand(n, generator=g) < 0.8
+        layer = torch.randint(0, 4, (n,), generator=g)
+        caps = torch.randint(0, 5, (4,), generator=g)
+        n_drop = int(torch.randint(0, n + 1, (1,), generator=g))
+        want, taken, left = eligible.clone(), [0] * 4, n_drop
+        for i in sorted(eligible.nonzero().flatten().tolist(), key=lambda i: (float(scores[i]), i)):
+            if left and taken[layer[i]] < caps[layer[i]]:  # lowest score first, ties by position
+                want[i], taken[layer[i]], left = False, taken[layer[i]] + 1, left - 1
+        assert torch.equal(_drop_capped(scores, eligible, layer, caps, n_drop), want)
+
+
 @pytest.mark.parametrize("allocation", CHANNEL_ALLOCATIONS)
 @pytest.mark.parametrize("min_channels", [1, 3])
 def test_the_floor_holds_at_extreme_sparsity(allocation, min_channels):

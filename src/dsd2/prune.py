@@ -376,10 +376,13 @@ def _drop_capped(scores: torch.Tensor, eligible: torch.Tensor, layer: torch.Tens
         return new
     idx = eligible.nonzero().squeeze(1)
     order = idx[torch.sort(scores[idx], stable=True).indices]
-    # rank of each candidate within its own layer, in score order
-    onehot = nn.functional.one_hot(layer[order], len(caps))
-    rank = (onehot.cumsum(0) - 1).gather(1, layer[order].view(-1, 1)).squeeze(1)
-    allowed = order[rank < caps[layer[order]]]
+    # rank of each candidate within its own layer, in score order: group by layer (stable), count
+    group = layer[order]
+    by_layer = torch.sort(group, stable=True).indices
+    counts = torch.bincount(group, minlength=len(caps))
+    rank = torch.empty_like(group)
+    rank[by_layer] = torch.arange(len(group)) - (torch.cumsum(counts, 0) - counts)[group[by_layer]]
+    allowed = order[rank < caps[group]]
     new[allowed[:n_drop]] = False
     return new
 
