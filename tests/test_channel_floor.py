@@ -206,3 +206,16 @@ def test_channel_allocations_with_min_channels_in_a_run_config(tmp_path):
     assert sorted(int(alive_rows(m).sum()) for m in masks.values()) == [12, 12]  # 16 -> 13 -> 12 (the floor)
     with pytest.raises(Exception, match="min_channels"):
         tiny_config("prune.min_channels=0")
+
+
+def test_a_run_the_floor_blocks_stops_with_a_clear_error_and_keeps_its_rounds(tmp_path):
+    # 32 hidden channels at rate 0.9: 32 -> 3 -> 2 (one per layer) -> round 3 can remove none
+    cfg = tiny_config(
+        "prune.criterion=magnitude", "prune.allocation=channel", "prune.include_classifier=false", "prune.rate=0.9", "prune.rounds=3"
+    )
+    with pytest.raises(UserError, match="no channel can be removed"):
+        imp.run(cfg, tmp_path)
+    run_dir = tmp_path / cfg.run_id()
+    assert [r["round"] for r in store.read_csv(run_dir / "rounds.csv")] == [0, 1, 2]
+    masks = store.load_tensors(store.round_dir(run_dir, 2) / "masks.safetensors")
+    assert [int(alive_rows(m).sum()) for m in masks.values()] == [1, 1]
