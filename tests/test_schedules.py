@@ -106,12 +106,23 @@ def test_gradual_follows_the_cubic_schedule_and_ends_at_the_target(tmp_path):
     for i in (1, 2):
         target = 1 - (1 - cfg.prune.rate) ** i
         got = [s for r, s in seen if r == i]
-        want = [imp.gmp_sparsity(target, e, 0, 3) for e in range(4)]
-        assert got == pytest.approx(want, abs=1.5 / total)
+        # default window: epochs 0..2 prune, the last epoch trains at the target (Zhu & Gupta)
+        want = [imp.gmp_sparsity(target, e, 0, 2) for e in range(4)]
+        assert got == pytest.approx(want, abs=1.5 / total) and got[-1] == got[-2]
     rows = load_rows(run_dir)
     assert [r["sparsity"] for r in rows] == pytest.approx([0.0, 0.5, 0.75], abs=1.5 / total)
     decide(rows, "plain")
     assert CliRunner().invoke(app, ["show", str(run_dir)]).exit_code == 0
+
+
+def test_gradual_window_leaves_training_after_the_last_pruning_step_by_default():
+    from dsd2.imp.modes import gradual_window
+
+    window = {e: gradual_window(tiny_config("prune.schedule=gradual"), e) for e in (1, 2, 4, 8, 60, 160)}
+    assert window == {1: (0, 0), 2: (0, 0), 4: (0, 2), 8: (0, 5), 60: (0, 44), 160: (0, 119)}
+    # an explicit end is kept (the old default, the last epoch, included) and a late start is clipped to it
+    assert gradual_window(tiny_config("prune.schedule=gradual", "prune.gradual_end=59"), 60) == (0, 59)
+    assert gradual_window(tiny_config("prune.schedule=gradual", "prune.gradual_start=50"), 60) == (44, 44)
 
 
 def test_gradual_needs_lr_rewind():

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from dsd2 import registry
 from dsd2.errors import UserError
+from dsd2.layer_defaults import with_model_prune_defaults
 from dsd2.plugins import check_module_name, load_plugins, merge
 from dsd2.registry import (
     OPTIMIZERS,
@@ -326,6 +327,12 @@ class PruneConfig(_Section):
         None, description=f"How many weights each layer loses (None: the method's own): {PRUNING_ALLOCATIONS.describe()}."
     )
     score_batches: int = Field(8, ge=1, description="Training batches (noisy labels) the gradient criteria average over.")
+    score_batchnorm: Literal["running", "batch"] = Field(
+        "running", description="BatchNorm in the gradient criteria: running statistics (eval mode) or each batch's (train mode)."
+    )
+    min_channels: int = Field(
+        1, ge=1, description="Structured (channel*) allocations: every pruned layer keeps at least this many output channels."
+    )
     slimming_lambda: float = Field(
         0.0, ge=0.0, description="Network slimming's L1 penalty on every BatchNorm scale γ during training (e.g. 1e-4; 0: none)."
     )
@@ -339,7 +346,7 @@ class PruneConfig(_Section):
     rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
     schedule: PruningScheduleName = Field("iterative", description=f"Pruning schedule: {PRUNING_SCHEDULES.describe()}.")
     gradual_start: int = Field(0, ge=0, description="gradual: the first epoch (0-based) after which it prunes (Zhu & Gupta's t0).")
-    gradual_end: int | None = Field(None, ge=0, description="gradual: the epoch after which the target is reached (None: the last).")
+    gradual_end: int | None = Field(None, ge=0, description="gradual: last epoch that prunes (None: leave the last quarter to train).")
     targets: list[float] = Field(
         [], description="one_shot / gradual: round i's target sparsity is targets[i-1] (empty: IMP's 1-(1-rate)^i)."
     )
@@ -470,6 +477,11 @@ class RunConfig(_Section):
         elif names is None:
             load_plugins()  # the entry points still load: they register names a config may use
         return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_prune_defaults(cls, data: Any) -> Any:
+        return with_model_prune_defaults(data)  # the ViT keeps its patch embedding and head dense unless told
 
     @field_validator("plugins")
     @classmethod

@@ -17,7 +17,9 @@ A pruning step is two composable choices (docs/pruning.md):
 - an *allocation* (:data:`dsd2.registry.PRUNING_ALLOCATIONS`) turns scores into the next masks:
   ``allocation(scores, masks, rate, density) -> masks``: one threshold over all layers (global),
   the same fraction of every layer (uniform), or Erdős–Rényi-Kernel layer densities (erk), which
-  aims at the round's target ``density`` of the whole set.
+  aims at the round's target ``density`` of the whole set; the structured ones remove whole
+  output channels (channel, channel_uniform, channel_normalised) and keep ``min_channels`` of
+  every layer, so the model is never cut in two.
 
 The registered pruning *methods* (``prune.method``: ``method(weights, masks, rate, generator)``)
 are the reference's pairs, bit-identical to their earlier one-piece implementations:
@@ -102,10 +104,13 @@ class GradientSource:
 
     ``batches()`` yields ``(inputs, labels)``: the same batches every call (the caller seeds
     them). The gradient is the mean over those batches of the gradient of each batch's mean loss,
-    taken in eval mode (BatchNorm statistics stay put, dropout is off: deterministic) with
-    ``torch.autograd.grad`` (the parameters' ``.grad`` are left alone). ``init_state`` (a state
-    dict of the initial weights) is needed by SNIP only: :meth:`at_init` loads it, masks it,
-    takes the gradient there and puts the model's state back.
+    taken in eval mode (dropout is off: deterministic) with ``torch.autograd.grad`` (the
+    parameters' ``.grad`` are left alone). ``batchnorm``: ``"running"`` normalises with the
+    BatchNorm running statistics (eval mode); ``"batch"`` puts the BatchNorm layers alone in
+    training mode, so each batch is normalised with its own statistics, as a network in training
+    mode is; their running statistics are put back afterwards. ``init_state`` (a state dict of the
+    initial weights) is needed by SNIP only: :meth:`at_init` loads it, masks it, takes the
+    gradient there and puts the model's state back.
     """
 
     def __init__(
@@ -115,8 +120,12 @@ class GradientSource:
         batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
         loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         init_state: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+        batchnorm: str = "running",
     ) -> None:
+        if batchnorm not in ("running", "batch"):
+            raise ValueError(f"batchnorm must be 'running' or 'batch', got {batchnorm!r}")
         self.model, self.weights, self.batches, self.init_state = model, weights, batches, init_state
+        self.batchnorm = batchnorm
         self.loss = loss or (lambda logits, y: nn.functional.cross_entropy(logits.float(), y))
 
     def gradients(self) -> Scores:
@@ -127,12 +136,20 @@ class GradientSource:
         count = 0
         was_training = self.model.training
         self.model.eval()
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if self.batchnorm == "batch" else []
+        kept = [{k: b.detach().clone() for k, b in m.named_buffers(recurse=False)} for m in norms]
+        for m in norms:
+            m.train()  # batch statistics; the forward updates the running ones, put back below
         try:
             for x, y in self.batches():
                 grads = torch.autograd.grad(self.loss(self.model(x), y), params)
                 total = [g.detach().float() for g in grads] if total is None else [t + g.float() for t, g in zip(total, grads)]
                 count += 1
         finally:
+            with torch.no_grad():
+                for m, buffers in zip(norms, kept):
+                    for k, b in m.named_buffers(recurse=False):
+                        b.copy_(buffers[k])
             self.model.train(was_training)
         if total is None:
             raise ValueError("the gradient criteria need at least one batch of training data")
@@ -320,32 +337,166 @@ def slimming_scores(weights: Mapping[str, torch.Tensor], inputs: ScoreInputs) ->
     return out
 
 
-def channel_allocation(
-    scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor], rate: float, density: float | None = None
-) -> Masks:
-    """Structured: remove round(rate · alive channels) whole output channels (rows of dim 0) of
-    lowest mean alive score over all layers. A channel is alive while any of its weights is; one
-    whose score is not finite is never removed (slimming: layers without BatchNorm)."""
-    names = list(scores)
-    unit_scores, unit_alive = [], []
-    for n in names:
+@dataclass
+class _Channels:
+    """One layer's output channels (rows of dim 0) as a structured allocation sees them: the mean
+    score of each channel's alive weights, which channels are alive (any weight kept), and which
+    may be removed (alive with a finite score: slimming scores layers without BatchNorm +inf)."""
+
+    score: torch.Tensor
+    alive: torch.Tensor
+    eligible: torch.Tensor
+
+    def removable(self, min_channels: int) -> int:
+        """How many channels may still go: the layer keeps ``min_channels`` alive channels (or
+        what it has, if fewer), so a channel allocation never empties a layer."""
+        return max(0, min(int(self.eligible.sum()), int(self.alive.sum()) - min_channels))
+
+
+def _channels(scores: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor]) -> dict[str, _Channels]:
+    out: dict[str, _Channels] = {}
+    for n in scores:
         m = masks[n].flatten(1).cpu() if masks[n].dim() > 1 else masks[n].view(-1, 1).cpu()
         sc = scores[n].reshape(m.shape)
         alive = m.any(1)
         mean = (sc * m).sum(1) / m.sum(1).clamp(min=1)
         finite = torch.isfinite(sc).all(1)
-        unit_scores.append(torch.where(finite, mean, torch.zeros_like(mean)))
-        unit_alive.append(alive & finite)
-    flat_alive = torch.cat(unit_alive)
-    keep = _drop_smallest(torch.cat(unit_scores), flat_alive, round(rate * int(flat_alive.sum())))
+        out[n] = _Channels(torch.where(finite, mean, torch.zeros_like(mean)), alive, alive & finite)
+    return out
+
+
+def _drop_capped(scores: torch.Tensor, eligible: torch.Tensor, layer: torch.Tensor, caps: torch.Tensor, n_drop: int) -> torch.Tensor:
+    """``eligible`` minus the ``n_drop`` eligible entries of lowest score such that no more than
+    ``caps[l]`` go from layer l (``layer``: each entry's layer index); stable ties by position.
+
+    Greedy in score order, which is the lowest-score choice under per-layer caps; when no cap
+    binds it is exactly :func:`_drop_smallest` (the masks of the allocation before the floor)."""
+    new = eligible.clone()
+    if n_drop <= 0:
+        return new
+    idx = eligible.nonzero().squeeze(1)
+    order = idx[torch.sort(scores[idx], stable=True).indices]
+    # rank of each candidate within its own layer, in score order: group by layer (stable), count
+    group = layer[order]
+    by_layer = torch.sort(group, stable=True).indices
+    counts = torch.bincount(group, minlength=len(caps))
+    rank = torch.empty_like(group)
+    rank[by_layer] = torch.arange(len(group)) - (torch.cumsum(counts, 0) - counts)[group[by_layer]]
+    allowed = order[rank < caps[group]]
+    new[allowed[:n_drop]] = False
+    return new
+
+
+def _floor_blocked(requested: int, removed: int, min_channels: int) -> None:
+    if requested > 0 and removed == 0:
+        raise UserError(
+            f"no channel can be removed: every pruned layer is down to prune.min_channels={min_channels} output channel(s). "
+            "The finished rounds are the curve; for more rounds start a new run with a lower prune.rate or fewer layers "
+            "pruned (prune.include / prune.exclude)"
+        )
+
+
+def _rows_to_masks(masks: Mapping[str, torch.Tensor], channels: Mapping[str, _Channels], keep: Mapping[str, torch.Tensor]) -> Masks:
+    """New masks: every row of ``masks`` whose channel is removed (eligible, not in ``keep``) emptied."""
     out: Masks = {}
-    start = 0
-    for n, alive in zip(names, unit_alive):
-        rows = keep[start : start + alive.numel()] | ~alive  # channels not eligible keep their mask
-        start += alive.numel()
+    for n, ch in channels.items():
+        rows = keep[n] | ~ch.eligible  # channels not eligible keep their mask
         shape = (-1,) + (1,) * (masks[n].dim() - 1)
         out[n] = masks[n] & rows.view(shape).to(masks[n].device)
     return out
+
+
+def _global_channels(
+    channels: Mapping[str, _Channels], masks: Mapping[str, torch.Tensor], rate: float, min_channels: int, normalise: bool
+) -> Masks:
+    names = list(channels)
+    scores = [channels[n].score for n in names]
+    if normalise:
+        # each channel relative to its layer's mean alive-channel score: removes the layers' scale
+        # (|w| at init ~ 1/sqrt(fan_in)) and does not depend on the layer's width
+        scores = [_per_layer_normalised(channels[n]) for n in names]
+    eligible = torch.cat([channels[n].eligible for n in names])
+    layer = torch.cat([torch.full((channels[n].score.numel(),), i, dtype=torch.long) for i, n in enumerate(names)])
+    caps = torch.tensor([channels[n].removable(min_channels) for n in names], dtype=torch.long)
+    requested = round(rate * int(eligible.sum()))
+    keep = _drop_capped(torch.cat(scores), eligible, layer, caps, requested)
+    _floor_blocked(requested, int((eligible & ~keep).sum()), min_channels)
+    return _rows_to_masks(masks, channels, dict(zip(names, keep.split([channels[n].score.numel() for n in names]))))
+
+
+def _per_layer_normalised(ch: _Channels) -> torch.Tensor:
+    mean = ch.score[ch.eligible].mean() if ch.eligible.any() else torch.tensor(0.0)
+    return ch.score / mean if float(mean) > 0 else ch.score
+
+
+def channel_allocation(
+    scores: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    rate: float,
+    density: float | None = None,
+    *,
+    min_channels: int = 1,
+) -> Masks:
+    """Structured: remove round(rate · alive channels) whole output channels (rows of dim 0) of
+    lowest mean alive score over all layers (one ranking: network slimming's global |γ| threshold).
+    A channel is alive while any of its weights is; one whose score is not finite is never removed
+    (slimming: layers without BatchNorm). Every layer keeps ``min_channels`` alive channels: the
+    lowest channels of a layer at its floor are passed over for the next ones elsewhere."""
+    return _global_channels(_channels(scores, masks), masks, rate, min_channels, normalise=False)
+
+
+def channel_normalised_allocation(
+    scores: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    rate: float,
+    density: float | None = None,
+    *,
+    min_channels: int = 1,
+) -> Masks:
+    """:func:`channel_allocation` on scores normalised per layer: each channel's mean score divided
+    by the mean over its layer's alive channels, so a layer's scale (fan-in) does not decide which
+    layer loses channels; the floor as there."""
+    return _global_channels(_channels(scores, masks), masks, rate, min_channels, normalise=True)
+
+
+def channel_uniform_allocation(
+    scores: Mapping[str, torch.Tensor],
+    masks: Mapping[str, torch.Tensor],
+    rate: float,
+    density: float | None = None,
+    *,
+    min_channels: int = 1,
+) -> Masks:
+    """Structured, per layer (Li et al. 2017, L1-norm filter pruning with ``magnitude``): every layer
+    l loses round(rate · eligible channels_l) of its own channels of lowest mean score (the L1 norm
+    over the filter's size: the same order within a layer), down to ``min_channels``."""
+    channels = _channels(scores, masks)
+    keep: dict[str, torch.Tensor] = {}
+    requested = removed = 0
+    for n, ch in channels.items():
+        want = round(rate * int(ch.eligible.sum()))
+        n_drop = min(want, ch.removable(min_channels))
+        keep[n] = _drop_smallest(ch.score, ch.eligible, n_drop)
+        requested, removed = requested + want, removed + n_drop
+    _floor_blocked(requested, removed, min_channels)
+    return _rows_to_masks(masks, channels, keep)
+
+
+def check_layers_alive(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> None:
+    """A structured allocation must leave every layer an output channel: a layer with none cuts the
+    model in two (its output is constant, and training goes on). Raises UserError naming the layer."""
+    for n, m in after.items():
+        if alive_rows(m).any():
+            continue
+        if not alive_rows(before[n]).any():
+            raise UserError(
+                f"layer {n} has no output channel left in the masks this round starts from (made by a dsd2 without "
+                "prune.min_channels): the model is cut in two. Start a new run of this config"
+            )
+        raise UserError(
+            f"the allocation removed every output channel of layer {n}: the model would be cut in two. "
+            "Use a built-in channel allocation (they keep prune.min_channels per layer) or fix the allocation"
+        )
 
 
 def batchnorm_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> tuple[dict[str, nn.Parameter], Masks]:
@@ -408,12 +559,22 @@ def prune_with(
     *,
     inputs: ScoreInputs | None = None,
     density: float | None = None,
+    min_channels: int = 1,
 ) -> Masks:
-    """The next masks: scores of the registered ``criterion``, removed as the registered ``allocation`` says."""
+    """The next masks: scores of the registered ``criterion``, removed as the registered ``allocation`` says.
+
+    A structured allocation never leaves a layer without an output channel: the built-in ones keep
+    ``min_channels`` per layer, and any structured allocation's result is checked (UserError)."""
     _check(weights, masks, rate)
     inputs = inputs if inputs is not None else ScoreInputs(masks)
     scores = PRUNING_CRITERIA.get(criterion)(weights, inputs)
-    return PRUNING_ALLOCATIONS.get(allocation)(scores, masks, rate, density)
+    meta: Mapping[str, Any] = PRUNING_ALLOCATIONS.metadata(allocation)
+    # the built-in channel allocations take the per-layer floor; a plugin's gets the plain call
+    extra = {"min_channels": min_channels} if meta.get("min_channels") else {}
+    new = PRUNING_ALLOCATIONS.get(allocation)(scores, masks, rate, density, **extra)
+    if meta.get("structured"):
+        check_layers_alive(masks, new)
+    return new
 
 
 def global_magnitude_masks(

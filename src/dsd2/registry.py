@@ -402,12 +402,24 @@ _builtin(
         ("erk", "erk_allocation", "Erdős–Rényi-Kernel layer densities for the round's target sparsity 1-(1-rate)^round"),
     ],
 )
-# structured=True: whole output channels go, and the BatchNorm γ/β of a removed channel are masked too
-PRUNING_ALLOCATIONS.register(
-    "channel",
-    Lazy("dsd2.prune:channel_allocation"),
-    metadata={"description": "structured: `rate` of the alive output channels, lowest mean score first", "structured": True},
-)
+# structured=True: whole output channels go, and the BatchNorm γ/β of a removed channel are masked too;
+# min_channels=True: the allocation takes prune.min_channels (the per-layer floor) as a keyword
+for _name, _attr, _description in [
+    ("channel", "channel_allocation", "structured: `rate` of the alive output channels, lowest mean score over all layers first"),
+    (
+        "channel_uniform",
+        "channel_uniform_allocation",
+        "structured, per layer: every layer loses `rate` of its channels, lowest mean score first (Li et al. 2017 with magnitude)",
+    ),
+    (
+        "channel_normalised",
+        "channel_normalised_allocation",
+        "structured: `rate` of the alive channels over all layers, scores divided by their layer's mean first",
+    ),
+]:
+    PRUNING_ALLOCATIONS.register(
+        _name, Lazy(f"dsd2.prune:{_attr}"), metadata={"description": _description, "structured": True, "min_channels": True}
+    )
 _builtin(
     RETRAIN_MODES,
     "dsd2.imp",

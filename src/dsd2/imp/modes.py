@@ -128,7 +128,7 @@ def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: 
         return next_masks(p.method, ctx.weights, masks, rate, gen)
     grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
     inputs = ScoreInputs(masks, gen, grads, ctx.model)
-    return prune_with(*pair, ctx.weights, masks, rate, inputs=inputs, density=density)
+    return prune_with(*pair, ctx.weights, masks, rate, inputs=inputs, density=density, min_channels=p.min_channels)
 
 
 def iterative_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
@@ -174,9 +174,14 @@ def gmp_sparsity(final: float, epoch: int, start: int, end: int) -> float:
     return final * (1.0 - (1.0 - done) ** 3)
 
 
-def _gradual_window(cfg: RunConfig, epochs: int) -> tuple[int, int]:
+def gradual_window(cfg: RunConfig, epochs: int) -> tuple[int, int]:
+    """The epochs (first, last; 0-based) after which gradual pruning prunes. ``prune.gradual_end``
+    unset: the last quarter of the epochs (at least one, when there are two) trains at the final
+    sparsity, as Zhu & Gupta keep training after the last pruning step so the network recovers
+    (the reference's last lr milestone is at 3/4 of the epochs)."""
     p = cfg.prune
-    end = epochs - 1 if p.gradual_end is None else min(p.gradual_end, epochs - 1)
+    default_end = epochs - 1 - max(1, epochs // 4)
+    end = max(0, default_end) if p.gradual_end is None else min(p.gradual_end, epochs - 1)
     return min(p.gradual_start, end), end
 
 
@@ -184,7 +189,7 @@ def gradual_step(ctx: RunContext, masks: Masks, round_idx: int, epoch: int, epoc
     """Prune by the configured method to this epoch's sparsity on the cubic schedule, updating
     ``masks`` in place (train re-applies the same tensors after every step). Not under no_grad:
     the gradient criteria take the loss's gradients here."""
-    start, end = _gradual_window(ctx.cfg, epochs)
+    start, end = gradual_window(ctx.cfg, epochs)
     target = gmp_sparsity(target_sparsity(ctx.cfg, round_idx), epoch, start, end)
     total = sum(m.numel() for m in masks.values())
     alive = sum(int(m.sum()) for m in masks.values())
@@ -210,7 +215,7 @@ def scored_examples(ctx: RunContext, round_idx: int, epochs: int) -> int:
     per_step = min(p.score_batches * ctx.cfg.train.batch_size, ctx.train_batches.num_rows)
     if p.schedule != "gradual":
         return per_step
-    start, end = _gradual_window(ctx.cfg, epochs)
+    start, end = gradual_window(ctx.cfg, epochs)
     total = sum(w.numel() for w in ctx.weights.values())
     alive, steps = total, 0
     for epoch in range(epochs):
@@ -227,8 +232,9 @@ def _gradual(ctx: RunContext, round_idx: int) -> bool:
 def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
     """The training-loss gradients the gradient criteria score with: cross-entropy on the noisy
     labels of the first ``prune.score_batches`` batches of a shuffled epoch drawn from the round's
-    own seed (the same batches on every rank and on a resumed run), taken in eval mode on the
-    model itself (not a DDP wrapper); SNIP reads the run's initial weights (init.safetensors)."""
+    own seed (the same batches on every rank and on a resumed run), taken in eval mode (BatchNorm
+    as ``prune.score_batchnorm`` says) on the model itself (not a DDP wrapper); SNIP reads the
+    run's initial weights (init.safetensors)."""
     src, p = ctx.train_batches, ctx.cfg.prune
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -241,7 +247,7 @@ def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
     def init_state() -> dict[str, torch.Tensor]:
         return store.load_tensors(ctx.run_dir / "init.safetensors")
 
-    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state)
+    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state, batchnorm=p.score_batchnorm)
 
 
 def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:

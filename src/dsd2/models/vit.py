@@ -20,11 +20,11 @@ well as a class token on small data. Each block has its own ``nn.GELU`` module, 
 entropy has one layer per block, ``blocks.<i>.mlp.act`` (a unit = one token × one hidden
 channel; ON = GELU output > 0 ⇔ pre-activation > 0, :mod:`dsd2.entropy`).
 
-Pruning: every Conv/Linear weight is prunable (:func:`dsd2.models.prunable_weights`). The ViT
-presets keep the patch embedding (the model's first conv: ``prune.exclude_first_conv=true``)
-and the head (``prune.include_classifier=false``) dense, so only the attention and MLP Linears
-are pruned; both are config switches. Biases, LayerNorms, ``pos_embed`` and ``cls_token`` are
-never pruned.
+Pruning: every Conv/Linear weight is prunable (:func:`dsd2.models.prunable_weights`). A ``vit``
+config keeps the patch embedding (the model's first conv: ``prune.exclude_first_conv=true``)
+and the head (``prune.include_classifier=false``) dense unless it says otherwise (the model's
+defaults, :data:`dsd2.layer_defaults.MODEL_PRUNE_DEFAULTS`), so only the attention and MLP
+Linears are pruned. Biases, LayerNorms, ``pos_embed`` and ``cls_token`` are never pruned.
 """
 
 from __future__ import annotations
