@@ -21,7 +21,7 @@ LAYERS = [
     {"dsd2", "errors"},
     {"plugins"},
     {"registry"},
-    {"config", "store", "threads", "distributed"},
+    {"config", "layer_defaults", "store", "threads", "distributed"},
     {"data", "noise", "models", "prune", "checkpoint", "shrink", "outdir"},
     {"train", "entropy", "flops", "phases"},
     {"rundir"},
