@@ -41,6 +41,7 @@ from dsd2.prune import (
     full_masks,
 )
 from dsd2.rundir import RoundRow, load_state, run_dir_for
+from dsd2.threads import Share
 from dsd2.train import (
     EpochLog,
     TrainingDiverged,
@@ -321,11 +322,13 @@ def run(
     run_dir: Path | None = None,
     on_round: Callable[[RoundRow], None] | None = None,
     progress: Callable[[int, int, EpochLog], None] | None = None,
+    share: Share = Share(),
 ) -> Path:
     """Run (or resume) the IMP study of ``cfg``; return its run directory.
 
     ``on_round(row)`` is called after every round (the row is also a read-only mapping of column
-    to value), ``progress(round, epochs, log)`` after every epoch.
+    to value), ``progress(round, epochs, log)`` after every epoch. ``share``: the runs this one
+    shares the machine with and a thread cap, for ``train.threads=auto`` (:mod:`dsd2.threads`).
 
     Under a launcher that starts several processes (``torchrun``: RANK/WORLD_SIZE set) the
     processes train this one run data-parallel (:mod:`dsd2.distributed`): rank 0 holds the
@@ -338,14 +341,14 @@ def run(
         checked = distributed.on_main(lambda: _check_config_matches(run_dir, cfg))
         cfg = distributed.broadcast_object(checked) if world.distributed else checked  # type: ignore[assignment]
         with ExitStack() as held:
-            ctx = distributed.on_main(lambda: _begin(cfg, run_dir, held))
+            ctx = distributed.on_main(lambda: _begin(cfg, run_dir, held, share))
             if ctx is None:  # another rank: rank 0 has written config, meta, labels and init
-                ctx = start(cfg, run_dir)
+                ctx = start(cfg, run_dir, share)
             _rounds(ctx, on_round, progress)
     return run_dir
 
 
-def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack) -> RunContext:
+def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack, share: Share) -> RunContext:
     """Lock the run directory (``held`` keeps the lock), extend it when ``cfg`` asks more rounds,
     and start the run; a run that fails to start leaves no half-made directory."""
     fresh = not run_dir.exists()
@@ -355,7 +358,7 @@ def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack) -> RunContext:
         if cfg.prune.rounds > saved.prune.rounds:
             _extend(run_dir, saved, cfg)
     try:
-        ctx = start(cfg, run_dir)
+        ctx = start(cfg, run_dir, share)
     except BaseException:
         if fresh:  # a failed start (missing data, unknown model, no memory) leaves no half-made run
             shutil.rmtree(run_dir, ignore_errors=True)

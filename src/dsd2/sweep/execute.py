@@ -23,6 +23,7 @@ import yaml
 from dsd2.config import validate_config
 from dsd2.errors import UserError
 from dsd2.plugins import load_plugins
+from dsd2.threads import Share
 
 if TYPE_CHECKING:
     from dsd2.rundir import RoundRow
@@ -56,16 +57,12 @@ class Outcome:
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     # the sequential backend runs in the caller's process: give its thread count back.
-    # train.threads=auto decides within this cap (dsd2.threads): one thread per cell by default.
     import torch
-
-    from dsd2.threads import sharing
 
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        with sharing(cap=n):
-            yield
+        yield
     finally:
         torch.set_num_threads(before)
 
@@ -86,7 +83,8 @@ def run_task(task: Task, on_round: Callable[[RoundRow], None] | None = None) -> 
         with _torch_threads(task.threads):
             cfg = validate_config(task.config, source="sweep cell config")
             run_dir = Path(task.run_dir)
-            imp.run(cfg, run_dir.parent, run_dir=run_dir, on_round=on_round)
+            # train.threads=auto decides within the cell's threads (one per cell by default)
+            imp.run(cfg, run_dir.parent, run_dir=run_dir, on_round=on_round, share=Share(cap=task.threads))
         return Outcome(ok=True, wall_s=time.perf_counter() - t0)
     except UserError as err:
         return Outcome(ok=False, error=str(err), wall_s=time.perf_counter() - t0)
