@@ -110,3 +110,12 @@ def test_the_check_sees_function_local_and_relative_imports():
     assert found == [(2, "dsd2.imp"), (4, "dsd2.distill.loss"), (5, "dsd2"), (5, "dsd2.store")]
     distill, imp = LAYER_OF["distill"], LAYER_OF["imp"]
     assert violations(src, "dsd2.distill.teacher") == [f"dsd2.distill.teacher:2: distill (layer {distill}) imports dsd2.imp (layer {imp})"]
+
+
+def test_the_dataset_base_knows_no_dataset():
+    # data/core.py (registry, splits, the RawDataset type) sits under every loader; the types it
+    # names (a streamed split's ImageFiles) live in data/files.py, not in a dataset's module
+    core = SRC / "data" / "core.py"
+    allowed = {"dsd2.data.files", "dsd2.errors", "dsd2.registry"}
+    imported = {m for _, m in imported_modules(core.read_text(), "dsd2.data.core", False)}
+    assert imported <= allowed, f"data/core.py imports {sorted(imported - allowed)}"
