@@ -119,3 +119,66 @@ def test_the_dataset_base_knows_no_dataset():
     allowed = {"dsd2.data.files", "dsd2.errors", "dsd2.registry"}
     imported = {m for _, m in imported_modules(core.read_text(), "dsd2.data.core", False)}
     assert imported <= allowed, f"data/core.py imports {sorted(imported - allowed)}"
+
+
+# ----------------------------------------------------------------------------- private names stay home
+
+# A name with a leading underscore belongs to its module: another module that needs it gets a public
+# name instead. (module, "imported module.name") pairs allowed anyway; none is needed today.
+PRIVATE_ALLOWED: set[tuple[str, str]] = set()
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(source: str, module: str, is_package: bool) -> list[str]:
+    """Where ``source`` imports a ``_private`` name from another dsd2 module, or reads one as an
+    attribute of another dsd2 module it imported (``F._mpl`` after ``from dsd2.report import figures as F``)."""
+    package = module if is_package else module.rpartition(".")[0]
+    tree = ast.parse(source)
+    bound: dict[str, str] = {}  # local name -> the dsd2 module it stands for
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("dsd2.") and a.asname:
+                    bound[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if base != "dsd2" and not base.startswith("dsd2."):
+                continue
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                if _is_submodule(sub):
+                    bound[a.asname or a.name] = sub
+                elif _private(a.name) and base != module:
+                    found.append((node.lineno, f"{base}.{a.name}"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and _private(node.attr):
+            target = bound.get(node.value.id)
+            if target is not None and target != module:
+                found.append((node.lineno, f"{target}.{node.attr}"))
+    return [f"{module}:{line}: uses the private {name}" for line, name in sorted(found) if (module, name) not in PRIVATE_ALLOWED]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_no_private_name_crosses_modules(path):
+    assert private_uses(path.read_text(), module_name(path), path.name == "__init__.py") == []
+
+
+def test_the_private_check_sees_imports_and_attributes():
+    src = (
+        "from dsd2.report import figures as F\nimport dsd2.store as S\nfrom dsd2.imp.measure import _predict, measure\n"
+        "def f():\n    from . import html\n    return F._mpl('x'), S._UMASK, html._table, F.__name__, F.mpl_text\n"
+    )
+    assert private_uses(src, "dsd2.report.sweep", False) == [
+        "dsd2.report.sweep:3: uses the private dsd2.imp.measure._predict",
+        "dsd2.report.sweep:6: uses the private dsd2.report.figures._mpl",
+        "dsd2.report.sweep:6: uses the private dsd2.report.html._table",
+        "dsd2.report.sweep:6: uses the private dsd2.store._UMASK",
+    ]
+    assert private_uses("def _own():\n    pass\n_own()\n", "dsd2.store", False) == []

@@ -267,7 +267,7 @@ def _staging(out: Path) -> Iterator[Path]:
         raise UserError(f"cannot write in {out.parent}: {err.strerror or err}; choose a writable -o") from None
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~store._UMASK)  # mkdtemp makes 0700; an export is shared like any folder
+        os.chmod(tmp, 0o777 & ~store.UMASK)  # mkdtemp makes 0700; an export is shared like any folder
         _swap_in(tmp, out)
     finally:
         if tmp.exists():

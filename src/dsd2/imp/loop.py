@@ -25,12 +25,12 @@ from dsd2.imp.measure import measure
 from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_for
 from dsd2.imp.setup import (
     RunContext,
-    _check_config_matches,
-    _extend,
-    _generator,
+    check_config_matches,
+    extend_rounds,
     lr_scale_for,
     resolve_device,
     round_seed,
+    seeded_generator,
     start,
     state_dict_cpu,
     structured_allocation,
@@ -107,7 +107,7 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
     cfg = ctx.cfg
     lr_scale = lr_scale_for(ctx.run_dir, round_idx)
     schedule = schedule_for(cfg, round_idx, lr_scale)
-    gen = _generator(ctx.device, round_seed(cfg.seed, round_idx, stream=1))
+    gen = seeded_generator(ctx.device, round_seed(cfg.seed, round_idx, stream=1))
     for hook in hooks:
         hook.round_start(round_idx)
     partial = checkpoint.partial_path(ctx.run_dir, round_idx)
@@ -124,13 +124,13 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
     if best is not None and resume_state is not None:
         best.restore(resume_state.extra)
 
-    if resume_state is not None and modes._gradual(ctx, round_idx):
+    if resume_state is not None and modes.is_gradual_round(ctx, round_idx):
         # the masks pruned so far are the zeros of the checkpointed weights (re-zeroed after every step)
         for name, m in masks.items():
             m.copy_(ctx.weights[name] != 0)
 
     def epoch_end(log: EpochLog, model: nn.Module) -> None:
-        if modes._gradual(ctx, round_idx):
+        if modes.is_gradual_round(ctx, round_idx):
             modes.gradual_step(ctx, masks, round_idx, log.epoch - 1, schedule.epochs)  # log.epoch counts from 1
         for hook in hooks:
             hook.epoch_end(round_idx, schedule.epochs, log, model)
@@ -338,7 +338,7 @@ def run(
     with distributed.session(resolve_device(cfg.train.device).type) as world:
         if world.distributed:
             distributed.check_global_batch(cfg.train.batch_size, world.size)
-        checked = distributed.on_main(lambda: _check_config_matches(run_dir, cfg))
+        checked = distributed.on_main(lambda: check_config_matches(run_dir, cfg))
         cfg = distributed.broadcast_object(checked) if world.distributed else checked  # type: ignore[assignment]
         with ExitStack() as held:
             ctx = distributed.on_main(lambda: _begin(cfg, run_dir, held, share))
@@ -356,7 +356,7 @@ def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack, share: Share) -> RunC
     if not fresh and (run_dir / rundir.META).is_file():
         saved = rundir.read_config(run_dir)
         if cfg.prune.rounds > saved.prune.rounds:
-            _extend(run_dir, saved, cfg)
+            extend_rounds(run_dir, saved, cfg)
     try:
         ctx = start(cfg, run_dir, share)
     except BaseException:

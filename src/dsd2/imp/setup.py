@@ -54,7 +54,7 @@ def round_seed(seed: int, round_idx: int, stream: int = 0) -> int:
     return (seed * 1_000_003 + round_idx * 7_919 + stream * 104_729) % (2**63 - 1)
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
+def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -409,11 +409,11 @@ def _recorded_digest(meta: dict[str, Any]) -> str | None:
     return meta.get("config_digest", meta.get("config_hash"))
 
 
-def _check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
+def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
     """The config to run in ``run_dir``: ``cfg``, or the saved one when it asks more rounds.
 
     A config that differs from the saved one only by more rounds extends the run (see
-    :func:`_extend`); anything else is refused."""
+    :func:`extend_rounds`); anything else is refused."""
     if not (run_dir / rundir.CONFIG).exists():
         return cfg
     saved = rundir.read_config(run_dir)
@@ -439,7 +439,7 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _extend(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
+def extend_rounds(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
     """Record that ``cfg`` asks more rounds than the run was started with: config.yaml takes the
     new count, meta.json its digest and the extension (from, to, when, by which version)."""
     meta = store.read_json(run_dir / rundir.META)
