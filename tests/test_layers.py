@@ -182,3 +182,48 @@ def test_the_private_check_sees_imports_and_attributes():
         "dsd2.report.sweep:6: uses the private dsd2.store._UMASK",
     ]
     assert private_uses("def _own():\n    pass\n_own()\n", "dsd2.store", False) == []
+
+
+# ----------------------------------------------------------------------------- run-directory file names live in rundir
+
+
+def run_dir_file_names() -> set[str]:
+    from dsd2 import rundir
+
+    names = {v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str) and "." in v}
+    return names | set(rundir.ROUND_FILES)
+
+
+# Modules that still spell a run-directory file (edited elsewhere when the path functions came;
+# move each to a ``rundir.*_path`` function and drop it here). The list may only shrink.
+FILE_NAME_LITERALS_LEFT = {
+    "dsd2.distill.setup": {"teacher.json"},
+    "dsd2.distill.teacher": {"labels.safetensors", "meta.json"},
+    "dsd2.exporting": {"meta.json"},
+    "dsd2.imp.hooks": {"init.safetensors", "rewind.safetensors"},
+    "dsd2.imp.loop": {"state.safetensors", "masks.safetensors", "early_stop.json"},
+    "dsd2.imp.modes": {"init.safetensors", "rewind.safetensors", "state.safetensors"},
+    "dsd2.imp.setup": {"labels.safetensors", "lr_scale.json", "init.safetensors", "teacher.json"},
+}
+
+
+def file_name_literals(source: str, names: set[str]) -> list[tuple[int, str]]:
+    return [(n.lineno, n.value) for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and n.value in names]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_run_dir_file_names_are_spelled_only_in_rundir(path):
+    module = module_name(path)
+    if module in ("dsd2.rundir", "dsd2.store"):  # the layout, and the round files' checksums
+        return
+    left = FILE_NAME_LITERALS_LEFT.get(module, set())
+    found = [(line, name) for line, name in file_name_literals(path.read_text(), run_dir_file_names()) if name not in left]
+    assert found == [], f"{module}: use a rundir path function (rundir.config_path(run_dir), ...) for {found}"
+
+
+def test_the_literals_left_are_still_there():
+    # an entry that no longer occurs is stale: the list may only shrink
+    for module, names in FILE_NAME_LITERALS_LEFT.items():
+        path = SRC.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        present = {name for _, name in file_name_literals(path.read_text(), names)}
+        assert present == names, f"{module}: {sorted(names - present)} no longer spelled there: remove from FILE_NAME_LITERALS_LEFT"

@@ -132,12 +132,14 @@ def last_error_line(stderr: str) -> str:
 def run_ddp_task(task: Task) -> Outcome:
     """Run (or resume) the attempt as ``torchrun --standalone --nproc_per_node N -m dsd2 run``;
     a non-zero exit fails the attempt with the job's last error line."""
+    from dsd2 import rundir
+
     t0 = time.perf_counter()
     run_dir = Path(task.run_dir)
     with tempfile.TemporaryDirectory(prefix="dsd2-cell-") as tmp:
         config_file = None
-        if not (run_dir / "config.yaml").is_file():
-            config_file = str(Path(tmp) / "config.yaml")
+        if not rundir.config_path(run_dir).is_file():
+            config_file = str(Path(tmp) / rundir.CONFIG)
             Path(config_file).write_text(yaml.safe_dump(task.config, sort_keys=False))
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -148,7 +150,7 @@ def run_ddp_task(task: Task) -> Outcome:
     if res.returncode != 0:
         tail = "\n".join(res.stderr.splitlines()[-_STDERR_KEPT:])
         return Outcome(ok=False, error=f"{last_error_line(res.stderr)} (torchrun exit {res.returncode})", traceback=tail, wall_s=wall)
-    if config_file is not None and not (run_dir / "config.yaml").is_file():
+    if config_file is not None and not rundir.config_path(run_dir).is_file():
         # dsd2 run chose another directory (e.g. a legacy one): the sweep would not find the run
         return Outcome(ok=False, error=f"the job did not write {run_dir}", wall_s=wall)
     return Outcome(ok=True, wall_s=wall)
