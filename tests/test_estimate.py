@@ -97,11 +97,11 @@ def test_a_students_prediction_adds_its_teachers_forward(tmp_path):
     teacher_dir = imp.run(load_config("tiny_mnist1d", TINY), tmp_path)
     plain = measure(load_config("tiny_mnist1d", TINY), steps=2)
     student = measure(load_config("tiny_mnist1d", [*TINY, f"distill.teacher={teacher_dir}"]), steps=2)
-    from dsd2.sweep.cost import _per_example
+    from dsd2.sweep.cost import per_example_flops
 
     assert plain.teacher_flops_per_example == 0
     # the teacher is the same MLP: its forward is the student's own forward, counted apart
-    forward = _per_example(load_config("tiny_mnist1d", TINY), None)[0]
+    forward = per_example_flops(load_config("tiny_mnist1d", TINY), None)[0]
     assert student.teacher_flops_per_example == forward > 0
     ratio = 1 + forward / student.step_flops_per_example
     assert student.step_s_per_example == pytest.approx(ratio / student.train_examples_per_s)

@@ -23,9 +23,10 @@ LAYERS = [
     {"registry"},
     {"layer_defaults"},
     {"config", "store", "threads", "distributed"},
-    {"data", "noise", "models", "prune", "checkpoint", "shrink", "outdir"},
+    {"data", "noise", "models", "prune", "checkpoint", "shrink"},
     {"train", "entropy", "flops", "phases"},
     {"rundir"},
+    {"outdir"},
     {"compare", "runs"},
     {"distill"},
     {"imp"},
@@ -111,3 +112,120 @@ def test_the_check_sees_function_local_and_relative_imports():
     assert found == [(2, "dsd2.imp"), (4, "dsd2.distill.loss"), (5, "dsd2"), (5, "dsd2.store")]
     distill, imp = LAYER_OF["distill"], LAYER_OF["imp"]
     assert violations(src, "dsd2.distill.teacher") == [f"dsd2.distill.teacher:2: distill (layer {distill}) imports dsd2.imp (layer {imp})"]
+
+
+def test_the_dataset_base_knows_no_dataset():
+    # data/core.py (registry, splits, the RawDataset type) sits under every loader; the types it
+    # names (a streamed split's ImageFiles) live in data/files.py, not in a dataset's module
+    core = SRC / "data" / "core.py"
+    allowed = {"dsd2.data.files", "dsd2.errors", "dsd2.registry"}
+    imported = {m for _, m in imported_modules(core.read_text(), "dsd2.data.core", False)}
+    assert imported <= allowed, f"data/core.py imports {sorted(imported - allowed)}"
+
+
+# ----------------------------------------------------------------------------- private names stay home
+
+# A name with a leading underscore belongs to its module: another module that needs it gets a public
+# name instead. (module, "imported module.name") pairs allowed anyway; none is needed today.
+PRIVATE_ALLOWED: set[tuple[str, str]] = set()
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(source: str, module: str, is_package: bool) -> list[str]:
+    """Where ``source`` imports a ``_private`` name from another dsd2 module, or reads one as an
+    attribute of another dsd2 module it imported (``F._mpl`` after ``from dsd2.report import figures as F``)."""
+    package = module if is_package else module.rpartition(".")[0]
+    tree = ast.parse(source)
+    bound: dict[str, str] = {}  # local name -> the dsd2 module it stands for
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("dsd2.") and a.asname:
+                    bound[a.asname] = a.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            if base != "dsd2" and not base.startswith("dsd2."):
+                continue
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                if _is_submodule(sub):
+                    bound[a.asname or a.name] = sub
+                elif _private(a.name) and base != module:
+                    found.append((node.lineno, f"{base}.{a.name}"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and _private(node.attr):
+            target = bound.get(node.value.id)
+            if target is not None and target != module:
+                found.append((node.lineno, f"{target}.{node.attr}"))
+    return [f"{module}:{line}: uses the private {name}" for line, name in sorted(found) if (module, name) not in PRIVATE_ALLOWED]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_no_private_name_crosses_modules(path):
+    assert private_uses(path.read_text(), module_name(path), path.name == "__init__.py") == []
+
+
+def test_the_private_check_sees_imports_and_attributes():
+    src = (
+        "from dsd2.report import figures as F\nimport dsd2.store as S\nfrom dsd2.imp.measure import _predict, measure\n"
+        "def f():\n    from . import html\n    return F._mpl('x'), S._UMASK, html._table, F.__name__, F.mpl_text\n"
+    )
+    assert private_uses(src, "dsd2.report.sweep", False) == [
+        "dsd2.report.sweep:3: uses the private dsd2.imp.measure._predict",
+        "dsd2.report.sweep:6: uses the private dsd2.report.figures._mpl",
+        "dsd2.report.sweep:6: uses the private dsd2.report.html._table",
+        "dsd2.report.sweep:6: uses the private dsd2.store._UMASK",
+    ]
+    assert private_uses("def _own():\n    pass\n_own()\n", "dsd2.store", False) == []
+
+
+# ----------------------------------------------------------------------------- run-directory file names live in rundir
+
+
+def run_dir_file_names() -> set[str]:
+    from dsd2 import rundir
+
+    names = {v for k, v in vars(rundir).items() if k.isupper() and isinstance(v, str) and "." in v}
+    return names | set(rundir.ROUND_FILES)
+
+
+# Modules that still spell a run-directory file (edited elsewhere when the path functions came;
+# move each to a ``rundir.*_path`` function and drop it here). The list may only shrink.
+FILE_NAME_LITERALS_LEFT = {
+    "dsd2.distill.setup": {"teacher.json"},
+    "dsd2.distill.teacher": {"labels.safetensors", "meta.json"},
+    "dsd2.exporting": {"meta.json"},
+    "dsd2.imp.hooks": {"init.safetensors", "rewind.safetensors"},
+    "dsd2.imp.loop": {"state.safetensors", "masks.safetensors", "early_stop.json"},
+    "dsd2.imp.modes": {"init.safetensors", "rewind.safetensors", "state.safetensors"},
+    "dsd2.imp.setup": {"labels.safetensors", "lr_scale.json", "init.safetensors", "teacher.json"},
+}
+
+
+def file_name_literals(source: str, names: set[str]) -> list[tuple[int, str]]:
+    return [(n.lineno, n.value) for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and n.value in names]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(SRC)))
+def test_run_dir_file_names_are_spelled_only_in_rundir(path):
+    module = module_name(path)
+    if module in ("dsd2.rundir", "dsd2.store"):  # the layout, and the round files' checksums
+        return
+    left = FILE_NAME_LITERALS_LEFT.get(module, set())
+    found = [(line, name) for line, name in file_name_literals(path.read_text(), run_dir_file_names()) if name not in left]
+    assert found == [], f"{module}: use a rundir path function (rundir.config_path(run_dir), ...) for {found}"
+
+
+def test_the_literals_left_are_still_there():
+    # an entry that no longer occurs is stale: the list may only shrink
+    for module, names in FILE_NAME_LITERALS_LEFT.items():
+        path = SRC.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        present = {name for _, name in file_name_literals(path.read_text(), names)}
+        assert present == names, f"{module}: {sorted(names - present)} no longer spelled there: remove from FILE_NAME_LITERALS_LEFT"

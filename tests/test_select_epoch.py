@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
 
     def recording(self, round_idx, epochs, log, model):
         original(self, round_idx, epochs, log, model)
-        acc = accuracy(imp._predict(self.ctx, self.val), self.ctx.data.val_y)
+        acc = accuracy(imp.predict_classes(self.ctx, self.val), self.ctx.data.val_y)
         seen.setdefault(round_idx, []).append((log.epoch, acc))
 
     with pytest.MonkeyPatch.context() as mp:

@@ -56,10 +56,8 @@ def test_busy_machine_is_said_once_per_process(monkeypatch, capsys):
 def test_share_of_the_process(monkeypatch, capsys):
     monkeypatch.setattr(threads, "usable_cores", lambda: 16)
     monkeypatch.setattr(threads, "load_average", lambda: 0.0)
-    with threads.sharing(processes=4):
-        assert threads.resolve_threads(BIG).threads == 4
-    with threads.sharing(cap=1):
-        assert threads.resolve_threads(BIG).threads == 1
+    assert threads.resolve_threads(BIG, share=threads.Share(processes=4)).threads == 4
+    assert threads.resolve_threads(BIG, share=threads.Share(cap=1)).threads == 1
     assert threads.resolve_threads(BIG).threads == 16
     assert capsys.readouterr().err == ""
 
@@ -91,5 +89,24 @@ def test_tiny_run_with_the_default_uses_one_thread(tiny, tmp_path):
         run_dir = imp.run(cfg, tmp_path)
         assert torch.get_num_threads() == 1
         assert [r["threads"] for r in store.read_csv(run_dir / rundir.TIMINGS_CSV)] == [1]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_share_a_caller_passes_reaches_the_thread_rule(tiny, tmp_path, monkeypatch):
+    # the demo's worker processes and a sweep's cells pass their share to imp.run; no module state
+    from dsd2.imp import setup
+
+    monkeypatch.setattr(threads, "usable_cores", lambda: 16)
+    monkeypatch.setattr(threads, "load_average", lambda: 0.0)
+    monkeypatch.setattr(setup, "step_flops", lambda *a, **k: type("Step", (), {"dense_per_example": BIG})())
+    before = torch.get_num_threads()
+    try:
+        run_dir = imp.run(tiny("prune.rounds=0"), tmp_path / "a", share=threads.Share(processes=4))
+        assert [r["threads"] for r in store.read_csv(run_dir / rundir.TIMINGS_CSV)] == [4]
+        run_dir = imp.run(tiny("prune.rounds=0"), tmp_path / "b", share=threads.Share(cap=3))
+        assert [r["threads"] for r in store.read_csv(run_dir / rundir.TIMINGS_CSV)] == [3]
+        run_dir = imp.run(tiny("prune.rounds=0"), tmp_path / "c")
+        assert [r["threads"] for r in store.read_csv(run_dir / rundir.TIMINGS_CSV)] == [16]
     finally:
         torch.set_num_threads(before)

@@ -41,7 +41,7 @@ def rule_text(rule: dict[str, Any]) -> str:
 
 
 def load_rows(run_dir: str | Path) -> list[RoundRow]:
-    path = Path(run_dir) / rundir.ROUNDS_CSV
+    path = rundir.rounds_csv_path(run_dir)
     if not path.is_file():
         raise UserError(f"{run_dir} is not a dsd2 run directory with finished rounds (no rounds.csv)")
     rows = rundir.read_rounds(run_dir)
@@ -153,11 +153,11 @@ def outcome(strategy: str, run_dir: str | Path, rows: Rows, decision: StopDecisi
 def check_pair(vanilla_dir: str | Path, student_dir: str | Path | None) -> None:
     """Refuse comparisons that mean nothing: swapped arguments, or a vanilla curve of another
     architecture than the student's (the baseline must be the student's own architecture)."""
-    if (Path(vanilla_dir) / "teacher.json").is_file():
+    if rundir.teacher_path(vanilla_dir).is_file():
         raise UserError(f"{vanilla_dir} is a DSD² student run (it has teacher.json): give the vanilla run first, then the student")
     if student_dir is None:
         return
-    if not (Path(student_dir) / "teacher.json").is_file():
+    if not rundir.teacher_path(student_dir).is_file():
         raise UserError(f"{student_dir} is not a DSD² student run (no teacher.json): give a vanilla run, then a student run")
     vm, sm = (rundir.read_config(d).model.model_dump() for d in (vanilla_dir, student_dir))
     if vm != sm:
@@ -217,7 +217,7 @@ def strategy_table(
 
 def _teacher_cost(student_dir: str | Path) -> tuple[float, float, float | None, int] | None:
     """Training cost of the teacher run up to the round it was taken from."""
-    info_path = Path(student_dir) / "teacher.json"
+    info_path = rundir.teacher_path(student_dir)
     if not info_path.is_file():
         return None
     info = store.read_json(info_path)

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from dsd2 import store
+from dsd2 import rundir, store
 from dsd2.errors import UserError
 
 # What marks a dsd2 run directory (both written when a run starts).
-_RUN_MARKERS = ("config.yaml", "meta.json")
+_RUN_MARKERS = (rundir.CONFIG, rundir.META)
 
 
 def run_dir_holding(path: Path) -> Path | None:
@@ -119,7 +119,7 @@ def publish(tmp: Path, out: Path, ours: set[str], *, listing: str, why: str) -> 
     names of ``ours`` not written again are removed; ``listing`` goes first (removed) and last
     (written), so a kill midway leaves no listing that vouches for files it does not describe."""
     names = files_under(tmp)
-    os.chmod(tmp, 0o777 & ~store._UMASK)  # mkdtemp makes 0700; the output is shared like any folder
+    os.chmod(tmp, 0o777 & ~store.UMASK)  # mkdtemp makes 0700; the output is shared like any folder
     try:
         if not os.path.lexists(out):
             os.replace(tmp, out)

@@ -1,6 +1,6 @@
 """The run directory: its layout, the row of its rounds table, and reading what a run wrote.
 
-Layout (later tools read only this; README, "Run directories")::
+Layout (later tools read only this; docs/run_directory.md)::
 
     config.yaml              resolved config (every field, defaults included)
     meta.json                seed, versions, git commit, host, creation time, data shape
@@ -47,6 +47,82 @@ TIMINGS_CSV = "timings.csv"
 METRICS = "metrics.json"
 # The files of a finished round folder, in the order its manifest lists them.
 ROUND_FILES = store.ROUND_FILES
+STATE, MASKS = ROUND_FILES[:2]  # a round's weights and masks
+LABELS = "labels.safetensors"
+INIT = "init.safetensors"
+REWIND = "rewind.safetensors"
+TEACHER = "teacher.json"  # DSD² students: the teacher run, its round and how it was chosen
+LR_SCALE = "lr_scale.json"
+
+
+# One path function per file of a run directory (as OpenLTH's paths.py): readers name the file
+# they want by function, and the layout above is the one place that spells it.
+def config_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CONFIG
+
+
+def meta_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / META
+
+
+def labels_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / LABELS
+
+
+def noise_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / NOISE
+
+
+def init_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / INIT
+
+
+def rewind_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / REWIND
+
+
+def rounds_csv_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / ROUNDS_CSV
+
+
+def entropy_csv_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / ENTROPY_CSV
+
+
+def timings_csv_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TIMINGS_CSV
+
+
+def table_sums_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TABLE_SUMS
+
+
+def teacher_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / TEACHER
+
+
+def early_stop_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / EARLY_STOP
+
+
+def lr_scale_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / LR_SCALE
+
+
+def round_state_path(run_dir: str | Path, round_idx: int) -> Path:
+    return round_dir(Path(run_dir), round_idx) / STATE
+
+
+def round_masks_path(run_dir: str | Path, round_idx: int) -> Path:
+    return round_dir(Path(run_dir), round_idx) / MASKS
+
+
+def round_metrics_path(run_dir: str | Path, round_idx: int) -> Path:
+    return round_dir(Path(run_dir), round_idx) / METRICS
+
+
+def best_state_path(run_dir: str | Path, round_idx: int) -> Path:
+    return round_dir(Path(run_dir), round_idx) / BEST_STATE
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -304,6 +380,7 @@ def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device |
 
     torch.manual_seed(cfg.seed)  # building draws from the global generator: leave it in a reproducible state
     model = build_model(cfg.model.name, **shape, **cfg.model.options)
-    load_state(model, store.load_tensors(rd / "state.safetensors"), rd / "state.safetensors")
-    masks = store.load_tensors(rd / "masks.safetensors")
+    state = round_state_path(run_dir, round_idx)
+    load_state(model, store.load_tensors(state), state)
+    masks = store.load_tensors(round_masks_path(run_dir, round_idx))
     return model.to(device), {k: v.to(device) for k, v in masks.items()}, cfg

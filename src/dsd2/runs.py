@@ -49,5 +49,5 @@ def result(run_dir: str | Path) -> RunResult:
     """The RunResult of an existing run directory (nothing is trained)."""
     run_dir = Path(run_dir)
     cfg = rundir.read_config(run_dir)
-    rows = rundir.read_rounds(run_dir) if (run_dir / rundir.ROUNDS_CSV).is_file() else []
+    rows = rundir.read_rounds(run_dir) if rundir.rounds_csv_path(run_dir).is_file() else []
     return RunResult(run_dir, cfg, rows)

@@ -33,8 +33,8 @@ from safetensors.torch import save as st_save
 from dsd2.errors import UserError
 
 MANIFEST = "MANIFEST.json"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+UMASK = os.umask(0)
+os.umask(UMASK)
 
 
 def round_dir(run_dir: Path, i: int) -> Path:
@@ -98,7 +98,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}; choose a writable folder (e.g. --out)") from None
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results should be readable like any file
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; results should be readable like any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -111,13 +111,13 @@ def _round_line(cfg: RunConfig) -> Callable[[Mapping[str, Any]], None]:
 
 def _pipeline_worker(args: tuple[dict[str, Any], str, int]) -> tuple[str, str]:
     from dsd2 import imp
-    from dsd2.threads import set_share
+    from dsd2.threads import Share
 
     cfg_data, out, processes = args
-    set_share(processes)  # train.threads=auto: this process's part of the cores
+    share = Share(max(1, processes))  # train.threads=auto: this process's part of the cores
 
     def run(c: RunConfig, o: str | Path, **kw: Any) -> Path:
-        return imp.run(c, o, on_round=_round_line(c), **kw)
+        return imp.run(c, o, on_round=_round_line(c), share=share, **kw)
 
     study = run_pipeline(validate_config(cfg_data), out=out, run=run)
     return str(study.teacher), str(study.student)

@@ -1,8 +1,9 @@
 """How many torch CPU threads a run uses: the one rule for ``dsd2 run``, the demo, sweeps and tests.
 
 :func:`decide_threads` is pure; :func:`resolve_threads` reads the machine (usable cores, load
-average) and the process's share (set by whoever starts several runs side by side, with
-:func:`sharing`) and says once per process when the machine is busy. The rule:
+average), takes the process's :class:`Share` from its caller (whoever starts several runs side by
+side passes it down to the run: ``imp.run(..., share=...)``) and says once per process when the
+machine is busy. The rule:
 
 1. a training step below :data:`THRESHOLD_FLOPS_PER_STEP` (forward + backward FLOPs of one
    batch) gets 1 thread: more threads only add synchronisation (docs/performance.md);
@@ -18,8 +19,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 # Measured by benchmarks/threads_threshold.py (benchmarks/results/threads_threshold.json): the
@@ -103,37 +102,19 @@ class Share:
     cap: int | None = None
 
 
-_share = Share()
-_warned = False
+_warned = False  # the busy-machine line is said once per process
 
 
-@contextmanager
-def sharing(processes: int = 1, cap: int | None = None) -> Iterator[None]:
-    """Runs started inside share the machine with ``processes`` - 1 others and use ``cap`` threads at most."""
-    global _share
-    before, _share = _share, Share(max(1, processes), cap)
-    try:
-        yield
-    finally:
-        _share = before
-
-
-def set_share(processes: int = 1, cap: int | None = None) -> None:
-    """:func:`sharing` for the rest of the process (a worker process of the demo)."""
-    global _share
-    _share = Share(max(1, processes), cap)
-
-
-def resolve_threads(step_flops: float, *, loader_workers: int = 0) -> ThreadChoice:
-    """:func:`decide_threads` on this machine and this process's share; says once when the machine is busy."""
+def resolve_threads(step_flops: float, *, share: Share = Share(), loader_workers: int = 0) -> ThreadChoice:
+    """:func:`decide_threads` on this machine for a run with ``share`` of it; says once when the machine is busy."""
     global _warned
     choice = decide_threads(
         step_flops,
         cores=usable_cores(),
-        processes=_share.processes,
+        processes=share.processes,
         load=load_average(),
         loader_workers=loader_workers,
-        cap=_share.cap,
+        cap=share.cap,
     )
     if choice.busy and not _warned:
         _warned = True

@@ -41,10 +41,11 @@ def run(
     plugins: Optional[list[str]] = plugin_option(recorded=True),
 ) -> None:
     """Run (or resume) an IMP study: dense training, then prune/retrain rounds."""
+    from dsd2 import rundir
     from dsd2.config import PRESET_DIR, load_config
 
     p = Path(config)
-    if p.is_dir() and not (p / "config.yaml").is_file() and (PRESET_DIR / f"{config}.yaml").is_file():
+    if p.is_dir() and not rundir.config_path(p).is_file() and (PRESET_DIR / f"{config}.yaml").is_file():
         render.err_console.print(f"{p}/ is a folder, not a run directory: using the preset {config!r}")
     elif p.is_dir():
         if overrides:
@@ -115,13 +116,13 @@ def pipeline_cmd(
     plugins: Optional[list[str]] = plugin_option(recorded=True),
 ) -> None:
     """Teacher IMP -> teacher at best fit (or dense / a round) -> student IMP with KD at every round."""
-    from dsd2 import compare, store
+    from dsd2 import compare, rundir, store
     from dsd2.config import load_config
 
     cfg = load_config(config, overrides or [], plugins=plugins or [])
     scfg = load_config(student, overrides or [], plugins=plugins or []) if student else None
     study = _pipeline(cfg, scfg, out, quiet)
-    t = store.read_json(study.student.run_dir / "teacher.json")
+    t = store.read_json(rundir.teacher_path(study.student.run_dir))
     render.console.print(
         f"teacher: {t['run_dir']} round {t['round']} ({t['choice']}, sparsity {100 * t['sparsity']:.2f}%, selected on {t['selected_on']})"
     )

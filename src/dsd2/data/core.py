@@ -6,15 +6,13 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from dsd2.data.files import ImageFiles
 from dsd2.errors import UserError
 from dsd2.registry import Registry
-
-if TYPE_CHECKING:
-    from dsd2.data.image_folder import ImageFiles
 
 # A registered dataset's validation split when its loader names none (capped at a fifth of tiny sets).
 DEFAULT_VAL_SIZE = 5000
@@ -43,7 +41,7 @@ class DataSplits:
     """Train / validation / test inputs of one dataset, labels clean.
 
     Images are uint8 ``N×C×H×W`` (normalise per batch with :func:`normalize`); MNIST-1D is
-    float32 ``N×L``; a streamed image folder's splits are :class:`~dsd2.data.image_folder.ImageFiles`
+    float32 ``N×L``; a streamed image folder's splits are :class:`~dsd2.data.files.ImageFiles`
     (files decoded on demand, same ``shape``). ``train_idx`` (and ``val_idx``) are the sorted
     indices of the samples into the dataset's original training set.
     """

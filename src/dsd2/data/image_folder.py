@@ -34,7 +34,6 @@ Two data paths behind the trainer's one interface, chosen by ``dataset.loader``:
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import os
 from collections.abc import Iterator
@@ -47,6 +46,7 @@ import torch
 
 from dsd2.data.cifar import IMAGENET_MEAN, IMAGENET_STD
 from dsd2.data.core import AugmentSpec, RawDataset, register_dataset
+from dsd2.data.files import ImageFiles, PathTable
 from dsd2.errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
@@ -65,67 +65,6 @@ LoaderMode = Literal["auto", "memory", "stream"]
 
 
 # ----------------------------------------------------------------------------- the file list
-
-
-@dataclass(frozen=True, eq=False)
-class PathTable:
-    """Relative image paths under ``root`` in two numpy arrays (no per-path Python object, so
-    forked DataLoader workers do not copy a million strings through reference counting)."""
-
-    root: str
-    blob: np.ndarray  # uint8: the UTF-8 relative paths back to back, "/"-separated
-    offsets: np.ndarray  # int64, len(self) + 1
-
-    @classmethod
-    def from_paths(cls, root: str | Path, relative: list[str]) -> PathTable:
-        encoded = [p.encode() for p in relative]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=offsets[1:])
-        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
-        return cls(str(root), blob, offsets)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def relative(self, row: int) -> str:
-        return self.blob[self.offsets[row] : self.offsets[row + 1]].tobytes().decode()
-
-    def path(self, row: int) -> str:
-        return os.path.join(self.root, *self.relative(row).split("/"))
-
-    def digest(self) -> str:
-        """sha256 of the relative paths in row order (what a run directory records)."""
-        h = hashlib.sha256(self.offsets.tobytes())
-        h.update(self.blob.tobytes())
-        return h.hexdigest()
-
-
-@dataclass(frozen=True, eq=False)
-class ImageFiles:
-    """A split whose images stay on disk: row i is ``table`` row ``rows[i]``, decoded on demand to
-    uint8 ``3 × image_size × image_size``. Stands where a split's image tensor would be
-    (``shape``, ``dim()``, ``len``); :meth:`take` selects rows."""
-
-    table: PathTable
-    rows: np.ndarray  # int64 rows of ``table``
-    image_size: int
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.rows), 3, self.image_size, self.image_size)
-
-    def dim(self) -> int:
-        return 4
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def take(self, idx: torch.Tensor | np.ndarray) -> ImageFiles:
-        index = idx.cpu().numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
-        return ImageFiles(self.table, self.rows[index.astype(np.int64)], self.image_size)
-
-    def path(self, i: int) -> str:
-        return self.table.path(int(self.rows[i]))
 
 
 @dataclass(frozen=True, eq=False)

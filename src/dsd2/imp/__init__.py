@@ -19,7 +19,7 @@ entropy, compute) → :mod:`.hooks` → :mod:`.modes` (retraining modes, pruning
 
 from dsd2.imp.hooks import BestEpoch, EpochProgress, Hook, RewindSnapshot, RoundDone, TensorBoard, best_epoch_hook, make_hooks
 from dsd2.imp.loop import Rounds, resume, resume_rounds, run, run_round, save_round, stop_decision, train_round, write_tables
-from dsd2.imp.measure import _predict, measure
+from dsd2.imp.measure import measure, predict_classes
 from dsd2.imp.modes import (
     FINETUNE,
     LATE_REWIND,
@@ -78,7 +78,6 @@ __all__ = [
     "Rounds",
     "RunContext",
     "TensorBoard",
-    "_predict",
     "best_epoch_hook",
     "build_data",
     "data_meta",
@@ -97,6 +96,7 @@ __all__ = [
     "measure",
     "noisy_labels",
     "one_shot_schedule",
+    "predict_classes",
     "prepare",
     "prune_step",
     "reset_weights",

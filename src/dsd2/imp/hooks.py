@@ -12,7 +12,7 @@ from torch import nn
 
 from dsd2 import distributed, store
 from dsd2.errors import UserError
-from dsd2.imp.measure import _predict
+from dsd2.imp.measure import predict_classes
 from dsd2.imp.setup import RunContext, state_dict_cpu
 from dsd2.registry import RETRAIN_MODES
 from dsd2.rundir import RoundRow
@@ -113,10 +113,10 @@ class BestEpoch(Hook):
 
     def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
         d = self.ctx.data
-        acc = accuracy(_predict(self.ctx, self.val), d.val_y)
+        acc = accuracy(predict_classes(self.ctx, self.val), d.val_y)
         if acc is not None and acc > self.val_acc:
             self.epoch, self.val_acc, self.state = log.epoch, acc, state_dict_cpu(model)
-            self.test_acc = accuracy(_predict(self.ctx, self.test), d.test_y)
+            self.test_acc = accuracy(predict_classes(self.ctx, self.test), d.test_y)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """The best so far, as tensors for the epoch checkpoint's ``extra``."""

@@ -25,12 +25,12 @@ from dsd2.imp.measure import measure
 from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_for
 from dsd2.imp.setup import (
     RunContext,
-    _check_config_matches,
-    _extend,
-    _generator,
+    check_config_matches,
+    extend_rounds,
     lr_scale_for,
     resolve_device,
     round_seed,
+    seeded_generator,
     start,
     state_dict_cpu,
     structured_allocation,
@@ -41,6 +41,7 @@ from dsd2.prune import (
     full_masks,
 )
 from dsd2.rundir import RoundRow, load_state, run_dir_for
+from dsd2.threads import Share
 from dsd2.train import (
     EpochLog,
     TrainingDiverged,
@@ -106,7 +107,7 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
     cfg = ctx.cfg
     lr_scale = lr_scale_for(ctx.run_dir, round_idx)
     schedule = schedule_for(cfg, round_idx, lr_scale)
-    gen = _generator(ctx.device, round_seed(cfg.seed, round_idx, stream=1))
+    gen = seeded_generator(ctx.device, round_seed(cfg.seed, round_idx, stream=1))
     for hook in hooks:
         hook.round_start(round_idx)
     partial = checkpoint.partial_path(ctx.run_dir, round_idx)
@@ -123,13 +124,13 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
     if best is not None and resume_state is not None:
         best.restore(resume_state.extra)
 
-    if resume_state is not None and modes._gradual(ctx, round_idx):
+    if resume_state is not None and modes.is_gradual_round(ctx, round_idx):
         # the masks pruned so far are the zeros of the checkpointed weights (re-zeroed after every step)
         for name, m in masks.items():
             m.copy_(ctx.weights[name] != 0)
 
     def epoch_end(log: EpochLog, model: nn.Module) -> None:
-        if modes._gradual(ctx, round_idx):
+        if modes.is_gradual_round(ctx, round_idx):
             modes.gradual_step(ctx, masks, round_idx, log.epoch - 1, schedule.epochs)  # log.epoch counts from 1
         for hook in hooks:
             hook.epoch_end(round_idx, schedule.epochs, log, model)
@@ -320,11 +321,13 @@ def run(
     run_dir: Path | None = None,
     on_round: Callable[[RoundRow], None] | None = None,
     progress: Callable[[int, int, EpochLog], None] | None = None,
+    share: Share = Share(),
 ) -> Path:
     """Run (or resume) the IMP study of ``cfg``; return its run directory.
 
     ``on_round(row)`` is called after every round (the row is also a read-only mapping of column
-    to value), ``progress(round, epochs, log)`` after every epoch.
+    to value), ``progress(round, epochs, log)`` after every epoch. ``share``: the runs this one
+    shares the machine with and a thread cap, for ``train.threads=auto`` (:mod:`dsd2.threads`).
 
     Under a launcher that starts several processes (``torchrun``: RANK/WORLD_SIZE set) the
     processes train this one run data-parallel (:mod:`dsd2.distributed`): rank 0 holds the
@@ -334,17 +337,17 @@ def run(
     with distributed.session(resolve_device(cfg.train.device).type) as world:
         if world.distributed:
             distributed.check_global_batch(cfg.train.batch_size, world.size)
-        checked = distributed.on_main(lambda: _check_config_matches(run_dir, cfg))
+        checked = distributed.on_main(lambda: check_config_matches(run_dir, cfg))
         cfg = distributed.broadcast_object(checked) if world.distributed else checked  # type: ignore[assignment]
         with ExitStack() as held:
-            ctx = distributed.on_main(lambda: _begin(cfg, run_dir, held))
+            ctx = distributed.on_main(lambda: _begin(cfg, run_dir, held, share))
             if ctx is None:  # another rank: rank 0 has written config, meta, labels and init
-                ctx = start(cfg, run_dir)
+                ctx = start(cfg, run_dir, share)
             _rounds(ctx, on_round, progress)
     return run_dir
 
 
-def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack) -> RunContext:
+def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack, share: Share) -> RunContext:
     """Lock the run directory (``held`` keeps the lock), extend it when ``cfg`` asks more rounds,
     and start the run; a run that fails to start leaves no half-made directory."""
     fresh = not run_dir.exists()
@@ -352,9 +355,9 @@ def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack) -> RunContext:
     if not fresh and (run_dir / rundir.META).is_file():
         saved = rundir.read_config(run_dir)
         if cfg.prune.rounds > saved.prune.rounds:
-            _extend(run_dir, saved, cfg)
+            extend_rounds(run_dir, saved, cfg)
     try:
-        ctx = start(cfg, run_dir)
+        ctx = start(cfg, run_dir, share)
     except BaseException:
         if fresh:  # a failed start (missing data, unknown model, no memory) leaves no half-made run
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -29,7 +29,7 @@ from dsd2.train import (
 def _evaluate(ctx: RunContext) -> dict[str, Any]:
     d = ctx.data
     tb = ctx.train_batches
-    pred = _predict(ctx, tb)
+    pred = predict_classes(ctx, tb)
     flipped = ctx.labels.flipped
     keep = torch.ones(d.train_y.numel(), dtype=torch.bool)
     keep[flipped] = False
@@ -41,11 +41,11 @@ def _evaluate(ctx: RunContext) -> dict[str, Any]:
         "unflipped_acc": accuracy(pred, d.train_y, keep.nonzero().squeeze(1)),
     }
     for split, y in (("val", d.val_y), ("test", d.test_y)):
-        out[f"{split}_acc"] = accuracy(_predict(ctx, ctx.split(split)), y)
+        out[f"{split}_acc"] = accuracy(predict_classes(ctx, ctx.split(split)), y)
     return out
 
 
-def _predict(ctx: RunContext, source: Source) -> torch.Tensor:
+def predict_classes(ctx: RunContext, source: Source) -> torch.Tensor:
     """Predicted classes of every row of ``source``, on the CPU. In a data-parallel job each rank
     predicts a contiguous slice and the slices are summed into the full vector, so every rank
     scores the same predictions with the one-process code."""

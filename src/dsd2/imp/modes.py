@@ -13,7 +13,7 @@ from dsd2 import distributed, rundir, store
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
 from dsd2.imp.hooks import Hook, RewindSnapshot
-from dsd2.imp.setup import RunContext, _generator, make_model, round_seed, structured_allocation
+from dsd2.imp.setup import RunContext, make_model, round_seed, seeded_generator, structured_allocation
 from dsd2.prune import (
     GradientSource,
     Masks,
@@ -225,7 +225,7 @@ def scored_examples(ctx: RunContext, round_idx: int, epochs: int) -> int:
     return steps * per_step
 
 
-def _gradual(ctx: RunContext, round_idx: int) -> bool:
+def is_gradual_round(ctx: RunContext, round_idx: int) -> bool:
     return round_idx > 0 and ctx.cfg.prune.schedule == "gradual"
 
 
@@ -238,7 +238,7 @@ def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
     src, p = ctx.train_batches, ctx.cfg.prune
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = _generator(src.device, round_seed(ctx.cfg.seed, round_idx, stream=6))
+        gen = seeded_generator(src.device, round_seed(ctx.cfg.seed, round_idx, stream=6))
         for k, (xb, idx) in enumerate(src.epoch(gen, ctx.cfg.train.batch_size)):
             if k >= p.score_batches:
                 break

@@ -31,7 +31,7 @@ from dsd2.prune import (
 )
 from dsd2.registry import PRUNING_ALLOCATIONS
 from dsd2.rundir import load_state
-from dsd2.threads import resolve_threads, sharing
+from dsd2.threads import Share, resolve_threads
 from dsd2.train import (
     Objective,
     SoftTargets,
@@ -54,7 +54,7 @@ def round_seed(seed: int, round_idx: int, stream: int = 0) -> int:
     return (seed * 1_000_003 + round_idx * 7_919 + stream * 104_729) % (2**63 - 1)
 
 
-def _generator(device: torch.device, seed: int) -> torch.Generator:
+def seeded_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -378,10 +378,17 @@ class RunContext:
 
 
 def set_threads(
-    cfg: RunConfig, device: torch.device, model: nn.Module, batches: Source, teacher: nn.Module | None, loader_workers: int = 0
+    cfg: RunConfig,
+    device: torch.device,
+    model: nn.Module,
+    batches: Source,
+    teacher: nn.Module | None,
+    loader_workers: int = 0,
+    share: Share = Share(),
 ) -> int:
     """Apply ``train.threads`` (README, "Performance"): an integer as given; ``auto`` on CPU by the rule
-    of :mod:`dsd2.threads` (from the FLOPs of one training step, less the image loader's workers);
+    of :mod:`dsd2.threads` (from the FLOPs of one training step, less the image loader's workers, and
+    ``share``: the runs side by side in this process's launch and their thread cap);
     ``auto`` on CUDA keeps torch's default for the CPU side. Returns the thread count in use."""
     if isinstance(cfg.train.threads, int):
         torch.set_num_threads(cfg.train.threads)
@@ -389,10 +396,10 @@ def set_threads(
         step = step_flops(model, batches.example(2), teacher=teacher)
         w = distributed.world()
         if w.distributed:  # the ranks on this node share its cores, each with its slice of the batch
-            with sharing(w.local_size):
-                choice = resolve_threads(step.dense_per_example * cfg.train.batch_size / w.size, loader_workers=loader_workers)
+            per_rank = step.dense_per_example * cfg.train.batch_size / w.size
+            choice = resolve_threads(per_rank, share=Share(w.local_size), loader_workers=loader_workers)
         else:
-            choice = resolve_threads(step.dense_per_example * cfg.train.batch_size, loader_workers=loader_workers)
+            choice = resolve_threads(step.dense_per_example * cfg.train.batch_size, share=share, loader_workers=loader_workers)
         torch.set_num_threads(choice.threads)
     return torch.get_num_threads()
 
@@ -402,11 +409,11 @@ def _recorded_digest(meta: dict[str, Any]) -> str | None:
     return meta.get("config_digest", meta.get("config_hash"))
 
 
-def _check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
+def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
     """The config to run in ``run_dir``: ``cfg``, or the saved one when it asks more rounds.
 
     A config that differs from the saved one only by more rounds extends the run (see
-    :func:`_extend`); anything else is refused."""
+    :func:`extend_rounds`); anything else is refused."""
     if not (run_dir / rundir.CONFIG).exists():
         return cfg
     saved = rundir.read_config(run_dir)
@@ -432,7 +439,7 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-def _extend(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
+def extend_rounds(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
     """Record that ``cfg`` asks more rounds than the run was started with: config.yaml takes the
     new count, meta.json its digest and the extension (from, to, when, by which version)."""
     meta = store.read_json(run_dir / rundir.META)
@@ -449,7 +456,7 @@ def _extend(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
     store.write_json(run_dir / rundir.META, meta)
 
 
-def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
+def prepare(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
     device = distributed.local_device(resolve_device(cfg.train.device))
     data = build_data(cfg)
     labels = noisy_labels(cfg, data)
@@ -497,7 +504,8 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
         teacher, teacher_info, teacher_masks = teaching.teacher, teaching.info, teaching.masks
         if distributed.is_main():
             store.write_json(run_dir / "teacher.json", teacher_info)
-    threads = set_threads(cfg, device, model, train_batches, teacher, loader_workers=images.workers if images is not None else 0)
+    loader_workers = images.workers if images is not None else 0
+    threads = set_threads(cfg, device, model, train_batches, teacher, loader_workers=loader_workers, share=share)
     return RunContext(
         cfg,
         run_dir,
@@ -517,11 +525,12 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     )
 
 
-def start(cfg: RunConfig, run_dir: Path) -> RunContext:
-    """The run's context; config.yaml and meta.json are written once, when the run begins."""
+def start(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
+    """The run's context (``share``: see :func:`set_threads`); config.yaml and meta.json are written
+    once, when the run begins."""
     if not (run_dir / rundir.CONFIG).exists():
         store.write_yaml(run_dir / rundir.CONFIG, cfg.resolved())
-    ctx = prepare(cfg, run_dir)
+    ctx = prepare(cfg, run_dir, share)
     if not (run_dir / rundir.META).exists():
         store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": data_meta(ctx.data)})
     else:

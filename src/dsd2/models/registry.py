@@ -25,7 +25,7 @@ from dsd2.registry import Registry, did_you_mean
 
 Builder = Callable[..., nn.Module]
 
-_STANDARD_ARGS = ("num_classes", "in_channels", "input_size")
+STANDARD_ARGS = ("num_classes", "in_channels", "input_size")
 
 # name -> builder; metadata: ``input_shape``, the input the model is designed for (informational).
 MODELS: Registry[Builder] = Registry("model")
@@ -40,11 +40,11 @@ def register_model(name: str, *, input_shape: tuple[int, ...] | None = None, ove
 
     def decorator(builder: Builder) -> Builder:
         params = inspect.signature(builder).parameters
-        missing = [a for a in _STANDARD_ARGS if a not in params]
+        missing = [a for a in STANDARD_ARGS if a not in params]
         if missing:
             raise TypeError(f"model builder {builder.__qualname__} lacks arguments {missing}")
         for p in params.values():
-            if p.name in _STANDARD_ARGS:
+            if p.name in STANDARD_ARGS:
                 continue
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
                 raise TypeError(f"model builder {builder.__qualname__}: option {p.name!r} must be a named argument with a default")
@@ -63,7 +63,7 @@ def list_models() -> list[str]:
 def model_options(name: str) -> dict[str, object]:
     """The options ``name`` accepts and their defaults (for ``--help``-style output)."""
     builder = MODELS.get(name)
-    return {p.name: p.default for p in inspect.signature(builder).parameters.values() if p.name not in _STANDARD_ARGS}
+    return {p.name: p.default for p in inspect.signature(builder).parameters.values() if p.name not in STANDARD_ARGS}
 
 
 def _format_options(options: dict[str, object]) -> str:
@@ -100,7 +100,7 @@ def _as_list(value: Any) -> Any:
 _SEQUENCES = (tuple, list)
 
 
-def _cli_type(hint: Any) -> Any:
+def cli_type(hint: Any) -> Any:
     """``hint`` with the command-line conversions above, recursively."""
     if hint is bool:
         return Annotated[bool, BeforeValidator(_strip)]
@@ -108,14 +108,14 @@ def _cli_type(hint: Any) -> Any:
         return Annotated[hint, BeforeValidator(_not_bool_number)]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in _SEQUENCES and args:
-        inner = tuple(a if a is Ellipsis else _cli_type(a) for a in args)
+        inner = tuple(a if a is Ellipsis else cli_type(a) for a in args)
         return Annotated[origin[inner], BeforeValidator(_as_list)]
     if origin in (Union, types.UnionType):
-        return Union[tuple(_cli_type(a) for a in args)]
+        return Union[tuple(cli_type(a) for a in args)]
     return hint
 
 
-def _hint_from_default(default: Any) -> Any:
+def hint_from_default(default: Any) -> Any:
     if default is None:
         return Any
     if isinstance(default, tuple) and default and all(type(v) is type(default[0]) for v in default):
@@ -147,10 +147,10 @@ def _option_types(builder: Builder) -> dict[str, tuple[Any, TypeAdapter[Any]]]:
         hints = {}
     out: dict[str, tuple[Any, TypeAdapter[Any]]] = {}
     for p in inspect.signature(builder).parameters.values():
-        if p.name in _STANDARD_ARGS:
+        if p.name in STANDARD_ARGS:
             continue
-        hint = hints.get(p.name, _hint_from_default(p.default))
-        out[p.name] = (hint, TypeAdapter(_cli_type(hint), config=ConfigDict(arbitrary_types_allowed=True)))
+        hint = hints.get(p.name, hint_from_default(p.default))
+        out[p.name] = (hint, TypeAdapter(cli_type(hint), config=ConfigDict(arbitrary_types_allowed=True)))
     return out
 
 

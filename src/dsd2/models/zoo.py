@@ -49,7 +49,7 @@ from pydantic import ConfigDict, TypeAdapter
 from torch import Tensor, nn
 
 from dsd2.errors import UserError
-from dsd2.models.registry import _STANDARD_ARGS, MODELS, Builder, _cli_type, _hint_from_default
+from dsd2.models.registry import MODELS, STANDARD_ARGS, Builder, cli_type, hint_from_default
 
 __all__ = ["TIMM", "TORCHVISION", "adapt_input_channels", "check_forward", "timm_names", "torchvision_names"]
 
@@ -119,7 +119,7 @@ _ADAPTER_CONFIG = ConfigDict(arbitrary_types_allowed=True)
 def _usable_hint(hint: Any) -> Any:
     """``hint`` if pydantic can validate values of it, else ``Any`` (the value is passed as given)."""
     try:
-        TypeAdapter(_cli_type(hint), config=_ADAPTER_CONFIG)
+        TypeAdapter(cli_type(hint), config=_ADAPTER_CONFIG)
     except Exception:
         return Any
     return hint
@@ -138,21 +138,21 @@ def _make_builder(
     options (``first``: (name, type, default) before the constructor's), so the registry
     validates and converts them as it does for the built-in models."""
     options: list[inspect.Parameter] = []
-    annotations: dict[str, Any] = {a: int for a in _STANDARD_ARGS}
+    annotations: dict[str, Any] = {a: int for a in STANDARD_ARGS}
     for name, hint, default in first:
         options.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default))
         annotations[name] = hint
     changed = _dsd2_defaults(params)
     for p in params.values():
-        if p.default is p.empty or p.name in _NOT_OPTIONS | from_data or p.name in _STANDARD_ARGS or p.name in annotations:
+        if p.default is p.empty or p.name in _NOT_OPTIONS | from_data or p.name in STANDARD_ARGS or p.name in annotations:
             continue
         options.append(inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=changed.get(p.name, p.default)))
-        annotations[p.name] = _usable_hint(hints.get(p.name, _hint_from_default(p.default)))
+        annotations[p.name] = _usable_hint(hints.get(p.name, hint_from_default(p.default)))
 
     def builder(num_classes: int, in_channels: int, input_size: int, **opts: Any) -> nn.Module:
         return construct(num_classes, in_channels, input_size, dict(opts))
 
-    standard = [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in _STANDARD_ARGS]
+    standard = [inspect.Parameter(a, inspect.Parameter.POSITIONAL_OR_KEYWORD) for a in STANDARD_ARGS]
     setattr(builder, "__signature__", inspect.Signature(standard + options))  # noqa: B010  read by inspect.signature
     builder.__annotations__ = {**annotations, "return": nn.Module}
     builder.__name__ = builder.__qualname__ = label

@@ -113,7 +113,7 @@ def load_run(path: str | Path) -> RunData:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"{path} is not a directory: pass dsd2 run directories (folders with rounds.csv)")
-    rounds = path / "rounds.csv"
+    rounds = rundir.rounds_csv_path(path)
     if not rounds.is_file():
         raise UserError(f"{path} is not a dsd2 run directory (no rounds.csv): pass the folder a run wrote")
     rows, columns = _read_csv_with_header(rounds)
@@ -121,16 +121,18 @@ def load_run(path: str | Path) -> RunData:
         raise UserError(f"{rounds} has no finished round yet: wait for round 0 to finish, or resume the run")
     if any(r.get("sparsity") is None or r.get("round") is None for r in rows):
         raise UserError(f"{rounds} lacks the round or sparsity of some rows; it is corrupt: resume the run to rewrite it")
-    config_path = path / "config.yaml"
+    config_path = rundir.config_path(path)
     config_text = config_path.read_text() if config_path.is_file() else ""
     config = store.read_yaml_file(config_path) if config_path.is_file() else {}
     if not isinstance(config, dict):
         raise UserError(f"{config_path} is not a mapping; it is corrupt")
-    meta = store.read_json(path / "meta.json") if (path / "meta.json").is_file() else {}
-    entropy_rows = rundir.read_table(path, rundir.ENTROPY_CSV) if (path / rundir.ENTROPY_CSV).is_file() else []
-    timings = store.read_csv(path / "timings.csv") if (path / "timings.csv").is_file() else []
-    teacher = store.read_json(path / "teacher.json") if (path / "teacher.json").is_file() else None
-    early = store.read_json(path / "early_stop.json") if (path / "early_stop.json").is_file() else None
+    meta_path = rundir.meta_path(path)
+    meta = store.read_json(meta_path) if meta_path.is_file() else {}
+    entropy_rows = rundir.read_table(path, rundir.ENTROPY_CSV) if rundir.entropy_csv_path(path).is_file() else []
+    timings_path, teacher_path, early_path = rundir.timings_csv_path(path), rundir.teacher_path(path), rundir.early_stop_path(path)
+    timings = store.read_csv(timings_path) if timings_path.is_file() else []
+    teacher = store.read_json(teacher_path) if teacher_path.is_file() else None
+    early = store.read_json(early_path) if early_path.is_file() else None
     return RunData(
         path=path,
         config=config,
@@ -191,7 +193,7 @@ def config_key(config: dict[str, Any], _depth: int = 0) -> str:
     if isinstance(distill, dict) and distill.get("teacher"):
         teacher = Path(str(distill["teacher"]))
         tkey: str = str(distill["teacher"])
-        tcfg_path = teacher / "config.yaml"
+        tcfg_path = rundir.config_path(teacher)
         if _depth < 8 and tcfg_path.is_file():
             try:
                 tcfg = store.read_yaml_file(tcfg_path)

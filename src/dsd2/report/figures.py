@@ -72,7 +72,7 @@ def format_sparsity(s: float) -> str:
     return text
 
 
-def _mpl(text: Any) -> str:
+def mpl_text(text: Any) -> str:
     """Plain text for matplotlib: no mathtext from a ``$`` in a path or name."""
     return str(text).replace("$", r"\$")
 
@@ -132,13 +132,13 @@ def group_series(group: RunGroup, key: str, scale: float = 100.0) -> Series | No
     return Series([sparsity_to_x(s) for s in sp], sp, means, stds if len(group.runs) > 1 else None, len(group.runs))
 
 
-def _color(i: int) -> str:
+def series_color(i: int) -> str:
     cycle = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
     return cycle[i % len(cycle)]
 
 
 def _plot_series(ax: Axes, s: Series, *, color: str, ls: str, label: str, gid: str, marker: str = "o") -> Line2D:
-    (line,) = ax.plot(s.x, s.mean, color=color, ls=ls, marker=marker, ms=3.5, lw=1.6, label=_mpl(label))
+    (line,) = ax.plot(s.x, s.mean, color=color, ls=ls, marker=marker, ms=3.5, lw=1.6, label=mpl_text(label))
     line.set_gid(gid)
     if s.std is not None:
         lo = [m - d for m, d in zip(s.mean, s.std)]
@@ -244,13 +244,13 @@ def _add_legends(ax: Axes, phase_handles: list[Patch], *, title: str | None, run
             handles=phase_handles,
             loc="outside right lower",
             fontsize=7,
-            title=_mpl(title or "phases"),
+            title=mpl_text(title or "phases"),
             title_fontsize=8,
             frameon=False,
         )
 
 
-def _new_figure(w: float = 10.0, h: float = 4.8) -> Figure:
+def new_figure(w: float = 10.0, h: float = 4.8) -> Figure:
     fig = Figure(figsize=(w, h), dpi=110, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -271,13 +271,13 @@ def _curves_figure(
     """Curves vs sparsity for every group (``series``: column, linestyle, label, marker), the
     vanilla run's phases shaded behind them."""
     groups = _as_groups(runs)
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     prun = _phase_run(groups, phases_from)
     handles = shade_phases(ax, prun) if prun is not None else []
     all_sp: list[float] = []
     for gi, g in enumerate(groups):
-        color = _color(gi)
+        color = series_color(gi)
         for key, ls, what, marker in series:
             s = group_series(g, key)
             if s is None:
@@ -289,7 +289,7 @@ def _curves_figure(
         _mark_teachers(ax, groups)
     setup_sparsity_axis(ax, all_sp)
     ax.set_ylabel(ylabel)
-    ax.set_title(_mpl(title), fontsize=10)
+    ax.set_title(mpl_text(title), fontsize=10)
     _add_legends(ax, handles, title=f"phases ({prun.title}, seed {prun.seed})" if prun else None)
     return fig
 
@@ -370,7 +370,7 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
     n = 1 + len(with_layers)
     ncols = min(2, n)
     nrows = math.ceil(n / ncols)
-    fig = _new_figure(6.2 * ncols, 4.2 * nrows)
+    fig = new_figure(6.2 * ncols, 4.2 * nrows)
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
     ax = axes[0]
     prun = _phase_run(groups, phases_from)
@@ -381,7 +381,7 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
         if s is None:
             continue
         all_sp.extend(s.sparsity)
-        _plot_series(ax, s, color=_color(gi), ls="-", label=g.label, gid=f"entropy:{gi}")
+        _plot_series(ax, s, color=series_color(gi), ls="-", label=g.label, gid=f"entropy:{gi}")
     setup_sparsity_axis(ax, all_sp or [r["sparsity"] for g in groups for r in g.runs[0].rows])
     ax.set_ylabel("mean entropy (bits)")
     ax.set_title("Neuron-weighted mean activation entropy", fontsize=10)
@@ -399,7 +399,9 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
             pts.sort()
             sp.extend(p[0] for p in pts)
             c = cmap(li / max(len(layers) - 1, 1) * 0.9)
-            (line,) = ax.plot([sparsity_to_x(p[0]) for p in pts], [p[1] for p in pts], color=c, lw=1.1, marker=".", ms=3, label=_mpl(layer))
+            (line,) = ax.plot(
+                [sparsity_to_x(p[0]) for p in pts], [p[1] for p in pts], color=c, lw=1.1, marker=".", ms=3, label=mpl_text(layer)
+            )
             line.set_gid(f"layer:{gi}:{layer}")
         if run.has("entropy"):
             (line,) = ax.plot(
@@ -412,7 +414,7 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
             line.set_gid(f"layer-mean:{gi}")
         setup_sparsity_axis(ax, sp or [r["sparsity"] for r in run.rows])
         ax.set_ylabel("entropy (bits)")
-        ax.set_title(_mpl(f"Per-layer entropy — {run.label}"), fontsize=9)
+        ax.set_title(mpl_text(f"Per-layer entropy — {run.label}"), fontsize=9)
         ax.legend(fontsize=6, frameon=False, ncol=2 if len(layers) > 8 else 1, loc="best")
     return fig
 
@@ -447,9 +449,9 @@ def compute_figure(
     if outcomes is None:
         outcomes = compare.strategy_table(v.path, s.path if s is not None else None)
     unit = float(v.rows[0]["round_pflops_dense"]) or 1.0
-    fig = _new_figure(10.0, 6.0)
+    fig = new_figure(10.0, 6.0)
     ax = fig.add_subplot()
-    for run, color, what in ((v, _color(0), "vanilla IMP"), (s, _color(1), "DSD² student (teacher forward passes included)")):
+    for run, color, what in ((v, series_color(0), "vanilla IMP"), (s, series_color(1), "DSD² student (teacher forward passes included)")):
         if run is None:
             continue
         rows = [r for r in run.rows if r.get("train_pflops_dense") is not None and r.get("test_acc") is not None]
@@ -460,7 +462,7 @@ def compute_figure(
             marker="o",
             ms=3.5,
             lw=1.5,
-            label=_mpl(f"{what}: {run.title} (seed {run.seed})"),
+            label=mpl_text(f"{what}: {run.title} (seed {run.seed})"),
         )
         line.set_gid("pflops:student" if run is s else "pflops:vanilla")
     markers = ["D", "v", "P", "*", "X", "^", "s", "h"]
@@ -478,9 +480,9 @@ def compute_figure(
             ms=ms,
             mec="black",
             mew=0.8,
-            color=_color(i + 1),
+            color=series_color(i + 1),
             zorder=5 + 0.1 * i,  # later (smaller) markers above the earlier ones on the same spot
-            label=_mpl(
+            label=mpl_text(
                 f"{i}. {o.strategy}: round {o.selected_round} ({format_sparsity(o.sparsity)}% sparse), "
                 f"{y:.1f}%, {x:.2f} units = {o.pflops_dense:.4g} PFLOPs"
             ),

@@ -81,7 +81,7 @@ def _fmt_cell(key: str, value: Any) -> str:
     return str(value)
 
 
-def _table(
+def html_table(
     headers: Sequence[str],
     rows: Iterable[Sequence[Any]],
     *,
@@ -210,13 +210,13 @@ def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path
         fig = F.compute_figure(v, s, outcomes)
         stem = "compute" if k == 1 else f"compute_{k}"
         figs.append(
-            _figure_block(fig, fig_dir, stem, f"Accuracy vs training compute (units; measured PFLOPs on the top axis) — {head}", written)
+            figure_block(fig, fig_dir, stem, f"Accuracy vs training compute (units; measured PFLOPs on the top axis) — {head}", written)
         )
     return "".join(parts), figs
 
 
 def _strategy_table(outcomes: Sequence[Any]) -> str:
-    return _table(
+    return html_table(
         [
             "strategy",
             "selected round",
@@ -253,7 +253,7 @@ def _strategy_table(outcomes: Sequence[Any]) -> str:
     )
 
 
-def _figure_block(fig: Any, fig_dir: Path, stem: str, caption: str, written: list[Path]) -> str:
+def figure_block(fig: Any, fig_dir: Path, stem: str, caption: str, written: list[Path]) -> str:
     paths = F.save_figure(fig, fig_dir, stem)
     written.extend(paths.values())
     png = paths["png"].read_bytes()
@@ -324,7 +324,7 @@ def _summary(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> str:
         )
     # 11 columns whose text wraps (headers too): the table fits a 1280 px window instead of scrolling
     out.append(
-        _table(
+        html_table(
             SUMMARY_HEADERS,
             rows,
             cls="runs",
@@ -373,7 +373,7 @@ def _selection_table(runs: Sequence[RunData]) -> str:
         cells.append(_fmt_cell("pflops", r.rows[-1].get("train_pflops_dense")))
         cells.append(_fmt_cell("pflops", r.rows[-1].get("train_pflops_sparse")))
         rows.append(cells)
-    return _table(
+    return html_table(
         [
             "run",
             "selected on",
@@ -397,7 +397,7 @@ def _rounds_table(run: RunData) -> str:
     cols = run.columns or list(run.rows[0].keys())
     classes = [f"phase-{r.get('phase')}" if r.get("phase") else "" for r in run.rows]
     headers = [c + (" %" if c in PERCENT_COLUMNS else "") for c in cols]
-    return _table(
+    return html_table(
         headers,
         [[_fmt_cell(c, row.get(c)) for c in cols] for row in run.rows],
         cls="rounds",
@@ -426,7 +426,7 @@ def _noise_block(noise: dict[str, Any]) -> str:
     rates = noise.get("class_flip_rates") or []
     if k <= CONFUSION_MAX_CLASSES:
         rows = [[label[i], *conf[i], _fmt_rate(rates[i] if i < len(rates) else None)] for i in range(k)]
-        body = _table(["clean → noisy", *label, "flipped %"], rows, cls="confusion", text_cols=(0,))
+        body = html_table(["clean → noisy", *label, "flipped %"], rows, cls="confusion", text_cols=(0,))
     else:
         known = [(r, i) for i, r in enumerate(rates) if isinstance(r, (int, float))]
         body = (
@@ -449,7 +449,7 @@ def _meta_table(run: RunData) -> str:
     rows += [[k, v] for k, v in sorted(meta.items()) if k not in keys]
     if not rows:
         return '<p class="note">No meta.json.</p>'
-    return _table(["key", "value"], rows, cls="meta", text_cols=(0, 1))
+    return html_table(["key", "value"], rows, cls="meta", text_cols=(0, 1))
 
 
 def _run_section(i: int, run: RunData) -> str:
@@ -504,7 +504,7 @@ def build_report(
     written: list[Path] = []
     figs: list[str] = []
     figs.append(
-        _figure_block(
+        figure_block(
             F.accuracy_figure(groups),
             fig_dir,
             "accuracy",
@@ -514,7 +514,7 @@ def build_report(
     )
     if any(r.has("train_acc_noisy") or r.has("train_acc_flipped") for r in runs):
         figs.append(
-            _figure_block(
+            figure_block(
                 F.memorisation_figure(groups),
                 fig_dir,
                 "memorisation",
@@ -524,7 +524,7 @@ def build_report(
         )
     ent = F.entropy_figure(groups)
     if ent is not None:
-        figs.append(_figure_block(ent, fig_dir, "entropy", "Activation entropy vs sparsity: mean and per layer", written))
+        figs.append(figure_block(ent, fig_dir, "entropy", "Activation entropy vs sparsity: mean and per layer", written))
     strat_html, compute_figs = _strategy_section(runs, fig_dir, written)
     figs.extend(compute_figs)
     title = title or "DSD² study: " + ", ".join(sorted({r.name for r in runs}))

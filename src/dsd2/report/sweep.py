@@ -48,7 +48,7 @@ def analysis_figure(rows: list[dict[str, Any]], key: str) -> Figure:
             values.append(r[key])
     numeric = all(_as_number(v) is not None for v in values)
     xs_of = (lambda v: _as_number(v)) if numeric else (lambda v: values.index(v))
-    fig = F._new_figure(11.0, 4.2)
+    fig = F.new_figure(11.0, 4.2)
     ax_acc, ax_sp = fig.subplots(1, 2)
     lines: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
@@ -61,24 +61,24 @@ def analysis_figure(rows: list[dict[str, Any]], key: str) -> Figure:
             label = ", ".join(f"{k}={v}" for k, v in zip(others, combo)) or "all"
             if prefix:
                 label = f"{prefix.rstrip('_')} — {label}"
-            color = F._color(i)
+            color = F.series_color(i)
             i += 1
             for ax, metric, scale in ((ax_acc, "best_acc", 100.0), (ax_sp, "best_sparsity", 100.0)):
                 mean = [(_as_number(r.get(f"{prefix}{metric}_mean")) or 0.0) * scale for r in group]
                 std = [(_as_number(r.get(f"{prefix}{metric}_std")) or 0.0) * scale for r in group]
-                (line,) = ax.plot(xs, mean, marker="o", color=color, label=F._mpl(label))
+                (line,) = ax.plot(xs, mean, marker="o", color=color, label=F.mpl_text(label))
                 line.set_gid(f"{prefix}{metric}:{label}")
                 ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=color, alpha=0.15, lw=0)
             dense = [(_as_number(r.get(f"{prefix}dense_acc_mean")) or 0.0) * 100.0 for r in group]
             ax_acc.plot(xs, dense, ls="--", marker="s", ms=3, color=color, alpha=0.7)
     for ax, ylabel in ((ax_acc, "best accuracy % (dashed: dense)"), (ax_sp, "sparsity % of the best round")):
-        ax.set_xlabel(F._mpl(key))
+        ax.set_xlabel(F.mpl_text(key))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if not numeric:
-            ax.set_xticks(range(len(values)), [F._mpl(str(v)) for v in values], rotation=20)
+            ax.set_xticks(range(len(values)), [F.mpl_text(str(v)) for v in values], rotation=20)
     ax_acc.legend(fontsize=7)
-    fig.suptitle(F._mpl(f"Best fit vs {key} (mean ± std over seeds)"), fontsize=10)
+    fig.suptitle(F.mpl_text(f"Best fit vs {key} (mean ± std over seeds)"), fontsize=10)
     return fig
 
 
@@ -103,7 +103,7 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
     # spaces, not underscores: headers wrap between words, so the table fits the page
     headers = [*keys, "seeds", *[c[: -len("_mean")].replace("_", " ") + " %" for c in means]]
     body = [[*(r[k] for k in keys), r.get("seeds", ""), *(cell(r, c) for c in means)] for r in rows]
-    return H._table(headers, body, cls="sweep-summary", text_cols=range(len(keys) + 1), wrap_cols=range(len(keys) + 1, len(headers)))
+    return H.html_table(headers, body, cls="sweep-summary", text_cols=range(len(keys) + 1), wrap_cols=range(len(keys) + 1, len(headers)))
 
 
 def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
@@ -155,11 +155,11 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         if by_point:
             parts.append(_summary_table(by_point))
             for key in [k for k in grid_keys(by_point) if len({r[k] for r in by_point}) > 1]:
-                parts.append(H._figure_block(analysis_figure(by_point, key), fig_dir, f"sweep_{key}", f"Best fit vs {key}", written))
+                parts.append(H.figure_block(analysis_figure(by_point, key), fig_dir, f"sweep_{key}", f"Best fit vs {key}", written))
         failed = [c for c in info.get("cells", []) if c.get("status") == "failed"]
         if failed:
             parts.append(
-                "<h3>Failed cells</h3>" + H._table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1))
+                "<h3>Failed cells</h3>" + H.html_table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1))
             )
         page, _ = H.build_report(
             runs,

@@ -151,7 +151,9 @@ def run_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _rows(run_dir: str | Path | None) -> list[dict[str, Any]]:
     if not run_dir:
         return []
-    path = Path(run_dir) / "rounds.csv"
+    from dsd2 import rundir
+
+    path = rundir.rounds_csv_path(run_dir)
     return store.read_csv(path) if path.is_file() else []
 
 

@@ -56,7 +56,7 @@ def epochs_total(cfg: RunConfig) -> int:
     return sum(epochs_per_round(cfg))
 
 
-def _per_example(cfg: RunConfig, teacher: RunConfig | None) -> tuple[float, float, float]:
+def per_example_flops(cfg: RunConfig, teacher: RunConfig | None) -> tuple[float, float, float]:
     """(student forward, student step = fwd + bwd, teacher forward) FLOPs per example."""
     key = json.dumps([model_key(cfg), model_key(teacher) if teacher else None])
     if key not in _STEP_CACHE:
@@ -85,7 +85,7 @@ def _run_estimate(
     cfg: RunConfig, role: str, teacher: RunConfig | None, gpu_tflops: float, throughput: Throughput | None = None
 ) -> dict[str, Any]:
     n = train_examples(cfg)  # first: it names every dataset fact the estimate lacks
-    fwd, step, tfwd = _per_example(cfg, teacher)
+    fwd, step, tfwd = per_example_flops(cfg, teacher)
     ep = epochs_total(cfg)
     flops = (step + tfwd) * n * ep
     paper = (1.5 * fwd + 0.5 * tfwd) * n * ep  # 3 x student MACs + 1 x teacher MACs per example

@@ -23,6 +23,7 @@ import yaml
 from dsd2.config import validate_config
 from dsd2.errors import UserError
 from dsd2.plugins import load_plugins
+from dsd2.threads import Share
 
 if TYPE_CHECKING:
     from dsd2.rundir import RoundRow
@@ -56,16 +57,12 @@ class Outcome:
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     # the sequential backend runs in the caller's process: give its thread count back.
-    # train.threads=auto decides within this cap (dsd2.threads): one thread per cell by default.
     import torch
-
-    from dsd2.threads import sharing
 
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        with sharing(cap=n):
-            yield
+        yield
     finally:
         torch.set_num_threads(before)
 
@@ -86,7 +83,8 @@ def run_task(task: Task, on_round: Callable[[RoundRow], None] | None = None) -> 
         with _torch_threads(task.threads):
             cfg = validate_config(task.config, source="sweep cell config")
             run_dir = Path(task.run_dir)
-            imp.run(cfg, run_dir.parent, run_dir=run_dir, on_round=on_round)
+            # train.threads=auto decides within the cell's threads (one per cell by default)
+            imp.run(cfg, run_dir.parent, run_dir=run_dir, on_round=on_round, share=Share(cap=task.threads))
         return Outcome(ok=True, wall_s=time.perf_counter() - t0)
     except UserError as err:
         return Outcome(ok=False, error=str(err), wall_s=time.perf_counter() - t0)
@@ -134,12 +132,14 @@ def last_error_line(stderr: str) -> str:
 def run_ddp_task(task: Task) -> Outcome:
     """Run (or resume) the attempt as ``torchrun --standalone --nproc_per_node N -m dsd2 run``;
     a non-zero exit fails the attempt with the job's last error line."""
+    from dsd2 import rundir
+
     t0 = time.perf_counter()
     run_dir = Path(task.run_dir)
     with tempfile.TemporaryDirectory(prefix="dsd2-cell-") as tmp:
         config_file = None
-        if not (run_dir / "config.yaml").is_file():
-            config_file = str(Path(tmp) / "config.yaml")
+        if not rundir.config_path(run_dir).is_file():
+            config_file = str(Path(tmp) / rundir.CONFIG)
             Path(config_file).write_text(yaml.safe_dump(task.config, sort_keys=False))
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -150,7 +150,7 @@ def run_ddp_task(task: Task) -> Outcome:
     if res.returncode != 0:
         tail = "\n".join(res.stderr.splitlines()[-_STDERR_KEPT:])
         return Outcome(ok=False, error=f"{last_error_line(res.stderr)} (torchrun exit {res.returncode})", traceback=tail, wall_s=wall)
-    if config_file is not None and not (run_dir / "config.yaml").is_file():
+    if config_file is not None and not rundir.config_path(run_dir).is_file():
         # dsd2 run chose another directory (e.g. a legacy one): the sweep would not find the run
         return Outcome(ok=False, error=f"the job did not write {run_dir}", wall_s=wall)
     return Outcome(ok=True, wall_s=wall)

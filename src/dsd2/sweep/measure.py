@@ -26,7 +26,7 @@ from typing import Any
 
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
-from dsd2.sweep.cost import _per_example, epochs_per_round, train_examples, val_examples
+from dsd2.sweep.cost import epochs_per_round, per_example_flops, train_examples, val_examples
 from dsd2.sweep.shapes import dataset_info, input_shape, model_key, model_kwargs
 
 DEFAULT_STEPS = 10
@@ -119,7 +119,7 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
             out = model(xb)
         float(out.sum())  # one sync, as the run's evaluation
         eval_s = time.perf_counter() - t0
-    _, step, tfwd = _per_example(cfg, teacher)
+    _, step, tfwd = per_example_flops(cfg, teacher)
     rows = data.num_rows
     return Measured(
         device=str(device),

@@ -98,7 +98,7 @@ def build_jobs(spec: SweepSpec, cells: list[Cell], out: Path) -> tuple[dict[str,
 def run_is_finished(cfg: RunConfig, run_dir: Path) -> bool:
     """True when ``run_dir`` holds every round of ``cfg`` (or its early stop fired)."""
     run_dir = Path(run_dir)
-    if not (run_dir / rundir.CONFIG).is_file():
+    if not rundir.config_path(run_dir).is_file():
         return False
     try:
         return rundir.is_complete(cfg, len(rundir.finished_rounds(run_dir)), run_dir)
