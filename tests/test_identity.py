@@ -1,0 +1,105 @@
+"""A run's identity (docs/run_directory.md, "Run id"): the id hashes exactly the settings that can
+change the run's numbers in its mode; the data a run read is fingerprinted; overrides on an
+existing run are used or refused, never dropped."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from dsd2 import imp, study
+from dsd2.config import config_hash, differing_settings, unused_options
+
+from conftest import tiny_config
+
+
+def _dirs(out):
+    return sorted(p.name for p in out.iterdir() if p.is_dir())
+
+
+# ----------------------------------------------------------------------------- settings identity
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["distill.alpha=0.3", "distill.temperature=2", "distill.round=dense", "distill.student_init=independent"],
+        ["noise.class_map={0: 1}", "noise.instance_std=0.3"],  # symmetric noise reads neither
+        ["prune.gradual_start=1", "prune.gradual_end=2"],  # iterative schedule
+        ["prune.rewind_epoch=0", "prune.finetune_lr=0.5", "prune.finetune_epochs=3"],  # lr_rewind
+        ["prune.score_batches=2"],  # magnitude criterion
+        ["train.momentum=0.5"],  # adam (the tiny preset's optimizer)
+        ["train.milestones=[0.1, 0.2]", "train.lr_decay=0.5"],  # cosine schedule
+        ["early_stop.patience=3", "early_stop.tolerance=0.1", "early_stop.select=last_good"],  # no stop rule
+        ["dataset.label_key=worse_label"],  # no label file
+    ],
+)
+def test_options_of_an_unselected_choice_leave_the_run_id(overrides):
+    base = tiny_config()
+    cfg = tiny_config(*overrides)
+    assert cfg.run_id() == base.run_id(), overrides
+    assert differing_settings(base, cfg) == []
+    # the older scheme hashed them: its id still finds the folders it named
+    assert f"{cfg.name}-{config_hash(cfg, version=3)}" in cfg.legacy_run_ids()
+
+
+@pytest.mark.parametrize(
+    "choice, option",
+    [
+        (["noise.kind=asymmetric"], "noise.class_map={0: 1}"),
+        (["noise.kind=instance"], "noise.instance_std=0.3"),
+        (["prune.schedule=gradual"], "prune.gradual_start=1"),
+        (["prune.retrain=late_rewind", "train.epochs=3"], "prune.rewind_epoch=2"),
+        (["prune.retrain=finetune"], "prune.finetune_lr=0.5"),
+        (["prune.criterion=snip", "prune.allocation=global"], "prune.score_batches=2"),
+        (["train.optimizer=sgd"], "train.momentum=0.5"),
+        (["train.schedule=multistep"], "train.lr_decay=0.5"),
+        (["early_stop.rule=plain"], "early_stop.patience=3"),
+        (["distill.teacher=some/run"], "distill.alpha=0.3"),
+        (["noise.kind=none"], "seed=3"),
+    ],
+)
+def test_options_of_the_selected_choice_stay_in_the_run_id(choice, option):
+    a, b = tiny_config(*choice), tiny_config(*choice, option)
+    assert a.run_id() != b.run_id()
+    assert differing_settings(a, b) == [option.split("=")[0]]
+
+
+def test_every_distill_setting_of_a_run_without_a_teacher_is_unused():
+    assert {k for s, k in unused_options(tiny_config()) if s == "distill"} == {
+        "teacher",
+        "round",
+        "teachers",
+        "feature",
+        "alpha",
+        "temperature",
+        "student_init",
+    }
+
+
+def test_pipeline_after_a_plain_run_reuses_it_as_the_teacher(tmp_path):
+    """The plain run of a preset that sets distill.alpha (as demo_fmnist does) is the pipeline's
+    teacher: only the student's folder is made, and the teacher's rounds are not retrained."""
+    cfg = tiny_config("distill.alpha=0.9", "distill.temperature=4")
+    plain = imp.run(cfg, tmp_path)
+    states = {p: p.stat().st_mtime_ns for p in plain.glob("round_*/state.safetensors")}
+    csv = (plain / "rounds.csv").read_bytes()
+    s = study.run_pipeline(cfg, out=tmp_path)
+    assert s.teacher == plain
+    assert _dirs(tmp_path) == sorted([plain.name, s.student.name])
+    assert {p: p.stat().st_mtime_ns for p in states} == states
+    assert (plain / "rounds.csv").read_bytes() == csv
+
+
+def test_pipeline_reuses_a_plain_run_named_by_the_older_scheme(tmp_path):
+    """A plain run made before unused options left the id (its folder has the third scheme's id)
+    is still found as the pipeline's teacher: its saved config has the same settings."""
+    cfg = tiny_config("distill.alpha=0.9", "prune.rounds=1")
+    plain = imp.run(cfg, tmp_path)
+    old = tmp_path / f"{cfg.name}-{config_hash(cfg, version=3)}"
+    assert old != plain
+    shutil.move(plain, old)
+    s = study.run_pipeline(cfg, out=tmp_path)
+    assert s.teacher == old
+    assert _dirs(tmp_path) == sorted([old.name, s.student.name])
