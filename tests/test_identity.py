@@ -103,3 +103,28 @@ def test_pipeline_reuses_a_plain_run_named_by_the_older_scheme(tmp_path):
     s = study.run_pipeline(cfg, out=tmp_path)
     assert s.teacher == old
     assert _dirs(tmp_path) == sorted([old.name, s.student.name])
+
+
+def test_a_sweep_cell_equal_to_an_earlier_run_is_that_run(tmp_path):
+    """build_jobs gives a cell the directory `dsd2 run` would use: an earlier run of the same
+    settings, even one named by an older id scheme, is that cell's job (and counts as finished)."""
+    import yaml
+
+    from dsd2.sweep import build_jobs, expand, load_sweep, run_is_finished
+
+    from conftest import TINY
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        yaml.safe_dump({"name": "s", "base": "tiny_mnist1d", "overrides": [*TINY, "distill.alpha=0.9"], "grid": {"seed": [0, 1]}})
+    )
+    spec = load_sweep(path)
+    cells = expand(spec)
+    out = tmp_path / "runs"
+    earlier = imp.run(cells[0].config, out)
+    old = out / f"{cells[0].config.name}-{config_hash(cells[0].config, version=3)}"
+    shutil.move(earlier, old)
+    jobs, cell_jobs = build_jobs(spec, cells, out)
+    first = jobs[cell_jobs[0][0]]
+    assert first.run_dir == old and run_is_finished(first.config, first.run_dir)
+    assert jobs[cell_jobs[1][0]].run_dir == out / cells[1].config.run_id()
