@@ -128,3 +128,104 @@ def test_a_sweep_cell_equal_to_an_earlier_run_is_that_run(tmp_path):
     first = jobs[cell_jobs[0][0]]
     assert first.run_dir == old and run_is_finished(first.config, first.run_dir)
     assert jobs[cell_jobs[1][0]].run_dir == out / cells[1].config.run_id()
+
+
+# ----------------------------------------------------------------------------- data identity
+
+
+def _folder_config(root, *extra):
+    from dsd2.config import load_config
+
+    return load_config(
+        None,
+        [
+            "name=imf",
+            "dataset.name=image_folder",
+            f"dataset.root={root}",
+            "dataset.image_size=16",
+            "dataset.loader=stream",
+            "dataset.workers=0",
+            "dataset.val_size=6",
+            "model.name=lenet5",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "train.optimizer=adam",
+            "train.lr=0.001",
+            "train.schedule=constant",
+            "train.device=cpu",
+            "prune.rounds=0",
+            "noise.rate=0.2",
+            "entropy.enabled=false",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture
+def folder_run(tmp_path):
+    from dsd2.data.testing import write_image_folder
+
+    root = tmp_path / "imgs"
+    write_image_folder(root, n_train=4, n_test=2)
+    run_dir = imp.run(_folder_config(root), tmp_path / "runs")
+    return root, run_dir
+
+
+def test_a_copied_image_folder_is_the_same_run(folder_run, tmp_path):
+    """Moving or copying the data keeps the run: the copy (other mtimes) finds the finished run,
+    trains nothing, and the run records the new folder (config.yaml, meta.json)."""
+    from dsd2 import rundir, store
+
+    root, run_dir = folder_run
+    copy = tmp_path / "elsewhere" / "imgs"
+    shutil.copytree(root, copy)  # copytree keeps mtimes: make them differ, as a plain cp does
+    for p in copy.rglob("*.*"):
+        p.touch()
+    state = (run_dir / "round_000" / "state.safetensors").stat().st_mtime_ns
+    assert imp.run(_folder_config(copy), tmp_path / "runs") == run_dir
+    assert (run_dir / "round_000" / "state.safetensors").stat().st_mtime_ns == state
+    assert rundir.read_config(run_dir).dataset.root == str(copy)
+    meta = store.read_json(run_dir / "meta.json")
+    assert meta["execution_changes"][-1]["changed"] == {"dataset.root": {"from": str(root), "to": str(copy)}}
+    fp = meta["data"]["fingerprint"]["images"]
+    assert fp["files"] == 18 and fp["content"] == "whole"
+
+
+@pytest.mark.parametrize("edit", ["pixel", "remove", "add"])
+def test_other_data_never_reuses_a_run(folder_run, tmp_path, edit):
+    """One changed image, a removed or an added one: refused with one line saying what changed;
+    nothing of the run is touched."""
+    from PIL import Image
+
+    from dsd2.errors import UserError
+
+    root, run_dir = folder_run
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    image = sorted((copy / "train" / "bee").iterdir())[0]
+    if edit == "pixel":
+        with Image.open(image) as im:
+            im = im.convert("RGB")
+            im.putpixel((0, 0), tuple(255 - v for v in im.getpixel((0, 0))))
+            im.save(image)
+        expected = "train/bee: files changed or renamed"
+    elif edit == "remove":
+        image.unlink()
+        expected = "train/bee: 1 files removed"
+    else:
+        shutil.copy(image, image.with_name("extra.png"))
+        expected = "train/bee: 1 files added"
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != ".lock"}
+    with pytest.raises(UserError, match="trained on other data") as err:
+        imp.run(_folder_config(copy), tmp_path / "runs")
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != ".lock"} == before
+
+
+def test_label_file_and_teacher_fingerprints():
+    from dsd2.data.fingerprint import fingerprint_mismatch
+
+    a = {"label_file": {"sha256": "a" * 64, "bytes": 3}}
+    assert fingerprint_mismatch(a, a) is None
+    assert "label_file's content differs" in fingerprint_mismatch(a, {"label_file": {"sha256": "b" * 64, "bytes": 3}})
+    assert fingerprint_mismatch({}, a) is None  # a run recorded before fingerprints: nothing to compare

@@ -531,6 +531,31 @@ _NON_RESULT_FIELDS = _LOCATION_FIELDS | {
     ("entropy", "batch_size"),
 }
 
+# Where and how a run executes (the fields above less the noise matrix's records): given for an
+# existing run, they apply to its next rounds and meta.json records the change
+# (dsd2.imp.setup.record_execution); they cannot change the numbers, so the run id leaves them out.
+EXECUTION_FIELDS: tuple[tuple[str, str], ...] = tuple(sorted(_NON_RESULT_FIELDS - {("noise", "matrix_file"), ("noise", "matrix_sha256")}))
+
+
+def execution_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``section.key -> (old, new)`` for the execution settings that differ."""
+    out = {}
+    for section, key in EXECUTION_FIELDS:
+        a, b = getattr(getattr(old, section), key), getattr(getattr(new, section), key)
+        if a != b:
+            out[f"{section}.{key}"] = (a, b)
+    return out
+
+
+def with_execution(cfg: RunConfig, source: RunConfig) -> RunConfig:
+    """``cfg`` with the location and execution settings of ``source`` (everything else as it is)."""
+    if not execution_changes(cfg, source):
+        return cfg
+    data = cfg.resolved()
+    for section, key in EXECUTION_FIELDS:
+        data[section][key] = source.resolved()[section][key]
+    return validate_config(data, source="config")
+
 
 # Built-in choices whose options are known (a plugin's noise kind, optimizer or schedule may read
 # any option: its runs keep them all in the id).
