@@ -229,3 +229,63 @@ def test_label_file_and_teacher_fingerprints():
     assert fingerprint_mismatch(a, a) is None
     assert "label_file's content differs" in fingerprint_mismatch(a, {"label_file": {"sha256": "b" * 64, "bytes": 3}})
     assert fingerprint_mismatch({}, a) is None  # a run recorded before fingerprints: nothing to compare
+
+
+# ----------------------------------------------------------------------------- overrides on an existing run
+
+
+def test_execution_overrides_apply_to_a_resumed_run_and_are_recorded(tmp_path):
+    """train.threads=2 on an unfinished run trains its next rounds with 2 threads (timings.csv),
+    and meta.json says from which round; the run id and the rounds trained before are the same."""
+    from dsd2 import rundir, store
+
+    from conftest import run_interrupted
+
+    cfg = tiny_config("train.threads=1")
+    run_dir = run_interrupted(cfg, tmp_path, after_round=0)
+    assert imp.run(tiny_config("train.threads=2"), tmp_path) == run_dir
+    threads = [int(r["threads"]) for r in store.read_csv(run_dir / "timings.csv")]
+    assert threads == [1, 2, 2]
+    meta = store.read_json(run_dir / "meta.json")
+    assert meta["execution_changes"] == [
+        {"at": meta["execution_changes"][0]["at"], "round": 1, "changed": {"train.threads": {"from": 1, "to": 2}}}
+    ]
+    assert rundir.read_config(run_dir).train.threads == 2  # a later `dsd2 resume` keeps it
+
+
+def test_run_dir_overrides_are_used_or_refused_naming_them(tmp_path, capsys):
+    from dsd2 import store
+    from dsd2.cli import main
+
+    from conftest import TINY
+
+    out = tmp_path / "runs"
+    assert main(["run", "tiny_mnist1d", *TINY, "--out", str(out), "-q"]) == 0
+    (run_dir,) = out.iterdir()
+    capsys.readouterr()
+    assert main(["run", str(run_dir), "train.lr=0.5", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr would change the numbers" in err and "config.yaml train.lr=0.5" in err
+    assert main(["run", str(run_dir), "distill.alpha=0.5", "-q"]) == 2
+    assert "distill.alpha: not read by the run" in capsys.readouterr().err
+    assert main(["run", str(run_dir), "train.eval_batch_size=77", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "finished on " in text and ", 2 rounds; showing it" in text
+    assert text.index("showing it") < text.index("sparsity")  # the note comes before the table
+    meta = store.read_json(run_dir / "meta.json")
+    assert meta["execution_changes"][-1]["changed"] == {"train.eval_batch_size": {"from": 1000, "to": 77}}
+
+
+def test_run_on_a_finished_run_says_so_before_the_table(tmp_path, capsys):
+    from dsd2.cli import main
+
+    from conftest import TINY
+
+    args = ["run", "tiny_mnist1d", *TINY, "--out", str(tmp_path), "-q"]
+    assert main(args) == 0
+    assert "showing it" not in capsys.readouterr().out  # trained now: nothing to say
+    assert main(args) == 0
+    first = capsys.readouterr().out.strip().splitlines()[0]
+    assert first.startswith("finished on ") and first.endswith(", 2 rounds; showing it")
+    assert main([*args, "prune.rounds=3"]) == 0  # an extension trains: no note
+    assert "showing it" not in capsys.readouterr().out

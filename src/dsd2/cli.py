@@ -285,10 +285,13 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
 
     with _Progress(enabled=not quiet, last_round=cfg.prune.rounds) as prog:
         target = run_dir or rundir.run_dir_for(cfg, out)
+        finished = rundir.finished_note(cfg, target)
         if not quiet:
             err_console.print(f"run directory: {target}")
         path = api.run(cfg, out=out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch).run_dir
     rows = rundir.read_rounds(path)
+    if finished:
+        console.print(finished)
     console.print(
         rounds_table(
             rows,
@@ -315,8 +318,12 @@ def run(
     if p.is_dir() and not (p / "config.yaml").is_file() and (PRESET_DIR / f"{config}.yaml").is_file():
         err_console.print(f"{p}/ is a folder, not a run directory: using the preset {config!r}")
     elif p.is_dir():
-        if overrides:
-            raise UserError("overrides cannot change an existing run; start a new run from its config.yaml instead")
+        if overrides:  # where and how it runs, or more rounds; anything else is refused naming it
+            from dsd2 import rundir
+
+            _load_plugins(plugins)
+            _run_config(rundir.with_overrides(p, overrides), p.parent, p, quiet)
+            return None
         return resume(p, quiet=quiet, lr_scale=None, restart_round=False, plugins=plugins)
     cfg = load_config(config, overrides or [], plugins=plugins or [])
     _run_config(cfg, out, None, quiet)
