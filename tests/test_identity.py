@@ -289,3 +289,199 @@ def test_run_on_a_finished_run_says_so_before_the_table(tmp_path, capsys):
     assert first.startswith("finished on ") and first.endswith(", 2 rounds; showing it")
     assert main([*args, "prune.rounds=3"]) == 0  # an extension trains: no note
     assert "showing it" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- the decision table
+#
+# Every config field, and what the run id does with it. A field added to the schema without a
+# line here fails test_every_config_field_has_an_identity_decision: decide, then add it.
+#   "id"         hashed (when away from its default)
+#   "execution"  where / how the run executes: out of the id, usable on an existing run (EXECUTION_FIELDS)
+#   "record"     set on loading, a record of where a value came from (the value itself is hashed)
+#   "name"       the id's prefix (name) or not a setting (plugins: the names they register are hashed)
+#   "rounds"     out of the id: more rounds extend the same curve (the digest counts it)
+#   ("mode", unused_in, used_in): hashed only when the run's choices read it (config.unused_options);
+#                overrides of a tiny config where it is unused, and where it is used
+TEACHER = ["distill.teacher=some/run"]
+DECISIONS: dict[str, object] = {
+    "plugins": "name",
+    "name": "name",
+    "seed": "id",
+    "dataset.name": "id",
+    "dataset.root": "execution",
+    "dataset.download": "execution",
+    "dataset.val_size": "id",
+    "dataset.train_subset": "id",
+    "dataset.split_seed": "id",
+    "dataset.augment": "id",
+    "dataset.label_file": "id",  # its path; its content is in the data fingerprint (meta.json)
+    "dataset.label_key": ("mode", [], ["dataset.label_file=labels.pt", "noise.kind=none"]),
+    "dataset.soft_labels": "id",  # valid only with a label file
+    "dataset.mean": "id",
+    "dataset.std": "id",
+    "dataset.image_size": "id",  # image_folder only (other loaders refuse it)
+    "dataset.loader": "id",
+    "dataset.memory_budget_gb": ("mode", ["dataset.loader=memory"], []),
+    "dataset.workers": "execution",
+    "noise.kind": "id",
+    "noise.rate": ("mode", ["noise.kind=none"], []),
+    "noise.class_map": ("mode", [], ["noise.kind=asymmetric"]),
+    "noise.matrix": "id",  # valid only with noise.kind=transition
+    "noise.matrix_file": "record",
+    "noise.matrix_sha256": "record",
+    "noise.instance_std": ("mode", [], ["noise.kind=instance"]),
+    "model.name": "id",
+    "model.<option>": "id",
+    "train.epochs": "id",
+    "train.batch_size": "id",
+    "train.optimizer": "id",
+    "train.lr": "id",
+    "train.momentum": ("mode", ["train.optimizer=adam"], ["train.optimizer=sgd"]),
+    "train.weight_decay": "id",
+    "train.schedule": "id",
+    "train.milestones": ("mode", ["train.schedule=cosine"], ["train.schedule=multistep"]),
+    "train.lr_decay": ("mode", ["train.schedule=cosine"], ["train.schedule=multistep"]),
+    "train.warmup_epochs": "id",
+    "train.eval_batch_size": "execution",
+    "train.device": "execution",  # GPU: numbers differ from the CPU's, yet a device is where a run executes
+    "train.amp": "id",  # GPU only: bf16 autocast is ignored on CPU
+    "train.compile": "execution",  # not bitwise equal to eager mode, left out like the device
+    "train.channels_last": "id",  # 4-D inputs only; memory format can change float summation order
+    "train.threads": "execution",
+    "train.tensorboard": "execution",
+    "train.select_epoch": "id",
+    "train.checkpoint_interval_s": "execution",
+    "prune.rounds": "rounds",
+    "prune.rate": ("mode", ["prune.schedule=one_shot", "prune.targets=[0.5, 0.7]"], []),
+    "prune.method": "id",
+    "prune.include_classifier": "id",
+    "prune.exclude_first_conv": "id",
+    "prune.criterion": "id",
+    "prune.allocation": "id",
+    "prune.score_batches": ("mode", [], ["prune.criterion=snip", "prune.allocation=global"]),
+    "prune.slimming_lambda": "id",  # the L1 penalty trains the BatchNorm scales whatever the criterion
+    "prune.include": "id",
+    "prune.exclude": "id",
+    "prune.retrain": "id",
+    "prune.finetune_lr": ("mode", [], ["prune.retrain=finetune"]),
+    "prune.finetune_epochs": ("mode", [], ["prune.retrain=finetune"]),
+    "prune.rewind_epoch": ("mode", [], ["prune.retrain=late_rewind", "train.epochs=3"]),
+    "prune.schedule": "id",
+    "prune.gradual_start": ("mode", [], ["prune.schedule=gradual"]),
+    "prune.gradual_end": ("mode", [], ["prune.schedule=gradual"]),
+    "prune.targets": "id",
+    "distill.teacher": ("mode", [], TEACHER),
+    "distill.round": ("mode", ["distill.teachers=[{run: a}, {run: b}]"], TEACHER),
+    "distill.teachers": ("mode", [], ["distill.teachers=[{run: a}, {run: b}]"]),
+    "distill.teachers.run": "id",
+    "distill.teachers.round": "id",
+    "distill.teachers.weight": "id",
+    "distill.feature": ("mode", [], TEACHER),
+    "distill.feature.student_layer": "id",
+    "distill.feature.teacher_layer": "id",
+    "distill.feature.weight": "id",
+    "distill.alpha": ("mode", [], TEACHER),
+    "distill.temperature": ("mode", [], TEACHER),
+    "distill.student_init": ("mode", [], TEACHER),
+    "entropy.enabled": "id",
+    "entropy.batch_size": "execution",
+    "early_stop.rule": "id",
+    "early_stop.tolerance": ("mode", [], ["early_stop.rule=plain"]),
+    "early_stop.patience": ("mode", [], ["early_stop.rule=plain"]),
+    "early_stop.select": ("mode", [], ["early_stop.rule=plain"]),
+}
+
+
+def _schema_fields(model=None, prefix=""):
+    """Every field of the config schema, sections and nested models (optional or in lists) included."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from dsd2.config import ModelConfig, RunConfig
+
+    model = model or RunConfig
+    keys = []
+    for name, field in model.model_fields.items():
+        nested = [a for a in (field.annotation, *typing.get_args(field.annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        nested += [
+            b for a in typing.get_args(field.annotation) for b in typing.get_args(a) if isinstance(b, type) and issubclass(b, BaseModel)
+        ]
+        if field.annotation in nested:  # a section: only its fields are settings
+            keys += _schema_fields(field.annotation, f"{prefix}{name}.")
+            if field.annotation is ModelConfig:
+                keys.append(f"{prefix}{name}.<option>")
+            continue
+        keys.append(f"{prefix}{name}")
+        for sub in dict.fromkeys(nested):
+            keys += _schema_fields(sub, f"{prefix}{name}.")
+    return keys
+
+
+def test_every_config_field_has_an_identity_decision():
+    from dsd2.config import EXECUTION_FIELDS, describe_schema
+
+    fields = _schema_fields()
+    assert len(fields) == len(set(fields))
+    assert {k for k, _, _ in describe_schema()} <= set(fields)  # what `dsd2 config` lists is covered
+    missing = sorted(set(fields) - DECISIONS.keys())
+    assert not missing, f"config fields without an identity decision (add them to DECISIONS): {missing}"
+    assert not sorted(DECISIONS.keys() - set(fields)), "DECISIONS names fields the schema no longer has"
+    assert {k for k, v in DECISIONS.items() if v == "execution"} == {f"{s}.{k}" for s, k in EXECUTION_FIELDS}
+
+
+@pytest.mark.parametrize("key", sorted(k for k, v in DECISIONS.items() if isinstance(v, tuple)))
+def test_mode_dependent_fields_leave_the_id_exactly_where_unused(key):
+    _, unused_in, used_in = DECISIONS[key]
+    section, field = key.split(".")
+    assert (section, field) in unused_options(tiny_config(*unused_in))
+    assert (section, field) not in unused_options(tiny_config(*used_in))
+
+
+def test_only_mode_dependent_fields_are_ever_left_out():
+    probes = [tiny_config(*o) for v in DECISIONS.values() if isinstance(v, tuple) for o in v[1:]]
+    left_out = {f"{s}.{k}" for cfg in probes for s, k in unused_options(cfg)}
+    assert left_out <= {k for k, v in DECISIONS.items() if isinstance(v, tuple)}
+
+
+# Tiny runs at two values of a field: the id changes iff the numbers of rounds.csv change.
+# (field override, expected: True = id and numbers change, False = both stay). Not run here:
+# train.device, train.amp (numbers differ on a GPU only; a device is where a run executes),
+# train.compile (changes the float order, out of the id like the device; tested in test_imp),
+# DDP (world size: out of the id, the sample order does not depend on it; test_ddp).
+RUN_PAIRS = [
+    ("seed=1", True),
+    ("train.lr=0.01", True),
+    ("noise.rate=0.4", True),
+    ("prune.rate=0.3", True),
+    ("model.hidden=[8, 8]", True),
+    ("entropy.enabled=false", True),
+    ("train.threads=2", False),
+    ("train.eval_batch_size=77", False),
+    ("entropy.batch_size=77", False),
+    ("train.checkpoint_interval_s=0", False),
+    ("distill.alpha=0.3", False),
+    ("noise.instance_std=0.3", False),
+    ("prune.gradual_start=1", False),
+    ("train.momentum=0.5", False),
+    ("early_stop.patience=3", False),
+    ("prune.score_batches=2", False),
+]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    cfg = tiny_config("prune.rounds=1")
+    return cfg, imp.run(cfg, out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, changes", RUN_PAIRS)
+def test_the_id_changes_iff_the_numbers_do(base_run, tmp_path, override, changes):
+    base_cfg, base_dir = base_run
+    cfg = tiny_config("prune.rounds=1", override)
+    assert (cfg.run_id() != base_cfg.run_id()) is changes
+    other = imp.run(cfg, tmp_path)  # its own output folder: a run of its own either way
+    same_numbers = (other / "rounds.csv").read_bytes() == (base_dir / "rounds.csv").read_bytes()
+    assert same_numbers is not changes
