@@ -211,10 +211,10 @@ def test_other_data_never_reuses_a_run(folder_run, tmp_path, edit):
         expected = "train/bee: files changed or renamed"
     elif edit == "remove":
         image.unlink()
-        expected = "train/bee: 1 files removed"
+        expected = "train/bee: 1 file removed"
     else:
         shutil.copy(image, image.with_name("extra.png"))
-        expected = "train/bee: 1 files added"
+        expected = "train/bee: 1 file added"
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.name != ".lock"}
     with pytest.raises(UserError, match="trained on other data") as err:
         imp.run(_folder_config(copy), tmp_path / "runs")

@@ -93,6 +93,10 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     return {"sha256": h.hexdigest(), "bytes": size}
 
 
+def _files(n: Any) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
 def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     """One phrase saying how the folder fingerprint ``new`` differs from ``old`` (None: the same)."""
     if old.get("sha256") == new.get("sha256"):
@@ -104,16 +108,16 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
         if a == b:
             continue
         if a is None:
-            parts.append(f"{g} added ({(b or [0])[0]} files)")
+            parts.append(f"{g} added ({_files((b or [0])[0])})")
         elif b is None:
-            parts.append(f"{g} removed ({a[0]} files)")
+            parts.append(f"{g} removed ({_files(a[0])})")
         elif a[0] != b[0]:
             more = b[0] - a[0]
-            parts.append(f"{g}: {abs(more)} files {'added' if more > 0 else 'removed'}")
+            parts.append(f"{g}: {_files(abs(more))} {'added' if more > 0 else 'removed'}")
         else:
-            parts.append(f"{g}: files changed or renamed ({a[0]} files)")
+            parts.append(f"{g}: files changed or renamed (same count, {_files(a[0])})")
     shown = "; ".join(parts[:3]) + (f"; and {len(parts) - 3} more folders" if len(parts) > 3 else "")
-    head = f"{old.get('files')} files then, {new.get('files')} now"
+    head = f"{_files(old.get('files'))} then, {new.get('files')} now"
     return f"{head} ({shown})" if shown else head
 
 
