@@ -66,6 +66,12 @@ def test_options_of_the_selected_choice_stay_in_the_run_id(choice, option):
     assert differing_settings(a, b) == [option.split("=")[0]]
 
 
+def test_a_split_seed_equal_to_the_seed_is_the_same_run():
+    assert tiny_config("dataset.split_seed=0").run_id() == tiny_config().run_id()
+    assert tiny_config("dataset.split_seed=1", "seed=1").run_id() == tiny_config("seed=1").run_id()
+    assert tiny_config("dataset.split_seed=0", "seed=1").run_id() != tiny_config("seed=1").run_id()
+
+
 def test_every_distill_setting_of_a_run_without_a_teacher_is_unused():
     assert {k for s, k in unused_options(tiny_config()) if s == "distill"} == {
         "teacher",
@@ -312,7 +318,7 @@ DECISIONS: dict[str, object] = {
     "dataset.download": "execution",
     "dataset.val_size": "id",
     "dataset.train_subset": "id",
-    "dataset.split_seed": "id",
+    "dataset.split_seed": "id",  # equal to the seed: the same data seed as None, the same id
     "dataset.augment": "id",
     "dataset.label_file": "id",  # its path; its content is in the data fingerprint (meta.json)
     "dataset.label_key": ("mode", [], ["dataset.label_file=labels.pt", "noise.kind=none"]),
@@ -466,6 +472,16 @@ RUN_PAIRS = [
     ("train.momentum=0.5", False),
     ("early_stop.patience=3", False),
     ("prune.score_batches=2", False),
+    ("train.batch_size=64", True),
+    ("dataset.val_size=200", True),
+    ("dataset.split_seed=5", True),
+    ("dataset.split_seed=0", False),  # the run seed: the data seed it has anyway
+    ("noise.kind=uniform", True),
+    ("prune.retrain=lottery", True),
+    ("prune.include_classifier=false", True),
+    ("train.select_epoch=best_val", True),
+    ("prune.finetune_lr=0.5", False),
+    ("early_stop.select=last_good", False),
 ]
 
 
@@ -485,3 +501,16 @@ def test_the_id_changes_iff_the_numbers_do(base_run, tmp_path, override, changes
     other = imp.run(cfg, tmp_path)  # its own output folder: a run of its own either way
     same_numbers = (other / "rounds.csv").read_bytes() == (base_dir / "rounds.csv").read_bytes()
     assert same_numbers is not changes
+
+
+def test_a_student_refuses_a_teacher_trained_on_other_data(folder_run, tmp_path):
+    from dsd2.errors import UserError
+
+    root, teacher = folder_run
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    sorted((copy / "test" / "ant").iterdir())[0].unlink()
+    student = _folder_config(copy, "name=imf_student", f"distill.teacher={teacher}", "distill.round=dense")
+    with pytest.raises(UserError, match=r"teacher .* was trained on other data than this student reads: .*test/ant: 1 file removed"):
+        imp.run(student, tmp_path / "runs")
+    assert not (tmp_path / "runs" / student.run_id()).exists()  # a failed start leaves no folder

@@ -664,6 +664,8 @@ def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION) -> dict[str,
     if version >= 4:
         for section, key in unused_options(cfg):
             data[section][key] = defaults[section][key]
+        if cfg.dataset.split_seed == cfg.seed:  # the data seed either way (dsd2.imp.setup.data_seed)
+            data["dataset"]["split_seed"] = None
     return _non_default(data, defaults)
 
 
