@@ -514,3 +514,23 @@ def test_a_student_refuses_a_teacher_trained_on_other_data(folder_run, tmp_path)
     with pytest.raises(UserError, match=r"teacher .* was trained on other data than this student reads: .*test/ant: 1 file removed"):
         imp.run(student, tmp_path / "runs")
     assert not (tmp_path / "runs" / student.run_id()).exists()  # a failed start leaves no folder
+
+
+def test_a_large_folder_hashes_each_files_ends(tmp_path, monkeypatch):
+    """Above the whole-content budget each file's size and first and last END_BYTES are hashed:
+    an edit there is seen, one in the middle of a file of the same size is not (documented)."""
+    from dsd2.data import fingerprint as fp
+
+    monkeypatch.setattr(fp, "WHOLE_CONTENT_BYTES", 0)
+    monkeypatch.setattr(fp, "END_BYTES", 4)
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    f = tmp_path / "train" / "a" / "x.png"
+    f.write_bytes(b"0123456789abcdef")
+    base = fp.folder_fingerprint(tmp_path, ["train/a/x.png"])
+    assert base["content"] == "size, first and last 4 bytes" and base["folders"]["train/a"][:2] == [1, 16]
+    f.write_bytes(b"0123456789abcdeF")
+    assert fp.describe_change(base, fp.folder_fingerprint(tmp_path, ["train/a/x.png"])) == (
+        "1 file then, 1 now (train/a: files changed or renamed (same count, 1 file))"
+    )
+    f.write_bytes(b"0123XXXXXXXXcdef")
+    assert fp.describe_change(base, fp.folder_fingerprint(tmp_path, ["train/a/x.png"])) is None
