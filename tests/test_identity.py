@@ -240,6 +240,7 @@ def test_label_file_and_teacher_fingerprints():
 # ----------------------------------------------------------------------------- overrides on an existing run
 
 
+@pytest.mark.slow
 def test_execution_overrides_apply_to_a_resumed_run_and_are_recorded(tmp_path):
     """train.threads=2 on an unfinished run trains its next rounds with 2 threads (timings.csv),
     and meta.json says from which round; the run id and the rounds trained before are the same."""
