@@ -113,21 +113,25 @@ def test_rounds_leave_the_run_id_but_not_the_digest():
 
 
 # Run ids name run directories: a change to the hash would orphan every existing run.
-# (preset, overrides, run id, the earlier scheme's id that counted prune.rounds)
+# (preset, overrides, run id, the third scheme's id that hashed unused options, the second
+# scheme's id that counted prune.rounds). demo_fmnist sets distill.alpha, which its plain run
+# never reads: the fourth scheme left it out, the third scheme's id still finds the old folders.
 PINNED_RUN_IDS = [
-    ("tiny_mnist1d", [], "tiny_mnist1d-7248436e8d", "tiny_mnist1d-021559a66d"),
-    ("demo_fmnist", [], "demo_fmnist-1bf78e5bd4", "demo_fmnist-24589fb56a"),
-    ("cifar10_vgg_noise50", [], "cifar10_vgg_noise50-7de4b089a6", "cifar10_vgg_noise50-7de4b089a6"),
-    ("demo_fmnist", ["seed=1", "train.epochs=6"], "demo_fmnist-ac0606f6ee", "demo_fmnist-ff9d9c8d2d"),
-    (None, [], "run-44136fa355", "run-44136fa355"),
+    ("tiny_mnist1d", [], "tiny_mnist1d-7248436e8d", "tiny_mnist1d-7248436e8d", "tiny_mnist1d-021559a66d"),
+    ("demo_fmnist", [], "demo_fmnist-9d3a04e89f", "demo_fmnist-1bf78e5bd4", "demo_fmnist-24589fb56a"),
+    ("cifar10_vgg_noise50", [], "cifar10_vgg_noise50-7de4b089a6", "cifar10_vgg_noise50-7de4b089a6", "cifar10_vgg_noise50-7de4b089a6"),
+    ("demo_fmnist", ["seed=1", "train.epochs=6"], "demo_fmnist-defb91a478", "demo_fmnist-ac0606f6ee", "demo_fmnist-ff9d9c8d2d"),
+    (None, [], "run-44136fa355", "run-44136fa355", "run-44136fa355"),
 ]
 
 
-@pytest.mark.parametrize("preset, overrides, run_id, with_rounds", PINNED_RUN_IDS)
-def test_pinned_run_ids(preset, overrides, run_id, with_rounds):
+@pytest.mark.parametrize("preset, overrides, run_id, third, with_rounds", PINNED_RUN_IDS)
+def test_pinned_run_ids(preset, overrides, run_id, third, with_rounds):
     cfg = load_config(preset, overrides)
     assert cfg.run_id() == run_id
-    assert cfg.legacy_run_ids()[0] == with_rounds
+    ids = [cfg.run_id(), *cfg.legacy_run_ids()]
+    assert third in ids and with_rounds in ids
+    assert len(ids) == len(set(ids))
 
 
 def test_data_location_and_devices_leave_the_run_id():
@@ -136,9 +140,9 @@ def test_data_location_and_devices_leave_the_run_id():
         assert load_config("cifar10_vgg_noise50", [o]).run_id() == base, o
     # the first run ids hashed the data folder: such run directories still resolve through legacy_run_ids
     moved = load_config("cifar10_vgg_noise50", ["dataset.root=/data/cifar"])
-    assert moved.legacy_run_ids()[1] == "cifar10_vgg_noise50-ce5e6bf4d9"
-    assert load_config("cifar10_vgg_noise50").legacy_run_ids()[1] == base
-    assert load_config("tiny_mnist1d").legacy_run_ids()[1] == "tiny_mnist1d-bd1a7efe44"  # its preset sets root: null
+    assert moved.legacy_run_ids()[-1] == "cifar10_vgg_noise50-ce5e6bf4d9"
+    assert load_config("cifar10_vgg_noise50").legacy_run_ids() == []  # every scheme gave it the same id
+    assert load_config("tiny_mnist1d").legacy_run_ids()[-1] == "tiny_mnist1d-bd1a7efe44"  # its preset sets root: null
 
 
 def test_a_run_directory_named_by_the_old_hash_still_resumes(tmp_path):

@@ -263,6 +263,49 @@ def read_config(run_dir: str | Path, *, hint: str = "give the folder `dsd2 run` 
     return validate_config(store.read_yaml_file(path), source=str(path))
 
 
+def with_overrides(run_dir: str | Path, overrides: list[str]) -> RunConfig:
+    """The config of the run in ``run_dir`` with ``overrides`` applied: where and how it executes
+    (:data:`~dsd2.config.EXECUTION_FIELDS`) and more rounds (an extension) are used; a setting
+    that would change its numbers, or one its choices never read, is refused naming it."""
+    from dsd2.config import EXECUTION_FIELDS, apply_overrides, differing_settings
+
+    saved = read_config(run_dir)
+    cfg = validate_config(apply_overrides(saved.resolved(), overrides), source="overrides")
+    changed = differing_settings(saved, cfg)
+    if changed:
+        raise UserError(
+            f"{', '.join(changed)} would change the numbers of the run in {run_dir}: start a new run with "
+            f"`dsd2 run {Path(run_dir) / CONFIG} {' '.join(overrides)}`"
+        )
+    usable = {f"{s}.{k}" for s, k in EXECUTION_FIELDS} | {"prune.rounds"}
+    saved_all, now_all = saved.resolved(), cfg.resolved()
+    unread = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        section, _, rest = key.partition(".")
+        if key not in usable and saved_all.get(section, {}).get(rest) != now_all.get(section, {}).get(rest):
+            unread.append(key)
+    if unread:
+        raise UserError(
+            f"{', '.join(unread)}: not read by the run in {run_dir} (an option of a choice it did not make, "
+            "e.g. distill.* without a teacher): leave it out, or start a new run with that choice"
+        )
+    return cfg
+
+
+def finished_note(cfg: RunConfig, run_dir: str | Path) -> str | None:
+    """ "finished on <date>, N rounds; showing it" when ``run_dir`` already holds every round ``cfg``
+    asks for (the date of its last round's manifest), else None: reusing a run is never silent."""
+    path = Path(run_dir)
+    done = finished_rounds(path) if path.is_dir() and (path / CONFIG).is_file() else []
+    if not done or not is_complete(cfg, len(done), path):
+        return None
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp((round_dir(path, done[-1]) / MANIFEST).stat().st_mtime, UTC)
+    return f"finished on {when:%Y-%m-%d %H:%M} UTC, {done[-1]} rounds; showing it"
+
+
 EARLY_STOP = "early_stop.json"
 
 

@@ -18,10 +18,13 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
 
     with RoundProgress(enabled=not quiet, last_round=cfg.prune.rounds) as prog:
         target = run_dir or rundir.run_dir_for(cfg, out)
+        finished = rundir.finished_note(cfg, target)
         if not quiet:
             render.err_console.print(f"run directory: {target}")
         res = api.run(cfg, out=out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch)
     path = res.run_dir
+    if finished:
+        render.console.print(finished)
     render.console.print(
         rounds_table(
             res.rows,
@@ -48,8 +51,10 @@ def run(
     if p.is_dir() and not rundir.config_path(p).is_file() and (PRESET_DIR / f"{config}.yaml").is_file():
         render.err_console.print(f"{p}/ is a folder, not a run directory: using the preset {config!r}")
     elif p.is_dir():
-        if overrides:
-            raise UserError("overrides cannot change an existing run; start a new run from its config.yaml instead")
+        if overrides:  # where and how it runs, or more rounds; anything else is refused naming it
+            load_plugins(plugins)
+            _run_config(rundir.with_overrides(p, overrides), p.parent, p, quiet)
+            return None
         return resume(p, quiet=quiet, lr_scale=None, restart_round=False, plugins=plugins)
     cfg = load_config(config, overrides or [], plugins=plugins or [])
     _run_config(cfg, out, None, quiet)

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from dsd2 import __version__, checkpoint, distributed, rundir, store
-from dsd2.config import RunConfig, config_hash
+from dsd2.config import RunConfig, config_hash, differing_settings, execution_changes, with_execution
 from dsd2.data import DataSplits, ImageLoader, load_dataset
+from dsd2.data.fingerprint import data_fingerprint, fingerprint_mismatch
 from dsd2.data.image_folder import resolve_workers
 from dsd2.distill.setup import run_teaching
 from dsd2.errors import UserError
@@ -427,9 +428,15 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
             "run with a lower learning rate, `dsd2 resume RUN_DIR --lr-scale 0.1`"
         )
     if saved.run_id() != cfg.run_id():
-        raise UserError(f"{run_dir} holds a run of a different config ({saved.run_id()}); choose another --out or remove that directory")
+        differ = ", ".join(differing_settings(saved, cfg)) or "name"
+        raise UserError(
+            f"{run_dir} holds a run of a different config ({saved.run_id()}; {differ} would change its numbers): start a new "
+            "run (`dsd2 run CONFIG`), or choose another --out"
+        )
     if cfg.prune.rounds <= saved.prune.rounds:
-        return saved  # the first rounds of a longer curve are this curve: nothing new to decide
+        # the first rounds of a longer curve are this curve: nothing new to decide; where and
+        # how it runs (data folder, threads, device, ...) are this command's (record_execution)
+        return with_execution(saved, cfg)
     stop = rundir.stopped_at(run_dir)
     if saved.early_stop.rule != "none" and stop is not None:
         raise UserError(
@@ -452,7 +459,8 @@ def extend_rounds(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
     }
     meta["extensions"] = [*meta.get("extensions", []), extension]
     meta["config_digest"] = cfg.digest()
-    store.write_yaml(run_dir / rundir.CONFIG, cfg.resolved())
+    # the saved execution settings stay until start() records the change (record_execution)
+    store.write_yaml(run_dir / rundir.CONFIG, with_execution(cfg, saved).resolved())
     store.write_json(run_dir / rundir.META, meta)
 
 
@@ -527,12 +535,86 @@ def prepare(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext
 
 def start(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
     """The run's context (``share``: see :func:`set_threads`); config.yaml and meta.json are written
-    once, when the run begins."""
+    when the run begins, the data is checked against the fingerprint meta.json recorded, and a
+    change of where or how the run executes is recorded (:func:`record_execution`)."""
+    main = distributed.is_main()
+    fingerprint = checked_fingerprint(cfg, run_dir) if main else {}
     if not (run_dir / rundir.CONFIG).exists():
         store.write_yaml(run_dir / rundir.CONFIG, cfg.resolved())
     ctx = prepare(cfg, run_dir, share)
     if not (run_dir / rundir.META).exists():
-        store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": data_meta(ctx.data)})
+        data = data_meta(ctx.data) | ({"fingerprint": fingerprint} if fingerprint else {})
+        store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": data})
     else:
         _check_data_matches(run_dir, ctx.data)
+        if main:  # the data loaded: this command's data folder, threads, ... are the run's now
+            record_execution(run_dir, cfg)
+            if fingerprint:
+                _record_fingerprint(run_dir, fingerprint)
     return ctx
+
+
+def _recorded_fingerprint(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / rundir.META
+    meta = store.read_json(path) if path.is_file() else None
+    data = meta.get("data") if isinstance(meta, dict) else None
+    found = data.get("fingerprint") if isinstance(data, dict) else None
+    return found if isinstance(found, dict) else None
+
+
+def checked_fingerprint(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """The fingerprint of the data ``cfg`` reads (dsd2.data.fingerprint; empty for a built-in
+    dataset), refused when it differs from the one ``run_dir`` or its teachers recorded: a run
+    never goes on, and a student never distils, on data other than its rounds were trained on."""
+    d = cfg.dataset
+    now = data_fingerprint(d.name, d.root, d.label_file)
+    if not now:
+        return now
+    recorded = _recorded_fingerprint(run_dir)
+    change = fingerprint_mismatch(recorded, now) if recorded is not None else None
+    if change is not None:
+        raise UserError(
+            f"{run_dir} was trained on other data: {change}. Restore the data it was trained on, or run this data as a new "
+            "run (another name=NAME or --out)"
+        )
+    for teacher in _teacher_dirs(cfg):
+        found = _recorded_fingerprint(teacher)
+        change = fingerprint_mismatch(found, now) if found is not None else None
+        if change is not None:
+            raise UserError(f"teacher {teacher} was trained on other data than this student reads: {change}. Train a teacher on this data")
+    return now
+
+
+def _teacher_dirs(cfg: RunConfig) -> list[Path]:
+    d = cfg.distill
+    if d.self_distill:
+        return []
+    return [Path(r) for r in ([d.teacher] if d.teacher else [t.run for t in d.teachers])]
+
+
+def _record_fingerprint(run_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Give a run started before data fingerprints its fingerprint (later starts are checked against it)."""
+    meta = store.read_json(run_dir / rundir.META)
+    if isinstance(meta, dict) and isinstance(meta.get("data"), dict) and "fingerprint" not in meta["data"]:
+        meta["data"]["fingerprint"] = fingerprint
+        store.write_json(run_dir / rundir.META, meta)
+
+
+def record_execution(run_dir: Path, cfg: RunConfig) -> None:
+    """Where and how the run executes from now on (data folder, threads, device, workers, ...):
+    ``cfg``'s, when they differ from config.yaml's: config.yaml takes them (a later `dsd2 resume`
+    keeps them) and meta.json's ``execution_changes`` lists each change (when, which setting, from
+    and to). They cannot change the numbers: the run id and the recorded digest leave them out."""
+    saved = rundir.read_config(run_dir)
+    changes = execution_changes(saved, cfg)
+    if not changes:
+        return
+    meta = store.read_json(run_dir / rundir.META)
+    entry = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "round": len(rundir.finished_rounds(run_dir)),
+        "changed": {k: {"from": a, "to": b} for k, (a, b) in changes.items()},
+    }
+    meta["execution_changes"] = [*meta.get("execution_changes", []), entry]
+    store.write_yaml(run_dir / rundir.CONFIG, with_execution(saved, cfg).resolved())
+    store.write_json(run_dir / rundir.META, meta)

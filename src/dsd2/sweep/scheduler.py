@@ -70,7 +70,8 @@ class Event:
 
 def build_jobs(spec: SweepSpec, cells: list[Cell], out: Path) -> tuple[dict[str, Job], list[list[str]]]:
     """Jobs keyed by run id (teachers before their students), and each cell's job keys
-    (teacher first for pipelines)."""
+    (teacher first for pipelines). A job's directory is where ``dsd2 run`` would put its config:
+    an earlier run of the same settings (an older scheme's id included) is that job's run."""
     from dsd2.study import student_config
 
     jobs: dict[str, Job] = {}
@@ -80,17 +81,17 @@ def build_jobs(spec: SweepSpec, cells: list[Cell], out: Path) -> tuple[dict[str,
             tcfg = cell.teacher_config
             assert tcfg is not None
             tkey = tcfg.run_id()
-            tdir = out / tkey
+            tdir = rundir.run_dir_for(tcfg, out)
             if tkey not in jobs:
                 jobs[tkey] = Job(tkey, "teacher", tcfg, tdir, [], [])
             jobs[tkey].cells.append(cell.index)
             scfg = student_config(tcfg, cell.config, tdir)
             skey = scfg.run_id()
-            jobs[skey] = Job(skey, "student", scfg, out / skey, [tkey], [cell.index])
+            jobs[skey] = Job(skey, "student", scfg, rundir.run_dir_for(scfg, out), [tkey], [cell.index])
             cell_jobs.append([tkey, skey])
         else:
             key = cell.config.run_id()
-            jobs[key] = Job(key, "run", cell.config, out / key, [], [cell.index])
+            jobs[key] = Job(key, "run", cell.config, rundir.run_dir_for(cell.config, out), [], [cell.index])
             cell_jobs.append([key])
     return jobs, cell_jobs
 

@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
-from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, load_yaml_text, read_yaml, validate_config
+from dsd2.config import PRESET_DIR, RunConfig, apply_overrides, config_hash, load_yaml_text, read_yaml, validate_config
 from dsd2.errors import UserError
 from dsd2.plugins import check_module_name, merge
 from dsd2.study import teacher_config
@@ -408,9 +408,18 @@ def expand(spec: SweepSpec) -> list[Cell]:
             _check_model_and_data(cfg)
         except UserError as err:
             raise cell_error(spec, name, params, str(err)) from None
-        key = cfg.digest()  # prune.rounds counts here: cells with other round counts are other cells
+        # a plain cell: the run id's settings (options of unselected choices left out) and
+        # prune.rounds, which counts here (cells with other round counts are other cells); a
+        # pipeline cell is a student whose teacher is set later: its distill settings count
+        key = cfg.digest() if spec.pipeline else f"{config_hash(cfg)}:{cfg.prune.rounds}"
         if key in seen:
-            raise cell_error(spec, name, params, f"it is the same run as cell {seen[key]} (grid values that mean the same, e.g. 0 and 0.0)")
+            raise cell_error(
+                spec,
+                name,
+                params,
+                f"it is the same run as cell {seen[key]} (grid values that mean the same, e.g. 0 and 0.0, or an option "
+                "this run does not read, e.g. distill.* without a teacher)",
+            )
         seen[key] = name
         tcfg = None
         if spec.pipeline:
