@@ -159,7 +159,8 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         failed = [c for c in info.get("cells", []) if c.get("status") == "failed"]
         if failed:
             parts.append(
-                "<h3>Failed cells</h3>" + H.html_table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1))
+                "<h3>Failed cells</h3>"
+                + H.html_table(["cell", "error"], [[c["name"], c.get("error") or ""] for c in failed], text_cols=(0, 1))
             )
         page, _ = H.build_report(
             runs,
