@@ -10,16 +10,21 @@ samples w.r.t. their *noisy* labels), ``fit`` the accuracy on the unflipped trai
 
 - **light**: the leading rounds whose accuracy is within ``tol`` of the best so far, before
   memorisation starts to break;
-- **critical**: the net still memorises the noise and held-out accuracy has fallen;
-- **sweet**: memorisation is broken (``m`` fell below ``break_end`` × its running peak, the
-  boundary placed at the accuracy trough of the break), up to the collapse;
-- **collapsed**: the final rounds after the Sweet peak that never come back within ``tol`` of
-  it and whose clean fit fell by more than ``fit_tol`` from the fit at the peak;
+- **critical**: the net still memorises the noise and held-out accuracy has fallen, up to and
+  including the accuracy trough (searched inside the memorisation break; when the accuracy is
+  still at its lowest where memorisation is half gone, the lowest round before it clearly rises);
+- **sweet**: memorisation is broken (``m`` fell below ``break_end`` × its running peak) and the
+  accuracy recovers from the trough by more than √2 × ``tol`` (a rise compares two accuracies),
+  up to the collapse;
+- **collapsed**: the final rounds after the Sweet peak (without a Sweet phase: after the best
+  round of the curve) that never come back within ``tol`` of it and whose clean fit fell by more
+  than ``fit_tol`` from the fit at the peak;
 - **undetermined**: what the rounds seen so far cannot decide yet (an unfinished curve).
 
 When memorisation is not measured (no label noise, real noise without clean labels) or never
-reaches ``min_memorisation``, the labels come from the accuracy curve alone (a recovered dip
-is read as Critical → Sweet) and :attr:`Phases.basis` says so.
+reaches ``min_memorisation``, the labels come from the accuracy curve alone (a dip recovered by
+more than √2 × ``tol`` for two rounds is read as Critical → Sweet; a fall that never recovers is
+measured from the curve's best round) and :attr:`Phases.basis` says so.
 
 Early stopping (:func:`plain_early_stop`, :func:`entropy_early_stop`, :class:`EarlyStopper`)
 --------------------------------------------------------------------------------------------
@@ -36,13 +41,15 @@ trained).  ``selected_round`` = the best round among ``0 … stop_round`` (ties 
 ``stop_round`` is None and the selection runs over all rounds.
 
 Default entropy signal (:func:`entropy_drop_signal`): "collapsed" iff the current entropy is
-below ``(1 - rel_drop) * max(entropy so far)`` *and* the accuracy is still falling (below the
-round before).  During the Critical dip the network still memorises and its activation entropy
+below ``(1 - rel_drop) * max(entropy so far)`` *and* (with ``falling``) the accuracy is still
+falling (more than ``fall_tol`` below the round before).  During the Critical dip the network still memorises and its activation entropy
 stays near its maximum; once memorisation breaks, units die or become linear and the entropy
 falls, but while the accuracy recovers (the Sweet phase) that fall is not a collapse: on the
 GELU ViT curves of the bank the entropy falls through the whole recovery, and on the ReLU
-curves a threshold small enough to stop cheaply fired inside the recovery.  ``rel_drop`` is
-fitted by leave-one-setting-out over the curve bank (``docs/stop_rules.md``), not on the demo.
+curves a threshold small enough to stop cheaply fired inside the recovery.  ``rel_drop`` and
+whether to use the falling condition are fitted together by leave-one-setting-out over the curve
+bank (``docs/stop_rules.md``), not on the demo; ``fall_tol`` is not fitted but derived from the
+size of the evaluation set (:func:`dsd2.compare.fall_tolerance`).
 """
 
 from __future__ import annotations
