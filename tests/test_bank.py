@@ -269,6 +269,40 @@ def test_never_stop_and_the_oracle_bound_every_rule():
             assert never.cost == 1.0 and oracle.ok and oracle.cost <= min(bank.evaluate(c, r, **rule).cost for r in ("none",))
 
 
+def rows_of(acc, fit, n=10000):
+    return [
+        {"val_acc": round(a * n) / n, "test_acc": a, "unflipped_acc": f, "train_acc_flipped": None, "entropy": None}
+        for a, f in zip(acc, fit)
+    ]
+
+
+def test_eval_size_and_fall_tolerance_from_the_rows():
+    from dsd2.compare import eval_size, fall_tolerance
+
+    rows = rows_of([0.801, 0.797, 0.52], [0.9, 0.9, 0.6], n=1000)
+    assert eval_size(rows) == 1000
+    assert fall_tolerance(rows) == pytest.approx(2**0.5 * 2 * (0.801 * 0.199 / 1000) ** 0.5)
+    # not k/n fractions of one evaluation set (an average over batches): no tolerance can be read off
+    odd = [{"val_acc": a} for a in (0.8012345678901, 0.1 / 3**0.5)]
+    assert eval_size(odd) is None and fall_tolerance(odd) == 0.0
+
+
+def test_compression_steps_back_from_a_collapsed_round():
+    """A slow slide within the 3-point tolerance, with the clean fit falling: the sparsest round
+    within the tolerance is Collapsed by the labeller; the compression pick is the round before."""
+    from dsd2.compare import decide, phase_labels
+
+    acc = [0.8001, 0.8023, 0.8011, 0.7993, 0.7851, 0.7803, 0.7767, 0.6001]  # 10,000 samples: tol 1 point
+    fit = [0.95, 0.95, 0.95, 0.95, 0.90, 0.88, 0.86, 0.65]
+    rows = rows_of(acc, fit)
+    labels = phase_labels(rows)
+    assert labels == ["light"] * 4 + ["collapsed"] * 4  # 1.7-2.6 points below the best, the fit 5 points down
+    d = decide(rows, "plain", tolerance=0.03, select="last_good")
+    assert d is not None and d.stop_round == 7 and d.selected_round == 3 and "Collapsed" in d.reason
+    # the paper's selection keeps the best round, never a Collapsed one anyway
+    assert decide(rows, "plain", select="best").selected_round == 1
+
+
 def test_compression_never_keeps_a_collapsed_round():
     from dsd2.compare import phase_labels
 

@@ -289,6 +289,11 @@ def test_signal_functions():
     assert entropy_drop_signal([0.5, 0.6, 0.56], dense_fraction=1.2)
     assert entropy_below_dense_signal([0.5, 0.44])
     assert not entropy_below_dense_signal([0.5, 0.46])
+    # the falling condition, with the noise of two measurements (issue 21)
+    h, acc = [0.5, 0.6, 0.3], [0.80, 0.70, 0.69]
+    assert entropy_drop_signal(h, acc) and not entropy_drop_signal(h, acc, fall_tol=0.015)
+    assert entropy_drop_signal(h, [0.80, 0.70, 0.68], fall_tol=0.015)
+    assert not entropy_drop_signal(h, [0.80, 0.70, 0.75]) and entropy_drop_signal(h, [0.80, 0.70, 0.75], falling=False)
 
 
 def test_monotone_curve_both_rules_stop_at_first_real_drop():
