@@ -74,7 +74,7 @@ def decide(
     col = selection_column(rows)
     acc = [r[col] for r in rows]
     ent = [r.get("entropy") for r in rows]
-    if rule == "entropy" and "fall_tol" not in entropy_params:
+    if rule == "entropy" and "fall_tol" not in entropy_params and "signal" not in entropy_params:
         entropy_params = {**entropy_params, "fall_tol": fall_tolerance(rows)}
     decision = stop_rule(acc, ent, tolerance=tolerance, patience=patience, select=select, **entropy_params)
     if decision is not None and select == "last_good":
@@ -166,11 +166,14 @@ def plain_stop(acc: list[float], entropy: list[float | None], *, tolerance: floa
 def entropy_stop(
     acc: list[float], entropy: list[float | None], *, tolerance: float, patience: int, select: str, **params: Any
 ) -> StopDecision:
-    """``entropy``: :func:`dsd2.phases.entropy_early_stop` with :data:`ENTROPY_RULE_DEFAULTS` under ``params``."""
+    """``entropy``: :func:`dsd2.phases.entropy_early_stop` with :data:`ENTROPY_RULE_DEFAULTS` under
+    ``params`` (the default signal's parameters: a ``signal`` of your own gets only yours)."""
     values = [h for h in entropy if h is not None]
     if len(values) != len(entropy):
         raise UserError("the entropy rule needs the entropy column (run with entropy.enabled=true)")
-    return entropy_early_stop(acc, values, tolerance=tolerance, patience=patience, select=select, **{**ENTROPY_RULE_DEFAULTS, **params})
+    if "signal" not in params:
+        params = {**ENTROPY_RULE_DEFAULTS, **params}
+    return entropy_early_stop(acc, values, tolerance=tolerance, patience=patience, select=select, **params)
 
 
 def best_round(rows: Rows, column: str | None = None) -> int:
