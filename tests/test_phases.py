@@ -85,7 +85,9 @@ def test_percent_units():
 
 
 def test_monotone_curve_has_no_critical():
-    assert label_phases(MONO_ACC, fit=MONO_TRAIN) == ["light"] * 5 + ["collapsed"] * 3
+    # round 4 is 2 points below the best with the fit 3 points down, and never comes back: Collapsed
+    # (before issue 21 the fall was measured from the best round after Light, and round 4 was Light)
+    assert label_phases(MONO_ACC, fit=MONO_TRAIN) == ["light"] * 4 + ["collapsed"] * 4
 
 
 def test_under_fitted_dense_start_memorises_during_the_dip():
@@ -120,6 +122,61 @@ def test_fallen_tail_that_keeps_its_fit_is_not_collapsed():
     mem = [1.0, 1.0, 0.1, 0.05, 0.05]
     assert label_phases(acc, memorisation=mem, fit=[1.0, 1.0, 0.9, 0.9, 0.9])[-1] == "sweet"
     assert label_phases(acc, memorisation=mem, fit=[1.0, 1.0, 0.9, 0.85, 0.8])[-2:] == ["collapsed"] * 2
+
+
+# Issue 21: cases where the labels were wrong (percent units, tol = 1 point).
+PCT = PhaseParams(tol=1.0, min_memorisation=50)
+
+
+def short(labels):
+    return "".join({"light": "L", "critical": "C", "sweet": "S", "collapsed": "X"}[x] for x in labels)
+
+
+def test_abrupt_fall_after_light_is_collapsed_not_light():
+    # before: L L L L L X X (the collapse was measured from the best round after Light: 30)
+    assert short(label_phases([80, 81, 80.5, 30, 29, 28, 27], params=PCT)) == "LLLXXXX"
+    assert short(label_phases([80, 81, 80.5, 30, 29, 28, 27], fit=[95, 96, 96, 40, 39, 38, 37], params=PCT)) == "LLLXXXX"
+    # a VGG-like run that fell to chance; before: Light in every round
+    assert short(label_phases([59.7, 11.3, 11.3, 11.3, 10.0], fit=[70, 10, 10, 10, 10], params=PCT)) == "LXXXX"
+
+
+def test_student_plateau_that_falls_and_never_recovers():
+    """A DSD² student (no memorisation) on a plateau at 83.2-83.8 that falls by 1.7-1.9 points
+    with its clean fit: the fallen rounds are Collapsed (before: Light for three more rounds)."""
+    acc = [83.5, 83.8, 83.2, 83.6, 83.4, 83.7, 82.0, 81.9, 81.9, 81.1, 79.0]
+    fit = [90.0, 90.3, 90.2, 90.1, 90.0, 89.9, 88.6, 88.4, 88.2, 87.0, 84.0]
+    ph = classify_phases(acc, memorisation=[5] * 11, fit=fit, params=PCT)
+    assert ph.basis == "accuracy" and short(ph.labels) == "LLLLLLXXXXX"
+
+
+@pytest.mark.parametrize("tick", [87.2, 87.5, 88.5])
+def test_one_upward_tick_of_a_decline_is_not_a_sweet_phase(tick):
+    """Noise-free data, a falling curve with one round up by 1.2-2.5 tol (before: Critical → Sweet)."""
+    acc = [90, 89.5, 89.8, 88, 86, tick, 84, 82, 80, 77]
+    assert short(label_phases(acc, params=PCT)) == "LLLXXXXXXX"
+
+
+def test_a_rise_compares_two_accuracies():
+    # a recovery held for two rounds counts when it exceeds sqrt(2) tol, not tol
+    base = [90, 89.5, 85, 80, 78]
+    assert short(label_phases([*base, 79.3, 79.3, 75], params=PCT)) == "LLXXXXXX"  # 1.3 < 1.41
+    assert short(label_phases([*base, 79.5, 79.5, 75], params=PCT)) == "LLCCCSSX"  # 1.5 > 1.41
+
+
+@pytest.mark.parametrize("extra", [[], [56]])
+def test_the_accuracy_trough_is_never_sweet(extra):
+    """The trough at (or after) the round where memorisation is half gone is the last Critical
+    round (before: the trough itself was labelled Sweet)."""
+    acc = [70, 70.2, 66, 62, 60, 58, *extra, 62, 66, 68, 67.5]
+    mem = [90, 100, 100, 100, 95, 45, *[20] * len(extra), 10, 5, 5, 5]
+    fit = [99, 100, 100, 100, 99, 97, *[95] * len(extra), 93, 92, 92, 92]
+    labels = label_phases(acc, memorisation=mem, fit=fit, params=PCT)
+    trough = acc.index(min(acc))
+    assert labels[trough] == "critical" and labels[trough + 1] == "sweet"
+    assert short(labels) == "LL" + "C" * (trough - 1) + "S" * (len(acc) - trough - 1)
+    # unfinished: while the accuracy has not clearly risen after the break, the trough may still be ahead
+    part = label_phases(acc[: trough + 1], memorisation=mem[: trough + 1], fit=fit[: trough + 1], finished=False, params=PCT)
+    assert part[:2] == ["light", "light"] and set(part[2:]) <= {"critical", UNDETERMINED} and part[-1] == UNDETERMINED
 
 
 def test_all_light_and_single_round():
@@ -232,6 +289,11 @@ def test_signal_functions():
     assert entropy_drop_signal([0.5, 0.6, 0.56], dense_fraction=1.2)
     assert entropy_below_dense_signal([0.5, 0.44])
     assert not entropy_below_dense_signal([0.5, 0.46])
+    # the falling condition, with the noise of two measurements (issue 21)
+    h, acc = [0.5, 0.6, 0.3], [0.80, 0.70, 0.69]
+    assert entropy_drop_signal(h, acc) and not entropy_drop_signal(h, acc, fall_tol=0.015)
+    assert entropy_drop_signal(h, [0.80, 0.70, 0.68], fall_tol=0.015)
+    assert not entropy_drop_signal(h, [0.80, 0.70, 0.75]) and entropy_drop_signal(h, [0.80, 0.70, 0.75], falling=False)
 
 
 def test_monotone_curve_both_rules_stop_at_first_real_drop():

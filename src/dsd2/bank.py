@@ -5,8 +5,9 @@ A bank is a folder of curves, one sub-folder per curve holding the ``rounds.csv`
 the seed suffix (``…_s0``): seeds of one setting are never split between fitting and checking.
 
 :func:`evaluate` applies one stop rule to one curve and says what it costs and loses against
-training every round; :func:`leave_one_setting_out` chooses the entropy rule's ``rel_drop`` on
-all settings but one and checks it on the one left out (docs/stop_rules.md).
+training every round; :func:`leave_one_setting_out` chooses every free choice of the entropy rule
+(its ``rel_drop`` threshold and whether a drop counts only while the accuracy still falls) on all
+settings but one and checks the choice on the one left out (docs/stop_rules.md).
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from dsd2 import store
-from dsd2.compare import Rows, best_round, decide, selection_column
+from dsd2.compare import Rows, best_round, decide, phase_labels, selection_column
 from dsd2.errors import UserError
 
 # Candidate thresholds for the entropy rule: a relative fall of the network entropy from its
 # running maximum, from "any wobble" to "more than half gone".
 REL_DROP_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+# The entropy rule's free choices, fitted together: (rel_drop, falling). ``falling``: a drop
+# counts only while the accuracy still falls (by more than the noise of two measurements).
+RULE_GRID: tuple[tuple[float, bool], ...] = tuple((r, f) for f in (False, True) for r in REL_DROP_GRID)
 # A selection within this many test-accuracy points of training every round counts as a success.
 OK_GAP = 1.0
 
@@ -68,32 +72,45 @@ class RuleOutcome:
 
 
 def evaluate(curve: Curve, rule: str, **params: Any) -> RuleOutcome:
-    """Outcome of ``rule`` ("plain", "entropy" or "none" = exhaustive) on a finished curve.
+    """Outcome of ``rule`` on a finished curve: "plain", "entropy", "none" (exhaustive: train
+    every round, keep the best on validation), "never" (a rule that never fires: every round
+    trained, the setting's ``select`` over all of them) or "oracle" (knows the whole curve: trains
+    up to the round this setting's goal wants and keeps it; the cheapest success possible).
 
     Success depends on what the rule is for. ``select="best"`` (the paper's early stop) succeeds
     when its model is within OK_GAP test points of the exhaustive choice. ``select="last_good"``
     with a tolerance (compression) succeeds when its model is within the tolerance of the
     curve's best validation accuracy and at most one round less pruned than the sparsest such
-    round (the compression an exhaustive search would give).
+    round that the phase labeller does not call Collapsed (the compression an exhaustive search
+    would give; :func:`dsd2.compare.decide` never keeps a Collapsed round).
     """
     rows = curve.rows
     col = selection_column(rows)
-    decision = decide(rows, rule, **params) if rule != "none" else None
-    if decision is None:
-        sel, trained = best_round(rows), len(rows) - 1
-    else:
-        assert decision.selected_round is not None  # only a curve without rounds selects none
-        sel = decision.selected_round
-        trained = decision.stop_round if decision.stop_round is not None else len(rows) - 1
-    ref = rows[best_round(rows, col)]
     tol = float(params.get("tolerance", 0.0))
     top = max(r[col] for r in rows)
-    oracle = max(i for i, r in enumerate(rows) if r[col] >= top - tol)
+    compress = params.get("select", "best") == "last_good" and tol > 0
+    # the sparsest round within the tolerance of the best that the labeller does not call Collapsed
+    labels = phase_labels(rows) if compress else [""] * len(rows)
+    oracle = max(i for i, r in enumerate(rows) if r[col] >= top - tol and labels[i] != "collapsed")
+    if rule == "oracle":
+        sel = trained = oracle if compress else best_round(rows, col)
+    else:
+        if rule == "never":  # no round can complete a streak longer than the curve
+            decision = decide(rows, "plain", **{**params, "patience": len(rows) + 1})
+        else:
+            decision = decide(rows, rule, **params) if rule != "none" else None
+        if decision is None:
+            sel, trained = best_round(rows), len(rows) - 1
+        else:
+            assert decision.selected_round is not None  # only a curve without rounds selects none
+            sel = decision.selected_round
+            trained = decision.stop_round if decision.stop_round is not None else len(rows) - 1
+    ref = rows[best_round(rows, col)]
     total = rows[-1]["train_pflops_dense"]
     gap = 100.0 * (ref["test_acc"] - rows[sel]["test_acc"])
     val_gap = 100.0 * (top - rows[sel][col])
     short = oracle - int(sel)
-    if params.get("select", "best") == "last_good" and tol > 0:
+    if compress:
         ok = val_gap <= 100.0 * tol + 1e-9 and short <= 1
     else:
         ok = gap <= OK_GAP
@@ -117,53 +134,64 @@ def score(outcomes: list[RuleOutcome]) -> tuple[int, float]:
     return sum(o.ok for o in outcomes), -sum(o.cost for o in outcomes) / len(outcomes)
 
 
-def fit_rel_drop(curves: list[Curve], grid: tuple[float, ...] = REL_DROP_GRID, **rule: Any) -> float:
-    """The entropy rule's ``rel_drop`` with the best :func:`score` on ``curves``; ties → the
-    smaller threshold (the rule closest to plain stopping)."""
-    return max(grid, key=lambda r: (score([evaluate(c, "entropy", rel_drop=r, **rule) for c in curves]), -r))
+def fit_rule(curves: list[Curve], grid: tuple[tuple[float, bool], ...] = RULE_GRID, **rule: Any) -> dict[str, Any]:
+    """The entropy rule's choices (``rel_drop``, ``falling``) with the best :func:`score` on
+    ``curves``; ties → the smaller threshold, then without the falling condition (the rule closest
+    to plain stopping)."""
+    r, f = max(
+        grid, key=lambda rf: (score([evaluate(c, "entropy", rel_drop=rf[0], falling=rf[1], **rule) for c in curves]), -rf[0], not rf[1])
+    )
+    return {"rel_drop": r, "falling": f}
 
 
-def fit_default_rel_drop(curves: list[Curve], grid: tuple[float, ...] = REL_DROP_GRID) -> float:
-    """The one ``rel_drop`` a run uses (``ENTROPY_RULE_DEFAULTS``) serves both :data:`SETTINGS`:
-    the most successes over both goals together, then the lowest mean cost, then the smaller
-    threshold. Fitted per goal, the cheap ``paper`` optimum sits next to thresholds that fail."""
+def fit_default_rule(curves: list[Curve], grid: tuple[tuple[float, bool], ...] = RULE_GRID) -> dict[str, Any]:
+    """The one choice a run uses (``ENTROPY_RULE_DEFAULTS``) serves both :data:`SETTINGS`: the most
+    successes over both goals together, then the lowest mean cost, then the smaller threshold, then
+    without the falling condition. Fitted per goal, the cheap ``paper`` optimum sits next to
+    thresholds that fail."""
 
-    def both(r: float) -> tuple[int, float]:
-        ok, cost = zip(*(score([evaluate(c, "entropy", rel_drop=r, **rule) for c in curves]) for rule in SETTINGS.values()))
-        return sum(ok), sum(cost)
+    def both(rf: tuple[float, bool]) -> tuple[int, float]:
+        res = [score([evaluate(c, "entropy", rel_drop=rf[0], falling=rf[1], **rule) for c in curves]) for rule in SETTINGS.values()]
+        return sum(ok for ok, _ in res), sum(cost for _, cost in res)
 
-    return max(grid, key=lambda r: (both(r), -r))
+    r, f = max(grid, key=lambda rf: (both(rf), -rf[0], not rf[1]))
+    return {"rel_drop": r, "falling": f}
 
 
 @dataclass
 class Fold:
     setting: str
-    rel_drop: float  # fitted without this setting's curves
+    choice: dict[str, Any]  # the entropy rule's choices, fitted without this setting's curves
     outcomes: list[RuleOutcome]
 
 
-def leave_one_setting_out(curves: list[Curve], grid: tuple[float, ...] = REL_DROP_GRID, **rule: Any) -> list[Fold]:
-    """For each setting: fit ``rel_drop`` on the other settings, evaluate on this one."""
+def split(curves: list[Curve], setting: str) -> tuple[list[Curve], list[Curve]]:
+    """(the curves a fold may fit on, the curves it is judged on): a setting's seeds are never split."""
+    return [c for c in curves if c.setting != setting], [c for c in curves if c.setting == setting]
+
+
+def leave_one_setting_out(curves: list[Curve], grid: tuple[tuple[float, bool], ...] = RULE_GRID, **rule: Any) -> list[Fold]:
+    """For each setting: fit every choice of the entropy rule on the other settings, evaluate on this one."""
     settings = sorted({c.setting for c in curves})
     if len(settings) < 2:
         raise UserError("leave-one-setting-out needs curves from at least two settings")
     folds = []
     for s in settings:
-        train = [c for c in curves if c.setting != s]
-        held = [c for c in curves if c.setting == s]
-        r = fit_rel_drop(train, grid, **rule)
-        folds.append(Fold(s, r, [evaluate(c, "entropy", rel_drop=r, **rule) for c in held]))
+        train, held = split(curves, s)
+        choice = fit_rule(train, grid, **rule)
+        folds.append(Fold(s, choice, [evaluate(c, "entropy", **choice, **rule) for c in held]))
     return folds
 
 
-def sensitivity(curves: list[Curve], grid: tuple[float, ...] = REL_DROP_GRID, **rule: Any) -> list[dict[str, Any]]:
-    """Per threshold: successes, mean test gap and mean cost over the whole bank."""
+def sensitivity(curves: list[Curve], grid: tuple[tuple[float, bool], ...] = RULE_GRID, **rule: Any) -> list[dict[str, Any]]:
+    """Per choice: successes, mean test gap and mean cost over the whole bank."""
     out = []
-    for r in grid:
-        res = [evaluate(c, "entropy", rel_drop=r, **rule) for c in curves]
+    for r, f in grid:
+        res = [evaluate(c, "entropy", rel_drop=r, falling=f, **rule) for c in curves]
         out.append(
             {
                 "rel_drop": r,
+                "falling": f,
                 "ok": sum(o.ok for o in res),
                 "curves": len(res),
                 "mean_gap": sum(o.gap for o in res) / len(res),
@@ -185,35 +213,49 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _choice(c: dict[str, Any]) -> str:
+    return f"{c['rel_drop']:g}, {'falls' if c['falling'] else 'any'}"
+
+
 @dataclass
 class Judgement:
-    """Both rules on every curve of a bank in one setting: what the reports print."""
+    """Every rule on every curve of a bank in one setting: what the reports print."""
 
-    whole: float  # rel_drop fitted on the whole bank
-    fold_rel_drop: dict[str, float]  # curve -> rel_drop fitted without its setting
+    whole: dict[str, Any]  # the entropy rule's choices fitted on the whole bank
+    fold_choice: dict[str, dict[str, Any]]  # curve -> choices fitted without its setting
     plain: list[RuleOutcome]  # per curve, in bank order
-    held: list[RuleOutcome]  # entropy rule with the held-out rel_drop, per curve
+    held: list[RuleOutcome]  # entropy rule with the held-out choices, per curve
+    never: list[RuleOutcome]  # a rule that never fires
+    oracle: list[RuleOutcome]  # the cheapest success possible
     sensitivity: list[dict[str, Any]]
 
 
 def judge(curves: list[Curve], rule: dict[str, Any]) -> Judgement:
-    """Evaluate plain and held-out entropy stopping on every curve (each fit done once)."""
+    """Evaluate every rule on every curve, the entropy rule held out (each fit done once)."""
     folds = {f.setting: f for f in leave_one_setting_out(curves, **rule)}
     return Judgement(
-        whole=fit_rel_drop(curves, **rule),
-        fold_rel_drop={c.name: folds[c.setting].rel_drop for c in curves},
+        whole=fit_rule(curves, **rule),
+        fold_choice={c.name: folds[c.setting].choice for c in curves},
         plain=[evaluate(c, "plain", **rule) for c in curves],
         held=[next(o for o in folds[c.setting].outcomes if o.curve == c.name) for c in curves],
+        never=[evaluate(c, "never", **rule) for c in curves],
+        oracle=[evaluate(c, "oracle", **rule) for c in curves],
         sensitivity=sensitivity(curves, **rule),
     )
 
 
+def _total(outcomes: list[RuleOutcome]) -> str:
+    ok, cost = score(outcomes)
+    return f"**{ok}/{len(outcomes)}, {-cost:.2f}, {100 * (1 + cost):.0f}%**"
+
+
 def stop_rule_report(curves: list[Curve]) -> str:
-    """Markdown: per curve, what plain and entropy-aided stopping select and cost, with the
-    entropy threshold fitted leave-one-setting-out; then the threshold's sensitivity."""
+    """Markdown: per curve, what each rule selects and costs (the entropy rule's choices fitted
+    leave-one-setting-out), against never stopping and an oracle; then the choices' sensitivity."""
     lines: list[str] = [
-        f"`rel_drop` a run uses (`ENTROPY_RULE_DEFAULTS`), fitted on the whole bank for both settings together: "
-        f"**{fit_default_rel_drop(curves):g}**.",
+        f"Entropy-rule choices a run uses (`ENTROPY_RULE_DEFAULTS`), fitted on the whole bank for both settings together: "
+        f"**rel_drop {_choice(fit_default_rule(curves))}** (`falls`: a drop counts only while the accuracy still falls; "
+        "`any`: without that condition).",
         "",
     ]
     for key, rule in SETTINGS.items():
@@ -221,33 +263,36 @@ def stop_rule_report(curves: list[Curve]) -> str:
         lines += [
             f"### Setting `{key}`: tolerance {rule['tolerance']:g}, patience {rule['patience']}, select {rule['select']}",
             "",
-            f"`rel_drop` fitted on the whole bank: **{j.whole:g}**. On each curve the entropy rule uses the value fitted "
-            "on the other settings (`fold`). Cells: selected round (sparsity %), test-accuracy gap to the exhaustive "
-            "choice in points, rounds less pruned than the sparsest round within the tolerance, cost as a fraction of "
-            "training every round; ✓ = success for this setting's goal.",
+            f"Choices fitted on the whole bank: **{_choice(j.whole)}**. On each curve the entropy rule uses the choices "
+            "fitted on the other settings (`fold`). `never stop`: a rule that never fires (every round trained, this "
+            "setting's selection over all of them). `oracle`: knows the whole curve, trains up to the round this "
+            "setting's goal wants and stops there (the cheapest success). Cells: selected round (sparsity %), "
+            "test-accuracy gap to the exhaustive choice in points, rounds less pruned than the sparsest round within the "
+            "tolerance, cost as a fraction of training every round; ✓ = success for this setting's goal. Last row: "
+            "successes, mean cost, mean saving over training every round.",
             "",
-            "| curve | exhaustive: round (sparsity %), test % | plain | fold | entropy (held out) |",
-            "|---|---|---|---|---|",
+            "| curve | exhaustive: round (sparsity %), test % | oracle | never stop | plain | fold | entropy (held out) |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for c, pl, en in zip(curves, j.plain, j.held):
+        for i, c in enumerate(curves):
             ex = evaluate(c, "none")
             lines.append(
-                f"| {c.name} | {ex.selected_round} ({_pct(ex.sparsity)}), {_pct(ex.test_acc)} "
-                f"| {_cell(pl)} | {j.fold_rel_drop[c.name]:g} | {_cell(en)} |"
+                f"| {c.name} | {ex.selected_round} ({_pct(ex.sparsity)}), {_pct(ex.test_acc)} | {_cell(j.oracle[i])} "
+                f"| {_cell(j.never[i])} | {_cell(j.plain[i])} | {_choice(j.fold_choice[c.name])} | {_cell(j.held[i])} |"
             )
-        (p_ok, p_cost), (e_ok, e_cost) = score(j.plain), score(j.held)
         lines.append(
-            f"| **successes, mean cost** | | **{p_ok}/{len(j.plain)}, {-p_cost:.2f}** | | **{e_ok}/{len(j.held)}, {-e_cost:.2f}** |"
+            f"| **successes, mean cost, saving** | | {_total(j.oracle)} | {_total(j.never)} | {_total(j.plain)} | | {_total(j.held)} |"
         )
         lines += [
             "",
-            f"Sensitivity of the entropy rule (setting `{key}`, whole bank):",
+            f"Sensitivity of the entropy rule's choices (setting `{key}`, whole bank):",
             "",
-            "| rel_drop | successes | mean test gap (pt) | mean cost |",
-            "|---|---|---|---|",
+            "| rel_drop | drop counts | successes | mean test gap (pt) | mean cost |",
+            "|---|---|---|---|---|",
         ]
         for s in j.sensitivity:
-            lines.append(f"| {s['rel_drop']:g} | {s['ok']}/{s['curves']} | {s['mean_gap']:.2f} | {s['mean_cost']:.2f} |")
+            when = "while the accuracy falls" if s["falling"] else "always"
+            lines.append(f"| {s['rel_drop']:g} | {when} | {s['ok']}/{s['curves']} | {s['mean_gap']:.2f} | {s['mean_cost']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -259,7 +304,8 @@ def _cell(o: RuleOutcome) -> str:
 
 def stop_rule_summary(curves: list[Curve]) -> str:
     """Markdown for the README: one row per curve with what each rule keeps in both settings (the
-    entropy rule with its held-out threshold), then the threshold's sensitivity."""
+    entropy rule with its held-out choices), the totals with never stopping and the oracle, then
+    the choices' sensitivity."""
     judged = {key: judge(curves, rule) for key, rule in SETTINGS.items()}
     results = {f"{k}/{name}": getattr(j, attr) for k, j in judged.items() for name, attr in (("plain", "plain"), ("entropy", "held"))}
     cols = list(results)
@@ -274,14 +320,22 @@ def stop_rule_summary(curves: list[Curve]) -> str:
             + " | ".join(_short(results[k][i]) for k in cols)
             + " |"
         )
-    totals = {k: score(v) for k, v in results.items()}
-    lines.append(
-        "| **successes, mean cost** | | " + " | ".join(f"**{totals[k][0]}/{len(curves)}, {-totals[k][1]:.2f}**" for k in cols) + " |"
-    )
-    lines += ["", "| rel_drop | " + " | ".join(f"{k}: successes, mean cost" for k in SETTINGS) + " |", "|---|" + "---|" * len(SETTINGS)]
-    for i, r in enumerate(REL_DROP_GRID):
+    lines.append("| **successes, mean cost, saving** | | " + " | ".join(_total(results[k]) for k in cols) + " |")
+    lines += ["", "| setting | oracle | never stop | plain | entropy (held out) |", "|---|---|---|---|---|"]
+    for k, j in judged.items():
+        lines.append(f"| {k} | {_total(j.oracle)} | {_total(j.never)} | {_total(j.plain)} | {_total(j.held)} |")
+    lines += [
+        "",
+        "| rel_drop, drop counts | " + " | ".join(f"{k}: successes, mean cost" for k in SETTINGS) + " |",
+        "|---|" + "---|" * len(SETTINGS),
+    ]
+    for i, (r, f) in enumerate(RULE_GRID):
         sens = [judged[k].sensitivity[i] for k in SETTINGS]
-        lines.append(f"| {r:g} | " + " | ".join(f"{s['ok']}/{s['curves']}, {s['mean_cost']:.2f}" for s in sens) + " |")
+        lines.append(
+            f"| {_choice({'rel_drop': r, 'falling': f})} | "
+            + " | ".join(f"{s['ok']}/{s['curves']}, {s['mean_cost']:.2f}" for s in sens)
+            + " |"
+        )
     return "\n".join(lines)
 
 

@@ -14,22 +14,26 @@ sparsity not credited); ``units``: cost in dense training runs of the vanilla mo
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from dsd2 import rundir, store
 from dsd2.errors import UserError
-from dsd2.phases import StopDecision, entropy_early_stop, plain_early_stop
+from dsd2.phases import PhaseParams, StopDecision, entropy_early_stop, label_phases, plain_early_stop
 from dsd2.registry import STOP_RULES
 from dsd2.rundir import RoundRow
 
 # A curve: rounds in order, each a mapping of column to value (rundir.RoundRow or a CSV dict).
 Rows = Sequence[Mapping[str, Any]]
 
-# The entropy rule's parameters, chosen from the measured demo curves (docs/results.md, "The demo").
-ENTROPY_RULE_DEFAULTS: dict[str, Any] = {"rel_drop": 0.1}
+# The entropy rule's choices a run uses: fitted on the whole curve bank for both stopping
+# settings together (dsd2.bank.fit_default_rule, docs/stop_rules.md; a test checks it still is).
+ENTROPY_RULE_DEFAULTS: dict[str, Any] = {"rel_drop": 0.05, "falling": True}
 
 # A second stopping setting shown next to the paper's (tolerance 0, keep the best): keep the
 # sparsest model within 3 accuracy points of the best so far.
@@ -63,13 +67,86 @@ def decide(
 
     ``select="best"`` returns the most accurate round trained; ``"last_good"`` the sparsest
     round before the drop that stopped pruning (with a tolerance: the most compressed model
-    within ``tolerance`` of the best so far).
+    within ``tolerance`` of the best so far) that the phase labeller does not call Collapsed
+    on the rounds trained (docs/phases.md).
     """
     stop_rule = STOP_RULES.get(rule)
     col = selection_column(rows)
     acc = [r[col] for r in rows]
     ent = [r.get("entropy") for r in rows]
-    return stop_rule(acc, ent, tolerance=tolerance, patience=patience, select=select, **entropy_params)
+    if rule == "entropy" and "fall_tol" not in entropy_params and "signal" not in entropy_params:
+        entropy_params = {**entropy_params, "fall_tol": fall_tolerance(rows)}
+    decision = stop_rule(acc, ent, tolerance=tolerance, patience=patience, select=select, **entropy_params)
+    if decision is not None and select == "last_good":
+        decision = _outside_collapse(rows, decision, tolerance)
+    return decision
+
+
+# Largest evaluation set :func:`eval_size` recognises.
+MAX_EVAL = 10**7
+
+
+def eval_size(rows: Rows, column: str | None = None) -> int | None:
+    """Samples behind the selection accuracy, read off the accuracies themselves: each one is
+    k/n for the same n (rounds.csv stores them exactly), so n is the least common multiple of
+    their reduced denominators. None when they are not such fractions (an average over batches).
+    A curve of a few rounds may give a divisor of n (a larger tolerance, never a smaller one)."""
+    col = column or selection_column(rows)
+    n = 1
+    for r in rows:
+        a = float(r[col])
+        f = Fraction(a).limit_denominator(MAX_EVAL)
+        if abs(float(f) - a) > 1e-12:
+            return None
+        n = math.lcm(n, f.denominator)
+        if n > MAX_EVAL:
+            return None
+    return n if n > 1 else None
+
+
+def fall_tolerance(rows: Rows) -> float:
+    """How much the accuracy must fall between two rounds to count as falling: the tolerance of a
+    difference of two accuracies (sqrt 2 × twice the binomial standard error, at least one point),
+    as the phase labeller uses for a rise (:class:`dsd2.phases.PhaseParams`). 0 when the size of
+    the evaluation set cannot be read off the rows."""
+    n = eval_size(rows)
+    if n is None or not rows:
+        return 0.0
+    return math.sqrt(2.0) * PhaseParams.for_eval_set(n, rows[0][selection_column(rows)]).tol
+
+
+def phase_labels(rows: Rows, *, finished: bool = True) -> list[str]:
+    """The phase labeller (:func:`dsd2.phases.label_phases`) on rows, its tolerance from
+    :func:`eval_size`."""
+    if not rows:
+        return []
+    col = selection_column(rows)
+    mem = [r.get("train_acc_flipped") for r in rows]
+    fit = [r.get("unflipped_acc") for r in rows]
+    return label_phases(
+        [r[col] for r in rows],
+        memorisation=None if any(m is None for m in mem) else mem,
+        fit=None if any(f is None for f in fit) else fit,
+        finished=finished,
+        n_eval=eval_size(rows, col),
+    )
+
+
+def _outside_collapse(rows: Rows, d: StopDecision, tolerance: float) -> StopDecision:
+    """A compression pick the labeller calls Collapsed (a fallen, never-recovering round within the
+    rule's wider tolerance) moves back to the sparsest earlier round that is neither Collapsed
+    nor below the best so far by more than ``tolerance``."""
+    if d.selected_round is None:
+        return d
+    upto = d.stop_round if d.stop_round is not None else len(rows) - 1
+    labels = phase_labels(rows[: upto + 1], finished=True)
+    if labels[d.selected_round] != "collapsed":
+        return d
+    col = selection_column(rows)
+    acc = [r[col] for r in rows]
+    keep = max(r for r in range(d.selected_round + 1) if r == 0 or (labels[r] != "collapsed" and acc[r] >= max(acc[:r]) - tolerance))
+    why = f"; round {d.selected_round} is Collapsed (docs/phases.md), kept round {keep}"
+    return dataclasses.replace(d, selected_round=keep, reason=d.reason + why)
 
 
 # The built-in stop rules, registered by name in dsd2.registry.STOP_RULES:
@@ -89,11 +166,14 @@ def plain_stop(acc: list[float], entropy: list[float | None], *, tolerance: floa
 def entropy_stop(
     acc: list[float], entropy: list[float | None], *, tolerance: float, patience: int, select: str, **params: Any
 ) -> StopDecision:
-    """``entropy``: :func:`dsd2.phases.entropy_early_stop` with :data:`ENTROPY_RULE_DEFAULTS` under ``params``."""
+    """``entropy``: :func:`dsd2.phases.entropy_early_stop` with :data:`ENTROPY_RULE_DEFAULTS` under
+    ``params`` (the default signal's parameters: a ``signal`` of your own gets only yours)."""
     values = [h for h in entropy if h is not None]
     if len(values) != len(entropy):
         raise UserError("the entropy rule needs the entropy column (run with entropy.enabled=true)")
-    return entropy_early_stop(acc, values, tolerance=tolerance, patience=patience, select=select, **{**ENTROPY_RULE_DEFAULTS, **params})
+    if "signal" not in params:
+        params = {**ENTROPY_RULE_DEFAULTS, **params}
+    return entropy_early_stop(acc, values, tolerance=tolerance, patience=patience, select=select, **params)
 
 
 def best_round(rows: Rows, column: str | None = None) -> int:

@@ -10,16 +10,21 @@ samples w.r.t. their *noisy* labels), ``fit`` the accuracy on the unflipped trai
 
 - **light**: the leading rounds whose accuracy is within ``tol`` of the best so far, before
   memorisation starts to break;
-- **critical**: the net still memorises the noise and held-out accuracy has fallen;
-- **sweet**: memorisation is broken (``m`` fell below ``break_end`` × its running peak, the
-  boundary placed at the accuracy trough of the break), up to the collapse;
-- **collapsed**: the final rounds after the Sweet peak that never come back within ``tol`` of
-  it and whose clean fit fell by more than ``fit_tol`` from the fit at the peak;
+- **critical**: the net still memorises the noise and held-out accuracy has fallen, up to and
+  including the accuracy trough (searched inside the memorisation break; when the accuracy is
+  still at its lowest where memorisation is half gone, the lowest round before it clearly rises);
+- **sweet**: memorisation is broken (``m`` fell below ``break_end`` × its running peak) and the
+  accuracy recovers from the trough by more than √2 × ``tol`` (a rise compares two accuracies),
+  up to the collapse;
+- **collapsed**: the final rounds after the Sweet peak (without a Sweet phase: after the best
+  round of the curve) that never come back within ``tol`` of it and whose clean fit fell by more
+  than ``fit_tol`` from the fit at the peak;
 - **undetermined**: what the rounds seen so far cannot decide yet (an unfinished curve).
 
 When memorisation is not measured (no label noise, real noise without clean labels) or never
-reaches ``min_memorisation``, the labels come from the accuracy curve alone (a recovered dip
-is read as Critical → Sweet) and :attr:`Phases.basis` says so.
+reaches ``min_memorisation``, the labels come from the accuracy curve alone (a dip recovered by
+more than √2 × ``tol`` for two rounds is read as Critical → Sweet; a fall that never recovers is
+measured from the curve's best round) and :attr:`Phases.basis` says so.
 
 Early stopping (:func:`plain_early_stop`, :func:`entropy_early_stop`, :class:`EarlyStopper`)
 --------------------------------------------------------------------------------------------
@@ -36,13 +41,15 @@ trained).  ``selected_round`` = the best round among ``0 … stop_round`` (ties 
 ``stop_round`` is None and the selection runs over all rounds.
 
 Default entropy signal (:func:`entropy_drop_signal`): "collapsed" iff the current entropy is
-below ``(1 - rel_drop) * max(entropy so far)`` *and* the accuracy is still falling (below the
-round before).  During the Critical dip the network still memorises and its activation entropy
+below ``(1 - rel_drop) * max(entropy so far)`` *and* (with ``falling``) the accuracy is still
+falling (more than ``fall_tol`` below the round before).  During the Critical dip the network still memorises and its activation entropy
 stays near its maximum; once memorisation breaks, units die or become linear and the entropy
 falls, but while the accuracy recovers (the Sweet phase) that fall is not a collapse: on the
 GELU ViT curves of the bank the entropy falls through the whole recovery, and on the ReLU
-curves a threshold small enough to stop cheaply fired inside the recovery.  ``rel_drop`` is
-fitted by leave-one-setting-out over the curve bank (``docs/stop_rules.md``), not on the demo.
+curves a threshold small enough to stop cheaply fired inside the recovery.  ``rel_drop`` and
+whether to use the falling condition are fitted together by leave-one-setting-out over the curve
+bank (``docs/stop_rules.md``), not on the demo; ``fall_tol`` is not fitted but derived from the
+size of the evaluation set (:func:`dsd2.compare.fall_tolerance`).
 """
 
 from __future__ import annotations
@@ -179,8 +186,15 @@ def _light_end(acc: list[float], tol: float, limit: int) -> int:
     return end
 
 
+def _diff_tol(tol: float) -> float:
+    """Tolerance of a difference of two accuracies, each measured with tolerance ``tol``: a rise
+    or a fall compares two noisy numbers, whose difference has sqrt(2) times the standard error."""
+    return math.sqrt(2.0) * tol
+
+
 def _collapse_start(acc: list[float], fit: list[float] | None, lo: int, tol: float, fit_tol: float) -> int:
-    """Start of the never-recovering tail after the peak of ``acc[lo:]`` (len(acc) if none)."""
+    """Start of the never-recovering tail after the peak of ``acc[lo:]`` (len(acc) if none):
+    rounds more than ``tol`` below the peak whose clean fit also fell more than ``fit_tol``."""
     n = len(acc)
     peak = _argmax_last(acc, lo, n)
     c = n
@@ -240,25 +254,47 @@ def classify_phases(
     return _by_accuracy(acc, fit_, finished, tol, fit_tol, why)
 
 
+def _trough_from(acc: list[float], lo: int, rise: float) -> tuple[int, bool]:
+    """Lowest round from ``lo`` on before the accuracy first rises more than ``rise`` above the
+    lowest so far, and whether it rose (ties → the later round)."""
+    low = lo
+    for r in range(lo + 1, len(acc)):
+        if acc[r] > acc[low] + rise:
+            return low, True
+        if acc[r] <= acc[low]:
+            low = r
+    return low, False
+
+
 def _by_memorisation(acc, m, fit, finished, p: PhaseParams, tol, fit_tol) -> Phases:
     n = len(acc)
+    rise = _diff_tol(tol)
     start = _first_below(m, p.break_start, 0, p.min_memorisation)  # memorisation starts to break
     end = _first_below(m, p.break_end, start, p.min_memorisation) if start is not None else None
     light = _light_end(acc, tol, start if start is not None else n)
     labels = ["light"] * light + ["critical"] * (n - light)
     note = "phases from memorisation of the flipped samples and validation accuracy"
+    undetermined = Phases(labels[:start] + [UNDETERMINED] * (n - (start or 0)), "memorisation", note)
     if start is None:
         return Phases(labels, "memorisation", note)
     if end is None and not finished:
         # inside the break: Critical lasts to the accuracy trough, which may still be ahead
-        return Phases(labels[:start] + [UNDETERMINED] * (n - start), "memorisation", note)
-    # Critical → Sweet at the accuracy trough, kept inside the break window [start, end]
+        return undetermined
+    # Critical → Sweet after the accuracy trough, searched inside the break window [start, end]
     # light <= start <= stop: the break cannot start at round 0 (m[0] is its own running peak)
     stop = end if end is not None else n - 1
     trough = _argmin_last(acc, light, stop + 1)
     sweet = min(max(trough + 1, start), stop)
+    if end is not None and trough == end:
+        # accuracy is still at its lowest where memorisation is half gone: the trough is the
+        # lowest round before the accuracy clearly rises again, and it is not Sweet
+        low, rose = _trough_from(acc, end, rise)
+        if rose:
+            sweet = low + 1
+        elif not finished:
+            return undetermined  # the trough, or a collapse, may still be ahead
     peak = _argmax_last(acc, sweet, n)
-    if acc[peak] < min(acc[light : sweet + 1]) + tol:
+    if acc[peak] <= min(acc[light : sweet + 1]) + rise:
         # memorisation broke but held-out accuracy never recovered: no Sweet phase (no SDD)
         after = "collapsed" if finished else UNDETERMINED
         if finished:
@@ -278,13 +314,21 @@ def _by_accuracy(acc, fit, finished, tol, fit_tol, why: str) -> Phases:
     if not finished:
         # a fall after Light is a Critical dip if it recovers and a collapse if not: not yet known
         return Phases(labels[:light] + [UNDETERMINED] * (n - light), "accuracy", note)
-    # the dip = the round after Light from which accuracy recovers the most (later best − it)
-    rise, trough = max(((max(acc[t + 1 :]) - acc[t], t) for t in range(light, n - 1)), default=(0.0, light))
-    sweet = light
-    if rise > tol:
+    # the dip = the round after Light from which accuracy recovers the most. A recovery compares
+    # two accuracies (the difference tolerance) and must hold for two rounds: one upward tick of a
+    # falling curve is noise, not a Sweet phase (the second-best later round must also be above).
+    rise, trough = max(((_second_best(acc[t + 1 :]) - acc[t], t) for t in range(light, n - 2)), default=(0.0, light))
+    if rise > _diff_tol(tol):
         sweet = trough + 1
         labels = labels[:light] + ["critical"] * (sweet - light) + ["sweet"] * (n - sweet)
-    return Phases(_tail(labels, _collapse_start(acc, fit, sweet, tol, fit_tol), True), "accuracy", note)
+        return Phases(_tail(labels, _collapse_start(acc, fit, sweet, tol, fit_tol), True), "accuracy", note)
+    # no recovery: a fall is measured from the best round of the whole curve (the Light peak),
+    # so an abrupt fall right after Light is Collapsed, not Light
+    return Phases(_tail(labels, _collapse_start(acc, fit, 0, tol, fit_tol), True), "accuracy", note)
+
+
+def _second_best(xs: Sequence[float]) -> float:
+    return sorted(xs)[-2] if len(xs) >= 2 else float("-inf")
 
 
 def label_phases(eval_acc: Sequence[float], **kwargs: Any) -> list[str]:
@@ -329,6 +373,7 @@ def entropy_drop_signal(
     abs_drop: float | None = None,
     dense_fraction: float | None = None,
     falling: bool = True,
+    fall_tol: float = 0.0,
 ) -> bool:
     """True ("collapsed") iff the last entropy fell from the running max while the accuracy
     is still falling.
@@ -336,9 +381,11 @@ def entropy_drop_signal(
     The entropy part holds when ``H[-1] < (1 - rel_drop) * max(H)`` (or ``H[-1] < max(H) -
     abs_drop`` when ``abs_drop`` is given), or when ``dense_fraction`` is given and
     ``H[-1] < dense_fraction * H[0]``.  With ``falling`` (the default) the last accuracy must
-    also be below the one before (``acc[-1] < acc[-2]``): a round that recovers is not a
-    collapse, whatever its entropy.  ``falling=False`` is the rule before the ViT curves
-    (docs/stop_rules.md says what it got wrong).
+    also be more than ``fall_tol`` below the one before (``acc[-1] < acc[-2] - fall_tol``): a
+    round that recovers, or holds within the noise of two measurements, is not a collapse,
+    whatever its entropy (:func:`dsd2.compare.decide` sets ``fall_tol`` from the size of the
+    evaluation set).  ``falling=False`` is the rule before the ViT curves; whether to use it is
+    chosen leave-one-setting-out with ``rel_drop`` (docs/stop_rules.md).
     """
     if not entropy:
         return False
@@ -348,7 +395,7 @@ def entropy_drop_signal(
     if dense_fraction is not None and h < dense_fraction * float(entropy[0]):
         fell = True
     if fell and falling and eval_acc is not None and len(eval_acc) >= 2:
-        return float(eval_acc[-1]) < float(eval_acc[-2])
+        return float(eval_acc[-1]) < float(eval_acc[-2]) - fall_tol
     return fell
 
 
