@@ -607,3 +607,61 @@ def test_load_exported_bounds_and_plugins_can_be_allowed(exported, exported_comp
     with pytest.raises(UserError, match="max_bytes"):
         load_exported(exported, max_bytes=100)
     assert load_exported(exported, max_bytes=10**6) is not None
+
+
+_ODD_VALUES = [None, 0, -1, 2**70, 1.5, float("inf"), "x", "", [], {}, [[1]], [-3], True, "../x", "/etc/passwd", {"a": {"b": []}}]
+
+
+def _mutate_json(node: object, rng) -> object:
+    """``node`` with one randomly chosen value replaced by an odd one, or one key deleted."""
+    if isinstance(node, dict) and node and rng.random() < 0.8:
+        key = rng.choice(sorted(node))
+        if rng.random() < 0.15:
+            return {k: v for k, v in node.items() if k != key}
+        return {**node, key: _mutate_json(node[key], rng)}
+    if isinstance(node, list) and node and rng.random() < 0.8:
+        i = rng.randrange(len(node))
+        return [*node[:i], _mutate_json(node[i], rng), *node[i + 1 :]]
+    return rng.choice(_ODD_VALUES)
+
+
+def test_load_exported_survives_random_corruptions(exported, exported_compressed, tmp_path):
+    """Seeded and bounded: random edits of model.json and of the weights' header (with a matching
+    checksum, so the checks behind it are reached) give a model or a UserError, nothing else."""
+    import random
+
+    from torch import nn
+
+    from dsd2.exporting import load_exported
+
+    rng = random.Random(1234)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(120):
+        d = tmp_path / f"m{i}"
+        shutil.copytree(exported if i % 2 else exported_compressed, d)
+        if i < 80:
+            _set_info(d, _mutate_json(_info(d), rng))
+        else:
+            raw = bytearray((d / "model.safetensors").read_bytes())
+            n = int.from_bytes(raw[:8], "little")
+            for _ in range(rng.randint(1, 4)):
+                raw[rng.randrange(0, 8 + n)] = rng.randrange(256)
+            _set_weights(d, bytes(raw))
+        try:
+            model = load_exported(d)
+        except UserError as err:
+            assert "\n" not in str(err), str(err)
+            outcomes["refused"] += 1
+        else:
+            assert isinstance(model, nn.Module)
+            outcomes["loaded"] += 1
+        shutil.rmtree(d)
+    assert outcomes["refused"] > 60, outcomes
+
+
+def test_run_refuses_names_and_folders_too_long_for_the_file_system(tmp_path, capsys):
+    assert _run_cli(tmp_path / "out", "name=" + "n" * 300) == 2
+    one_line_error(capsys, "at most 200 characters")
+    assert _run_cli(tmp_path / ("o" * 300)) == 2
+    one_line_error(capsys, "File name too long")
+    assert not list(tmp_path.iterdir())
