@@ -1,7 +1,8 @@
 """Export one finished round of a run as a deployable model folder, and load it back.
 
-``export_run`` writes, into a fresh folder (built next to the target and renamed into place, so
-a failure or a kill leaves nothing half-written):
+``export_run`` writes, into a folder built in a hidden staging folder first (:mod:`dsd2.outdir`:
+a new ``-o`` is renamed into place whole; into an existing one ``force`` moves the files over an
+intact earlier export's and touches nothing else there):
 
 - ``model.safetensors``: the round's state dict with the masks folded in (pruned entries are
   exact zeros). Its keys are the model's own, so a torchvision-built model's file loads into the
@@ -13,6 +14,9 @@ a failure or a kill leaves nothing half-written):
   its accuracies and sparsity, the round's manifest hashes), plus the sha256 of every file.
 - ``model.onnx`` (``onnx=True``): exported with torch's default (dynamo) exporter, checked
   against PyTorch on random inputs with onnxruntime.
+
+Reading an export back (:func:`load_exported`) checks everything in it first
+(:mod:`dsd2.export_format`): it is a file people download from others.
 
 Which round: ``best`` (highest accuracy on the selection column, validation, or test without a
 validation split: :func:`dsd2.compare.best_round`), ``last_good`` (the sparsest round before the
