@@ -665,3 +665,29 @@ def test_run_refuses_names_and_folders_too_long_for_the_file_system(tmp_path, ca
     assert _run_cli(tmp_path / ("o" * 300)) == 2
     one_line_error(capsys, "File name too long")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_that_cannot_be_built_on_meta_still_loads(exported, tmp_path, monkeypatch):
+    """A builder needing real tensors at init (``.item()``) is built for real, then checked alike."""
+    import torch
+
+    from dsd2 import exporting
+
+    real_build = exporting._build
+
+    def no_meta(info, path, device=None):
+        if device == "meta":
+            raise UserError("Tensor.item() cannot be called on meta tensors")
+        return real_build(info, path, device)
+
+    monkeypatch.setattr(exporting, "_build", no_meta)
+    model = exporting.load_exported(exported)
+    x = torch.randn(2, *exporting.read_info(exported)["input_shape"])
+    monkeypatch.undo()
+    assert torch.equal(model(x), exporting.load_exported(exported)(x))
+    d = tmp_path / "model"
+    shutil.copytree(exported, d)
+    _edit_model(options={"hidden": [8, 8]})(d)
+    monkeypatch.setattr(exporting, "_build", no_meta)
+    with pytest.raises(UserError, match="does not fit the model"):
+        exporting.load_exported(d)

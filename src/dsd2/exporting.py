@@ -611,7 +611,12 @@ def load_exported(
     shapes = dense_shapes(path, header, meta, info.get("weights_format", DENSE))
     _check_plugins(info, export_dir / MODEL_JSON, allow_plugins)
     bound = max_bytes if max_bytes is not None else max(_SIZE_FLOOR, _SIZE_RATIO * path.stat().st_size)
-    skeleton = _build(info, export_dir / MODEL_JSON, "meta")
+    try:
+        skeleton, real = _build(info, export_dir / MODEL_JSON, "meta"), False
+    except UserError:
+        # a builder that needs real tensors (a plugin's .item() at init): built for real, then
+        # checked the same way before any weight is read
+        skeleton, real = _build(info, export_dir / MODEL_JSON), True
     size = _model_bytes(skeleton)
     if size > bound:
         raise UserError(
@@ -626,7 +631,7 @@ def load_exported(
             f"{path} does not fit the model model.json describes: tensor {k[:80]!r} is {shapes.get(k, 'missing')} in the file, "
             f"{want.get(k, 'absent')} in the model (corrupt or edited): export the run again"
         )
+    model = skeleton if real else _build(info, export_dir / MODEL_JSON)
     del skeleton
-    model = _build(info, export_dir / MODEL_JSON)
     rundir.load_state(model, _unpack(path, info, header, shapes), path)
     return model.to(device).eval()
