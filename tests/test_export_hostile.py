@@ -284,6 +284,7 @@ def _linked_figures(tmp: Path) -> Path:
         (_planted_report, "index.html was not written by dsd2"),
         (_linked_figures, "not a folder dsd2 made"),
         (_dangling_link, "symbolic link"),
+        (lambda tmp: tmp / ("r" * 300), "File name too long"),
         ("run_dir", "inside the run directory"),
         ("in_run_dir", "inside the run directory"),
     ],
