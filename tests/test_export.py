@@ -210,13 +210,15 @@ def test_load_exported_imports_the_plugins(tiny_run, tmp_path, monkeypatch):
     (tmp_path / "dsd2_test_plugin_export.py").write_text("LOADED = True\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     (out / "model.json").write_text(json.dumps({**info, "plugins": ["dsd2_test_plugin_export"]}))
-    load_exported(out)
+    load_exported(out)  # mlp is registered already: nothing needs importing, so nothing is
     import sys
 
+    assert "dsd2_test_plugin_export" not in sys.modules
+    load_exported(out, allow_plugins=True)
     assert sys.modules["dsd2_test_plugin_export"].LOADED
     (out / "model.json").write_text(json.dumps({**info, "plugins": ["dsd2_no_such_plugin"]}))
     with pytest.raises(Exception, match="dsd2_no_such_plugin"):
-        load_exported(out)
+        load_exported(out, allow_plugins=True)
 
 
 @pytest.mark.slow

@@ -46,8 +46,10 @@ def snapshot(root: Path) -> dict[str, object]:
                 out[rel] = ("link", os.readlink(p))
             elif p.is_dir():
                 out[rel] = ("dir",)
-            else:
+            elif p.is_file():
                 out[rel] = ("file", p.read_bytes())
+            else:  # a FIFO: reading it would block
+                out[rel] = ("special", p.lstat().st_mode)
     return out
 
 
@@ -282,6 +284,7 @@ def _linked_figures(tmp: Path) -> Path:
         (_planted_report, "index.html was not written by dsd2"),
         (_linked_figures, "not a folder dsd2 made"),
         (_dangling_link, "symbolic link"),
+        (lambda tmp: tmp / ("r" * 300), "File name too long"),
         ("run_dir", "inside the run directory"),
         ("in_run_dir", "inside the run directory"),
     ],
@@ -393,3 +396,299 @@ def test_a_link_planted_during_a_run_is_refused_at_the_write(tmp_path):
     store.write_json(victim / "other.json", {})  # outside a locked run folder: the user's own links are theirs
     (victim / "other.json").unlink()
     assert snapshot(victim) == before
+
+
+# ----------------------------------------------------------------------------- load_exported
+
+
+@pytest.fixture(scope="module")
+def exported_compressed(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "compressed"
+    assert main(["export", str(tiny_run), "-o", str(out), "--round", "2", "--compressed"]) == 0
+    return out
+
+
+def _info(d: Path) -> dict:
+    return json.loads((d / "model.json").read_text())
+
+
+def _set_info(d: Path, info: object) -> None:
+    (d / "model.json").write_text(json.dumps(info))
+
+
+def _edit(**changes):
+    """A case that sets top-level keys of model.json (None deletes)."""
+
+    def apply(d: Path) -> None:
+        info = _info(d)
+        for k, v in changes.items():
+            if v is None:
+                info.pop(k, None)
+            else:
+                info[k] = v
+        _set_info(d, info)
+
+    return apply
+
+
+def _edit_model(**changes):
+    def apply(d: Path) -> None:
+        info = _info(d)
+        info["model"] = {**info["model"], **changes}
+        _set_info(d, info)
+
+    return apply
+
+
+def _set_weights(d: Path, raw: bytes) -> None:
+    """Replace model.safetensors, its entry in model.json updated to match (a consistent forgery)."""
+    (d / "model.safetensors").write_bytes(raw)
+    info = _info(d)
+    info["files"]["model.safetensors"] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    _set_info(d, info)
+
+
+def _edit_header(fn):
+    """A case that rewrites model.safetensors' JSON header with ``fn`` (data section untouched)."""
+
+    def apply(d: Path) -> None:
+        raw = (d / "model.safetensors").read_bytes()
+        n = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + n])
+        fn(header)
+        new = json.dumps(header).encode()
+        new += b" " * (-len(new) % 8)
+        _set_weights(d, len(new).to_bytes(8, "little") + new + raw[8 + n :])
+
+    return apply
+
+
+def _first_tensor(header: dict) -> str:
+    return next(k for k in header if k != "__metadata__")
+
+
+def _claim_huge(header: dict) -> None:
+    header[_first_tensor(header)]["shape"] = [2**30]
+
+
+def _drop_tensor(d: Path) -> None:
+    from safetensors.torch import load_file, save
+
+    tensors = load_file(d / "model.safetensors")
+    tensors.pop(sorted(tensors)[-1])
+    _set_weights(d, save(tensors, metadata={"dsd2_format": "dense"}))
+
+
+def _huge_compressed_shape(header: dict) -> None:
+    meta = header["__metadata__"]
+    shapes = json.loads(meta["dsd2_shapes"])
+    shapes[next(iter(shapes))] = [2**30]
+    meta["dsd2_shapes"] = json.dumps(shapes)
+
+
+def _planted_file(name: str, target: str):
+    def apply(d: Path) -> None:
+        info = _info(d)
+        info["files"][name] = {"bytes": 1, "sha256": "0" * 64}
+        _set_info(d, info)
+
+    return apply
+
+
+def _link_weights_out(d: Path) -> None:
+    elsewhere = d.parent / "elsewhere.safetensors"
+    shutil.move(d / "model.safetensors", elsewhere)
+    (d / "model.safetensors").symlink_to(elsewhere)  # same bytes, same hash: still refused
+
+
+def _link_info_out(d: Path) -> None:
+    elsewhere = d.parent / "elsewhere.json"
+    shutil.move(d / "model.json", elsewhere)
+    (d / "model.json").symlink_to(elsewhere)
+
+
+def _fifo_info(d: Path) -> None:
+    (d / "model.json").unlink()
+    os.mkfifo(d / "model.json")
+
+
+def _grow_layer(d: Path) -> None:
+    info = _info(d)
+    info["structured"] = {"shapes": {"net.0": [4096, 4096]}}
+    _set_info(d, info)
+
+
+def _evil_plugin(d: Path) -> None:
+    (d.parent / "dsd2_evil_plugin_x.py").write_text(f"open({str(d.parent / 'pwned')!r}, 'w').write('ran')\n")
+    info = _info(d)
+    info["plugins"] = ["dsd2_evil_plugin_x"]
+    info["model"]["name"] = "evil_net"
+    _set_info(d, info)
+
+
+LOAD_CASES = [
+    ("model not a mapping", _edit(model="mlp"), "model"),
+    ("options a list", _edit_model(options=[1, 2]), "model.options"),
+    ("name a number", _edit_model(name=7), "model.name"),
+    ("unknown model", _edit_model(name="no_such_net"), "no_such_net"),
+    ("bad option", _edit_model(options={"hidden": "wide"}), "hidden"),
+    ("huge hidden", _edit_model(options={"hidden": [20000, 20000]}), "more than"),
+    ("other hidden", _edit_model(options={"hidden": [8, 8]}), "does not fit the model"),
+    ("version a string", _edit(format_version="1"), "format_version"),
+    ("version a bool", _edit(format_version=True), "format_version"),
+    ("version from the future", _edit(format_version=99), "upgrade dsd2"),
+    ("no format", _edit(format=None), "not a dsd2 export"),
+    ("no files", _edit(files={}), "model.safetensors"),
+    ("files a list", _edit(files=["model.safetensors"]), "files"),
+    ("files entry a string", _edit(files={"model.safetensors": "abc"}), "files"),
+    ("absolute path", _planted_file("/etc/passwd", ""), "not a file an export writes"),
+    ("dotdot path", _planted_file("../../secret", ""), "not a file an export writes"),
+    ("num_classes a string", _edit(num_classes="10"), "num_classes"),
+    ("num_classes zero", _edit(num_classes=0), "num_classes"),
+    ("input_shape nested", _edit(input_shape=[[1]]), "input_shape"),
+    ("structured shapes a string", _edit(structured={"shapes": "x"}), "structured"),
+    ("structured shape nested", _edit(structured={"shapes": {"net.0": [[1]]}}), "structured"),
+    ("structured grows a layer", _grow_layer, "does not shrink"),
+    ("deep json", lambda d: (d / "model.json").write_text("[" * 100_000 + "]" * 100_000), "not valid JSON"),
+    ("json a list", lambda d: _set_info(d, []), "not a dsd2 export"),
+    ("fifo model.json", _fifo_info, "not a regular file"),
+    ("model.json a link", _link_info_out, "symbolic link"),
+    ("weights a link", _link_weights_out, "symbolic link"),
+    ("weights missing", lambda d: (d / "model.safetensors").unlink(), "missing"),
+    ("weights edited", lambda d: (d / "model.safetensors").write_bytes(b"x" * 100), "checksum"),
+    ("header claims 2**30", _edit_header(_claim_huge), "does not fit its bytes"),
+    ("header a list", lambda d: _set_weights(d, (2).to_bytes(8, "little") + b"[]"), "not a mapping"),
+    ("header length past the end", lambda d: _set_weights(d, (10**9).to_bytes(8, "little") + b"{}"), "header length"),
+    ("tensor missing", _drop_tensor, "does not fit the model"),
+    ("plugin not allowed", _evil_plugin, "allow_plugins=True"),
+]
+
+
+@pytest.mark.parametrize("case, doctor, needle", LOAD_CASES, ids=[c[0] for c in LOAD_CASES])
+def test_load_exported_refuses_a_doctored_export(exported, tmp_path, case, doctor, needle):
+    from dsd2.exporting import load_exported
+
+    d = tmp_path / "model"
+    shutil.copytree(exported, d)
+    doctor(d)
+    before = snapshot(tmp_path)
+    with pytest.raises(UserError, match=None) as err:
+        load_exported(d)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg, msg
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "pwned").exists()
+
+
+COMPRESSED_CASES = [
+    ("dense shape 2**30", _edit_header(_huge_compressed_shape), "do not fit shape"),
+    ("no shapes", _edit_header(lambda h: h["__metadata__"].pop("dsd2_shapes")), "dsd2_shapes"),
+    ("shapes nested", _edit_header(lambda h: h["__metadata__"].update(dsd2_shapes='{"a": [[1]]}')), "dsd2_shapes"),
+]
+
+
+@pytest.mark.parametrize("case, doctor, needle", COMPRESSED_CASES, ids=[c[0] for c in COMPRESSED_CASES])
+def test_load_exported_refuses_a_doctored_compressed_export(exported_compressed, tmp_path, case, doctor, needle):
+    from dsd2.exporting import load_exported
+
+    d = tmp_path / "model"
+    shutil.copytree(exported_compressed, d)
+    doctor(d)
+    before = snapshot(tmp_path)
+    with pytest.raises(UserError) as err:
+        load_exported(d)
+    assert needle in str(err.value), str(err.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_load_exported_bounds_and_plugins_can_be_allowed(exported, exported_compressed, tmp_path):
+    from dsd2.exporting import load_exported
+
+    assert load_exported(exported_compressed) is not None
+    with pytest.raises(UserError, match="max_bytes"):
+        load_exported(exported, max_bytes=100)
+    assert load_exported(exported, max_bytes=10**6) is not None
+
+
+_ODD_VALUES = [None, 0, -1, 2**70, 1.5, float("inf"), "x", "", [], {}, [[1]], [-3], True, "../x", "/etc/passwd", {"a": {"b": []}}]
+
+
+def _mutate_json(node: object, rng) -> object:
+    """``node`` with one randomly chosen value replaced by an odd one, or one key deleted."""
+    if isinstance(node, dict) and node and rng.random() < 0.8:
+        key = rng.choice(sorted(node))
+        if rng.random() < 0.15:
+            return {k: v for k, v in node.items() if k != key}
+        return {**node, key: _mutate_json(node[key], rng)}
+    if isinstance(node, list) and node and rng.random() < 0.8:
+        i = rng.randrange(len(node))
+        return [*node[:i], _mutate_json(node[i], rng), *node[i + 1 :]]
+    return rng.choice(_ODD_VALUES)
+
+
+def test_load_exported_survives_random_corruptions(exported, exported_compressed, tmp_path):
+    """Seeded and bounded: random edits of model.json and of the weights' header (with a matching
+    checksum, so the checks behind it are reached) give a model or a UserError, nothing else."""
+    import random
+
+    from torch import nn
+
+    from dsd2.exporting import load_exported
+
+    rng = random.Random(1234)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(120):
+        d = tmp_path / f"m{i}"
+        shutil.copytree(exported if i % 2 else exported_compressed, d)
+        if i < 80:
+            _set_info(d, _mutate_json(_info(d), rng))
+        else:
+            raw = bytearray((d / "model.safetensors").read_bytes())
+            n = int.from_bytes(raw[:8], "little")
+            for _ in range(rng.randint(1, 4)):
+                raw[rng.randrange(0, 8 + n)] = rng.randrange(256)
+            _set_weights(d, bytes(raw))
+        try:
+            model = load_exported(d)
+        except UserError as err:
+            assert "\n" not in str(err), str(err)
+            outcomes["refused"] += 1
+        else:
+            assert isinstance(model, nn.Module)
+            outcomes["loaded"] += 1
+        shutil.rmtree(d)
+    assert outcomes["refused"] > 60, outcomes
+
+
+def test_run_refuses_names_and_folders_too_long_for_the_file_system(tmp_path, capsys):
+    assert _run_cli(tmp_path / "out", "name=" + "n" * 300) == 2
+    one_line_error(capsys, "at most 200 characters")
+    assert _run_cli(tmp_path / ("o" * 300)) == 2
+    one_line_error(capsys, "File name too long")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_model_that_cannot_be_built_on_meta_still_loads(exported, tmp_path, monkeypatch):
+    """A builder needing real tensors at init (``.item()``) is built for real, then checked alike."""
+    import torch
+
+    from dsd2 import exporting
+
+    real_build = exporting._build
+
+    def no_meta(info, path, device=None):
+        if device == "meta":
+            raise UserError("Tensor.item() cannot be called on meta tensors")
+        return real_build(info, path, device)
+
+    monkeypatch.setattr(exporting, "_build", no_meta)
+    model = exporting.load_exported(exported)
+    x = torch.randn(2, *exporting.read_info(exported)["input_shape"])
+    monkeypatch.undo()
+    assert torch.equal(model(x), exporting.load_exported(exported)(x))
+    d = tmp_path / "model"
+    shutil.copytree(exported, d)
+    _edit_model(options={"hidden": [8, 8]})(d)
+    monkeypatch.setattr(exporting, "_build", no_meta)
+    with pytest.raises(UserError, match="does not fit the model"):
+        exporting.load_exported(d)

@@ -1,7 +1,8 @@
 """Export one finished round of a run as a deployable model folder, and load it back.
 
-``export_run`` writes, into a fresh folder (built next to the target and renamed into place, so
-a failure or a kill leaves nothing half-written):
+``export_run`` writes, into a folder built in a hidden staging folder first (:mod:`dsd2.outdir`:
+a new ``-o`` is renamed into place whole; into an existing one ``force`` moves the files over an
+intact earlier export's and touches nothing else there):
 
 - ``model.safetensors``: the round's state dict with the masks folded in (pruned entries are
   exact zeros). Its keys are the model's own, so a torchvision-built model's file loads into the
@@ -14,6 +15,9 @@ a failure or a kill leaves nothing half-written):
 - ``model.onnx`` (``onnx=True``): exported with torch's default (dynamo) exporter, checked
   against PyTorch on random inputs with onnxruntime.
 
+Reading an export back (:func:`load_exported`) checks everything in it first
+(:mod:`dsd2.export_format`): it is a file people download from others.
+
 Which round: ``best`` (highest accuracy on the selection column, validation, or test without a
 validation split: :func:`dsd2.compare.best_round`), ``last_good`` (the sparsest round before the
 drop that stops pruning: :func:`dsd2.compare.decide` with ``select="last_good"``, the run's own
@@ -22,6 +26,7 @@ early-stop rule, else the plain rule with the config defaults) or a round index.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -41,22 +46,29 @@ from torch import nn
 from dsd2 import __version__, compare, outdir, rundir, shrink, store
 from dsd2.config import EarlyStopConfig, RunConfig
 from dsd2.errors import UserError
+from dsd2.export_format import (
+    BITMASK,
+    COMPRESSED,
+    DENSE,
+    EXPORT_NAMES,
+    FORMAT,
+    FORMAT_VERSION,
+    INDICES,
+    MAX_MODEL_JSON,
+    MODEL_JSON,
+    ONNX,
+    VALUES,
+    WEIGHTS,
+    check_files,
+    dense_shapes,
+    parse_info,
+    tensor_header,
+)
 from dsd2.plugins import load_plugins
 from dsd2.prune import Masks, count_alive, count_total, sparsity
 
-FORMAT = "dsd2-export"
-FORMAT_VERSION = 1
-MODEL_JSON = "model.json"
-WEIGHTS = "model.safetensors"
-ONNX = "model.onnx"
-# Layout of model.safetensors, also in its metadata (safetensors readers see it without model.json).
-DENSE, COMPRESSED = "dense", "sparse-values"
-# Key suffixes of a compressed tensor; '#' cannot occur in a state-dict key (module attribute names).
-VALUES, BITMASK, INDICES = "#values", "#bitmask", "#indices"
 # ONNX vs PyTorch on random inputs: max |difference| allowed, relative to the largest |logit| (at least 1).
 ONNX_TOLERANCE = 1e-4
-# model.json is a few kB to a few MB (per-layer tables): larger is not ours
-_MAX_MODEL_JSON = 64 << 20
 _ONNX_EXTRA = "the ONNX check needs onnx, onnxscript and onnxruntime: pip install 'dsd2[export]'"
 
 
@@ -236,9 +248,6 @@ def import_plugins(plugins: list[str]) -> None:
 # ----------------------------------------------------------------------------- the folder
 
 
-# The names an export writes; only these, and only when an earlier export's model.json vouches
-# for their bytes, may --force replace or remove (dsd2.outdir).
-EXPORT_NAMES = frozenset({MODEL_JSON, WEIGHTS, ONNX, ONNX + ".data"})
 _WHY_TAKEN = "move it away or give another -o; --force replaces only the files of an earlier dsd2 export"
 
 
@@ -246,7 +255,7 @@ def _earlier_export(out: Path) -> set[str]:
     """The files of an intact earlier export in ``out`` (its model.json included): those that
     model.json lists with sha256 and that still match it; empty when there is none."""
     path = out / MODEL_JSON
-    if not outdir.regular_file(path) or path.stat().st_size > _MAX_MODEL_JSON:
+    if not outdir.regular_file(path) or path.stat().st_size > MAX_MODEL_JSON:
         return set()
     try:
         info = json.loads(path.read_bytes())
@@ -292,7 +301,7 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"{path} is missing: {run_dir} is not a dsd2 run directory (or is incomplete)") from None
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"{path} is not a regular file: {run_dir} is not a dsd2 run directory as dsd2 wrote it")
-    if st.st_size > _MAX_MODEL_JSON:
+    if st.st_size > MAX_MODEL_JSON:
         raise UserError(f"{path} is {st.st_size:,} bytes, far more than dsd2 writes: it is not dsd2's")
     try:
         meta = store.read_json(path)
@@ -493,54 +502,136 @@ def write_onnx(model: nn.Module, path: Path, input_shape: list[int], *, batch: i
 
 
 def read_info(export_dir: str | Path) -> dict[str, Any]:
-    """The ``model.json`` of an export, refused when it is not one or a file changed since."""
+    """The ``model.json`` of an export, validated (:class:`dsd2.export_format.ExportInfo`), and
+    refused when a file it lists is missing, a link, or changed since."""
     export_dir = Path(export_dir)
-    path = export_dir / MODEL_JSON
-    if not path.is_file():
-        raise UserError(f"{export_dir} is not a dsd2 export (no {MODEL_JSON}); give the folder `dsd2 export` wrote")
-    info = store.read_json(path)
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise UserError(f"{path} is not a dsd2 export description")
-    if info.get("format_version", 0) > FORMAT_VERSION:
-        raise UserError(f"{path} has format version {info['format_version']}; this dsd2 reads up to {FORMAT_VERSION}: upgrade dsd2")
-    for name, entry in (info.get("files") or {}).items():
-        f = export_dir / name
-        if not f.is_file():
-            raise UserError(f"{f} is missing although {path} lists it")
-        if store.sha256_file(f) != entry.get("sha256"):
-            raise UserError(f"{f} does not match its checksum in {path} (corrupt or edited): export the run again")
+    info = parse_info(export_dir)
+    check_files(export_dir, info, store.sha256_file)
     return info
 
 
-def load_state(export_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The dense state dict of an export (a compressed file is unpacked)."""
+def load_state(export_dir: str | Path, info: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The dense state dict of an export (a compressed file is unpacked). ``info``: its
+    :func:`read_info`, when the caller has it already."""
     export_dir = Path(export_dir)
-    info = read_info(export_dir)
-    tensors = store.load_tensors(export_dir / WEIGHTS)
+    info = read_info(export_dir) if info is None else info
+    path = export_dir / WEIGHTS
+    header, meta = tensor_header(path)
+    shapes = dense_shapes(path, header, meta, info.get("weights_format", DENSE))
+    return _unpack(path, info, header, shapes)
+
+
+def _unpack(path: Path, info: dict[str, Any], header: Mapping[str, Any], shapes: Mapping[str, list[int]]) -> dict[str, torch.Tensor]:
+    """Read the (checked) file and unpack its compressed tensors."""
+    tensors = store.load_tensors(path)
     if info.get("weights_format") != COMPRESSED:
         return tensors
-    from safetensors import safe_open
-
-    with safe_open(str(export_dir / WEIGHTS), framework="pt") as f:
-        shapes = json.loads((f.metadata() or {}).get("dsd2_shapes", "{}"))
-    return decompress(tensors, shapes)
+    return decompress(tensors, {k: v for k, v in shapes.items() if k + VALUES in header})
 
 
-def load_exported(export_dir: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """The exported model, weights loaded (``strict=True``), in eval mode, on ``device``."""
-    info = read_info(export_dir)
-    import_plugins(list(info.get("plugins") or []))
+# A model that a tiny file describes stays tiny: what load_exported builds may be at most this many
+# times the weights file's size (a compressed file of a 99.9% sparse model is ~500x smaller than the
+# dense model), or this floor, unless the caller raises the bound (max_bytes).
+_SIZE_RATIO, _SIZE_FLOOR = 1024, 256 << 20
+
+
+def _model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _build(info: dict[str, Any], path: Path, device: str | None = None) -> nn.Module:
+    """The architecture model.json names (on ``device``: "meta" allocates nothing), resized to a
+    structured export's shapes."""
     from dsd2.models import build_model
 
-    with torch.random.fork_rng(devices=[]):  # building draws initial weights: leave the caller's generator alone
-        model = build_model(
-            info["model"]["name"],
-            num_classes=info["num_classes"],
-            in_channels=info["in_channels"],
-            input_size=info["input_size"],
-            **info["model"]["options"],
+    spec = info["model"]
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device(device) if device else contextlib.nullcontext():
+            model = build_model(
+                spec["name"],
+                num_classes=info["num_classes"],
+                in_channels=info["in_channels"],
+                input_size=info["input_size"],
+                **spec["options"],
+            )
+            if info.get("structured"):  # removed channels: the layers take the export's smaller shapes first
+                _check_shrink(model, info["structured"]["shapes"], path)
+                shrink.rebuild(model, info["structured"]["shapes"])
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    except (TypeError, ValueError, RuntimeError, IndexError, KeyError, OverflowError, NotImplementedError) as err:
+        raise UserError(
+            f"{path}: model {spec['name']!r} cannot be built from its options ({type(err).__name__}: {str(err)[:200]})"
+        ) from None
+    return model
+
+
+def _check_shrink(model: nn.Module, shapes: Mapping[str, list[int]], path: Path) -> None:
+    """A structured export only removes channels: each listed layer exists and its shape is the
+    built one's with no dimension larger."""
+    weights = {name: m.weight for name, m in model.named_modules() if isinstance(getattr(m, "weight", None), torch.Tensor)}
+    for name, shape in shapes.items():
+        w = weights.get(name)
+        if w is None or len(shape) != w.dim() or any(s > d for s, d in zip(shape, w.shape, strict=True)):
+            raise UserError(f"structured.shapes[{name[:80]!r}] = {shape} does not shrink a layer of the model (corrupt or edited)")
+
+
+def _check_plugins(info: dict[str, Any], path: Path, allow_plugins: bool) -> None:
+    """Import model.json's plugins only when the caller allows it (importing runs their code);
+    without, a model already registered (by an installed plugin, or one imported before) loads."""
+    plugins = list(info.get("plugins") or [])
+    if allow_plugins:
+        import_plugins(plugins)
+        return
+    from dsd2.models import MODELS
+
+    load_plugins([])  # installed entry points only: the user's own packages
+    if plugins and info["model"]["name"] not in MODELS:
+        raise UserError(
+            f"{path} builds {info['model']['name']!r} from the plugin module(s) {', '.join(p[:80] for p in plugins)}: importing them runs "
+            "their code, so load_exported does not unless you trust this export; pass allow_plugins=True, or import them first"
         )
-    if info.get("structured"):  # removed channels: the layers take the export's smaller shapes first
-        shrink.rebuild(model, info["structured"]["shapes"])
-    rundir.load_state(model, load_state(export_dir), Path(export_dir) / WEIGHTS)
+
+
+def load_exported(
+    export_dir: str | Path, device: torch.device | str = "cpu", *, allow_plugins: bool = False, max_bytes: int | None = None
+) -> nn.Module:
+    """The exported model, weights loaded (``strict=True``), in eval mode, on ``device``.
+
+    Everything is checked before it is used: ``model.json`` against its schema, every listed file
+    (regular, in the folder, size and sha256), the weights' header against the file size, and the
+    model model.json describes, built first on the meta device (nothing allocated), against the
+    weights' shapes and against ``max_bytes`` (default: 1024 x the weights file, at least 256 MiB).
+    ``allow_plugins``: import the plugin modules model.json names (runs their code; only for an
+    export you trust). Every refusal is a :class:`dsd2.errors.UserError`."""
+    export_dir = Path(export_dir)
+    info = read_info(export_dir)
+    path = export_dir / WEIGHTS
+    header, meta = tensor_header(path)
+    shapes = dense_shapes(path, header, meta, info.get("weights_format", DENSE))
+    _check_plugins(info, export_dir / MODEL_JSON, allow_plugins)
+    bound = max_bytes if max_bytes is not None else max(_SIZE_FLOOR, _SIZE_RATIO * path.stat().st_size)
+    try:
+        skeleton, real = _build(info, export_dir / MODEL_JSON, "meta"), False
+    except UserError:
+        # a builder that needs real tensors (a plugin's .item() at init): built for real, then
+        # checked the same way before any weight is read
+        skeleton, real = _build(info, export_dir / MODEL_JSON), True
+    size = _model_bytes(skeleton)
+    if size > bound:
+        raise UserError(
+            f"{export_dir / MODEL_JSON} describes a model of {size:,} bytes, more than {bound:,} for a {path.stat().st_size:,}-byte "
+            "weights file: not loaded (pass max_bytes= to load_exported if you trust this export)"
+        )
+    want = {k: list(v.shape) for k, v in skeleton.state_dict().items()}
+    if want != shapes:
+        diff = sorted(set(want) ^ set(shapes)) or sorted(k for k in want if want[k] != shapes[k])
+        k = diff[0]
+        raise UserError(
+            f"{path} does not fit the model model.json describes: tensor {k[:80]!r} is {shapes.get(k, 'missing')} in the file, "
+            f"{want.get(k, 'absent')} in the model (corrupt or edited): export the run again"
+        )
+    model = skeleton if real else _build(info, export_dir / MODEL_JSON)
+    del skeleton
+    rundir.load_state(model, _unpack(path, info, header, shapes), path)
     return model.to(device).eval()

@@ -232,8 +232,11 @@ def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
     resumes the same directory (and a config asking more rounds extends it). A directory named
     by an earlier version's hash (``RunConfig.legacy_run_ids``) is still found and resumed."""
     path = Path(out) / cfg.run_id()
-    if path.exists():
-        return path
+    try:
+        if path.exists():
+            return path
+    except OSError as err:  # a folder name longer than the file system allows
+        raise UserError(f"--out {str(out)[:200]}: {err.strerror or err}; give a shorter --out") from None
     legacy = [Path(out) / rid for rid in cfg.legacy_run_ids()]
     return next((p for p in legacy if p.is_dir()), None) or _older_run_to_extend(cfg, Path(out)) or path
 

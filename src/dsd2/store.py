@@ -371,11 +371,12 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         remove_stale_temp_files(run_dir)
-        _GUARDED.append(Path(os.path.abspath(run_dir)))
+        root = Path(os.path.abspath(run_dir))
+        _GUARDED.append(root)
         try:
             yield
         finally:
-            _GUARDED.pop()
+            _GUARDED.remove(root)
     finally:
         _HELD_LOCKS.discard(fd)
         os.close(fd)
