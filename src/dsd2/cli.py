@@ -483,7 +483,7 @@ def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int, s
 def stop(
     run_dir: Path = typer.Argument(..., help="A finished (or partial) run directory."),
     rule: Rule = typer.Option(Rule.plain, "--rule", help="The stop rule (docs/stop_rules.md)."),
-    tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated."),
+    tolerance: float = typer.Option(0.0, help="Accuracy drop tolerated: a fraction, 0.03 for 3 points."),
     patience: int = typer.Option(1, help="Consecutive drops needed to stop."),
     select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
     plugins: Optional[list[str]] = _plugin_option(),
@@ -575,7 +575,7 @@ def stop_rules_cmd(
 def compare_cmd(
     vanilla: Path = typer.Argument(..., help="Vanilla IMP run directory."),
     student: Optional[Path] = typer.Argument(None, help="DSD² student run directory."),
-    tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated before a round counts as a drop."),
+    tolerance: float = typer.Option(0.0, help="Accuracy drop tolerated before a round counts as a drop: a fraction, 0.03 for 3 points."),
     patience: int = typer.Option(1, help="Consecutive dropped rounds needed to stop."),
     select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
     plugins: Optional[list[str]] = _plugin_option(),
