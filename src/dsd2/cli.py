@@ -684,6 +684,9 @@ def demo(
         [d for pair in pairs for d in pair], out / "demo_report", title="dsd2 demo: SDD and DSD² on Fashion-MNIST (40% noise)"
     )
     console.print(f"report: {page.resolve()}")
+    from dsd2.verdict import verdict_for_runs
+
+    console.print(verdict_for_runs(pairs, page.resolve(), seeds=[c.seed for c in configs]), highlight=False, soft_wrap=True)
 
 
 def dip_rich_table(pairs) -> Table:

@@ -153,6 +153,13 @@ class PipelineResult:
     student: RunResult
     vanilla: RunResult
 
+    def verdict(self) -> str:
+        """What the study found, in plain words: SDD seen or not, the valleys, what each stop
+        rule picked and cost (:func:`dsd2.verdict.verdict`, as the demo prints it last)."""
+        from dsd2.verdict import verdict_for_runs
+
+        return verdict_for_runs([(self.vanilla.run_dir, self.student.run_dir)])
+
 
 def run_study(
     config: Config,

@@ -35,6 +35,7 @@ matplotlib.use("Agg", force=False)
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -431,7 +432,10 @@ def stacked_marker_sizes(points: Sequence[tuple[float, float]], base: float = 13
 
 
 def compute_figure(
-    vanilla: str | Path | RunData, student: str | Path | RunData | None = None, outcomes: Sequence[Any] | None = None
+    vanilla: str | Path | RunData,
+    student: str | Path | RunData | None = None,
+    outcomes: Sequence[Any] | None = None,
+    compressed: Sequence[Any] | None = None,
 ) -> Figure:
     """Test accuracy vs cumulative training compute of the vanilla run and the DSD² student, with
     the early-stop points of :func:`dsd2.compare.strategy_table` numbered and listed in the legend
@@ -439,7 +443,13 @@ def compute_figure(
 
     The x axis is in units, one dense training run of the vanilla model (its round 0; the strategy
     table's unit, docs/protocol.md), with the measured PFLOPs (sparsity not credited) on the top
-    axis. Strategies that select the same point nest there (later ones smaller, on top)."""
+    axis. Strategies that select the same point nest there (later ones smaller, on top).
+
+    ``compressed``: the outcomes at a second stop setting (the report passes
+    :data:`dsd2.compare.COMPRESS_RULE`'s), numbered after the first and tagged with the setting in
+    the legend; its exhaustive row, the same point as the first's, is left out. A pick in a round
+    labelled Collapsed says so in the legend. Marker faces are translucent: the curve under a
+    stop point stays visible."""
     from dsd2 import compare
 
     v = _as_run(vanilla)
@@ -447,7 +457,13 @@ def compute_figure(
     if outcomes is None:
         outcomes = compare.strategy_table(v.path, s.path if s is not None else None)
     unit = float(v.rows[0]["round_pflops_dense"]) or 1.0
-    fig = _new_figure(10.0, 6.0)
+    points: list[tuple[Any, str]] = [(o, "") for o in outcomes]
+    if compressed is not None:
+        rule = compare.COMPRESS_RULE
+        tag = f" [tolerance {100 * rule['tolerance']:g} pts, {rule['select']}]"
+        points = [(o, "" if o.strategy == "vanilla, exhaustive" else " [tolerance 0, best]") for o in outcomes]
+        points += [(o, tag) for o in compressed if o.strategy != "vanilla, exhaustive"]
+    fig = _new_figure(10.0, 6.0 + 0.15 * max(0, len(points) - 5))  # room for the longer legend
     ax = fig.add_subplot()
     for run, color, what in ((v, _color(0), "vanilla IMP"), (s, _color(1), "DSD² student (teacher forward passes included)")):
         if run is None:
@@ -464,10 +480,11 @@ def compute_figure(
         )
         line.set_gid("pflops:student" if run is s else "pflops:vanilla")
     markers = ["D", "v", "P", "*", "X", "^", "s", "h"]
-    xy = [(float(o.pflops_dense) / unit, 100.0 * float(o.test_acc)) for o in outcomes]
+    xy = [(float(o.pflops_dense) / unit, 100.0 * float(o.test_acc)) for o, _ in points]
     sizes = stacked_marker_sizes(xy)
     at: dict[tuple[str, float], int] = {}
-    for i, (o, (x, y), ms) in enumerate(zip(outcomes, xy, sizes), start=1):
+    for i, ((o, tag), (x, y), ms) in enumerate(zip(points, xy, sizes), start=1):
+        collapsed = " — labelled Collapsed, not a recommended pick" if (o.phase or "").lower() == "collapsed" else ""
         key = (f"{x:.4g}", round(y, 2))
         k = at[key] = at.get(key, -1) + 1  # several strategies on one point: labels side by side
         (pt,) = ax.plot(
@@ -479,10 +496,11 @@ def compute_figure(
             mec="black",
             mew=0.8,
             color=_color(i + 1),
+            mfc=to_rgba(_color(i + 1), 0.6),  # translucent: the curve under the point shows through
             zorder=5 + 0.1 * i,  # later (smaller) markers above the earlier ones on the same spot
             label=_mpl(
-                f"{i}. {o.strategy}: round {o.selected_round} ({format_sparsity(o.sparsity)}% sparse), "
-                f"{y:.1f}%, {x:.2f} units = {o.pflops_dense:.4g} PFLOPs"
+                f"{i}. {o.strategy}{tag}: round {o.selected_round} ({format_sparsity(o.sparsity)}% sparse), "
+                f"{y:.1f}%, {x:.2f} units = {o.pflops_dense:.4g} PFLOPs{collapsed}"
             ),
         )
         pt.set_gid(f"strategy:{i}")

@@ -206,7 +206,7 @@ def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path
             parts.append(f'<p class="note">{esc(caption)}</p>' + _strategy_table(rows))
         unit_text = esc(_fmt_cell("pflops", unit))
         parts.append(f'<p class="note">1 unit = one dense training run of the vanilla model (its round 0) = {unit_text} PFLOPs.</p>')
-        fig = F.compute_figure(v, s, outcomes)
+        fig = F.compute_figure(v, s, outcomes, compressed)  # both stop settings, as the two tables above
         stem = "compute" if k == 1 else f"compute_{k}"
         figs.append(
             _figure_block(fig, fig_dir, stem, f"Accuracy vs training compute (units; measured PFLOPs on the top axis) — {head}", written)
