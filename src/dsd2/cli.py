@@ -6,6 +6,7 @@ User errors (``UserError``) print one line and exit 2; ``--debug`` shows the tra
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -59,7 +60,7 @@ app = typer.Typer(
 _PIPED_WIDTH = None if "COLUMNS" in os.environ else 160
 console = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH, markup=False)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH, markup=False)
-_STATE = {"debug": False}
+_STATE: dict[str, Any] = {"debug": False, "resume": None}  # resume: how to continue after Ctrl-C
 
 
 class Rule(StrEnum):
@@ -285,6 +286,7 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
 
     with _Progress(enabled=not quiet, last_round=cfg.prune.rounds) as prog:
         target = run_dir or rundir.run_dir_for(cfg, out)
+        _STATE["resume"] = _STATE["resume"] or f"`dsd2 resume {shlex.quote(str(target))}`"
         if not quiet:
             err_console.print(f"run directory: {target}")
         path = api.run(cfg, out=out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch).run_dir
@@ -612,6 +614,7 @@ def pipeline_cmd(
 
     cfg = load_config(config, overrides or [], plugins=plugins or [])
     scfg = load_config(student, overrides or [], plugins=plugins or []) if student else None
+    _STATE["resume"] = "the same `dsd2 pipeline` command (finished stages and rounds are kept)"
     study = _pipeline(cfg, scfg, out, quiet)
     t = store.read_json(study.student.run_dir / "teacher.json")
     console.print(
@@ -637,7 +640,14 @@ def fetch(
 
     _load_plugins(plugins)
     try:
-        d = load_dataset(name, root, val_size=0, download=download, augment=False)
+        try:
+            d = load_dataset(name, root, val_size=0, download=False, augment=False)
+        except UserError:
+            if not download:
+                raise
+            # not there yet: the normal path of a first `make demo`, said as such rather than as an error
+            err_console.print(f"{name} is not in {root} yet: downloading it (checksum-verified)…", highlight=False)
+            d = load_dataset(name, root, val_size=0, download=True, augment=False)
     except UserError as err:
         # the loaders speak of config keys; here the switch is the --download flag
         raise UserError(str(err).replace("dataset.download=true", "--download")) from None
@@ -666,6 +676,7 @@ def demo(
     if not seed_list:
         raise UserError(f"--seeds names no seed ({seeds!r}): give comma-separated integers, e.g. --seeds 0,1")
     configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"], plugins=plugins or []) for s in seed_list]
+    _STATE["resume"] = "the same `dsd2 demo` command (finished runs and rounds are kept)"
     err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
     pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
     for cfg, (teacher_dir, student_dir) in zip(configs, pairs):
@@ -839,23 +850,29 @@ for _info in app.registered_commands:  # every command's --help without "<bool>"
     if _info.cls in (None, typer.core.TyperCommand):
         _info.cls = _Command
 
-_INTERRUPTED = "interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`"
+
+def _interrupted() -> str:
+    """The Ctrl-C message, naming the run (or the command) that continues what was started."""
+    how = _STATE.get("resume") or "`dsd2 resume RUN_DIR` (the run directory printed at the start)"
+    return f"interrupted: finished rounds are kept; resume with {how}"
 
 
 def main(argv: list[str] | None = None) -> int:
+    _STATE["resume"] = None  # set by the command once it knows its run
     try:
         code = app(args=argv, standalone_mode=False)
         if code == 130:  # typer's answer to Ctrl-C when it does not exit itself
-            err_console.print(_INTERRUPTED)
+            err_console.print(_interrupted(), highlight=False, soft_wrap=True)
         if isinstance(code, int) and code:
             return code
     except UserError as err:
         if _STATE["debug"]:
             raise
-        err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)), highlight=False)
+        # soft_wrap: no newline inserted into a message (a command it quotes stays copyable)
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)), highlight=False, soft_wrap=True)
         return 2
     except (KeyboardInterrupt, typer.Abort):  # click may turn Ctrl-C into Abort
-        err_console.print(_INTERRUPTED)
+        err_console.print(_interrupted(), highlight=False, soft_wrap=True)
         return 130
     except typer.TyperException as err:  # usage errors: unknown option, missing argument
         show = getattr(err, "show", None)
