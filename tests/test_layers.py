@@ -18,7 +18,7 @@ SRC = Path(dsd2.__file__).parent
 # into a package; sitting just below the CLI it may import any layer, so for now only what
 # imports it is checked.
 LAYERS = [
-    {"dsd2", "errors"},
+    {"dsd2", "errors", "units"},
     {"plugins"},
     {"registry"},
     {"config", "store", "threads", "distributed"},
@@ -26,9 +26,11 @@ LAYERS = [
     {"train", "entropy", "flops", "phases"},
     {"rundir"},
     {"compare", "runs"},
+    {"verdict"},
     {"distill"},
     {"imp"},
     {"study", "report", "bank", "exporting"},
+    {"inference"},
     {"sweep"},
     {"api"},
     {"cli"},

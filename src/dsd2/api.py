@@ -9,6 +9,9 @@ Usable from a script or a notebook; the CLI parses, calls these and prints::
     study = dsd2.pipeline("demo_fmnist", out="runs")                     # PipelineResult
     exp = dsd2.export(study.student.run_dir, "model/", round="best")     # ExportResult
     model = dsd2.load_exported("model/")                                 # nn.Module, eval mode
+    dsd2.predict("model/", images).names                                 # class of each image
+    dsd2.compare_runs(study.vanilla.run_dir, study.student.run_dir)      # the strategy table
+    dsd2.write_report([study.vanilla.run_dir, study.student.run_dir], "report/")
 
 ``dsd2/__init__.py`` re-exports these names lazily, so ``import dsd2`` stays cheap (no torch).
 ``dsd2.pipeline`` is :func:`dsd2.study.run_study`, ``dsd2.export`` is
@@ -22,15 +25,31 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dsd2 import imp, rundir
+from dsd2.compare import Outcome
 from dsd2.exporting import ExportResult, load_exported
 from dsd2.exporting import export_run as export
+from dsd2.inference import Predictions, exported_transform, predict
 from dsd2.rundir import RoundRow
 from dsd2.runs import Config, RunResult, as_config, result
 from dsd2.study import PipelineResult
 from dsd2.study import run_study as pipeline
 from dsd2.train import EpochLog
 
-__all__ = ["ExportResult", "PipelineResult", "RunResult", "export", "load_exported", "pipeline", "resume", "run"]
+__all__ = [
+    "ExportResult",
+    "PipelineResult",
+    "Predictions",
+    "RunResult",
+    "compare_runs",
+    "export",
+    "exported_transform",
+    "load_exported",
+    "pipeline",
+    "predict",
+    "resume",
+    "run",
+    "write_report",
+]
 
 
 def run(
@@ -60,3 +79,25 @@ def resume(
 ) -> RunResult:
     """Continue the run in ``run_dir`` with the config it recorded; ``dsd2 resume``."""
     return run(rundir.read_config(run_dir), run_dir=run_dir, on_round=on_round, progress=progress)
+
+
+def compare_runs(
+    vanilla: str | Path, student: str | Path | None = None, *, tolerance: float = 0.0, patience: int = 1, select: str = "best"
+) -> list[Outcome]:
+    """What each strategy (exhaustive vanilla IMP, early stops, DSD² + early stop) selects and
+    what it costs; ``dsd2 compare``. ``tolerance`` is a fraction (0.03: 3 points)."""
+    from dsd2 import compare
+
+    return compare.strategy_table(vanilla, student, tolerance=tolerance, patience=patience, select=select)
+
+
+def write_report(run_dirs: str | Path | Sequence[str | Path], out: str | Path = "report", *, title: str | None = None) -> Path:
+    """Write the HTML report of ``run_dirs`` (or of a sweep: its ``out/<sweep name>`` folder)
+    into ``out``; the path of its ``index.html``. ``dsd2 report``."""
+    from dsd2.report import write_report as write
+    from dsd2.report.sweep import write_sweep_report
+
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
+    if len(dirs) == 1 and (dirs[0] / "sweep.json").is_file():
+        return Path(write_sweep_report(dirs[0], Path(out), title=title))
+    return Path(write(dirs, Path(out), title=title))
