@@ -18,7 +18,7 @@ SRC = Path(dsd2.__file__).parent
 # into a package; sitting just below the CLI it may import any layer, so for now only what
 # imports it is checked.
 LAYERS = [
-    {"dsd2", "errors", "units"},
+    {"dsd2", "errors", "units", "progress"},
     {"plugins"},
     {"registry"},
     {"config", "store", "threads", "distributed"},

@@ -690,10 +690,13 @@ def demo(
     for teacher_dir, student_dir in pairs:
         console.print(f"vanilla run: {teacher_dir}   DSD² student run: {student_dir}")
     from dsd2.report import write_report
+    from dsd2.report.html import report_status
 
-    page = write_report(
-        [d for pair in pairs for d in pair], out / "demo_report", title="dsd2 demo: SDD and DSD² on Fashion-MNIST (40% noise)"
-    )
+    err_console.print("writing the report, one line per figure…", highlight=False)
+    with report_status(lambda line: err_console.print(f"  {line}", highlight=False)):
+        page = write_report(
+            [d for pair in pairs for d in pair], out / "demo_report", title="dsd2 demo: SDD and DSD² on Fashion-MNIST (40% noise)"
+        )
     console.print(f"report: {page.resolve()}")
     from dsd2.verdict import verdict_for_runs
 
@@ -743,6 +746,11 @@ def estimate(
     from dsd2.sweep.measure import format_prediction, measure, predict
 
     cfg = load_config(config, overrides or [], plugins=plugins or [])
+    err_console.print(
+        f"estimate: building {cfg.model.name} ({cfg.dataset.name} inputs), timing {steps} training steps of batch "
+        f"{cfg.train.batch_size} after a warm-up of as many and an evaluation pass, counting FLOPs (minutes for a large model on a CPU)…",
+        highlight=False,
+    )
     p = predict(cfg, measure(cfg, steps=steps))
     console.print(json.dumps(p, indent=2) if as_json else format_prediction(p), highlight=False, markup=False, soft_wrap=True)
 
@@ -791,13 +799,16 @@ def report(
     """Write one self-contained HTML report (figures embedded) for the given runs, or for a
     whole sweep (give its out/<sweep name> folder: analysis tables and figures, then every run)."""
     from dsd2.report import write_report
+    from dsd2.report.html import report_status
     from dsd2.report.sweep import write_sweep_report
 
     _load_plugins(plugins)
-    if len(run_dirs) == 1 and (run_dirs[0] / "sweep.json").is_file():
-        path = write_sweep_report(run_dirs[0], out, title=title)
-    else:
-        path = write_report(list(run_dirs), out, title=title)
+    err_console.print(f"report: reading {len(run_dirs)} run folder(s), then one line per figure written…", highlight=False)
+    with report_status(lambda line: err_console.print(f"  {line}", highlight=False)):
+        if len(run_dirs) == 1 and (run_dirs[0] / "sweep.json").is_file():
+            path = write_sweep_report(run_dirs[0], out, title=title)
+        else:
+            path = write_report(list(run_dirs), out, title=title)
     console.print(f"report: {path}")
 
 
@@ -823,6 +834,12 @@ def export_cmd(
     from dsd2.api import export
 
     _load_plugins(plugins)
+    if onnx:
+        err_console.print(
+            "export: writing the weights, then model.onnx (converting with torch.onnx, checking it against PyTorch with "
+            "onnxruntime: a minute or more)…",
+            highlight=False,
+        )
     res = export(run_dir, out, round=round, onnx=onnx, compressed=compressed, structured=structured, epoch=epoch, force=force)
     how = res.info.get("selected_on")
     console.print(

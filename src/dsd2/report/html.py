@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -252,9 +254,27 @@ def _strategy_table(outcomes: Sequence[Any]) -> str:
     )
 
 
+# Who hears of each figure as it is written (`dsd2 report` prints a line each: a report of many
+# runs takes a minute); set with report_status().
+_STATUS: ContextVar[Callable[[str], None] | None] = ContextVar("dsd2_report_status", default=None)
+
+
+@contextmanager
+def report_status(say: Callable[[str], None] | None) -> Iterator[None]:
+    """Within the block, ``say(line)`` is called once per figure written (None: silent)."""
+    token = _STATUS.set(say)
+    try:
+        yield
+    finally:
+        _STATUS.reset(token)
+
+
 def _figure_block(fig: Any, fig_dir: Path, stem: str, caption: str, written: list[Path]) -> str:
     paths = F.save_figure(fig, fig_dir, stem)
     written.extend(paths.values())
+    say = _STATUS.get()
+    if say is not None:
+        say(f"figure {stem}: {caption}")
     png = paths["png"].read_bytes()
     links = " · ".join(f'<a href="figures/{esc(p.name)}">{esc(fmt.upper())}</a>' for fmt, p in paths.items())
     fig.clear()
