@@ -360,6 +360,46 @@ def memorisation_figure(runs: Any, *, phases_from: RunData | None = None, title:
     )
 
 
+def layer_labels(run: RunData, layers: dict[str, int | None]) -> dict[str, str]:
+    """Legend text for each measured activation (``layer`` of entropy.csv, with its neuron
+    count): the name, the Conv/Linear layer whose output it follows and its size, e.g.
+    ``layers.1: after Conv2d layers.0, 4,704 units``. The model is built on the meta device
+    (no memory, no weights) to find that layer; where it cannot be (a plugin not imported), the
+    name and size alone."""
+    import torch
+    from torch import nn
+
+    previous: dict[str, str] = {}
+    try:
+        from dsd2.models import build_model
+
+        model_cfg = dict(run.config.get("model") or {})
+        data = run.meta.get("data") or {}
+        with torch.device("meta"):
+            model = build_model(
+                str(model_cfg.pop("name")),
+                num_classes=int(data["num_classes"]),
+                in_channels=int(data["in_channels"]),
+                input_size=int(data["input_size"]),
+                **model_cfg,
+            )
+        last = None
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                last = f"{type(module).__name__} {name}"
+            elif name in layers and last is not None:
+                previous[name] = last
+    except Exception:  # the labels are a courtesy: any failure leaves the plain names
+        previous = {}
+    out = {}
+    for layer, neurons in layers.items():
+        parts = [f"after {previous[layer]}"] if layer in previous else []
+        if neurons:
+            parts.append(f"{neurons:,} units")
+        out[layer] = f"{layer}: {', '.join(parts)}" if parts else layer
+    return out
+
+
 def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure | None:
     """Mean activation entropy (neuron-weighted, bits) of every group, then the per-layer
     entropies of the first run of each group. None when no run measured entropy."""
@@ -390,17 +430,23 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
     for (gi, g), ax in zip(with_layers, axes[1:]):
         run = g.runs[0]
         layers: dict[str, list[tuple[float, float]]] = {}
+        neurons: dict[str, int | None] = {}
         for row in run.entropy_rows:
             if row.get("entropy") is None or row.get("sparsity") is None:
                 continue
             layers.setdefault(str(row["layer"]), []).append((float(row["sparsity"]), float(row["entropy"])))
+            count = row.get("neurons")
+            neurons[str(row["layer"])] = int(count) if isinstance(count, (int, float)) and not isinstance(count, bool) else None
+        labels = layer_labels(run, neurons)
         cmap = matplotlib.colormaps["viridis"]
         sp: list[float] = []
         for li, (layer, pts) in enumerate(layers.items()):
             pts.sort()
             sp.extend(p[0] for p in pts)
             c = cmap(li / max(len(layers) - 1, 1) * 0.9)
-            (line,) = ax.plot([sparsity_to_x(p[0]) for p in pts], [p[1] for p in pts], color=c, lw=1.1, marker=".", ms=3, label=_mpl(layer))
+            (line,) = ax.plot(
+                [sparsity_to_x(p[0]) for p in pts], [p[1] for p in pts], color=c, lw=1.1, marker=".", ms=3, label=_mpl(labels[layer])
+            )
             line.set_gid(f"layer:{gi}:{layer}")
         if run.has("entropy"):
             (line,) = ax.plot(

@@ -32,7 +32,7 @@ h3{margin-bottom:.3em}
 table{border-collapse:collapse;font-size:.82em;margin:.5em 0 1em}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
 th{background:#f3f3f3;white-space:normal;vertical-align:bottom}td.t,th.t{text-align:left;white-space:normal}
-td.t{overflow-wrap:anywhere;min-width:5em}td.w{white-space:normal}
+td.t{overflow-wrap:break-word;min-width:5em}td.w{white-space:normal}
 tr.sel td{background:#fff7d6}
 .scroll{overflow-x:auto}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
@@ -91,8 +91,9 @@ def _table(
     wrap_cols: Iterable[int] = (),
     row_classes: Sequence[str] | None = None,
 ) -> str:
-    """An HTML table; ``text_cols`` are left-aligned and wrap anywhere, ``wrap_cols`` (numbers)
-    wrap at spaces; other cells keep on one line."""
+    """An HTML table; ``text_cols`` are left-aligned and wrap at spaces, ``_`` and ``-`` (a
+    single longer word only where nothing else fits), ``wrap_cols`` (numbers) wrap at spaces;
+    other cells keep on one line."""
     tcols = set(text_cols)
     wcols = set(wrap_cols) - tcols
     out = [f'<div class="scroll"><table class="{esc(cls)}"><thead><tr>']
@@ -101,10 +102,19 @@ def _table(
     for ri, row in enumerate(rows):
         rc = row_classes[ri] if row_classes is not None and ri < len(row_classes) else ""
         out.append(f'<tr class="{esc(rc)}">')
-        out += [f'<td class="{"t" if i in tcols else "w" if i in wcols else ""}">{esc(c)}</td>' for i, c in enumerate(row)]
+        out += [
+            f'<td class="{"t" if i in tcols else "w" if i in wcols else ""}">{_breakable(c) if i in tcols else esc(c)}</td>'
+            for i, c in enumerate(row)
+        ]
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
+
+
+def _breakable(text: Any) -> str:
+    """``text`` escaped, with a line-break opportunity after each ``_`` and ``-``: a long run name
+    wraps between its parts (demo_fmnist_seed-0-…), not in the middle of a word."""
+    return esc(text).replace("_", "_<wbr>").replace("-", "-<wbr>")
 
 
 def _img(png: bytes, alt: str) -> str:
