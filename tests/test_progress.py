@@ -40,6 +40,7 @@ def test_pipeline_prints_each_stage(tmp_path, capsys):
     dsd2.pipeline("tiny_mnist1d", [*TINY, "prune.rounds=1"], out=tmp_path)
     err = capsys.readouterr().err
     assert len(_ours(err)) == 3 and len(_ours(err, "tiny_mnist1d_dsd2")) == 3
+    assert "What the study found" in err.split("[tiny_mnist1d_dsd2]")[-1]  # the verdict comes last
 
 
 def test_mid_round_lines_are_throttled():

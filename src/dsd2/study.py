@@ -158,7 +158,7 @@ class PipelineResult:
         rule picked and cost (:func:`dsd2.verdict.verdict`, as the demo prints it last)."""
         from dsd2.verdict import verdict_for_runs
 
-        return verdict_for_runs([(self.vanilla.run_dir, self.student.run_dir)])
+        return verdict_for_runs([(self.vanilla.run_dir, self.student.run_dir)], heading="What the study found")
 
 
 def run_study(
@@ -177,7 +177,8 @@ def run_study(
     both. ``run_stage(cfg, out) -> run_dir`` runs one stage (default: :func:`dsd2.imp.run` with
     ``on_round`` and ``progress``; the CLI passes its own, which prints). ``progress``: True
     (default) prints each stage's run directory and a line per round to stderr, tagged with the
-    run's name (:mod:`dsd2.progress`); False prints nothing; a callable is called per epoch."""
+    run's name (:mod:`dsd2.progress`), and at the end the study's verdict
+    (:meth:`PipelineResult.verdict`); False prints nothing; a callable is called per epoch."""
     from dsd2 import imp
     from dsd2.progress import callbacks
     from dsd2.rundir import run_dir_for
@@ -193,4 +194,7 @@ def run_study(
 
     scfg = as_config(student, overrides) if student is not None else None
     s = run_pipeline(as_config(config, overrides), scfg, out=out, run=stage)
-    return PipelineResult(result(s.teacher), result(s.student), result(s.vanilla))
+    done = PipelineResult(result(s.teacher), result(s.student), result(s.vanilla))
+    if progress is True and run_stage is None:  # the default printer ends with what the study found, as the demo does
+        print(done.verdict(), file=sys.stderr, flush=True)
+    return done

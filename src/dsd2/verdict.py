@@ -165,14 +165,21 @@ def _dense_student_note(tables: Sequence[StudyTables]) -> str | None:
     )
 
 
-def verdict(tables: Sequence[StudyTables], report: str | Path | None = None, *, min_dip: float = MIN_DIP, width: int = 80) -> str:
+def verdict(
+    tables: Sequence[StudyTables],
+    report: str | Path | None = None,
+    *,
+    min_dip: float = MIN_DIP,
+    width: int = 80,
+    heading: str = "What the demo found",
+) -> str:
     """The plain-language verdict of a demo (or any vanilla + DSD² study) from its tables,
     wrapped to ``width`` columns."""
     if not tables:
-        return "What the demo found: no finished study to read."
+        return f"{heading}: no finished study to read."
     many = len(tables) > 1
     col = compare.selection_column(tables[0].vanilla)
-    out: list[tuple[int, str]] = [(0, f"What the demo found (rounds selected on {_column_name(col)}):")]
+    out: list[tuple[int, str]] = [(0, f"{heading} (rounds selected on {_column_name(col)}):")]
     seen = sum(_seen(t.vanilla, min_dip) is not None for t in tables)
     out.append((0, f"* Sparse double descent in vanilla IMP: seen in {seen} of {len(tables)} seed(s)."))
     out += [(2, _sdd_text(t, many, min_dip)) for t in tables]
@@ -214,10 +221,13 @@ def tables_for_runs(vanilla_dir: str | Path, student_dir: str | Path | None, see
 
 
 def verdict_for_runs(
-    pairs: Sequence[tuple[str | Path, str | Path | None]], report: str | Path | None = None, seeds: Sequence[int | None] | None = None
+    pairs: Sequence[tuple[str | Path, str | Path | None]],
+    report: str | Path | None = None,
+    seeds: Sequence[int | None] | None = None,
+    heading: str = "What the demo found",
 ) -> str:
     """:func:`verdict` of (vanilla, student) run directory pairs, one per seed."""
     from dsd2 import rundir
 
     seeds = list(seeds) if seeds is not None else [rundir.read_config(v).seed for v, _ in pairs]
-    return verdict([tables_for_runs(v, s, seed) for (v, s), seed in zip(pairs, seeds)], report)
+    return verdict([tables_for_runs(v, s, seed) for (v, s), seed in zip(pairs, seeds)], report, heading=heading)
