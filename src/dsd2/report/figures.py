@@ -374,6 +374,8 @@ def layer_labels(run: RunData, layers: dict[str, int | None]) -> dict[str, str]:
         from dsd2.models import build_model
 
         model_cfg = dict(run.config.get("model") or {})
+        if any(model_cfg.get(k) for k in ("weights", "pretrained")):
+            raise ValueError("a pretrained model: building it could download weights")  # plain names instead
         data = run.meta.get("data") or {}
         with torch.device("meta"):
             model = build_model(
