@@ -14,6 +14,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
+	@echo "installing dsd2 and its dependencies into $(VENV) (several minutes)…"
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@
@@ -21,7 +22,8 @@ $(VENV)/.installed: pyproject.toml
 # Fashion-MNIST for the demo: Debian's package when apt is available (as root), otherwise the
 # checksum-verified download of `dsd2 fetch`.
 data: venv
-	@$(BIN)/dsd2 fetch fashion_mnist || { \
+	@$(BIN)/dsd2 fetch fashion_mnist 2>/dev/null || { \
+	  echo "Fashion-MNIST is not installed yet: installing it…"; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian's dataset-fashion-mnist"; \
 	    (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)); \

@@ -18,19 +18,21 @@ SRC = Path(dsd2.__file__).parent
 # into a package; sitting just below the CLI it may import any layer, so for now only what
 # imports it is checked.
 LAYERS = [
-    {"dsd2", "errors"},
+    {"dsd2", "errors", "units", "progress"},
     {"plugins"},
     {"registry"},
     {"layer_defaults"},
     {"config", "store", "threads", "distributed"},
-    {"data", "noise", "models", "prune", "checkpoint", "shrink"},
+    {"data", "noise", "models", "prune", "checkpoint", "shrink", "export_format"},
     {"train", "entropy", "flops", "phases"},
     {"rundir"},
     {"outdir"},
     {"compare", "runs"},
+    {"verdict"},
     {"distill"},
     {"imp"},
     {"study", "report", "bank", "exporting"},
+    {"inference"},
     {"sweep"},
     {"api"},
     {"cli"},

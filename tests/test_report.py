@@ -455,5 +455,6 @@ def test_summary_table_is_built_to_fit_a_1280_px_window(report):
     head = table[: table.index("</thead>")]
     assert head.count("<th ") == len(SUMMARY_HEADERS) <= 11
     assert "th{background:#f3f3f3;white-space:normal" in _CSS  # headers wrap between words
-    assert "td.t{overflow-wrap:anywhere" in _CSS  # long folder names wrap too
+    assert "td.t{overflow-wrap:break-word" in _CSS  # long folder names wrap too: at their parts first
+    assert "tiny_<wbr>mnist1d-<wbr>" in table  # names break after _ and -, not in the middle of a word
     assert "max-width:1200px" in _CSS

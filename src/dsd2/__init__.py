@@ -1,7 +1,8 @@
 """dsd2: study and dodge sparse double descent in neural-network pruning.
 
 The Python API (:mod:`dsd2.api`): ``run``, ``resume``, ``pipeline``, ``export``,
-``load_exported`` and their result types. They are imported on first use (PEP 562), so
+``load_exported``, ``exported_transform``, ``predict``, ``compare_runs``, ``write_report`` and
+their result types. They are imported on first use (PEP 562), so
 ``import dsd2`` stays cheap: the CLI starts fast and ``dsd2.config`` still loads without torch.
 """
 
@@ -9,8 +10,27 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_API = ("run", "resume", "pipeline", "export", "load_exported", "RunResult", "PipelineResult", "ExportResult")
+_API = (
+    "run",
+    "resume",
+    "pipeline",
+    "export",
+    "load_exported",
+    "exported_transform",
+    "predict",
+    "compare_runs",
+    "write_report",
+    "RunResult",
+    "PipelineResult",
+    "ExportResult",
+    "Predictions",
+)
 __all__ = ["__version__", *_API]
+
+
+def __dir__() -> list[str]:
+    # the lazy names show in dir(dsd2) and a notebook's tab completion, as if imported
+    return sorted({*globals(), *_API})
 
 
 def __getattr__(name: str) -> Any:

@@ -27,6 +27,7 @@ from dsd2.errors import UserError
 from dsd2.phases import PhaseParams, StopDecision, entropy_early_stop, label_phases, plain_early_stop
 from dsd2.registry import STOP_RULES
 from dsd2.rundir import RoundRow
+from dsd2.units import fraction_error
 
 # A curve: rounds in order, each a mapping of column to value (rundir.RoundRow or a CSV dict).
 Rows = Sequence[Mapping[str, Any]]
@@ -70,6 +71,9 @@ def decide(
     within ``tolerance`` of the best so far) that the phase labeller does not call Collapsed
     on the rounds trained (docs/phases.md).
     """
+    bad_unit = fraction_error("tolerance", tolerance, unit="points")  # rows hold fractions: 3 means 300 points
+    if bad_unit is not None:
+        raise UserError(bad_unit)
     stop_rule = STOP_RULES.get(rule)
     col = selection_column(rows)
     acc = [r[col] for r in rows]

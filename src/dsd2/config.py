@@ -29,6 +29,7 @@ from dsd2.registry import (
     SCHEDULES,
     STOP_RULES,
 )
+from dsd2.units import check_fraction
 
 PRESET_DIR = Path(__file__).parent / "presets"
 SELF_TEACHER = "self"  # distill.teacher=self: self-distillation (a run directory named self is ./self)
@@ -143,6 +144,11 @@ class NoiseConfig(_Section):
     matrix_file: str | None = Field(None, description="Set on loading: the file noise.matrix was read from (a record; not in the run id).")
     matrix_sha256: str | None = Field(None, description="Set on loading: sha256 of that file (a record; not in the run id).")
     instance_std: float = Field(0.1, gt=0.0, description="instance: std of the truncated normal of the per-sample flip rates.")
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _rate_not_percent(cls, v: Any) -> Any:
+        return check_fraction("noise.rate", v)
 
     @field_validator("rate")
     @classmethod
@@ -298,6 +304,11 @@ class TrainConfig(_Section):
     def _threads_none_is_auto(cls, v: Any) -> Any:
         return "auto" if v is None else v
 
+    @field_validator("milestones", mode="before")
+    @classmethod
+    def _milestones_not_percent(cls, v: Any) -> Any:
+        return [check_fraction("train.milestones", m) for m in v] if isinstance(v, list) else v
+
     @field_validator("milestones")
     @classmethod
     def _fractions(cls, v: list[float]) -> list[float]:
@@ -350,6 +361,16 @@ class PruneConfig(_Section):
     targets: list[float] = Field(
         [], description="one_shot / gradual: round i's target sparsity is targets[i-1] (empty: IMP's 1-(1-rate)^i)."
     )
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _rate_not_percent(cls, v: Any) -> Any:
+        return check_fraction("prune.rate", v)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets_not_percent(cls, v: Any) -> Any:
+        return [check_fraction("prune.targets", t) for t in v] if isinstance(v, list) else v
 
     @model_validator(mode="after")
     def _composable(self) -> PruneConfig:
@@ -412,6 +433,11 @@ class DistillConfig(_Section):
         "initialisation when both share architecture and seed, as in the reference); independent: from its own seed stream.",
     )
 
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha_not_percent(cls, v: Any) -> Any:
+        return check_fraction("distill.alpha", v)
+
     @model_validator(mode="after")
     def _one_form(self) -> DistillConfig:
         if self.teacher is not None and self.teachers:
@@ -442,11 +468,18 @@ class EntropyConfig(_Section):
 
 class EarlyStopConfig(_Section):
     rule: StopRuleName = Field("none", description=f"Stop pruning online when the rule fires: {STOP_RULES.describe()}.")
-    tolerance: float = Field(0.0, ge=0.0, description="Accuracy drop (fraction) tolerated before counting a drop.")
+    tolerance: float = Field(
+        0.0, ge=0.0, description="Accuracy drop tolerated before counting a drop, a fraction (0.03: 3 points; above 1 is refused)."
+    )
     patience: int = Field(1, ge=1, description="Consecutive dropped rounds needed to stop.")
     select: Literal["best", "last_good"] = Field(
         "best", description="Round kept: best (most accurate trained) or last_good (sparsest before the drop that stopped pruning)."
     )
+
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _tolerance_not_percent(cls, v: Any) -> Any:
+        return check_fraction("early_stop.tolerance", v, unit="points")
 
 
 class RunConfig(_Section):

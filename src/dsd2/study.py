@@ -153,6 +153,13 @@ class PipelineResult:
     student: RunResult
     vanilla: RunResult
 
+    def verdict(self) -> str:
+        """What the study found, in plain words: SDD seen or not, the valleys, what each stop
+        rule picked and cost (:func:`dsd2.verdict.verdict`, as the demo prints it last)."""
+        from dsd2.verdict import verdict_for_runs
+
+        return verdict_for_runs([(self.vanilla.run_dir, self.student.run_dir)], heading="What the study found")
+
 
 def run_study(
     config: Config,
@@ -161,22 +168,33 @@ def run_study(
     student: Config | None = None,
     out: str | Path = "runs",
     on_round: Callable[[RoundRow], None] | None = None,
-    progress: Callable[[int, int, Any], None] | None = None,
+    progress: bool | Callable[[int, int, Any], None] | None = True,
     run_stage: Callable[[RunConfig, Path], Path] | None = None,
 ) -> PipelineResult:
     """Teacher IMP → teacher round (``distill.round``) → student IMP with KD (``dsd2 pipeline``).
 
     ``config``/``student``: preset name, YAML file, mapping or RunConfig; ``overrides`` apply to
     both. ``run_stage(cfg, out) -> run_dir`` runs one stage (default: :func:`dsd2.imp.run` with
-    ``on_round`` and ``progress``; the CLI passes its own, which prints)."""
+    ``on_round`` and ``progress``; the CLI passes its own, which prints). ``progress``: True
+    (default) prints each stage's run directory and a line per round to stderr, tagged with the
+    run's name (:mod:`dsd2.progress`), and at the end the study's verdict
+    (:meth:`PipelineResult.verdict`); False prints nothing; a callable is called per epoch."""
     from dsd2 import imp
+    from dsd2.progress import callbacks
+    from dsd2.rundir import run_dir_for
     from dsd2.runs import as_config, result
 
     def stage(cfg: RunConfig, o: str | Path, **_: Any) -> Path:
         if run_stage is not None:
             return run_stage(cfg, Path(o))
-        return imp.run(cfg, o, on_round=on_round, progress=progress)
+        round_cb, epoch_cb, text = callbacks(progress, on_round, label=cfg.name, last_round=cfg.prune.rounds)
+        if text is not None:
+            text.say(f"run directory: {run_dir_for(cfg, Path(o))}")
+        return imp.run(cfg, o, on_round=round_cb, progress=epoch_cb)
 
     scfg = as_config(student, overrides) if student is not None else None
     s = run_pipeline(as_config(config, overrides), scfg, out=out, run=stage)
-    return PipelineResult(result(s.teacher), result(s.student), result(s.vanilla))
+    done = PipelineResult(result(s.teacher), result(s.student), result(s.vanilla))
+    if progress is True and run_stage is None:  # the default printer ends with what the study found, as the demo does
+        print(done.verdict(), file=sys.stderr, flush=True)
+    return done

@@ -87,23 +87,23 @@ _COMMANDS: list[tuple[str, Callable[..., Any]]] = [
 for _name, _fn in _COMMANDS:
     app.command(_name, cls=_Command)(_fn)
 
-_INTERRUPTED = "interrupted: finished rounds are kept; resume with `dsd2 resume RUN_DIR`"
-
 
 def main(argv: list[str] | None = None) -> int:
+    render.RESUME["how"] = None  # set by the command once it knows its run
     try:
         code = app(args=argv, standalone_mode=False)
         if code == 130:  # typer's answer to Ctrl-C when it does not exit itself
-            render.err_console.print(_INTERRUPTED)
+            render.err_console.print(render.interrupted_message(), highlight=False, soft_wrap=True)
         if isinstance(code, int) and code:
             return code
     except UserError as err:
         if _STATE["debug"]:
             raise
-        render.err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)), highlight=False)
+        # soft_wrap: no newline inserted into a message (a command it quotes stays copyable)
+        render.err_console.print(Text.assemble(("error:", "bold red"), " ", str(err)), highlight=False, soft_wrap=True)
         return 2
     except (KeyboardInterrupt, typer.Abort):  # click may turn Ctrl-C into Abort
-        render.err_console.print(_INTERRUPTED)
+        render.err_console.print(render.interrupted_message(), highlight=False, soft_wrap=True)
         return 130
     except typer.TyperException as err:  # usage errors: unknown option, missing argument
         show = getattr(err, "show", None)

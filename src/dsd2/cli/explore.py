@@ -112,5 +112,10 @@ def estimate(
     from dsd2.sweep.measure import format_prediction, measure, predict
 
     cfg = load_config(config, overrides or [], plugins=plugins or [])
+    render.err_console.print(
+        f"estimate: building {cfg.model.name} ({cfg.dataset.name} inputs), timing {steps} training steps of batch "
+        f"{cfg.train.batch_size} after a warm-up of as many and an evaluation pass, counting FLOPs (minutes for a large model on a CPU)…",
+        highlight=False,
+    )
     p = predict(cfg, measure(cfg, steps=steps))
     render.console.print(json.dumps(p, indent=2) if as_json else format_prediction(p), highlight=False, markup=False, soft_wrap=True)

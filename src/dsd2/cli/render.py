@@ -27,6 +27,16 @@ _PIPED_WIDTH = None if "COLUMNS" in os.environ else 160
 console = Console(width=None if sys.stdout.isatty() else _PIPED_WIDTH, markup=False)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH, markup=False)
 
+# How to continue what the running command started, for the Ctrl-C message: set by the command
+# once it knows its run (main resets it per call).
+RESUME: dict[str, str | None] = {"how": None}
+
+
+def interrupted_message() -> str:
+    """The Ctrl-C message, naming the run (or the command) that continues what was started."""
+    how = RESUME["how"] or "`dsd2 resume RUN_DIR` (the run directory printed at the start)"
+    return f"interrupted: finished rounds are kept; resume with {how}"
+
 
 def pct(v: Any) -> str:
     return "" if v is None else f"{100 * v:.2f}"

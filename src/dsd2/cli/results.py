@@ -38,7 +38,7 @@ def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int, s
 def stop(
     run_dir: Path = typer.Argument(..., help="A finished (or partial) run directory."),
     rule: Rule = typer.Option(Rule.plain, "--rule", help="The stop rule (docs/stop_rules.md)."),
-    tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated."),
+    tolerance: float = typer.Option(0.0, help="Accuracy drop tolerated: a fraction, 0.03 for 3 points."),
     patience: int = typer.Option(1, help="Consecutive drops needed to stop."),
     select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
     plugins: Optional[list[str]] = plugin_option(),
@@ -71,7 +71,7 @@ def stop_rules_cmd(
 def compare_cmd(
     vanilla: Path = typer.Argument(..., help="Vanilla IMP run directory."),
     student: Optional[Path] = typer.Argument(None, help="DSD² student run directory."),
-    tolerance: float = typer.Option(0.0, help="Accuracy drop (fraction) tolerated before a round counts as a drop."),
+    tolerance: float = typer.Option(0.0, help="Accuracy drop tolerated before a round counts as a drop: a fraction, 0.03 for 3 points."),
     patience: int = typer.Option(1, help="Consecutive dropped rounds needed to stop."),
     select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
     plugins: Optional[list[str]] = plugin_option(),
@@ -93,13 +93,16 @@ def report(
     """Write one self-contained HTML report (figures embedded) for the given runs, or for a
     whole sweep (give its out/<sweep name> folder: analysis tables and figures, then every run)."""
     from dsd2.report import write_report
+    from dsd2.report.html import report_status
     from dsd2.report.sweep import write_sweep_report
 
     load_plugins(plugins)
-    if len(run_dirs) == 1 and (run_dirs[0] / "sweep.json").is_file():
-        path = write_sweep_report(run_dirs[0], out, title=title)
-    else:
-        path = write_report(list(run_dirs), out, title=title)
+    render.err_console.print(f"report: reading {len(run_dirs)} run folder(s), then one line per figure written…", highlight=False)
+    with report_status(lambda line: render.err_console.print(f"  {line}", highlight=False)):
+        if len(run_dirs) == 1 and (run_dirs[0] / "sweep.json").is_file():
+            path = write_sweep_report(run_dirs[0], out, title=title)
+        else:
+            path = write_report(list(run_dirs), out, title=title)
     render.console.print(f"report: {path}")
 
 
@@ -124,6 +127,12 @@ def export_cmd(
     from dsd2.api import export
 
     load_plugins(plugins)
+    if onnx:
+        render.err_console.print(
+            "export: writing the weights, then model.onnx (converting with torch.onnx, checking it against PyTorch with "
+            "onnxruntime: a minute or more)…",
+            highlight=False,
+        )
     res = export(run_dir, out, round=round, onnx=onnx, compressed=compressed, structured=structured, epoch=epoch, force=force)
     how = res.info.get("selected_on")
     render.console.print(

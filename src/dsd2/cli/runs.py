@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +20,7 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
     with RoundProgress(enabled=not quiet, last_round=cfg.prune.rounds) as prog:
         target = run_dir or rundir.run_dir_for(cfg, out)
         finished = rundir.finished_note(cfg, target)
+        render.RESUME["how"] = render.RESUME["how"] or f"`dsd2 resume {shlex.quote(str(target))}`"
         if not quiet:
             render.err_console.print(f"run directory: {target}")
         res = api.run(cfg, out=out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch)
@@ -126,6 +128,7 @@ def pipeline_cmd(
 
     cfg = load_config(config, overrides or [], plugins=plugins or [])
     scfg = load_config(student, overrides or [], plugins=plugins or []) if student else None
+    render.RESUME["how"] = "the same `dsd2 pipeline` command (finished stages and rounds are kept)"
     study = _pipeline(cfg, scfg, out, quiet)
     t = store.read_json(rundir.teacher_path(study.student.run_dir))
     render.console.print(
@@ -158,6 +161,7 @@ def demo(
     if not seed_list:
         raise UserError(f"--seeds names no seed ({seeds!r}): give comma-separated integers, e.g. --seeds 0,1")
     configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"], plugins=plugins or []) for s in seed_list]
+    render.RESUME["how"] = "the same `dsd2 demo` command (finished runs and rounds are kept)"
     render.err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
     pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
     for cfg, (teacher_dir, student_dir) in zip(configs, pairs):
@@ -171,8 +175,14 @@ def demo(
     for teacher_dir, student_dir in pairs:
         render.console.print(f"vanilla run: {teacher_dir}   DSD² student run: {student_dir}")
     from dsd2.report import write_report
+    from dsd2.report.html import report_status
 
-    page = write_report(
-        [d for pair in pairs for d in pair], out / "demo_report", title="dsd2 demo: SDD and DSD² on Fashion-MNIST (40% noise)"
-    )
+    render.err_console.print("writing the report, one line per figure…", highlight=False)
+    with report_status(lambda line: render.err_console.print(f"  {line}", highlight=False)):
+        page = write_report(
+            [d for pair in pairs for d in pair], out / "demo_report", title="dsd2 demo: SDD and DSD² on Fashion-MNIST (40% noise)"
+        )
     render.console.print(f"report: {page.resolve()}")
+    from dsd2.verdict import verdict_for_runs
+
+    render.console.print(verdict_for_runs(pairs, page.resolve(), seeds=[c.seed for c in configs]), highlight=False, soft_wrap=True)

@@ -23,7 +23,14 @@ def fetch(
 
     load_plugins(plugins)
     try:
-        d = load_dataset(name, root, val_size=0, download=download, augment=False)
+        try:
+            d = load_dataset(name, root, val_size=0, download=False, augment=False)
+        except UserError:
+            if not download:
+                raise
+            # not there yet: the normal path of a first `make demo`, said as such rather than as an error
+            render.err_console.print(f"{name} is not in {root} yet: downloading it (checksum-verified)…", highlight=False)
+            d = load_dataset(name, root, val_size=0, download=True, augment=False)
     except UserError as err:
         # the loaders speak of config keys; here the switch is the --download flag
         raise UserError(str(err).replace("dataset.download=true", "--download")) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -102,6 +103,14 @@ def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total
     return save
 
 
+def resume_notice(round_idx: int, next_epoch: int, epochs: int) -> str:
+    """The line a run prints when it continues a round from its epoch checkpoint."""
+    return (
+        f"round {round_idx}: resuming from its epoch checkpoint ({next_epoch} of {epochs} epochs already trained; "
+        "`dsd2 resume --restart-round` retrains the round instead)"
+    )
+
+
 def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]) -> tuple[list[EpochLog], float]:
     """Train one round, from its epoch checkpoint when a kill interrupted it; (epoch logs, lr factor)."""
     cfg = ctx.cfg
@@ -114,6 +123,8 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
     resume_state = checkpoint.load_epoch_state(partial)
     if resume_state is not None:
         load_state(ctx.model, resume_state.model_state, partial)
+        if distributed.is_main():  # a rerun that continues mid-round says so (one line, as the thread notice)
+            print(resume_notice(round_idx, resume_state.next_epoch, schedule.epochs), file=sys.stderr, flush=True)
     reset = getattr(ctx.objective, "reset", None)
     if reset is not None:  # feature distillation: the round's adapter from its seed, or as the checkpoint left it
         reset(round_seed(cfg.seed, round_idx, stream=7))

@@ -202,10 +202,10 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for option, value in options.items():
         if option not in accepted:
-            raise UserError(
-                f"model.{option}: model {key!r} has no option {option!r}.{did_you_mean(option, accepted, prefix='model.')} "
-                f"Accepted options (defaults): {accepted_text}."
-            )
+            hint = did_you_mean(option, accepted, prefix="model.")
+            if not hint:  # most often an option of the config's model for another model: model.name=... keeps them
+                hint = f" If it is left over from the config's model section, replace the whole section: 'model={{name: {key}}}'."
+            raise UserError(f"model.{option}: model {key!r} has no option {option!r}.{hint} Accepted options (defaults): {accepted_text}.")
         hint, adapter = types_[option]
         try:
             kwargs[option] = adapter.validate_python(value)

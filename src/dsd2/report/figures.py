@@ -35,6 +35,7 @@ matplotlib.use("Agg", force=False)
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -359,6 +360,48 @@ def memorisation_figure(runs: Any, *, phases_from: RunData | None = None, title:
     )
 
 
+def layer_labels(run: RunData, layers: dict[str, int | None]) -> dict[str, str]:
+    """Legend text for each measured activation (``layer`` of entropy.csv, with its neuron
+    count): the name, the Conv/Linear layer whose output it follows and its size, e.g.
+    ``layers.1: after Conv2d layers.0, 4,704 units``. The model is built on the meta device
+    (no memory, no weights) to find that layer; where it cannot be (a plugin not imported), the
+    name and size alone."""
+    import torch
+    from torch import nn
+
+    previous: dict[str, str] = {}
+    try:
+        from dsd2.models import build_model
+
+        model_cfg = dict(run.config.get("model") or {})
+        if any(model_cfg.get(k) for k in ("weights", "pretrained")):
+            raise ValueError("a pretrained model: building it could download weights")  # plain names instead
+        data = run.meta.get("data") or {}
+        with torch.device("meta"):
+            model = build_model(
+                str(model_cfg.pop("name")),
+                num_classes=int(data["num_classes"]),
+                in_channels=int(data["in_channels"]),
+                input_size=int(data["input_size"]),
+                **model_cfg,
+            )
+        last = None
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
+                last = f"{type(module).__name__} {name}"
+            elif name in layers and last is not None:
+                previous[name] = last
+    except Exception:  # the labels are a courtesy: any failure leaves the plain names
+        previous = {}
+    out = {}
+    for layer, neurons in layers.items():
+        parts = [f"after {previous[layer]}"] if layer in previous else []
+        if neurons:
+            parts.append(f"{neurons:,} units")
+        out[layer] = f"{layer}: {', '.join(parts)}" if parts else layer
+    return out
+
+
 def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure | None:
     """Mean activation entropy (neuron-weighted, bits) of every group, then the per-layer
     entropies of the first run of each group. None when no run measured entropy."""
@@ -389,10 +432,14 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
     for (gi, g), ax in zip(with_layers, axes[1:]):
         run = g.runs[0]
         layers: dict[str, list[tuple[float, float]]] = {}
+        neurons: dict[str, int | None] = {}
         for row in run.entropy_rows:
             if row.get("entropy") is None or row.get("sparsity") is None:
                 continue
             layers.setdefault(str(row["layer"]), []).append((float(row["sparsity"]), float(row["entropy"])))
+            count = row.get("neurons")
+            neurons[str(row["layer"])] = int(count) if isinstance(count, (int, float)) and not isinstance(count, bool) else None
+        labels = layer_labels(run, neurons)
         cmap = matplotlib.colormaps["viridis"]
         sp: list[float] = []
         for li, (layer, pts) in enumerate(layers.items()):
@@ -400,7 +447,7 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
             sp.extend(p[0] for p in pts)
             c = cmap(li / max(len(layers) - 1, 1) * 0.9)
             (line,) = ax.plot(
-                [sparsity_to_x(p[0]) for p in pts], [p[1] for p in pts], color=c, lw=1.1, marker=".", ms=3, label=mpl_text(layer)
+                [sparsity_to_x(p[0]) for p in pts], [p[1] for p in pts], color=c, lw=1.1, marker=".", ms=3, label=mpl_text(labels[layer])
             )
             line.set_gid(f"layer:{gi}:{layer}")
         if run.has("entropy"):
@@ -433,7 +480,10 @@ def stacked_marker_sizes(points: Sequence[tuple[float, float]], base: float = 13
 
 
 def compute_figure(
-    vanilla: str | Path | RunData, student: str | Path | RunData | None = None, outcomes: Sequence[Any] | None = None
+    vanilla: str | Path | RunData,
+    student: str | Path | RunData | None = None,
+    outcomes: Sequence[Any] | None = None,
+    compressed: Sequence[Any] | None = None,
 ) -> Figure:
     """Test accuracy vs cumulative training compute of the vanilla run and the DSD² student, with
     the early-stop points of :func:`dsd2.compare.strategy_table` numbered and listed in the legend
@@ -441,7 +491,13 @@ def compute_figure(
 
     The x axis is in units, one dense training run of the vanilla model (its round 0; the strategy
     table's unit, docs/protocol.md), with the measured PFLOPs (sparsity not credited) on the top
-    axis. Strategies that select the same point nest there (later ones smaller, on top)."""
+    axis. Strategies that select the same point nest there (later ones smaller, on top).
+
+    ``compressed``: the outcomes at a second stop setting (the report passes
+    :data:`dsd2.compare.COMPRESS_RULE`'s), numbered after the first and tagged with the setting in
+    the legend; its exhaustive row, the same point as the first's, is left out. A pick in a round
+    labelled Collapsed says so in the legend. Marker faces are translucent: the curve under a
+    stop point stays visible."""
     from dsd2 import compare
 
     v = _as_run(vanilla)
@@ -449,7 +505,13 @@ def compute_figure(
     if outcomes is None:
         outcomes = compare.strategy_table(v.path, s.path if s is not None else None)
     unit = float(v.rows[0]["round_pflops_dense"]) or 1.0
-    fig = new_figure(10.0, 6.0)
+    points: list[tuple[Any, str]] = [(o, "") for o in outcomes]
+    if compressed is not None:
+        rule = compare.COMPRESS_RULE
+        tag = f" [tolerance {100 * rule['tolerance']:g} pts, {rule['select']}]"
+        points = [(o, "" if o.strategy == "vanilla, exhaustive" else " [tolerance 0, best]") for o in outcomes]
+        points += [(o, tag) for o in compressed if o.strategy != "vanilla, exhaustive"]
+    fig = new_figure(10.0, 6.0 + 0.15 * max(0, len(points) - 5))  # room for the longer legend
     ax = fig.add_subplot()
     for run, color, what in ((v, series_color(0), "vanilla IMP"), (s, series_color(1), "DSD² student (teacher forward passes included)")):
         if run is None:
@@ -466,10 +528,11 @@ def compute_figure(
         )
         line.set_gid("pflops:student" if run is s else "pflops:vanilla")
     markers = ["D", "v", "P", "*", "X", "^", "s", "h"]
-    xy = [(float(o.pflops_dense) / unit, 100.0 * float(o.test_acc)) for o in outcomes]
+    xy = [(float(o.pflops_dense) / unit, 100.0 * float(o.test_acc)) for o, _ in points]
     sizes = stacked_marker_sizes(xy)
     at: dict[tuple[str, float], int] = {}
-    for i, (o, (x, y), ms) in enumerate(zip(outcomes, xy, sizes), start=1):
+    for i, ((o, tag), (x, y), ms) in enumerate(zip(points, xy, sizes), start=1):
+        collapsed = " — labelled Collapsed, not a recommended pick" if (o.phase or "").lower() == "collapsed" else ""
         key = (f"{x:.4g}", round(y, 2))
         k = at[key] = at.get(key, -1) + 1  # several strategies on one point: labels side by side
         (pt,) = ax.plot(
@@ -481,10 +544,11 @@ def compute_figure(
             mec="black",
             mew=0.8,
             color=series_color(i + 1),
+            mfc=to_rgba(series_color(i + 1), 0.6),  # translucent: the curve under the point shows through
             zorder=5 + 0.1 * i,  # later (smaller) markers above the earlier ones on the same spot
             label=mpl_text(
-                f"{i}. {o.strategy}: round {o.selected_round} ({format_sparsity(o.sparsity)}% sparse), "
-                f"{y:.1f}%, {x:.2f} units = {o.pflops_dense:.4g} PFLOPs"
+                f"{i}. {o.strategy}{tag}: round {o.selected_round} ({format_sparsity(o.sparsity)}% sparse), "
+                f"{y:.1f}%, {x:.2f} units = {o.pflops_dense:.4g} PFLOPs{collapsed}"
             ),
         )
         pt.set_gid(f"strategy:{i}")

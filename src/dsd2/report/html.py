@@ -12,7 +12,9 @@ import base64
 import html
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ h3{margin-bottom:.3em}
 table{border-collapse:collapse;font-size:.82em;margin:.5em 0 1em}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right;white-space:nowrap}
 th{background:#f3f3f3;white-space:normal;vertical-align:bottom}td.t,th.t{text-align:left;white-space:normal}
-td.t{overflow-wrap:anywhere;min-width:5em}td.w{white-space:normal}
+td.t{overflow-wrap:break-word;min-width:5em}td.w{white-space:normal}
 tr.sel td{background:#fff7d6}
 .scroll{overflow-x:auto}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
@@ -90,8 +92,9 @@ def html_table(
     wrap_cols: Iterable[int] = (),
     row_classes: Sequence[str] | None = None,
 ) -> str:
-    """An HTML table; ``text_cols`` are left-aligned and wrap anywhere, ``wrap_cols`` (numbers)
-    wrap at spaces; other cells keep on one line."""
+    """An HTML table; ``text_cols`` are left-aligned and wrap at spaces, ``_`` and ``-`` (a
+    single longer word only where nothing else fits), ``wrap_cols`` (numbers) wrap at spaces;
+    other cells keep on one line."""
     tcols = set(text_cols)
     wcols = set(wrap_cols) - tcols
     out = [f'<div class="scroll"><table class="{esc(cls)}"><thead><tr>']
@@ -100,10 +103,19 @@ def html_table(
     for ri, row in enumerate(rows):
         rc = row_classes[ri] if row_classes is not None and ri < len(row_classes) else ""
         out.append(f'<tr class="{esc(rc)}">')
-        out += [f'<td class="{"t" if i in tcols else "w" if i in wcols else ""}">{esc(c)}</td>' for i, c in enumerate(row)]
+        out += [
+            f'<td class="{"t" if i in tcols else "w" if i in wcols else ""}">{_breakable(c) if i in tcols else esc(c)}</td>'
+            for i, c in enumerate(row)
+        ]
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
+
+
+def _breakable(text: Any) -> str:
+    """``text`` escaped, with a line-break opportunity after each ``_`` and ``-``: a long run name
+    wraps between its parts (demo_fmnist_seed-0-…), not in the middle of a word."""
+    return esc(text).replace("_", "_<wbr>").replace("-", "-<wbr>")
 
 
 def _img(png: bytes, alt: str) -> str:
@@ -207,7 +219,7 @@ def _strategy_section(runs: Sequence[RunData], fig_dir: Path, written: list[Path
             parts.append(f'<p class="note">{esc(caption)}</p>' + _strategy_table(rows))
         unit_text = esc(_fmt_cell("pflops", unit))
         parts.append(f'<p class="note">1 unit = one dense training run of the vanilla model (its round 0) = {unit_text} PFLOPs.</p>')
-        fig = F.compute_figure(v, s, outcomes)
+        fig = F.compute_figure(v, s, outcomes, compressed)  # both stop settings, as the two tables above
         stem = "compute" if k == 1 else f"compute_{k}"
         figs.append(
             figure_block(fig, fig_dir, stem, f"Accuracy vs training compute (units; measured PFLOPs on the top axis) — {head}", written)
@@ -253,9 +265,27 @@ def _strategy_table(outcomes: Sequence[Any]) -> str:
     )
 
 
+# Who hears of each figure as it is written (`dsd2 report` prints a line each: a report of many
+# runs takes a minute); set with report_status().
+_STATUS: ContextVar[Callable[[str], None] | None] = ContextVar("dsd2_report_status", default=None)
+
+
+@contextmanager
+def report_status(say: Callable[[str], None] | None) -> Iterator[None]:
+    """Within the block, ``say(line)`` is called once per figure written (None: silent)."""
+    token = _STATUS.set(say)
+    try:
+        yield
+    finally:
+        _STATUS.reset(token)
+
+
 def figure_block(fig: Any, fig_dir: Path, stem: str, caption: str, written: list[Path]) -> str:
     paths = F.save_figure(fig, fig_dir, stem)
     written.extend(paths.values())
+    say = _STATUS.get()
+    if say is not None:
+        say(f"figure {stem}: {caption}")
     png = paths["png"].read_bytes()
     links = " · ".join(f'<a href="figures/{esc(p.name)}">{esc(fmt.upper())}</a>' for fmt, p in paths.items())
     fig.clear()

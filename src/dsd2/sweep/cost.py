@@ -7,6 +7,7 @@ training step is counted with :func:`dsd2.flops.step_flops`.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -199,50 +200,89 @@ def _num(x: float) -> str:
     return f"{x:.3g}"
 
 
-def format_cost(estimate: dict[str, Any]) -> str:
-    """A plain-text table of :func:`estimate_cost`'s result (one line per run)."""
+def hours_text(x: float) -> str:
+    """Hours for a table: "0", "<0.01" for a tiny run (not 6.24e-10), else 3 significant digits."""
+    if x == 0:
+        return "0"
+    return "<0.01" if x < 0.01 else _num(x)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], left: int) -> list[str]:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" if i < left else f"{{:>{w}}}" for i, w in enumerate(widths))
+    return [fmt.format(*header).rstrip()] + [fmt.format(*row).rstrip() for row in rows]
+
+
+def format_cost(estimate: dict[str, Any], width: int = 80) -> str:
+    """A plain-text table of :func:`estimate_cost`'s result (one line per run), ``width`` columns
+    wide: cell names lose the sweep's name, and model descriptions that would not fit become
+    m1, m2, ... spelled out below the table."""
     hours = "device-h" if estimate.get("measured") else "GPU-h"
-    header = ("cell", "role", "model", "epochs", "examples", "GFLOP/ex-step", "PFLOPs", hours)
-    lines_data = []
+    header = ("cell", "role", "model", "epochs", "examples", "GFLOP/ex", "PFLOPs", hours)
+    prefix = f"{estimate['sweep']}_"
+    names = [c["cell"] for c in estimate["cells"]]
+    strip = bool(names) and all(n.startswith(prefix) and len(n) > len(prefix) for n in names)
+    models = list(dict.fromkeys(r["model"] for c in estimate["cells"] for r in c["runs"]))
+    rows: list[tuple[str, ...]] = []
     seen = set()
     for c in estimate["cells"]:
         for r in c["runs"]:
             shared = r["role"] == "teacher" and r["run"] in seen
             seen.add(r["run"])
-            lines_data.append(
+            rows.append(
                 (
-                    c["cell"],
-                    r["role"] + (" (shared)" if shared else ""),
+                    c["cell"][len(prefix) :] if strip else c["cell"],
+                    r["role"] + ("*" if shared else ""),
                     r["model"],
                     str(r["epochs_total"]),
                     str(r["train_examples"]),
                     f"{r['step_flops_per_example'] / 1e9:.4g}",
                     _num(r["pflops"]),
-                    _num(r["gpu_hours"]),
+                    hours_text(r["gpu_hours"]),
                 )
             )
-    widths = [max(len(h), *(len(row[i]) for row in lines_data)) if lines_data else len(h) for i, h in enumerate(header)]
-    fmt = "  ".join(f"{{:<{w}}}" if i < 3 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    out = [f"Cost estimate for sweep {estimate['sweep']} ({estimate['convention']}):", fmt.format(*header)]
-    out += [fmt.format(*row) for row in lines_data]
-    out.append(
+    table = _table(header, rows, 3)
+    legend: list[str] = []
+    if max(map(len, table)) > width:  # the model descriptions are the long cells: keys, spelled out below
+        key = {m: f"m{i}" for i, m in enumerate(models, start=1)}
+        table = _table(header, [(*row[:2], key[row[2]], *row[3:]) for row in rows], 3)
+        legend = [f"{k} = {m}" for m, k in key.items()]
+        rows = [(*row[:2], key[row[2]], *row[3:]) for row in rows]
+    if max(map(len, table)) > width:  # long cell names: each on its own line above its runs
+        body = _table(header[1:], [row[1:] for row in rows], 2)
+        table = ["  " + body[0]]
+        for i, row in enumerate(rows):
+            if i == 0 or row[0] != rows[i - 1][0]:
+                table.append(textwrap.fill(row[0], width))  # a name longer than the line breaks after - first
+            table.append("  " + body[i + 1])
+    out = [*table, *legend]
+    notes = [f"cells are named {prefix}<cell>"] if strip else []
+    if any(row[1].endswith("*") for row in rows):
+        notes.append("teacher*: the teacher of an earlier cell, trained once (its cost counts once in the total)")
+    notes.append(
         f"total: {estimate['runs']} runs, {_num(estimate['total_pflops'])} PFLOPs "
         f"(paper convention 3×MACs: {_num(estimate['total_paper_pflops'])} PFLOPs), "
         + (
-            f"≈ {_num(estimate['total_gpu_hours'])} device-hours as measured"
+            f"≈ {hours_text(estimate['total_gpu_hours'])} device-hours as measured"
             if estimate.get("measured")
-            else f"≈ {_num(estimate['total_gpu_hours'])} GPU-hours at {estimate['gpu_tflops']:g} TFLOP/s"
+            else f"≈ {hours_text(estimate['total_gpu_hours'])} GPU-hours at {estimate['gpu_tflops']:g} TFLOP/s"
         )
     )
     cells = estimate["cells"]
     if cells:
         c = cells[0]
         wall = [x["wall_hours"] for x in cells]
-        out.append(
+        notes.append(
             f"each cell reserves {c['processes']} process(es), {c['gpus']:g} GPU(s), {c['cpus']:g} CPU(s)"
             + (" (a data-parallel job: torchrun inside its task)" if c["processes"] > 1 else "")
-            + f"; wall time per cell ≈ its hours / {c['processes']}: longest {_num(max(wall))} h, "
-            f"all cells one after another {_num(estimate['total_gpu_hours'] / c['processes'])} h"
+            + f"; wall time per cell ≈ its hours / {c['processes']}: longest {hours_text(max(wall))} h, "
+            f"all cells one after another {hours_text(estimate['total_gpu_hours'] / c['processes'])} h"
         )
-    out.append(estimate["assumption"])
-    return "\n".join(out)
+    notes.append(estimate["assumption"])
+    title = f"Cost estimate for sweep {estimate['sweep']} ({estimate['convention']}):"
+    return "\n".join([_fill(title, width), *out, *(_fill(n, width) for n in notes)])
+
+
+def _fill(text: str, width: int) -> str:
+    # sentences wrap at the table's width; option names (--gpu-tflops) and words stay whole
+    return textwrap.fill(text, width, break_long_words=False, break_on_hyphens=False)

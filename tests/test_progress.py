@@ -1,0 +1,86 @@
+"""No silent minutes: the Python API prints progress unless told not to; estimate, export --onnx
+and report say what they do before (or while) they do it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+import dsd2
+from dsd2.cli import main
+from dsd2.errors import UserError
+from dsd2.progress import TextProgress, callbacks
+
+from conftest import TINY
+
+
+def _ours(err: str, name: str = "tiny_mnist1d") -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith(f"[{name}]")]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return dsd2.run("tiny_mnist1d", TINY, out=tmp_path_factory.mktemp("runs"), progress=False).run_dir
+
+
+def test_run_prints_a_line_per_round_by_default_and_nothing_with_progress_false(tmp_path, capsys):
+    seen = []
+    res = dsd2.run("tiny_mnist1d", TINY, out=tmp_path, on_round=seen.append)
+    lines = _ours(capsys.readouterr().err)
+    assert lines[0] == f"[tiny_mnist1d] run directory: {res.run_dir}"
+    assert [ln.split(":")[0] for ln in lines[1:]] == [f"[tiny_mnist1d] round {r}/2" for r in range(3)]
+    assert "% sparse, val " in lines[2] and "so far)" in lines[2]
+    assert len(seen) == 3  # the caller's on_round still runs
+    dsd2.run("tiny_mnist1d", [*TINY, "seed=1"], out=tmp_path, progress=False)
+    assert _ours(capsys.readouterr().err) == []
+
+
+def test_pipeline_prints_each_stage(tmp_path, capsys):
+    dsd2.pipeline("tiny_mnist1d", [*TINY, "prune.rounds=1"], out=tmp_path)
+    err = capsys.readouterr().err
+    assert len(_ours(err)) == 3 and len(_ours(err, "tiny_mnist1d_dsd2")) == 3
+    assert "What the study found" in err.split("[tiny_mnist1d_dsd2]")[-1]  # the verdict comes last
+
+
+def test_mid_round_lines_are_throttled():
+    lines = []
+    text = TextProgress("x", 3, every_s=0.0, stream=SimpleNamespace(write=lines.append, flush=lambda: None))
+    text.epoch(1, 10, SimpleNamespace(epoch=4, loss=0.5))
+    assert "".join(lines).startswith("[x] round 1: epoch 4/10, loss 0.500")
+    quiet = TextProgress("x", 3, stream=SimpleNamespace(write=lines.append, flush=lambda: None))
+    before = len(lines)
+    quiet.epoch(1, 10, SimpleNamespace(epoch=5, loss=0.4))  # within 30 s of the start: silent
+    assert len(lines) == before
+
+
+def test_a_callable_progress_replaces_the_printer():
+    def fn(*a):
+        return None
+
+    assert callbacks(fn, None)[1] is fn and callbacks(fn, None)[2] is None
+    assert callbacks(False, None) == (None, None, None)
+
+
+def test_report_prints_a_line_per_figure(run_dir, tmp_path, capsys):
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "report: reading 1 run folder(s)" in err
+    figures = [ln for ln in err.splitlines() if ln.strip().startswith("figure ")]
+    assert len(figures) >= 2 and any("figure accuracy:" in ln for ln in figures)
+    dsd2.write_report(run_dir, tmp_path / "r2", progress=False)
+    assert "figure" not in capsys.readouterr().err
+
+
+def test_estimate_says_what_it_builds_and_times(capsys):
+    assert main(["estimate", "tiny_mnist1d", *TINY, "--steps", "1"]) == 0
+    assert "estimate: building mlp (mnist1d inputs), timing 1 training steps of batch 128" in capsys.readouterr().err
+
+
+def test_export_onnx_says_it_converts_and_checks(run_dir, tmp_path, monkeypatch, capsys):
+    def stop(*a, **k):
+        raise UserError("stopped here")
+
+    monkeypatch.setattr("dsd2.api.export", stop)
+    assert main(["export", str(run_dir), "-o", str(tmp_path / "m"), "--onnx"]) == 2
+    assert "model.onnx (converting with torch.onnx, checking it against PyTorch with onnxruntime" in capsys.readouterr().err
