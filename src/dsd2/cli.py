@@ -613,7 +613,9 @@ def pipeline_cmd(
     cfg = load_config(config, overrides or [], plugins=plugins or [])
     scfg = load_config(student, overrides or [], plugins=plugins or []) if student else None
     study = _pipeline(cfg, scfg, out, quiet)
-    t = store.read_json(study.student.run_dir / "teacher.json")
+    from dsd2.file_schemas import TeacherInfo
+
+    t = store.read_json_dict(study.student.run_dir / "teacher.json", TeacherInfo)
     console.print(
         f"teacher: {t['run_dir']} round {t['round']} ({t['choice']}, sparsity {100 * t['sparsity']:.2f}%, selected on {t['selected_on']})"
     )

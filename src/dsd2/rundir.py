@@ -34,6 +34,7 @@ from torch import nn
 from dsd2 import store
 from dsd2.config import RunConfig, validate_config
 from dsd2.errors import UserError
+from dsd2.file_schemas import EarlyStop, Meta, NoiseInfo, RoundMetrics, TableSums
 from dsd2.prune import Masks
 
 # Finished rounds are the manifest-checked round folders; the rule lives with the checksums.
@@ -195,8 +196,7 @@ def stopped_at(run_dir: str | Path) -> int | None:
     path = Path(run_dir) / EARLY_STOP
     if not path.is_file():
         return None
-    decision = store.read_json(path)
-    return decision.get("stop_round") if isinstance(decision, dict) else None
+    return store.read_json(path, EarlyStop).stop_round
 
 
 def is_complete(cfg: RunConfig, done: int, run_dir: str | Path) -> bool:
@@ -213,8 +213,7 @@ def read_noise(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / NOISE
     if not path.is_file():
         return None
-    data = store.read_json(path)
-    return data if isinstance(data, dict) else None
+    return store.read_json_dict(path, NoiseInfo)
 
 
 TABLE_SUMS = "tables.sha256.json"
@@ -227,13 +226,27 @@ def record_tables(run_dir: Path, names: tuple[str, ...] = (ROUNDS_CSV, ENTROPY_C
 
 def read_table(run_dir: str | Path, name: str) -> list[dict[str, Any]]:
     """Rows of a table of the run (rounds.csv, entropy.csv), refused when it was edited since dsd2
-    wrote it. Runs written before the checksums existed are read as they are."""
+    wrote it, and refused when its checksum is not recorded (tables.sha256.json deleted, or the
+    table's entry removed): a missing guard fails closed. A run whose tables predate the checksums
+    gets them with `dsd2 resume RUN_DIR`, which rewrites the tables from the checksummed rounds."""
     run_dir = Path(run_dir)
     path = run_dir / name
     sums_path = run_dir / TABLE_SUMS
-    sums = store.read_json(sums_path) if sums_path.is_file() else {}
-    expected = sums.get(name) if isinstance(sums, dict) else None
-    if expected is not None and path.is_file() and store.sha256_file(path) != expected:
+    if not path.is_file() and not sums_path.exists():
+        return store.read_csv(path)  # the clear "missing" / "not a regular file" message
+    if not sums_path.exists():
+        raise UserError(
+            f"{run_dir} has {name} but no {TABLE_SUMS} (deleted, or written by a dsd2 before the checksums): its numbers "
+            f"cannot be checked; `dsd2 resume {run_dir}` rewrites the tables and their checksums from the checksummed round files"
+        )
+    sums = store.read_json(sums_path, TableSums, hint=f"`dsd2 resume {run_dir}` rewrites it").root
+    expected = sums.get(name)
+    if expected is None:
+        raise UserError(
+            f"{sums_path} does not list {name}: its numbers cannot be checked; "
+            f"`dsd2 resume {run_dir}` rewrites the tables and their checksums from the checksummed round files"
+        )
+    if store.sha256_file(path) != expected:
         raise UserError(
             f"{path} was changed after dsd2 wrote it (checksum in {TABLE_SUMS} differs): its numbers cannot be trusted; "
             f"`dsd2 resume {run_dir}` rewrites it from the checksummed round files"
@@ -261,10 +274,10 @@ def read_finished(run_dir: str | Path) -> Finished:
     out = Finished()
     for i in finished_rounds(Path(run_dir)):
         path = round_dir(Path(run_dir), i) / METRICS
-        m = store.read_json(path)
-        out.rows.append(RoundRow.from_dict(m["row"], source=path))
-        out.entropy.extend(m["entropy_layers"])
-        out.timings.append(m["timing"])
+        m = store.read_json(path, RoundMetrics, hint=f"delete {path.parent} and resume to recompute that round")
+        out.rows.append(RoundRow.from_dict(m.row, source=path))
+        out.entropy.extend(m.entropy_layers)
+        out.timings.append(m.timing)
     return out
 
 
@@ -285,10 +298,18 @@ def saved_data_shape(run_dir: str | Path) -> dict[str, Any]:
     """meta.json's "data": num_classes, in_channels, input_size (what a model builder needs, as
     :data:`BUILDER_DATA_KEYS`) and, from runs of dsd2 with image folders on, input_shape, mean,
     std, class_names (None when the dataset has none), loader, files_sha256."""
-    shape = store.read_json(Path(run_dir) / META).get("data")
+    shape = read_meta(run_dir).get("data")
     if shape is None:
         raise UserError(f"{run_dir}/{META} lacks the data shape; re-run with this version of dsd2")
     return shape
+
+
+META_HINT = "it is the run's record of how it started; restore it from a copy of the run"
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """The run's meta.json as written, once it passed :class:`dsd2.file_schemas.Meta`."""
+    return store.read_json_dict(Path(run_dir) / META, Meta, hint=META_HINT)
 
 
 def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device | str = "cpu") -> tuple[nn.Module, Masks, RunConfig]:

@@ -21,6 +21,7 @@ from dsd2.data import DataSplits, ImageLoader, load_dataset
 from dsd2.data.image_folder import resolve_workers
 from dsd2.distill.setup import run_teaching
 from dsd2.errors import UserError
+from dsd2.file_schemas import LrScale, LrStep
 from dsd2.flops import step_flops
 from dsd2.models import build_model, prunable_weights
 from dsd2.noise import FeatureSource, NoisyLabels, apply_label_noise, noise_summary
@@ -164,8 +165,8 @@ def data_meta(data: DataSplits) -> dict[str, Any]:
 
 def _check_data_matches(run_dir: Path, data: DataSplits) -> None:
     """A resumed run must read the data its finished rounds were trained on: same data path, same file list."""
-    meta = store.read_json(run_dir / rundir.META) if (run_dir / rundir.META).is_file() else {}
-    saved = meta.get("data") if isinstance(meta, dict) else None
+    meta = rundir.read_meta(run_dir) if (run_dir / rundir.META).exists() else {}
+    saved = meta.get("data")
     if not isinstance(saved, dict):
         return
     now = data_meta(data)
@@ -294,10 +295,15 @@ def lr_scale_for(run_dir: Path, round_idx: int) -> float:
     if not path.is_file():
         return 1.0
     scale = 1.0
-    for entry in store.read_json(path)["history"]:
-        if round_idx >= entry["from_round"]:
-            scale = entry["scale"]
+    for entry in _lr_history(path):
+        if round_idx >= entry.from_round:
+            scale = entry.scale
     return scale
+
+
+def _lr_history(path: Path) -> list[LrStep]:
+    hint = "it records `dsd2 resume --lr-scale`; restore it, or delete it and give --lr-scale again"
+    return store.read_json(path, LrScale, hint=hint).history
 
 
 def set_lr_scale(run_dir: Path, scale: float) -> int:
@@ -311,7 +317,7 @@ def set_lr_scale(run_dir: Path, scale: float) -> int:
     if rundir.is_complete(rundir.read_config(run_dir), from_round, run_dir):
         raise UserError(f"{run_dir} is finished: no round is left to train with a lower lr (--lr-scale changes nothing)")
     path = Path(run_dir) / LR_SCALE_FILE
-    history = store.read_json(path)["history"] if path.is_file() else []
+    history = [h.model_dump() for h in _lr_history(path)] if path.exists() else []
     history = [h for h in history if h["from_round"] < from_round] + [{"from_round": from_round, "scale": scale}]
     store.write_json(path, {"history": history})
     return from_round
@@ -397,9 +403,28 @@ def set_threads(
     return torch.get_num_threads()
 
 
-def _recorded_digest(meta: dict[str, Any]) -> str | None:
+def _recorded_digest(run_dir: Path) -> str | None:
+    """The config digest meta.json recorded when the run started (or was extended). A guard that
+    cannot be read fails closed: meta.json without a digest, or with one of the wrong type, is
+    refused; a missing meta.json only when a start was killed before writing it (nothing trained)."""
+    path = run_dir / rundir.META
+    if not path.exists():
+        trained = any(run_dir.glob("round_*"))
+        if trained:
+            raise UserError(
+                f"{run_dir} has trained rounds but no {rundir.META} (deleted?): nothing proves {rundir.CONFIG} is the config "
+                "they were trained with. Restore meta.json from a copy of the run, or start a new run directory"
+            )
+        return None
+    meta = rundir.read_meta(run_dir)
     # runs started before extensions existed recorded the digest as "config_hash" (their run id hash counted the rounds)
-    return meta.get("config_digest", meta.get("config_hash"))
+    recorded = meta["config_digest"] if "config_digest" in meta else meta.get("config_hash")
+    if not isinstance(recorded, str):
+        raise UserError(
+            f"{path} lacks the config digest (config_digest missing or not a string): nothing proves {rundir.CONFIG} is the "
+            "config the finished rounds were trained with. Restore meta.json from a copy of the run, or start a new run directory"
+        )
+    return recorded
 
 
 def _check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
@@ -410,8 +435,7 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
     if not (run_dir / rundir.CONFIG).exists():
         return cfg
     saved = rundir.read_config(run_dir)
-    meta = store.read_json(run_dir / rundir.META) if (run_dir / rundir.META).is_file() else {}
-    recorded = _recorded_digest(meta) if isinstance(meta, dict) else None
+    recorded = _recorded_digest(run_dir)
     if recorded is not None and saved.digest() != recorded:
         raise UserError(
             f"{run_dir / rundir.CONFIG} was edited after the run started (its hash {saved.digest()} is not the recorded "
@@ -435,7 +459,7 @@ def _check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
 def _extend(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
     """Record that ``cfg`` asks more rounds than the run was started with: config.yaml takes the
     new count, meta.json its digest and the extension (from, to, when, by which version)."""
-    meta = store.read_json(run_dir / rundir.META)
+    meta = rundir.read_meta(run_dir)
     extension = {
         "rounds_from": saved.prune.rounds,
         "rounds_to": cfg.prune.rounds,

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsd2 import rundir, store
+from dsd2 import rundir, safe_read, store
 from dsd2.errors import UserError
+from dsd2.file_schemas import EarlyStop, TeacherFile
 from dsd2.rundir import RoundRow
 
 ROLES = ("vanilla", "teacher", "student")
@@ -103,7 +104,7 @@ class RunGroup:
 
 def _read_csv_with_header(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     rows = rundir.read_table(path.parent, path.name)
-    header = path.read_text().splitlines()[:1]
+    header = safe_read.read_text(path, max_bytes=safe_read.MAX_TABLE_BYTES).splitlines()[:1]
     columns = header[0].split(",") if header else []
     return rows, columns
 
@@ -122,15 +123,15 @@ def load_run(path: str | Path) -> RunData:
     if any(r.get("sparsity") is None or r.get("round") is None for r in rows):
         raise UserError(f"{rounds} lacks the round or sparsity of some rows; it is corrupt: resume the run to rewrite it")
     config_path = path / "config.yaml"
-    config_text = config_path.read_text() if config_path.is_file() else ""
-    config = store.read_yaml_file(config_path) if config_path.is_file() else {}
+    config_text = safe_read.read_text(config_path, max_bytes=safe_read.MAX_YAML_BYTES) if config_path.exists() else ""
+    config = safe_read.parse_yaml(config_text, source=str(config_path)) if config_path.exists() else {}
     if not isinstance(config, dict):
         raise UserError(f"{config_path} is not a mapping; it is corrupt")
-    meta = store.read_json(path / "meta.json") if (path / "meta.json").is_file() else {}
+    meta = rundir.read_meta(path) if (path / "meta.json").exists() else {}
     entropy_rows = rundir.read_table(path, rundir.ENTROPY_CSV) if (path / rundir.ENTROPY_CSV).is_file() else []
-    timings = store.read_csv(path / "timings.csv") if (path / "timings.csv").is_file() else []
-    teacher = store.read_json(path / "teacher.json") if (path / "teacher.json").is_file() else None
-    early = store.read_json(path / "early_stop.json") if (path / "early_stop.json").is_file() else None
+    timings = store.read_csv(path / "timings.csv") if (path / "timings.csv").exists() else []
+    teacher = store.read_json_dict(path / "teacher.json", TeacherFile) if (path / "teacher.json").exists() else None
+    early = store.read_json_dict(path / "early_stop.json", EarlyStop) if (path / "early_stop.json").exists() else None
     return RunData(
         path=path,
         config=config,
