@@ -121,6 +121,12 @@ class DatasetConfig(_Section):
         "cores less one, at most 8). Results do not depend on it.",
     )
 
+    follow_links: bool = Field(
+        False,
+        description="image_folder: follow symbolic links to folders outside dataset.root (links inside it are followed; a link "
+        "back to a folder above it is always refused).",
+    )
+
     @field_validator("workers", mode="before")
     @classmethod
     def _workers_none_is_auto(cls, v: Any) -> Any:

@@ -105,7 +105,7 @@ def init_seed(cfg: RunConfig) -> int:
 
 # Dataset options passed to the loaders that take them (image_folder); a non-default value for a
 # loader that does not take it is an error that names the key.
-DATASET_OPTIONS = ("image_size", "loader", "memory_budget_gb", "workers")
+DATASET_OPTIONS = ("image_size", "loader", "memory_budget_gb", "workers", "follow_links")
 
 
 def dataset_options(cfg: RunConfig) -> dict[str, Any]:
