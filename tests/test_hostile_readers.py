@@ -95,3 +95,40 @@ def test_run_refuses_a_fifo_image_on_both_loaders(loader, tmp_path, capsys):
     args = ["run", "tiny_mnist1d", "dataset.name=image_folder", f"dataset.root={root}", "dataset.image_size=8"]
     args += [f"dataset.loader={loader}", "dataset.workers=0", "model.name=lenet5", "--out", str(tmp_path / "o"), "-q"]
     assert "fifo.jpg is not a regular file" in one_line_exit_2(args, capsys)
+
+
+# ----------------------------------------------------------------------------- launcher variables (item 8)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"MASTER_PORT": "abc"}, "MASTER_PORT='abc' is not a port number"),
+        ({"MASTER_PORT": "99999"}, "MASTER_PORT='99999' is not a port number"),
+        ({"MASTER_PORT": "²"}, "is not a port number"),
+        ({"MASTER_ADDR": ""}, "MASTER_ADDR='' is not a host name"),
+        ({"WORLD_SIZE": "100000000"}, "WORLD_SIZE=100000000 is more processes"),
+        ({"WORLD_SIZE": "x"}, "WORLD_SIZE='x' is not an integer"),
+        ({"LOCAL_RANK": "7"}, "LOCAL_RANK=7 and LOCAL_WORLD_SIZE=2"),
+        ({"DSD2_DDP_JOIN_TIMEOUT_S": "-1"}, "DSD2_DDP_JOIN_TIMEOUT_S='-1' must be"),
+    ],
+)
+def test_bad_launcher_variables(env, message, monkeypatch, tmp_path, capsys):
+    base = {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999", "DSD2_DDP_JOIN_TIMEOUT_S": "1"}
+    for k, v in {**base, **env}.items():
+        monkeypatch.setenv(k, v)
+    assert message in one_line_exit_2(["run", "tiny_mnist1d", "--out", str(tmp_path / "o"), "-q"], capsys)
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_peer_is_a_bounded_wait_with_a_clear_message(monkeypatch, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "DSD2_DDP_JOIN_TIMEOUT_S": "2"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    err = one_line_exit_2(["run", "tiny_mnist1d", "--out", str(tmp_path / "o"), "-q"], capsys)
+    assert "process 1 of 2 could not join the job" in err and "DSD2_DDP_JOIN_TIMEOUT_S" in err
