@@ -132,3 +132,25 @@ def test_a_missing_peer_is_a_bounded_wait_with_a_clear_message(monkeypatch, tmp_
         monkeypatch.setenv(k, v)
     err = one_line_exit_2(["run", "tiny_mnist1d", "--out", str(tmp_path / "o"), "-q"], capsys)
     assert "process 1 of 2 could not join the job" in err and "DSD2_DDP_JOIN_TIMEOUT_S" in err
+
+
+# ----------------------------------------------------------------------------- sweep --address (item 8)
+
+
+@pytest.mark.parametrize(
+    "address, says",
+    [
+        ("127.0.0.1:²", "is not HOST:PORT"),
+        ("127.0.0.1:99999", "is not HOST:PORT"),
+        ("a" * 70 + ":6379", "is not a host name"),
+        ("", "is not HOST:PORT"),
+        ("   ", "is not HOST:PORT"),
+    ],
+)
+def test_bad_sweep_address_is_refused_before_anything_starts(address, says, monkeypatch, tmp_path, capsys):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init called for a refused address"))
+    err = one_line_exit_2(["sweep", "tiny_demo", "--address", address, "--out", str(tmp_path / "o")], capsys)
+    assert says in err
+    assert not (tmp_path / "o").exists()
