@@ -43,10 +43,22 @@ def load_bank(root: str | Path) -> list[Curve]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"curve bank {root} is not a folder of run results")
-    curves = [Curve(p.parent.name, store.read_csv(p)) for p in sorted(root.glob("*/rounds.csv"))]
+    curves = [Curve(p.parent.name, _curve_rows(p)) for p in sorted(root.glob("*/rounds.csv"))]
     if not curves:
         raise UserError(f"curve bank {root} holds no <curve>/rounds.csv")
     return curves
+
+
+def _curve_rows(path: Path) -> Rows:
+    """The rows of a bank curve, each checked as a rounds.csv row (required columns, numbers
+    dsd2 can have written, rounds 0, 1, 2, ...); the plain rows are what the rules read."""
+    from dsd2.rundir import RoundRow, check_round_order
+
+    rows = store.read_csv(path)
+    if not rows:
+        raise UserError(f"{path} has no rows: a bank curve needs the rounds of a finished run")
+    check_round_order([RoundRow.from_dict(r, source=path) for r in rows], path)
+    return rows
 
 
 @dataclass

@@ -23,6 +23,7 @@ This module reads; the round loop (:mod:`dsd2.imp`) writes. It sits below ``imp`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -108,6 +109,15 @@ class RoundRow(Mapping[str, Any]):
                 f"{source or 'a rounds row'} has non-numeric {', '.join(f'{c}={values[c]!r}' for c in bad)}: "
                 "it was edited or is corrupt; `dsd2 resume RUN_DIR` rewrites rounds.csv from the checksummed round files"
             )
+        wrong = [c for c, v in values.items() if c != "phase" and v is not None and not _plausible(c, v)]
+        if wrong:
+            raise UserError(
+                f"{source or 'a rounds row'} has {', '.join(f'{c}={values[c]!r}' for c in wrong)}, which dsd2 never writes (NaN, "
+                "infinite, negative, a fraction outside [0, 1] or a fractional count): it was edited or is corrupt; "
+                "`dsd2 resume RUN_DIR` rewrites rounds.csv from the checksummed round files"
+            )
+        if values.get("phase") is not None and not isinstance(values["phase"], str):
+            values["phase"] = str(values["phase"])
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -129,6 +139,21 @@ class RoundRow(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._columns())
+
+
+_INT_COLUMNS = frozenset({"round", "alive_weights", "epochs", "best_epoch"})
+
+
+def _plausible(column: str, value: float) -> bool:
+    """A value dsd2 can have written in ``column``: finite, non-negative, a whole count where
+    the column counts, a fraction in [0, 1] where it is one (entropy and loss: any finite >= 0)."""
+    if not math.isfinite(value) or value < 0:
+        return False
+    if column in _INT_COLUMNS:
+        return float(value).is_integer()
+    if column in FRACTION_COLUMNS:
+        return value <= 1.0
+    return True
 
 
 # Columns of rounds.csv, in order: the fields of RoundRow, the one definition.
@@ -257,7 +282,19 @@ def read_table(run_dir: str | Path, name: str) -> list[dict[str, Any]]:
 def read_rounds(run_dir: str | Path) -> list[RoundRow]:
     """The rows of ``rounds.csv``, checked against the checksum dsd2 recorded when writing it."""
     path = Path(run_dir) / ROUNDS_CSV
-    return [RoundRow.from_dict(r, source=path) for r in read_table(run_dir, ROUNDS_CSV)]
+    rows = [RoundRow.from_dict(r, source=path) for r in read_table(run_dir, ROUNDS_CSV)]
+    check_round_order(rows, path)
+    return rows
+
+
+def check_round_order(rows: list[RoundRow], source: str | Path) -> None:
+    """Rows of finished rounds are rounds 0, 1, 2, ... in order (dsd2 writes nothing else)."""
+    numbers = [int(r.round) for r in rows]
+    if numbers != list(range(len(rows))):
+        raise UserError(
+            f"{source} lists rounds {numbers[:8]}{'...' if len(numbers) > 8 else ''}, not 0, 1, 2, ... in order (duplicated, "
+            "missing or reordered rows): it was edited or is corrupt; `dsd2 resume RUN_DIR` rewrites it"
+        )
 
 
 @dataclass

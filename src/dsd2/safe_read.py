@@ -46,7 +46,7 @@ def check_regular(path: str | Path, *, what: str = "") -> os.stat_result:
     except FileNotFoundError:
         raise UserError(f"{label} is missing") from None
     except NotADirectoryError:
-        raise UserError(f"{label} cannot exist: {Path(path).parent} is a file, not a folder") from None
+        raise UserError(f"{Path(path).parent} is a file, not a dsd2 run directory (nor a folder holding {Path(path).name})") from None
     except OSError as err:
         raise UserError(f"cannot read {label}: {err.strerror or err}") from None
     if not stat.S_ISREG(st.st_mode):

@@ -132,12 +132,14 @@ def load_run(path: str | Path) -> RunData:
     timings = store.read_csv(path / "timings.csv") if (path / "timings.csv").exists() else []
     teacher = store.read_json_dict(path / "teacher.json", TeacherFile) if (path / "teacher.json").exists() else None
     early = store.read_json_dict(path / "early_stop.json", EarlyStop) if (path / "early_stop.json").exists() else None
+    round_rows = [RoundRow.from_dict(r, source=rounds) for r in rows]
+    rundir.check_round_order(round_rows, rounds)
     return RunData(
         path=path,
         config=config,
         config_text=config_text,
         meta=meta if isinstance(meta, dict) else {},
-        rows=[RoundRow.from_dict(r, source=rounds) for r in rows],
+        rows=round_rows,
         columns=columns,
         entropy_rows=entropy_rows,
         timings=timings,
