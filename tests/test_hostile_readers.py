@@ -154,3 +154,166 @@ def test_bad_sweep_address_is_refused_before_anything_starts(address, says, monk
     err = one_line_exit_2(["sweep", "tiny_demo", "--address", address, "--out", str(tmp_path / "o")], capsys)
     assert says in err
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- run folders (items 5, 7, 8)
+
+from conftest import TINY  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A tiny finished run (3 rounds); cases copy it."""
+    out = tmp_path_factory.mktemp("finished")
+    assert main(["run", "tiny_mnist1d", *TINY, "--out", str(out), "-q"]) == 0
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def student(finished, tmp_path_factory) -> Path:
+    """A tiny finished DSD² student of ``finished``."""
+    out = tmp_path_factory.mktemp("student")
+    assert main(["run", "tiny_mnist1d", *TINY, f"distill.teacher={finished}", "name=stu", "--out", str(out), "-q"]) == 0
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def copy_run(src: Path, tmp_path: Path, name: str = "run") -> Path:
+    dst = tmp_path / name
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def as_dir(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def edited_lr(run: Path) -> None:
+    """The tamper of item 5: config.yaml's lr changed after the run started."""
+    cfg = (run / "config.yaml").read_text()
+    assert "lr: 0.001" in cfg or "lr:" in cfg
+    text = "\n".join(("  lr: 0.3" if line.strip().startswith("lr:") else line) for line in cfg.splitlines()) + "\n"
+    (run / "config.yaml").write_text(text)
+
+
+def unfinish(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` and drop the last round, so that a resume trains (and reads it)."""
+    path.write_text(text)
+    shutil.rmtree(path.parent / "round_002")
+
+
+def drop_key(path: Path, key: str, value=...) -> None:
+    data = json.loads(path.read_text())
+    if value is ...:
+        data.pop(key)
+    else:
+        data[key] = value
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "tamper, says",
+    [
+        (lambda r: drop_key(r / "meta.json", "config_digest"), "edited after the run started"),
+        (lambda r: drop_key(r / "meta.json", "config_digest", []), "config_digest"),
+        (lambda r: drop_key(r / "meta.json", "config_digest", None), "lacks the config digest"),
+        (lambda r: (r / "meta.json").unlink(), "has trained rounds but no meta.json"),
+    ],
+    ids=["digest-removed", "digest-list", "digest-null", "meta-deleted"],
+)
+def test_an_edited_config_cannot_resume_once_its_guard_is_removed(tamper, says, finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    edited_lr(run)
+    tamper(run)
+    for args in (["resume", str(run), "-q"], ["run", str(run), "-q"]):
+        assert says in one_line_exit_2(args, capsys), args
+
+
+@pytest.mark.parametrize(
+    "tamper, says",
+    [
+        (lambda r: (r / "teacher.json").unlink(), "has no teacher.json"),
+        (lambda r: drop_key(r / "teacher.json", "digest"), "teacher.json is not what dsd2 writes"),
+        (lambda r: drop_key(r / "teacher.json", "digest", 7), "teacher.json is not what dsd2 writes"),
+        (lambda r: (r / "teacher.json").write_text("[]"), "does not record the teacher"),
+        (lambda r: (r / "teacher.json").write_text(deep_json()), "nests deeper than"),
+    ],
+    ids=["deleted", "digest-removed", "digest-int", "empty-list", "deep"],
+)
+def test_a_student_cannot_resume_without_its_teacher_fingerprint(tamper, says, student, tmp_path, capsys):
+    run = copy_run(student, tmp_path)
+    tamper(run)
+    assert says in one_line_exit_2(["resume", str(run), "-q"], capsys)
+
+
+def test_table_checksums_removed_fail_closed_for_every_reader(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    rows = store.read_csv(run / "rounds.csv")
+    rows[1]["test_acc"] = 0.99
+    store.write_csv(run / "rounds.csv", rows, list(rows[0]))
+    (run / "tables.sha256.json").unlink()
+    for args in (["show", str(run)], ["stop", str(run)], ["compare", str(run)], ["report", str(run), "-o", str(tmp_path / "rep")]):
+        assert "no tables.sha256.json" in one_line_exit_2(args, capsys), args
+    store.write_json(run / "tables.sha256.json", {"entropy.csv": "0" * 64})  # rounds.csv's entry removed
+    assert "does not list rounds.csv" in one_line_exit_2(["show", str(run)], capsys)
+    assert main(["resume", str(run), "-q"]) == 0  # rewrites the tables and their checksums from the round files
+    assert main(["show", str(run)]) == 0
+    assert store.read_csv(run / "rounds.csv")[1]["test_acc"] != 0.99
+
+
+# (file, how it is damaged, the commands that read it, what the error says)
+RUN_FILE_CASES = [
+    ("rounds.csv", fifo, ["show"], "is a FIFO"),
+    ("rounds.csv", fifo, ["stop", "compare", "report"], "no rounds.csv"),
+    ("rounds.csv", as_dir, ["show"], "is a directory"),
+    ("rounds.csv", as_dir, ["stop", "compare", "report"], "no rounds.csv"),
+    ("meta.json", fifo, ["export", "resume", "report"], "is a FIFO"),
+    ("meta.json", as_dir, ["export", "resume", "report"], "is a directory"),
+    ("meta.json", lambda p: p.write_text(deep_json()), ["export", "resume", "report"], "nests deeper than"),
+    ("meta.json", lambda p: p.write_text('{"data": {"num_classes": "ten"}}'), ["export", "resume", "report"], "meta.json is not what dsd2"),
+    ("tables.sha256.json", lambda p: p.write_text(deep_json()), ["show", "stop", "report"], "nests deeper than"),
+    ("tables.sha256.json", lambda p: p.write_text('{"rounds.csv": 5}'), ["show", "stop", "report"], "not what dsd2 writes"),
+    ("tables.sha256.json", fifo, ["show", "stop", "report"], "is a FIFO"),
+    ("noise.json", lambda p: p.write_text(deep_json()), ["show", "report"], "nests deeper than"),
+    ("noise.json", lambda p: p.write_text("[1, 2]"), ["show", "report"], "noise.json is not what dsd2 writes"),
+    ("round_001/MANIFEST.json", lambda p: p.write_text(deep_json()), ["resume", "export"], "nests deeper than"),
+    ("round_001/MANIFEST.json", lambda p: p.write_text('{"files": {"../../etc/passwd": "00"}}'), ["resume", "export"], "not what dsd2"),
+    ("round_001/metrics.json", lambda p: p.write_text("{}"), ["resume"], "does not match its checksum"),
+    ("config.yaml", lambda p: p.write_text("a: " + "[" * 3000 + "]" * 3000), ["resume", "report", "export"], "nests deeper"),
+    ("config.yaml", fifo, ["report"], "is a FIFO"),
+    ("config.yaml", fifo, ["resume", "export"], "no config.yaml"),
+    ("lr_scale.json", lambda p: unfinish(p, '{"history": [{"from_round": "x"}]}'), ["resume"], "lr_scale.json is not what dsd2"),
+    ("lr_scale.json", lambda p: unfinish(p, '{"history": [{"from_round": 0, "scale": 5}]}'), ["resume"], "lr_scale.json is not what"),
+    ("lr_scale.json", lambda p: unfinish(p, deep_json()), ["resume"], "nests deeper than"),
+    ("early_stop.json", lambda p: p.write_text('{"stop_round": "x"}'), ["report"], "early_stop.json is not what dsd2"),
+]
+
+
+def command(name: str, run: Path, tmp_path: Path) -> list[str]:
+    return {
+        "show": ["show", str(run)],
+        "stop": ["stop", str(run)],
+        "compare": ["compare", str(run)],
+        "report": ["report", str(run), "-o", str(tmp_path / "rep")],
+        "export": ["export", str(run), "-o", str(tmp_path / "exp")],
+        "resume": ["resume", str(run), "-q"],
+    }[name]
+
+
+@pytest.mark.parametrize("name, damage, commands, says", RUN_FILE_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(RUN_FILE_CASES)])
+def test_damaged_run_files_are_one_line_errors_in_every_reader(name, damage, commands, says, finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    path = run / name
+    if not path.exists():
+        path.write_text("{}")
+    damage(path)
+    for cmd in commands:
+        err = one_line_exit_2(command(cmd, run, tmp_path), capsys)
+        assert says in err, (cmd, err)
