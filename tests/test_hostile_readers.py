@@ -317,3 +317,122 @@ def test_damaged_run_files_are_one_line_errors_in_every_reader(name, damage, com
     for cmd in commands:
         err = one_line_exit_2(command(cmd, run, tmp_path), capsys)
         assert says in err, (cmd, err)
+
+
+# ----------------------------------------------------------------------------- configs, sweeps, matrices (items 4, 7, 8)
+
+
+def test_deep_yaml_fifo_and_huge_values_in_configs_sweeps_and_matrices(tmp_path, capsys):
+    deep = "a: " + "[" * 3000 + "]" * 3000 + "\n"
+    (tmp_path / "deep.yaml").write_text(deep)
+    (tmp_path / "sweep.yaml").write_text("name: s\ngrid:\n  seed: " + "[" * 3000 + "]" * 3000 + "\n")
+    (tmp_path / "m.yaml").write_text("matrix: " + "[" * 3000 + "]" * 3000 + "\n")
+    os.mkfifo(tmp_path / "fifo.yaml")
+    os.mkfifo(tmp_path / "fifo_sweep.yaml")
+    out = ["--out", str(tmp_path / "o")]
+    cases = [
+        (["run", str(tmp_path / "deep.yaml"), *out], "deep.yaml nests deeper than 64 levels"),
+        (["sweep", str(tmp_path / "sweep.yaml"), "--dry-run", *out], "sweep.yaml nests deeper than 64 levels"),
+        (["run", "tiny_mnist1d", "noise.kind=transition", f"noise.matrix={tmp_path / 'm.yaml'}", *out], "m.yaml nests deeper"),
+        (["run", "tiny_mnist1d", "noise.kind=transition", f"noise.matrix={tmp_path / 'fifo.yaml'}", *out], "is a FIFO"),
+        (["run", "tiny_mnist1d", "noise.kind=transition", "noise.matrix=/dev/zero", *out], "must end in .npy or .yaml"),
+        (["sweep", str(tmp_path / "fifo_sweep.yaml"), "--dry-run", *out], "not found"),
+        (["run", "tiny_mnist1d", "train.threads=100000", *out], "train.threads"),
+        (["run", "tiny_mnist1d", "model.hidden=[100000000000]", *out], "model.hidden: 100000000000 is larger"),
+        (["run", "tiny_mnist1d", "dataset.image_size=60000", *out], "dataset.image_size"),
+        (["estimate", "tiny_mnist1d", "train.batch_size=100000000"], "train.batch_size"),
+        (["estimate", "tiny_mnist1d", "dataset.image_size=60000"], "dataset.image_size"),
+        (["run", "tiny_mnist1d", "name=" + "n" * 300, *out], "name"),
+    ]
+    for args, says in cases:
+        assert says in one_line_exit_2(args, capsys), args
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_big_npy_matrix_is_refused_from_its_header(tmp_path):
+    from dsd2.config import read_matrix_file
+
+    big = tmp_path / "big.npy"
+    with open(big, "wb") as f:  # a 3000 x 3000 header and no data: only the header may be read
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (3000, 3000)})
+    with pytest.raises(ValueError, match=r"K x K array with 2 <= K <= 1000, got dtype float64 and shape \(3000, 3000\)"):
+        read_matrix_file(str(big))
+    (tmp_path / "dev.npy").symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match="is a character device"):
+        read_matrix_file(str(tmp_path / "dev.npy"))
+
+
+# ----------------------------------------------------------------------------- pickles (item 4)
+
+
+def test_a_tiny_pickle_cannot_allocate_a_gigabyte_and_cifar_batches_still_load(tmp_path):
+    from dsd2.data.safe_pickle import restricted_load, restricted_loads
+
+    bomb = b"\x80\x02c__builtin__\nfrozenset\nc__builtin__\nbytearray\nJ\x00\xca\x9a\x3b\x85R\x85R."  # frozenset(bytearray(1e9))
+    with pytest.raises(UserError, match="bytearray\\(\\) of a int"):
+        restricted_loads(bomb, source="labels.pkl")
+    # a CIFAR-format batch (as cPickle wrote it under Python 2, protocol 2, and under Python 3)
+    batch = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": [3, 1, 4, 1],
+        b"data": np.arange(4 * 3072, dtype=np.uint8).reshape(4, 3072),
+        b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"],
+    }
+    for protocol in (2, 4, 5):
+        path = tmp_path / f"data_batch_{protocol}"
+        path.write_bytes(pickle.dumps(batch, protocol=protocol))
+        got = restricted_load(path)
+        assert got[b"labels"] == [3, 1, 4, 1] and np.array_equal(got[b"data"], batch[b"data"])
+    kept = restricted_loads(pickle.dumps({"b": bytearray(b"xy"), "s": {1, 2}, "f": frozenset({3})}, protocol=2))
+    assert kept == {"b": bytearray(b"xy"), "s": {1, 2}, "f": frozenset({3})}
+    os.mkfifo(tmp_path / "fifo_batch")
+    with pytest.raises(UserError, match="is a FIFO"):
+        restricted_load(tmp_path / "fifo_batch")
+
+
+# ----------------------------------------------------------------------------- tables: report and stop-rules (item 8)
+
+
+def rounds_rows(run: Path) -> list[dict]:
+    return store.read_csv(run / "rounds.csv")
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"test_acc": float("nan")}, "test_acc=nan"),
+        ({"val_acc": float("inf")}, "val_acc=inf"),
+        ({"sparsity": -0.5}, "sparsity=-0.5"),
+        ({"train_acc_clean": 1.5}, "train_acc_clean=1.5"),
+        ({"round": 0}, "lists rounds [0, 0, 2]"),
+        ({"epochs": 1.5}, "epochs=1.5"),
+    ],
+)
+def test_report_show_and_compare_refuse_impossible_numbers(change, says, finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    rows = rounds_rows(run)
+    rows[1].update(change)
+    store.write_csv(run / "rounds.csv", rows, list(rows[0]))
+    rundir.record_tables(run)  # checksums match: the numbers themselves are judged
+    for args in (["report", str(run), "-o", str(tmp_path / "rep")], ["show", str(run)], ["compare", str(run)], ["stop", str(run)]):
+        assert says in one_line_exit_2(args, capsys), args
+
+
+def test_stop_rules_on_broken_banks(finished, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "curve").mkdir()
+    (empty / "curve" / "rounds.csv").write_text("round,sparsity\n")
+    missing = tmp_path / "missing"
+    (missing / "c").mkdir(parents=True)
+    (missing / "c" / "rounds.csv").write_text("round,sparsity\n0,0.0\n")
+    strings = tmp_path / "strings"
+    (strings / "c").mkdir(parents=True)
+    rows = rounds_rows(finished)
+    rows[0]["test_acc"] = "high"
+    store.write_csv(strings / "c" / "rounds.csv", rows, list(rows[0]))
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    cases = [(empty, "has no rows"), (missing, "lacks the column(s)"), (strings, "test_acc='high'"), (nothing, "holds no")]
+    for bank, says in cases:
+        assert says in one_line_exit_2(["stop-rules", str(bank)], capsys), bank

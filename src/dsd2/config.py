@@ -508,7 +508,9 @@ class RunConfig(_Section):
         description="Modules imported before the config is validated, e.g. [my_pkg.dsd2_ext]: they register models, datasets, "
         "... (docs/plugins.md). Recorded in config.yaml, so resume, sweeps, report and export load them; not in the run id.",
     )
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: the run directory is <name>-<hash>.")
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9_.-]+$", max_length=200, description="Run name: the run directory is <name>-<hash>."
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Run seed (0 … 2^32 - 1).")
     dataset: DatasetConfig = DatasetConfig()
     noise: NoiseConfig = NoiseConfig()
