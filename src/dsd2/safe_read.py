@@ -172,9 +172,17 @@ def parse_yaml(text: str, *, source: str, hint: str = "", max_depth: int = MAX_D
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise UserError(f"{source} is corrupt ({err}){tail}") from None
+        raise UserError(f"{source} is corrupt ({yaml_reason(err)}){tail}") from None
     except RecursionError:
         raise UserError(f"{source} nests too deeply: refused{tail}") from None
+
+
+def yaml_reason(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (PyYAML's own text spans several lines)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0] if str(err) else type(err).__name__
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 M = TypeVar("M", bound=BaseModel)
