@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dsd2 import rundir, safe_read, store
+from dsd2 import rundir, store
 from dsd2.cli import main
 from dsd2.data.image_folder import decode_rgb, scan_folder
 from dsd2.data.testing import write_image_folder

@@ -240,7 +240,7 @@ def run_reader(reader: Callable[[Path, Path], Any], run: Path, tmp: Path, what: 
         assert "\n" not in str(err).strip() or str(err).startswith("invalid configuration"), (what, str(err))
     except _Hang:
         pytest.fail(f"{what}: the reader did not return within {SECONDS_PER_READER} s")
-    except Exception as err:  # noqa: BLE001 - anything else is the bug this test looks for
+    except Exception as err:  # anything else is the bug this test looks for
         pytest.fail(f"{what}: {type(err).__name__}: {err}"[:2000])
     finally:
         signal.alarm(0)

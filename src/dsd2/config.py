@@ -249,7 +249,9 @@ def read_matrix_file(path: str) -> tuple[list[list[float]], str]:
         except (ValueError, SyntaxError, TypeError) as err:
             raise ValueError(f"{path} is not a .npy file: {err}") from None
         if len(shape) != 2 or not all(2 <= n <= MAX_MATRIX_CLASSES for n in shape) or dtype.kind not in "biuf":
-            raise ValueError(f"{path} must hold a numeric K x K array with 2 <= K <= {MAX_MATRIX_CLASSES}, got dtype {dtype} and shape {shape}")
+            raise ValueError(
+                f"{path} must hold a numeric K x K array with 2 <= K <= {MAX_MATRIX_CLASSES}, got dtype {dtype} and shape {shape}"
+            )
         try:
             arr = np.load(io.BytesIO(raw), allow_pickle=False)
         except ValueError as err:  # numpy's refusal of an object (pickled) array lands here too
@@ -508,9 +510,7 @@ class RunConfig(_Section):
         description="Modules imported before the config is validated, e.g. [my_pkg.dsd2_ext]: they register models, datasets, "
         "... (docs/plugins.md). Recorded in config.yaml, so resume, sweeps, report and export load them; not in the run id.",
     )
-    name: str = Field(
-        "run", pattern=r"^[A-Za-z0-9_.-]+$", max_length=200, description="Run name: the run directory is <name>-<hash>."
-    )
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", max_length=200, description="Run name: the run directory is <name>-<hash>.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Run seed (0 … 2^32 - 1).")
     dataset: DatasetConfig = DatasetConfig()
     noise: NoiseConfig = NoiseConfig()

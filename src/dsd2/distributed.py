@@ -79,7 +79,9 @@ def _master() -> tuple[str, int]:
     if not addr or len(addr) > 253 or not addr.isascii() or any(c.isspace() for c in addr):
         raise UserError(f"MASTER_ADDR={addr[:80]!r} is not a host name or address: set it to the address of the rank-0 node")
     if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 65535):
-        raise UserError(f"MASTER_PORT={raw[:80]!r} is not a port number (an integer from 1 to 65535): set it to a free port of the rank-0 node")
+        raise UserError(
+            f"MASTER_PORT={raw[:80]!r} is not a port number (an integer from 1 to 65535): set it to a free port of the rank-0 node"
+        )
     return addr, int(raw)
 
 

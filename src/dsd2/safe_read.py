@@ -30,7 +30,13 @@ MAX_JSON_BYTES = 16 << 20
 MAX_YAML_BYTES = 4 << 20
 MAX_TABLE_BYTES = 64 << 20
 
-_KINDS = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def _kind(mode: int) -> str:
@@ -90,7 +96,9 @@ def read_text(path: str | Path, *, max_bytes: int, what: str = "") -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise UserError(f"{f'{what} {path}'.strip()} is not UTF-8 text ({err.reason} at byte {err.start}): it is binary or corrupt") from None
+        raise UserError(
+            f"{f'{what} {path}'.strip()} is not UTF-8 text ({err.reason} at byte {err.start}): it is binary or corrupt"
+        ) from None
 
 
 def depth(data: Any) -> int:

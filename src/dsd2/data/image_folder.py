@@ -200,7 +200,9 @@ def _images_under(folder: str, root: str | None = None, *, follow_links: bool = 
             if name.startswith("."):
                 continue
             if _has_surrogates(name):
-                raise UserError(f"{_display(entry.path)}: the file name is not UTF-8; rename it (e.g. with convmv) or move it out of the folder")
+                raise UserError(
+                    f"{_display(entry.path)}: the file name is not UTF-8; rename it (e.g. with convmv) or move it out of the folder"
+                )
             try:
                 is_dir = entry.is_dir()  # follows links
                 is_file = entry.is_file()

@@ -129,7 +129,9 @@ def _recorded_teachers(run_dir: Path, *, several: bool, count: int) -> Any:
         return None
     how = "Restore teacher.json from a copy of the run, or start a new student run directory"
     if not path.exists():
-        raise UserError(f"{run_dir} is a student run that has started but has no {TEACHER_JSON} (deleted?): its teacher cannot be checked. {how}")
+        raise UserError(
+            f"{run_dir} is a student run that has started but has no {TEACHER_JSON} (deleted?): its teacher cannot be checked. {how}"
+        )
     recorded = store.read_json_dict(path, TeacherFile, hint=how)
     if several != isinstance(recorded, list) or (several and len(recorded) != count):
         raise UserError(f"{path} does not record the teacher(s) this config names (one teacher vs a list, or another count). {how}")

@@ -175,7 +175,9 @@ def load_teachers(
     Returns (models, infos with the normalised weight, masks), in the order given."""
     total = float(sum(spec.weight for spec in specs))
     if recorded is not None and not (isinstance(recorded, list) and len(recorded) == len(specs)):
-        raise UserError(f"teacher.json records {recorded!r:.80} but the config names {len(specs)} teachers: start a new student run directory")
+        raise UserError(
+            f"teacher.json records {recorded!r:.80} but the config names {len(specs)} teachers: start a new student run directory"
+        )
     before = recorded if recorded is not None else [None] * len(specs)
     models, infos, masks = [], [], []
     for spec, rec in zip(specs, before):

@@ -104,7 +104,7 @@ def _check_address(address: str) -> None:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except (OSError, UnicodeError, ValueError) as err:
         raise UserError(
-            f"no Ray cluster answers at {address} ({err.strerror or err}): start one with `ray start --head --port={port}` "
+            f"no Ray cluster answers at {address} ({getattr(err, 'strerror', None) or err}): start one with `ray start --head --port={port}` "
             "on that machine, or check the address and the firewall"
         ) from None
 
