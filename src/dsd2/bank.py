@@ -323,10 +323,9 @@ def section_text(doc: str, name: str) -> str | None:
 def write_sections(path: str | Path, curves: list[Curve]) -> list[str]:
     """Regenerate every bank section of a markdown file (atomically); return their names."""
     path = Path(path)
-    try:
-        doc = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
+    from dsd2.safe_read import MAX_YAML_BYTES, read_text
+
+    doc = read_text(path, max_bytes=MAX_YAML_BYTES)  # a markdown page: a regular file, not a FIFO
     found = [n for n in SECTIONS if section_text(doc, n) is not None]
     if not found:
         raise UserError(f"{path} has no bank section: add the lines {BEGIN} and {END} where the tables go")
