@@ -436,3 +436,27 @@ def test_stop_rules_on_broken_banks(finished, tmp_path, capsys):
     cases = [(empty, "has no rows"), (missing, "lacks the column(s)"), (strings, "test_acc='high'"), (nothing, "holds no")]
     for bank, says in cases:
         assert says in one_line_exit_2(["stop-rules", str(bank)], capsys), bank
+
+
+def test_a_partial_checkpoint_with_deep_or_malformed_metadata(finished, tmp_path, capsys):
+    import torch
+
+    for logs in (deep_json(), '{"a": 1}', "[1"):
+        run = copy_run(finished, tmp_path, f"run{len(logs)}")
+        shutil.rmtree(run / "round_002")
+        meta = {"next_epoch": "1", "logs": logs, "optimizer": "[]"}
+        store.save_tensors(run / "round_002.partial.safetensors", {"rng": torch.zeros(3, dtype=torch.uint8)}, meta)
+        err = one_line_exit_2(["resume", str(run), "-q"], capsys)
+        assert "round_002.partial.safetensors" in err and "delete it to redo that round" in err
+
+
+def test_a_gzip_that_unpacks_past_the_cap_is_refused(tmp_path, monkeypatch):
+    import gzip
+
+    from dsd2.data import fashion
+
+    monkeypatch.setattr(fashion, "MAX_IDX_BYTES", 1000)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\0" * 5000))
+    with pytest.raises(UserError, match="unpacks to more than 1000 bytes"):
+        fashion.read_idx(path, fashion.IDX_IMAGES_MAGIC)
