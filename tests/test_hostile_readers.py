@@ -460,3 +460,15 @@ def test_a_gzip_that_unpacks_past_the_cap_is_refused(tmp_path, monkeypatch):
     path.write_bytes(gzip.compress(b"\0" * 5000))
     with pytest.raises(UserError, match="unpacks to more than 1000 bytes"):
         fashion.read_idx(path, fashion.IDX_IMAGES_MAGIC)
+
+
+def test_a_batch_whose_activations_cannot_fit_is_refused_before_allocating(tmp_path, capsys, monkeypatch):
+    from dsd2 import memory_bound
+
+    monkeypatch.setattr(memory_bound, "available_bytes", lambda device: 10**9)  # a 1 GB machine
+    args = ["tiny_mnist1d", *TINY, "model.hidden=[4096, 4096]", "train.batch_size=65536"]
+    for cmd in (["estimate", *args], ["run", *args, "--out", str(tmp_path / "o"), "-q"]):
+        err = one_line_exit_2(cmd, capsys)
+        assert "train.batch_size=65536 needs about" in err and "lower train.batch_size" in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    assert main(["estimate", "tiny_mnist1d", *TINY]) == 0  # an ordinary batch fits

@@ -183,6 +183,16 @@ def _check_data_matches(run_dir: Path, data: DataSplits) -> None:
         )
 
 
+def _check_batch_fits(cfg: RunConfig, data: DataSplits, device: torch.device) -> None:
+    """Refuse a per-process batch whose activations cannot fit the device (:mod:`dsd2.memory_bound`)."""
+    from dsd2.memory_bound import check_batch_fits
+
+    with torch.device("meta"):
+        meta = build_model(cfg.model.name, **data_shape(data), **cfg.model.options)
+    per_rank = max(1, cfg.train.batch_size // distributed.world().size)
+    check_batch_fits(meta, tuple(data.input_shape), per_rank, device)
+
+
 def make_model(cfg: RunConfig, data: DataSplits, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return build_model(cfg.model.name, **data_shape(data), **cfg.model.options)
@@ -480,6 +490,7 @@ def prepare(cfg: RunConfig, run_dir: Path) -> RunContext:
     _labels_file(run_dir, data, labels)
     if distributed.is_main():
         _noise_file(run_dir, cfg, data, labels)
+    _check_batch_fits(cfg, data, device)
     model = make_model(cfg, data, init_seed(cfg)).to(device)
     init_path = run_dir / "init.safetensors"
     if init_path.exists():
