@@ -355,7 +355,7 @@ def test_a_big_npy_matrix_is_refused_from_its_header(tmp_path):
     big = tmp_path / "big.npy"
     with open(big, "wb") as f:  # a 3000 x 3000 header and no data: only the header may be read
         np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (3000, 3000)})
-    with pytest.raises(ValueError, match=r"K x K array with 2 <= K <= 1000, got dtype float64 and shape \(3000, 3000\)"):
+    with pytest.raises(ValueError, match=r"2-D numeric K x K array with 2 <= K <= 1000, got dtype float64 and shape \(3000, 3000\)"):
         read_matrix_file(str(big))
     (tmp_path / "dev.npy").symlink_to("/dev/zero")
     with pytest.raises(ValueError, match="is a character device"):

@@ -229,9 +229,9 @@ def read_matrix_file(path: str) -> tuple[list[list[float]], str]:
         raise ValueError(f"the matrix file {path} must end in .npy or .yaml")
     npy_cap = 4096 + 8 * MAX_MATRIX_CLASSES**2
     try:
-        raw = read_bytes(p, max_bytes=npy_cap if suffix == ".npy" else MAX_MATRIX_YAML_BYTES, what="the matrix file")
+        raw = read_bytes(p, max_bytes=npy_cap if suffix == ".npy" else MAX_MATRIX_YAML_BYTES)
     except UserError as err:
-        raise ValueError(str(err)) from None
+        raise ValueError(f"cannot read the matrix file: {err}") from None
     digest = hashlib.sha256(raw).hexdigest()
     if suffix == ".npy":
         import io
@@ -248,9 +248,11 @@ def read_matrix_file(path: str) -> tuple[list[list[float]], str]:
             shape, _, dtype = header(buf)  # the shape before any data is read
         except (ValueError, SyntaxError, TypeError) as err:
             raise ValueError(f"{path} is not a .npy file: {err}") from None
+        if dtype.hasobject:
+            raise ValueError(f"{path} is not a numeric .npy array (pickled arrays are refused): its dtype is {dtype}")
         if len(shape) != 2 or not all(2 <= n <= MAX_MATRIX_CLASSES for n in shape) or dtype.kind not in "biuf":
             raise ValueError(
-                f"{path} must hold a numeric K x K array with 2 <= K <= {MAX_MATRIX_CLASSES}, got dtype {dtype} and shape {shape}"
+                f"{path} must hold a 2-D numeric K x K array with 2 <= K <= {MAX_MATRIX_CLASSES}, got dtype {dtype} and shape {shape}"
             )
         try:
             arr = np.load(io.BytesIO(raw), allow_pickle=False)
