@@ -240,7 +240,7 @@ def test_an_edited_config_cannot_resume_once_its_guard_is_removed(tamper, says, 
     "tamper, says",
     [
         (lambda r: (r / "teacher.json").unlink(), "has no teacher.json"),
-        (lambda r: drop_key(r / "teacher.json", "digest"), "teacher.json is not what dsd2 writes"),
+        (lambda r: drop_key(r / "teacher.json", "digest"), "lacks a teacher's fingerprint"),
         (lambda r: drop_key(r / "teacher.json", "digest", 7), "teacher.json is not what dsd2 writes"),
         (lambda r: (r / "teacher.json").write_text("[]"), "does not record the teacher"),
         (lambda r: (r / "teacher.json").write_text(deep_json()), "nests deeper than"),

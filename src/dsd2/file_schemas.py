@@ -56,7 +56,7 @@ class Meta(_Open):
 class Manifest(BaseModel):
     """A round folder's MANIFEST.json: plain file names (no path) → sha256."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")  # a later version may add keys; the files are what is checked
     files: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,128}$")], Sha256] = Field(max_length=64)
 
     @field_validator("files")
@@ -72,14 +72,15 @@ class TableSums(RootModel[dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1
 
 
 class TeacherInfo(_Open):
-    """One teacher of teacher.json (a student run): where it was, which round, its fingerprint."""
+    """One teacher of teacher.json (a student run): where it was, which round, its fingerprint
+    (optional here, for reports of students older than it; a resume requires it)."""
 
     run_dir: ShortText
     choice: ShortText | StrictInt
     round: Annotated[StrictInt, Field(ge=0, le=MAX_ROUNDS)]
     selected_on: ShortText | None = None
     sparsity: float
-    digest: Sha256
+    digest: Sha256 | None = None
     weight: float | None = None
 
 

@@ -135,6 +135,8 @@ def _recorded_teachers(run_dir: Path, *, several: bool, count: int) -> Any:
     recorded = store.read_json_dict(path, TeacherFile, hint=how)
     if several != isinstance(recorded, list) or (several and len(recorded) != count):
         raise UserError(f"{path} does not record the teacher(s) this config names (one teacher vs a list, or another count). {how}")
+    if any(not isinstance(entry.get("digest"), str) for entry in (recorded if several else [recorded])):
+        raise UserError(f"{path} lacks a teacher's fingerprint (digest): the teacher cannot be checked. {how}")
     return recorded
 
 
