@@ -44,6 +44,7 @@ def teacher(tmp_path_factory) -> Path:
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     # files a finished run may have, so that their readers are exercised too
     store.write_json(run_dir / "lr_scale.json", {"history": [{"from_round": 1, "scale": 0.5}]})
+    store.write_json(run_dir / "early_stop.json", {"rule": "plain", "stop_round": None})
     return run_dir
 
 
@@ -113,6 +114,8 @@ READERS: dict[str, list[Callable[[Path, Path], Any]]] = {
     "round_001/MANIFEST.json": [resume_checks, export_checks],
     "round_001/metrics.json": [resume_checks, export_checks],
     "lr_scale.json": [resume_checks],
+    "early_stop.json": [report_data],
+    "timings.csv": [report_data],
     "teacher.json": [resume_checks, report_data],
 }
 
