@@ -19,9 +19,10 @@ SRC = Path(dsd2.__file__).parent
 # imports it is checked.
 LAYERS = [
     {"dsd2", "errors"},
+    {"file_schemas", "safe_read"},  # what every reader goes through (docs/reading_files.md)
     {"plugins"},
     {"registry"},
-    {"config", "store", "threads", "distributed"},
+    {"config", "store", "threads", "distributed", "memory_bound"},
     {"data", "noise", "models", "prune", "checkpoint", "shrink"},
     {"train", "entropy", "flops", "phases"},
     {"rundir"},
