@@ -328,6 +328,7 @@ DECISIONS: dict[str, object] = {
     "dataset.std": "id",
     "dataset.image_size": "id",  # image_folder only (other loaders refuse it)
     "dataset.loader": "id",
+    "dataset.follow_links": "id",  # links out of the root may add images: another sample set
     "dataset.memory_budget_gb": ("mode", ["dataset.loader=memory"], []),
     "dataset.workers": "execution",
     "noise.kind": "id",

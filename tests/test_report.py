@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
-from dsd2 import compare, imp, store
+from dsd2 import compare, imp, rundir, store
 from dsd2.config import load_config
 from dsd2.errors import UserError
 from dsd2.report import (
@@ -239,6 +239,7 @@ def test_clear_errors(tmp_path, study):
     empty.mkdir()
     shutil.copy(study["v0"] / "config.yaml", empty / "config.yaml")
     (empty / "rounds.csv").write_text((study["v0"] / "rounds.csv").read_text().splitlines()[0] + "\n")
+    rundir.record_tables(empty)
     with pytest.raises(UserError, match="no finished round"):
         write_report([study["v0"], empty], tmp_path / "out")
     assert not (tmp_path / "out" / "index.html").exists()
@@ -336,12 +337,13 @@ def test_every_string_from_files_is_escaped(study, tmp_path):
     assert esc('a<b>&c"') == "a&lt;b&gt;&amp;c&quot;"
     assert esc(None) == ""
     weird = tmp_path / "a<b>&c" / "run$x"
-    # a run folder without table checksums (as older dsd2 wrote them), so its tables can be edited here
+    # a run folder whose tables are edited here (their checksums rewritten below)
     shutil.copytree(study["v0"], weird, ignore=shutil.ignore_patterns("round_*", "*.safetensors", "tables.sha256.json"))
     cfg = (weird / "config.yaml").read_text().replace("name: tiny_mnist1d", "name: <script>alert(1)</script>")
     (weird / "config.yaml").write_text(cfg)
     csv_text = (weird / "rounds.csv").read_text().replace(",light,", ",<i>light</i>,", 1)
     (weird / "rounds.csv").write_text(csv_text)
+    rundir.record_tables(weird)  # checksums of the edited tables: the escaping is what is tested
     index = write_report([weird], tmp_path / "out")
     text = index.read_text()
     assert "a<b>&c" not in text and "a&lt;b&gt;&amp;c" in text
@@ -400,6 +402,7 @@ def test_report_without_val_entropy_or_phases(study, tmp_path):
     for r in rs:
         r.update(val_acc=None, entropy=None, phase=None)
     store.write_csv(bare / "rounds.csv", rs, imp.ROUND_COLUMNS)
+    rundir.record_tables(bare)
     fig = accuracy_figure([bare])
     assert artists(fig, "test_acc:0") and not artists(fig, "val_acc:") and not artists(fig, "phase:")
     assert entropy_figure([bare]) is None

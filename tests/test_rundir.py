@@ -54,17 +54,19 @@ def test_row_roundtrips_and_reads_like_a_mapping():
 
 
 def test_csv_stays_byte_identical(tmp_path):
-    store.write_csv(tmp_path / "rounds.csv", [ROW, {**ROW, "round": 2, "phase": None}], ROUND_COLUMNS)
+    store.write_csv(tmp_path / "rounds.csv", [{**ROW, "round": 0}, {**ROW, "round": 1, "phase": None}], ROUND_COLUMNS)
+    rundir.record_tables(tmp_path)
     before = (tmp_path / "rounds.csv").read_bytes()
     rows = rundir.read_rounds(tmp_path)
-    assert [r.round for r in rows] == [1, 2] and rows[1].phase is None
+    assert [r.round for r in rows] == [0, 1] and rows[1].phase is None
     store.write_csv(tmp_path / "rounds.csv", [r.as_dict() for r in rows], ROUND_COLUMNS)
     assert (tmp_path / "rounds.csv").read_bytes() == before
 
 
 def test_rows_written_before_a_column_existed_load_with_none(tmp_path):
     old = [c for c in ROUND_COLUMNS if c not in ("round_pflops_paper", "train_pflops_paper", "unflipped_acc")]
-    store.write_csv(tmp_path / "rounds.csv", [ROW], old)
+    store.write_csv(tmp_path / "rounds.csv", [{**ROW, "round": 0}], old)
+    rundir.record_tables(tmp_path)
     (row,) = rundir.read_rounds(tmp_path)
     assert row.round_pflops_paper is None and row.train_pflops_paper is None and row.unflipped_acc is None
     assert row.test_acc == ROW["test_acc"]
@@ -72,6 +74,7 @@ def test_rows_written_before_a_column_existed_load_with_none(tmp_path):
 
 def test_a_row_without_a_required_column_names_the_file(tmp_path):
     store.write_csv(tmp_path / "rounds.csv", [ROW], [c for c in ROUND_COLUMNS if c != "sparsity"])
+    rundir.record_tables(tmp_path)
     with pytest.raises(UserError, match=r"rounds\.csv lacks the column\(s\) sparsity"):
         rundir.read_rounds(tmp_path)
 

@@ -106,7 +106,7 @@ def test_malformed_manifests_and_a_file_in_place_of_a_round_are_clear_errors(tmp
     rd = store.round_dir(run, 0)
     rd.mkdir(parents=True)
     (rd / store.MANIFEST).write_text("[1, 2]")
-    with pytest.raises(UserError, match="not a dsd2 manifest"):
+    with pytest.raises(UserError, match="MANIFEST.json is not what dsd2 writes"):
         store.finished_rounds(run)
     store.write_json(rd / store.MANIFEST, {"files": {}})  # an empty list must not mark a round finished
     with pytest.raises(UserError, match="does not list state.safetensors"):

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from dsd2 import cli, store
+from dsd2 import cli, rundir, store
 from dsd2.compare import Outcome
 from dsd2.rundir import ROUND_COLUMNS, ROUNDS_CSV, RoundRow
 
@@ -147,6 +147,7 @@ def test_dip_table_folds_long_run_names(tmp_path: Path):
         d = tmp_path / name
         d.mkdir()
         store.write_csv(d / ROUNDS_CSV, round_dicts(12), ROUND_COLUMNS)
+        rundir.record_tables(d)
         pairs.append(d)
     table = cli.dip_rich_table([tuple(pairs)])
     text = render(table, 80)
@@ -160,6 +161,7 @@ def test_show_at_80_columns_through_the_cli(tmp_path: Path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()
     store.write_csv(run / ROUNDS_CSV, round_dicts(), ROUND_COLUMNS)
+    rundir.record_tables(run)
     narrow = Console(width=80, record=True, markup=False, color_system=None)
     monkeypatch.setattr(cli.render, "console", narrow)  # commands print through render.console
     assert cli.main(["show", str(run)]) == 0

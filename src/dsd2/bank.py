@@ -47,10 +47,22 @@ def load_bank(root: str | Path) -> list[Curve]:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"curve bank {root} is not a folder of run results")
-    curves = [Curve(p.parent.name, store.read_csv(p)) for p in sorted(root.glob("*/rounds.csv"))]
+    curves = [Curve(p.parent.name, _curve_rows(p)) for p in sorted(root.glob("*/rounds.csv"))]
     if not curves:
         raise UserError(f"curve bank {root} holds no <curve>/rounds.csv")
     return curves
+
+
+def _curve_rows(path: Path) -> Rows:
+    """The rows of a bank curve, each checked as a rounds.csv row (required columns, numbers
+    dsd2 can have written, rounds 0, 1, 2, ...); the plain rows are what the rules read."""
+    from dsd2.rundir import RoundRow, check_round_order
+
+    rows = store.read_csv(path)
+    if not rows:
+        raise UserError(f"{path} has no rows: a bank curve needs the rounds of a finished run")
+    check_round_order([RoundRow.from_dict(r, source=path) for r in rows], path)
+    return rows
 
 
 @dataclass
@@ -365,10 +377,9 @@ def section_text(doc: str, name: str) -> str | None:
 def write_sections(path: str | Path, curves: list[Curve]) -> list[str]:
     """Regenerate every bank section of a markdown file (atomically); return their names."""
     path = Path(path)
-    try:
-        doc = path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
+    from dsd2.safe_read import MAX_YAML_BYTES, read_text
+
+    doc = read_text(path, max_bytes=MAX_YAML_BYTES)  # a markdown page: a regular file, not a FIFO
     found = [n for n in SECTIONS if section_text(doc, n) is not None]
     if not found:
         raise UserError(f"{path} has no bank section: add the lines {BEGIN} and {END} where the tables go")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsd2 import store
+from dsd2 import safe_read, store
 from dsd2.errors import UserError
 
 
@@ -97,12 +97,12 @@ def load_epoch_state(path: Path) -> EpochState | None:
         return EpochState(
             next_epoch=int(meta["next_epoch"]),
             model_state={k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")},
-            optimizer_state=_unflatten_optimizer(tensors, json.loads(meta["optimizer"])),
+            optimizer_state=_unflatten_optimizer(tensors, safe_read.parse_json(meta["optimizer"], source=str(path))),
             generator_state=tensors["rng"],
-            logs=json.loads(meta["logs"]),
+            logs=safe_read.parse_json(meta["logs"], source=str(path)),
             extra={k[len("extra/") :]: v for k, v in tensors.items() if k.startswith("extra/")},
         )
-    except (KeyError, ValueError, json.JSONDecodeError) as err:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, UserError) as err:
         raise UserError(
             f"{path} is an incomplete or corrupt epoch checkpoint ({err}); delete it to redo that round from its start"
         ) from None

@@ -24,6 +24,7 @@ from typing import Any
 
 from dsd2 import rundir, store
 from dsd2.errors import UserError
+from dsd2.file_schemas import TeacherFile
 from dsd2.phases import PhaseParams, StopDecision, entropy_early_stop, label_phases, plain_early_stop
 from dsd2.registry import STOP_RULES
 from dsd2.rundir import RoundRow
@@ -304,7 +305,7 @@ def _teacher_cost(student_dir: str | Path) -> tuple[float, float, float | None, 
     info_path = rundir.teacher_path(student_dir)
     if not info_path.is_file():
         return None
-    info = store.read_json(info_path)
+    info = store.read_json_dict(info_path, TeacherFile, hint="it is the student's record of its teacher; restore it from a copy")
     if not isinstance(info, dict) or "run_dir" not in info:
         return None  # several teachers (a list) or self-distillation: no single teacher run to add
     trows = load_rows(info["run_dir"])

@@ -48,6 +48,15 @@ StopRuleName = Annotated[str, AfterValidator(STOP_RULES.canonical)]
 NoiseKindName = Annotated[str, AfterValidator(registry.NOISE_MODELS.canonical)]
 
 
+# Bounds on sizes no machine dsd2 runs on can hold (reader-side guards, issue 23): a value past
+# one is a typo or hostile, refused with the key's name before anything is allocated.
+MAX_IMAGE_SIDE = 4096
+MAX_BATCH = 1 << 16
+MAX_THREADS = 1024
+MAX_WORKERS = 256
+MAX_MODEL_NUMBER = 10_000_000  # any numeric model option (a width, depth, patch size...)
+
+
 class _Section(BaseModel):
     # Unknown keys are typos; inf and NaN are never a valid rate, lr, temperature or statistic.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -96,6 +105,7 @@ class DatasetConfig(_Section):
     image_size: int | None = Field(
         None,
         ge=1,
+        le=MAX_IMAGE_SIDE,
         description="image_folder: images are resized and cropped to image_size x image_size (None: 224). Other datasets: leave unset.",
     )
     loader: Literal["auto", "memory", "stream"] = Field(
@@ -107,10 +117,16 @@ class DatasetConfig(_Section):
     memory_budget_gb: float = Field(
         4.0, gt=0.0, description="image_folder, loader=auto: largest decoded set (N x 3 x image_size^2 bytes, GB = 1e9) kept in memory."
     )
-    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+    workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] | Literal["auto"] = Field(
         "auto",
         description="image_folder: DataLoader worker processes that decode images (0: in the training process; auto: the usable "
         "cores less one, at most 8). Results do not depend on it.",
+    )
+
+    follow_links: bool = Field(
+        False,
+        description="image_folder: follow symbolic links to folders outside dataset.root (links inside it are followed; a link "
+        "back to a folder above it is always refused).",
     )
 
     @field_validator("workers", mode="before")
@@ -203,20 +219,48 @@ def check_transition_rows(rows: list[list[float]]) -> None:
             raise ValueError(f"row {i} sums to {sum(row):.9g}, not 1 (row i is P(noisy | clean = i))")
 
 
+# A transition matrix file is checked before its bytes are parsed: the suffix, that it is a
+# regular file (not /dev/zero or a FIFO), its size, and for .npy the shape its header declares.
+MAX_MATRIX_CLASSES = 1000
+MAX_MATRIX_YAML_BYTES = 1 << 20  # a YAML matrix past ~200 classes: write it as .npy
+
+
 def read_matrix_file(path: str) -> tuple[list[list[float]], str]:
     """The rows of a ``.npy`` (numeric, read without unpickling) or ``.yaml`` matrix file, and the
     sha256 of the file (ValueError when it cannot be read)."""
+    from dsd2.safe_read import read_bytes
+
     p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".npy", ".yaml", ".yml"):
+        raise ValueError(f"the matrix file {path} must end in .npy or .yaml")
+    npy_cap = 4096 + 8 * MAX_MATRIX_CLASSES**2
     try:
-        raw = p.read_bytes()
-    except OSError as err:
-        raise ValueError(f"cannot read the matrix file {path}: {err.strerror or err}") from None
+        raw = read_bytes(p, max_bytes=npy_cap if suffix == ".npy" else MAX_MATRIX_YAML_BYTES)
+    except UserError as err:
+        raise ValueError(f"cannot read the matrix file: {err}") from None
     digest = hashlib.sha256(raw).hexdigest()
-    if p.suffix.lower() == ".npy":
+    if suffix == ".npy":
         import io
 
         import numpy as np
 
+        buf = io.BytesIO(raw)
+        fmt = np.lib.format
+        try:
+            version = fmt.read_magic(buf)
+            header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if header is None:
+                raise ValueError(f"unsupported .npy version {version}")
+            shape, _, dtype = header(buf)  # the shape before any data is read
+        except (ValueError, SyntaxError, TypeError) as err:
+            raise ValueError(f"{path} is not a .npy file: {err}") from None
+        if dtype.hasobject:
+            raise ValueError(f"{path} is not a numeric .npy array (pickled arrays are refused): its dtype is {dtype}")
+        if len(shape) != 2 or not all(2 <= n <= MAX_MATRIX_CLASSES for n in shape) or dtype.kind not in "biuf":
+            raise ValueError(
+                f"{path} must hold a 2-D numeric K x K array with 2 <= K <= {MAX_MATRIX_CLASSES}, got dtype {dtype} and shape {shape}"
+            )
         try:
             arr = np.load(io.BytesIO(raw), allow_pickle=False)
         except ValueError as err:  # numpy's refusal of an object (pickled) array lands here too
@@ -224,17 +268,29 @@ def read_matrix_file(path: str) -> tuple[list[list[float]], str]:
         if arr.dtype.kind not in "biuf" or arr.ndim != 2:
             raise ValueError(f"{path} must hold a 2-D numeric array, got dtype {arr.dtype} and shape {arr.shape}")
         return arr.astype(np.float64).tolist(), digest
-    if p.suffix.lower() in (".yaml", ".yml"):
-        try:
-            rows = load_yaml_text(raw.decode())
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid YAML: {err}") from None
-        if isinstance(rows, dict) and "matrix" in rows:
-            rows = rows["matrix"]
-        if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
-            raise ValueError(f"{path} must hold a list of rows (or a mapping with key matrix)")
-        return rows, digest
-    raise ValueError(f"the matrix file {path} must end in .npy or .yaml")
+    try:
+        rows = load_yaml_text(raw.decode(), source=str(path))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from None
+    except UserError as err:
+        raise ValueError(str(err)) from None
+    if isinstance(rows, dict) and "matrix" in rows:
+        rows = rows["matrix"]
+    if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
+        raise ValueError(f"{path} must hold a list of rows (or a mapping with key matrix)")
+    return rows, digest
+
+
+def _numbers(value: Any) -> list[Any]:
+    """The numbers in a model option (a scalar or a nested list of them)."""
+    out, stack = [], [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(v)
+    return out
 
 
 class ModelConfig(BaseModel):
@@ -255,10 +311,18 @@ class ModelConfig(BaseModel):
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
+    @model_validator(mode="after")
+    def _bounded_options(self) -> ModelConfig:
+        for key, value in (self.model_extra or {}).items():
+            big = [v for v in _numbers(value) if abs(v) > MAX_MODEL_NUMBER]
+            if big:
+                raise ValueError(f"model.{key}: {big[0]!r} is larger than any model dsd2 can build (at most {MAX_MODEL_NUMBER:,})")
+        return self
+
 
 class TrainConfig(_Section):
     epochs: int = Field(160, ge=1, description="Epochs per IMP round (the schedule scales with it).")
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
     optimizer: OptimizerName = Field("sgd", description=f"Optimizer: {OPTIMIZERS.describe()}.")
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
@@ -271,7 +335,7 @@ class TrainConfig(_Section):
     warmup_epochs: int = Field(
         0, ge=0, description="Linear lr warm-up over the first epochs of every (re)started schedule, as ViTs need (0: none)."
     )
-    eval_batch_size: int = Field(1000, ge=1)
+    eval_batch_size: int = Field(1000, ge=1, le=MAX_BATCH)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU).")
     compile: bool = Field(
@@ -280,7 +344,7 @@ class TrainConfig(_Section):
         "after a one-time compile; not bitwise equal to eager mode, so left out of the run id like the device.",
     )
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs (CUDA and CPU).")
-    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | Literal["auto"] = Field(
         "auto",
         description="torch CPU threads of a CPU run. auto: 1 for models whose training step is too small to gain from more, "
         "else the usable cores shared among the runs side by side, fewer when the machine is busy (null reads as auto).",
@@ -463,7 +527,7 @@ class DistillConfig(_Section):
 
 class EntropyConfig(_Section):
     enabled: bool = Field(True, description="Measure activation entropy on the clean, unaugmented training inputs each round.")
-    batch_size: int = Field(1000, ge=1)
+    batch_size: int = Field(1000, ge=1, le=MAX_BATCH)
 
 
 class EarlyStopConfig(_Section):
@@ -836,8 +900,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml_text(text: str) -> Any:
-    """Parse a user's YAML file: safe types only, no duplicate keys."""
+def load_yaml_text(text: str, source: str = "the YAML text") -> Any:
+    """Parse a user's YAML file: safe types only, no duplicate keys, bounded nesting."""
+    from dsd2.safe_read import check_yaml_depth
+
+    check_yaml_depth(text, source=source)
     return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe types only
 
 
@@ -849,12 +916,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             p = preset
         else:
             raise UserError(f"config file {path} not found (give a YAML path or a preset name: {', '.join(list_presets())})")
+    from dsd2.safe_read import MAX_YAML_BYTES, read_text
+
     try:
-        data = load_yaml_text(p.read_text())
+        data = load_yaml_text(read_text(p, max_bytes=MAX_YAML_BYTES, what="config file"), source=str(p))
     except yaml.YAMLError as err:
         raise UserError(f"{p} is not valid YAML: {err}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {p}: {err}") from None
     check_size(data, str(p))
     return data or {}
 

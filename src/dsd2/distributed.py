@@ -64,6 +64,63 @@ def _env_int(name: str, default: int) -> int:
         raise UserError(f"the environment variable {name}={raw!r} is not an integer (set by the launcher, e.g. torchrun)") from None
 
 
+# A sanity bound on the launcher's variables: a typo must not become a job of a million processes.
+MAX_WORLD_SIZE = 4096
+# How long the processes of a job wait for each other to join (torch's default is 30 minutes,
+# with a message that does not say who is missing). DSD2_DDP_JOIN_TIMEOUT_S overrides it.
+JOIN_TIMEOUT_S = 300.0
+
+
+def _master() -> tuple[str, int]:
+    """MASTER_ADDR and MASTER_PORT, checked (a port is an integer in 1..65535)."""
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        raise UserError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (torchrun sets them; with another launcher, export them)")
+    addr, raw = os.environ["MASTER_ADDR"].strip(), os.environ["MASTER_PORT"].strip()
+    if not addr or len(addr) > 253 or not addr.isascii() or any(c.isspace() for c in addr):
+        raise UserError(f"MASTER_ADDR={addr[:80]!r} is not a host name or address: set it to the address of the rank-0 node")
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 65535):
+        raise UserError(
+            f"MASTER_PORT={raw[:80]!r} is not a port number (an integer from 1 to 65535): set it to a free port of the rank-0 node"
+        )
+    return addr, int(raw)
+
+
+def _join_timeout() -> float:
+    raw = os.environ.get("DSD2_DDP_JOIN_TIMEOUT_S", "")
+    if raw == "":
+        return JOIN_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86400:
+        raise UserError(f"DSD2_DDP_JOIN_TIMEOUT_S={raw[:80]!r} must be a number of seconds in (0, 86400]")
+    return value
+
+
+def _init_group(backend: str, w: World) -> None:
+    """Join the job's process group, waiting at most :func:`_join_timeout` seconds for the other
+    processes (then a UserError saying so, instead of torch's 30 minutes of silence)."""
+    from datetime import timedelta
+
+    addr, port = _master()
+    wait = _join_timeout()
+    # under torchrun the agent hosts the store at MASTER_ADDR:MASTER_PORT: every rank is a client
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    try:
+        store = dist.TCPStore(
+            addr, port, w.size, is_master=w.rank == 0 and not agent_store, timeout=timedelta(seconds=wait), wait_for_workers=True
+        )
+        dist.init_process_group(backend=backend, store=store, rank=w.rank, world_size=w.size)
+    except (RuntimeError, ValueError, OSError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise UserError(
+            f"process {w.rank} of {w.size} could not join the job at {addr}:{port} within {wait:g} s ({first}): start every "
+            "process of the job (torchrun --nproc_per_node), check MASTER_ADDR/MASTER_PORT, or raise DSD2_DDP_JOIN_TIMEOUT_S"
+        ) from None
+    store.set_timeout(timedelta(minutes=30))  # joined: later waits (a long evaluation on rank 0) keep torch's default
+
+
 def env_world() -> World:
     """The world the launcher's environment variables describe (no backend chosen yet)."""
     size = _env_int("WORLD_SIZE", 1)
@@ -72,6 +129,13 @@ def env_world() -> World:
     local_size = _env_int("LOCAL_WORLD_SIZE", size)
     if size < 1 or not 0 <= rank < size:
         raise UserError(f"RANK={rank} and WORLD_SIZE={size} do not describe a process of the job (need 0 <= RANK < WORLD_SIZE)")
+    if size > MAX_WORLD_SIZE:
+        raise UserError(f"WORLD_SIZE={size} is more processes than dsd2 runs a job with (at most {MAX_WORLD_SIZE}); check the launcher")
+    if not 0 <= local < max(1, local_size) or local_size > size:
+        raise UserError(
+            f"LOCAL_RANK={local} and LOCAL_WORLD_SIZE={local_size} do not describe a process of the job (need 0 <= LOCAL_RANK < "
+            f"LOCAL_WORLD_SIZE <= WORLD_SIZE={size})"
+        )
     return World(rank, size, local, local_size=max(1, local_size))
 
 
@@ -109,9 +173,7 @@ def session(device_type: str) -> Iterator[World]:
             )
         torch.cuda.set_device(w.local_rank)
     if own:
-        if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-            raise UserError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT (torchrun sets them; with another launcher, export them)")
-        dist.init_process_group(backend=backend, rank=w.rank, world_size=w.size)
+        _init_group(backend, w)
     _world = World(dist.get_rank(), dist.get_world_size(), w.local_rank, dist.get_backend(), w.local_size)
     try:
         yield _world

@@ -32,7 +32,6 @@ import importlib.util
 import json
 import os
 import re
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -292,22 +291,13 @@ def _prepare_target(out: Path, run_dir: Path, force: bool, names: list[str]) -> 
 
 
 def _read_meta(run_dir: Path) -> dict[str, Any]:
-    """meta.json, checked to be a regular file of sane size holding a mapping before it is read
-    (a FIFO would block the read, a directory or a list would end in a traceback)."""
+    """meta.json through the one validation layer (regular file, size, depth, schema: a FIFO
+    would block the read, a directory or a list would end in a traceback)."""
     path = run_dir / rundir.META
-    try:
-        st = os.stat(path)
-    except OSError:
-        raise UserError(f"{path} is missing: {run_dir} is not a dsd2 run directory (or is incomplete)") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"{path} is not a regular file: {run_dir} is not a dsd2 run directory as dsd2 wrote it")
-    if st.st_size > MAX_MODEL_JSON:
-        raise UserError(f"{path} is {st.st_size:,} bytes, far more than dsd2 writes: it is not dsd2's")
-    try:
-        meta = store.read_json(path)
-    except RecursionError:
-        meta = None
-    if not isinstance(meta, dict) or not isinstance(meta.get("data", {}), dict):
+    if not os.path.lexists(path):
+        raise UserError(f"{path} is missing: {run_dir} is not a dsd2 run directory (or is incomplete)")
+    meta = rundir.read_meta(run_dir)
+    if not isinstance(meta.get("data", {}), dict):
         raise UserError(f"{path} is not a dsd2 meta.json (edited or corrupt): not exported")
     return meta
 

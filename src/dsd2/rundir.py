@@ -23,6 +23,7 @@ This module reads; the round loop (:mod:`dsd2.imp`) writes. It sits below ``imp`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -34,6 +35,7 @@ from torch import nn
 from dsd2 import store
 from dsd2.config import RunConfig, validate_config
 from dsd2.errors import UserError
+from dsd2.file_schemas import EarlyStop, Meta, NoiseInfo, RoundMetrics, TableSums
 from dsd2.prune import Masks
 
 # Finished rounds are the manifest-checked round folders; the rule lives with the checksums.
@@ -183,6 +185,15 @@ class RoundRow(Mapping[str, Any]):
                 f"{source or 'a rounds row'} has non-numeric {', '.join(f'{c}={values[c]!r}' for c in bad)}: "
                 "it was edited or is corrupt; `dsd2 resume RUN_DIR` rewrites rounds.csv from the checksummed round files"
             )
+        wrong = [c for c, v in values.items() if c != "phase" and v is not None and not _plausible(c, v)]
+        if wrong:
+            raise UserError(
+                f"{source or 'a rounds row'} has {', '.join(f'{c}={values[c]!r}' for c in wrong)}, which dsd2 never writes (NaN, "
+                "infinite, negative, a fraction outside [0, 1] or a fractional count): it was edited or is corrupt; "
+                "`dsd2 resume RUN_DIR` rewrites rounds.csv from the checksummed round files"
+            )
+        if values.get("phase") is not None and not isinstance(values["phase"], str):
+            values["phase"] = str(values["phase"])
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -204,6 +215,21 @@ class RoundRow(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return len(self._columns())
+
+
+_INT_COLUMNS = frozenset({"round", "alive_weights", "epochs", "best_epoch"})
+
+
+def _plausible(column: str, value: float) -> bool:
+    """A value dsd2 can have written in ``column``: finite, non-negative, a whole count where
+    the column counts, a fraction in [0, 1] where it is one (entropy and loss: any finite >= 0)."""
+    if not math.isfinite(value) or value < 0:
+        return False
+    if column in _INT_COLUMNS:
+        return float(value).is_integer()
+    if column in FRACTION_COLUMNS:
+        return value <= 1.0
+    return True
 
 
 # Columns of rounds.csv, in order: the fields of RoundRow, the one definition.
@@ -317,8 +343,7 @@ def stopped_at(run_dir: str | Path) -> int | None:
     path = Path(run_dir) / EARLY_STOP
     if not path.is_file():
         return None
-    decision = store.read_json(path)
-    return decision.get("stop_round") if isinstance(decision, dict) else None
+    return store.read_json(path, EarlyStop).stop_round
 
 
 def is_complete(cfg: RunConfig, done: int, run_dir: str | Path) -> bool:
@@ -335,8 +360,7 @@ def read_noise(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / NOISE
     if not path.is_file():
         return None
-    data = store.read_json(path)
-    return data if isinstance(data, dict) else None
+    return store.read_json_dict(path, NoiseInfo)
 
 
 TABLE_SUMS = "tables.sha256.json"
@@ -349,13 +373,27 @@ def record_tables(run_dir: Path, names: tuple[str, ...] = (ROUNDS_CSV, ENTROPY_C
 
 def read_table(run_dir: str | Path, name: str) -> list[dict[str, Any]]:
     """Rows of a table of the run (rounds.csv, entropy.csv), refused when it was edited since dsd2
-    wrote it. Runs written before the checksums existed are read as they are."""
+    wrote it, and refused when its checksum is not recorded (tables.sha256.json deleted, or the
+    table's entry removed): a missing guard fails closed. A run whose tables predate the checksums
+    gets them with `dsd2 resume RUN_DIR`, which rewrites the tables from the checksummed rounds."""
     run_dir = Path(run_dir)
     path = run_dir / name
     sums_path = run_dir / TABLE_SUMS
-    sums = store.read_json(sums_path) if sums_path.is_file() else {}
-    expected = sums.get(name) if isinstance(sums, dict) else None
-    if expected is not None and path.is_file() and store.sha256_file(path) != expected:
+    if not path.is_file() and not sums_path.exists():
+        return store.read_csv(path)  # the clear "missing" / "not a regular file" message
+    if not sums_path.exists():
+        raise UserError(
+            f"{run_dir} has {name} but no {TABLE_SUMS} (deleted, or written by a dsd2 before the checksums): its numbers "
+            f"cannot be checked; `dsd2 resume {run_dir}` rewrites the tables and their checksums from the checksummed round files"
+        )
+    sums = store.read_json(sums_path, TableSums, hint=f"`dsd2 resume {run_dir}` rewrites it").root
+    expected = sums.get(name)
+    if expected is None:
+        raise UserError(
+            f"{sums_path} does not list {name}: its numbers cannot be checked; "
+            f"`dsd2 resume {run_dir}` rewrites the tables and their checksums from the checksummed round files"
+        )
+    if store.sha256_file(path) != expected:
         raise UserError(
             f"{path} was changed after dsd2 wrote it (checksum in {TABLE_SUMS} differs): its numbers cannot be trusted; "
             f"`dsd2 resume {run_dir}` rewrites it from the checksummed round files"
@@ -366,7 +404,19 @@ def read_table(run_dir: str | Path, name: str) -> list[dict[str, Any]]:
 def read_rounds(run_dir: str | Path) -> list[RoundRow]:
     """The rows of ``rounds.csv``, checked against the checksum dsd2 recorded when writing it."""
     path = Path(run_dir) / ROUNDS_CSV
-    return [RoundRow.from_dict(r, source=path) for r in read_table(run_dir, ROUNDS_CSV)]
+    rows = [RoundRow.from_dict(r, source=path) for r in read_table(run_dir, ROUNDS_CSV)]
+    check_round_order(rows, path)
+    return rows
+
+
+def check_round_order(rows: list[RoundRow], source: str | Path) -> None:
+    """Rows of finished rounds are rounds 0, 1, 2, ... in order (dsd2 writes nothing else)."""
+    numbers = [int(r.round) for r in rows]
+    if numbers != list(range(len(rows))):
+        raise UserError(
+            f"{source} lists rounds {numbers[:8]}{'...' if len(numbers) > 8 else ''}, not 0, 1, 2, ... in order (duplicated, "
+            "missing or reordered rows): it was edited or is corrupt; `dsd2 resume RUN_DIR` rewrites it"
+        )
 
 
 @dataclass
@@ -383,10 +433,10 @@ def read_finished(run_dir: str | Path) -> Finished:
     out = Finished()
     for i in finished_rounds(Path(run_dir)):
         path = round_dir(Path(run_dir), i) / METRICS
-        m = store.read_json(path)
-        out.rows.append(RoundRow.from_dict(m["row"], source=path))
-        out.entropy.extend(m["entropy_layers"])
-        out.timings.append(m["timing"])
+        m = store.read_json(path, RoundMetrics, hint=f"delete {path.parent} and resume to recompute that round")
+        out.rows.append(RoundRow.from_dict(m.row, source=path))
+        out.entropy.extend(m.entropy_layers)
+        out.timings.append(m.timing)
     return out
 
 
@@ -407,10 +457,18 @@ def saved_data_shape(run_dir: str | Path) -> dict[str, Any]:
     """meta.json's "data": num_classes, in_channels, input_size (what a model builder needs, as
     :data:`BUILDER_DATA_KEYS`) and, from runs of dsd2 with image folders on, input_shape, mean,
     std, class_names (None when the dataset has none), loader, files_sha256."""
-    shape = store.read_json(Path(run_dir) / META).get("data")
+    shape = read_meta(run_dir).get("data")
     if shape is None:
         raise UserError(f"{run_dir}/{META} lacks the data shape; re-run with this version of dsd2")
     return shape
+
+
+META_HINT = "it is the run's record of how it started; restore it from a copy of the run"
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """The run's meta.json as written, once it passed :class:`dsd2.file_schemas.Meta`."""
+    return store.read_json_dict(Path(run_dir) / META, Meta, hint=META_HINT)
 
 
 def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device | str = "cpu") -> tuple[nn.Module, Masks, RunConfig]:

@@ -30,7 +30,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from dsd2 import safe_read
 from dsd2.errors import UserError
+from dsd2.file_schemas import Manifest
 
 MANIFEST = "MANIFEST.json"
 UMASK = os.umask(0)
@@ -132,21 +134,24 @@ def write_yaml(path: str | Path, obj: Any) -> None:
 
 
 def read_yaml_file(path: str | Path) -> Any:
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is corrupt ({err})") from None
+    """A YAML file dsd2 wrote, through :mod:`dsd2.safe_read` (regular file, size, depth)."""
+    return safe_read.read_yaml(path)
 
 
-def read_json(path: str | Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is corrupt ({err}); delete it and resume the run to recompute it") from None
+_RECOMPUTE = "delete it and resume the run to recompute it"
+
+
+def read_json(path: str | Path, schema: type[safe_read.M] | None = None, *, hint: str = _RECOMPUTE) -> Any:
+    """A JSON file through :mod:`dsd2.safe_read` (regular file, size, depth); with ``schema``
+    (:mod:`dsd2.file_schemas`) the validated model."""
+    return safe_read.read_json(path, schema, hint=hint)
+
+
+def read_json_dict(path: str | Path, schema: type[safe_read.M], *, hint: str = _RECOMPUTE) -> Any:
+    """The JSON of ``path`` as it is (a plain dict), once it has passed ``schema``."""
+    data = safe_read.read_json(path, hint=hint)
+    safe_read.validate(data, schema, source=str(path), hint=hint)
+    return data
 
 
 _DIGEST_KEY = "dsd2_sha256"
@@ -167,15 +172,16 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     atomic_write_bytes(path, st_save(clean, metadata={**(metadata or {}), _DIGEST_KEY: digest}))
 
 
+# A sanity bound, far above any model dsd2 trains: a file claiming more is not a tensor file.
+MAX_TENSOR_BYTES = 1 << 40
+
+
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a safetensors file (never a pickle); a missing, truncated, corrupt or altered file
     is a clear error naming the file and the way out."""
     path = Path(path)
     way_out = "delete it (or its round_XXX folder) and resume the run to recompute it"
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
+    raw = safe_read.read_bytes(path, max_bytes=MAX_TENSOR_BYTES)
     try:
         tensors = st_load(raw)
         header, data = _split_safetensors(raw)
@@ -211,12 +217,9 @@ def _fmt(v: Any) -> Any:
 def read_csv(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a CSV with numbers converted back (empty cells become None)."""
     try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path} is missing") from None
-    except NotADirectoryError:
-        raise UserError(f"{Path(path).parent} is a file, not a dsd2 run directory") from None
-    except (OSError, UnicodeDecodeError) as err:
+        raw = safe_read.read_bytes(path, max_bytes=safe_read.MAX_TABLE_BYTES)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
         raise UserError(f"cannot read {path} as a CSV table ({err}); it is binary, truncated or not dsd2's") from None
     try:
         rows = [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
@@ -237,8 +240,13 @@ def _parse_cell(v: str | None) -> Any:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a regular file (a FIFO or device is refused, never read)."""
+    safe_read.check_regular(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise UserError(f"{path} is not a regular file: replace it with the file dsd2 expects")
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -258,10 +266,7 @@ def verify_manifest(directory: Path, required: tuple[str, ...] = ()) -> bool:
     mpath = directory / MANIFEST
     if not mpath.is_file():
         return False
-    manifest = read_json(mpath)
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise UserError(f"{mpath} is not a dsd2 manifest (edited or corrupt); delete {directory} and resume to recompute that round")
+    files = read_json(mpath, Manifest, hint=f"delete {directory} and resume to recompute that round").files
     missing = [name for name in required if name not in files]
     if missing:
         raise UserError(f"{mpath} does not list {', '.join(missing)}; delete {directory} and resume to recompute that round")

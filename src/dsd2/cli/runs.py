@@ -130,7 +130,9 @@ def pipeline_cmd(
     scfg = load_config(student, overrides or [], plugins=plugins or []) if student else None
     render.RESUME["how"] = "the same `dsd2 pipeline` command (finished stages and rounds are kept)"
     study = _pipeline(cfg, scfg, out, quiet)
-    t = store.read_json(rundir.teacher_path(study.student.run_dir))
+    from dsd2.file_schemas import TeacherInfo
+
+    t = store.read_json_dict(rundir.teacher_path(study.student.run_dir), TeacherInfo)
     render.console.print(
         f"teacher: {t['run_dir']} round {t['round']} ({t['choice']}, sparsity {100 * t['sparsity']:.2f}%, selected on {t['selected_on']})"
     )

@@ -8,7 +8,6 @@ Searched, in order: ``root``, ``root/fashion-mnist``, ``root/fashion_mnist``,
 
 from __future__ import annotations
 
-import gzip
 import zlib
 from pathlib import Path
 
@@ -39,10 +38,28 @@ IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
 
 
+# Fashion-MNIST's largest file is 47 MB unpacked: anything far above is not an idx file of it
+# (and a small gzip must not unpack to gigabytes).
+MAX_IDX_BYTES = 256 << 20
+
+
+def _gunzip(packed: bytes, path: Path) -> bytes:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    raw = d.decompress(packed, MAX_IDX_BYTES + 1)
+    if len(raw) > MAX_IDX_BYTES:
+        raise UserError(f"{path} unpacks to more than {MAX_IDX_BYTES} bytes: not a Fashion-MNIST file; delete it and obtain it again")
+    if not d.eof:
+        raise EOFError("compressed file ended before the end-of-stream marker was reached")
+    return raw
+
+
 def read_idx(path: Path, expect_magic: int) -> np.ndarray:
     """Read an idx file of unsigned bytes (``.gz`` or plain) into a uint8 array, validated."""
+    from dsd2.safe_read import read_bytes
+
+    packed = read_bytes(path, max_bytes=MAX_IDX_BYTES)  # a regular file (not a FIFO), bounded
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = _gunzip(packed, path) if path.suffix == ".gz" else packed
     except (EOFError, OSError, zlib.error) as e:
         raise UserError(f"{path} is truncated or not a valid gzip file ({e}); delete it and obtain it again") from e
     if len(raw) < 4:

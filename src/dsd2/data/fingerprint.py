@@ -121,14 +121,14 @@ def describe_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | Non
     return f"{head} ({shown})" if shown else head
 
 
-def data_fingerprint(dataset: str, root: str | Path | None, label_file: str | None) -> dict[str, Any]:
+def data_fingerprint(dataset: str, root: str | Path | None, label_file: str | None, *, follow_links: bool = False) -> dict[str, Any]:
     """A run's data fingerprint: ``images`` for an image folder, ``label_file`` for a label file;
     empty for a built-in dataset without one (its files are checksum-known)."""
     out: dict[str, Any] = {}
     if dataset == "image_folder" and root:
         from dsd2.data.image_folder import scan_folder
 
-        table = scan_folder(Path(root).expanduser()).table
+        table = scan_folder(Path(root).expanduser(), follow_links=follow_links).table  # the files the run reads
         out["images"] = folder_fingerprint(table.root, (table.relative(i) for i in range(len(table))))
     if label_file:
         out["label_file"] = file_fingerprint(label_file)

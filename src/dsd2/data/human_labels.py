@@ -95,10 +95,10 @@ def load_label_file(path: str | Path) -> dict[str, np.ndarray]:
         raise UserError(f"label file {p} does not exist: check dataset.label_file (e.g. CIFAR-10_human.pt)")
     if not p.is_file():
         raise UserError(f"label file {p} is not a regular file: point dataset.label_file at the file itself")
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read label file {p}: {e}") from e
+    from dsd2.data.safe_pickle import MAX_FILE_BYTES
+    from dsd2.safe_read import read_bytes
+
+    data = read_bytes(p, max_bytes=MAX_FILE_BYTES, what="label file")
     if not data:
         raise UserError(f"label file {p} is empty: {_FORMATS_HINT}; obtain the file again")
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,22 +90,96 @@ def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _images_under(folder: str) -> list[str]:
-    """Image files under ``folder`` (recursively, symlinks followed), "/"-relative, sorted; hidden entries skipped."""
+# A scan is bounded: folders deeper than this, or more entries than this, are not a dataset.
+MAX_SCAN_DEPTH = 32
+MAX_SCAN_ENTRIES = 20_000_000
+
+
+def _display(path: str) -> str:
+    """A path for a message, whatever bytes its name holds."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace") if _has_surrogates(path) else path
+
+
+def _has_surrogates(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _images_under(folder: str, root: str | None = None, *, follow_links: bool = False) -> list[str]:
+    """Image files under ``folder`` (recursively), "/"-relative, sorted; hidden entries skipped.
+
+    Symbolic links to files are followed. A link to a folder is followed when it stays inside
+    ``root`` (the dataset root, resolved; ``follow_links``: anywhere) and does not lead back to a
+    folder the walk is inside (a loop such as ``up -> ..`` would repeat the images under another
+    class, and two self-links make the walk exponential): such a link is a UserError naming it.
+    Special files (FIFOs, devices) and names that are not UTF-8 are UserErrors too."""
+    root_real = os.path.realpath(root if root is not None else folder)
     found: list[str] = []
-    for current, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = os.path.relpath(current, folder)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        found.extend(prefix + f for f in files if not f.startswith(".") and _is_image(f))
+    count = 0
+    # (real path, relative prefix, real paths of the folders above it)
+    stack: list[tuple[str, str, frozenset[str], int]] = [(folder, "", frozenset({os.path.realpath(folder)}), 0)]
+    while stack:
+        current, prefix, above, depth = stack.pop()
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name, reverse=True)
+        except OSError as err:
+            raise UserError(f"cannot list {_display(current)}: {err.strerror or err}") from None
+        for entry in entries:
+            count += 1
+            if count > MAX_SCAN_ENTRIES:
+                raise UserError(f"{_display(folder)} holds more than {MAX_SCAN_ENTRIES} entries: not an image dataset this scan reads")
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if _has_surrogates(name):
+                raise UserError(
+                    f"{_display(entry.path)}: the file name is not UTF-8; rename it (e.g. with convmv) or move it out of the folder"
+                )
+            try:
+                is_dir = entry.is_dir()  # follows links
+                is_file = entry.is_file()
+            except OSError as err:
+                raise UserError(f"cannot read {entry.path}: {err.strerror or err}") from None
+            if is_dir:
+                real = os.path.realpath(entry.path)
+                if entry.is_symlink():
+                    if real in above or any(_within(a, real) for a in above):
+                        raise UserError(
+                            f"{entry.path} is a symbolic link back to {real}, a folder above it: the scan would loop (the same images "
+                            "again, under another class). Remove the link"
+                        )
+                    if not follow_links and not _within(real, root_real):
+                        raise UserError(
+                            f"{entry.path} is a symbolic link to {real}, outside the dataset root {root_real}: not followed. Move the "
+                            "images inside the root, or set dataset.follow_links=true to follow links out of it"
+                        )
+                if depth + 1 > MAX_SCAN_DEPTH:
+                    raise UserError(f"{entry.path} is more than {MAX_SCAN_DEPTH} folders deep under {folder}: not an image dataset layout")
+                stack.append((entry.path, prefix + name + "/", above | {real}, depth + 1))
+            elif _is_image(name):
+                if not is_file:
+                    what = "a dangling symbolic link" if entry.is_symlink() and not os.path.exists(entry.path) else "not a regular file"
+                    raise UserError(f"{entry.path} is {what}: remove it or replace it with the image")
+                found.append(prefix + name)
     return sorted(found)
 
 
 def _class_dirs(folder: Path) -> list[str]:
     try:
-        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     except OSError as err:
         raise UserError(f"cannot list {folder}: {err.strerror or err}") from None
+    bad = [n for n in names if _has_surrogates(n)]
+    if bad:
+        raise UserError(f"{_display(str(folder / bad[0]))}: the folder name is not UTF-8; rename it (a class name must be text)")
+    return names
 
 
 def _interleave(per_class: list[list[str]], prefixes: list[str]) -> tuple[list[str], list[int]]:
@@ -120,7 +195,9 @@ def _interleave(per_class: list[list[str]], prefixes: list[str]) -> tuple[list[s
     return paths, labels
 
 
-def _scan_split(root: Path, split: str, classes: tuple[str, ...], *, require_all: bool) -> tuple[list[str], list[int]]:
+def _scan_split(
+    root: Path, split: str, classes: tuple[str, ...], *, require_all: bool, follow_links: bool = False
+) -> tuple[list[str], list[int]]:
     folder = root / split
     found = _class_dirs(folder)
     unknown = [c for c in found if c not in classes]
@@ -131,7 +208,7 @@ def _scan_split(root: Path, split: str, classes: tuple[str, ...], *, require_all
         )
     per_class = []
     for c in classes:
-        files = _images_under(str(folder / c)) if c in found else []
+        files = _images_under(str(folder / c), str(root), follow_links=follow_links) if c in found else []
         if require_all and not files:
             raise UserError(f"{folder / c} holds no image ({', '.join(sorted(IMAGE_EXTENSIONS))}): every class needs training images")
         per_class.append(files)
@@ -140,7 +217,7 @@ def _scan_split(root: Path, split: str, classes: tuple[str, ...], *, require_all
     return _interleave(per_class, [f"{split}/{c}/" for c in classes])
 
 
-def scan_folder(root: str | Path) -> ImageFolder:
+def scan_folder(root: str | Path, *, follow_links: bool = False) -> ImageFolder:
     """The folder's classes and files (see the module doc); UserError for a layout it cannot read."""
     root = Path(root).expanduser()
     layout = "expected root/train/<class>/<images> and root/test/<class>/<images> (or root/val/ as the test split)"
@@ -155,12 +232,12 @@ def scan_folder(root: str | Path) -> ImageFolder:
     classes = tuple(_class_dirs(root / "train"))
     if not classes:
         raise UserError(f"{root / 'train'} has no class folder; {layout}")
-    train_paths, train_labels = _scan_split(root, "train", classes, require_all=True)
+    train_paths, train_labels = _scan_split(root, "train", classes, require_all=True, follow_links=follow_links)
     val_paths: list[str] = []
     val_labels: list[int] = []
     if val is not None and test == TEST_FOLDER:
-        val_paths, val_labels = _scan_split(root, val, classes, require_all=False)
-    test_paths, test_labels = _scan_split(root, test, classes, require_all=False)
+        val_paths, val_labels = _scan_split(root, val, classes, require_all=False, follow_links=follow_links)
+    test_paths, test_labels = _scan_split(root, test, classes, require_all=False, follow_links=follow_links)
     return ImageFolder(
         root=root,
         classes=classes,
@@ -186,6 +263,12 @@ def decode_rgb(path: str) -> torch.Tensor:
     and 16-bit images are converted); UserError naming the file when it does not decode."""
     from PIL import Image
 
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        raise UserError(f"cannot read image {path}: {err.strerror or err}; remove or replace the file") from None
+    if not stat.S_ISREG(mode):  # a FIFO would block the decoder forever, a device never ends
+        raise UserError(f"image {path} is not a regular file (a FIFO, device or folder): remove or replace it")
     try:
         with Image.open(path) as im:
             if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: scale, PIL's RGB conversion would clip
@@ -400,9 +483,24 @@ def choose_loader(mode: str, n_images: int, image_size: int, memory_budget_gb: f
     return "memory" if decoded_bytes(n_images, image_size) <= memory_budget_gb * 1e9 else "stream"
 
 
+def _check_fits_memory(n_images: int, image_size: int) -> None:
+    """loader=memory decodes every image at once: refuse a set larger than the machine's memory
+    before decoding the first image (dataset.image_size=60000 would ask 130 GB)."""
+    need = decoded_bytes(n_images, image_size)
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return
+    if need > have:
+        raise UserError(
+            f"dataset.loader=memory would decode {n_images} images at {image_size}x{image_size} into {need / 1e9:.1f} GB, more than "
+            f"this machine's {have / 1e9:.1f} GB: lower dataset.image_size, or use dataset.loader=stream (or auto)"
+        )
+
+
 @functools.lru_cache(maxsize=8)
-def _scan_cached(root: str) -> ImageFolder:
-    return scan_folder(root)
+def _scan_cached(root: str, follow_links: bool = False) -> ImageFolder:
+    return scan_folder(root, follow_links=follow_links)
 
 
 def image_folder_facts(dataset: dict[str, Any]) -> dict[str, Any]:
@@ -410,7 +508,7 @@ def image_folder_facts(dataset: dict[str, Any]) -> dict[str, Any]:
     root = dataset.get("root")
     if not root:
         raise UserError("dataset.root is not set: an image folder's size is counted from its files")
-    folder = _scan_cached(str(Path(root).expanduser().resolve()))
+    folder = _scan_cached(str(Path(root).expanduser().resolve()), bool(dataset.get("follow_links")))
     size = dataset.get("image_size") or DEFAULT_IMAGE_SIZE
     facts: dict[str, Any] = {
         "num_classes": len(folder.classes),
@@ -433,6 +531,7 @@ def load_image_folder(
     loader: str = "auto",
     memory_budget_gb: float = DEFAULT_MEMORY_BUDGET_GB,
     workers: int | str | None = "auto",
+    follow_links: bool = False,
 ) -> RawDataset:
     """An image folder as a :class:`RawDataset`: uint8 tensors (memory path) or :class:`ImageFiles`
     (stream path); ImageNet mean/std; a val/ folder next to test/ as the fixed validation rows."""
@@ -443,8 +542,10 @@ def load_image_folder(
     size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
     if size < 1:
         raise UserError(f"dataset.image_size must be a positive integer, got {image_size!r}")
-    folder = scan_folder(root)
+    folder = scan_folder(root, follow_links=follow_links)
     path = choose_loader(loader, folder.n_total, size, float(memory_budget_gb))
+    if path == "memory":
+        _check_fits_memory(folder.n_total, size)
     n_tv = folder.n_train + folder.n_val
     train_files = ImageFiles(folder.table, np.arange(n_tv, dtype=np.int64), size)
     test_files = ImageFiles(folder.table, np.arange(n_tv, folder.n_total, dtype=np.int64), size)

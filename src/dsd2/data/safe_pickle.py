@@ -59,6 +59,8 @@ ALLOWED_GLOBALS: dict[tuple[str, str], tuple[tuple[str, ...], str]] = {
 # The largest array a data pickle may ask for. CIFAR-100's training file, the largest real one,
 # holds 50,000 × 3,072 bytes (154 MB); a 126-byte pickle can otherwise ask numpy for gigabytes.
 MAX_ARRAY_BYTES = 256 * 2**20
+# A data pickle on disk: the arrays it holds plus their framing.
+MAX_FILE_BYTES = 2 * MAX_ARRAY_BYTES
 
 
 def _array_bytes(shape: Any, dtype: Any) -> int:
@@ -95,6 +97,23 @@ def _bounded(allocate: Any, source: str) -> Any:
     return guarded
 
 
+def _from_data(build: Any, source: str) -> Any:
+    """``bytearray``/``set``/``frozenset`` that only copy what the pickle already holds: pickle
+    writes them with a bytes/str/list argument (protocol 2: ``bytearray(text, "latin-1")``), never
+    a count, so ``bytearray(10**9)`` (a 42-byte file asking for 1 GB) is refused, and an argument
+    longer than :data:`MAX_ARRAY_BYTES` too (``frozenset`` of a huge iterable is CPU time)."""
+
+    def guarded(*args: Any) -> Any:
+        if len(args) > 2 or (args and not isinstance(args[0], (bytes, bytearray, str, list, tuple, set, frozenset))):
+            kind = type(args[0]).__name__ if args else "?"
+            raise UserError(f"{source} asks {build.__name__}() of a {kind}: not what a data pickle holds; refused, nothing allocated")
+        if args and len(args[0]) > MAX_ARRAY_BYTES:
+            raise UserError(f"{source} asks a {build.__name__} of {len(args[0])} items: more than a data file holds; refused")
+        return build(*args)
+
+    return guarded
+
+
 def _resolve(modules: tuple[str, ...], attr: str) -> Any:
     last: Exception | None = None
     for mod in modules:
@@ -125,6 +144,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         target = _resolve(*entry)
         if name in ("ndarray", "_reconstruct"):
             return _bounded(target, self.source)
+        if name in ("bytearray", "set", "frozenset"):
+            return _from_data(target, self.source)
         return target
 
     def persistent_load(self, pid: Any) -> Any:
@@ -143,9 +164,8 @@ def restricted_loads(data: bytes, *, source: str = "<bytes>", encoding: str = "b
 
 def restricted_load(path: str | Path, *, encoding: str = "bytes") -> Any:
     """Read and unpickle the file at ``path`` with :class:`RestrictedUnpickler`."""
+    from dsd2.safe_read import read_bytes
+
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {p}: {e}") from e
+    data = read_bytes(p, max_bytes=MAX_FILE_BYTES)  # a regular file (never a FIFO or device), bounded
     return restricted_loads(data, source=str(p), encoding=encoding)

@@ -19,6 +19,7 @@ from dsd2.config import RunConfig
 from dsd2.distill.feature import HintObjective
 from dsd2.distill.teacher import KDObjective, TeacherEnsemble, load_teacher, load_teachers
 from dsd2.errors import UserError
+from dsd2.file_schemas import TeacherFile
 from dsd2.train import Source, logits_of
 
 TEACHER_JSON = "teacher.json"
@@ -97,8 +98,7 @@ def run_teaching(
         return None
     if d.self_distill:
         return Teaching(None, None, None, self_info(), None)
-    path = run_dir / TEACHER_JSON
-    recorded = store.read_json(path) if path.is_file() else None
+    recorded = _recorded_teachers(run_dir, several=d.teacher is None, count=len(d.teachers))
     checks = (cfg, data, labels)
     if d.teacher is not None:  # the single-teacher form: unchanged (a dict in teacher.json)
         model, info, masks = load_teacher(d.teacher, d.round, device=device, student=checks, recorded=recorded)
@@ -118,6 +118,26 @@ def run_teaching(
     objective = KDObjective(models, alpha=d.alpha, temperature=d.temperature, amp=cfg.train.amp, cached_logits=cached, weights=weights)
     ensemble = TeacherEnsemble(models, weights)
     return Teaching(objective, ensemble, TeacherEnsemble.masks_of(masks_list), infos, None if cached is None else 0)
+
+
+def _recorded_teachers(run_dir: Path, *, several: bool, count: int) -> Any:
+    """What teacher.json recorded when the student started (None for a fresh start). A student
+    that has started (meta.json written) must have it, with a fingerprint per teacher: a deleted
+    file or digest would otherwise switch off the check that its teacher did not change."""
+    path = run_dir / TEACHER_JSON
+    if not (run_dir / rundir.META).exists() and not path.exists():
+        return None
+    how = "Restore teacher.json from a copy of the run, or start a new student run directory"
+    if not path.exists():
+        raise UserError(
+            f"{run_dir} is a student run that has started but has no {TEACHER_JSON} (deleted?): its teacher cannot be checked. {how}"
+        )
+    recorded = store.read_json_dict(path, TeacherFile, hint=how)
+    if several != isinstance(recorded, list) or (several and len(recorded) != count):
+        raise UserError(f"{path} does not record the teacher(s) this config names (one teacher vs a list, or another count). {how}")
+    if any(not isinstance(entry.get("digest"), str) for entry in (recorded if several else [recorded])):
+        raise UserError(f"{path} lacks a teacher's fingerprint (digest): the teacher cannot be checked. {how}")
+    return recorded
 
 
 def self_info() -> dict[str, Any]:

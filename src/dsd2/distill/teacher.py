@@ -64,7 +64,7 @@ def check_consistent(tcfg: RunConfig, run_dir: Path, scfg: RunConfig, data, labe
     diffs = []
     if tcfg.dataset.name != data.name:
         diffs.append(f"dataset {tcfg.dataset.name} vs {data.name}")
-    shape = store.read_json(run_dir / "meta.json").get("data", {})
+    shape = rundir.read_meta(run_dir).get("data") or {}
     if shape.get("num_classes") not in (None, data.num_classes):
         diffs.append(f"{shape['num_classes']} vs {data.num_classes} classes")
     if shape.get("input_shape") is not None and tuple(shape["input_shape"]) != tuple(data.input_shape):
@@ -114,7 +114,7 @@ def load_teacher(
         )
     idx, col = select_teacher_round(rows, choice)
     digest = teacher_digest(run_dir, [r.round for r in rows] if choice == "best" else [idx])
-    if recorded is not None and recorded.get("digest") not in (None, digest):
+    if recorded is not None and recorded.get("digest") != digest:
         raise UserError(
             f"teacher {run_dir} changed since this student started (its labels or round files differ from the fingerprint in "
             "teacher.json): the student's rounds would mix teachers. Restore the teacher, or start a new student run directory"
@@ -174,7 +174,11 @@ def load_teachers(
     each; ``recorded``: the teacher.json list a resumed student wrote (each entry's digest is checked).
     Returns (models, infos with the normalised weight, masks), in the order given."""
     total = float(sum(spec.weight for spec in specs))
-    before = recorded if isinstance(recorded, list) and len(recorded) == len(specs) else [None] * len(specs)
+    if recorded is not None and not (isinstance(recorded, list) and len(recorded) == len(specs)):
+        raise UserError(
+            f"teacher.json records {recorded!r:.80} but the config names {len(specs)} teachers: start a new student run directory"
+        )
+    before = recorded if recorded is not None else [None] * len(specs)
     models, infos, masks = [], [], []
     for spec, rec in zip(specs, before):
         model, info, m = load_teacher(spec.run, spec.round, device=device, student=student, recorded=rec)

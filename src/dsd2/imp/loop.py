@@ -381,7 +381,7 @@ def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack, share: Share) -> RunC
 def _record_world(run_dir: Path, cfg: RunConfig) -> None:
     """meta.json's "distributed": how the latest launch split the run (a resume may use another
     world size: the sample order does not depend on it; each round's metrics.json has its own)."""
-    meta = store.read_json(run_dir / rundir.META)
+    meta = rundir.read_meta(run_dir)
     meta["distributed"] = distributed.describe(cfg.train.batch_size)
     store.write_json(run_dir / rundir.META, meta)
 

@@ -22,6 +22,7 @@ from dsd2.data.fingerprint import data_fingerprint, fingerprint_mismatch
 from dsd2.data.image_folder import resolve_workers
 from dsd2.distill.setup import run_teaching
 from dsd2.errors import UserError
+from dsd2.file_schemas import LrScale, LrStep
 from dsd2.flops import step_flops
 from dsd2.models import build_model, prunable_weights
 from dsd2.noise import FeatureSource, NoisyLabels, apply_label_noise, noise_summary
@@ -105,7 +106,7 @@ def init_seed(cfg: RunConfig) -> int:
 
 # Dataset options passed to the loaders that take them (image_folder); a non-default value for a
 # loader that does not take it is an error that names the key.
-DATASET_OPTIONS = ("image_size", "loader", "memory_budget_gb", "workers")
+DATASET_OPTIONS = ("image_size", "loader", "memory_budget_gb", "workers", "follow_links")
 
 
 def dataset_options(cfg: RunConfig) -> dict[str, Any]:
@@ -165,8 +166,8 @@ def data_meta(data: DataSplits) -> dict[str, Any]:
 
 def _check_data_matches(run_dir: Path, data: DataSplits) -> None:
     """A resumed run must read the data its finished rounds were trained on: same data path, same file list."""
-    meta = store.read_json(run_dir / rundir.META) if (run_dir / rundir.META).is_file() else {}
-    saved = meta.get("data") if isinstance(meta, dict) else None
+    meta = rundir.read_meta(run_dir) if (run_dir / rundir.META).exists() else {}
+    saved = meta.get("data")
     if not isinstance(saved, dict):
         return
     now = data_meta(data)
@@ -181,6 +182,16 @@ def _check_data_matches(run_dir: Path, data: DataSplits) -> None:
             f"the image folder's file list changed since {run_dir} started (files added, removed or renamed): its finished "
             "rounds were trained on other files. Restore the folder, or start a new run directory"
         )
+
+
+def _check_batch_fits(cfg: RunConfig, data: DataSplits, device: torch.device) -> None:
+    """Refuse a per-process batch whose activations cannot fit the device (:mod:`dsd2.memory_bound`)."""
+    from dsd2.memory_bound import check_batch_fits
+
+    with torch.device("meta"):
+        meta = build_model(cfg.model.name, **data_shape(data), **cfg.model.options)
+    per_rank = max(1, cfg.train.batch_size // distributed.world().size)
+    check_batch_fits(meta, tuple(data.input_shape), per_rank, device)
 
 
 def make_model(cfg: RunConfig, data: DataSplits, seed: int) -> nn.Module:
@@ -295,10 +306,15 @@ def lr_scale_for(run_dir: Path, round_idx: int) -> float:
     if not path.is_file():
         return 1.0
     scale = 1.0
-    for entry in store.read_json(path)["history"]:
-        if round_idx >= entry["from_round"]:
-            scale = entry["scale"]
+    for entry in _lr_history(path):
+        if round_idx >= entry.from_round:
+            scale = entry.scale
     return scale
+
+
+def _lr_history(path: Path) -> list[LrStep]:
+    hint = "it records `dsd2 resume --lr-scale`; restore it, or delete it and give --lr-scale again"
+    return store.read_json(path, LrScale, hint=hint).history
 
 
 def set_lr_scale(run_dir: Path, scale: float) -> int:
@@ -312,7 +328,7 @@ def set_lr_scale(run_dir: Path, scale: float) -> int:
     if rundir.is_complete(rundir.read_config(run_dir), from_round, run_dir):
         raise UserError(f"{run_dir} is finished: no round is left to train with a lower lr (--lr-scale changes nothing)")
     path = Path(run_dir) / LR_SCALE_FILE
-    history = store.read_json(path)["history"] if path.is_file() else []
+    history = [h.model_dump() for h in _lr_history(path)] if path.exists() else []
     history = [h for h in history if h["from_round"] < from_round] + [{"from_round": from_round, "scale": scale}]
     store.write_json(path, {"history": history})
     return from_round
@@ -405,9 +421,28 @@ def set_threads(
     return torch.get_num_threads()
 
 
-def _recorded_digest(meta: dict[str, Any]) -> str | None:
+def _recorded_digest(run_dir: Path) -> str | None:
+    """The config digest meta.json recorded when the run started (or was extended). A guard that
+    cannot be read fails closed: meta.json without a digest, or with one of the wrong type, is
+    refused; a missing meta.json only when a start was killed before writing it (nothing trained)."""
+    path = run_dir / rundir.META
+    if not path.exists():
+        trained = any(run_dir.glob("round_*"))
+        if trained:
+            raise UserError(
+                f"{run_dir} has trained rounds but no {rundir.META} (deleted?): nothing proves {rundir.CONFIG} is the config "
+                "they were trained with. Restore meta.json from a copy of the run, or start a new run directory"
+            )
+        return None
+    meta = rundir.read_meta(run_dir)
     # runs started before extensions existed recorded the digest as "config_hash" (their run id hash counted the rounds)
-    return meta.get("config_digest", meta.get("config_hash"))
+    recorded = meta["config_digest"] if "config_digest" in meta else meta.get("config_hash")
+    if not isinstance(recorded, str):
+        raise UserError(
+            f"{path} lacks the config digest (config_digest missing or not a string): nothing proves {rundir.CONFIG} is the "
+            "config the finished rounds were trained with. Restore meta.json from a copy of the run, or start a new run directory"
+        )
+    return recorded
 
 
 def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
@@ -418,8 +453,7 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
     if not (run_dir / rundir.CONFIG).exists():
         return cfg
     saved = rundir.read_config(run_dir)
-    meta = store.read_json(run_dir / rundir.META) if (run_dir / rundir.META).is_file() else {}
-    recorded = _recorded_digest(meta) if isinstance(meta, dict) else None
+    recorded = _recorded_digest(run_dir)
     if recorded is not None and saved.digest() != recorded:
         raise UserError(
             f"{run_dir / rundir.CONFIG} was edited after the run started (its hash {saved.digest()} is not the recorded "
@@ -449,7 +483,7 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
 def extend_rounds(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
     """Record that ``cfg`` asks more rounds than the run was started with: config.yaml takes the
     new count, meta.json its digest and the extension (from, to, when, by which version)."""
-    meta = store.read_json(run_dir / rundir.META)
+    meta = rundir.read_meta(run_dir)
     extension = {
         "rounds_from": saved.prune.rounds,
         "rounds_to": cfg.prune.rounds,
@@ -471,6 +505,7 @@ def prepare(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext
     _labels_file(run_dir, data, labels)
     if distributed.is_main():
         _noise_file(run_dir, cfg, data, labels)
+    _check_batch_fits(cfg, data, device)
     model = make_model(cfg, data, init_seed(cfg)).to(device)
     init_path = run_dir / "init.safetensors"
     if init_path.exists():
@@ -567,7 +602,7 @@ def checked_fingerprint(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     dataset), refused when it differs from the one ``run_dir`` or its teachers recorded: a run
     never goes on, and a student never distils, on data other than its rounds were trained on."""
     d = cfg.dataset
-    now = data_fingerprint(d.name, d.root, d.label_file)
+    now = data_fingerprint(d.name, d.root, d.label_file, follow_links=d.follow_links)
     if not now:
         return now
     recorded = _recorded_fingerprint(run_dir)

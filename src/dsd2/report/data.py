@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsd2 import rundir, store
+from dsd2 import rundir, safe_read, store
 from dsd2.errors import UserError
+from dsd2.file_schemas import EarlyStop, TeacherFile
 from dsd2.rundir import RoundRow
 
 ROLES = ("vanilla", "teacher", "student")
@@ -103,7 +104,7 @@ class RunGroup:
 
 def _read_csv_with_header(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     rows = rundir.read_table(path.parent, path.name)
-    header = path.read_text().splitlines()[:1]
+    header = safe_read.read_text(path, max_bytes=safe_read.MAX_TABLE_BYTES).splitlines()[:1]
     columns = header[0].split(",") if header else []
     return rows, columns
 
@@ -122,23 +123,24 @@ def load_run(path: str | Path) -> RunData:
     if any(r.get("sparsity") is None or r.get("round") is None for r in rows):
         raise UserError(f"{rounds} lacks the round or sparsity of some rows; it is corrupt: resume the run to rewrite it")
     config_path = rundir.config_path(path)
-    config_text = config_path.read_text() if config_path.is_file() else ""
-    config = store.read_yaml_file(config_path) if config_path.is_file() else {}
+    config_text = safe_read.read_text(config_path, max_bytes=safe_read.MAX_YAML_BYTES) if config_path.exists() else ""
+    config = safe_read.parse_yaml(config_text, source=str(config_path)) if config_path.exists() else {}
     if not isinstance(config, dict):
         raise UserError(f"{config_path} is not a mapping; it is corrupt")
-    meta_path = rundir.meta_path(path)
-    meta = store.read_json(meta_path) if meta_path.is_file() else {}
+    meta = rundir.read_meta(path) if rundir.meta_path(path).exists() else {}
     entropy_rows = rundir.read_table(path, rundir.ENTROPY_CSV) if rundir.entropy_csv_path(path).is_file() else []
     timings_path, teacher_path, early_path = rundir.timings_csv_path(path), rundir.teacher_path(path), rundir.early_stop_path(path)
-    timings = store.read_csv(timings_path) if timings_path.is_file() else []
-    teacher = store.read_json(teacher_path) if teacher_path.is_file() else None
-    early = store.read_json(early_path) if early_path.is_file() else None
+    timings = store.read_csv(timings_path) if timings_path.exists() else []
+    teacher = store.read_json_dict(teacher_path, TeacherFile) if teacher_path.exists() else None
+    early = store.read_json_dict(early_path, EarlyStop) if early_path.exists() else None
+    round_rows = [RoundRow.from_dict(r, source=rounds) for r in rows]
+    rundir.check_round_order(round_rows, rounds)
     return RunData(
         path=path,
         config=config,
         config_text=config_text,
         meta=meta if isinstance(meta, dict) else {},
-        rows=[RoundRow.from_dict(r, source=rounds) for r in rows],
+        rows=round_rows,
         columns=columns,
         entropy_rows=entropy_rows,
         timings=timings,

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from dsd2 import store
 from dsd2.errors import UserError
+from dsd2.file_schemas import SweepInfo
 from dsd2.report import figures as F
 from dsd2.report import html as H
 from dsd2.report.data import RunData, load_runs
@@ -109,10 +110,7 @@ def _summary_table(rows: list[dict[str, Any]]) -> str:
 def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
     if not (sweep_dir / "sweep.json").is_file():
         raise UserError(f"{sweep_dir} is not a sweep folder (no sweep.json): give out/<sweep name> of a `dsd2 sweep` run")
-    info = store.read_json(sweep_dir / "sweep.json")
-    if not isinstance(info, dict):
-        raise UserError(f"{sweep_dir / 'sweep.json'} is not a mapping; it is corrupt")
-    return info
+    return cast(dict[str, Any], store.read_json_dict(sweep_dir / "sweep.json", SweepInfo, hint="run the sweep again to rewrite it"))
 
 
 def sweep_runs(sweep_dir: str | Path) -> list[RunData]:

@@ -77,6 +77,21 @@ def _in_worker(worker: Worker, task: Task) -> Outcome:
 CONNECT_TIMEOUT_S = 5.0
 
 
+def host_port(address: str) -> tuple[str, int]:
+    """(host, port) of ``HOST:PORT`` (``ray://`` allowed); a UserError for anything else: an empty
+    address, a port that is not 1..65535 in ASCII digits, a host name with a label over 63 characters."""
+    usage = f"--address {address[:100]!r} is not HOST:PORT (the head's `ray start --head --port=PORT`, e.g. 10.0.0.1:6379)"
+    host, _, port = address.strip().removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
+    if not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise UserError(usage)
+    ip_like = ":" in host  # IPv6
+    labels = host.split(".")
+    if not host.isascii() or len(host) > 253 or (not ip_like and any(not 1 <= len(x) <= 63 for x in labels)):
+        raise UserError(f"{usage}: {host[:100]!r} is not a host name (labels of 1 to 63 ASCII characters)")
+    return host, int(port)
+
+
 def _check_address(address: str) -> None:
     """Refuse, in one line, an address Ray cannot use: ``ray.init`` waits minutes on an
     unreachable one before it gives up."""
@@ -84,14 +99,12 @@ def _check_address(address: str) -> None:
 
     if address == "auto":  # the cluster `ray start` left on this machine: Ray finds it or says so
         return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--address {address!r} is not HOST:PORT (the head's `ray start --head --port=PORT`, e.g. 10.0.0.1:6379)")
+    host, port = host_port(address)
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, UnicodeError, ValueError) as err:
         raise UserError(
-            f"no Ray cluster answers at {address} ({err.strerror or err}): start one with `ray start --head --port={port}` "
+            f"no Ray cluster answers at {address} ({getattr(err, 'strerror', None) or err}): start one with `ray start --head --port={port}` "
             "on that machine, or check the address and the firewall"
         ) from None
 
@@ -228,6 +241,8 @@ class RayBackend:
 
 def make_backend(name: str, resources: Resources, address: str | None = None, max_parallel: int | None = None) -> Backend:
     """The backend called ``name`` (``ray`` or ``sequential``)."""
+    if address is not None and address != "auto":
+        host_port(address)  # before anything starts: an empty --address must not start a local Ray
     if name == "ray":
         return RayBackend(resources, address, max_parallel)
     if name == "sequential":

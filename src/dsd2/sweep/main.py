@@ -89,6 +89,10 @@ def sweep_main(
     from rich.console import Console
 
     console = console or Console()
+    if address is not None and address != "auto":
+        from dsd2.sweep.backends import host_port
+
+        host_port(address)  # a malformed --address is refused before anything is read or started
     spec = load_sweep(path, list(overrides), plugins=plugins)
     cells = expand(spec)
     try:

@@ -98,6 +98,10 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
         teacher = read_config(cfg.distill.teacher)
     device = resolve_device(cfg.train.device)
     batch = cfg.train.batch_size
+    from dsd2.memory_bound import check_batch_fits
+    from dsd2.sweep.shapes import meta_model
+
+    check_batch_fits(meta_model(cfg), input_shape(cfg), batch, device)  # before a batch that cannot fit is allocated
     data = _synthetic(cfg, batch * steps, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, **model_kwargs(cfg), **cfg.model.options).to(device)

@@ -229,12 +229,12 @@ def load_sweep(
     added to the sweep's ``plugins``.
     """
     path = _sweep_file(path_or_preset)
+    from dsd2.safe_read import MAX_YAML_BYTES, read_text
+
     try:
-        data = load_yaml_text(path.read_text()) or {}
+        data = load_yaml_text(read_text(path, max_bytes=MAX_YAML_BYTES, what="sweep file"), source=str(path)) or {}
     except yaml.YAMLError as err:
         raise UserError(f"{path} is not valid YAML: {err}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read {path}: {err}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping (name:, base:, grid:, ...)")
     data, run_overrides = _apply_sweep_overrides(data, overrides, path)
