@@ -337,6 +337,7 @@ DECISIONS: dict[str, object] = {
     "noise.matrix_file": "record",
     "noise.matrix_sha256": "record",
     "noise.instance_std": ("mode", [], ["noise.kind=instance"]),
+    "noise.probe": "id",  # flips more labels: another experiment (docs/noise.md, "Memorisation probe")
     "model.name": "id",
     "model.<option>": "id",
     "train.epochs": "id",
