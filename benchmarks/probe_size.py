@@ -40,7 +40,9 @@ def memorisation_curves(curves: list[Curve]) -> list[Curve]:
 
 def probe_labels(curve: Curve, m: int, rng: np.random.Generator) -> list[str]:
     """The labels when memorisation is read off a probe of ``m`` samples."""
-    rows = [{**r, "train_acc_flipped": None, "train_acc_probe": int(rng.binomial(m, float(r["train_acc_flipped"]))) / m} for r in curve.rows]
+    rows = [
+        {**r, "train_acc_flipped": None, "train_acc_probe": int(rng.binomial(m, float(r["train_acc_flipped"]))) / m} for r in curve.rows
+    ]
     return phase_labels(rows)
 
 
@@ -73,7 +75,13 @@ def changes(curves: list[Curve], m: int | None, seeds: int, expected: dict[str, 
             changed_draws += diff > 0
             changed_rounds += diff
             wrong += not boundaries_ok(lab, expected[c.name])
-        out[c.name] = {"size": size, "draws_changed": changed_draws, "rounds_changed": changed_rounds, "rounds": len(full) * seeds, "out_of_range": wrong}
+        out[c.name] = {
+            "size": size,
+            "draws_changed": changed_draws,
+            "rounds_changed": changed_rounds,
+            "rounds": len(full) * seeds,
+            "out_of_range": wrong,
+        }
     return out
 
 
@@ -84,7 +92,12 @@ def fallback(curves: list[Curve], expected: dict[str, Any]) -> dict[str, Any]:
         full = phase_labels(c.rows)
         lab = phase_labels([{**r, "train_acc_flipped": None} for r in c.rows])
         diff = sum(a != b for a, b in zip(full, lab, strict=True))
-        out[c.name] = {"draws_changed": int(diff > 0), "rounds_changed": diff, "rounds": len(full), "out_of_range": int(not boundaries_ok(lab, expected[c.name]))}
+        out[c.name] = {
+            "draws_changed": int(diff > 0),
+            "rounds_changed": diff,
+            "rounds": len(full),
+            "out_of_range": int(not boundaries_ok(lab, expected[c.name])),
+        }
     return out
 
 

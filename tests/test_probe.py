@@ -54,7 +54,9 @@ def test_a_probe_on_soft_labels_makes_its_rows_one_hot():
     soft = torch.full((N, K), 1.0 / K)
     soft[torch.arange(N), CLEAN] = 0.5 + 0.5 / K
     soft = soft / soft.sum(1, keepdim=True)
-    out = add_probe(NoisyLabels(noisy=CLEAN.clone(), flipped=torch.empty(0, dtype=torch.long), soft=soft), CLEAN, fraction=0.01, num_classes=K, seed=0)
+    out = add_probe(
+        NoisyLabels(noisy=CLEAN.clone(), flipped=torch.empty(0, dtype=torch.long), soft=soft), CLEAN, fraction=0.01, num_classes=K, seed=0
+    )
     assert out.soft is not None and torch.equal(out.soft[out.probe].argmax(1), out.noisy[out.probe])
     assert torch.allclose(out.soft[out.probe].sum(1), torch.ones(10)) and float(out.soft[out.probe].max(1).values.min()) == 1.0
 

@@ -132,7 +132,7 @@ def memorisation(rows: Rows) -> list[float] | None:
     for col in MEMORISATION_COLUMNS:
         values = [r.get(col) for r in rows]
         if values and all(v is not None for v in values):
-            return [float(v) for v in values]
+            return [float(v) for v in values if v is not None]
     return None
 
 
