@@ -552,7 +552,7 @@ def build_report(
                 F.memorisation_figure(groups),
                 fig_dir,
                 "memorisation",
-                "Train accuracy on the noisy labels and on the flipped samples (memorisation) vs sparsity",
+                "Train accuracy on the noisy labels and on the flipped or memorisation-probe samples (memorisation) vs sparsity",
                 written,
             )
         )
