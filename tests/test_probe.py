@@ -127,7 +127,9 @@ def test_show_prints_the_probe(probe_run, capsys):
     _, run = probe_run
     assert main(["show", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "memorisation probe:" in out and "probe" in out.split("\n", 3)[2] + out
+    header = next(line for line in out.splitlines() if "round" in line and ("sparsity" in line or "spars%" in line))
+    assert "probe" in header  # the column ("probe memorised", or "probe" on a narrow terminal)
+    assert "memorisation probe: 370 more train labels flipped by dsd2 (noise.probe=0.1)" in out
 
 
 # ----------------------------------------------------------------------------- the labeller reads it
@@ -161,3 +163,16 @@ def test_the_labeller_reads_the_probe_without_known_flipped_samples():
 def test_known_flipped_samples_win_over_the_probe():
     rows = [{**r, "train_acc_probe": 0.0} for r in _rows(ACC, MEM, "train_acc_flipped")]
     assert memorisation(rows) == MEM
+
+
+def test_the_run_labeller_reads_the_probe_too():
+    from dsd2.imp.loop import label_rows
+    from dsd2.rundir import RoundRow
+
+    base = dict.fromkeys(("sparsity", "train_loss", "train_acc_noisy", "train_acc_clean", "round_pflops_dense", "round_pflops_sparse"), 0.5)
+    base |= {"alive_weights": 1, "epochs": 1, "train_pflops_dense": 1.0, "train_pflops_sparse": 1.0, "probe_acc_clean": 0.0}
+    rows = [
+        RoundRow.from_dict({**base, **r, "test_acc": r["val_acc"], "round": i}) for i, r in enumerate(_rows(ACC, MEM, "train_acc_probe"))
+    ]
+    assert "train_acc_probe" in rows[0].as_dict()
+    assert label_rows(rows, finished=True, n_eval=5001) == ["light"] * 2 + ["critical"] * 8
