@@ -481,6 +481,7 @@ RUN_PAIRS = [
     ("dataset.split_seed=5", True),
     ("dataset.split_seed=0", False),  # the run seed: the data seed it has anyway
     ("noise.kind=uniform", True),
+    ("noise.probe=0.1", True),
     ("prune.retrain=lottery", True),
     ("prune.include_classifier=false", True),
     ("train.select_epoch=best_val", True),
