@@ -64,6 +64,24 @@ def test_a_probe_on_soft_labels_makes_its_rows_one_hot():
 def test_a_probe_too_small_or_too_large_is_refused():
     with pytest.raises(UserError, match=r"noise.probe=0.0005 flips no sample of the 1000 training samples: use at least 0.001"):
         add_probe(_noisy(), CLEAN, fraction=0.0005, num_classes=K, seed=0)
+    with pytest.raises(UserError, match=r"of the 3700 training samples: use at least 0.0003$"):
+        add_probe(
+            NoisyLabels(noisy=torch.zeros(3700, dtype=torch.long), flipped=torch.empty(0, dtype=torch.long)),
+            torch.zeros(3700, dtype=torch.long),
+            fraction=0.0002,
+            num_classes=K,
+            seed=0,
+        )
+    assert (
+        add_probe(
+            NoisyLabels(noisy=torch.zeros(3700, dtype=torch.long), flipped=torch.empty(0, dtype=torch.long)),
+            torch.zeros(3700, dtype=torch.long),
+            fraction=0.0003,
+            num_classes=K,
+            seed=0,
+        ).probe.numel()
+        == 1
+    )
     with pytest.raises(UserError, match=r"asks 700 probe samples but only 600 training labels are left correct.*lower noise.probe"):
         add_probe(_noisy(), CLEAN, fraction=0.7, num_classes=K, seed=0)
 

@@ -405,7 +405,8 @@ def add_probe(labels: NoisyLabels, clean: torch.Tensor, *, fraction: float, num_
     m = probe_count(fraction, n)
     eligible = (noisy == clean).nonzero().flatten()
     if m < 1:
-        raise UserError(f"noise.probe={fraction:g} flips no sample of the {n} training samples: use at least {1 / max(n, 1):.2g}")
+        least = math.ceil(1e4 / max(n, 1)) / 1e4  # the smallest 4-decimal fraction that flips one sample
+        raise UserError(f"noise.probe={fraction:g} flips no sample of the {n} training samples: use at least {least:g}")
     if m > eligible.numel():
         raise UserError(
             f"noise.probe={fraction:g} asks {m} probe samples but only {eligible.numel()} training labels are left correct by the "
