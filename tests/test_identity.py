@@ -338,6 +338,7 @@ DECISIONS: dict[str, object] = {
     "noise.matrix_file": "record",
     "noise.matrix_sha256": "record",
     "noise.instance_std": ("mode", [], ["noise.kind=instance"]),
+    "noise.probe": "id",  # flips more labels: another experiment (docs/noise.md, "Memorisation probe")
     "model.name": "id",
     "model.<option>": "id",
     "train.epochs": "id",
@@ -481,6 +482,7 @@ RUN_PAIRS = [
     ("dataset.split_seed=5", True),
     ("dataset.split_seed=0", False),  # the run seed: the data seed it has anyway
     ("noise.kind=uniform", True),
+    ("noise.probe=0.1", True),
     ("prune.retrain=lottery", True),
     ("prune.include_classifier=false", True),
     ("train.select_epoch=best_val", True),

@@ -35,8 +35,11 @@ ROW = {
 def test_the_columns_are_the_fields_in_file_order():
     assert ROUND_COLUMNS == [f.name for f in dataclasses.fields(RoundRow)]
     # the best-epoch columns last, and only in runs that keep the best epoch (train.select_epoch=best_val)
-    assert rundir.round_columns(False) == list(ROW) and ROUND_COLUMNS == [*ROW, *rundir.BEST_COLUMNS, *rundir.CHANNEL_COLUMNS]
+    assert rundir.round_columns(False) == list(ROW)
+    assert ROUND_COLUMNS == [*ROW, *rundir.BEST_COLUMNS, *rundir.CHANNEL_COLUMNS, *rundir.PROBE_COLUMNS]
     assert rundir.round_columns(False, True) == [*ROW, "channel_sparsity"]
+    assert rundir.round_columns(False, False, True) == [*ROW, "train_acc_probe", "probe_acc_clean"]  # noise.probe only
+    assert {"train_acc_probe", "probe_acc_clean"} <= rundir.FRACTION_COLUMNS
     assert {"sparsity", "val_acc", "test_acc", "train_acc_flipped"} <= rundir.FRACTION_COLUMNS
     assert "train_loss" not in rundir.FRACTION_COLUMNS and "round_pflops_dense" not in rundir.FRACTION_COLUMNS
 

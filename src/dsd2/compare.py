@@ -120,17 +120,33 @@ def fall_tolerance(rows: Rows) -> float:
     return math.sqrt(2.0) * PhaseParams.for_eval_set(n, rows[0][selection_column(rows)]).tol
 
 
+# Where the phase labeller reads memorisation, in order of preference: the samples the run's own
+# noise flipped, else the memorisation probe's (noise.probe; docs/noise.md).
+MEMORISATION_COLUMNS = ("train_acc_flipped", "train_acc_probe")
+
+
+def memorisation(rows: Rows) -> list[float] | None:
+    """The memorisation signal of the phase labeller: the first column of
+    :data:`MEMORISATION_COLUMNS` that every round has, None when none is (no known flipped
+    sample and no probe). With noise present the probe is not read: the labels stay those of
+    the run's own flipped samples."""
+    for col in MEMORISATION_COLUMNS:
+        values = [r.get(col) for r in rows]
+        if values and all(v is not None for v in values):
+            return [float(v) for v in values if v is not None]
+    return None
+
+
 def phase_labels(rows: Rows, *, finished: bool = True) -> list[str]:
     """The phase labeller (:func:`dsd2.phases.label_phases`) on rows, its tolerance from
     :func:`eval_size`."""
     if not rows:
         return []
     col = selection_column(rows)
-    mem = [r.get("train_acc_flipped") for r in rows]
     fit = [r.get("unflipped_acc") for r in rows]
     return label_phases(
         [r[col] for r in rows],
-        memorisation=None if any(m is None for m in mem) else mem,
+        memorisation=memorisation(rows),
         fit=None if any(f is None for f in fit) else fit,
         finished=finished,
         n_eval=eval_size(rows, col),

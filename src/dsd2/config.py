@@ -160,13 +160,26 @@ class NoiseConfig(_Section):
     matrix_file: str | None = Field(None, description="Set on loading: the file noise.matrix was read from (a record; not in the run id).")
     matrix_sha256: str | None = Field(None, description="Set on loading: sha256 of that file (a record; not in the run id).")
     instance_std: float = Field(0.1, gt=0.0, description="instance: std of the truncated normal of the per-sample flip rates.")
+    probe: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Memorisation probe: the fraction of training samples whose labels dsd2 flips itself, on top of any noise or "
+        "label file, to measure memorisation where no flipped sample is otherwise known (0: none; it changes the experiment; "
+        "docs/noise.md).",
+    )
 
     @field_validator("rate", mode="before")
     @classmethod
     def _rate_not_percent(cls, v: Any) -> Any:
         return check_fraction("noise.rate", v)
 
-    @field_validator("rate")
+    @field_validator("probe", mode="before")
+    @classmethod
+    def _probe_not_percent(cls, v: Any) -> Any:
+        return check_fraction("noise.probe", v)
+
+    @field_validator("rate", "probe")
     @classmethod
     def _finite(cls, v: float) -> float:
         if v != v:

@@ -60,6 +60,9 @@ class NoisyLabels:
     noisy: torch.Tensor  # int64, same length as the clean labels
     flipped: torch.Tensor  # int64, sorted indices where noisy != clean
     soft: torch.Tensor | None = None  # N×K class probabilities when the labels are soft (noisy: their arg-max)
+    # the memorisation probe (noise.probe): sorted indices of the samples dsd2 flipped on top of the
+    # run's own noise; ``noisy`` holds their flipped labels, ``flipped`` does not list them
+    probe: torch.Tensor | None = None
 
     @property
     def realized_rate(self) -> float:
@@ -375,6 +378,50 @@ def apply_label_noise(
         raise ValueError(f"noise kind {kind!r} returned labels outside [0, {num_classes})")
     flipped = (noisy != clean).nonzero().flatten()
     return NoisyLabels(noisy=noisy.to(device), flipped=flipped.to(device))
+
+
+# The probe's draws come from their own generator, seeded from the run's seed and this stream, so
+# the run's own noise (seeded with the seed itself) draws exactly what it drew without a probe.
+PROBE_STREAM = 0x9E0BE
+
+
+def probe_count(fraction: float, n: int) -> int:
+    """Number of probe samples among ``n`` training samples: ⌊fraction·n⌋ (as :func:`noise_count`)."""
+    return noise_count(fraction, n)
+
+
+def add_probe(labels: NoisyLabels, clean: torch.Tensor, *, fraction: float, num_classes: int, seed: int) -> NoisyLabels:
+    """The memorisation probe (docs/noise.md, "Memorisation probe"): ⌊fraction·N⌋ training samples
+    drawn uniformly among those the run's own noise left correct get one of the K−1 other
+    classes, on top of ``labels``. Seeded from ``seed`` on its own stream (:data:`PROBE_STREAM`),
+    so the run's noise is unchanged; the probe is listed apart from ``flipped`` (so the usual
+    memorisation columns keep their meaning). Soft labels: a probe sample's row becomes one-hot
+    on its flipped class."""
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"noise.probe must be in (0, 1), got {fraction}")
+    clean = clean.detach().to("cpu", torch.int64)
+    noisy = labels.noisy.detach().to("cpu", torch.int64)
+    n = int(clean.numel())
+    m = probe_count(fraction, n)
+    eligible = (noisy == clean).nonzero().flatten()
+    if m < 1:
+        least = math.ceil(1e4 / max(n, 1)) / 1e4  # the smallest 4-decimal fraction that flips one sample
+        raise UserError(f"noise.probe={fraction:g} flips no sample of the {n} training samples: use at least {least:g}")
+    if m > eligible.numel():
+        raise UserError(
+            f"noise.probe={fraction:g} asks {m} probe samples but only {eligible.numel()} training labels are left correct by the "
+            "run's noise: lower noise.probe"
+        )
+    g = torch.Generator().manual_seed((int(seed) * 1_000_003 + PROBE_STREAM) % (2**63 - 1))
+    probe = eligible[torch.randperm(eligible.numel(), generator=g)[:m]].sort().values
+    out = noisy.clone()
+    out[probe] = _other_class(clean[probe], num_classes, g)
+    soft = labels.soft
+    if soft is not None:
+        soft = soft.clone()
+        soft[probe.to(soft.device)] = torch.nn.functional.one_hot(out[probe], num_classes).to(soft.dtype).to(soft.device)
+    device = labels.noisy.device
+    return NoisyLabels(noisy=out.to(device), flipped=labels.flipped, soft=soft, probe=probe.to(device))
 
 
 def noise_summary(clean: torch.Tensor, noisy: torch.Tensor, num_classes: int) -> dict[str, Any]:

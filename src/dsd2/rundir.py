@@ -167,6 +167,10 @@ class RoundRow(Mapping[str, Any]):
     best_test_acc: float | None = None
     # structured allocations only (absent otherwise): the fraction of output channels removed
     channel_sparsity: float | None = None
+    # noise.probe > 0 only (absent otherwise): the probe samples scored on their flipped labels
+    # (memorisation of the probe) and on their clean labels (docs/noise.md, "Memorisation probe")
+    train_acc_probe: float | None = None
+    probe_acc_clean: float | None = None
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any], *, source: str | Path | None = None) -> RoundRow:
@@ -203,7 +207,7 @@ class RoundRow(Mapping[str, Any]):
         return {c: getattr(self, c) for c in self._columns()}
 
     def _columns(self) -> list[str]:
-        return round_columns(self.best_epoch is not None, self.channel_sparsity is not None)
+        return round_columns(self.best_epoch is not None, self.channel_sparsity is not None, self.train_acc_probe is not None)
 
     def __getitem__(self, column: str) -> Any:
         if column not in _COLUMN_SET:
@@ -236,13 +240,14 @@ def _plausible(column: str, value: float) -> bool:
 ROUND_COLUMNS: list[str] = [f.name for f in fields(RoundRow)]
 BEST_COLUMNS = ("best_epoch", "best_val_acc", "best_test_acc")
 CHANNEL_COLUMNS = ("channel_sparsity",)
+PROBE_COLUMNS = ("train_acc_probe", "probe_acc_clean")
 BEST_STATE = "best_state.safetensors"  # a round's best-validation weights (train.select_epoch=best_val)
 
 
-def round_columns(best_epoch: bool, channels: bool = False) -> list[str]:
+def round_columns(best_epoch: bool, channels: bool = False, probe: bool = False) -> list[str]:
     """The columns rounds.csv has: the best-epoch ones only when the run keeps the best epoch,
-    channel sparsity only with a structured allocation."""
-    drop = (() if best_epoch else BEST_COLUMNS) + (() if channels else CHANNEL_COLUMNS)
+    channel sparsity only with a structured allocation, the probe's only with noise.probe."""
+    drop = (() if best_epoch else BEST_COLUMNS) + (() if channels else CHANNEL_COLUMNS) + (() if probe else PROBE_COLUMNS)
     return [c for c in ROUND_COLUMNS if c not in drop]
 
 

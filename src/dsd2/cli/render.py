@@ -91,6 +91,7 @@ _ROUND_COLS: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("sparsity %", "spars%", "sparsity", lambda v: f"{100 * v:.2f}"),
     ("train(noisy)", "noisy", "train_acc_noisy", pct),
     ("memorised", "memo", "train_acc_flipped", pct),
+    ("probe memorised", "probe", "train_acc_probe", pct),  # noise.probe runs only
     ("train(clean)", "clean", "train_acc_clean", pct),
     ("val", "val", "val_acc", pct),
     ("test", "test", "test_acc", pct),
@@ -101,6 +102,7 @@ _ROUND_COLS: list[tuple[str, str, str, Callable[[Any], str]]] = [
 _ROUND_LEGEND = {
     "noisy": "noisy: train acc on the noisy labels",
     "memo": "memo: flipped samples fitted to their noisy label (memorisation)",
+    "probe": "probe: memorisation probe samples fitted to their flipped label (noise.probe)",
     "clean": "clean: train acc on the true labels",
     "H": "H: mean activation entropy (bits)",
     "PFLOPs": "PFLOPs: cumulative training cost, measured",
@@ -187,6 +189,8 @@ def round_line(row: RoundRow, last_round: int | None, left_s: float | None, widt
     optional = []
     if row.train_acc_flipped is not None:
         optional.append(f"memorised {pct(row.train_acc_flipped)}")
+    elif row.train_acc_probe is not None:  # the probe is the memorisation signal only without known flipped samples
+        optional.append(f"probe memorised {pct(row.train_acc_probe)}")
     parts += [f"val {pct(row.val_acc) or '-'}", f"test {pct(row.test_acc)}"]
     if row.entropy is not None:
         optional.append(f"H {row.entropy:.3f}")

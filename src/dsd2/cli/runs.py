@@ -103,6 +103,12 @@ def show(run_dir: Path = typer.Argument(..., help="Run directory."), plugins: Op
             f"label noise: {noise.get('kind')}, realised rate {100 * noise['realized_rate']:.2f}% "
             f"({noise.get('num_flipped')} of {noise.get('n')} train labels changed; noise.json)"
         )
+    probe = noise.get("probe") if noise is not None else None
+    if isinstance(probe, dict):
+        render.console.print(
+            f"memorisation probe: {probe.get('num_probe')} more train labels flipped by dsd2 (noise.probe={probe.get('fraction')}); "
+            "'probe memorised' is their fit to the flipped labels"
+        )
 
 
 def _pipeline(cfg, student_cfg, out: Path, quiet: bool):

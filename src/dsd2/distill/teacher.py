@@ -73,7 +73,7 @@ def check_consistent(tcfg: RunConfig, run_dir: Path, scfg: RunConfig, data, labe
     if "train_idx" in saved and not torch.equal(saved["train_idx"], data.train_idx.cpu()):
         diffs.append("training samples (dataset.val_size / train_subset / subset seed)")
     elif labels is not None and not torch.equal(saved["noisy"], labels.noisy.cpu()):
-        diffs.append("noisy labels (noise.kind / noise.rate / seed / dataset.label_file)")
+        diffs.append("noisy labels (noise.kind / noise.rate / noise.probe / seed / dataset.label_file)")
     # None is the dataset's own normalisation, the same for both once the dataset matches
     t_norm, s_norm = (tcfg.dataset.mean, tcfg.dataset.std), (scfg.dataset.mean, scfg.dataset.std)
     if t_norm != s_norm:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dsd2 import checkpoint, distributed, rundir, store
-from dsd2.compare import decide, selection_column
+from dsd2.compare import decide, memorisation, selection_column
 from dsd2.config import RunConfig
 from dsd2.distill.setup import self_teaching
 from dsd2.imp import modes
@@ -219,10 +219,9 @@ def label_rows(rows: list[RoundRow], *, finished: bool, n_eval: int | None = Non
     if not rows:
         return []
     col = selection_column(rows)
-    mem = [r.train_acc_flipped for r in rows]
     return label_phases(
         [r[col] for r in rows],
-        memorisation=None if any(m is None for m in mem) else mem,
+        memorisation=memorisation(rows),  # the flipped samples', else the probe's (noise.probe)
         fit=[r.unflipped_acc for r in rows],
         finished=finished,
         n_eval=n_eval,
@@ -244,7 +243,7 @@ def relabel(ctx: RunContext, rounds: Rounds) -> None:
 def write_tables(ctx: RunContext, rounds: Rounds) -> None:
     """Relabel the phases over the curve so far and rewrite rounds.csv, entropy.csv and timings.csv."""
     relabel(ctx, rounds)
-    columns = rundir.round_columns(ctx.cfg.train.select_epoch == "best_val", structured_allocation(ctx.cfg))
+    columns = rundir.round_columns(ctx.cfg.train.select_epoch == "best_val", structured_allocation(ctx.cfg), ctx.labels.probe is not None)
     store.write_csv(ctx.run_dir / rundir.ROUNDS_CSV, [r.as_dict() for r in rounds.rows], columns)
     store.write_csv(ctx.run_dir / rundir.ENTROPY_CSV, rounds.entropy, rundir.ENTROPY_COLUMNS)
     store.write_csv(ctx.run_dir / rundir.TIMINGS_CSV, rounds.timings, rundir.TIMING_COLUMNS)

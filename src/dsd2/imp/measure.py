@@ -30,9 +30,11 @@ def _evaluate(ctx: RunContext) -> dict[str, Any]:
     d = ctx.data
     tb = ctx.train_batches
     pred = predict_classes(ctx, tb)
-    flipped = ctx.labels.flipped
+    flipped, probe = ctx.labels.flipped, ctx.labels.probe
     keep = torch.ones(d.train_y.numel(), dtype=torch.bool)
     keep[flipped] = False
+    if probe is not None:  # the probe's labels are flipped too: not part of the clean fit
+        keep[probe] = False
     out: dict[str, Any] = {
         "train_acc_noisy": accuracy(pred, ctx.labels.noisy),
         "train_acc_clean": accuracy(pred, d.train_y),
@@ -40,6 +42,9 @@ def _evaluate(ctx: RunContext) -> dict[str, Any]:
         "flipped_acc_clean": accuracy(pred, d.train_y, flipped),
         "unflipped_acc": accuracy(pred, d.train_y, keep.nonzero().squeeze(1)),
     }
+    if probe is not None:  # the memorisation probe (noise.probe): its columns only when it is on
+        out["train_acc_probe"] = accuracy(pred, ctx.labels.noisy, probe)
+        out["probe_acc_clean"] = accuracy(pred, d.train_y, probe)
     for split, y in (("val", d.val_y), ("test", d.test_y)):
         out[f"{split}_acc"] = accuracy(predict_classes(ctx, ctx.split(split)), y)
     return out

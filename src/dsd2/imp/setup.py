@@ -25,7 +25,7 @@ from dsd2.errors import UserError
 from dsd2.file_schemas import LrScale, LrStep
 from dsd2.flops import step_flops
 from dsd2.models import build_model, prunable_weights
-from dsd2.noise import FeatureSource, NoisyLabels, apply_label_noise, noise_summary
+from dsd2.noise import FeatureSource, NoisyLabels, add_probe, apply_label_noise, noise_summary
 from dsd2.prune import (
     Masks,
     add_slimming_penalty,
@@ -200,8 +200,13 @@ def make_model(cfg: RunConfig, data: DataSplits, seed: int) -> nn.Module:
 
 
 def noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
-    if cfg.dataset.label_file:
-        return _human_noisy_labels(cfg, data)
+    labels = _human_noisy_labels(cfg, data) if cfg.dataset.label_file else _synthetic_noisy_labels(cfg, data)
+    if cfg.noise.probe:  # the memorisation probe: flipped on top of the run's own noise (docs/noise.md)
+        labels = add_probe(labels, data.train_y, fraction=cfg.noise.probe, num_classes=data.num_classes, seed=cfg.seed)
+    return labels
+
+
+def _synthetic_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
     return apply_label_noise(
         data.train_y,
         kind=cfg.noise.kind,
@@ -261,9 +266,11 @@ def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
     tensors = {"clean": data.train_y, "noisy": labels.noisy, "flipped": labels.flipped, "train_idx": data.train_idx}
     if labels.soft is not None:  # only then: the files of hard-label runs stay as they were
         tensors["soft"] = labels.soft
+    if labels.probe is not None:  # likewise: only runs with a memorisation probe list it
+        tensors["probe"] = labels.probe
     if path.exists():
         saved = store.load_tensors(path)
-        for key in ("clean", "noisy", "flipped", *(["soft"] if "soft" in tensors else [])):
+        for key in ("clean", "noisy", "flipped", *(k for k in ("soft", "probe") if k in tensors)):
             if key not in saved or not torch.equal(saved[key], tensors[key].cpu()):
                 raise UserError(
                     f"{path} does not match the labels this config produces ({key} differs): it was edited, or the data or noise "
@@ -277,7 +284,19 @@ def _noise_file(run_dir: Path, cfg: RunConfig, data: DataSplits, labels: NoisyLa
     """``noise.json``: the noise asked for and what it did to the train labels (realised rate,
     per-class flip rates, clean→noisy confusion counts); rewritten on every start (a pure
     function of the labels, which labels.safetensors pins)."""
-    summary = noise_summary(data.train_y, labels.noisy, data.num_classes)
+    # the summary is of the run's own noise; the probe's flips are recorded apart (docs/noise.md)
+    own = labels.noisy
+    probe: dict[str, Any] | None = None
+    if labels.probe is not None:
+        own = labels.noisy.clone()
+        own[labels.probe] = data.train_y[labels.probe.to(data.train_y.device)].to(own.device)
+        probe = {
+            "fraction": cfg.noise.probe,
+            "num_probe": int(labels.probe.numel()),
+            "seed": cfg.seed,
+            "indices": "labels.safetensors: probe",
+        }
+    summary = noise_summary(data.train_y, own, data.num_classes)
     asked: dict[str, Any] = {"kind": cfg.noise.kind, "rate": cfg.noise.rate}
     if cfg.dataset.label_file:
         asked = {"kind": "human", "label_file": cfg.dataset.label_file, "label_key": cfg.dataset.label_key}
@@ -294,7 +313,10 @@ def _noise_file(run_dir: Path, cfg: RunConfig, data: DataSplits, labels: NoisyLa
         asked["instance_std"] = cfg.noise.instance_std
     elif cfg.noise.kind == "asymmetric" and cfg.noise.class_map is not None:
         asked["class_map"] = cfg.noise.class_map
-    store.write_json(run_dir / rundir.NOISE, {**asked, "class_names": list(data.class_names) if data.class_names else None, **summary})
+    record = {**asked, "class_names": list(data.class_names) if data.class_names else None, **summary}
+    if probe is not None:  # only then: noise.json of runs without a probe stays as it was
+        record["probe"] = probe
+    store.write_json(run_dir / rundir.NOISE, record)
 
 
 LR_SCALE_FILE = "lr_scale.json"

@@ -350,12 +350,17 @@ def _mark_teachers(ax: Axes, groups: Sequence[RunGroup]) -> None:
 
 def memorisation_figure(runs: Any, *, phases_from: RunData | None = None, title: str | None = None) -> Figure:
     """Train accuracy on the noisy labels (solid) and on the flipped samples w.r.t. their noisy
-    labels, i.e. memorisation of the noise (dashed), vs sparsity."""
+    labels, i.e. memorisation of the noise (dashed), vs sparsity; with a memorisation probe
+    (noise.probe) also the probe samples w.r.t. their flipped labels (dotted)."""
     return _curves_figure(
         runs,
-        [("train_acc_noisy", "-", "noisy train", None), ("train_acc_flipped", "--", "flipped (memorised)", None)],
+        [
+            ("train_acc_noisy", "-", "noisy train", None),
+            ("train_acc_flipped", "--", "flipped (memorised)", None),
+            ("train_acc_probe", ":", "probe (memorised)", None),
+        ],
         ylabel="train accuracy (%)",
-        title=title or "Fit of the noisy labels (solid) and memorisation of the flipped samples (dashed)",
+        title=title or "Fit of the noisy labels (solid) and memorisation of the flipped (dashed) or probe (dotted) samples",
         phases_from=phases_from,
     )
 

@@ -447,6 +447,9 @@ def _noise_block(noise: dict[str, Any]) -> str:
     head = f"Label noise (noise.json): {noise.get('kind')}, realised rate " + (
         f"{100 * rate:.2f}% ({noise.get('num_flipped')} of {noise.get('n')} train labels)" if isinstance(rate, (int, float)) else "?"
     )
+    probe = noise.get("probe")
+    if isinstance(probe, dict):  # the memorisation probe's flips, apart from the run's own noise
+        head += f"; memorisation probe: {probe.get('num_probe')} more train labels flipped by dsd2 (noise.probe={probe.get('fraction')})"
     conf = noise.get("confusion")
     if not isinstance(conf, list) or not conf:
         return f"<p>{esc(head)}</p>"
@@ -517,7 +520,8 @@ _PHASE_DEFINITIONS = (
     '<li><span class="phase-undetermined">undetermined</span>: an unfinished curve cannot decide it yet.</li>'
     '</ul><p class="note">Tolerance: twice the binomial standard error of the validation accuracy, at least 1 point. '
     "Without a memorisation signal (no known flipped samples, or a net that never memorised: a DSD² student) the labels "
-    "come from the accuracy curve alone.</p></details>"
+    "come from the accuracy curve alone; a run with a memorisation probe (noise.probe) and no other known flipped samples "
+    "reads memorisation off the probe.</p></details>"
 )
 
 
@@ -542,13 +546,13 @@ def build_report(
             written,
         )
     )
-    if any(r.has("train_acc_noisy") or r.has("train_acc_flipped") for r in runs):
+    if any(r.has("train_acc_noisy") or r.has("train_acc_flipped") or r.has("train_acc_probe") for r in runs):
         figs.append(
             figure_block(
                 F.memorisation_figure(groups),
                 fig_dir,
                 "memorisation",
-                "Train accuracy on the noisy labels and on the flipped samples (memorisation) vs sparsity",
+                "Train accuracy on the noisy labels and on the flipped or memorisation-probe samples (memorisation) vs sparsity",
                 written,
             )
         )
