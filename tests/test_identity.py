@@ -298,6 +298,14 @@ def test_run_on_a_finished_run_says_so_before_the_table(tmp_path, capsys):
     assert "showing it" not in capsys.readouterr().out
 
 
+def test_the_finished_note_counts_one_round_in_the_singular(tmp_path):
+    from dsd2 import rundir
+
+    cfg = tiny_config("prune.rounds=1")
+    run_dir = imp.run(cfg, tmp_path)
+    assert rundir.finished_note(cfg, run_dir).endswith(", 1 round; showing it")
+
+
 # ----------------------------------------------------------------------------- the decision table
 #
 # Every config field, and what the run id does with it. A field added to the schema without a

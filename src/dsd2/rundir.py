@@ -306,7 +306,8 @@ def finished_note(cfg: RunConfig, run_dir: str | Path) -> str | None:
     from datetime import UTC, datetime
 
     when = datetime.fromtimestamp((round_dir(path, done[-1]) / MANIFEST).stat().st_mtime, UTC)
-    return f"finished on {when:%Y-%m-%d %H:%M} UTC, {done[-1]} rounds; showing it"
+    rounds = f"{done[-1]} round" + ("" if done[-1] == 1 else "s")
+    return f"finished on {when:%Y-%m-%d %H:%M} UTC, {rounds}; showing it"
 
 
 EARLY_STOP = "early_stop.json"
