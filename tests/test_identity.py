@@ -275,6 +275,13 @@ def test_run_dir_overrides_are_used_or_refused_naming_them(tmp_path, capsys):
     assert "train.lr would change the numbers" in err and "config.yaml train.lr=0.5" in err
     assert main(["run", str(run_dir), "distill.alpha=0.5", "-q"]) == 2
     assert "distill.alpha: not read by the run" in capsys.readouterr().err
+    # top-level keys: one line each, no traceback; the folder keeps its name
+    assert main(["run", str(run_dir), "name=other", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "name names the run directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["run", str(run_dir), "plugins=[os]", "-q"]) == 2
+    assert "plugins: not read by the run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [run_dir.name]
     assert main(["run", str(run_dir), "train.eval_batch_size=77", "-q"]) == 0
     text = capsys.readouterr().out
     assert "finished on " in text and ", 2 rounds; showing it" in text
