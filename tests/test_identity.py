@@ -561,3 +561,29 @@ def test_a_gradual_run_with_the_default_window_never_takes_an_earlier_schemes_fo
     assert config_hash(default) != config_hash(default, version=3)
     explicit = tiny_config("prune.schedule=gradual", "prune.gradual_end=2")
     assert config_hash(explicit) == config_hash(explicit, version=3)
+
+
+def test_an_earlier_schemes_gradual_folder_is_only_shown(tmp_path):
+    """An old default-window gradual run (its folder and meta.json name the third scheme's hash):
+    the same config finds neither it by id nor by its saved config (a new folder trains), and by
+    its directory it is shown when finished but never resumed or extended."""
+    from dsd2 import rundir, store
+    from dsd2.errors import UserError
+
+    cfg = tiny_config("prune.schedule=gradual", "train.epochs=2", "prune.rounds=1", "entropy.enabled=false")
+    made = imp.run(cfg, tmp_path / "made")
+    old = tmp_path / "out" / f"{cfg.name}-{config_hash(cfg, version=3)}"
+    old.parent.mkdir()
+    shutil.move(made, old)
+    meta = store.read_json(old / "meta.json")
+    store.write_json(old / "meta.json", {**meta, "config_hash": config_hash(cfg, version=3)})
+    assert rundir.run_dir_for(cfg, old.parent) == old.parent / cfg.run_id()
+    assert (
+        rundir.run_dir_for(tiny_config("prune.schedule=gradual", "train.epochs=2", "prune.rounds=2", "entropy.enabled=false"), old.parent)
+        != old
+    )
+    assert imp.run(cfg, old.parent, run_dir=old) == old  # finished: shown
+    with pytest.raises(UserError, match="gradual run started before gradual pruning left the last quarter") as err:
+        imp.run(tiny_config("prune.schedule=gradual", "train.epochs=2", "prune.rounds=2", "entropy.enabled=false"), old.parent, run_dir=old)
+    assert "prune.gradual_end=1" in str(err.value) and "\n" not in str(err.value)
+    assert [r["round"] for r in store.read_csv(old / "rounds.csv")] == [0, 1]

@@ -244,8 +244,8 @@ def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
 def _older_run_to_extend(cfg: RunConfig, out: Path) -> Path | None:
     """A run of an earlier version with the same config but another prune.rounds: its id
     counted the rounds, so only its saved config can tell (read for this name's folders only)."""
-    if not out.is_dir():
-        return None
+    if not out.is_dir() or (cfg.prune.schedule == "gradual" and cfg.prune.gradual_end is None):
+        return None  # an earlier version's gradual run with this config pruned until the last epoch: other numbers
     for candidate in sorted(out.glob(f"{cfg.name}-*")):
         if not (candidate / CONFIG).is_file():
             continue
