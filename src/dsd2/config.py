@@ -256,6 +256,9 @@ class ModelConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+MAX_THREADS = 1024  # train.threads: more than any CPU has, far below what the OpenMP runtime survives
+
+
 class TrainConfig(_Section):
     epochs: int = Field(160, ge=1, description="Epochs per IMP round (the schedule scales with it).")
     batch_size: int = Field(128, ge=1)
@@ -280,10 +283,11 @@ class TrainConfig(_Section):
         "after a one-time compile; not bitwise equal to eager mode, so left out of the run id like the device.",
     )
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs (CUDA and CPU).")
-    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    # at most MAX_THREADS: 100000 crashed the process inside OpenMP (a segfault, no message), 20000 aborted it
+    threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | Literal["auto"] = Field(
         "auto",
         description="torch CPU threads of a CPU run. auto: 1 for models whose training step is too small to gain from more, "
-        "else the usable cores shared among the runs side by side, fewer when the machine is busy (null reads as auto).",
+        f"else the usable cores shared among the runs side by side, fewer when the machine is busy (null reads as auto); at most {MAX_THREADS}.",
     )
     tensorboard: bool = Field(
         False, description="Also log per-epoch and per-round scalars to <run dir>/tensorboard (pip install tensorboard)."
@@ -302,6 +306,8 @@ class TrainConfig(_Section):
     @field_validator("threads", mode="before")
     @classmethod
     def _threads_none_is_auto(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and not 1 <= v <= MAX_THREADS:  # one line, not one per union member
+            raise ValueError(f"train.threads={v} is not between 1 and {MAX_THREADS}: give at most the cores you have, or auto")
         return "auto" if v is None else v
 
     @field_validator("milestones", mode="before")
