@@ -53,6 +53,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+MAX_WORKERS = 256  # dataset.workers: each is a process holding its own copy of the decoder state
+
+
 class DatasetConfig(_Section):
     name: str = Field("cifar10", description="Registered dataset: cifar10, cifar100, fashion_mnist, mnist1d, image_folder.")
     root: str | None = Field(
@@ -107,15 +110,17 @@ class DatasetConfig(_Section):
     memory_budget_gb: float = Field(
         4.0, gt=0.0, description="image_folder, loader=auto: largest decoded set (N x 3 x image_size^2 bytes, GB = 1e9) kept in memory."
     )
-    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+    workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] | Literal["auto"] = Field(
         "auto",
         description="image_folder: DataLoader worker processes that decode images (0: in the training process; auto: the usable "
-        "cores less one, at most 8). Results do not depend on it.",
+        f"cores less one, at most 8; at most {MAX_WORKERS}). Results do not depend on it.",
     )
 
     @field_validator("workers", mode="before")
     @classmethod
     def _workers_none_is_auto(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_WORKERS:  # a typo must not fork 10000 processes
+            raise ValueError(f"dataset.workers={v} is not between 0 and {MAX_WORKERS}: give a few per core, or auto")
         return "auto" if v is None else v
 
     @model_validator(mode="after")
