@@ -219,3 +219,14 @@ def test_a_run_the_floor_blocks_stops_with_a_clear_error_and_keeps_its_rounds(tm
     assert [r["round"] for r in store.read_csv(run_dir / "rounds.csv")] == [0, 1, 2]
     masks = store.load_tensors(store.round_dir(run_dir, 2) / "masks.safetensors")
     assert [int(alive_rows(m).sum()) for m in masks.values()] == [1, 1]
+
+
+def test_a_floor_above_every_layers_width_says_at_most_and_how_to_export(tmp_path):
+    """16-channel layers under prune.min_channels=100 were never "down to" 100: the error says
+    "at most", names the floor as a fix, and says how to use the rounds that finished."""
+    cfg = tiny_config("prune.allocation=channel", "prune.include_classifier=false", "prune.min_channels=100", "prune.rounds=1")
+    with pytest.raises(UserError) as err:
+        imp.run(cfg, tmp_path)
+    text = str(err.value)
+    assert "has at most prune.min_channels=100 output channel(s) left" in text and "down to" not in text
+    assert "--round N" in text and "lower prune.min_channels" in text and "\n" not in text

@@ -178,7 +178,8 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, capsys):
 
     monkeypatch.setattr("dsd2.config.load_config", interrupted)
     assert main(["run", "tiny_mnist1d"]) == 130
-    assert "resume with `dsd2 resume RUN_DIR`" in capsys.readouterr().err
+    # interrupted while loading its config: no run directory was printed or made
+    assert "interrupted before any run started: nothing to resume" in capsys.readouterr().err
 
 
 def test_pipeline_says_which_teacher_round_it_chose(tmp_path, capsys):
@@ -299,6 +300,20 @@ def test_help_shows_no_bool_placeholder_and_every_command_takes_plugin(capsys):
         assert "<bool>" not in text, args
         if args[0] != "--help":
             assert "--plugin" in text, args
+
+
+def test_the_command_list_wraps_at_the_terminal_not_at_docstring_breaks(monkeypatch, capsys):
+    """`dsd2 --help` at 80 columns: a description continues on the next line only where the
+    line is full (models, stop-rules and report broke after a few words where their docstrings did)."""
+    group, commands = _all_commands()
+    assert all("\n" not in c.help.replace("\n\n", "") for c in commands.values())
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["--help"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("│")]
+    cells = [ln[1:-1].rstrip() for ln in lines]
+    # a row continued below (no command name) breaks only where the next word would not fit
+    ragged = [a for a, b in zip(cells, cells[1:]) if b.startswith(" " * 13) and len(a) + 1 + len(b.split()[0]) <= len(cells[0]) - 1]
+    assert not ragged, ragged
 
 
 def test_run_on_a_run_directory_resumes_without_restarting_the_round(tiny_run, capsys):

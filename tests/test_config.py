@@ -206,3 +206,26 @@ def test_a_key_given_twice_is_refused(tmp_path):
     path.write_text("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.5\n")
     with pytest.raises(UserError, match="key 'lr' is given twice"):
         load_config(path)
+
+
+@pytest.mark.parametrize("threads", [0, -1, 100000])
+def test_thread_counts_outside_1_to_1024_are_one_line_refusals(threads):
+    """100000 threads crashed the process inside OpenMP (segfault, nothing said); an existing
+    run's override goes through the same check (rundir.with_overrides validates)."""
+    from dsd2.config import MAX_THREADS
+
+    with pytest.raises(UserError) as err:
+        load_config("tiny_mnist1d", [f"train.threads={threads}"])
+    lines = [ln for ln in str(err.value).splitlines() if ln.strip().startswith("train.threads")]
+    assert len(lines) == 1 and f"not between 1 and {MAX_THREADS}" in lines[0]
+    assert load_config("tiny_mnist1d", [f"train.threads={MAX_THREADS}"]).train.threads == MAX_THREADS
+
+
+@pytest.mark.parametrize("workers", [-1, 100000])
+def test_worker_counts_outside_0_to_256_are_one_line_refusals(workers):
+    from dsd2.config import MAX_WORKERS
+
+    with pytest.raises(UserError) as err:
+        load_config(None, ["dataset.name=image_folder", "dataset.root=/nowhere", f"dataset.workers={workers}"])
+    lines = [ln for ln in str(err.value).splitlines() if ln.strip().startswith("dataset.workers")]
+    assert len(lines) == 1 and f"not between 0 and {MAX_WORKERS}" in lines[0]

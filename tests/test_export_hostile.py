@@ -281,7 +281,7 @@ def _linked_figures(tmp: Path) -> Path:
 @pytest.mark.parametrize(
     "make, needle",
     [
-        (_user_index, "index.html was not written by dsd2"),
+        (_user_index, "index.html is listed by no .dsd2-report.json"),
         (_user_figure, "accuracy.png was not written by dsd2"),
         (_planted_report, "index.html was not written by dsd2"),
         (_linked_figures, "not a folder dsd2 made"),
@@ -319,6 +319,19 @@ def test_report_rewrites_its_own_files_and_keeps_the_users(tiny_run, tmp_path, c
     before = snapshot(tmp_path)
     assert _report(tiny_run, d) == 2
     one_line_error(capsys, "index.html was not written by dsd2")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_report_from_before_the_listing_is_refused_saying_why(tiny_run, tmp_path, capsys):
+    """A folder an earlier dsd2 wrote (index.html and figures, no .dsd2-report.json): kept as it
+    is, and the refusal says why instead of calling dsd2's own page foreign."""
+    d = tmp_path / "report"
+    assert _report(tiny_run, d) == 0
+    (d / ".dsd2-report.json").unlink()  # what a report before the listing left
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    assert _report(tiny_run, d) == 2
+    one_line_error(capsys, "is listed by no .dsd2-report.json (a report made before dsd2 listed its files")
     assert snapshot(tmp_path) == before
 
 

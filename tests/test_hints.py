@@ -37,6 +37,10 @@ def test_ctrl_c_names_the_run_to_resume(tmp_path, monkeypatch, capsys):
     # a pipeline resumes by running the same command again; the state does not leak into the next command
     assert main(["pipeline", "tiny_mnist1d", *TINY, "--out", str(tmp_path), "-q"]) == 130
     assert "resume with the same `dsd2 pipeline` command" in capsys.readouterr().err
+    # a sweep resumes by running the same command again (finished cells are skipped)
+    monkeypatch.setattr("dsd2.sweep.sweep_main", interrupted)
+    assert main(["sweep", "whatever.yaml", "--out", str(tmp_path)]) == 130
+    assert "resume with the same `dsd2 sweep` command" in capsys.readouterr().err
 
 
 def test_a_run_resumed_from_an_epoch_checkpoint_says_so(tiny, tmp_path, monkeypatch, capsys):

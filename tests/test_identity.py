@@ -275,6 +275,13 @@ def test_run_dir_overrides_are_used_or_refused_naming_them(tmp_path, capsys):
     assert "train.lr would change the numbers" in err and "config.yaml train.lr=0.5" in err
     assert main(["run", str(run_dir), "distill.alpha=0.5", "-q"]) == 2
     assert "distill.alpha: not read by the run" in capsys.readouterr().err
+    # top-level keys: one line each, no traceback; the folder keeps its name
+    assert main(["run", str(run_dir), "name=other", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "name names the run directory" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["run", str(run_dir), "plugins=[os]", "-q"]) == 2
+    assert "plugins: not read by the run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [run_dir.name]
     assert main(["run", str(run_dir), "train.eval_batch_size=77", "-q"]) == 0
     text = capsys.readouterr().out
     assert "finished on " in text and ", 2 rounds; showing it" in text
@@ -296,6 +303,14 @@ def test_run_on_a_finished_run_says_so_before_the_table(tmp_path, capsys):
     assert first.startswith("finished on ") and first.endswith(", 2 rounds; showing it")
     assert main([*args, "prune.rounds=3"]) == 0  # an extension trains: no note
     assert "showing it" not in capsys.readouterr().out
+
+
+def test_the_finished_note_counts_one_round_in_the_singular(tmp_path):
+    from dsd2 import rundir
+
+    cfg = tiny_config("prune.rounds=1")
+    run_dir = imp.run(cfg, tmp_path)
+    assert rundir.finished_note(cfg, run_dir).endswith(", 1 round; showing it")
 
 
 # ----------------------------------------------------------------------------- the decision table
@@ -549,3 +564,29 @@ def test_a_gradual_run_with_the_default_window_never_takes_an_earlier_schemes_fo
     assert config_hash(default) != config_hash(default, version=3)
     explicit = tiny_config("prune.schedule=gradual", "prune.gradual_end=2")
     assert config_hash(explicit) == config_hash(explicit, version=3)
+
+
+def test_an_earlier_schemes_gradual_folder_is_only_shown(tmp_path):
+    """An old default-window gradual run (its folder and meta.json name the third scheme's hash):
+    the same config finds neither it by id nor by its saved config (a new folder trains), and by
+    its directory it is shown when finished but never resumed or extended."""
+    from dsd2 import rundir, store
+    from dsd2.errors import UserError
+
+    cfg = tiny_config("prune.schedule=gradual", "train.epochs=2", "prune.rounds=1", "entropy.enabled=false")
+    made = imp.run(cfg, tmp_path / "made")
+    old = tmp_path / "out" / f"{cfg.name}-{config_hash(cfg, version=3)}"
+    old.parent.mkdir()
+    shutil.move(made, old)
+    meta = store.read_json(old / "meta.json")
+    store.write_json(old / "meta.json", {**meta, "config_hash": config_hash(cfg, version=3)})
+    assert rundir.run_dir_for(cfg, old.parent) == old.parent / cfg.run_id()
+    assert (
+        rundir.run_dir_for(tiny_config("prune.schedule=gradual", "train.epochs=2", "prune.rounds=2", "entropy.enabled=false"), old.parent)
+        != old
+    )
+    assert imp.run(cfg, old.parent, run_dir=old) == old  # finished: shown
+    with pytest.raises(UserError, match="gradual run started before gradual pruning left the last quarter") as err:
+        imp.run(tiny_config("prune.schedule=gradual", "train.epochs=2", "prune.rounds=2", "entropy.enabled=false"), old.parent, run_dir=old)
+    assert "prune.gradual_end=1" in str(err.value) and "\n" not in str(err.value)
+    assert [r["round"] for r in store.read_csv(old / "rounds.csv")] == [0, 1]

@@ -36,6 +36,21 @@ def test_run_prints_a_line_per_round_by_default_and_nothing_with_progress_false(
     assert _ours(capsys.readouterr().err) == []
 
 
+def test_progress_false_prints_nothing_even_on_a_busy_machine(tmp_path, monkeypatch, capsys):
+    """The busy-machine line is output too: progress=False (a notebook, a script) gets none of it;
+    a later run with progress still says it once."""
+    from dsd2 import threads
+
+    monkeypatch.setattr(threads, "_warned", False)
+    monkeypatch.setattr(threads, "load_average", lambda: 99.0)
+    dsd2.run("tiny_mnist1d", [*TINY, "seed=2"], out=tmp_path, progress=False)
+    dsd2.pipeline("tiny_mnist1d", [*TINY, "seed=3", "prune.rounds=1"], out=tmp_path, progress=False)
+    out = capsys.readouterr()
+    assert out.err == "" and out.out == ""
+    dsd2.run("tiny_mnist1d", [*TINY, "seed=4"], out=tmp_path)
+    assert capsys.readouterr().err.count("machine busy") == 1
+
+
 def test_pipeline_prints_each_stage(tmp_path, capsys):
     dsd2.pipeline("tiny_mnist1d", [*TINY, "prune.rounds=1"], out=tmp_path)
     err = capsys.readouterr().err

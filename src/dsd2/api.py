@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dsd2 import imp, rundir
+from dsd2 import imp, rundir, threads
 from dsd2.compare import Outcome
 from dsd2.exporting import ExportResult, load_exported
 from dsd2.exporting import export_run as export
@@ -74,7 +74,8 @@ def run(
     round_cb, epoch_cb, text = callbacks(progress, on_round, label=cfg.name, last_round=cfg.prune.rounds)
     if text is not None:
         text.say(f"run directory: {target or rundir.run_dir_for(cfg, Path(out))}")
-    path = imp.run(cfg, out, run_dir=target, on_round=round_cb, progress=epoch_cb)
+    with threads.silent(not progress):  # progress=False prints nothing, not even the busy-machine line
+        path = imp.run(cfg, out, run_dir=target, on_round=round_cb, progress=epoch_cb)
     return result(path)
 
 

@@ -52,7 +52,7 @@ NoiseKindName = Annotated[str, AfterValidator(registry.NOISE_MODELS.canonical)]
 # one is a typo or hostile, refused with the key's name before anything is allocated.
 MAX_IMAGE_SIDE = 4096
 MAX_BATCH = 1 << 16
-MAX_THREADS = 1024
+MAX_THREADS = 1024  # train.threads: more than any CPU has, far below what the OpenMP runtime survives
 MAX_WORKERS = 256
 MAX_MODEL_NUMBER = 10_000_000  # any numeric model option (a width, depth, patch size...)
 
@@ -60,6 +60,9 @@ MAX_MODEL_NUMBER = 10_000_000  # any numeric model option (a width, depth, patch
 class _Section(BaseModel):
     # Unknown keys are typos; inf and NaN are never a valid rate, lr, temperature or statistic.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+MAX_WORKERS = 256  # dataset.workers: each is a process holding its own copy of the decoder state
 
 
 class DatasetConfig(_Section):
@@ -120,7 +123,7 @@ class DatasetConfig(_Section):
     workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] | Literal["auto"] = Field(
         "auto",
         description="image_folder: DataLoader worker processes that decode images (0: in the training process; auto: the usable "
-        "cores less one, at most 8). Results do not depend on it.",
+        f"cores less one, at most 8; at most {MAX_WORKERS}). Results do not depend on it.",
     )
 
     follow_links: bool = Field(
@@ -132,6 +135,8 @@ class DatasetConfig(_Section):
     @field_validator("workers", mode="before")
     @classmethod
     def _workers_none_is_auto(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_WORKERS:  # a typo must not fork 10000 processes
+            raise ValueError(f"dataset.workers={v} is not between 0 and {MAX_WORKERS}: give a few per core, or auto")
         return "auto" if v is None else v
 
     @model_validator(mode="after")
@@ -357,10 +362,11 @@ class TrainConfig(_Section):
         "after a one-time compile; not bitwise equal to eager mode, so left out of the run id like the device.",
     )
     channels_last: bool = Field(True, description="channels_last memory format for 4-D inputs (CUDA and CPU).")
+    # at most MAX_THREADS: 100000 crashed the process inside OpenMP (a segfault, no message), 20000 aborted it
     threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] | Literal["auto"] = Field(
         "auto",
         description="torch CPU threads of a CPU run. auto: 1 for models whose training step is too small to gain from more, "
-        "else the usable cores shared among the runs side by side, fewer when the machine is busy (null reads as auto).",
+        f"else the usable cores shared among the runs side by side, fewer when the machine is busy (null reads as auto); at most {MAX_THREADS}.",
     )
     tensorboard: bool = Field(
         False, description="Also log per-epoch and per-round scalars to <run dir>/tensorboard (pip install tensorboard)."
@@ -379,6 +385,8 @@ class TrainConfig(_Section):
     @field_validator("threads", mode="before")
     @classmethod
     def _threads_none_is_auto(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and not 1 <= v <= MAX_THREADS:  # one line, not one per union member
+            raise ValueError(f"train.threads={v} is not between 1 and {MAX_THREADS}: give at most the cores you have, or auto")
         return "auto" if v is None else v
 
     @field_validator("milestones", mode="before")

@@ -390,8 +390,9 @@ def _drop_capped(scores: torch.Tensor, eligible: torch.Tensor, layer: torch.Tens
 def _floor_blocked(requested: int, removed: int, min_channels: int) -> None:
     if requested > 0 and removed == 0:
         raise UserError(
-            f"no channel can be removed: every pruned layer is down to prune.min_channels={min_channels} output channel(s). "
-            "The finished rounds are the curve; for more rounds start a new run with a lower prune.rate or fewer layers "
+            f"no channel can be removed: every pruned layer has at most prune.min_channels={min_channels} output channel(s) "
+            "left. The finished rounds are the curve (`dsd2 export RUN_DIR --round N` exports one of them; resuming stops "
+            "here again); for more rounds start a new run with a lower prune.min_channels or prune.rate, or fewer layers "
             "pruned (prune.include / prune.exclude)"
         )
 

@@ -275,8 +275,8 @@ def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
 def _older_run_to_extend(cfg: RunConfig, out: Path) -> Path | None:
     """A run of an earlier version with the same config but another prune.rounds: its id
     counted the rounds, so only its saved config can tell (read for this name's folders only)."""
-    if not out.is_dir():
-        return None
+    if not out.is_dir() or (cfg.prune.schedule == "gradual" and cfg.prune.gradual_end is None):
+        return None  # an earlier version's gradual run with this config pruned until the last epoch: other numbers
     for candidate in sorted(out.glob(f"{cfg.name}-*")):
         if not (candidate / CONFIG).is_file():
             continue
@@ -311,13 +311,17 @@ def with_overrides(run_dir: str | Path, overrides: list[str]) -> RunConfig:
             f"{', '.join(changed)} would change the numbers of the run in {run_dir}: start a new run with "
             f"`dsd2 run {Path(run_dir) / CONFIG} {' '.join(overrides)}`"
         )
+    if cfg.name != saved.name:  # the folder is named after it: a run directory keeps its name
+        raise UserError(
+            f"name names the run directory {run_dir}, which keeps its name; to run these settings under another name "
+            f"start a new run with `dsd2 run {Path(run_dir) / CONFIG} {' '.join(overrides)}`"
+        )
     usable = {f"{s}.{k}" for s, k in EXECUTION_FIELDS} | {"prune.rounds"}
     saved_all, now_all = saved.resolved(), cfg.resolved()
     unread = []
     for item in overrides:
         key = item.partition("=")[0].strip()
-        section, _, rest = key.partition(".")
-        if key not in usable and saved_all.get(section, {}).get(rest) != now_all.get(section, {}).get(rest):
+        if key not in usable and _dotted(saved_all, key) != _dotted(now_all, key):
             unread.append(key)
     if unread:
         raise UserError(
@@ -325,6 +329,13 @@ def with_overrides(run_dir: str | Path, overrides: list[str]) -> RunConfig:
             "e.g. distill.* without a teacher): leave it out, or start a new run with that choice"
         )
     return cfg
+
+
+def _dotted(data: Any, key: str) -> Any:
+    """The value at ``key`` ("train.lr", "seed", "model") in nested ``data``; None when absent."""
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 def finished_note(cfg: RunConfig, run_dir: str | Path) -> str | None:
@@ -337,7 +348,8 @@ def finished_note(cfg: RunConfig, run_dir: str | Path) -> str | None:
     from datetime import UTC, datetime
 
     when = datetime.fromtimestamp((round_dir(path, done[-1]) / MANIFEST).stat().st_mtime, UTC)
-    return f"finished on {when:%Y-%m-%d %H:%M} UTC, {done[-1]} rounds; showing it"
+    rounds = f"{done[-1]} round" + ("" if done[-1] == 1 else "s")
+    return f"finished on {when:%Y-%m-%d %H:%M} UTC, {rounds}; showing it"
 
 
 EARLY_STOP = "early_stop.json"

@@ -183,6 +183,7 @@ def run_study(
     from dsd2.progress import callbacks
     from dsd2.rundir import run_dir_for
     from dsd2.runs import as_config, result
+    from dsd2.threads import silent
 
     def stage(cfg: RunConfig, o: str | Path, **_: Any) -> Path:
         if run_stage is not None:
@@ -190,7 +191,8 @@ def run_study(
         round_cb, epoch_cb, text = callbacks(progress, on_round, label=cfg.name, last_round=cfg.prune.rounds)
         if text is not None:
             text.say(f"run directory: {run_dir_for(cfg, Path(o))}")
-        return imp.run(cfg, o, on_round=round_cb, progress=epoch_cb)
+        with silent(not progress):  # progress=False prints nothing, not even the busy-machine line
+            return imp.run(cfg, o, on_round=round_cb, progress=epoch_cb)
 
     scfg = as_config(student, overrides) if student is not None else None
     s = run_pipeline(as_config(config, overrides), scfg, out=out, run=stage)

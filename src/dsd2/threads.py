@@ -16,9 +16,12 @@ machine is busy. The rule:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 # Measured by benchmarks/threads_threshold.py (benchmarks/results/threads_threshold.json): the
@@ -103,6 +106,18 @@ class Share:
 
 
 _warned = False  # the busy-machine line is said once per process
+# A Python caller that asked for no output (dsd2.run/pipeline with progress=False) gets no busy line.
+_silent: ContextVar[bool] = ContextVar("dsd2_threads_silent", default=False)
+
+
+@contextlib.contextmanager
+def silent(on: bool = True) -> Iterator[None]:
+    """Inside, :func:`resolve_threads` prints nothing when ``on`` (the choice is still recorded in timings.csv)."""
+    token = _silent.set(on)
+    try:
+        yield
+    finally:
+        _silent.reset(token)
 
 
 def resolve_threads(step_flops: float, *, share: Share = Share(), loader_workers: int = 0) -> ThreadChoice:
@@ -116,7 +131,7 @@ def resolve_threads(step_flops: float, *, share: Share = Share(), loader_workers
         loader_workers=loader_workers,
         cap=share.cap,
     )
-    if choice.busy and not _warned:
+    if choice.busy and not _warned and not _silent.get():
         _warned = True
         print(choice.busy_message(), file=sys.stderr, flush=True)
     return choice

@@ -7,6 +7,7 @@ The commands live by area (``runs``, ``explore``, ``results``, ``sweep``), what 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -84,8 +85,16 @@ _COMMANDS: list[tuple[str, Callable[..., Any]]] = [
     ("report", results.report),
     ("export", results.export_cmd),
 ]
+
+
+def _flowed(doc: str | None) -> str:
+    """A docstring with each paragraph on one line: rich help keeps a docstring's line breaks, which
+    broke `dsd2 --help`'s command list raggedly at 80 columns; the terminal wraps it instead."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(doc or "").split("\n\n"))
+
+
 for _name, _fn in _COMMANDS:
-    app.command(_name, cls=_Command)(_fn)
+    app.command(_name, cls=_Command, help=_flowed(_fn.__doc__))(_fn)
 
 
 def main(argv: list[str] | None = None) -> int:

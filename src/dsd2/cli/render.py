@@ -33,9 +33,12 @@ RESUME: dict[str, str | None] = {"how": None}
 
 
 def interrupted_message() -> str:
-    """The Ctrl-C message, naming the run (or the command) that continues what was started."""
-    how = RESUME["how"] or "`dsd2 resume RUN_DIR` (the run directory printed at the start)"
-    return f"interrupted: finished rounds are kept; resume with {how}"
+    """The Ctrl-C message, naming the run (or the command) that continues what was started; before
+    a command has started any run (loading its config, or a command that trains nothing) there is
+    nothing to resume, and no run directory was printed to point at."""
+    if RESUME["how"] is None:
+        return "interrupted before any run started: nothing to resume"
+    return f"interrupted: finished rounds are kept; resume with {RESUME['how']}"
 
 
 def pct(v: Any) -> str:

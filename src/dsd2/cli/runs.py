@@ -78,6 +78,7 @@ def resume(
     """Resume an interrupted run from its last finished round (or epoch checkpoint)."""
     from dsd2 import imp, rundir, store
 
+    render.RESUME["how"] = f"`dsd2 resume {shlex.quote(str(run_dir))}`"
     load_plugins(plugins)
     cfg = rundir.read_config(run_dir)
     if lr_scale is not None:

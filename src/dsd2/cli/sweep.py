@@ -55,6 +55,7 @@ def sweep(
     from dsd2.sweep import sweep_main
     from dsd2.sweep.measure import DEFAULT_STEPS
 
+    render.RESUME["how"] = "the same `dsd2 sweep` command (finished cells are skipped, unfinished ones resume)"
     code = sweep_main(
         path,
         overrides or [],

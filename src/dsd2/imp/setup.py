@@ -483,6 +483,8 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
             "(`dsd2 run CONFIG`), extend it with more rounds (`dsd2 run CONFIG prune.rounds=N`), or, to retry a diverged "
             "run with a lower learning rate, `dsd2 resume RUN_DIR --lr-scale 0.1`"
         )
+    meta = rundir.read_meta(run_dir) if (run_dir / rundir.META).exists() else {}
+    _refuse_earlier_gradual_window(run_dir, saved, cfg, meta)
     if saved.run_id() != cfg.run_id():
         differ = ", ".join(differing_settings(saved, cfg)) or "name"
         raise UserError(
@@ -500,6 +502,25 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
             "trained. To go on past the stop, run the same config with early_stop.rule=none (a new run)"
         )
     return cfg
+
+
+def _refuse_earlier_gradual_window(run_dir: Path, saved: RunConfig, cfg: RunConfig, meta: dict[str, Any]) -> None:
+    """A gradual run with prune.gradual_end unset that an earlier scheme started (its recorded id
+    hash is not today's, which hashes the new window) pruned until the last epoch; today's default
+    leaves the last quarter to train. Its rounds stay readable (show, export, report), but training
+    more of them, by resuming or extending it, would mix the two schedules in one curve."""
+    if saved.prune.schedule != "gradual" or saved.prune.gradual_end is not None or meta.get("config_hash") == config_hash(saved):
+        return
+    done = len(rundir.finished_rounds(run_dir))
+    if done and rundir.is_complete(saved, done, run_dir) and cfg.prune.rounds <= saved.prune.rounds:
+        return  # nothing to train: it is only shown
+    last = max(0, saved.train.epochs - 1)
+    raise UserError(
+        f"{run_dir} is a gradual run started before gradual pruning left the last quarter of the epochs to train (its "
+        "rounds pruned until the last epoch): more rounds would prune on another schedule. Show, export or report it as "
+        f"it is; to train a curve start a new run: `dsd2 run {run_dir / rundir.CONFIG}` (today's window) or add "
+        f"prune.gradual_end={last} (the old one)"
+    )
 
 
 def extend_rounds(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:

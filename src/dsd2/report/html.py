@@ -12,6 +12,7 @@ import base64
 import html
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -637,6 +638,12 @@ def publish_report(out: Path, page_for: Callable[[Path], str]) -> Path:
     write (index.html, figures/*) is never replaced; everything else in ``out`` stays."""
     outdir.check_target(out)
     ours = _earlier_report(out) if out.is_dir() else set()
+    index = out / "index.html"
+    if os.path.lexists(index) and not os.path.lexists(out / REPORT_LISTING):  # say why, not "not dsd2's"
+        raise UserError(
+            f"{index} is listed by no {REPORT_LISTING} (a report made before dsd2 listed its files, or a page of "
+            f"your own): a report replaces only files it listed; move {out} away or give another -o"
+        )
     outdir.refuse_taken(out, ["index.html", REPORT_LISTING], ours, _WHY_TAKEN)  # before the figures are drawn
     with outdir.staging(out) as tmp:
         F.write_public(tmp / "index.html", page_for(tmp).encode("utf-8"))
