@@ -197,7 +197,7 @@ def _data_info(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
         reg = dict(DATASETS.metadata(cfg.dataset.name))
     except (KeyError, ValueError):  # a plugin's dataset that is not imported here
         reg = {}
-    source = "meta.json" if data.get("mean") is not None else None
+    source = rundir.META if data.get("mean") is not None else None
     if source is None and cfg.dataset.mean is not None:
         data["mean"], data["std"], source = list(cfg.dataset.mean), list(cfg.dataset.std or []), "config"
     if source is None and reg.get("mean") is not None:
@@ -293,7 +293,7 @@ def _prepare_target(out: Path, run_dir: Path, force: bool, names: list[str]) -> 
 def _read_meta(run_dir: Path) -> dict[str, Any]:
     """meta.json through the one validation layer (regular file, size, depth, schema: a FIFO
     would block the read, a directory or a list would end in a traceback)."""
-    path = run_dir / rundir.META
+    path = rundir.meta_path(run_dir)
     if not os.path.lexists(path):
         raise UserError(f"{path} is missing: {run_dir} is not a dsd2 run directory (or is incomplete)")
     meta = rundir.read_meta(run_dir)
