@@ -199,17 +199,9 @@ def run_dir_file_names() -> set[str]:
     return names | set(rundir.ROUND_FILES)
 
 
-# Modules that still spell a run-directory file (edited elsewhere when the path functions came;
-# move each to a ``rundir.*_path`` function and drop it here). The list may only shrink.
-FILE_NAME_LITERALS_LEFT = {
-    "dsd2.distill.setup": {"teacher.json"},
-    "dsd2.distill.teacher": {"labels.safetensors"},
-    "dsd2.exporting": {"meta.json"},
-    "dsd2.imp.hooks": {"init.safetensors", "rewind.safetensors"},
-    "dsd2.imp.loop": {"state.safetensors", "masks.safetensors", "early_stop.json"},
-    "dsd2.imp.modes": {"init.safetensors", "rewind.safetensors", "state.safetensors"},
-    "dsd2.imp.setup": {"labels.safetensors", "lr_scale.json", "init.safetensors", "teacher.json"},
-}
+# Modules that may still spell a run-directory file: none left (every module names its files through
+# a ``rundir.*_path`` function or constant). The list may only shrink.
+FILE_NAME_LITERALS_LEFT: dict[str, set[str]] = {}
 
 
 def file_name_literals(source: str, names: set[str]) -> list[tuple[int, str]]:

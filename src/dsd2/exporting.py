@@ -197,7 +197,7 @@ def _data_info(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
         reg = dict(DATASETS.metadata(cfg.dataset.name))
     except (KeyError, ValueError):  # a plugin's dataset that is not imported here
         reg = {}
-    source = "meta.json" if data.get("mean") is not None else None
+    source = rundir.META if data.get("mean") is not None else None
     if source is None and cfg.dataset.mean is not None:
         data["mean"], data["std"], source = list(cfg.dataset.mean), list(cfg.dataset.std or []), "config"
     if source is None and reg.get("mean") is not None:
@@ -293,7 +293,7 @@ def _prepare_target(out: Path, run_dir: Path, force: bool, names: list[str]) -> 
 def _read_meta(run_dir: Path) -> dict[str, Any]:
     """meta.json through the one validation layer (regular file, size, depth, schema: a FIFO
     would block the read, a directory or a list would end in a traceback)."""
-    path = run_dir / rundir.META
+    path = rundir.meta_path(run_dir)
     if not os.path.lexists(path):
         raise UserError(f"{path} is missing: {run_dir} is not a dsd2 run directory (or is incomplete)")
     meta = rundir.read_meta(run_dir)
@@ -347,22 +347,11 @@ def export_run(
     _check_config_unchanged(run_dir, cfg, meta)
     rows = rundir.read_finished(run_dir).rows  # every finished round's manifest checked: a tampered run stops here
     idx, selection = select_round(run_dir, round, cfg, rows)
-    if epoch not in ("last", "best_val"):
-        raise UserError(f"--epoch {epoch!r}: give last or best_val")
-    if epoch == "best_val" and rows[idx].best_epoch is None:
-        raise UserError(f"round {idx} of {run_dir} kept only its last epoch: --epoch best_val needs a run with train.select_epoch=best_val")
-    if structured and compressed:
-        raise UserError("--structured writes smaller dense tensors, --compressed packs the zeros of dense ones: choose one")
+    _check_options(run_dir, idx, rows[idx], epoch=epoch, structured=structured, compressed=compressed)
     ours = _prepare_target(out, run_dir, force, [MODEL_JSON, WEIGHTS] + ([ONNX] if onnx else []))
     if onnx:
         _check_onnx_available()
-    model, masks, _ = rundir.load_round_model(run_dir, idx)
-    if epoch == "best_val":  # the round's best-validation epoch: same masks, other weights
-        best = rundir.round_dir(run_dir, idx) / rundir.BEST_STATE
-        rundir.load_state(model, store.load_tensors(best), best)
-    model.eval()
-    state = fold_masks(model.state_dict(), masks)
-    model.load_state_dict(state, strict=True)  # what was saved is what the ONNX file and the check see
+    model, masks, state = _round_model(run_dir, idx, epoch)
     data = _data_info(run_dir, cfg)
     probe = torch.randn((8, *data["input_shape"]), generator=torch.Generator().manual_seed(0))
     macs = shrink.inference_macs(model, probe)
@@ -370,8 +359,66 @@ def export_run(
     if structured:
         small, report = shrink.shrink(model, probe)
         shrunk = {**report.as_dict(), "shapes": shrink.module_shapes(small)}
-    row = rows[idx]
-    info: dict[str, Any] = {
+    info = _model_info(run_dir, cfg, meta, idx, rows[idx], selection, epoch=epoch, masks=masks, data=data, macs=macs, compressed=compressed)
+    dense_meta = {"dsd2_format": DENSE}
+    dense_bytes = _safetensors_bytes(state, dense_meta)
+    if shrunk is not None:
+        info["structured"] = shrunk
+        model, state = small, small.state_dict()
+    files, max_diff = _write_export(
+        out, ours, model, state, masks, info, compressed=compressed, onnx=onnx, dense_meta=dense_meta, dense_bytes=dense_bytes
+    )
+    return ExportResult(
+        dir=out,
+        round=idx,
+        selected_by=selection["selected_by"],
+        sparsity=info["sparsity"],
+        files=files,
+        dense_bytes=dense_bytes,
+        weights_bytes=files[WEIGHTS],
+        onnx_max_abs_diff=max_diff,
+        info=info,
+    )
+
+
+def _check_options(run_dir: Path, idx: int, row: rundir.RoundRow, *, epoch: str, structured: bool, compressed: bool) -> None:
+    """Refuse an --epoch the round cannot give, and --structured with --compressed."""
+    if epoch not in ("last", "best_val"):
+        raise UserError(f"--epoch {epoch!r}: give last or best_val")
+    if epoch == "best_val" and row.best_epoch is None:
+        raise UserError(f"round {idx} of {run_dir} kept only its last epoch: --epoch best_val needs a run with train.select_epoch=best_val")
+    if structured and compressed:
+        raise UserError("--structured writes smaller dense tensors, --compressed packs the zeros of dense ones: choose one")
+
+
+def _round_model(run_dir: Path, idx: int, epoch: str) -> tuple[nn.Module, Masks, dict[str, torch.Tensor]]:
+    """The round's model in eval mode with its masks folded into the weights, the masks, and that state."""
+    model, masks, _ = rundir.load_round_model(run_dir, idx)
+    if epoch == "best_val":  # the round's best-validation epoch: same masks, other weights
+        best = rundir.best_state_path(run_dir, idx)
+        rundir.load_state(model, store.load_tensors(best), best)
+    model.eval()
+    state = fold_masks(model.state_dict(), masks)
+    model.load_state_dict(state, strict=True)  # what was saved is what the ONNX file and the check see
+    return model, masks, state
+
+
+def _model_info(
+    run_dir: Path,
+    cfg: RunConfig,
+    meta: dict[str, Any],
+    idx: int,
+    row: rundir.RoundRow,
+    selection: dict[str, Any],
+    *,
+    epoch: str,
+    masks: Masks,
+    data: dict[str, Any],
+    macs: dict[str, Any],
+    compressed: bool,
+) -> dict[str, Any]:
+    """model.json as far as the round tells it (the files and their sizes are added when written)."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "dsd2": __version__,
@@ -381,7 +428,7 @@ def export_run(
         **data,
         "round": idx,
         **selection,
-        "epoch": "last" if epoch == "last" else {"best_val": rows[idx].best_epoch},
+        "epoch": "last" if epoch == "last" else {"best_val": row.best_epoch},
         "accuracy": {k: v for k, v in row.items() if k.endswith("_acc") or "_acc_" in k},
         "sparsity": sparsity(masks),
         "alive_weights": count_alive(masks),
@@ -399,15 +446,27 @@ def export_run(
             "run_name": cfg.name,
             "seed": cfg.seed,
             "git_commit": meta.get("git_commit"),
-            "config_sha256": store.sha256_file(run_dir / rundir.CONFIG),
+            "config_sha256": store.sha256_file(rundir.config_path(run_dir)),
             "round": _manifest_hashes(run_dir, idx),
         },
     }
-    dense_meta = {"dsd2_format": DENSE}
-    dense_bytes = _safetensors_bytes(state, dense_meta)
-    if shrunk is not None:
-        info["structured"] = shrunk
-        model, state = small, small.state_dict()
+
+
+def _write_export(
+    out: Path,
+    ours: set[str],
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    masks: Masks,
+    info: dict[str, Any],
+    *,
+    compressed: bool,
+    onnx: bool,
+    dense_meta: dict[str, str],
+    dense_bytes: int,
+) -> tuple[dict[str, int], float | None]:
+    """Write the weights (and model.onnx) into a staging folder, then model.json listing them,
+    and publish the folder as ``out``: (file name -> size, the ONNX check's max difference)."""
     max_diff = None
     with outdir.staging(out) as tmp:
         if compressed:
@@ -430,17 +489,7 @@ def export_run(
         store.write_json(tmp / MODEL_JSON, info)
         files[MODEL_JSON] = (tmp / MODEL_JSON).stat().st_size
         outdir.publish(tmp, out, ours, listing=MODEL_JSON, why=_WHY_TAKEN)
-    return ExportResult(
-        dir=out,
-        round=idx,
-        selected_by=selection["selected_by"],
-        sparsity=info["sparsity"],
-        files=files,
-        dense_bytes=dense_bytes,
-        weights_bytes=files[WEIGHTS],
-        onnx_max_abs_diff=max_diff,
-        info=info,
-    )
+    return files, max_diff
 
 
 # ----------------------------------------------------------------------------- ONNX

@@ -400,20 +400,9 @@ def train(
     so the averaged gradient is that of the global batch's mean loss. The epoch log is summed
     over the ranks: identical on every rank.
     """
-    device = data.device
-    w = world()
-    n = data.num_rows
-    learned = getattr(objective, "parameters", None)  # a loss with weights of its own (feature distillation's adapter)
-    opt = make_optimizer([*model.parameters(), *(learned() if learned is not None else [])], schedule)
-    logs: list[EpochLog] = []
-    start = schedule.start_epoch
-    if resume is not None:
-        opt.load_state_dict(resume.optimizer_state)
-        _match_param_layout(opt)
-        generator.set_state(resume.generator_state)
-        logs = [EpochLog(**log) for log in resume.logs]
-        start = resume.next_epoch
-    net: Callable[[torch.Tensor], torch.Tensor] = wrap(model, device)  # the model itself for one process
+    opt = _make_optimizer(model, objective, schedule)
+    logs, start = _resume(opt, generator, resume) if resume is not None else ([], schedule.start_epoch)
+    net: Callable[[torch.Tensor], torch.Tensor] = wrap(model, data.device)  # the model itself for one process
     if compile_model:  # forward and backward through torch.compile; the weights stay the model's own
         net = torch.compile(net)
     model.train()
@@ -421,43 +410,8 @@ def train(
         lr = schedule.lr_at(epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        # first step of the epoch with a non-finite loss, tracked on the device (no sync per step)
-        step = torch.zeros((), device=device, dtype=torch.long)
-        first_bad = torch.full((), -1, device=device, dtype=torch.long)
-        batches = data.epoch(generator, batch_size, (w.rank, w.size)) if w.distributed else data.epoch(generator, batch_size)
-        for k, (xb, idx) in enumerate(batches):
-            yb = data.y[idx]
-            with autocast_for(device, amp):
-                logits = net(xb)
-            loss = objective(logits, yb, xb, idx)
-            real, backward_loss = idx.numel(), loss
-            if w.distributed:
-                count = min(batch_size, n - k * batch_size)
-                real = step_rows(count, w.rank, w.size)[2]
-                # DDP averages the ranks' gradients; weighting each rank's mean by its share makes
-                # that average the gradient of the global batch's mean loss (factor 1 for equal shares)
-                backward_loss = loss * (real * w.size / count)
-            opt.zero_grad(set_to_none=True)
-            backward_loss.backward()
-            opt.step()
-            if masks is not None and weights is not None:
-                apply_masks(weights, masks)
-            loss_sum += loss.detach() * real
-            correct += (logits.detach().argmax(1)[:real] == yb[:real]).sum()
-            step += 1
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
-        if w.distributed:
-            loss_sum, correct, first_bad = _reduce_epoch(loss_sum, correct, first_bad, step)
-        mean_loss = float(loss_sum) / n  # one sync per epoch
-        if not math.isfinite(mean_loss):
-            raise TrainingDiverged(
-                f"training diverged at epoch {epoch + 1}, step {int(first_bad)} of {int(step)}: the loss became {mean_loss}. "
-                "Finished rounds and the last epoch checkpoint are kept; retry from the last good state "
-                "with a lower lr: dsd2 resume RUN_DIR --lr-scale 0.1"
-            )
-        log = EpochLog(epoch=epoch + 1, lr=lr, loss=mean_loss, acc=int(correct) / n)
+        sums = _train_epoch(net, data, opt, objective, generator, batch_size, masks, weights, amp)
+        log = _epoch_log(epoch, lr, sums, data.num_rows)
         logs.append(log)
         if on_epoch_end is not None:
             on_epoch_end(log, model)
@@ -465,6 +419,90 @@ def train(
             checkpoint(epoch + 1, opt, logs)
     _check_finite_weights(model)
     return logs
+
+
+def _make_optimizer(model: nn.Module, objective: Objective, schedule: Schedule) -> torch.optim.Optimizer:
+    learned = getattr(objective, "parameters", None)  # a loss with weights of its own (feature distillation's adapter)
+    return make_optimizer([*model.parameters(), *(learned() if learned is not None else [])], schedule)
+
+
+def _resume(opt: torch.optim.Optimizer, generator: torch.Generator, resume: EpochState) -> tuple[list[EpochLog], int]:
+    """Restore an epoch checkpoint's optimiser and generator state: its epoch log and the next epoch."""
+    opt.load_state_dict(resume.optimizer_state)
+    _match_param_layout(opt)
+    generator.set_state(resume.generator_state)
+    return [EpochLog(**log) for log in resume.logs], resume.next_epoch
+
+
+@dataclass
+class _EpochSums:
+    """One epoch's totals, kept on the device (one sync per epoch): the loss summed over samples,
+    the correct predictions, the steps, and the first step with a non-finite loss (-1: none)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    steps: torch.Tensor
+    first_bad: torch.Tensor
+
+
+def _train_epoch(
+    net: Callable[[torch.Tensor], torch.Tensor],
+    data: Source,
+    opt: torch.optim.Optimizer,
+    objective: Objective,
+    generator: torch.Generator,
+    batch_size: int,
+    masks: Mapping[str, torch.Tensor] | None,
+    weights: Mapping[str, torch.Tensor] | None,
+    amp: bool,
+) -> _EpochSums:
+    """One pass over ``data`` (this rank's slice of every batch in a data-parallel job), the masks
+    re-applied after every step; the sums are over all ranks."""
+    device = data.device
+    w = world()
+    n = data.num_rows
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    # first step of the epoch with a non-finite loss, tracked on the device (no sync per step)
+    step = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    batches = data.epoch(generator, batch_size, (w.rank, w.size)) if w.distributed else data.epoch(generator, batch_size)
+    for k, (xb, idx) in enumerate(batches):
+        yb = data.y[idx]
+        with autocast_for(device, amp):
+            logits = net(xb)
+        loss = objective(logits, yb, xb, idx)
+        real, backward_loss = idx.numel(), loss
+        if w.distributed:
+            count = min(batch_size, n - k * batch_size)
+            real = step_rows(count, w.rank, w.size)[2]
+            # DDP averages the ranks' gradients; weighting each rank's mean by its share makes
+            # that average the gradient of the global batch's mean loss (factor 1 for equal shares)
+            backward_loss = loss * (real * w.size / count)
+        opt.zero_grad(set_to_none=True)
+        backward_loss.backward()
+        opt.step()
+        if masks is not None and weights is not None:
+            apply_masks(weights, masks)
+        loss_sum += loss.detach() * real
+        correct += (logits.detach().argmax(1)[:real] == yb[:real]).sum()
+        step += 1
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+    if w.distributed:
+        loss_sum, correct, first_bad = _reduce_epoch(loss_sum, correct, first_bad, step)
+    return _EpochSums(loss_sum, correct, step, first_bad)
+
+
+def _epoch_log(epoch: int, lr: float, sums: _EpochSums, n: int) -> EpochLog:
+    """The epoch's log line; a non-finite mean loss stops the round (:class:`TrainingDiverged`)."""
+    mean_loss = float(sums.loss_sum) / n  # one sync per epoch
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch + 1}, step {int(sums.first_bad)} of {int(sums.steps)}: the loss became {mean_loss}. "
+            "Finished rounds and the last epoch checkpoint are kept; retry from the last good state "
+            "with a lower lr: dsd2 resume RUN_DIR --lr-scale 0.1"
+        )
+    return EpochLog(epoch=epoch + 1, lr=lr, loss=mean_loss, acc=int(sums.correct) / n)
 
 
 def _reduce_epoch(

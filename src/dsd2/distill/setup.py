@@ -22,8 +22,6 @@ from dsd2.errors import UserError
 from dsd2.file_schemas import TeacherFile
 from dsd2.train import Source, logits_of
 
-TEACHER_JSON = "teacher.json"
-
 
 @dataclass
 class Teaching:
@@ -124,13 +122,13 @@ def _recorded_teachers(run_dir: Path, *, several: bool, count: int) -> Any:
     """What teacher.json recorded when the student started (None for a fresh start). A student
     that has started (meta.json written) must have it, with a fingerprint per teacher: a deleted
     file or digest would otherwise switch off the check that its teacher did not change."""
-    path = run_dir / TEACHER_JSON
-    if not (run_dir / rundir.META).exists() and not path.exists():
+    path = rundir.teacher_path(run_dir)
+    if not rundir.meta_path(run_dir).exists() and not path.exists():
         return None
     how = "Restore teacher.json from a copy of the run, or start a new student run directory"
     if not path.exists():
         raise UserError(
-            f"{run_dir} is a student run that has started but has no {TEACHER_JSON} (deleted?): its teacher cannot be checked. {how}"
+            f"{run_dir} is a student run that has started but has no {rundir.TEACHER} (deleted?): its teacher cannot be checked. {how}"
         )
     recorded = store.read_json_dict(path, TeacherFile, hint=how)
     if several != isinstance(recorded, list) or (several and len(recorded) != count):

@@ -52,7 +52,7 @@ def _teacher_state(run_dir: Path, rounds_configured: int) -> tuple[list[rundir.R
 def teacher_digest(run_dir: Path, rounds: list[int]) -> str:
     """Fingerprint of what a student learns from: the teacher's noisy labels and the manifests
     (checksums of weights, masks and metrics) of ``rounds``."""
-    h = hashlib.sha256(store.sha256_file(run_dir / "labels.safetensors").encode())
+    h = hashlib.sha256(store.sha256_file(rundir.labels_path(run_dir)).encode())
     for i in rounds:
         h.update(store.sha256_file(rundir.round_dir(run_dir, i) / rundir.MANIFEST).encode())
     return h.hexdigest()
@@ -69,7 +69,7 @@ def check_consistent(tcfg: RunConfig, run_dir: Path, scfg: RunConfig, data, labe
         diffs.append(f"{shape['num_classes']} vs {data.num_classes} classes")
     if shape.get("input_shape") is not None and tuple(shape["input_shape"]) != tuple(data.input_shape):
         diffs.append(f"input shape {tuple(shape['input_shape'])} vs {tuple(data.input_shape)} (dataset.image_size)")
-    saved = store.load_tensors(run_dir / "labels.safetensors")
+    saved = store.load_tensors(rundir.labels_path(run_dir))
     if "train_idx" in saved and not torch.equal(saved["train_idx"], data.train_idx.cpu()):
         diffs.append("training samples (dataset.val_size / train_subset / subset seed)")
     elif labels is not None and not torch.equal(saved["noisy"], labels.noisy.cpu()):

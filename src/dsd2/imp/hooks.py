@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dsd2 import distributed, store
+from dsd2 import distributed, rundir, store
 from dsd2.errors import UserError
 from dsd2.imp.measure import predict_classes
 from dsd2.imp.setup import RunContext, state_dict_cpu
@@ -45,11 +45,11 @@ class RewindSnapshot(Hook):
 
     def __init__(self, run_dir: Path, epoch: int):
         self.run_dir, self.epoch = run_dir, epoch
-        self.path = run_dir / "rewind.safetensors"
+        self.path = rundir.rewind_path(run_dir)
 
     def round_start(self, round_idx: int) -> None:
         if round_idx == 0 and self.epoch == 0:  # epoch 0 is the initialisation
-            store.save_tensors(self.path, store.load_tensors(self.run_dir / "init.safetensors"))
+            store.save_tensors(self.path, store.load_tensors(rundir.init_path(self.run_dir)))
 
     def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
         if round_idx == 0 and log.epoch == self.epoch:

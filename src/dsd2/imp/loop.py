@@ -72,9 +72,10 @@ def resume_rounds(ctx: RunContext) -> Rounds:
     done = rundir.read_finished(ctx.run_dir)
     masks = full_masks(ctx.weights)
     if done.rows:
-        last = rundir.round_dir(ctx.run_dir, done.rows[-1].round)
-        load_state(ctx.model, store.load_tensors(last / "state.safetensors"), last / "state.safetensors")
-        saved = store.load_tensors(last / "masks.safetensors")
+        last = done.rows[-1].round
+        state = rundir.round_state_path(ctx.run_dir, last)
+        load_state(ctx.model, store.load_tensors(state), state)
+        saved = store.load_tensors(rundir.round_masks_path(ctx.run_dir, last))
         masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
     return Rounds(done.rows, done.entropy, done.timings, masks)
 
@@ -193,8 +194,8 @@ def save_round(
     and drop its epoch checkpoint. ``best_state``: the best-validation epoch's weights
     (``train.select_epoch=best_val``), checksummed in the manifest beside the others."""
     rd = rundir.round_dir(ctx.run_dir, row.round)  # made by the first write, which refuses a link there
-    store.save_tensors(rd / "state.safetensors", state_dict_cpu(ctx.model))
-    store.save_tensors(rd / "masks.safetensors", masks)
+    store.save_tensors(rd / rundir.STATE, state_dict_cpu(ctx.model))
+    store.save_tensors(rd / rundir.MASKS, masks)
     adapter = _adapter_state(ctx)
     if adapter is not None:  # feature distillation: the round's trained adapter, beside (not in) the student's state
         store.save_tensors(rd / "adapter.safetensors", adapter)
@@ -261,7 +262,7 @@ def stop_decision(cfg: RunConfig, rows: list[RoundRow]):
 def _write_early_stop(ctx: RunContext, rows: list[RoundRow]) -> None:
     decision = stop_decision(ctx.cfg, rows)
     if decision is not None:
-        store.write_json(ctx.run_dir / "early_stop.json", {"rule": ctx.cfg.early_stop.rule, **_as_dict(decision)})
+        store.write_json(rundir.early_stop_path(ctx.run_dir), {"rule": ctx.cfg.early_stop.rule, **_as_dict(decision)})
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

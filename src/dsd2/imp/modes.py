@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,9 +52,9 @@ class RetrainMode:
     hooks: Callable[[RunContext], list[Hook]] | None = None
 
 
-def _load_run_file(name: str) -> Callable[[RunContext, int], None]:
+def _load_run_file(path_of: Callable[[Path], Path]) -> Callable[[RunContext, int], None]:
     def restart(ctx: RunContext, round_idx: int) -> None:
-        path = ctx.run_dir / name
+        path = path_of(ctx.run_dir)
         load_state(ctx.model, store.load_tensors(path), path)
 
     return restart
@@ -80,8 +81,8 @@ def _rewind_snapshot(ctx: RunContext) -> list[Hook]:
 # The built-in modes (names and descriptions in dsd2.registry.RETRAIN_MODES).
 LR_REWIND = RetrainMode()  # keep the trained weights, restart the schedule (the reference)
 FINETUNE = RetrainMode(schedule=_finetune_schedule)
-LOTTERY = RetrainMode(restart=_load_run_file("init.safetensors"))
-LATE_REWIND = RetrainMode(restart=_load_run_file("rewind.safetensors"), schedule=_late_rewind_schedule, hooks=_rewind_snapshot)
+LOTTERY = RetrainMode(restart=_load_run_file(rundir.init_path))
+LATE_REWIND = RetrainMode(restart=_load_run_file(rundir.rewind_path), schedule=_late_rewind_schedule, hooks=_rewind_snapshot)
 REINIT = RetrainMode(restart=_fresh_init)
 
 
@@ -150,7 +151,7 @@ def target_sparsity(cfg: RunConfig, round_idx: int) -> float:
 def one_shot_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
     """He et al.'s one-shot baseline: load round 0's dense trained weights and prune them straight
     to round i's target sparsity; each round is an independent one-shot model (not round i-1's)."""
-    path = rundir.round_dir(ctx.run_dir, 0) / "state.safetensors"
+    path = rundir.round_state_path(ctx.run_dir, 0)
     load_state(ctx.model, store.load_tensors(path), path)  # the retraining mode may restart from elsewhere after
     target = target_sparsity(ctx.cfg, round_idx)
     return _prune(ctx, full_masks(ctx.weights), round_idx, target, 1.0 - target)
@@ -159,7 +160,7 @@ def one_shot_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
 def gradual_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
     """Zhu & Gupta's gradual pruning: round i starts dense from the initialisation; :func:`gradual_step`
     prunes at the end of each epoch of its window while it trains."""
-    path = ctx.run_dir / "init.safetensors"
+    path = rundir.init_path(ctx.run_dir)
     load_state(ctx.model, store.load_tensors(path), path)
     return full_masks(ctx.weights)
 
@@ -245,7 +246,7 @@ def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
             yield xb, src.y[idx]
 
     def init_state() -> dict[str, torch.Tensor]:
-        return store.load_tensors(ctx.run_dir / "init.safetensors")
+        return store.load_tensors(rundir.init_path(ctx.run_dir))
 
     return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state, batchnorm=p.score_batchnorm)
 

@@ -262,7 +262,7 @@ def _human_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
 
 
 def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
-    path = run_dir / "labels.safetensors"
+    path = rundir.labels_path(run_dir)
     tensors = {"clean": data.train_y, "noisy": labels.noisy, "flipped": labels.flipped, "train_idx": data.train_idx}
     if labels.soft is not None:  # only then: the files of hard-label runs stay as they were
         tensors["soft"] = labels.soft
@@ -319,12 +319,9 @@ def _noise_file(run_dir: Path, cfg: RunConfig, data: DataSplits, labels: NoisyLa
     store.write_json(run_dir / rundir.NOISE, record)
 
 
-LR_SCALE_FILE = "lr_scale.json"
-
-
 def lr_scale_for(run_dir: Path, round_idx: int) -> float:
     """The learning-rate factor a resumed run applies from a round on (``dsd2 resume --lr-scale``)."""
-    path = Path(run_dir) / LR_SCALE_FILE
+    path = rundir.lr_scale_path(run_dir)
     if not path.is_file():
         return 1.0
     scale = 1.0
@@ -349,7 +346,7 @@ def set_lr_scale(run_dir: Path, scale: float) -> int:
     from_round = len(rundir.finished_rounds(run_dir))
     if rundir.is_complete(rundir.read_config(run_dir), from_round, run_dir):
         raise UserError(f"{run_dir} is finished: no round is left to train with a lower lr (--lr-scale changes nothing)")
-    path = Path(run_dir) / LR_SCALE_FILE
+    path = rundir.lr_scale_path(run_dir)
     history = [h.model_dump() for h in _lr_history(path)] if path.exists() else []
     history = [h for h in history if h["from_round"] < from_round] + [{"from_round": from_round, "scale": scale}]
     store.write_json(path, {"history": history})
@@ -550,7 +547,7 @@ def prepare(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext
         _noise_file(run_dir, cfg, data, labels)
     _check_batch_fits(cfg, data, device)
     model = make_model(cfg, data, init_seed(cfg)).to(device)
-    init_path = run_dir / "init.safetensors"
+    init_path = rundir.init_path(run_dir)
     if init_path.exists():
         load_state(model, store.load_tensors(init_path), init_path)
     else:
@@ -589,7 +586,7 @@ def prepare(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext
         objective = teaching.objective or cross_entropy
         teacher, teacher_info, teacher_masks = teaching.teacher, teaching.info, teaching.masks
         if distributed.is_main():
-            store.write_json(run_dir / "teacher.json", teacher_info)
+            store.write_json(rundir.teacher_path(run_dir), teacher_info)
     loader_workers = images.workers if images is not None else 0
     threads = set_threads(cfg, device, model, train_batches, teacher, loader_workers=loader_workers, share=share)
     return RunContext(

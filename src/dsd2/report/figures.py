@@ -484,40 +484,22 @@ def stacked_marker_sizes(points: Sequence[tuple[float, float]], base: float = 13
     return sizes
 
 
-def compute_figure(
-    vanilla: str | Path | RunData,
-    student: str | Path | RunData | None = None,
-    outcomes: Sequence[Any] | None = None,
-    compressed: Sequence[Any] | None = None,
-) -> Figure:
-    """Test accuracy vs cumulative training compute of the vanilla run and the DSD² student, with
-    the early-stop points of :func:`dsd2.compare.strategy_table` numbered and listed in the legend
-    (Figure 1, right).
-
-    The x axis is in units, one dense training run of the vanilla model (its round 0; the strategy
-    table's unit, docs/protocol.md), with the measured PFLOPs (sparsity not credited) on the top
-    axis. Strategies that select the same point nest there (later ones smaller, on top).
-
-    ``compressed``: the outcomes at a second stop setting (the report passes
-    :data:`dsd2.compare.COMPRESS_RULE`'s), numbered after the first and tagged with the setting in
-    the legend; its exhaustive row, the same point as the first's, is left out. A pick in a round
-    labelled Collapsed says so in the legend. Marker faces are translucent: the curve under a
-    stop point stays visible."""
+def _stop_points(outcomes: Sequence[Any], compressed: Sequence[Any] | None) -> list[tuple[Any, str]]:
+    """(outcome, legend tag) of each stop point: the outcomes, then those at the second stop
+    setting (less its exhaustive row, the same point as the first's), tagged with the setting."""
     from dsd2 import compare
 
-    v = _as_run(vanilla)
-    s = _as_run(student) if student is not None else None
-    if outcomes is None:
-        outcomes = compare.strategy_table(v.path, s.path if s is not None else None)
-    unit = float(v.rows[0]["round_pflops_dense"]) or 1.0
     points: list[tuple[Any, str]] = [(o, "") for o in outcomes]
     if compressed is not None:
         rule = compare.COMPRESS_RULE
         tag = f" [tolerance {100 * rule['tolerance']:g} pts, {rule['select']}]"
         points = [(o, "" if o.strategy == "vanilla, exhaustive" else " [tolerance 0, best]") for o in outcomes]
         points += [(o, tag) for o in compressed if o.strategy != "vanilla, exhaustive"]
-    fig = new_figure(10.0, 6.0 + 0.15 * max(0, len(points) - 5))  # room for the longer legend
-    ax = fig.add_subplot()
+    return points
+
+
+def _plot_compute_curves(ax: Axes, v: RunData, s: RunData | None, unit: float) -> None:
+    """Test accuracy vs cumulative training compute (in units) of the vanilla run and the student."""
     for run, color, what in ((v, series_color(0), "vanilla IMP"), (s, series_color(1), "DSD² student (teacher forward passes included)")):
         if run is None:
             continue
@@ -532,6 +514,11 @@ def compute_figure(
             label=mpl_text(f"{what}: {run.title} (seed {run.seed})"),
         )
         line.set_gid("pflops:student" if run is s else "pflops:vanilla")
+
+
+def _plot_stop_points(ax: Axes, points: list[tuple[Any, str]], unit: float) -> None:
+    """The stop points, numbered and listed in the legend; several on one point nest (later ones
+    smaller, on top) with their numbers side by side."""
     markers = ["D", "v", "P", "*", "X", "^", "s", "h"]
     xy = [(float(o.pflops_dense) / unit, 100.0 * float(o.test_acc)) for o, _ in points]
     sizes = stacked_marker_sizes(xy)
@@ -558,6 +545,10 @@ def compute_figure(
         )
         pt.set_gid(f"strategy:{i}")
         ax.annotate(str(i), (x, y), xytext=(7 + 9 * k, 6), textcoords="offset points", fontsize=8, weight="bold")
+
+
+def _compute_axes(ax: Axes, unit: float) -> None:
+    """Axis labels in units, measured PFLOPs on the top axis, title and grid."""
     ax.set_xlabel("cumulative training compute (units: dense training runs of the vanilla model; KD includes the teacher's forwards)")
 
     def to_pflops(u: Any) -> Any:
@@ -573,6 +564,40 @@ def compute_figure(
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy vs training compute, with the early-stop points", fontsize=10)
     ax.grid(True, alpha=0.3, lw=0.5)
+
+
+def compute_figure(
+    vanilla: str | Path | RunData,
+    student: str | Path | RunData | None = None,
+    outcomes: Sequence[Any] | None = None,
+    compressed: Sequence[Any] | None = None,
+) -> Figure:
+    """Test accuracy vs cumulative training compute of the vanilla run and the DSD² student, with
+    the early-stop points of :func:`dsd2.compare.strategy_table` numbered and listed in the legend
+    (Figure 1, right).
+
+    The x axis is in units, one dense training run of the vanilla model (its round 0; the strategy
+    table's unit, docs/protocol.md), with the measured PFLOPs (sparsity not credited) on the top
+    axis. Strategies that select the same point nest there (later ones smaller, on top).
+
+    ``compressed``: the outcomes at a second stop setting (the report passes
+    :data:`dsd2.compare.COMPRESS_RULE`'s), numbered after the first and tagged with the setting in
+    the legend; its exhaustive row, the same point as the first's, is left out. A pick in a round
+    labelled Collapsed says so in the legend. Marker faces are translucent: the curve under a
+    stop point stays visible."""
+    from dsd2 import compare
+
+    v = _as_run(vanilla)
+    s = _as_run(student) if student is not None else None
+    if outcomes is None:
+        outcomes = compare.strategy_table(v.path, s.path if s is not None else None)
+    unit = float(v.rows[0]["round_pflops_dense"]) or 1.0
+    points = _stop_points(outcomes, compressed)
+    fig = new_figure(10.0, 6.0 + 0.15 * max(0, len(points) - 5))  # room for the longer legend
+    ax = fig.add_subplot()
+    _plot_compute_curves(ax, v, s, unit)
+    _plot_stop_points(ax, points, unit)
+    _compute_axes(ax, unit)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=7, frameon=False, ncol=1)
     return fig
 

@@ -537,40 +537,13 @@ def build_report(
     groups = group_runs(runs)
     fig_dir = out_dir / "figures"
     written: list[Path] = []
-    figs: list[str] = []
-    figs.append(
-        figure_block(
-            F.accuracy_figure(groups),
-            fig_dir,
-            "accuracy",
-            "Test (solid) and validation (dashed) accuracy vs sparsity; background: phases of the vanilla run (definitions below)",
-            written,
-        )
-    )
-    if any(r.has("train_acc_noisy") or r.has("train_acc_flipped") or r.has("train_acc_probe") for r in runs):
-        figs.append(
-            figure_block(
-                F.memorisation_figure(groups),
-                fig_dir,
-                "memorisation",
-                "Train accuracy on the noisy labels and on the flipped or memorisation-probe samples (memorisation) vs sparsity",
-                written,
-            )
-        )
-    ent = F.entropy_figure(groups)
-    if ent is not None:
-        figs.append(figure_block(ent, fig_dir, "entropy", "Activation entropy vs sparsity: mean and per layer", written))
+    figs = _curve_figures(runs, groups, fig_dir, written)
     strat_html, compute_figs = _strategy_section(runs, fig_dir, written)
     figs.extend(compute_figs)
     title = title or "DSD² study: " + ", ".join(sorted({r.name for r in runs}))
-    created = datetime.now(UTC).isoformat(timespec="seconds")
     toc = "".join(f'<li><a href="#run-{i}">{esc(r.label)}</a></li>' for i, r in enumerate(runs))
     body = [
-        f"<h1>{esc(title)}</h1>",
-        f'<p class="note">Generated {esc(created)} by dsd2 {esc(runs[0].meta.get("dsd2", ""))}. '
-        "Accuracies in %, sparsity = fraction of pruned prunable weights, costs in training PFLOPs "
-        "(measured: FlopCounterMode, 2 FLOPs per multiply-add, exact backward, sparsity not credited; sparse-aware and "
-        "the paper's convention, 3 × forward MACs × images × epochs, alongside in the strategy table).</p>",
+        *_heading(title, runs),
         "<h2>Figures</h2>",
         *figs,
         _PHASE_DEFINITIONS,
@@ -585,14 +558,58 @@ def build_report(
         f"<ul>{toc}</ul>",
         *[_run_section(i, r) for i, r in enumerate(runs)],
     ]
-    page = (
+    return _page(title, body), written
+
+
+def _curve_figures(runs: Sequence[RunData], groups: Sequence[RunGroup], fig_dir: Path, written: list[Path]) -> list[str]:
+    """The figure blocks of the curves vs sparsity: accuracy, memorisation (when measured), entropy
+    (when measured); their files are appended to ``written``."""
+    figs = [
+        figure_block(
+            F.accuracy_figure(groups),
+            fig_dir,
+            "accuracy",
+            "Test (solid) and validation (dashed) accuracy vs sparsity; background: phases of the vanilla run (definitions below)",
+            written,
+        )
+    ]
+    if any(r.has("train_acc_noisy") or r.has("train_acc_flipped") or r.has("train_acc_probe") for r in runs):
+        figs.append(
+            figure_block(
+                F.memorisation_figure(groups),
+                fig_dir,
+                "memorisation",
+                "Train accuracy on the noisy labels and on the flipped or memorisation-probe samples (memorisation) vs sparsity",
+                written,
+            )
+        )
+    ent = F.entropy_figure(groups)
+    if ent is not None:
+        figs.append(figure_block(ent, fig_dir, "entropy", "Activation entropy vs sparsity: mean and per layer", written))
+    return figs
+
+
+def _heading(title: str, runs: Sequence[RunData]) -> list[str]:
+    """The title and the note saying when and by which version the report was made, and its units."""
+    created = datetime.now(UTC).isoformat(timespec="seconds")
+    return [
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="note">Generated {esc(created)} by dsd2 {esc(runs[0].meta.get("dsd2", ""))}. '
+        "Accuracies in %, sparsity = fraction of pruned prunable weights, costs in training PFLOPs "
+        "(measured: FlopCounterMode, 2 FLOPs per multiply-add, exact backward, sparsity not credited; sparse-aware and "
+        "the paper's convention, 3 × forward MACs × images × epochs, alongside in the strategy table).</p>",
+    ]
+
+
+def _page(title: str, body: list[str]) -> str:
+    """The self-contained HTML page (styles and script inline) around ``body``."""
+    return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{_CSS}</style><script>{_SCRIPT}</script></head>\n<body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"
     )
-    return page, written
 
 
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, title: str | None = None) -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
 from dsd2.sweep.shapes import COST_FACTS, dataset_info, input_shape, meta_model, model_key
-from dsd2.sweep.spec import Cell, SweepSpec, cell_error, expand, value_text
+from dsd2.sweep.spec import Cell, Resources, SweepSpec, cell_error, expand, value_text
 
 # Effective training throughput used to turn FLOPs into GPU-hours. An ASSUMPTION, not a
 # measurement (no GPU was available when this was written): small CIFAR CNNs at batch 128 in
@@ -142,9 +142,8 @@ def estimate_cost(
     if not gpu_tflops > 0:
         raise UserError(f"gpu_tflops must be > 0, got {gpu_tflops}")
     cells = expand(spec) if cells is None else cells
-    res = spec.resources
     per_cell = []
-    unique: dict[str, dict[str, Any]] = {}
+    unique: dict[str, dict[str, Any]] = {}  # a teacher shared by several cells counts once
     for cell in cells:
         try:
             keyed = _cell_runs(spec, cell, gpu_tflops, throughput)
@@ -152,37 +151,13 @@ def estimate_cost(
             raise cell_error(spec, cell.name, cell.params, str(err), what=", cost estimate") from None
         for key, run in keyed:
             unique.setdefault(key, run)
-        runs = [run for _, run in keyed]
-        per_cell.append(
-            {
-                "cell": cell.name,
-                "params": cell.params,
-                "runs": runs,
-                "pflops": sum(r["pflops"] for r in runs),
-                "paper_pflops": sum(r["paper_pflops"] for r in runs),
-                "gpu_hours": sum(r["gpu_hours"] for r in runs),
-                "processes": res.processes,
-                "gpus": res.cell_gpus,
-                "cpus": res.cell_cpus,
-                "wall_hours": sum(r["gpu_hours"] for r in runs) / res.processes,
-            }
-        )
+        per_cell.append(_cell_estimate(cell, [run for _, run in keyed], spec.resources))
     measured = sorted({r["measured_on"] for r in unique.values() if r["measured_on"]})
-    if measured:
-        assumption = (
-            f"Hours are device-hours at the training throughput measured here on {', '.join(measured)} "
-            "(a warm-up epoch, then a timed epoch per model: dsd2 estimate); evaluation passes not included."
-        )
-    else:
-        assumption = (
-            f"GPU-hours assume {gpu_tflops:g} TFLOP/s effective training throughput (2 FLOPs per multiply-add). "
-            "Not measured: pass --measure to time each model on this machine, or --gpu-tflops after timing one epoch on your GPU."
-        )
     return {
         "sweep": spec.name,
         "gpu_tflops": gpu_tflops,
         "measured": bool(measured),
-        "assumption": assumption,
+        "assumption": _assumption(measured, gpu_tflops),
         "convention": "dense training FLOPs (fwd + bwd, + teacher fwd for KD), all rounds, no early stop, evaluation excluded",
         "cells": per_cell,
         "runs": len(unique),
@@ -190,6 +165,36 @@ def estimate_cost(
         "total_paper_pflops": sum(r["paper_pflops"] for r in unique.values()),
         "total_gpu_hours": sum(r["gpu_hours"] for r in unique.values()),
     }
+
+
+def _cell_estimate(cell: Cell, runs: list[dict[str, Any]], res: Resources) -> dict[str, Any]:
+    """A cell's line: its runs, their summed FLOPs and hours, what it reserves, its wall time
+    (device-hours / processes for a data-parallel cell)."""
+    return {
+        "cell": cell.name,
+        "params": cell.params,
+        "runs": runs,
+        "pflops": sum(r["pflops"] for r in runs),
+        "paper_pflops": sum(r["paper_pflops"] for r in runs),
+        "gpu_hours": sum(r["gpu_hours"] for r in runs),
+        "processes": res.processes,
+        "gpus": res.cell_gpus,
+        "cpus": res.cell_cpus,
+        "wall_hours": sum(r["gpu_hours"] for r in runs) / res.processes,
+    }
+
+
+def _assumption(measured: list[str], gpu_tflops: float) -> str:
+    """What the hours assume: the throughput measured on these devices, else ``gpu_tflops``."""
+    if measured:
+        return (
+            f"Hours are device-hours at the training throughput measured here on {', '.join(measured)} "
+            "(a warm-up epoch, then a timed epoch per model: dsd2 estimate); evaluation passes not included."
+        )
+    return (
+        f"GPU-hours assume {gpu_tflops:g} TFLOP/s effective training throughput (2 FLOPs per multiply-add). "
+        "Not measured: pass --measure to time each model on this machine, or --gpu-tflops after timing one epoch on your GPU."
+    )
 
 
 def _num(x: float) -> str:

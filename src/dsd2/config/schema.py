@@ -1,24 +1,21 @@
-"""Run configuration: a validated pydantic schema, YAML presets, ``key.sub=value`` overrides.
+"""The run configuration's schema: one pydantic model per section and :class:`RunConfig`.
 
 Defaults reproduce the paper's CIFAR protocol (docs/protocol.md). Every field is documented once, here;
-``dsd2 config`` prints them. This module must not import torch: configs are validated before
-anything heavy is loaded.
+``dsd2 config`` prints them (:func:`describe_schema`). Must not import torch: configs are validated
+before anything heavy is loaded.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dsd2 import registry
-from dsd2.errors import UserError
+from dsd2.config.matrix import check_transition_rows, read_matrix_file
 from dsd2.layer_defaults import with_model_prune_defaults
-from dsd2.plugins import check_module_name, load_plugins, merge
+from dsd2.plugins import check_module_name, load_plugins
 from dsd2.registry import (
     OPTIMIZERS,
     PRUNING_ALLOCATIONS,
@@ -31,7 +28,6 @@ from dsd2.registry import (
 )
 from dsd2.units import check_fraction
 
-PRESET_DIR = Path(__file__).parent / "presets"
 SELF_TEACHER = "self"  # distill.teacher=self: self-distillation (a run directory named self is ./self)
 
 
@@ -53,16 +49,13 @@ NoiseKindName = Annotated[str, AfterValidator(registry.NOISE_MODELS.canonical)]
 MAX_IMAGE_SIDE = 4096
 MAX_BATCH = 1 << 16
 MAX_THREADS = 1024  # train.threads: more than any CPU has, far below what the OpenMP runtime survives
-MAX_WORKERS = 256
+MAX_WORKERS = 256  # dataset.workers: each is a process holding its own copy of the decoder state
 MAX_MODEL_NUMBER = 10_000_000  # any numeric model option (a width, depth, patch size...)
 
 
 class _Section(BaseModel):
     # Unknown keys are typos; inf and NaN are never a valid rate, lr, temperature or statistic.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-MAX_WORKERS = 256  # dataset.workers: each is a process holding its own copy of the decoder state
 
 
 class DatasetConfig(_Section):
@@ -216,87 +209,6 @@ class NoiseConfig(_Section):
         if self.kind != "transition" and self.matrix is not None:
             raise ValueError(f"noise.matrix is used only by noise.kind=transition, not {self.kind}: remove it")
         return self
-
-
-# Rows of a transition matrix must sum to 1 within this (dsd2.noise checks the same and renormalises).
-MATRIX_ROW_TOL = 1e-6
-
-
-def check_transition_rows(rows: list[list[float]]) -> None:
-    """A transition matrix's shape and entries (ValueError): square, finite, non-negative, rows
-    summing to 1 within :data:`MATRIX_ROW_TOL`. The dataset's K is checked when labels are made."""
-    k = len(rows)
-    if k < 2 or any(len(r) != k for r in rows):
-        raise ValueError(f"must be a square K x K matrix with K >= 2, got {k} rows of lengths {sorted({len(r) for r in rows})}")
-    for i, row in enumerate(rows):
-        if any(v != v or v in (float("inf"), float("-inf")) for v in row):
-            raise ValueError(f"row {i} holds NaN or infinite entries")
-        if any(v < 0 for v in row):
-            raise ValueError(f"row {i} has a negative entry: {min(row)}")
-        if abs(sum(row) - 1.0) > MATRIX_ROW_TOL:
-            raise ValueError(f"row {i} sums to {sum(row):.9g}, not 1 (row i is P(noisy | clean = i))")
-
-
-# A transition matrix file is checked before its bytes are parsed: the suffix, that it is a
-# regular file (not /dev/zero or a FIFO), its size, and for .npy the shape its header declares.
-MAX_MATRIX_CLASSES = 1000
-MAX_MATRIX_YAML_BYTES = 1 << 20  # a YAML matrix past ~200 classes: write it as .npy
-
-
-def read_matrix_file(path: str) -> tuple[list[list[float]], str]:
-    """The rows of a ``.npy`` (numeric, read without unpickling) or ``.yaml`` matrix file, and the
-    sha256 of the file (ValueError when it cannot be read)."""
-    from dsd2.safe_read import read_bytes
-
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in (".npy", ".yaml", ".yml"):
-        raise ValueError(f"the matrix file {path} must end in .npy or .yaml")
-    npy_cap = 4096 + 8 * MAX_MATRIX_CLASSES**2
-    try:
-        raw = read_bytes(p, max_bytes=npy_cap if suffix == ".npy" else MAX_MATRIX_YAML_BYTES)
-    except UserError as err:
-        raise ValueError(f"cannot read the matrix file: {err}") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if suffix == ".npy":
-        import io
-
-        import numpy as np
-
-        buf = io.BytesIO(raw)
-        fmt = np.lib.format
-        try:
-            version = fmt.read_magic(buf)
-            header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
-            if header is None:
-                raise ValueError(f"unsupported .npy version {version}")
-            shape, _, dtype = header(buf)  # the shape before any data is read
-        except (ValueError, SyntaxError, TypeError) as err:
-            raise ValueError(f"{path} is not a .npy file: {err}") from None
-        if dtype.hasobject:
-            raise ValueError(f"{path} is not a numeric .npy array (pickled arrays are refused): its dtype is {dtype}")
-        if len(shape) != 2 or not all(2 <= n <= MAX_MATRIX_CLASSES for n in shape) or dtype.kind not in "biuf":
-            raise ValueError(
-                f"{path} must hold a 2-D numeric K x K array with 2 <= K <= {MAX_MATRIX_CLASSES}, got dtype {dtype} and shape {shape}"
-            )
-        try:
-            arr = np.load(io.BytesIO(raw), allow_pickle=False)
-        except ValueError as err:  # numpy's refusal of an object (pickled) array lands here too
-            raise ValueError(f"{path} is not a numeric .npy array (pickled arrays are refused): {err}") from None
-        if arr.dtype.kind not in "biuf" or arr.ndim != 2:
-            raise ValueError(f"{path} must hold a 2-D numeric array, got dtype {arr.dtype} and shape {arr.shape}")
-        return arr.astype(np.float64).tolist(), digest
-    try:
-        rows = load_yaml_text(raw.decode(), source=str(path))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from None
-    except UserError as err:
-        raise ValueError(str(err)) from None
-    if isinstance(rows, dict) and "matrix" in rows:
-        rows = rows["matrix"]
-    if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
-        raise ValueError(f"{path} must hold a list of rows (or a mapping with key matrix)")
-    return rows, digest
 
 
 def _numbers(value: Any) -> list[Any]:
@@ -627,339 +539,26 @@ class RunConfig(_Section):
         """Plain dict of every field, defaults included (what config.yaml stores)."""
         return self.model_dump(mode="json")
 
+    # The hashing lives in dsd2.config.identity, which imports this module: imported when called.
     def run_id(self) -> str:
+        from dsd2.config.identity import config_hash
+
         return f"{self.name}-{config_hash(self)}"
 
     def legacy_run_ids(self) -> list[str]:
         """The run ids earlier schemes gave this config, newest first: the third scheme also hashed
-        the options of unselected choices (:func:`unused_options`); the second hashed prune.rounds;
-        the first also hashed dataset.root and dataset.download."""
-        if _default_gradual_window(self):
-            return []  # earlier schemes' gradual runs pruned until the last epoch: other numbers
-        ids = [f"{self.name}-{config_hash(self, version=v)}" for v in (3, 2, 1)]
-        return [rid for rid in dict.fromkeys(ids) if rid != self.run_id()]
+        the options of unselected choices (:func:`~dsd2.config.identity.unused_options`); the second
+        hashed prune.rounds; the first also hashed dataset.root and dataset.download."""
+        from dsd2.config.identity import legacy_run_ids
+
+        return legacy_run_ids(self)
 
     def digest(self) -> str:
         """Hash of every setting that changes the numbers, prune.rounds included (meta.json records
         it: resume refuses a config.yaml edited since, except an extension by more rounds)."""
+        from dsd2.config.identity import config_hash
+
         return config_hash(self, version=2)
-
-
-# Fields that do not change the numbers a run produces; they stay out of the hash so that
-# moving a run to another device, thread count or data folder resumes the same directory.
-# prune.rounds stays out too (as OpenLTH's levels): a run with more rounds extends the same
-# curve, whose first rounds do not depend on how many follow.
-_ROUNDS_FIELD = ("prune", "rounds")
-_LOCATION_FIELDS = {("dataset", "root"), ("dataset", "download")}
-_NON_RESULT_FIELDS = _LOCATION_FIELDS | {
-    ("noise", "matrix_file"),  # a record: the matrix's values are hashed
-    ("noise", "matrix_sha256"),
-    ("train", "device"),
-    ("train", "compile"),
-    ("train", "threads"),
-    ("dataset", "workers"),
-    ("train", "eval_batch_size"),
-    ("train", "checkpoint_interval_s"),
-    ("train", "tensorboard"),
-    ("entropy", "batch_size"),
-}
-
-# Where and how a run executes (the fields above less the noise matrix's records): given for an
-# existing run, they apply to its next rounds and meta.json records the change
-# (dsd2.imp.setup.record_execution); they cannot change the numbers, so the run id leaves them out.
-EXECUTION_FIELDS: tuple[tuple[str, str], ...] = tuple(sorted(_NON_RESULT_FIELDS - {("noise", "matrix_file"), ("noise", "matrix_sha256")}))
-
-
-def execution_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
-    """``section.key -> (old, new)`` for the execution settings that differ."""
-    out = {}
-    for section, key in EXECUTION_FIELDS:
-        a, b = getattr(getattr(old, section), key), getattr(getattr(new, section), key)
-        if a != b:
-            out[f"{section}.{key}"] = (a, b)
-    return out
-
-
-def with_execution(cfg: RunConfig, source: RunConfig) -> RunConfig:
-    """``cfg`` with the location and execution settings of ``source`` (everything else as it is)."""
-    if not execution_changes(cfg, source):
-        return cfg
-    data = cfg.resolved()
-    for section, key in EXECUTION_FIELDS:
-        data[section][key] = source.resolved()[section][key]
-    return validate_config(data, source="config")
-
-
-# Built-in choices whose options are known (a plugin's noise kind, optimizer or schedule may read
-# any option: its runs keep them all in the id).
-_NOISE_KINDS_WITHOUT_RATE = ("none", "transition")
-_BUILTIN_NOISE_KINDS = ("none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip", "transition", "instance")
-_OPTIMIZERS_WITHOUT_MOMENTUM = ("adam", "adamw")
-_SCHEDULES_WITHOUT_MILESTONES = ("cosine", "constant")
-
-
-# Gradual pruning with prune.gradual_end unset leaves the last quarter of the epochs to train after
-# the last pruning step (dsd2.imp.modes.gradual_window); before, it pruned until the last epoch.
-# Such runs hash this marker, and no earlier id finds them: an old folder holds other masks.
-GRADUAL_WINDOW = "last-quarter-trains"
-
-
-def _default_gradual_window(cfg: RunConfig) -> bool:
-    return cfg.prune.schedule == "gradual" and cfg.prune.gradual_end is None
-
-
-def unused_options(cfg: RunConfig) -> list[tuple[str, str]]:
-    """The (section, key) options of ``cfg`` that its choices never read: options of an unselected
-    choice (a noise matrix under another noise kind, gradual-schedule settings under another
-    schedule, ...) and every distillation setting of a run without a teacher. They cannot change
-    the run's numbers, so the run id counts them as their defaults (docs/run_directory.md, "Run
-    id"): a plain run and a pipeline's teacher of the same settings share one directory."""
-    d, n, t, p, es = cfg.dataset, cfg.noise, cfg.train, cfg.prune, cfg.early_stop
-    out: list[tuple[str, str]] = []
-    if d.label_file is None:
-        out.append(("dataset", "label_key"))
-    if d.loader != "auto":
-        out.append(("dataset", "memory_budget_gb"))  # it only chooses the data path of loader=auto
-    if n.kind in _BUILTIN_NOISE_KINDS:
-        if n.kind in _NOISE_KINDS_WITHOUT_RATE:
-            out.append(("noise", "rate"))
-        if n.kind != "asymmetric":
-            out.append(("noise", "class_map"))
-        if n.kind != "instance":
-            out.append(("noise", "instance_std"))
-    if t.optimizer in _OPTIMIZERS_WITHOUT_MOMENTUM:
-        out.append(("train", "momentum"))
-    if t.schedule in _SCHEDULES_WITHOUT_MILESTONES:
-        out += [("train", "milestones"), ("train", "lr_decay")]
-    if not _gradient_criterion(p):
-        out += [("prune", "score_batches"), ("prune", "score_batchnorm")]
-    if not _channel_allocation(p):
-        out.append(("prune", "min_channels"))
-    if p.retrain != "finetune":
-        out += [("prune", "finetune_lr"), ("prune", "finetune_epochs")]
-    if p.retrain != "late_rewind":
-        out.append(("prune", "rewind_epoch"))
-    if p.schedule != "gradual":
-        out += [("prune", "gradual_start"), ("prune", "gradual_end")]
-    if p.targets:
-        out.append(("prune", "rate"))  # one_shot / gradual: the targets are the sparsities
-    if not cfg.distill.enabled:
-        out += [("distill", k) for k in DistillConfig.model_fields]
-    elif cfg.distill.teachers:
-        out.append(("distill", "round"))  # each listed teacher names its own round
-    if es.rule == "none":
-        out += [("early_stop", "tolerance"), ("early_stop", "patience"), ("early_stop", "select")]
-    return out
-
-
-def _channel_allocation(p: PruneConfig) -> bool:
-    """Whether the run's allocation takes prune.min_channels (the built-in channel allocations, or a
-    plugin's that declares it); a method called as registered allocates without the floor."""
-    if p.criterion is None and p.allocation is None:
-        return False
-    allocation = p.allocation if p.allocation is not None else PRUNING_METHODS.metadata(p.method).get("allocation")
-    return allocation is None or bool(PRUNING_ALLOCATIONS.metadata(allocation).get("min_channels"))
-
-
-def _gradient_criterion(p: PruneConfig) -> bool:
-    """Whether the run scores weights with a criterion that reads training gradients (the only
-    reader of prune.score_batches): the given criterion, or the method's own when only the
-    allocation is replaced; a method called as registered scores without them."""
-    if p.criterion is None and p.allocation is None:
-        return False
-    criterion = p.criterion if p.criterion is not None else PRUNING_METHODS.metadata(p.method).get("criterion")
-    return criterion is None or bool(PRUNING_CRITERIA.metadata(criterion).get("gradients"))
-
-
-def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        base = defaults.get(key, _MISSING)
-        if isinstance(value, dict) and isinstance(base, dict):
-            sub = _non_default(value, base)
-            if sub:
-                out[key] = sub
-        elif value != base:
-            out[key] = value
-    return out
-
-
-_MISSING = object()
-
-
-ID_VERSION = 4  # the scheme of RunConfig.run_id
-
-
-def config_hash(cfg: RunConfig, *, version: int = ID_VERSION) -> str:
-    """Short hash of what the config changes from the defaults (as OpenLTH does).
-
-    Hashing only the non-default values keeps run ids stable when a later version adds a field
-    with a default: an old run directory still resumes. ``version``: 4 (the run id) counts the
-    options of unselected choices as their defaults (:func:`unused_options`); 3 (the third
-    scheme's run id) leaves out prune.rounds; 2 (the second scheme's run id, and
-    :meth:`RunConfig.digest`) counts it; 1 (the first scheme) also counts the data folder.
-    """
-    blob = json.dumps(identity_settings(cfg, version=version), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
-
-
-def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION) -> dict[str, Any]:
-    """The nested settings :func:`config_hash` hashes: those away from their defaults that can
-    change the run's numbers (by ``version``'s rules)."""
-    data = cfg.resolved()
-    defaults = RunConfig().resolved()
-    data.pop("name")
-    data.pop("plugins")  # where names come from is not a setting: the names themselves are hashed
-    skip = set(_NON_RESULT_FIELDS) | ({_ROUNDS_FIELD} if version >= 3 else set())
-    if version <= 1:
-        skip -= _LOCATION_FIELDS
-    for section, key in skip:
-        data[section].pop(key, None)
-    if version >= 4:
-        for section, key in unused_options(cfg):
-            data[section][key] = defaults[section][key]
-        if cfg.dataset.split_seed == cfg.seed:  # the data seed either way (dsd2.imp.setup.data_seed)
-            data["dataset"]["split_seed"] = None
-        if _default_gradual_window(cfg):
-            data["prune"]["gradual_window"] = GRADUAL_WINDOW  # the default window changed: other masks
-    return _non_default(data, defaults)
-
-
-def differing_settings(a: RunConfig, b: RunConfig) -> list[str]:
-    """The dotted keys whose values differ between the run ids of ``a`` and ``b`` (the name aside)."""
-    flat_a, flat_b = _flatten(identity_settings(a)), _flatten(identity_settings(b))
-    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k, _MISSING) != flat_b.get(k, _MISSING))
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and key != "class_map":
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, returning a new dict."""
-    out = json.loads(json.dumps(data))  # deep copy of plain data
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"override {item!r} is not of the form key.sub=value (e.g. prune.rounds=10)")
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise UserError(f"override {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = _parse_value(raw)
-    return out
-
-
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; `dsd2 config` lists the valid keys)"
-        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
-    return "\n".join(lines)
-
-
-def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
-    check_size(data, source)
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: the top level must be a mapping of sections (dataset:, model:, ...)")
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as err:
-        raise UserError(_format_validation_error(err, source)) from None
-
-
-# A YAML alias repeated inside aliases ("billion laughs") is tiny on disk and huge once expanded
-# (apply_overrides copies it): count the nodes as expanded and stop early.
-MAX_CONFIG_NODES = 100_000
-
-
-def check_size(data: Any, source: str, limit: int = MAX_CONFIG_NODES) -> None:
-    """Refuse a parsed YAML document that expands to more than ``limit`` nodes."""
-    count, stack = 0, [data]
-    while stack:
-        node = stack.pop()
-        count += 1
-        if count > limit:
-            raise UserError(f"{source} expands to more than {limit} values (YAML aliases nested in aliases?): refused")
-        if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
-    silently: a config that says `lr` twice would train with whichever came second)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml_text(text: str, source: str = "the YAML text") -> Any:
-    """Parse a user's YAML file: safe types only, no duplicate keys, bounded nesting."""
-    from dsd2.safe_read import check_yaml_depth
-
-    check_yaml_depth(text, source=source)
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe types only
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        preset = PRESET_DIR / f"{p.name if p.suffix else p.name + '.yaml'}"
-        if not p.suffix and preset.is_file():
-            p = preset
-        else:
-            raise UserError(f"config file {path} not found (give a YAML path or a preset name: {', '.join(list_presets())})")
-    from dsd2.safe_read import MAX_YAML_BYTES, read_text
-
-    try:
-        data = load_yaml_text(read_text(p, max_bytes=MAX_YAML_BYTES, what="config file"), source=str(p))
-    except yaml.YAMLError as err:
-        raise UserError(f"{p} is not valid YAML: {err}") from None
-    check_size(data, str(p))
-    return data or {}
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None, *, plugins: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """The validated config of a YAML file or preset (None: the defaults) with ``overrides``
-    applied; ``plugins`` (``--plugin``) are added to its ``plugins`` (imported before validation)."""
-    data = read_yaml(path) if path is not None else {}
-    data = apply_overrides(data, overrides or [])
-    if plugins:
-        listed = data.get("plugins") or []
-        data["plugins"] = merge(listed if isinstance(listed, list) else [listed], plugins)  # a malformed one: the schema says so
-    return validate_config(data, source=str(path) if path else "overrides")
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
 def describe_schema(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -1,0 +1,216 @@
+"""A config's identity: which settings the run id hashes (:func:`identity_settings`), the
+hash itself (:func:`config_hash`), the ids of earlier schemes, and the execution settings a run
+may change between rounds (docs/run_directory.md, "Run id")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from dsd2.config.load import validate_config
+from dsd2.config.schema import DistillConfig, PruneConfig, RunConfig
+from dsd2.registry import PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_METHODS
+
+# Fields that do not change the numbers a run produces; they stay out of the hash so that
+# moving a run to another device, thread count or data folder resumes the same directory.
+# prune.rounds stays out too (as OpenLTH's levels): a run with more rounds extends the same
+# curve, whose first rounds do not depend on how many follow.
+_ROUNDS_FIELD = ("prune", "rounds")
+_LOCATION_FIELDS = {("dataset", "root"), ("dataset", "download")}
+_NON_RESULT_FIELDS = _LOCATION_FIELDS | {
+    ("noise", "matrix_file"),  # a record: the matrix's values are hashed
+    ("noise", "matrix_sha256"),
+    ("train", "device"),
+    ("train", "compile"),
+    ("train", "threads"),
+    ("dataset", "workers"),
+    ("train", "eval_batch_size"),
+    ("train", "checkpoint_interval_s"),
+    ("train", "tensorboard"),
+    ("entropy", "batch_size"),
+}
+
+# Where and how a run executes (the fields above less the noise matrix's records): given for an
+# existing run, they apply to its next rounds and meta.json records the change
+# (dsd2.imp.setup.record_execution); they cannot change the numbers, so the run id leaves them out.
+EXECUTION_FIELDS: tuple[tuple[str, str], ...] = tuple(sorted(_NON_RESULT_FIELDS - {("noise", "matrix_file"), ("noise", "matrix_sha256")}))
+
+
+def execution_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``section.key -> (old, new)`` for the execution settings that differ."""
+    out = {}
+    for section, key in EXECUTION_FIELDS:
+        a, b = getattr(getattr(old, section), key), getattr(getattr(new, section), key)
+        if a != b:
+            out[f"{section}.{key}"] = (a, b)
+    return out
+
+
+def with_execution(cfg: RunConfig, source: RunConfig) -> RunConfig:
+    """``cfg`` with the location and execution settings of ``source`` (everything else as it is)."""
+    if not execution_changes(cfg, source):
+        return cfg
+    data = cfg.resolved()
+    for section, key in EXECUTION_FIELDS:
+        data[section][key] = source.resolved()[section][key]
+    return validate_config(data, source="config")
+
+
+# Built-in choices whose options are known (a plugin's noise kind, optimizer or schedule may read
+# any option: its runs keep them all in the id).
+_NOISE_KINDS_WITHOUT_RATE = ("none", "transition")
+_BUILTIN_NOISE_KINDS = ("none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip", "transition", "instance")
+_OPTIMIZERS_WITHOUT_MOMENTUM = ("adam", "adamw")
+_SCHEDULES_WITHOUT_MILESTONES = ("cosine", "constant")
+
+
+# Gradual pruning with prune.gradual_end unset leaves the last quarter of the epochs to train after
+# the last pruning step (dsd2.imp.modes.gradual_window); before, it pruned until the last epoch.
+# Such runs hash this marker, and no earlier id finds them: an old folder holds other masks.
+GRADUAL_WINDOW = "last-quarter-trains"
+
+
+def _default_gradual_window(cfg: RunConfig) -> bool:
+    return cfg.prune.schedule == "gradual" and cfg.prune.gradual_end is None
+
+
+def unused_options(cfg: RunConfig) -> list[tuple[str, str]]:
+    """The (section, key) options of ``cfg`` that its choices never read: options of an unselected
+    choice (a noise matrix under another noise kind, gradual-schedule settings under another
+    schedule, ...) and every distillation setting of a run without a teacher. They cannot change
+    the run's numbers, so the run id counts them as their defaults (docs/run_directory.md, "Run
+    id"): a plain run and a pipeline's teacher of the same settings share one directory."""
+    d, n, t, p, es = cfg.dataset, cfg.noise, cfg.train, cfg.prune, cfg.early_stop
+    out: list[tuple[str, str]] = []
+    if d.label_file is None:
+        out.append(("dataset", "label_key"))
+    if d.loader != "auto":
+        out.append(("dataset", "memory_budget_gb"))  # it only chooses the data path of loader=auto
+    if n.kind in _BUILTIN_NOISE_KINDS:
+        if n.kind in _NOISE_KINDS_WITHOUT_RATE:
+            out.append(("noise", "rate"))
+        if n.kind != "asymmetric":
+            out.append(("noise", "class_map"))
+        if n.kind != "instance":
+            out.append(("noise", "instance_std"))
+    if t.optimizer in _OPTIMIZERS_WITHOUT_MOMENTUM:
+        out.append(("train", "momentum"))
+    if t.schedule in _SCHEDULES_WITHOUT_MILESTONES:
+        out += [("train", "milestones"), ("train", "lr_decay")]
+    if not _gradient_criterion(p):
+        out += [("prune", "score_batches"), ("prune", "score_batchnorm")]
+    if not _channel_allocation(p):
+        out.append(("prune", "min_channels"))
+    if p.retrain != "finetune":
+        out += [("prune", "finetune_lr"), ("prune", "finetune_epochs")]
+    if p.retrain != "late_rewind":
+        out.append(("prune", "rewind_epoch"))
+    if p.schedule != "gradual":
+        out += [("prune", "gradual_start"), ("prune", "gradual_end")]
+    if p.targets:
+        out.append(("prune", "rate"))  # one_shot / gradual: the targets are the sparsities
+    if not cfg.distill.enabled:
+        out += [("distill", k) for k in DistillConfig.model_fields]
+    elif cfg.distill.teachers:
+        out.append(("distill", "round"))  # each listed teacher names its own round
+    if es.rule == "none":
+        out += [("early_stop", "tolerance"), ("early_stop", "patience"), ("early_stop", "select")]
+    return out
+
+
+def _channel_allocation(p: PruneConfig) -> bool:
+    """Whether the run's allocation takes prune.min_channels (the built-in channel allocations, or a
+    plugin's that declares it); a method called as registered allocates without the floor."""
+    if p.criterion is None and p.allocation is None:
+        return False
+    allocation = p.allocation if p.allocation is not None else PRUNING_METHODS.metadata(p.method).get("allocation")
+    return allocation is None or bool(PRUNING_ALLOCATIONS.metadata(allocation).get("min_channels"))
+
+
+def _gradient_criterion(p: PruneConfig) -> bool:
+    """Whether the run scores weights with a criterion that reads training gradients (the only
+    reader of prune.score_batches): the given criterion, or the method's own when only the
+    allocation is replaced; a method called as registered scores without them."""
+    if p.criterion is None and p.allocation is None:
+        return False
+    criterion = p.criterion if p.criterion is not None else PRUNING_METHODS.metadata(p.method).get("criterion")
+    return criterion is None or bool(PRUNING_CRITERIA.metadata(criterion).get("gradients"))
+
+
+def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        base = defaults.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(base, dict):
+            sub = _non_default(value, base)
+            if sub:
+                out[key] = sub
+        elif value != base:
+            out[key] = value
+    return out
+
+
+_MISSING = object()
+
+
+ID_VERSION = 4  # the scheme of RunConfig.run_id
+
+
+def config_hash(cfg: RunConfig, *, version: int = ID_VERSION) -> str:
+    """Short hash of what the config changes from the defaults (as OpenLTH does).
+
+    Hashing only the non-default values keeps run ids stable when a later version adds a field
+    with a default: an old run directory still resumes. ``version``: 4 (the run id) counts the
+    options of unselected choices as their defaults (:func:`unused_options`); 3 (the third
+    scheme's run id) leaves out prune.rounds; 2 (the second scheme's run id, and
+    :meth:`RunConfig.digest`) counts it; 1 (the first scheme) also counts the data folder.
+    """
+    blob = json.dumps(identity_settings(cfg, version=version), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION) -> dict[str, Any]:
+    """The nested settings :func:`config_hash` hashes: those away from their defaults that can
+    change the run's numbers (by ``version``'s rules)."""
+    data = cfg.resolved()
+    defaults = RunConfig().resolved()
+    data.pop("name")
+    data.pop("plugins")  # where names come from is not a setting: the names themselves are hashed
+    skip = set(_NON_RESULT_FIELDS) | ({_ROUNDS_FIELD} if version >= 3 else set())
+    if version <= 1:
+        skip -= _LOCATION_FIELDS
+    for section, key in skip:
+        data[section].pop(key, None)
+    if version >= 4:
+        for section, key in unused_options(cfg):
+            data[section][key] = defaults[section][key]
+        if cfg.dataset.split_seed == cfg.seed:  # the data seed either way (dsd2.imp.setup.data_seed)
+            data["dataset"]["split_seed"] = None
+        if _default_gradual_window(cfg):
+            data["prune"]["gradual_window"] = GRADUAL_WINDOW  # the default window changed: other masks
+    return _non_default(data, defaults)
+
+
+def legacy_run_ids(cfg: RunConfig) -> list[str]:
+    """:meth:`RunConfig.legacy_run_ids`: the ids of the schemes before :data:`ID_VERSION`."""
+    if _default_gradual_window(cfg):
+        return []  # earlier schemes' gradual runs pruned until the last epoch: other numbers
+    ids = [f"{cfg.name}-{config_hash(cfg, version=v)}" for v in (3, 2, 1)]
+    return [rid for rid in dict.fromkeys(ids) if rid != cfg.run_id()]
+
+
+def differing_settings(a: RunConfig, b: RunConfig) -> list[str]:
+    """The dotted keys whose values differ between the run ids of ``a`` and ``b`` (the name aside)."""
+    flat_a, flat_b = _flatten(identity_settings(a)), _flatten(identity_settings(b))
+    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k, _MISSING) != flat_b.get(k, _MISSING))
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "class_map":
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

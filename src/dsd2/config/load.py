@@ -1,0 +1,96 @@
+"""A config from a YAML file or preset, with ``key.sub=value`` overrides, validated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from dsd2.config.safe_yaml import check_size, load_yaml_text
+from dsd2.config.schema import RunConfig
+from dsd2.errors import UserError
+from dsd2.plugins import merge
+
+PRESET_DIR = Path(__file__).parent.parent / "presets"
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested dict, returning a new dict."""
+    out = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r} is not of the form key.sub=value (e.g. prune.rounds=10)")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(raw)
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `dsd2 config` lists the valid keys)"
+        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    check_size(data, source)
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: the top level must be a mapping of sections (dataset:, model:, ...)")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_validation_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        preset = PRESET_DIR / f"{p.name if p.suffix else p.name + '.yaml'}"
+        if not p.suffix and preset.is_file():
+            p = preset
+        else:
+            raise UserError(f"config file {path} not found (give a YAML path or a preset name: {', '.join(list_presets())})")
+    from dsd2.safe_read import MAX_YAML_BYTES, read_text
+
+    try:
+        data = load_yaml_text(read_text(p, max_bytes=MAX_YAML_BYTES, what="config file"), source=str(p))
+    except yaml.YAMLError as err:
+        raise UserError(f"{p} is not valid YAML: {err}") from None
+    check_size(data, str(p))
+    return data or {}
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *, plugins: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The validated config of a YAML file or preset (None: the defaults) with ``overrides``
+    applied; ``plugins`` (``--plugin``) are added to its ``plugins`` (imported before validation)."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    if plugins:
+        listed = data.get("plugins") or []
+        data["plugins"] = merge(listed if isinstance(listed, list) else [listed], plugins)  # a malformed one: the schema says so
+    return validate_config(data, source=str(path) if path else "overrides")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
