@@ -130,3 +130,20 @@ def test_temp_files_of_a_killed_writer_are_removed_under_the_lock(tmp_path):
         pass
     assert not any(p.exists() for p in stale)
     assert keep.exists()
+
+
+def test_tensors_with_several_metadata_keys_save_to_the_same_bytes_every_time(tmp_path):
+    # safetensors writes metadata in hash-map order: an export's sha256 changed from one export to the next
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
+    meta = {f"key_{i}": str(i) for i in range(12)}
+    blobs = set()
+    for i in range(6):
+        store.save_tensors(tmp_path / f"{i}.safetensors", tensors, meta)
+        blobs.add((tmp_path / f"{i}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    loaded = store.load_tensors(tmp_path / "0.safetensors")
+    assert torch.equal(loaded["w"], tensors["w"]) and torch.equal(loaded["b"], tensors["b"])
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as f:
+        assert {k: v for k, v in f.metadata().items() if k.startswith("key_")} == meta

@@ -169,7 +169,22 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     _, data = _split_safetensors(st_save(clean))
     digest = hashlib.sha256(data).hexdigest()
-    atomic_write_bytes(path, st_save(clean, metadata={**(metadata or {}), _DIGEST_KEY: digest}))
+    full = {**(metadata or {}), _DIGEST_KEY: digest}
+    raw = st_save(clean, metadata=full)
+    atomic_write_bytes(path, raw if len(full) == 1 else _ordered_metadata(raw))
+
+
+def _ordered_metadata(raw: bytes) -> bytes:
+    """``raw`` with its header's metadata keys sorted: safetensors writes them in hash-map order,
+    which differs between calls, so the same tensors and metadata gave other bytes (and another
+    sha256 in an export's model.json). Offsets are explicit, so the order is free; the header is
+    padded with spaces to 8 bytes, as safetensors does."""
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + n :]
 
 
 # A sanity bound, far above any model dsd2 trains: a file claiming more is not a tensor file.
