@@ -101,7 +101,9 @@ def test_the_demo_prints_the_verdict_last(study, tmp_path, monkeypatch, capsys):
     page = tmp_path / "demo_report" / "index.html"
     monkeypatch.setattr(dsd2.report, "write_report", lambda *a, **k: page)
     assert main(["demo", "--seeds", "0", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "expected: about" in captured.err and "min per run" in captured.err  # dsd2 estimate's prediction, first
     tail = out[out.index("What the demo found") :]
     assert "Sparse double descent in vanilla IMP" in tail and "DSD² + early stop" in tail
     assert tail.rstrip().endswith(str(page.resolve()))

@@ -172,6 +172,7 @@ def demo(
     configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"], plugins=plugins or []) for s in seed_list]
     render.RESUME["how"] = "the same `dsd2 demo` command (finished runs and rounds are kept)"
     render.err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
+    render.err_console.print(_expected_demo_time(configs[0], len(configs), jobs), highlight=False, soft_wrap=True)
     pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
     for cfg, (teacher_dir, student_dir) in zip(configs, pairs):
         render.console.rule(f"seed {cfg.seed}")
@@ -195,3 +196,19 @@ def demo(
     from dsd2.verdict import verdict_for_runs
 
     render.console.print(verdict_for_runs(pairs, page.resolve(), seeds=[c.seed for c in configs]), highlight=False, soft_wrap=True)
+
+
+def _expected_demo_time(cfg, pipelines: int, jobs: int) -> str:
+    """What `dsd2 estimate` predicts for the demo on this machine: the vanilla run timed for a few
+    steps, twice per pipeline (its DSD² student trains as long, plus the teacher's forward passes),
+    the pipelines ``jobs`` at a time."""
+    import math
+
+    from dsd2.sweep.measure import measure, predict
+
+    run_s = predict(cfg, measure(cfg, steps=50))["total_s"]
+    total_s = 2 * run_s * math.ceil(pipelines / max(1, jobs))
+    return (
+        f"expected: about {total_s / 60:.0f} min here (dsd2 estimate: {run_s / 60:.1f} min per run, 2 runs per pipeline, "
+        f"{jobs} at a time; more when other jobs share the cores, a little more for the students' teacher forwards)"
+    )
