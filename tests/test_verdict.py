@@ -52,7 +52,7 @@ def test_verdict_reports_the_dip_the_student_and_every_pick():
     flat = " ".join(text.split())  # the lines wrap at 80 columns
     assert "seen in 1 of 1 seed(s)" in flat
     assert "falls 7.00 points, from 82.00 % (round 1, 20.0 % sparse) to 75.00 % (round 3, 48.8 % sparse)" in flat
-    assert "recovers to 83.00 % (round 5, 67.2 % sparse)" in flat
+    assert "recovers 8.00 points to 83.00 % (round 5, 67.2 % sparse)." in flat
     assert "Valley: rounds 2-4 (36.0-59.0 % sparse)" in flat
     assert "The DSD² student: without a valley in 1 of 1 seed(s)" in flat and "deepest recovered dip 0.00 points" in flat
     # each rule's pick and cost, at both settings
@@ -126,3 +126,14 @@ def test_the_compute_figure_shows_both_stop_settings(study):
     assert sum("Collapsed" in lb for lb in labels) == 1 + sum(o.phase == "collapsed" for o in [*paper, *compress[:-1]])
     face = [a.get_markerfacecolor() for a in fig.axes[0].lines if (a.get_gid() or "").startswith("strategy:")]
     assert all(f[3] < 1 for f in face)  # translucent: the curve under a stop point shows
+
+
+def test_a_partial_recovery_says_how_far_short_it_stays():
+    # a 25-point fall with a 1.7-point bump: both sides said, not "falls 1.72 points from 82.5 to 57.8"
+    vals = [0.825, 0.82, 0.80, 0.70, 0.5778, 0.585, 0.595]
+    rows = [{"round": i, "sparsity": 1 - 0.8**i, "val_acc": v, "test_acc": v} for i, v in enumerate(vals)]
+    from dsd2.verdict import StudyTables, _sdd_text
+
+    text = _sdd_text(StudyTables(seed=0, vanilla=rows, student=None, paper=[], compress=[]), False, 0.01)
+    assert "falls 24.72 points, from 82.50 %" in text and "recovers 1.72 points to 59.50 %" in text
+    assert "23.00 points short of where it fell from" in text

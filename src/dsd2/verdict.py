@@ -109,10 +109,15 @@ def _sdd_text(t: StudyTables, many: bool, min_dip: float) -> str:
         )
     acc = [float(r[col]) for r in rows]
     s = [float(r["sparsity"]) for r in rows]
+    fall, rise = acc[v.before] - acc[v.trough], acc[v.after] - acc[v.trough]
+    # the dip's depth is the lower rim's height over the trough: say both sides, and how far short
+    # of its start a partial recovery stays, so a small bump on a falling curve is not read as SDD
+    short = acc[v.before] - acc[v.after]
+    partial = f", {100 * short:.2f} points short of where it fell from" if short > 0 else ""
     return (
-        f"{_seed(t, many)}{_column_name(col)} falls {100 * v.depth:.2f} points, from {_pct(acc[v.before])} "
+        f"{_seed(t, many)}{_column_name(col)} falls {100 * fall:.2f} points, from {_pct(acc[v.before])} "
         f"(round {v.before}, {_sparse(s[v.before])}) to {_pct(acc[v.trough])} (round {v.trough}, {_sparse(s[v.trough])}), "
-        f"and recovers to {_pct(acc[v.after])} (round {v.after}, {_sparse(s[v.after])}). "
+        f"and recovers {100 * rise:.2f} points to {_pct(acc[v.after])} (round {v.after}, {_sparse(s[v.after])}){partial}. "
         f"Valley: rounds {_span(v.first, v.last)} ({_span_pct(s[v.first], s[v.last])} sparse)."
     )
 
