@@ -360,7 +360,8 @@ def memorisation_figure(runs: Any, *, phases_from: RunData | None = None, title:
             ("train_acc_probe", ":", "probe (memorised)", None),
         ],
         ylabel="train accuracy (%)",
-        title=title or "Fit of the noisy labels (solid) and memorisation of the flipped (dashed) or probe (dotted) samples",
+        # two lines: one did not fit the axes' width and was cut at the figure's left edge
+        title=title or "Fit of the noisy labels (solid) and memorisation\nof the flipped (dashed) or probe (dotted) samples",
         phases_from=phases_from,
     )
 
