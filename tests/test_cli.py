@@ -328,6 +328,12 @@ def test_resume_takes_the_overrides_run_does_on_a_run_directory(tiny_run, tmp_pa
     assert "train.lr would change the numbers" in capsys.readouterr().err
 
 
+def test_show_on_a_sweep_folder_points_to_report(tmp_path, capsys):
+    (tmp_path / "sweep.json").write_text("{}")
+    assert main(["show", str(tmp_path)]) == 2
+    assert f"is a sweep's folder, not a run: `dsd2 report {tmp_path}`" in capsys.readouterr().err
+
+
 def test_run_on_a_run_directory_resumes_without_restarting_the_round(tiny_run, capsys):
     # `run DIR` calls resume(); its unset options must not arrive as typer's (truthy) defaults
     assert main(["run", str(tiny_run)]) == 0

@@ -101,6 +101,8 @@ def show(run_dir: Path = typer.Argument(..., help="Run directory."), plugins: Op
     from dsd2 import rundir
 
     load_plugins(plugins)
+    if (run_dir / "sweep.json").is_file() and not (run_dir / rundir.CONFIG).is_file():
+        raise UserError(f"{run_dir} is a sweep's folder, not a run: `dsd2 report {run_dir}` summarises it; its runs lie beside it")
     render.console.print(rounds_table(rundir.read_rounds(run_dir), title=str(run_dir)))
     noise = rundir.read_noise(run_dir)
     if noise is not None and isinstance(noise.get("realized_rate"), (int, float)):
