@@ -316,6 +316,28 @@ def test_the_command_list_wraps_at_the_terminal_not_at_docstring_breaks(monkeypa
     assert not ragged, ragged
 
 
+def test_resume_takes_the_overrides_run_does_on_a_run_directory(tiny_run, tmp_path, capsys):
+    """`dsd2 resume RUN train.threads=2` was a usage error ("unexpected extra argument"): it now
+    uses or refuses them as `dsd2 run RUN ...` does."""
+    import shutil
+
+    from dsd2 import store
+
+    run_dir = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, run_dir)
+    assert main(["resume", str(run_dir), "train.eval_batch_size=77", "-q"]) == 0
+    assert store.read_json(run_dir / "meta.json")["execution_changes"][-1]["changed"] == {"train.eval_batch_size": {"from": 1000, "to": 77}}
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "train.lr=0.5", "-q"]) == 2
+    assert "train.lr would change the numbers" in capsys.readouterr().err
+
+
+def test_show_on_a_sweep_folder_points_to_report(tmp_path, capsys):
+    (tmp_path / "sweep.json").write_text("{}")
+    assert main(["show", str(tmp_path)]) == 2
+    assert f"is a sweep's folder, not a run: `dsd2 report {tmp_path}`" in capsys.readouterr().err
+
+
 def test_run_on_a_run_directory_resumes_without_restarting_the_round(tiny_run, capsys):
     # `run DIR` calls resume(); its unset options must not arrive as typer's (truthy) defaults
     assert main(["run", str(tiny_run)]) == 0

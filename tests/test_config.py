@@ -229,3 +229,12 @@ def test_worker_counts_outside_0_to_256_are_one_line_refusals(workers):
         load_config(None, ["dataset.name=image_folder", "dataset.root=/nowhere", f"dataset.workers={workers}"])
     lines = [ln for ln in str(err.value).splitlines() if ln.strip().startswith("dataset.workers")]
     assert len(lines) == 1 and f"not between 0 and {MAX_WORKERS}" in lines[0]
+
+
+def test_a_run_directory_given_as_a_config_names_its_config_yaml(tmp_path):
+    """`dsd2 pipeline RUN_DIR` said "config file RUN_DIR not found" about a folder that exists."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("name: x\n")
+    with pytest.raises(UserError, match="is a run directory, not a config file: give .*config.yaml"):
+        load_config(str(run_dir))

@@ -36,7 +36,8 @@ def _one_line_error(capsys, needle):
 def test_export_loads_back_with_the_rounds_logits_and_folded_zeros(tiny_run, tmp_path, capsys):
     out = tmp_path / "model"
     assert _export(tiny_run, out, "--round", "2") == 0
-    assert "export: " in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "export: " in text and text.startswith("round 2 (given with --round), sparsity ")
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
     ref, masks, cfg = rundir.load_round_model(tiny_run, 2)
     model = load_exported(out)

@@ -41,6 +41,10 @@ def test_ctrl_c_names_the_run_to_resume(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("dsd2.sweep.sweep_main", interrupted)
     assert main(["sweep", "whatever.yaml", "--out", str(tmp_path)]) == 130
     assert "resume with the same `dsd2 sweep` command" in capsys.readouterr().err
+    # a command that trains nothing is just interrupted
+    monkeypatch.setattr("dsd2.report.write_report", interrupted)
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r")]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
 
 
 def test_a_run_resumed_from_an_epoch_checkpoint_says_so(tiny, tmp_path, monkeypatch, capsys):

@@ -197,6 +197,20 @@ def test_a_copied_image_folder_is_the_same_run(folder_run, tmp_path):
     assert fp["files"] == 18 and fp["content"] == "whole"
 
 
+def test_a_relative_data_folder_given_to_an_existing_run_is_recorded_absolute(folder_run, tmp_path, monkeypatch):
+    """`dsd2 run RUN dataset.root=imgs` from the folder holding imgs/: config.yaml and meta.json
+    record where the data is, so a later resume from another folder finds it."""
+    from dsd2 import rundir, store
+
+    root, run_dir = folder_run
+    copy = tmp_path / "elsewhere" / "imgs"
+    shutil.copytree(root, copy)
+    monkeypatch.chdir(copy.parent)
+    assert imp.run(_folder_config("imgs"), tmp_path / "runs") == run_dir
+    assert rundir.read_config(run_dir).dataset.root == str(copy)
+    assert store.read_json(run_dir / "meta.json")["execution_changes"][-1]["changed"]["dataset.root"]["to"] == str(copy)
+
+
 @pytest.mark.parametrize("edit", ["pixel", "remove", "add"])
 def test_other_data_never_reuses_a_run(folder_run, tmp_path, edit):
     """One changed image, a removed or an added one: refused with one line saying what changed;

@@ -420,6 +420,27 @@ def test_more_rounds_extend_a_finished_run(finished, tmp_path):
     assert store.read_json(run_dir / "meta.json") == meta
 
 
+def test_an_extension_that_fails_to_start_leaves_the_run_as_it_was(tmp_path, monkeypatch):
+    """A student extended from another folder, where its relative teacher path is not found, failed
+    after config.yaml and meta.json took the new count: the run then said "2 of 3 rounds" and
+    export --round best refused it. A failed start now restores both."""
+    from dsd2 import rundir
+    from dsd2.imp import loop
+
+    short = tiny("prune.rounds=1")
+    run_dir = imp.run(short, tmp_path)
+    before = {n: (run_dir / n).read_bytes() for n in ("config.yaml", "meta.json")}
+
+    def fails(*args, **kwargs):
+        raise UserError("teacher not found")
+
+    monkeypatch.setattr(loop, "start", fails)
+    with pytest.raises(UserError, match="teacher not found"):
+        imp.run(tiny("prune.rounds=2"), tmp_path)
+    assert {n: (run_dir / n).read_bytes() for n in ("config.yaml", "meta.json")} == before
+    assert rundir.is_complete(rundir.read_config(run_dir), 2, run_dir)
+
+
 def test_a_run_named_by_the_old_rounds_counting_id_is_extended(tmp_path):
     """Run folders of the earlier scheme (whose id counted prune.rounds) are found and extended."""
     short = tiny("prune.rounds=0")

@@ -66,6 +66,16 @@ def test_layouts_images_come_in():
         to_model_layout(torch.zeros(3, 16, 16), shape)
 
 
+def test_a_list_of_images_of_different_sizes_says_so():
+    """PIL images straight from a folder (numpy's "inhomogeneous shape" error before)."""
+    import numpy as np
+
+    from dsd2.inference import _as_tensor
+
+    with pytest.raises(UserError, match=r"images of different sizes \(2 given\): resize and crop each"):
+        _as_tensor([np.zeros((8, 8, 3), np.uint8), np.zeros((9, 8, 3), np.uint8)])
+
+
 def test_compare_and_report_functions(exported, tmp_path):
     from dsd2 import compare
 

@@ -31,6 +31,11 @@ def _as_tensor(images: Any) -> torch.Tensor:
 
         return torch.as_tensor(np.asarray(images))
     except (TypeError, ValueError) as err:
+        if isinstance(images, (list, tuple)) and "inhomogeneous" in str(err):  # numpy's word for ragged shapes
+            raise UserError(
+                f"images of different sizes ({len(images)} given): resize and crop each to the model's input_shape first "
+                "(model.json; image-folder runs were evaluated on Resize(image_size / 0.875) + CenterCrop(image_size))"
+            ) from None
         raise UserError(f"images must be a tensor or an array (N x C x H x W, or one image), got {type(images).__name__}: {err}") from None
 
 

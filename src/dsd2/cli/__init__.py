@@ -8,6 +8,7 @@ The commands live by area (``runs``, ``explore``, ``results``, ``sweep``), what 
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -99,6 +100,7 @@ for _name, _fn in _COMMANDS:
 
 def main(argv: list[str] | None = None) -> int:
     render.RESUME["how"] = None  # set by the command once it knows its run
+    render.RESUME["command"] = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
     try:
         code = app(args=argv, standalone_mode=False)
         if code == 130:  # typer's answer to Ctrl-C when it does not exit itself

@@ -29,16 +29,17 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else _PIPED
 
 # How to continue what the running command started, for the Ctrl-C message: set by the command
 # once it knows its run (main resets it per call).
-RESUME: dict[str, str | None] = {"how": None}
+RESUME: dict[str, str | None] = {"how": None, "command": None}
+_TRAINING = ("run", "resume", "pipeline", "demo", "sweep")
 
 
 def interrupted_message() -> str:
     """The Ctrl-C message, naming the run (or the command) that continues what was started; before
-    a command has started any run (loading its config, or a command that trains nothing) there is
-    nothing to resume, and no run directory was printed to point at."""
-    if RESUME["how"] is None:
-        return "interrupted before any run started: nothing to resume"
-    return f"interrupted: finished rounds are kept; resume with {RESUME['how']}"
+    a command has started any run (loading its config) there is nothing to resume, and no run
+    directory was printed to point at; a command that trains nothing was just interrupted."""
+    if RESUME["how"] is not None:
+        return f"interrupted: finished rounds are kept; resume with {RESUME['how']}"
+    return "interrupted before any run started: nothing to resume" if RESUME["command"] in _TRAINING else "interrupted"
 
 
 def pct(v: Any) -> str:

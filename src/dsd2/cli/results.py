@@ -135,8 +135,9 @@ def export_cmd(
         )
     res = export(run_dir, out, round=round, onnx=onnx, compressed=compressed, structured=structured, epoch=epoch, force=force)
     how = res.info.get("selected_on")
+    chosen = "given with --round" if res.selected_by == "round" else res.selected_by  # "round 2 (round)" said nothing
     render.console.print(
-        f"round {res.round} ({res.selected_by}{f' on {how}' if how else ''}), sparsity {100 * res.sparsity:.2f}%, "
+        f"round {res.round} ({chosen}{f' on {how}' if how else ''}), sparsity {100 * res.sparsity:.2f}%, "
         f"test {pct(res.info['accuracy'].get('test_acc'))}%"
     )
     if compressed:

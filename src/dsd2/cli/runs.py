@@ -57,13 +57,17 @@ def run(
             load_plugins(plugins)
             _run_config(rundir.with_overrides(p, overrides), p.parent, p, quiet)
             return None
-        return resume(p, quiet=quiet, lr_scale=None, restart_round=False, plugins=plugins)
+        return resume(p, None, quiet=quiet, lr_scale=None, restart_round=False, plugins=plugins)
     cfg = load_config(config, overrides or [], plugins=plugins or [])
     _run_config(cfg, out, None, quiet)
 
 
 def resume(
     run_dir: Path = typer.Argument(..., help="Run directory printed by `dsd2 run`."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None,
+        help="Where and how it goes on (train.threads=2, dataset.root=DIR) or more rounds; a setting that changes its numbers is refused.",
+    ),
     quiet: bool = quiet_option(),
     lr_scale: Optional[float] = typer.Option(
         None,
@@ -80,7 +84,7 @@ def resume(
 
     render.RESUME["how"] = f"`dsd2 resume {shlex.quote(str(run_dir))}`"
     load_plugins(plugins)
-    cfg = rundir.read_config(run_dir)
+    cfg = rundir.with_overrides(run_dir, overrides) if overrides else rundir.read_config(run_dir)
     if lr_scale is not None:
         with store.run_lock(run_dir):
             first = imp.set_lr_scale(run_dir, lr_scale)
@@ -97,6 +101,8 @@ def show(run_dir: Path = typer.Argument(..., help="Run directory."), plugins: Op
     from dsd2 import rundir
 
     load_plugins(plugins)
+    if (run_dir / "sweep.json").is_file() and not (run_dir / rundir.CONFIG).is_file():
+        raise UserError(f"{run_dir} is a sweep's folder, not a run: `dsd2 report {run_dir}` summarises it; its runs lie beside it")
     render.console.print(rounds_table(rundir.read_rounds(run_dir), title=str(run_dir)))
     noise = rundir.read_noise(run_dir)
     if noise is not None and isinstance(noise.get("realized_rate"), (int, float)):

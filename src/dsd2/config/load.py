@@ -69,6 +69,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         preset = PRESET_DIR / f"{p.name if p.suffix else p.name + '.yaml'}"
         if not p.suffix and preset.is_file():
             p = preset
+        elif (p / "config.yaml").is_file():  # a run directory: "not found" would be wrong
+            raise UserError(f"{path} is a run directory, not a config file: give {p / 'config.yaml'} to start from its settings")
         else:
             raise UserError(f"config file {path} not found (give a YAML path or a preset name: {', '.join(list_presets())})")
     from dsd2.safe_read import MAX_YAML_BYTES, read_text

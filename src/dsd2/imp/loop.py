@@ -363,15 +363,19 @@ def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack, share: Share) -> RunC
     and start the run; a run that fails to start leaves no half-made directory."""
     fresh = not run_dir.exists()
     held.enter_context(store.run_lock(run_dir))
+    before: dict[Path, bytes] = {}
     if not fresh and (run_dir / rundir.META).is_file():
         saved = rundir.read_config(run_dir)
         if cfg.prune.rounds > saved.prune.rounds:
+            before = {p: p.read_bytes() for p in (run_dir / rundir.CONFIG, run_dir / rundir.META)}
             extend_rounds(run_dir, saved, cfg)
     try:
         ctx = start(cfg, run_dir, share)
     except BaseException:
         if fresh:  # a failed start (missing data, unknown model, no memory) leaves no half-made run
             shutil.rmtree(run_dir, ignore_errors=True)
+        for path, data in before.items():  # nor a run that says it was extended but trained nothing
+            store.atomic_write_bytes(path, data)
         raise
     if distributed.world().distributed:
         _record_world(run_dir, cfg)

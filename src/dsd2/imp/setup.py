@@ -4,6 +4,7 @@ checks (config, data, extension), thread count; :class:`RunContext` holds what e
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import subprocess
 import sys
@@ -675,12 +676,22 @@ def _record_fingerprint(run_dir: Path, fingerprint: dict[str, Any]) -> None:
         store.write_json(run_dir / rundir.META, meta)
 
 
+def _pinned_root(saved: RunConfig, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with a new relative dataset.root made absolute: config.yaml records where the data
+    is, not where it was from the folder this command ran in (a later resume from elsewhere)."""
+    root = cfg.dataset.root
+    if not root or root == saved.dataset.root or Path(root).expanduser().is_absolute():
+        return cfg
+    return cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": os.path.abspath(root)})})
+
+
 def record_execution(run_dir: Path, cfg: RunConfig) -> None:
     """Where and how the run executes from now on (data folder, threads, device, workers, ...):
     ``cfg``'s, when they differ from config.yaml's: config.yaml takes them (a later `dsd2 resume`
     keeps them) and meta.json's ``execution_changes`` lists each change (when, which setting, from
     and to). They cannot change the numbers: the run id and the recorded digest leave them out."""
     saved = rundir.read_config(run_dir)
+    cfg = _pinned_root(saved, cfg)
     changes = execution_changes(saved, cfg)
     if not changes:
         return
