@@ -5,11 +5,13 @@ existing run are used or refused, never dropped."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 from dsd2 import imp, study
 from dsd2.config import config_hash, differing_settings, unused_options
+from dsd2.config.identity import teacher_identity
 
 from conftest import tiny_config
 
@@ -604,3 +606,26 @@ def test_an_earlier_schemes_gradual_folder_is_only_shown(tmp_path):
         imp.run(tiny_config("prune.schedule=gradual", "train.epochs=2", "prune.rounds=2", "entropy.enabled=false"), old.parent, run_dir=old)
     assert "prune.gradual_end=1" in str(err.value) and "\n" not in str(err.value)
     assert [r["round"] for r in store.read_csv(old / "rounds.csv")] == [0, 1]
+
+
+def test_a_student_is_the_same_run_whatever_its_teachers_path_spelling(tmp_path, monkeypatch):
+    """`dsd2 pipeline … --out pp` then `--out /abs/pp` trained a second, identical student: the id
+    hashed the teacher's path. Now a teacher counts as its folder's name and recorded digest."""
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config("prune.rounds=1")
+    first = study.run_pipeline(cfg, out=Path("pp"))
+    student_csv = (tmp_path / first.student / "rounds.csv").read_bytes()
+    again = study.run_pipeline(cfg, out=tmp_path / "pp")
+    assert Path(again.student).resolve() == (tmp_path / first.student).resolve()
+    assert _dirs(tmp_path / "pp") == sorted([Path(first.teacher).name, Path(first.student).name])
+    assert (tmp_path / first.student / "rounds.csv").read_bytes() == student_csv
+    # another teacher curve (more rounds: another digest) is another student
+    longer = teacher_identity(str(first.teacher))
+    assert longer == {"run": Path(first.teacher).name, "digest": rundir_meta_digest(tmp_path / first.teacher)}
+    assert teacher_identity("no/such/run") == "no/such/run"
+
+
+def rundir_meta_digest(run_dir):
+    import json
+
+    return json.loads((run_dir / "meta.json").read_text())["config_digest"]

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from pathlib import Path
 from typing import Any
 
+from dsd2 import safe_read
 from dsd2.config.load import validate_config
-from dsd2.config.schema import DistillConfig, PruneConfig, RunConfig
+from dsd2.config.schema import SELF_TEACHER, DistillConfig, PruneConfig, RunConfig
 from dsd2.registry import PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_METHODS
 
 # Fields that do not change the numbers a run produces; they stay out of the hash so that
@@ -154,7 +157,7 @@ def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, An
 _MISSING = object()
 
 
-ID_VERSION = 4  # the scheme of RunConfig.run_id
+ID_VERSION = 5  # the scheme of RunConfig.run_id
 
 
 def config_hash(cfg: RunConfig, *, version: int = ID_VERSION) -> str:
@@ -162,7 +165,8 @@ def config_hash(cfg: RunConfig, *, version: int = ID_VERSION) -> str:
 
     Hashing only the non-default values keeps run ids stable when a later version adds a field
     with a default: an old run directory still resumes. ``version``: 4 (the run id) counts the
-    options of unselected choices as their defaults (:func:`unused_options`); 3 (the third
+    options of unselected choices as their defaults (:func:`unused_options`), and 5 (the run id)
+    also counts a teacher as its folder's name and recorded digest, not its path; 3 (the third
     scheme's run id) leaves out prune.rounds; 2 (the second scheme's run id, and
     :meth:`RunConfig.digest`) counts it; 1 (the first scheme) also counts the data folder.
     """
@@ -189,14 +193,34 @@ def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION) -> dict[str,
             data["dataset"]["split_seed"] = None
         if _default_gradual_window(cfg):
             data["prune"]["gradual_window"] = GRADUAL_WINDOW  # the default window changed: other masks
+    if version >= 5:  # a teacher is the run it names, not how its path is spelled
+        distill = data["distill"]
+        if distill.get("teacher") not in (None, SELF_TEACHER):
+            distill["teacher"] = teacher_identity(distill["teacher"])
+        for spec in distill.get("teachers") or []:
+            spec["run"] = teacher_identity(spec["run"])
     return _non_default(data, defaults)
+
+
+def teacher_identity(path: str) -> Any:
+    """A teacher run as a student's id counts it: its folder's name (<name>-<hash>) and the digest
+    its meta.json records (every setting of its curve, rounds included). The same teacher given as
+    another path (relative or absolute, a moved study) is the same teacher; a teacher extended
+    since is another. A path that holds no readable run stays the path (a teacher not trained yet)."""
+    folder = Path(os.path.abspath(os.path.expanduser(str(path))))
+    try:
+        meta = safe_read.read_json(folder / "meta.json")
+    except Exception:
+        return path
+    digest = meta.get("config_digest") if isinstance(meta, dict) else None
+    return {"run": folder.name, "digest": digest} if isinstance(digest, str) else path
 
 
 def legacy_run_ids(cfg: RunConfig) -> list[str]:
     """:meth:`RunConfig.legacy_run_ids`: the ids of the schemes before :data:`ID_VERSION`."""
-    if _default_gradual_window(cfg):
-        return []  # earlier schemes' gradual runs pruned until the last epoch: other numbers
-    ids = [f"{cfg.name}-{config_hash(cfg, version=v)}" for v in (3, 2, 1)]
+    # schemes before the fourth pruned a default-window gradual run until the last epoch: other numbers
+    versions = (4,) if _default_gradual_window(cfg) else (4, 3, 2, 1)
+    ids = [f"{cfg.name}-{config_hash(cfg, version=v)}" for v in versions]
     return [rid for rid in dict.fromkeys(ids) if rid != cfg.run_id()]
 
 
