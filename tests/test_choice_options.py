@@ -4,9 +4,13 @@ plugin noise kind with an options model gets the validated ``noise.options`` of 
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
 
-from dsd2.config import unused_options
+from dsd2.cli import main
+from dsd2.config import differing_settings, unused_options
 from dsd2.registry import NOISE_MODELS, OPTIMIZERS, PRUNING_CRITERIA, RETRAIN_MODES, STOP_RULES
 
 from conftest import tiny_config
@@ -56,3 +60,81 @@ def test_a_plugin_choice_that_declares_what_it_reads_keeps_only_that_in_the_run_
 def test_a_wrong_declaration_fails_at_registration(metadata, message):
     with NOISE_MODELS.snapshot(), pytest.raises(TypeError, match=message):
         NOISE_MODELS.register("plug_bad", _plugin, metadata=metadata)
+
+
+# ----------------------------------------------------------------------------- a plugin noise kind's own options
+
+NOISE_PLUGIN = '''
+"""A noise kind with its own, validated option: flips the first `count` labels by `shift`."""
+from pydantic import BaseModel, Field
+
+from dsd2.registry import NOISE_MODELS
+
+SEEN = []
+
+
+class ShiftOptions(BaseModel):
+    shift: int = Field(1, ge=1)
+    count: int = 10
+
+
+def shift_noise(req):
+    SEEN.append(dict(req.options))
+    noisy = req.clean.clone()
+    n = req.options["count"]
+    noisy[:n] = (noisy[:n] + req.options["shift"]) % req.num_classes
+    return noisy
+
+
+NOISE_MODELS.register("plug_shift", shift_noise, metadata={"options": ShiftOptions, "reads": ()})  # not noise.rate
+'''
+
+
+@pytest.fixture
+def shift_plugin(tmp_path, monkeypatch):
+    (tmp_path / "dsd2_shift_noise.py").write_text(NOISE_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with NOISE_MODELS.snapshot():
+        yield importlib.import_module("dsd2_shift_noise")
+    sys.modules.pop("dsd2_shift_noise", None)
+
+
+def test_a_plugin_noise_kind_gets_its_validated_options(shift_plugin):
+    from dsd2.imp.setup import build_data, noisy_labels
+
+    cfg = tiny_config("noise.kind=plug_shift", "noise.options.shift='2'")
+    assert cfg.noise.options == {"shift": 2}  # converted to the model's type; the default count is left out
+    labels = noisy_labels(cfg, build_data(cfg))
+    assert shift_plugin.SEEN == [{"shift": 2, "count": 10}]  # the request gets the defaults too
+    assert labels.flipped.tolist() == list(range(10))
+
+
+def test_a_plugin_noise_kinds_options_are_in_the_run_id_and_its_defaults_are_not(shift_plugin):
+    base = tiny_config("noise.kind=plug_shift")
+    assert tiny_config("noise.kind=plug_shift", "noise.options={shift: 1, count: 10}").run_id() == base.run_id()
+    other = tiny_config("noise.kind=plug_shift", "noise.options.count=5")
+    assert other.run_id() != base.run_id()
+    assert differing_settings(base, other) == ["noise.options.count"]
+    assert tiny_config("noise.kind=plug_shift", "noise.rate=0.1").run_id() == base.run_id()  # it declares reads=()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("noise.options.shift=0", "noise.options.shift=0: Input should be greater than or equal to 1"),
+        (
+            "noise.options.shfit=2",
+            "noise.options.shfit: noise kind 'plug_shift' has no option 'shfit'. Did you mean 'noise.options.shift'?",
+        ),
+        ("noise.options.count=many", "noise.options.count='many': Input should be a valid integer"),
+    ],
+)
+def test_a_bad_plugin_noise_option_is_exit_2_naming_the_key(shift_plugin, override, message, capsys):
+    assert main(["config", "tiny_mnist1d", "--plugin", "dsd2_shift_noise", "noise.kind=plug_shift", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_built_in_noise_kind_takes_no_options(capsys):
+    assert main(["config", "tiny_mnist1d", "noise.options.shift=2"]) == 2
+    assert "noise.options: noise kind 'symmetric' takes no options" in capsys.readouterr().err

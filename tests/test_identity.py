@@ -366,6 +366,7 @@ DECISIONS: dict[str, object] = {
     "noise.rate": ("mode", ["noise.kind=none"], []),
     "noise.class_map": ("mode", [], ["noise.kind=asymmetric"]),
     "noise.matrix": "id",  # valid only with noise.kind=transition
+    "noise.options": "id",  # valid only with a plugin kind registered with an options model (which reads them)
     "noise.matrix_file": "record",
     "noise.matrix_sha256": "record",
     "noise.instance_std": ("mode", [], ["noise.kind=instance"]),

@@ -158,6 +158,11 @@ class NoiseConfig(_Section):
     matrix_file: str | None = Field(None, description="Set on loading: the file noise.matrix was read from (a record; not in the run id).")
     matrix_sha256: str | None = Field(None, description="Set on loading: sha256 of that file (a record; not in the run id).")
     instance_std: float = Field(0.1, gt=0.0, description="instance: std of the truncated normal of the per-sample flip rates.")
+    options: dict[str, Any] = Field(
+        {},  # pydantic copies it per instance
+        description="A plugin noise kind's own options, validated against the options model it was registered with "
+        "(docs/plugins.md); built-in kinds take none. Values equal to the kind's defaults are dropped (they are the same run).",
+    )
     probe: float = Field(
         0.0,
         ge=0.0,
@@ -203,12 +208,55 @@ class NoiseConfig(_Section):
         return v
 
     @model_validator(mode="after")
+    def _options_of_the_kind(self) -> NoiseConfig:
+        # stored without the kind's defaults: giving a default or leaving it out is the same run id
+        self.__dict__["options"] = check_choice_options(registry.NOISE_MODELS, self.kind, self.options, "noise")
+        return self
+
+    def kind_options(self) -> dict[str, Any]:
+        """The kind's options with its defaults filled in (what ``NoiseRequest.options`` gets)."""
+        model = registry.NOISE_MODELS.options_model(self.kind)
+        return {} if model is None else dict(model.model_validate(self.options).model_dump())
+
+    @model_validator(mode="after")
     def _matrix_for_transition(self) -> NoiseConfig:
         if self.kind == "transition" and self.matrix is None:
             raise ValueError("noise.kind=transition needs noise.matrix (a K x K list, or the path of a .npy or .yaml file)")
         if self.kind != "transition" and self.matrix is not None:
             raise ValueError(f"noise.matrix is used only by noise.kind=transition, not {self.kind}: remove it")
         return self
+
+
+def check_choice_options(reg: registry.Registry[Any], name: str, options: dict[str, Any], section: str) -> dict[str, Any]:
+    """``<section>.options`` validated against the options model the choice ``name`` was registered
+    with, without the values equal to its defaults; a ValueError naming the key otherwise."""
+    model = reg.options_model(name)
+    if model is None:
+        if options:
+            raise ValueError(
+                f"{section}.options: {reg.kind} {name!r} takes no options (only a plugin's {reg.kind} registered with an options "
+                f"model does); remove {section}.options {sorted(options)}"
+            )
+        return {}
+    from pydantic import ValidationError
+
+    fields = model.model_fields
+    accepted = ", ".join(f"{k} (required)" if f.is_required() else f"{k}={f.default!r}" for k, f in fields.items()) or "none"
+    for key in options:  # a model ignores unknown keys by default: a typo would be dropped silently
+        if key not in fields:
+            hint = registry.did_you_mean(str(key), fields, prefix=f"{section}.options.")
+            raise ValueError(
+                f"{section}.options.{key}: {reg.kind} {name!r} has no option {key!r}.{hint} Its options (defaults): {accepted}"
+            )
+    try:
+        validated = model.model_validate(options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "?"
+        value = f"={first['input']!r}" if first["type"] != "missing" else ""
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{section}.options.{key}{value}: {msg} ({reg.kind} {name!r} options, defaults: {accepted})") from None
+    return dict(validated.model_dump(mode="json", exclude_defaults=True))
 
 
 def _numbers(value: Any) -> list[Any]:

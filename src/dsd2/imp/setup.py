@@ -219,6 +219,7 @@ def _synthetic_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
         matrix=cfg.noise.matrix,
         instance_std=cfg.noise.instance_std,
         features=_train_features(data),
+        options=cfg.noise.kind_options(),
     )
 
 
