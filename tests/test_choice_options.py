@@ -8,10 +8,13 @@ import importlib
 import sys
 
 import pytest
+from pydantic import BaseModel, Field
 
+from dsd2 import imp
 from dsd2.cli import main
 from dsd2.config import differing_settings, unused_options
-from dsd2.registry import NOISE_MODELS, OPTIMIZERS, PRUNING_CRITERIA, RETRAIN_MODES, STOP_RULES
+from dsd2.errors import UserError
+from dsd2.registry import NOISE_MODELS, OPTIMIZERS, PRUNING_ALLOCATIONS, PRUNING_CRITERIA, RETRAIN_MODES, STOP_RULES
 
 from conftest import tiny_config
 
@@ -138,3 +141,50 @@ def test_a_bad_plugin_noise_option_is_exit_2_naming_the_key(shift_plugin, overri
 def test_a_built_in_noise_kind_takes_no_options(capsys):
     assert main(["config", "tiny_mnist1d", "noise.options.shift=2"]) == 2
     assert "noise.options: noise kind 'symmetric' takes no options" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a plugin criterion's and allocation's own options
+
+
+class _Power(BaseModel):
+    power: float = Field(1.0, gt=0)
+
+
+class _Keep(BaseModel):
+    keep_last: bool = False
+
+
+def test_a_plugin_criterion_and_allocation_get_their_validated_options_in_a_run(tmp_path):
+    seen: dict[str, list[dict]] = {"criterion": [], "allocation": []}
+
+    def power_scores(weights, inputs):
+        seen["criterion"].append(dict(inputs.options))
+        return {n: w.detach().abs().float().cpu() ** inputs.options["power"] for n, w in weights.items()}
+
+    def kept_global(scores, masks, rate, density, *, options):
+        seen["allocation"].append(dict(options))
+        return PRUNING_ALLOCATIONS.get("global")(scores, masks, rate, density)
+
+    with PRUNING_CRITERIA.snapshot(), PRUNING_ALLOCATIONS.snapshot():
+        PRUNING_CRITERIA.register("plug_power", power_scores, metadata={"options": _Power})
+        PRUNING_ALLOCATIONS.register("plug_alloc", kept_global, metadata={"options": _Keep})
+        cfg = tiny_config(
+            "prune.rounds=1",
+            "prune.criterion=plug_power",
+            "prune.allocation=plug_alloc",
+            "prune.criterion_options.power='2'",
+            "prune.allocation_options={keep_last: false}",
+        )
+        assert (cfg.prune.criterion_options, cfg.prune.allocation_options) == ({"power": 2.0}, {})
+        imp.run(cfg, tmp_path)
+        assert seen == {"criterion": [{"power": 2.0}], "allocation": [{"keep_last": False}]}
+        base = tiny_config("prune.rounds=1", "prune.criterion=plug_power", "prune.allocation=plug_alloc")
+        assert base.run_id() != cfg.run_id()
+        assert differing_settings(base, cfg) == ["prune.criterion_options.power"]
+        with pytest.raises(UserError, match=r"prune.allocation_options.keep_lats: sparsity allocation 'plug_alloc' has no option"):
+            tiny_config("prune.criterion=plug_power", "prune.allocation=plug_alloc", "prune.allocation_options.keep_lats=1")
+        with pytest.raises(UserError, match=r"prune.criterion_options.power=0.0: Input should be greater than 0"):
+            tiny_config("prune.criterion=plug_power", "prune.allocation=global", "prune.criterion_options.power=0.0")
+    # a built-in criterion (here the method's own, magnitude) takes none
+    with pytest.raises(UserError, match=r"prune.criterion_options: pruning criterion 'magnitude' takes no options"):
+        tiny_config("prune.allocation=uniform", "prune.criterion_options.power=2")

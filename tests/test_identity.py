@@ -402,6 +402,8 @@ DECISIONS: dict[str, object] = {
     "prune.score_batches": ("mode", [], ["prune.criterion=snip", "prune.allocation=global"]),
     "prune.score_batchnorm": ("mode", [], ["prune.criterion=snip", "prune.allocation=global"]),
     "prune.min_channels": ("mode", [], ["prune.criterion=magnitude", "prune.allocation=channel_uniform"]),
+    "prune.criterion_options": "id",  # valid only with a plugin criterion registered with an options model (which reads them)
+    "prune.allocation_options": "id",  # likewise for a plugin allocation
     "prune.slimming_lambda": "id",  # the L1 penalty trains the BatchNorm scales whatever the criterion
     "prune.include": "id",
     "prune.exclude": "id",
