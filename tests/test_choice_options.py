@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from dsd2 import imp
 from dsd2.cli import main
-from dsd2.config import differing_settings, unused_options
+from dsd2.config import differing_settings, load_config, unused_options
 from dsd2.errors import UserError
 from dsd2.registry import NOISE_MODELS, OPTIMIZERS, PRUNING_ALLOCATIONS, PRUNING_CRITERIA, RETRAIN_MODES, STOP_RULES
 
@@ -63,6 +63,14 @@ def test_a_plugin_choice_that_declares_what_it_reads_keeps_only_that_in_the_run_
 def test_a_wrong_declaration_fails_at_registration(metadata, message):
     with NOISE_MODELS.snapshot(), pytest.raises(TypeError, match=message):
         NOISE_MODELS.register("plug_bad", _plugin, metadata=metadata)
+
+
+def test_an_options_model_where_no_config_key_passes_it_fails_at_registration():
+    class Options(BaseModel):
+        nesterov: bool = False
+
+    with OPTIMIZERS.snapshot(), pytest.raises(TypeError, match="optimizers cannot take their own options"):
+        OPTIMIZERS.register("plug_opt", _plugin, metadata={"options": Options})
 
 
 # ----------------------------------------------------------------------------- a plugin noise kind's own options
@@ -176,8 +184,12 @@ def test_a_plugin_criterion_and_allocation_get_their_validated_options_in_a_run(
             "prune.allocation_options={keep_last: false}",
         )
         assert (cfg.prune.criterion_options, cfg.prune.allocation_options) == ({"power": 2.0}, {})
-        imp.run(cfg, tmp_path)
+        run_dir = imp.run(cfg, tmp_path)
         assert seen == {"criterion": [{"power": 2.0}], "allocation": [{"keep_last": False}]}
+        saved = load_config(run_dir / "config.yaml")  # the options are recorded and read back as they were
+        assert (saved.prune.criterion_options, saved.run_id()) == ({"power": 2.0}, cfg.run_id())
+        assert imp.run(saved, tmp_path) == run_dir  # the finished run is found, not trained again
+        assert len(seen["criterion"]) == 1
         base = tiny_config("prune.rounds=1", "prune.criterion=plug_power", "prune.allocation=plug_alloc")
         assert base.run_id() != cfg.run_id()
         assert differing_settings(base, cfg) == ["prune.criterion_options.power"]

@@ -161,6 +161,7 @@ class Registry(Generic[T]):
         *,
         owns: tuple[str, ...] = (),
         undeclared: Callable[[Mapping[str, Any]], Iterable[str]] | None = None,
+        options_key: str | None = None,
     ) -> None:
         self.kind = kind
         self.plural = plural or f"{kind}s"
@@ -168,6 +169,7 @@ class Registry(Generic[T]):
         # entry that declares no ``reads`` reads (from its metadata; None: all of them)
         self.owns = tuple(owns)
         self._undeclared = undeclared
+        self.options_key = options_key  # the config mapping of a choice's own options (None: none can have them)
         self._entries: dict[str, _Entry] = {}
         self._families: dict[str, Family] = {}
         self._resolved: dict[str, _Entry] = {}  # family names looked up so far
@@ -374,6 +376,8 @@ def _check_option_metadata(registry: Registry[Any], key: str, metadata: Mapping[
         owned = ", ".join(registry.owns) or "none"
         raise TypeError(f"{registry.kind} {key!r}: metadata 'reads' names {unknown}, not options of {registry.plural} (they are: {owned})")
     model = metadata.get("options")
+    if model is not None and registry.options_key is None:
+        raise TypeError(f"{registry.kind} {key!r}: {registry.plural} cannot take their own options (no config key passes them)")
     if model is not None:
         from pydantic import BaseModel  # pydantic, not torch: fine before a config is loaded
 
@@ -400,10 +404,17 @@ PRUNING_METHODS: Registry[Callable[..., Any]] = Registry("pruning method")
 # retraining mode or pruning schedule none, any other all).
 _SCORE_OPTIONS = ("prune.score_batches", "prune.score_batchnorm")
 PRUNING_CRITERIA: Registry[Callable[..., Any]] = Registry(
-    "pruning criterion", "pruning criteria", owns=_SCORE_OPTIONS, undeclared=lambda m: _SCORE_OPTIONS if m.get("gradients") else ()
+    "pruning criterion",
+    "pruning criteria",
+    owns=_SCORE_OPTIONS,
+    undeclared=lambda m: _SCORE_OPTIONS if m.get("gradients") else (),
+    options_key="prune.criterion_options",
 )
 PRUNING_ALLOCATIONS: Registry[Callable[..., Any]] = Registry(
-    "sparsity allocation", owns=("prune.min_channels",), undeclared=lambda m: ("prune.min_channels",) if m.get("min_channels") else ()
+    "sparsity allocation",
+    owns=("prune.min_channels",),
+    undeclared=lambda m: ("prune.min_channels",) if m.get("min_channels") else (),
+    options_key="prune.allocation_options",
 )
 RETRAIN_MODES: Registry[Any] = Registry(
     "retraining mode", owns=("prune.finetune_lr", "prune.finetune_epochs", "prune.rewind_epoch"), undeclared=lambda m: ()
@@ -414,7 +425,9 @@ PRUNING_SCHEDULES: Registry[Callable[..., Any]] = Registry(
 OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer", owns=("train.momentum",))
 SCHEDULES: Registry[Callable[..., float]] = Registry("schedule", owns=("train.milestones", "train.lr_decay"))
 STOP_RULES: Registry[Callable[..., Any]] = Registry("stop rule", owns=("early_stop.tolerance", "early_stop.patience", "early_stop.select"))
-NOISE_MODELS: Registry[Callable[..., Any]] = Registry("noise kind", owns=("noise.rate", "noise.class_map", "noise.instance_std"))
+NOISE_MODELS: Registry[Callable[..., Any]] = Registry(
+    "noise kind", owns=("noise.rate", "noise.class_map", "noise.instance_std"), options_key="noise.options"
+)
 
 
 def _builtin(

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dsd2 import safe_read
 from dsd2.config.load import validate_config
@@ -18,7 +18,6 @@ from dsd2.registry import (
     OPTIMIZERS,
     PRUNING_ALLOCATIONS,
     PRUNING_CRITERIA,
-    PRUNING_METHODS,
     PRUNING_SCHEDULES,
     RETRAIN_MODES,
     SCHEDULES,
@@ -123,14 +122,12 @@ def _not_read(registry: Registry[Any], name: str | None) -> list[tuple[str, str]
     return [(key.split(".")[0], key.split(".")[1]) for key in registry.owns if key not in reads]
 
 
-def _scoring_part(p: PruneConfig, part: str) -> str | None:
-    """The run's criterion or allocation: the given one, or the method's own when only the other
-    part is replaced (None when the method does not name it); a method called as registered
-    (neither given) reads neither's options."""
+def _scoring_part(p: PruneConfig, part: Literal["criterion", "allocation"]) -> str | None:
+    """The run's criterion or allocation (:meth:`PruneConfig.scoring_part`; None: a plugin method's
+    own, unknown); a method called as registered (neither given) reads neither's options."""
     if p.criterion is None and p.allocation is None:
         return _METHOD_AS_REGISTERED
-    given = getattr(p, part)
-    return given if given is not None else PRUNING_METHODS.metadata(p.method).get(part)
+    return p.scoring_part(part)
 
 
 def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -210,7 +210,7 @@ class NoiseConfig(_Section):
     @model_validator(mode="after")
     def _options_of_the_kind(self) -> NoiseConfig:
         # stored without the kind's defaults: giving a default or leaving it out is the same run id
-        self.__dict__["options"] = check_choice_options(registry.NOISE_MODELS, self.kind, self.options, "noise.options")
+        self.__dict__["options"] = check_choice_options(registry.NOISE_MODELS, self.kind, self.options)
         return self
 
     def kind_options(self) -> dict[str, Any]:
@@ -226,9 +226,10 @@ class NoiseConfig(_Section):
         return self
 
 
-def check_choice_options(reg: registry.Registry[Any], name: str | None, options: dict[str, Any], key: str) -> dict[str, Any]:
-    """The options mapping ``key`` (``noise.options``) validated against the options model the choice ``name`` was registered
+def check_choice_options(reg: registry.Registry[Any], name: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The options mapping of ``reg``'s choices (its ``options_key``, e.g. ``noise.options``) validated against the options model the choice ``name`` was registered
     with, without the values equal to its defaults; a ValueError naming the key otherwise."""
+    key = reg.options_key
     model = reg.options_model(name) if name is not None else None
     if model is None:
         if options:
@@ -441,11 +442,9 @@ class PruneConfig(_Section):
                         "prune.criterion and prune.allocation"
                     )
         # stored without the choice's defaults: giving a default or leaving it out is the same run id
-        self.__dict__["criterion_options"] = check_choice_options(
-            PRUNING_CRITERIA, self.scoring_part("criterion"), self.criterion_options, "prune.criterion_options"
-        )
+        self.__dict__["criterion_options"] = check_choice_options(PRUNING_CRITERIA, self.scoring_part("criterion"), self.criterion_options)
         self.__dict__["allocation_options"] = check_choice_options(
-            PRUNING_ALLOCATIONS, self.scoring_part("allocation"), self.allocation_options, "prune.allocation_options"
+            PRUNING_ALLOCATIONS, self.scoring_part("allocation"), self.allocation_options
         )
         return self
 
