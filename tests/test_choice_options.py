@@ -5,6 +5,7 @@ plugin noise kind with an options model gets the validated ``noise.options`` of 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 
 import pytest
@@ -118,6 +119,12 @@ def test_a_plugin_noise_kind_gets_its_validated_options(shift_plugin):
     labels = noisy_labels(cfg, build_data(cfg))
     assert shift_plugin.SEEN == [{"shift": 2, "count": 10}]  # the request gets the defaults too
     assert labels.flipped.tolist() == list(range(10))
+
+
+def test_a_plugin_noise_kinds_options_are_recorded_in_noise_json(shift_plugin, tmp_path):
+    cfg = tiny_config("noise.kind=plug_shift", "noise.options.count=4", "prune.rounds=0")
+    run_dir = imp.run(cfg, tmp_path)
+    assert json.loads((run_dir / "noise.json").read_text())["options"] == {"shift": 1, "count": 4}
 
 
 def test_a_plugin_noise_kinds_options_are_in_the_run_id_and_its_defaults_are_not(shift_plugin):
