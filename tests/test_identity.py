@@ -366,6 +366,7 @@ DECISIONS: dict[str, object] = {
     "noise.rate": ("mode", ["noise.kind=none"], []),
     "noise.class_map": ("mode", [], ["noise.kind=asymmetric"]),
     "noise.matrix": "id",  # valid only with noise.kind=transition
+    "noise.options": "id",  # valid only with a plugin kind registered with an options model (which reads them)
     "noise.matrix_file": "record",
     "noise.matrix_sha256": "record",
     "noise.instance_std": ("mode", [], ["noise.kind=instance"]),
@@ -401,6 +402,8 @@ DECISIONS: dict[str, object] = {
     "prune.score_batches": ("mode", [], ["prune.criterion=snip", "prune.allocation=global"]),
     "prune.score_batchnorm": ("mode", [], ["prune.criterion=snip", "prune.allocation=global"]),
     "prune.min_channels": ("mode", [], ["prune.criterion=magnitude", "prune.allocation=channel_uniform"]),
+    "prune.criterion_options": "id",  # valid only with a plugin criterion registered with an options model (which reads them)
+    "prune.allocation_options": "id",  # likewise for a plugin allocation
     "prune.slimming_lambda": "id",  # the L1 penalty trains the BatchNorm scales whatever the criterion
     "prune.include": "id",
     "prune.exclude": "id",

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
@@ -176,13 +176,15 @@ class GradientSource:
 @dataclass
 class ScoreInputs:
     """What a criterion may read besides the weights: the current masks, the round's generator
-    (random), the training-loss gradients (magnitude_gradient, snip) and the model (slimming
-    reads its BatchNorm scales)."""
+    (random), the training-loss gradients (magnitude_gradient, snip), the model (slimming
+    reads its BatchNorm scales) and a plugin criterion's own options (``prune.criterion_options``,
+    validated against the options model it was registered with, defaults filled in)."""
 
     masks: Mapping[str, torch.Tensor]
     generator: torch.Generator | None = None
     gradients: GradientSource | None = None
     model: nn.Module | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 def magnitude_scores(weights: Mapping[str, torch.Tensor], inputs: ScoreInputs | None = None) -> Scores:
@@ -561,8 +563,11 @@ def prune_with(
     inputs: ScoreInputs | None = None,
     density: float | None = None,
     min_channels: int = 1,
+    allocation_options: Mapping[str, Any] | None = None,
 ) -> Masks:
     """The next masks: scores of the registered ``criterion``, removed as the registered ``allocation`` says.
+
+    An allocation registered with an options model gets ``allocation_options`` as the keyword ``options``.
 
     A structured allocation never leaves a layer without an output channel: the built-in ones keep
     ``min_channels`` per layer, and any structured allocation's result is checked (UserError)."""
@@ -571,7 +576,9 @@ def prune_with(
     scores = PRUNING_CRITERIA.get(criterion)(weights, inputs)
     meta: Mapping[str, Any] = PRUNING_ALLOCATIONS.metadata(allocation)
     # the built-in channel allocations take the per-layer floor; a plugin's gets the plain call
-    extra = {"min_channels": min_channels} if meta.get("min_channels") else {}
+    extra: dict[str, Any] = {"min_channels": min_channels} if meta.get("min_channels") else {}
+    if meta.get("options") is not None:
+        extra["options"] = dict(allocation_options or {})
     new = PRUNING_ALLOCATIONS.get(allocation)(scores, masks, rate, density, **extra)
     if meta.get("structured"):
         check_layers_alive(masks, new)

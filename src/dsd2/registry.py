@@ -39,6 +39,14 @@ names it like a built-in one, in every process that registered it):
   StopDecision | None`` (:mod:`dsd2.compare`);
 - :data:`NOISE_MODELS`: ``kind(request: NoiseRequest) -> noisy labels`` (``noise.kind``,
   :mod:`dsd2.noise`).
+
+Each choice owns its options. A registry names the config options its choices may read
+(``owns``, e.g. ``prune.rewind_epoch`` for the retraining modes); an entry's metadata says which
+of them it reads (``reads``: a tuple of ``"section.key"``; :meth:`Registry.reads`), and the run id
+counts the others as their defaults (:func:`dsd2.config.identity.unused_options`). An entry may
+also bring its own options model (metadata ``options``: a pydantic model class;
+:meth:`Registry.options_model`): a plugin noise kind registered with one gets the validated
+``noise.options`` mapping of the config as ``NoiseRequest.options`` (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -146,9 +154,22 @@ class Registry(Generic[T]):
     ``names()``; ``name in registry`` follows the same normalisation.
     """
 
-    def __init__(self, kind: str, plural: str | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        plural: str | None = None,
+        *,
+        owns: tuple[str, ...] = (),
+        undeclared: Callable[[Mapping[str, Any]], Iterable[str]] | None = None,
+        options_key: str | None = None,
+    ) -> None:
         self.kind = kind
         self.plural = plural or f"{kind}s"
+        # the config options ("section.key") this registry's choices may read, and which of them an
+        # entry that declares no ``reads`` reads (from its metadata; None: all of them)
+        self.owns = tuple(owns)
+        self._undeclared = undeclared
+        self.options_key = options_key  # the config mapping of a choice's own options (None: none can have them)
         self._entries: dict[str, _Entry] = {}
         self._families: dict[str, Family] = {}
         self._resolved: dict[str, _Entry] = {}  # family names looked up so far
@@ -177,6 +198,7 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not normalise_name(name):
             raise TypeError(f"a {self.kind} name must be a non-empty string, got {name!r}")
         key = normalise_name(name)
+        _check_option_metadata(self, key, metadata or {})
         old = self._entries.get(key)
         if old is not None and not overwrite and old.obj is not obj:
             raise DuplicateNameError(f"{self.kind} {key!r} is already registered ({_describe(old.obj)}); pass overwrite=True to replace it")
@@ -291,6 +313,22 @@ class Registry(Generic[T]):
         """The metadata ``name`` was registered with (read-only; empty if none)."""
         return MappingProxyType(dict(self._entry(self.canonical(name)).metadata))
 
+    def reads(self, name: str) -> frozenset[str]:
+        """The options of :attr:`owns` that the choice ``name`` reads: its metadata ``reads``, else
+        what the registry infers for an entry that declares nothing (a plugin's choice)."""
+        metadata = self.metadata(name)
+        if "reads" in metadata:
+            declared = metadata["reads"]
+        elif self._undeclared is not None:
+            declared = self._undeclared(metadata)
+        else:
+            declared = self.owns  # it may read any: its runs keep them all in the id
+        return frozenset(declared) & frozenset(self.owns)
+
+    def options_model(self, name: str) -> Any:
+        """The pydantic model of the choice's own options (metadata ``options``), or None."""
+        return self.metadata(name).get("options")
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)
@@ -329,6 +367,24 @@ class Registry(Generic[T]):
         return "; ".join(f"{n}: {e.metadata['description']}" if "description" in e.metadata else n for n, e in self._entries.items())
 
 
+def _check_option_metadata(registry: Registry[Any], key: str, metadata: Mapping[str, Any]) -> None:
+    """A wrong ``reads`` or ``options`` fails at registration, not in a run's id or data set-up."""
+    reads = metadata.get("reads", ())
+    if isinstance(reads, str) or not all(isinstance(k, str) for k in reads):
+        raise TypeError(f"{registry.kind} {key!r}: metadata 'reads' must be a tuple of 'section.key' names, got {reads!r}")
+    if unknown := [k for k in reads if k not in registry.owns]:
+        owned = ", ".join(registry.owns) or "none"
+        raise TypeError(f"{registry.kind} {key!r}: metadata 'reads' names {unknown}, not options of {registry.plural} (they are: {owned})")
+    model = metadata.get("options")
+    if model is not None and registry.options_key is None:
+        raise TypeError(f"{registry.kind} {key!r}: {registry.plural} cannot take their own options (no config key passes them)")
+    if model is not None:
+        from pydantic import BaseModel  # pydantic, not torch: fine before a config is loaded
+
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(f"{registry.kind} {key!r}: metadata 'options' must be a pydantic model class, got {model!r}")
+
+
 def _describe(obj: Any) -> str:
     if isinstance(obj, Lazy):
         return obj.path
@@ -342,19 +398,45 @@ def _describe(obj: Any) -> str:
 # ------------------------------------------------------------------------------------------
 
 PRUNING_METHODS: Registry[Callable[..., Any]] = Registry("pruning method")
-PRUNING_CRITERIA: Registry[Callable[..., Any]] = Registry("pruning criterion", "pruning criteria")
-PRUNING_ALLOCATIONS: Registry[Callable[..., Any]] = Registry("sparsity allocation")
-RETRAIN_MODES: Registry[Any] = Registry("retraining mode")
-PRUNING_SCHEDULES: Registry[Callable[..., Any]] = Registry("pruning schedule")
-OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer")
-SCHEDULES: Registry[Callable[..., float]] = Registry("schedule")
-STOP_RULES: Registry[Callable[..., Any]] = Registry("stop rule")
-NOISE_MODELS: Registry[Callable[..., Any]] = Registry("noise kind")
+# ``owns``: the options of each registry's choices; ``undeclared``: what a plugin's choice that
+# declares no ``reads`` reads (as before these declarations: a criterion its gradient options when
+# it says gradients=True, an allocation the channel floor when it says min_channels=True, a
+# retraining mode or pruning schedule none, any other all).
+_SCORE_OPTIONS = ("prune.score_batches", "prune.score_batchnorm")
+PRUNING_CRITERIA: Registry[Callable[..., Any]] = Registry(
+    "pruning criterion",
+    "pruning criteria",
+    owns=_SCORE_OPTIONS,
+    undeclared=lambda m: _SCORE_OPTIONS if m.get("gradients") else (),
+    options_key="prune.criterion_options",
+)
+PRUNING_ALLOCATIONS: Registry[Callable[..., Any]] = Registry(
+    "sparsity allocation",
+    owns=("prune.min_channels",),
+    undeclared=lambda m: ("prune.min_channels",) if m.get("min_channels") else (),
+    options_key="prune.allocation_options",
+)
+RETRAIN_MODES: Registry[Any] = Registry(
+    "retraining mode", owns=("prune.finetune_lr", "prune.finetune_epochs", "prune.rewind_epoch"), undeclared=lambda m: ()
+)
+PRUNING_SCHEDULES: Registry[Callable[..., Any]] = Registry(
+    "pruning schedule", owns=("prune.gradual_start", "prune.gradual_end"), undeclared=lambda m: ()
+)
+OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer", owns=("train.momentum",))
+SCHEDULES: Registry[Callable[..., float]] = Registry("schedule", owns=("train.milestones", "train.lr_decay"))
+STOP_RULES: Registry[Callable[..., Any]] = Registry("stop rule", owns=("early_stop.tolerance", "early_stop.patience", "early_stop.select"))
+NOISE_MODELS: Registry[Callable[..., Any]] = Registry(
+    "noise kind", owns=("noise.rate", "noise.class_map", "noise.instance_std"), options_key="noise.options"
+)
 
 
-def _builtin(registry: Registry[Any], module: str, entries: list[tuple[str, str, str]]) -> None:
+def _builtin(
+    registry: Registry[Any], module: str, entries: list[tuple[str, str, str]], reads: Mapping[str, tuple[str, ...]] | None = None
+) -> None:
+    """Register built-in entries; ``reads``: name -> the options of ``registry.owns`` it reads (none if not named)."""
     for name, attr, description in entries:
-        registry.register(name, Lazy(f"{module}:{attr}"), metadata={"description": description})
+        declared = (reads or {}).get(name, ())
+        registry.register(name, Lazy(f"{module}:{attr}"), metadata={"description": description, "reads": declared})
 
 
 # a built-in method names what it is made of: prune.criterion / prune.allocation replace one part of it
@@ -392,7 +474,9 @@ for _name, _attr, _description in [
     ("snip", "snip_scores", "SNIP: |w0·dL/dw| at the initial weights under the current mask, over `score_batches` batches"),
 ]:
     # gradients=True: the round loop computes the training-loss gradients for it
-    PRUNING_CRITERIA.register(_name, Lazy(f"dsd2.prune:{_attr}"), metadata={"description": _description, "gradients": True})
+    PRUNING_CRITERIA.register(
+        _name, Lazy(f"dsd2.prune:{_attr}"), metadata={"description": _description, "gradients": True, "reads": _SCORE_OPTIONS}
+    )
 _builtin(
     PRUNING_ALLOCATIONS,
     "dsd2.prune",
@@ -418,7 +502,9 @@ for _name, _attr, _description in [
     ),
 ]:
     PRUNING_ALLOCATIONS.register(
-        _name, Lazy(f"dsd2.prune:{_attr}"), metadata={"description": _description, "structured": True, "min_channels": True}
+        _name,
+        Lazy(f"dsd2.prune:{_attr}"),
+        metadata={"description": _description, "structured": True, "min_channels": True, "reads": ("prune.min_channels",)},
     )
 _builtin(
     RETRAIN_MODES,
@@ -430,6 +516,7 @@ _builtin(
         ("late_rewind", "LATE_REWIND", "rewind to the weights of epoch `rewind_epoch`"),
         ("reinit", "REINIT", "fresh random init under the mask"),
     ],
+    reads={"finetune": ("prune.finetune_lr", "prune.finetune_epochs"), "late_rewind": ("prune.rewind_epoch",)},
 )
 # how round i's masks are made: prune_step calls schedule(ctx, masks, round_idx) -> masks
 _builtin(
@@ -440,6 +527,7 @@ _builtin(
         ("gradual", "gradual_schedule", "Zhu & Gupta's cubic magnitude pruning while round i trains from init, to its target"),
         ("one_shot", "one_shot_schedule", "round i prunes round 0's dense model straight to its target sparsity (He et al.)"),
     ],
+    reads={"gradual": ("prune.gradual_start", "prune.gradual_end")},
 )
 _builtin(
     OPTIMIZERS,
@@ -449,6 +537,7 @@ _builtin(
         ("adam", "adam_optimizer", "Adam with L2 `weight_decay`"),
         ("adamw", "adamw_optimizer", "AdamW (decoupled `weight_decay`)"),
     ],
+    reads={"sgd": ("train.momentum",)},
 )
 _builtin(
     SCHEDULES,
@@ -458,6 +547,7 @@ _builtin(
         ("cosine", "cosine_lr", "cosine decay from lr to 0 over the epochs"),
         ("constant", "constant_lr", "lr throughout"),
     ],
+    reads={"multistep": ("train.milestones", "train.lr_decay")},
 )
 _builtin(
     STOP_RULES,
@@ -467,6 +557,7 @@ _builtin(
         ("plain", "plain_stop", "stop at the first accuracy drop beyond `tolerance` for `patience` rounds"),
         ("entropy", "entropy_stop", "as plain, but drops are ignored while the activation entropy stays near its running maximum"),
     ],
+    reads={"plain": STOP_RULES.owns, "entropy": STOP_RULES.owns},
 )
 _builtin(
     NOISE_MODELS,
@@ -481,4 +572,9 @@ _builtin(
         ("transition", "transition_noise", "each label drawn from row clean of the K x K matrix noise.matrix (rate unused)"),
         ("instance", "instance_noise", "instance-dependent (Xia et al. 2020): per-sample rate ~ truncated N(rate, instance_std)"),
     ],
+    reads={
+        **{k: ("noise.rate",) for k in ("symmetric", "uniform", "bernoulli", "pairflip")},
+        "asymmetric": ("noise.rate", "noise.class_map"),
+        "instance": ("noise.rate", "noise.instance_std"),
+    },
 )

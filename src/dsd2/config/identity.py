@@ -8,12 +8,22 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from dsd2 import safe_read
 from dsd2.config.load import validate_config
 from dsd2.config.schema import SELF_TEACHER, DistillConfig, PruneConfig, RunConfig
-from dsd2.registry import PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_METHODS
+from dsd2.registry import (
+    NOISE_MODELS,
+    OPTIMIZERS,
+    PRUNING_ALLOCATIONS,
+    PRUNING_CRITERIA,
+    PRUNING_SCHEDULES,
+    RETRAIN_MODES,
+    SCHEDULES,
+    STOP_RULES,
+    Registry,
+)
 
 # Fields that do not change the numbers a run produces; they stay out of the hash so that
 # moving a run to another device, thread count or data folder resumes the same directory.
@@ -60,14 +70,6 @@ def with_execution(cfg: RunConfig, source: RunConfig) -> RunConfig:
     return validate_config(data, source="config")
 
 
-# Built-in choices whose options are known (a plugin's noise kind, optimizer or schedule may read
-# any option: its runs keep them all in the id).
-_NOISE_KINDS_WITHOUT_RATE = ("none", "transition")
-_BUILTIN_NOISE_KINDS = ("none", "symmetric", "uniform", "bernoulli", "asymmetric", "pairflip", "transition", "instance")
-_OPTIMIZERS_WITHOUT_MOMENTUM = ("adam", "adamw")
-_SCHEDULES_WITHOUT_MILESTONES = ("cosine", "constant")
-
-
 # Gradual pruning with prune.gradual_end unset leaves the last quarter of the epochs to train after
 # the last pruning step (dsd2.imp.modes.gradual_window); before, it pruned until the last epoch.
 # Such runs hash this marker, and no earlier id finds them: an old folder holds other masks.
@@ -90,55 +92,42 @@ def unused_options(cfg: RunConfig) -> list[tuple[str, str]]:
         out.append(("dataset", "label_key"))
     if d.loader != "auto":
         out.append(("dataset", "memory_budget_gb"))  # it only chooses the data path of loader=auto
-    if n.kind in _BUILTIN_NOISE_KINDS:
-        if n.kind in _NOISE_KINDS_WITHOUT_RATE:
-            out.append(("noise", "rate"))
-        if n.kind != "asymmetric":
-            out.append(("noise", "class_map"))
-        if n.kind != "instance":
-            out.append(("noise", "instance_std"))
-    if t.optimizer in _OPTIMIZERS_WITHOUT_MOMENTUM:
-        out.append(("train", "momentum"))
-    if t.schedule in _SCHEDULES_WITHOUT_MILESTONES:
-        out += [("train", "milestones"), ("train", "lr_decay")]
-    if not _gradient_criterion(p):
-        out += [("prune", "score_batches"), ("prune", "score_batchnorm")]
-    if not _channel_allocation(p):
-        out.append(("prune", "min_channels"))
-    if p.retrain != "finetune":
-        out += [("prune", "finetune_lr"), ("prune", "finetune_epochs")]
-    if p.retrain != "late_rewind":
-        out.append(("prune", "rewind_epoch"))
-    if p.schedule != "gradual":
-        out += [("prune", "gradual_start"), ("prune", "gradual_end")]
+    # every choice reads the options its registry entry declares (dsd2.registry, "reads")
+    out += _not_read(NOISE_MODELS, n.kind)
+    out += _not_read(OPTIMIZERS, t.optimizer)
+    out += _not_read(SCHEDULES, t.schedule)
+    out += _not_read(PRUNING_CRITERIA, _scoring_part(p, "criterion"))
+    out += _not_read(PRUNING_ALLOCATIONS, _scoring_part(p, "allocation"))
+    out += _not_read(RETRAIN_MODES, p.retrain)
+    out += _not_read(PRUNING_SCHEDULES, p.schedule)
     if p.targets:
         out.append(("prune", "rate"))  # one_shot / gradual: the targets are the sparsities
     if not cfg.distill.enabled:
         out += [("distill", k) for k in DistillConfig.model_fields]
     elif cfg.distill.teachers:
         out.append(("distill", "round"))  # each listed teacher names its own round
-    if es.rule == "none":
-        out += [("early_stop", "tolerance"), ("early_stop", "patience"), ("early_stop", "select")]
+    out += _not_read(STOP_RULES, es.rule)
     return out
 
 
-def _channel_allocation(p: PruneConfig) -> bool:
-    """Whether the run's allocation takes prune.min_channels (the built-in channel allocations, or a
-    plugin's that declares it); a method called as registered allocates without the floor."""
-    if p.criterion is None and p.allocation is None:
-        return False
-    allocation = p.allocation if p.allocation is not None else PRUNING_METHODS.metadata(p.method).get("allocation")
-    return allocation is None or bool(PRUNING_ALLOCATIONS.metadata(allocation).get("min_channels"))
+_METHOD_AS_REGISTERED = ""  # no criterion or allocation of its own: the method reads none of their options
 
 
-def _gradient_criterion(p: PruneConfig) -> bool:
-    """Whether the run scores weights with a criterion that reads training gradients (the only
-    reader of prune.score_batches): the given criterion, or the method's own when only the
-    allocation is replaced; a method called as registered scores without them."""
+def _not_read(registry: Registry[Any], name: str | None) -> list[tuple[str, str]]:
+    """The options ``registry``'s choices own that the choice ``name`` does not read (None: the
+    choice is unknown, e.g. a plugin method's own criterion, and may read them all)."""
+    if name is None:
+        return []
+    reads = registry.reads(name) if name != _METHOD_AS_REGISTERED else frozenset()
+    return [(key.split(".")[0], key.split(".")[1]) for key in registry.owns if key not in reads]
+
+
+def _scoring_part(p: PruneConfig, part: Literal["criterion", "allocation"]) -> str | None:
+    """The run's criterion or allocation (:meth:`PruneConfig.scoring_part`; None: a plugin method's
+    own, unknown); a method called as registered (neither given) reads neither's options."""
     if p.criterion is None and p.allocation is None:
-        return False
-    criterion = p.criterion if p.criterion is not None else PRUNING_METHODS.metadata(p.method).get("criterion")
-    return criterion is None or bool(PRUNING_CRITERIA.metadata(criterion).get("gradients"))
+        return _METHOD_AS_REGISTERED
+    return p.scoring_part(part)
 
 
 def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

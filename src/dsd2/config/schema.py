@@ -158,6 +158,11 @@ class NoiseConfig(_Section):
     matrix_file: str | None = Field(None, description="Set on loading: the file noise.matrix was read from (a record; not in the run id).")
     matrix_sha256: str | None = Field(None, description="Set on loading: sha256 of that file (a record; not in the run id).")
     instance_std: float = Field(0.1, gt=0.0, description="instance: std of the truncated normal of the per-sample flip rates.")
+    options: dict[str, Any] = Field(
+        {},  # pydantic copies it per instance
+        description="A plugin noise kind's own options, validated against the options model it was registered with "
+        "(docs/plugins.md); built-in kinds take none. Values equal to the kind's defaults are dropped (they are the same run).",
+    )
     probe: float = Field(
         0.0,
         ge=0.0,
@@ -203,12 +208,59 @@ class NoiseConfig(_Section):
         return v
 
     @model_validator(mode="after")
+    def _options_of_the_kind(self) -> NoiseConfig:
+        # stored without the kind's defaults: giving a default or leaving it out is the same run id
+        self.__dict__["options"] = check_choice_options(registry.NOISE_MODELS, self.kind, self.options)
+        return self
+
+    def kind_options(self) -> dict[str, Any]:
+        """The kind's options with its defaults filled in (what ``NoiseRequest.options`` gets)."""
+        return filled_options(registry.NOISE_MODELS, self.kind, self.options)
+
+    @model_validator(mode="after")
     def _matrix_for_transition(self) -> NoiseConfig:
         if self.kind == "transition" and self.matrix is None:
             raise ValueError("noise.kind=transition needs noise.matrix (a K x K list, or the path of a .npy or .yaml file)")
         if self.kind != "transition" and self.matrix is not None:
             raise ValueError(f"noise.matrix is used only by noise.kind=transition, not {self.kind}: remove it")
         return self
+
+
+def check_choice_options(reg: registry.Registry[Any], name: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The options mapping of ``reg``'s choices (its ``options_key``, e.g. ``noise.options``) validated against the options model the choice ``name`` was registered
+    with, without the values equal to its defaults; a ValueError naming the key otherwise."""
+    key = reg.options_key
+    model = reg.options_model(name) if name is not None else None
+    if model is None:
+        if options:
+            raise ValueError(
+                f"{key}: {reg.kind} {name!r} takes no options (only a plugin's {reg.kind} registered with an options "
+                f"model does); remove {key} {sorted(options)}"
+            )
+        return {}
+    from pydantic import ValidationError
+
+    fields = model.model_fields
+    accepted = ", ".join(f"{k} (required)" if f.is_required() else f"{k}={f.default!r}" for k, f in fields.items()) or "none"
+    for option in options:  # a model ignores unknown keys by default: a typo would be dropped silently
+        if option not in fields:
+            hint = registry.did_you_mean(str(option), fields, prefix=f"{key}.")
+            raise ValueError(f"{key}.{option}: {reg.kind} {name!r} has no option {option!r}.{hint} Its options (defaults): {accepted}")
+    try:
+        validated = model.model_validate(options)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "?"
+        value = f"={first['input']!r}" if first["type"] != "missing" else ""
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{key}.{where}{value}: {msg} ({reg.kind} {name!r} options, defaults: {accepted})") from None
+    return dict(validated.model_dump(mode="json", exclude_defaults=True))
+
+
+def filled_options(reg: registry.Registry[Any], name: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """A choice's validated options with its defaults filled in (what the choice gets when it runs)."""
+    model = reg.options_model(name) if name is not None else None
+    return {} if model is None else dict(model.model_validate(options).model_dump())
 
 
 def _numbers(value: Any) -> list[Any]:
@@ -341,6 +393,15 @@ class PruneConfig(_Section):
     min_channels: int = Field(
         1, ge=1, description="Structured (channel*) allocations: every pruned layer keeps at least this many output channels."
     )
+    criterion_options: dict[str, Any] = Field(
+        {},
+        description="A plugin criterion's own options, validated against the options model it was registered with "
+        "(docs/plugins.md); built-in criteria take none. Values equal to its defaults are dropped (they are the same run).",
+    )
+    allocation_options: dict[str, Any] = Field(
+        {},
+        description="A plugin allocation's own options, as prune.criterion_options (built-in allocations take none).",
+    )
     slimming_lambda: float = Field(
         0.0, ge=0.0, description="Network slimming's L1 penalty on every BatchNorm scale γ during training (e.g. 1e-4; 0: none)."
     )
@@ -380,7 +441,25 @@ class PruneConfig(_Section):
                         f"pruning method {self.method!r} names no criterion and allocation of its own: give both "
                         "prune.criterion and prune.allocation"
                     )
+        # stored without the choice's defaults: giving a default or leaving it out is the same run id
+        self.__dict__["criterion_options"] = check_choice_options(PRUNING_CRITERIA, self.scoring_part("criterion"), self.criterion_options)
+        self.__dict__["allocation_options"] = check_choice_options(
+            PRUNING_ALLOCATIONS, self.scoring_part("allocation"), self.allocation_options
+        )
         return self
+
+    def scoring_part(self, part: Literal["criterion", "allocation"]) -> str | None:
+        """The run's criterion or allocation: the given one, or the method's own when only the other is
+        given; None for a method called as registered (neither given) or one that does not name it."""
+        if self.criterion is None and self.allocation is None:
+            return None
+        given: str | None = getattr(self, part)
+        return given if given is not None else PRUNING_METHODS.metadata(self.method).get(part)
+
+    def part_options(self, part: Literal["criterion", "allocation"]) -> dict[str, Any]:
+        """The criterion's or allocation's options with its defaults filled in (what it gets when it runs)."""
+        reg = PRUNING_CRITERIA if part == "criterion" else PRUNING_ALLOCATIONS
+        return filled_options(reg, self.scoring_part(part), getattr(self, f"{part}_options"))
 
     @model_validator(mode="after")
     def _targets(self) -> PruneConfig:

@@ -128,8 +128,17 @@ def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: 
     if pair is None:
         return next_masks(p.method, ctx.weights, masks, rate, gen)
     grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
-    inputs = ScoreInputs(masks, gen, grads, ctx.model)
-    return prune_with(*pair, ctx.weights, masks, rate, inputs=inputs, density=density, min_channels=p.min_channels)
+    inputs = ScoreInputs(masks, gen, grads, ctx.model, p.part_options("criterion"))
+    return prune_with(
+        *pair,
+        ctx.weights,
+        masks,
+        rate,
+        inputs=inputs,
+        density=density,
+        min_channels=p.min_channels,
+        allocation_options=p.part_options("allocation"),
+    )
 
 
 def iterative_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:

@@ -219,6 +219,7 @@ def _synthetic_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
         matrix=cfg.noise.matrix,
         instance_std=cfg.noise.instance_std,
         features=_train_features(data),
+        options=cfg.noise.kind_options(),
     )
 
 
@@ -314,6 +315,8 @@ def _noise_file(run_dir: Path, cfg: RunConfig, data: DataSplits, labels: NoisyLa
         asked["instance_std"] = cfg.noise.instance_std
     elif cfg.noise.kind == "asymmetric" and cfg.noise.class_map is not None:
         asked["class_map"] = cfg.noise.class_map
+    elif cfg.noise.kind_options():  # a plugin kind's own options, as it got them
+        asked["options"] = cfg.noise.kind_options()
     record = {**asked, "class_names": list(data.class_names) if data.class_names else None, **summary}
     if probe is not None:  # only then: noise.json of runs without a probe stays as it was
         record["probe"] = probe

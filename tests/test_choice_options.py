@@ -1,0 +1,209 @@
+"""Each registered choice owns its options (dsd2.registry, "reads" and "options"): the run id counts
+an option only when the run's choices read it, a plugin's choice declares what it reads, and a
+plugin noise kind with an options model gets the validated ``noise.options`` of the config."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+import pytest
+from pydantic import BaseModel, Field
+
+from dsd2 import imp
+from dsd2.cli import main
+from dsd2.config import differing_settings, load_config, unused_options
+from dsd2.errors import UserError
+from dsd2.registry import NOISE_MODELS, OPTIMIZERS, PRUNING_ALLOCATIONS, PRUNING_CRITERIA, RETRAIN_MODES, STOP_RULES
+
+from conftest import tiny_config
+
+
+def _plugin(*args, **kwargs):
+    raise AssertionError("not called: only the config is built")
+
+
+@pytest.mark.parametrize(
+    "registry, name, reads",
+    [
+        (NOISE_MODELS, "asymmetric", {"noise.rate", "noise.class_map"}),
+        (NOISE_MODELS, "transition", set()),
+        (RETRAIN_MODES, "late_rewind", {"prune.rewind_epoch"}),
+        (PRUNING_CRITERIA, "snip", {"prune.score_batches", "prune.score_batchnorm"}),
+        (OPTIMIZERS, "adam", set()),
+        (STOP_RULES, "plain", {"early_stop.tolerance", "early_stop.patience", "early_stop.select"}),
+    ],
+)
+def test_built_in_choices_declare_the_options_they_read(registry, name, reads):
+    assert registry.reads(name) == reads
+    assert reads <= set(registry.owns)
+
+
+def test_a_plugin_choice_that_declares_what_it_reads_keeps_only_that_in_the_run_id():
+    with NOISE_MODELS.snapshot(), OPTIMIZERS.snapshot():
+        NOISE_MODELS.register("plug_std_noise", _plugin, metadata={"reads": ("noise.instance_std",)})
+        OPTIMIZERS.register("plug_opt", _plugin)  # declares nothing: it may read any option of its registry
+        unused = unused_options(tiny_config("noise.kind=plug_std_noise", "train.optimizer=plug_opt"))
+        assert {("noise", "rate"), ("noise", "class_map")} <= set(unused)
+        assert ("noise", "instance_std") not in unused
+        assert ("train", "momentum") not in unused
+        base = tiny_config("noise.kind=plug_std_noise")
+        assert tiny_config("noise.kind=plug_std_noise", "noise.rate=0.1").run_id() == base.run_id()
+        assert tiny_config("noise.kind=plug_std_noise", "noise.instance_std=0.3").run_id() != base.run_id()
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ({"reads": ("prune.rewind_epoch",)}, "not options of noise kinds"),
+        ({"reads": "noise.rate"}, "must be a tuple"),
+        ({"options": dict}, "must be a pydantic model class"),
+    ],
+)
+def test_a_wrong_declaration_fails_at_registration(metadata, message):
+    with NOISE_MODELS.snapshot(), pytest.raises(TypeError, match=message):
+        NOISE_MODELS.register("plug_bad", _plugin, metadata=metadata)
+
+
+def test_an_options_model_where_no_config_key_passes_it_fails_at_registration():
+    class Options(BaseModel):
+        nesterov: bool = False
+
+    with OPTIMIZERS.snapshot(), pytest.raises(TypeError, match="optimizers cannot take their own options"):
+        OPTIMIZERS.register("plug_opt", _plugin, metadata={"options": Options})
+
+
+# ----------------------------------------------------------------------------- a plugin noise kind's own options
+
+NOISE_PLUGIN = '''
+"""A noise kind with its own, validated option: flips the first `count` labels by `shift`."""
+from pydantic import BaseModel, Field
+
+from dsd2.registry import NOISE_MODELS
+
+SEEN = []
+
+
+class ShiftOptions(BaseModel):
+    shift: int = Field(1, ge=1)
+    count: int = 10
+
+
+def shift_noise(req):
+    SEEN.append(dict(req.options))
+    noisy = req.clean.clone()
+    n = req.options["count"]
+    noisy[:n] = (noisy[:n] + req.options["shift"]) % req.num_classes
+    return noisy
+
+
+NOISE_MODELS.register("plug_shift", shift_noise, metadata={"options": ShiftOptions, "reads": ()})  # not noise.rate
+'''
+
+
+@pytest.fixture
+def shift_plugin(tmp_path, monkeypatch):
+    (tmp_path / "dsd2_shift_noise.py").write_text(NOISE_PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with NOISE_MODELS.snapshot():
+        yield importlib.import_module("dsd2_shift_noise")
+    sys.modules.pop("dsd2_shift_noise", None)
+
+
+def test_a_plugin_noise_kind_gets_its_validated_options(shift_plugin):
+    from dsd2.imp.setup import build_data, noisy_labels
+
+    cfg = tiny_config("noise.kind=plug_shift", "noise.options.shift='2'")
+    assert cfg.noise.options == {"shift": 2}  # converted to the model's type; the default count is left out
+    labels = noisy_labels(cfg, build_data(cfg))
+    assert shift_plugin.SEEN == [{"shift": 2, "count": 10}]  # the request gets the defaults too
+    assert labels.flipped.tolist() == list(range(10))
+
+
+def test_a_plugin_noise_kinds_options_are_recorded_in_noise_json(shift_plugin, tmp_path):
+    cfg = tiny_config("noise.kind=plug_shift", "noise.options.count=4", "prune.rounds=0")
+    run_dir = imp.run(cfg, tmp_path)
+    assert json.loads((run_dir / "noise.json").read_text())["options"] == {"shift": 1, "count": 4}
+
+
+def test_a_plugin_noise_kinds_options_are_in_the_run_id_and_its_defaults_are_not(shift_plugin):
+    base = tiny_config("noise.kind=plug_shift")
+    assert tiny_config("noise.kind=plug_shift", "noise.options={shift: 1, count: 10}").run_id() == base.run_id()
+    other = tiny_config("noise.kind=plug_shift", "noise.options.count=5")
+    assert other.run_id() != base.run_id()
+    assert differing_settings(base, other) == ["noise.options.count"]
+    assert tiny_config("noise.kind=plug_shift", "noise.rate=0.1").run_id() == base.run_id()  # it declares reads=()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("noise.options.shift=0", "noise.options.shift=0: Input should be greater than or equal to 1"),
+        (
+            "noise.options.shfit=2",
+            "noise.options.shfit: noise kind 'plug_shift' has no option 'shfit'. Did you mean 'noise.options.shift'?",
+        ),
+        ("noise.options.count=many", "noise.options.count='many': Input should be a valid integer"),
+    ],
+)
+def test_a_bad_plugin_noise_option_is_exit_2_naming_the_key(shift_plugin, override, message, capsys):
+    assert main(["config", "tiny_mnist1d", "--plugin", "dsd2_shift_noise", "noise.kind=plug_shift", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_built_in_noise_kind_takes_no_options(capsys):
+    assert main(["config", "tiny_mnist1d", "noise.options.shift=2"]) == 2
+    assert "noise.options: noise kind 'symmetric' takes no options" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- a plugin criterion's and allocation's own options
+
+
+class _Power(BaseModel):
+    power: float = Field(1.0, gt=0)
+
+
+class _Keep(BaseModel):
+    keep_last: bool = False
+
+
+def test_a_plugin_criterion_and_allocation_get_their_validated_options_in_a_run(tmp_path):
+    seen: dict[str, list[dict]] = {"criterion": [], "allocation": []}
+
+    def power_scores(weights, inputs):
+        seen["criterion"].append(dict(inputs.options))
+        return {n: w.detach().abs().float().cpu() ** inputs.options["power"] for n, w in weights.items()}
+
+    def kept_global(scores, masks, rate, density, *, options):
+        seen["allocation"].append(dict(options))
+        return PRUNING_ALLOCATIONS.get("global")(scores, masks, rate, density)
+
+    with PRUNING_CRITERIA.snapshot(), PRUNING_ALLOCATIONS.snapshot():
+        PRUNING_CRITERIA.register("plug_power", power_scores, metadata={"options": _Power})
+        PRUNING_ALLOCATIONS.register("plug_alloc", kept_global, metadata={"options": _Keep})
+        cfg = tiny_config(
+            "prune.rounds=1",
+            "prune.criterion=plug_power",
+            "prune.allocation=plug_alloc",
+            "prune.criterion_options.power='2'",
+            "prune.allocation_options={keep_last: false}",
+        )
+        assert (cfg.prune.criterion_options, cfg.prune.allocation_options) == ({"power": 2.0}, {})
+        run_dir = imp.run(cfg, tmp_path)
+        assert seen == {"criterion": [{"power": 2.0}], "allocation": [{"keep_last": False}]}
+        saved = load_config(run_dir / "config.yaml")  # the options are recorded and read back as they were
+        assert (saved.prune.criterion_options, saved.run_id()) == ({"power": 2.0}, cfg.run_id())
+        assert imp.run(saved, tmp_path) == run_dir  # the finished run is found, not trained again
+        assert len(seen["criterion"]) == 1
+        base = tiny_config("prune.rounds=1", "prune.criterion=plug_power", "prune.allocation=plug_alloc")
+        assert base.run_id() != cfg.run_id()
+        assert differing_settings(base, cfg) == ["prune.criterion_options.power"]
+        with pytest.raises(UserError, match=r"prune.allocation_options.keep_lats: sparsity allocation 'plug_alloc' has no option"):
+            tiny_config("prune.criterion=plug_power", "prune.allocation=plug_alloc", "prune.allocation_options.keep_lats=1")
+        with pytest.raises(UserError, match=r"prune.criterion_options.power=0.0: Input should be greater than 0"):
+            tiny_config("prune.criterion=plug_power", "prune.allocation=global", "prune.criterion_options.power=0.0")
+    # a built-in criterion (here the method's own, magnitude) takes none
+    with pytest.raises(UserError, match=r"prune.criterion_options: pruning criterion 'magnitude' takes no options"):
+        tiny_config("prune.allocation=uniform", "prune.criterion_options.power=2")
