@@ -499,6 +499,13 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
             f"{run_dir} was ended by its early-stop rule ({saved.early_stop.rule}) at round {stop}: more rounds would not be "
             "trained. To go on past the stop, run the same config with early_stop.rule=none (a new run)"
         )
+    floor = rundir.floor_stopped_at(run_dir)
+    if floor is not None:
+        raise UserError(
+            f"{run_dir} was ended after round {floor} by the channel floor (prune.min_channels={saved.prune.min_channels}): no "
+            "channel is left to remove, so more rounds cannot be trained. For more rounds start a new run with a lower "
+            "prune.min_channels or prune.rate, or fewer layers pruned (prune.include / prune.exclude)"
+        )
     return cfg
 
 
