@@ -2,14 +2,21 @@
 ``prune.min_channels``, Li et al.'s per-layer ranking (``channel_uniform``), the global ranking on
 per-layer normalised scores (``channel_normalised``), and the guard against a model cut in two."""
 
+import contextlib
+import io
+
 import pytest
 import torch
 
-from dsd2 import imp, store
+from dsd2 import imp, rundir, store
+from dsd2.cli import main
 from dsd2.data import DATASETS, RawDataset, register_dataset
+from dsd2.distill.teacher import _teacher_state
 from dsd2.errors import UserError
 from dsd2.prune import _drop_smallest, alive_rows, full_masks, prune_with
 from dsd2.registry import PRUNING_ALLOCATIONS
+from dsd2.report.data import load_runs
+from dsd2.runs import result
 
 from conftest import tiny_config
 
@@ -208,25 +215,62 @@ def test_channel_allocations_with_min_channels_in_a_run_config(tmp_path):
         tiny_config("prune.min_channels=0")
 
 
-def test_a_run_the_floor_blocks_stops_with_a_clear_error_and_keeps_its_rounds(tmp_path):
+def _floored(tmp_path):
     # 32 hidden channels at rate 0.9: 32 -> 3 -> 2 (one per layer) -> round 3 can remove none
     cfg = tiny_config(
-        "prune.criterion=magnitude", "prune.allocation=channel", "prune.include_classifier=false", "prune.rate=0.9", "prune.rounds=3"
+        "prune.criterion=magnitude", "prune.allocation=channel", "prune.include_classifier=false", "prune.rate=0.9", "prune.rounds=4"
     )
-    with pytest.raises(UserError, match="no channel can be removed"):
-        imp.run(cfg, tmp_path)
-    run_dir = tmp_path / cfg.run_id()
+    return cfg, imp.run(cfg, tmp_path)
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue() + err.getvalue()
+
+
+def test_a_run_the_floor_stops_is_complete_at_the_round_before(tmp_path):
+    """The floor ends the curve as an early stop does: floor_stop.json records the last round, the
+    run is complete there (export --round best, resume, teacher best), and extending it is refused."""
+    cfg, run_dir = _floored(tmp_path)
     assert [r["round"] for r in store.read_csv(run_dir / "rounds.csv")] == [0, 1, 2]
     masks = store.load_tensors(store.round_dir(run_dir, 2) / "masks.safetensors")
     assert [int(alive_rows(m).sum()) for m in masks.values()] == [1, 1]
+    floor = store.read_json(run_dir / "floor_stop.json")
+    assert floor["stop_round"] == 2 and floor["min_channels"] == 1 and "no channel can be removed" in floor["reason"]
+    assert rundir.floor_stopped_at(run_dir) == 2 and rundir.is_complete(cfg, 3, run_dir)
+    assert "undetermined" not in {r["phase"] for r in store.read_csv(run_dir / "rounds.csv")}  # a finished curve
+    assert result(run_dir).complete
+    # export --round best needs the whole curve: this is it
+    code, text = _cli("export", str(run_dir), "--round", "best", "-o", str(tmp_path / "exp"))
+    assert code == 0, text
+    # resume: nothing to train, and it says it is finished
+    before = (run_dir / "rounds.csv").read_bytes()
+    code, text = _cli("resume", str(run_dir), "-q")
+    assert code == 0 and "finished on" in text, text
+    assert (run_dir / "rounds.csv").read_bytes() == before and not store.round_dir(run_dir, 3).exists()
+    # more rounds: refused in one line, config and meta untouched
+    config, meta = (run_dir / "config.yaml").read_bytes(), (run_dir / "meta.json").read_bytes()
+    code, text = _cli("run", str(run_dir), "prune.rounds=6")
+    assert code == 2 and "channel floor (prune.min_channels=1)" in text and "lower prune.min_channels" in text, text
+    assert (run_dir / "config.yaml").read_bytes() == config and (run_dir / "meta.json").read_bytes() == meta
+    # a teacher at its best round: the floor's curve is whole
+    rows, incomplete = _teacher_state(run_dir, cfg.prune.rounds)
+    assert incomplete is None and len(rows) == 3
+    assert len(load_runs([run_dir])) == 1  # the report reads it
+    # a damaged record fails closed, in one line
+    (run_dir / "floor_stop.json").write_text('{"stop_round": "x"}')
+    code, text = _cli("export", str(run_dir), "--round", "best", "-o", str(tmp_path / "exp2"))
+    assert code == 2 and "floor_stop.json is not what dsd2 writes" in text and "Traceback" not in text, text
 
 
-def test_a_floor_above_every_layers_width_says_at_most_and_how_to_export(tmp_path):
-    """16-channel layers under prune.min_channels=100 were never "down to" 100: the error says
-    "at most", names the floor as a fix, and says how to use the rounds that finished."""
+def test_a_floor_above_every_layers_width_stops_after_round_0(tmp_path):
+    """16-channel layers under prune.min_channels=100 were never "down to" 100: the recorded reason
+    says "at most" and names the floor as a fix."""
     cfg = tiny_config("prune.allocation=channel", "prune.include_classifier=false", "prune.min_channels=100", "prune.rounds=1")
-    with pytest.raises(UserError) as err:
-        imp.run(cfg, tmp_path)
-    text = str(err.value)
+    run_dir = imp.run(cfg, tmp_path)
+    text = store.read_json(run_dir / "floor_stop.json")["reason"]
     assert "has at most prune.min_channels=100 output channel(s) left" in text and "down to" not in text
-    assert "--round N" in text and "lower prune.min_channels" in text and "\n" not in text
+    assert "lower prune.min_channels" in text and "\n" not in text
+    assert rundir.floor_stopped_at(run_dir) == 0 and rundir.is_complete(cfg, 1, run_dir)

@@ -213,6 +213,31 @@ def test_a_relative_data_folder_given_to_an_existing_run_is_recorded_absolute(fo
     assert store.read_json(run_dir / "meta.json")["execution_changes"][-1]["changed"]["dataset.root"]["to"] == str(copy)
 
 
+def test_a_new_run_records_a_relative_data_folder_absolute_under_the_same_id(tmp_path, monkeypatch):
+    """`dsd2 run` with dataset.root=imgs (and a transition matrix from a relative file) from the
+    folder holding them: config.yaml records both absolute, the run id is the one of the relative
+    spelling, and a resume from another folder finds the data."""
+    from dsd2 import rundir, store
+    from dsd2.data.testing import write_image_folder
+
+    work = tmp_path / "work"
+    write_image_folder(work / "imgs", n_train=4, n_test=2)
+    (work / "m.yaml").write_text("[[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]]\n")
+    monkeypatch.chdir(work)
+    cfg = _folder_config("imgs", "noise.kind=transition", "noise.matrix=m.yaml")
+    assert cfg.dataset.root == "imgs" and cfg.noise.matrix_file == "m.yaml"
+    run_dir = imp.run(cfg, tmp_path / "runs")
+    assert run_dir.name == cfg.run_id()
+    saved = rundir.read_config(run_dir)
+    assert saved.dataset.root == str(work / "imgs") and saved.noise.matrix_file == str(work / "m.yaml")
+    assert saved.run_id() == cfg.run_id() and saved.digest() == cfg.digest()
+    monkeypatch.chdir(tmp_path)
+    assert imp.resume(run_dir) == run_dir  # found from elsewhere: nothing left to train, no error
+    monkeypatch.chdir(work)
+    assert imp.run(_folder_config("imgs", "noise.kind=transition", "noise.matrix=m.yaml"), tmp_path / "runs") == run_dir
+    assert "execution_changes" not in store.read_json(run_dir / "meta.json")  # the same folder, spelled relative
+
+
 @pytest.mark.parametrize("edit", ["pixel", "remove", "add"])
 def test_other_data_never_reuses_a_run(folder_run, tmp_path, edit):
     """One changed image, a removed or an added one: refused with one line saying what changed;

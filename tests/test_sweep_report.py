@@ -103,3 +103,27 @@ def test_sweep_report_tables_fit_1280_px_in_headless_chromium(sweep_dir, tmp_pat
     wide = re.search(r'data-wide-tables="([^"]*)"', proc.stdout)
     # the page's script lists the tables wider than the page; only per-run rounds tables may be
     assert wide is not None and set(wide.group(1).split()) <= {"rounds"}, wide
+
+
+def test_a_sweeps_own_report_from_before_the_listing_is_kept_and_the_refusal_offers_no_flag(sweep_dir):
+    """<sweep>/report written before reports listed their files: rerunning the sweep keeps it and
+    says to move it away (`dsd2 sweep` has no -o to offer)."""
+    report = sweep_dir / "report"
+    report.mkdir()
+    try:
+        (report / "index.html").write_text("<h1>an earlier report</h1>")
+        with pytest.raises(UserError) as err:
+            write_sweep_report(sweep_dir)
+        text = str(err.value)
+        assert f"move {report} away" in text and " -o" not in text and "\n" not in text, text
+        assert (report / "index.html").read_text() == "<h1>an earlier report</h1>" and sorted(report.iterdir()) == [report / "index.html"]
+        # a figure of the user's under figures/: the same way out
+        (report / "index.html").unlink()
+        (report / "figures").mkdir()
+        (report / "figures" / "sweep_noise.rate.png").write_bytes(b"mine")
+        with pytest.raises(UserError) as err:
+            write_sweep_report(sweep_dir)
+        assert f"move {report} away" in str(err.value) and " -o" not in str(err.value), err.value
+        assert (report / "figures" / "sweep_noise.rate.png").read_bytes() == b"mine"
+    finally:
+        shutil.rmtree(report)

@@ -13,6 +13,7 @@ from dsd2.units import fraction_error
     [
         ("early_stop.tolerance=3", "write 0.03 for 3 points"),
         ("noise.rate=40", "write 0.4 for 40 %"),
+        ("noise.probe=5", "noise.probe=5 is above 1, but noise.probe is a fraction: write 0.05 for 5 %"),
         ("prune.rate=20", "write 0.2 for 20 %"),
         ("distill.alpha=80", "write 0.8 for 80 %"),
         ("prune.targets=[50, 75]", "write 0.5 for 50 %"),

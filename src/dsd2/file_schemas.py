@@ -114,6 +114,11 @@ class EarlyStop(_Open):
     stop_round: Annotated[StrictInt, Field(ge=0, le=MAX_ROUNDS)] | None = None
 
 
+class FloorStop(_Open):
+    stop_round: Annotated[StrictInt, Field(ge=0, le=MAX_ROUNDS)]
+    min_channels: Annotated[StrictInt, Field(ge=0)] | None = None
+
+
 class SweepCell(_Open):
     name: ShortText = ""
     status: ShortText | None = None

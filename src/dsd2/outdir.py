@@ -95,9 +95,10 @@ def refuse_taken(out: Path, names: list[str], ours: set[str], why: str) -> None:
 
 
 @contextlib.contextmanager
-def staging(out: Path) -> Iterator[Path]:
+def staging(out: Path, unwritable: str = "choose a writable -o") -> Iterator[Path]:
     """A hidden temporary folder: beside ``out`` when ``out`` does not exist yet, else inside it.
-    Removed at the end (after :func:`publish` it is empty or gone)."""
+    Removed at the end (after :func:`publish` it is empty or gone). ``unwritable``: the way out
+    the refusal offers when it cannot be made (a command without ``-o`` says its own)."""
     fresh = not os.path.lexists(out)
     where = out.parent if fresh else out
     try:
@@ -105,7 +106,7 @@ def staging(out: Path) -> Iterator[Path]:
             where.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".dsd2-", suffix=".tmp", dir=where))
     except OSError as err:
-        raise UserError(f"cannot write in {where}: {err.strerror or err}; choose a writable -o") from None
+        raise UserError(f"cannot write in {where}: {err.strerror or err}; {unwritable}") from None
     try:
         yield tmp
     finally:

@@ -389,12 +389,17 @@ def _drop_capped(scores: torch.Tensor, eligible: torch.Tensor, layer: torch.Tens
     return new
 
 
+class ChannelFloor(UserError):
+    """Pruning asked to remove channels and the floor (prune.min_channels) left none removable:
+    a run records it as the end of its curve (floor_stop.json) rather than failing."""
+
+
 def _floor_blocked(requested: int, removed: int, min_channels: int) -> None:
     if requested > 0 and removed == 0:
-        raise UserError(
+        raise ChannelFloor(
             f"no channel can be removed: every pruned layer has at most prune.min_channels={min_channels} output channel(s) "
-            "left. The finished rounds are the curve (`dsd2 export RUN_DIR --round N` exports one of them; resuming stops "
-            "here again); for more rounds start a new run with a lower prune.min_channels or prune.rate, or fewer layers "
+            "left. The finished rounds are the curve (`dsd2 export RUN_DIR --round best`, or --round N for one of them); for "
+            "more rounds start a new run with a lower prune.min_channels or prune.rate, or fewer layers "
             "pruned (prune.include / prune.exclude)"
         )
 

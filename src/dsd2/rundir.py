@@ -35,7 +35,7 @@ from torch import nn
 from dsd2 import store
 from dsd2.config import RunConfig, validate_config
 from dsd2.errors import UserError
-from dsd2.file_schemas import EarlyStop, Meta, NoiseInfo, RoundMetrics, TableSums
+from dsd2.file_schemas import EarlyStop, FloorStop, Meta, NoiseInfo, RoundMetrics, TableSums
 from dsd2.prune import Masks
 
 # Finished rounds are the manifest-checked round folders; the rule lives with the checksums.
@@ -105,6 +105,10 @@ def teacher_path(run_dir: str | Path) -> Path:
 
 def early_stop_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / EARLY_STOP
+
+
+def floor_stop_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / FLOOR_STOP
 
 
 def lr_scale_path(run_dir: str | Path) -> Path:
@@ -363,9 +367,27 @@ def stopped_at(run_dir: str | Path) -> int | None:
     return store.read_json(path, EarlyStop).stop_round
 
 
+FLOOR_STOP = "floor_stop.json"
+
+
+def floor_stopped_at(run_dir: str | Path) -> int | None:
+    """The last round of a run whose next round the channel floor (prune.min_channels) left
+    nothing to prune (None: it did not happen). Its curve ends there: no later round can exist."""
+    path = Path(run_dir) / FLOOR_STOP
+    if not path.is_file():
+        return None
+    return store.read_json(path, FloorStop).stop_round
+
+
 def is_complete(cfg: RunConfig, done: int, run_dir: str | Path) -> bool:
-    """Every configured round is finished (``done`` of them), or the early-stop rule ended the run."""
-    return done >= cfg.prune.rounds + 1 or (cfg.early_stop.rule != "none" and done > 0 and stopped_at(run_dir) is not None)
+    """Every configured round is finished (``done`` of them), or the early-stop rule or the
+    channel floor ended the run."""
+    if done >= cfg.prune.rounds + 1:
+        return True
+    if cfg.early_stop.rule != "none" and done > 0 and stopped_at(run_dir) is not None:
+        return True
+    floor = floor_stopped_at(run_dir) if done > 0 else None
+    return floor is not None and done > floor
 
 
 NOISE = "noise.json"

@@ -41,7 +41,7 @@ class RunResult:
 
     @property
     def complete(self) -> bool:
-        """Every configured round is finished, or the run's early-stop rule ended it."""
+        """Every configured round is finished, or the run's early-stop rule or the channel floor ended it."""
         return rundir.is_complete(self.config, len(self.rows), self.run_dir)
 
 

@@ -27,6 +27,11 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
     path = res.run_dir
     if finished:
         render.console.print(finished)
+    elif (floor := rundir.floor_stopped_at(path)) is not None:
+        render.console.print(
+            f"stopped after round {floor}: the channel floor (prune.min_channels={cfg.prune.min_channels}) leaves no channel "
+            f"to remove; the run is complete at round {floor} (floor_stop.json)"
+        )
     render.console.print(
         rounds_table(
             res.rows,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dsd2 import registry
 from dsd2.config.matrix import check_transition_rows, read_matrix_file
@@ -172,15 +172,10 @@ class NoiseConfig(_Section):
         "docs/noise.md).",
     )
 
-    @field_validator("rate", mode="before")
+    @field_validator("rate", "probe", mode="before")
     @classmethod
-    def _rate_not_percent(cls, v: Any) -> Any:
-        return check_fraction("noise.rate", v)
-
-    @field_validator("probe", mode="before")
-    @classmethod
-    def _probe_not_percent(cls, v: Any) -> Any:
-        return check_fraction("noise.probe", v)
+    def _not_percent(cls, v: Any, info: ValidationInfo) -> Any:
+        return check_fraction(f"noise.{info.field_name}", v)
 
     @field_validator("rate", "probe")
     @classmethod

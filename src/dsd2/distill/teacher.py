@@ -38,11 +38,12 @@ def select_teacher_round(rows: Rows, choice: int | str) -> tuple[int, str]:
 
 def _teacher_state(run_dir: Path, rounds_configured: int) -> tuple[list[rundir.RoundRow], str | None]:
     """Rows of the teacher's verified rounds (checksummed metrics.json, not the editable
-    rounds.csv) and why its curve is incomplete (None when every configured round is done)."""
+    rounds.csv) and why its curve is incomplete (None when every configured round is done, or the
+    channel floor ended the curve: no later round can exist)."""
     rows = rundir.read_finished(run_dir).rows
     if store.is_locked(run_dir):
         return rows, f"it is still running (another dsd2 process holds {run_dir / '.lock'})"
-    if len(rows) < rounds_configured + 1:
+    if len(rows) < rounds_configured + 1 and not (rows and rundir.floor_stopped_at(run_dir) is not None):
         if rows and rundir.stopped_at(run_dir) is not None:
             return rows, f"its early_stop rule stopped it at round {rows[-1].round} of {rounds_configured}"
         return rows, f"it has {len(rows)} of {rounds_configured + 1} rounds (unfinished; `dsd2 resume {run_dir}` finishes it)"

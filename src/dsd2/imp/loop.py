@@ -38,6 +38,7 @@ from dsd2.imp.setup import (
 )
 from dsd2.phases import label_phases
 from dsd2.prune import (
+    ChannelFloor,
     Masks,
     full_masks,
 )
@@ -236,7 +237,8 @@ def _n_eval(ctx: RunContext) -> int:
 
 def relabel(ctx: RunContext, rounds: Rounds) -> None:
     """Label the phases over the curve so far."""
-    finished = len(rounds.rows) == ctx.cfg.prune.rounds + 1
+    # a curve the channel floor ended is finished too: no later round can exist
+    finished = len(rounds.rows) == ctx.cfg.prune.rounds + 1 or rundir.floor_stopped_at(ctx.run_dir) is not None
     phases = label_rows(rounds.rows, finished=finished, n_eval=_n_eval(ctx))
     rounds.rows = [dataclasses.replace(r, phase=p) for r, p in zip(rounds.rows, phases)]
 
@@ -263,6 +265,16 @@ def _write_early_stop(ctx: RunContext, rows: list[RoundRow]) -> None:
     decision = stop_decision(ctx.cfg, rows)
     if decision is not None:
         store.write_json(rundir.early_stop_path(ctx.run_dir), {"rule": ctx.cfg.early_stop.rule, **_as_dict(decision)})
+
+
+def _write_floor_stop(ctx: RunContext, rounds: Rounds, floor: ChannelFloor) -> None:
+    """Record that the channel floor left round ``len(rows)`` nothing to prune: the run is complete
+    at its last finished round (as an early stop), and its phases are labelled as a finished curve."""
+    last = rounds.rows[-1].round
+    store.write_json(
+        rundir.floor_stop_path(ctx.run_dir), {"stop_round": last, "min_channels": ctx.cfg.prune.min_channels, "reason": str(floor)}
+    )
+    write_tables(ctx, rounds)
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
@@ -396,18 +408,29 @@ def _rounds(ctx: RunContext, on_round: Callable[[RoundRow], None] | None, progre
     rounds = resume_rounds(ctx)
     _tables(ctx, rounds)
     hooks = make_hooks(ctx, on_round=on_round, progress=progress)
+    floor: ChannelFloor | None = None
     try:
         for i in range(len(rounds.rows), cfg.prune.rounds + 1):
             decision = stop_decision(cfg, rounds.rows)
             if decision is not None and decision.stop_round is not None:
                 break
-            run_round(ctx, rounds, i, hooks)
+            if rundir.floor_stopped_at(ctx.run_dir) is not None:
+                break  # resumed after the floor ended it: nothing is left to prune
+            try:
+                run_round(ctx, rounds, i, hooks)
+            except ChannelFloor as blocked:
+                if i == 0 or modes.is_gradual_round(ctx, i):
+                    raise  # mid-round (gradual): the round is half trained, not the end of the curve
+                floor = blocked  # between rounds: round i - 1 is the curve's last
+                break
     finally:
         for hook in hooks:
             hook.close()
         ctx.close()
     if main:
         _write_early_stop(ctx, rounds.rows)
+        if floor is not None:
+            _write_floor_stop(ctx, rounds, floor)
     distributed.barrier()  # every file is written when any rank returns
 
 

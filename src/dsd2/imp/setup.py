@@ -502,6 +502,13 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
             f"{run_dir} was ended by its early-stop rule ({saved.early_stop.rule}) at round {stop}: more rounds would not be "
             "trained. To go on past the stop, run the same config with early_stop.rule=none (a new run)"
         )
+    floor = rundir.floor_stopped_at(run_dir)
+    if floor is not None:
+        raise UserError(
+            f"{run_dir} was ended after round {floor} by the channel floor (prune.min_channels={saved.prune.min_channels}): no "
+            "channel is left to remove, so more rounds cannot be trained. For more rounds start a new run with a lower "
+            "prune.min_channels or prune.rate, or fewer layers pruned (prune.include / prune.exclude)"
+        )
     return cfg
 
 
@@ -623,7 +630,7 @@ def start(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
     main = distributed.is_main()
     fingerprint = checked_fingerprint(cfg, run_dir) if main else {}
     if not (run_dir / rundir.CONFIG).exists():
-        store.write_yaml(run_dir / rundir.CONFIG, cfg.resolved())
+        store.write_yaml(run_dir / rundir.CONFIG, located(cfg).resolved())
     ctx = prepare(cfg, run_dir, share)
     if not (run_dir / rundir.META).exists():
         data = data_meta(ctx.data) | ({"fingerprint": fingerprint} if fingerprint else {})
@@ -690,6 +697,26 @@ def _pinned_root(saved: RunConfig, cfg: RunConfig) -> RunConfig:
     if not root or root == saved.dataset.root or Path(root).expanduser().is_absolute():
         return cfg
     return cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": os.path.abspath(root)})})
+
+
+def _absolute(path: str | None) -> str | None:
+    """``path`` made absolute from this command's folder (None, absolute and ~ paths as they are)."""
+    if not path or Path(path).expanduser().is_absolute():
+        return path
+    return os.path.abspath(path)
+
+
+def located(cfg: RunConfig) -> RunConfig:
+    """``cfg`` as a new run's config.yaml records it: a relative dataset.root (where the data is) and
+    noise.matrix_file (a record) absolute, so a resume from another folder finds the data. Neither
+    is in the run id or the digest, so both stay as they are. (dataset.label_file is hashed as
+    given: making it absolute would change the id read back from config.yaml.)"""
+    root, matrix = _absolute(cfg.dataset.root), _absolute(cfg.noise.matrix_file)
+    if root == cfg.dataset.root and matrix == cfg.noise.matrix_file:
+        return cfg
+    return cfg.model_copy(
+        update={"dataset": cfg.dataset.model_copy(update={"root": root}), "noise": cfg.noise.model_copy(update={"matrix_file": matrix})}
+    )
 
 
 def record_execution(run_dir: Path, cfg: RunConfig) -> None:

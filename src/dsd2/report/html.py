@@ -649,22 +649,26 @@ def _earlier_report(out: Path) -> set[str]:
     return outdir.owned(out, files, _report_name) | {REPORT_LISTING}
 
 
-def publish_report(out: Path, page_for: Callable[[Path], str]) -> Path:
+def publish_report(out: Path, page_for: Callable[[Path], str], *, chosen: bool = True) -> Path:
     """Build the report in a staging folder (``page_for(folder)`` writes the figures there and
     returns the HTML), then move it into ``out``: a file there that an earlier report did not
-    write (index.html, figures/*) is never replaced; everything else in ``out`` stays."""
-    outdir.check_target(out)
+    write (index.html, figures/*) is never replaced; everything else in ``out`` stays.
+    ``chosen``: ``out`` was given with ``-o`` (else, a sweep's own ``<sweep>/report``, the refusals
+    do not offer a flag the command lacks)."""
+    outdir.check_target(out, "-o" if chosen else "the report folder")
     ours = _earlier_report(out) if out.is_dir() else set()
     index = out / "index.html"
+    elsewhere = f"move {out} away or give another -o" if chosen else f"move {out} away (the sweep writes its report there)"
     if os.path.lexists(index) and not os.path.lexists(out / REPORT_LISTING):  # say why, not "not dsd2's"
         raise UserError(
             f"{index} is listed by no {REPORT_LISTING} (a report made before dsd2 listed its files, or a page of "
-            f"your own): a report replaces only files it listed; move {out} away or give another -o"
+            f"your own): a report replaces only files it listed; {elsewhere}"
         )
-    outdir.refuse_taken(out, ["index.html", REPORT_LISTING], ours, _WHY_TAKEN)  # before the figures are drawn
-    with outdir.staging(out) as tmp:
+    why = _WHY_TAKEN if chosen else f"{elsewhere}; a report replaces only the files of an earlier dsd2 report"
+    outdir.refuse_taken(out, ["index.html", REPORT_LISTING], ours, why)  # before the figures are drawn
+    with outdir.staging(out, "choose a writable -o" if chosen else f"make {out.parent} writable") as tmp:
         F.write_public(tmp / "index.html", page_for(tmp).encode("utf-8"))
         files = outdir.files_under(tmp)
         store.write_json(tmp / REPORT_LISTING, {"format": "dsd2-report", "files": {n: store.sha256_file(tmp / n) for n in files}})
-        outdir.publish(tmp, out, ours, listing=REPORT_LISTING, why=_WHY_TAKEN)
+        outdir.publish(tmp, out, ours, listing=REPORT_LISTING, why=why)
     return out / "index.html"

@@ -168,4 +168,4 @@ def write_sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None,
         )
         return page
 
-    return H.publish_report(out, page_for)
+    return H.publish_report(out, page_for, chosen=out_dir is not None)
