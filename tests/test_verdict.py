@@ -54,7 +54,7 @@ def test_verdict_reports_the_dip_the_student_and_every_pick():
     assert "falls 7.00 points, from 82.00 % (round 1, 20.0 % sparse) to 75.00 % (round 3, 48.8 % sparse)" in flat
     assert "recovers 8.00 points to 83.00 % (round 5, 67.2 % sparse)." in flat
     assert "Valley: rounds 2-4 (36.0-59.0 % sparse)" in flat
-    assert "The DSD² student: without a valley in 1 of 1 seed(s)" in flat and "deepest recovered dip 0.00 points" in flat
+    assert "The DSD² student: a valley of 1 point(s) or more in 0 of 1 seed(s)" in flat and "deepest recovered dip 0.00 points" in flat
     # each rule's pick and cost, at both settings
     assert "round 1 (20.0 % sparse), test 81.00 %, cost 3.00" in flat
     assert "round 2 (36.0 % sparse), test 77.00 %, cost 4.00" in flat
@@ -71,7 +71,7 @@ def test_no_sdd_and_a_student_valley_are_said_too():
     dipping = rows([0.80, 0.79, 0.70, 0.81, 0.80, 0.79, 0.78])
     text = " ".join(verdict([StudyTables(1, shallow, dipping, PAPER[:2], COMPRESS[:2])]).split())
     assert "seen in 0 of 1 seed(s)" in text and "deepest recovered dip is 0.50 points (under 1)" in text
-    assert "without a valley in 0 of 1 seed(s)" in text and "a valley of 10.00 points at rounds 1-2 (20.0-36.0 % sparse)" in text
+    assert "a valley of 1 point(s) or more in 1 of 1 seed(s)" in text and "a valley of 10.00 points at rounds 1-2 (20.0-36.0 % sparse)" in text
     assert "Collapsed" not in text and "dense student" not in text and "Report" not in text
 
 

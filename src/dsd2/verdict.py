@@ -190,8 +190,8 @@ def verdict(
     out += [(2, _sdd_text(t, many, min_dip)) for t in tables]
     students = [t for t in tables if t.student is not None]
     if students:
-        flat = sum(_seen(t.student, min_dip) is None for t in students)
-        out.append((0, f"* The DSD² student: without a valley in {flat} of {len(students)} seed(s)."))
+        with_valley = sum(_seen(t.student, min_dip) is not None for t in students)
+        out.append((0, f"* The DSD² student: a valley of {100 * min_dip:g} point(s) or more in {with_valley} of {len(students)} seed(s)."))
         out += [(2, _student_text(t, many, min_dip)) for t in students]
     out.append((0, "* What each strategy picked (test accuracy; cost in dense training runs of the vanilla model):"))
     exhaustive = [(4, f"{_seed(t, many)}{pick_text(o)}.") for t in tables for o in t.paper if o.strategy == EXHAUSTIVE]
