@@ -1,0 +1,176 @@
+"""Train K runs of one architecture as one fused computation (:mod:`dsd2.fused.stack`).
+
+What each run keeps to itself, exactly as :func:`dsd2.train.train` would give it:
+
+- its batch order and augmentation: every step, run k's batch comes from its own
+  ``sources[k].epoch(generators[k], batch_size)`` (the same call an unfused run makes), so the
+  rows, crops and flips are bit-identical to the unfused run's;
+- its labels and loss: ``objectives[k]`` on run k's logits, labels ``sources[k].y[idx_k]`` and
+  inputs; the fused loss is the sum of the K losses, whose gradient w.r.t. run k's weights is run
+  k's own gradient;
+- its optimiser state: one registered element-wise optimiser (sgd, adam, adamw) over the stacked
+  weights is K independent optimisers (momentum, weight decay and the update are per element),
+  built by :func:`dsd2.train.make_optimizer`, the schedule's lr set per epoch as train does;
+- its masks: re-applied after every optimiser step, as train does;
+- its BatchNorm statistics (a folded BatchNorm is per run, see :mod:`dsd2.fused.stack`).
+
+What differs: the kernels (a grouped convolution and a batched matmul instead of K small ones),
+so the floating-point sums are ordered differently: fused and unfused weights agree to rounding
+error, which training then amplifies (docs/fused.md gives the measured tolerance). A fused group
+re-run gives bit-identical results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from dsd2.fused.stack import NotFusable, check, fold, load, stack, unfold, unload
+from dsd2.train import EpochLog, Objective, Schedule, Source, TrainingDiverged, autocast_for, cross_entropy, make_optimizer
+
+# optimisers whose update is element-wise (no norm over a tensor): stacked = K separate ones
+ELEMENTWISE_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+Masks = Mapping[str, torch.Tensor]
+
+
+def _name_of(model: nn.Module) -> dict[int, str]:
+    return {id(t): name for name, t in model.named_parameters()}
+
+
+def stacked_masks(
+    fused: nn.Module, models: Sequence[nn.Module], weights: Sequence[Mapping[str, torch.Tensor] | None], masks: Sequence[Masks | None]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(fused tensor, stacked mask) pairs: run k's mask of a parameter at its slice; a run that
+    masks nothing there gets ones (its weights stay as trained)."""
+    k = len(models)
+    fparams = dict(fused.named_parameters())
+    per_name: dict[str, list[torch.Tensor | None]] = {}
+    for i, (model, w, m) in enumerate(zip(models, weights, masks)):
+        if w is None or m is None:
+            continue
+        names = _name_of(model)
+        for key, tensor in w.items():
+            name = names.get(id(tensor))
+            if name is None:
+                raise NotFusable(f"run {i} masks {key}, which is not one of its model's parameters")
+            per_name.setdefault(name, [None] * k)[i] = m[key]
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for name, ms in per_name.items():
+        t = fparams[name]
+        like = next(x for x in ms if x is not None)
+        full = [x if x is not None else torch.ones_like(like) for x in ms]
+        out.append((t, torch.stack([x.to(t.dtype) for x in full]).reshape(t.shape)))
+    return out
+
+
+def why_not(models: Sequence[nn.Module], schedule: Schedule, objectives: Sequence[Objective]) -> str | None:
+    """Why these runs cannot be trained fused (None: they can), without building anything."""
+    if schedule.optimizer not in ELEMENTWISE_OPTIMIZERS:
+        return f"optimizer {schedule.optimizer!r} is not one of the element-wise ones ({', '.join(ELEMENTWISE_OPTIMIZERS)})"
+    for obj in objectives:
+        if getattr(obj, "parameters", None) is not None:
+            return "a loss with weights of its own (feature distillation's adapter) is trained per run"
+    try:
+        from dsd2.fused.stack import _check_same_architecture
+
+        _check_same_architecture(models)
+    except NotFusable as err:
+        return str(err)
+    return None
+
+
+def train_fused(
+    models: Sequence[nn.Module],
+    sources: Sequence[Source],
+    schedule: Schedule,
+    *,
+    batch_size: int,
+    generators: Sequence[torch.Generator],
+    masks: Sequence[Masks | None] | None = None,
+    weights: Sequence[Mapping[str, torch.Tensor] | None] | None = None,
+    objectives: Sequence[Objective] | None = None,
+    amp: bool = False,
+    on_epoch_end: Sequence[Callable[[EpochLog, nn.Module], None] | None] | None = None,
+) -> list[list[EpochLog]]:
+    """Train the K ``models`` (same architecture; run k reads ``sources[k]`` with
+    ``generators[k]``) for the schedule's epochs as one fused computation, like K calls of
+    :func:`dsd2.train.train` with the same arguments run by run. The trained weights and
+    buffers are written back into ``models`` at every epoch end (``on_epoch_end[k]`` sees run k's
+    model as unfused training leaves it). Returns run k's epoch logs at index k.
+
+    Raises :class:`~dsd2.fused.stack.NotFusable` before training when the models cannot be fused."""
+    k = len(models)
+    if not (len(sources) == len(generators) == k):
+        raise ValueError("train_fused needs one source and one generator per model")
+    objs: list[Objective] = list(objectives) if objectives is not None else [cross_entropy] * k
+    masks_l = list(masks) if masks is not None else [None] * k
+    weights_l = list(weights) if weights is not None else [None] * k
+    hooks = list(on_epoch_end) if on_epoch_end is not None else [None] * k
+    reason = why_not(models, schedule, objs)
+    if reason is not None:
+        raise NotFusable(reason)
+    n = sources[0].num_rows
+    if any(s.num_rows != n for s in sources):
+        raise NotFusable("the runs' training splits differ in size")
+    device = sources[0].device
+
+    fused = stack(models)
+    check(fused, models, [s.example(2) for s in sources])
+    fused.train()
+    opt = make_optimizer(fused.parameters(), schedule)
+    pairs = stacked_masks(fused, models, weights_l, masks_l)
+    all_logs: list[list[EpochLog]] = [[] for _ in range(k)]
+    for epoch in range(schedule.start_epoch, schedule.epochs):
+        lr = schedule.lr_at(epoch)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros(k, device=device)
+        correct = torch.zeros(k, device=device, dtype=torch.long)
+        step = torch.zeros((), device=device, dtype=torch.long)
+        first_bad = torch.full((k,), -1, device=device, dtype=torch.long)
+        epochs = [s.epoch(g, batch_size) for s, g in zip(sources, generators)]
+        for batches in zip(*epochs):
+            xs = [xb for xb, _ in batches]
+            ys = [s.y[idx] for s, (_, idx) in zip(sources, batches)]
+            with autocast_for(device, amp):
+                out = fused(fold(xs))
+            logits = unfold(out, k)
+            losses = torch.stack([obj(logits[i], ys[i], xs[i], batches[i][1]) for i, obj in enumerate(objs)])
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                for t, m in pairs:
+                    t.mul_(m)
+            real = xs[0].shape[0]
+            detached = losses.detach()
+            loss_sum += detached * real
+            correct += (logits.detach().argmax(2) == torch.stack(ys)).sum(1)
+            step += 1
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
+        unload(fused, models)
+        means = (loss_sum.double() / n).tolist()  # one sync per epoch
+        for i, mean_loss in enumerate(means):
+            if not math.isfinite(mean_loss):
+                raise TrainingDiverged(
+                    f"run {i} of the fused group diverged at epoch {epoch + 1}, step {int(first_bad[i])} of {int(step)}: "
+                    f"the loss became {mean_loss}"
+                )
+        for i in range(k):
+            log = EpochLog(epoch=epoch + 1, lr=lr, loss=float(loss_sum[i]) / n, acc=int(correct[i]) / n)
+            all_logs[i].append(log)
+            hook = hooks[i]
+            if hook is not None:
+                hook(log, models[i])
+    for i, model in enumerate(models):
+        for name, p in model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingDiverged(f"run {i}: parameter {name} contains NaN/Inf after fused training; lower train.lr and resume")
+    return all_logs
+
+
+__all__ = ["ELEMENTWISE_OPTIMIZERS", "NotFusable", "load", "stack", "stacked_masks", "train_fused", "unload", "why_not"]
