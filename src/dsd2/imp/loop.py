@@ -268,6 +268,22 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
         _teach_from_round_before(ctx, round_idx)
     reset_weights(ctx, round_idx, masks)
     logs, lr_scale = train_round(ctx, round_idx, masks, hooks)
+    finish_round(ctx, rounds, round_idx, hooks, masks, logs, lr_scale, t0)
+
+
+def finish_round(
+    ctx: RunContext,
+    rounds: Rounds,
+    round_idx: int,
+    hooks: list[Hook],
+    masks: Masks,
+    logs: list[EpochLog],
+    lr_scale: float,
+    t0: float,
+    timing_extra: dict[str, Any] | None = None,
+) -> None:
+    """A trained round's measure → save → tables → hooks (``t0``: when the round began;
+    ``timing_extra``: more keys for its metrics.json timing, e.g. the fused group's size)."""
     train_s = time.perf_counter() - t0
     row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last, modes.scored_examples(ctx, round_idx, len(logs)))
     best = best_epoch_hook(hooks)
@@ -280,6 +296,7 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
         "device": str(ctx.device),
         "lr_scale": lr_scale,
         "threads": ctx.threads,
+        **(timing_extra or {}),
     }
     w = distributed.world()
     if w.distributed:
