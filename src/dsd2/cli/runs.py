@@ -39,10 +39,19 @@ def run(
     out: Path = out_option(),
     quiet: bool = quiet_option(),
     plugins: Optional[list[str]] = plugin_option(recorded=True),
+    seeds: Optional[str] = typer.Option(
+        None, "--seeds", help="One run per seed (e.g. 0,1,2), trained as one fused group (docs/fused.md); each has its own run directory."
+    ),
+    fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="With --seeds: train the runs fused (default) or one after another."),
 ) -> None:
     """Run (or resume) an IMP study: dense training, then prune/retrain rounds."""
     from dsd2.config import PRESET_DIR, load_config
 
+    if seeds is not None:  # several runs of one config (dsd2.cli.fused)
+        from dsd2.cli.fused import run_seeds
+
+        run_seeds(config, overrides or [], seeds, out, fuse=fuse, quiet=quiet, plugins=plugins or [])
+        return
     p = Path(config)
     if p.is_dir() and not (p / "config.yaml").is_file() and (PRESET_DIR / f"{config}.yaml").is_file():
         render.err_console.print(f"{p}/ is a folder, not a run directory: using the preset {config!r}")
