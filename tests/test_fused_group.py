@@ -149,3 +149,30 @@ def test_cli_run_with_seeds_writes_one_run_directory_per_seed(tmp_path, capsys):
     assert main(["run", "tiny_mnist1d", *TINY, "seed=3", "--seeds", "0,1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--seeds" in err
+
+
+def test_fuse_key_groups_what_can_train_together():
+    from dsd2.fused.sweep import fuse_key
+
+    base = fuse_key(tiny_config())
+    assert fuse_key(tiny_config("seed=4", "noise.rate=0.4", "prune.rounds=5", "early_stop.rule=plain")) == base
+    assert fuse_key(tiny_config("model.hidden=[8, 8]")) != base
+    assert fuse_key(tiny_config("train.lr=0.01")) != base
+
+
+def test_sweep_fuse_dry_run_lists_groups_and_run_trains_them(tmp_path, capsys):
+    from dsd2.cli import main
+
+    assert main(["sweep", "tiny_demo", "--out", str(tmp_path), "--fuse", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "fused groups: 1 (sizes 4)" in out
+    assert not any(p.name.startswith("tiny_demo_") for p in tmp_path.iterdir())  # a dry run starts nothing
+    assert main(["sweep", "tiny_demo", "--out", str(tmp_path), "--fuse", "--backend", "sequential"]) == 0
+    runs = sorted(p for p in tmp_path.iterdir() if p.name.startswith("tiny_demo_"))
+    assert len(runs) == 4
+    for d in runs:
+        assert store.read_json(store.round_dir(d, 1) / "metrics.json")["timing"]["fused"] == 4
+    assert (tmp_path / "tiny_demo" / "summary.csv").is_file()
+    capsys.readouterr()
+    assert main(["sweep", "tiny_demo", "--out", str(tmp_path), "--fuse", "--dry-run"]) == 0
+    assert "fused groups: 0" in capsys.readouterr().out  # finished runs are not grouped again

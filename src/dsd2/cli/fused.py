@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 from dsd2.cli import render
 from dsd2.cli.render import rounds_table
 from dsd2.errors import UserError
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -32,7 +38,7 @@ def run_seeds(config: str, overrides: list[str], seeds_text: str, out: Path, *, 
     if any(o.split("=", 1)[0].strip() == "seed" for o in overrides):
         raise UserError("--seeds sets each run's seed: drop the seed= override")
     cfgs = [load_config(config, [*overrides, f"seed={s}"], plugins=plugins) for s in seeds]
-    say = (lambda line: None) if quiet else render.err_console.print
+    say: Callable[[str], None] = _silent if quiet else render.err_console.print
 
     def done(k: int, row) -> None:
         say(f"seed {seeds[k]}: round {row.round} {100 * row.sparsity:.2f}% sparse, test {100 * (row.test_acc or 0):.2f}%")
@@ -40,7 +46,7 @@ def run_seeds(config: str, overrides: list[str], seeds_text: str, out: Path, *, 
     if fuse:
         dirs = run_group(cfgs, out, say=say, on_round=done)
     else:
-        dirs = [run(c, out, on_round=lambda row, k=k: done(k, row)) for k, c in enumerate(cfgs)]
+        dirs = [run(c, out, on_round=functools.partial(done, k)) for k, c in enumerate(cfgs)]
     for seed, cfg, d in zip(seeds, cfgs, dirs):
         render.console.print(rounds_table(rundir.read_rounds(d), title=f"{cfg.name} seed {seed}: {cfg.model.name} on {cfg.dataset.name}"))
         render.console.print(f"run directory: {d}")

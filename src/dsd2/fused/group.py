@@ -101,19 +101,21 @@ def run_group(
     say: Callable[[str], None] = print,
     on_round: Callable[[int, RoundRow], None] | None = None,
     progress: Callable[[int, int, int, EpochLog], None] | None = None,
+    run_dirs: Sequence[Path] | None = None,
 ) -> list[Path]:
     """Run (or resume) the IMP studies of ``cfgs`` as one fused group; their run directories,
     in order. ``on_round(k, row)`` after run k's round, ``progress(k, round, epochs, log)`` after
     its epochs. Configs that cannot be fused run one after another as ``dsd2.imp.run`` runs them
-    (``say`` gets one line saying why)."""
-    dirs = [run_dir_for(c, out) for c in cfgs]
+    (``say`` gets one line saying why). ``run_dirs``: where the runs go (default: where
+    ``dsd2 run`` would put each under ``out``)."""
+    dirs = [Path(d) for d in run_dirs] if run_dirs is not None else [run_dir_for(c, out) for c in cfgs]
     if len(set(dirs)) != len(dirs):
         raise UserError("two configs of the fused group have the same run id (same config and seed): give each run its own seed")
     reason = config_reason(cfgs)
     if reason is not None:
         if len(cfgs) > 1:
             say(f"fused: running {len(cfgs)} runs one after another ({reason})")
-        return [imp.run(c, out) for c in cfgs]
+        return [imp.run(c, d.parent, run_dir=d) for c, d in zip(cfgs, dirs)]
     with ExitStack() as held:
         members: list[Member] = []
         try:
