@@ -163,3 +163,14 @@ def test_unfusable_models_are_refused():
         assert "LayerNorm" in str(err)
     else:
         raise AssertionError("LayerNorm was accepted")
+
+
+def test_folded_uint8_path_equals_per_run_preparation(monkeypatch):
+    """The fast input path (gather, augment, fold as uint8, normalise once) gives bit-identical
+    training to folding each run's own prepared batch."""
+    import dsd2.fused.engine as engine
+
+    fast, _, _ = _run("lenet5", fused=True)
+    monkeypatch.setattr(engine, "_shared_layout", lambda sources: False)
+    slow, _, _ = _run("lenet5", fused=True)
+    assert _max_diff(fast, slow) == 0.0

@@ -28,8 +28,9 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from dsd2.data import augment_batch, normalize
 from dsd2.fused.stack import NotFusable, check, fold, load, stack, unfold, unload
-from dsd2.train import EpochLog, Objective, Schedule, Source, TrainingDiverged, autocast_for, cross_entropy, make_optimizer
+from dsd2.train import Batches, EpochLog, Objective, Schedule, Source, TrainingDiverged, autocast_for, cross_entropy, make_optimizer
 
 # optimisers whose update is element-wise (no norm over a tensor): stacked = K separate ones
 ELEMENTWISE_OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -65,6 +66,43 @@ def stacked_masks(
         full = [x if x is not None else torch.ones_like(like) for x in ms]
         out.append((t, torch.stack([x.to(t.dtype) for x in full]).reshape(t.shape)))
     return out
+
+
+def _shared_layout(sources: Sequence[Source]) -> bool:
+    """Resident splits that differ only in their rows and labels: their batches can be folded
+    as uint8 and normalised once (the same element-wise arithmetic as each run's own prepare)."""
+    resident = [s for s in sources if isinstance(s, Batches)]
+    if len(resident) != len(sources):
+        return False
+    key = [(s.mean, s.std, s.augment, s.channels_last, s.x.dtype, s.x.shape[1:]) for s in resident]
+    return all(x == key[0] for x in key)
+
+
+def _epoch(sources: Sequence[Source], generators: Sequence[torch.Generator], batch_size: int):
+    """One epoch of the K runs: per step, the folded input, the K per-run inputs (views) and the
+    K index vectors. Every run draws its permutation and augmentation from its own generator
+    in the order :meth:`dsd2.train.Batches.epoch` does, so its rows, crops and flips are the
+    unfused run's."""
+    k = len(sources)
+    if not _shared_layout(sources):
+        for batches in zip(*[s.epoch(g, batch_size) for s, g in zip(sources, generators)]):
+            xs = [xb for xb, _ in batches]
+            yield fold(xs), xs, [idx for _, idx in batches]
+        return
+    srcs = [s for s in sources if isinstance(s, Batches)]
+    first = srcs[0]
+    perms = [torch.randperm(s.num_rows, generator=g, device=s.device) for s, g in zip(srcs, generators)]
+    mean, std = (first.mean, first.std) if len(first.mean) == 1 else (first.mean * k, first.std * k)
+    for offset in range(0, first.num_rows, batch_size):
+        idxs = [p[offset : offset + batch_size] for p in perms]
+        raw = [s.x[idx] for s, idx in zip(srcs, idxs)]
+        if raw[0].dim() == 4:
+            raw = [augment_batch(r, s.augment, g) for r, s, g in zip(raw, srcs, generators)]
+        xf = normalize(torch.stack(raw, 1).flatten(1, 2), mean, std)
+        if first.channels_last and xf.dim() == 4:
+            xf = xf.contiguous(memory_format=torch.channels_last)
+        per_run = xf.view(xf.shape[0], k, xf.shape[1] // k, *xf.shape[2:])
+        yield xf, [per_run[:, i] for i in range(k)], idxs
 
 
 def why_not(models: Sequence[nn.Module], schedule: Schedule, objectives: Sequence[Objective]) -> str | None:
@@ -132,14 +170,12 @@ def train_fused(
         correct = torch.zeros(k, device=device, dtype=torch.long)
         step = torch.zeros((), device=device, dtype=torch.long)
         first_bad = torch.full((k,), -1, device=device, dtype=torch.long)
-        epochs = [s.epoch(g, batch_size) for s, g in zip(sources, generators)]
-        for batches in zip(*epochs):
-            xs = [xb for xb, _ in batches]
-            ys = [s.y[idx] for s, (_, idx) in zip(sources, batches)]
+        for xf, xs, idxs in _epoch(sources, generators, batch_size):
+            ys = [s.y[idx] for s, idx in zip(sources, idxs)]
             with autocast_for(device, amp):
-                out = fused(fold(xs))
+                out = fused(xf)
             logits = unfold(out, k)
-            losses = torch.stack([obj(logits[i], ys[i], xs[i], batches[i][1]) for i, obj in enumerate(objs)])
+            losses = torch.stack([obj(logits[i], ys[i], xs[i], idxs[i]) for i, obj in enumerate(objs)])
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             opt.step()
