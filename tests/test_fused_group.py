@@ -176,3 +176,34 @@ def test_sweep_fuse_dry_run_lists_groups_and_run_trains_them(tmp_path, capsys):
     capsys.readouterr()
     assert main(["sweep", "tiny_demo", "--out", str(tmp_path), "--fuse", "--dry-run"]) == 0
     assert "fused groups: 0" in capsys.readouterr().out  # finished runs are not grouped again
+
+
+def _close_to_separate(dirs: list[Path], cfgs, out: Path) -> None:
+    for cfg, fdir in zip(cfgs, dirs):
+        sdir = imp.run(cfg, out)
+        frows, srows = store.read_csv(fdir / "rounds.csv"), store.read_csv(sdir / "rounds.csv")
+        assert [list(r) for r in frows] == [list(r) for r in srows]
+        for fr, sr in zip(frows, srows):
+            for col in ACC_COLUMNS:
+                assert abs(fr[col] - sr[col]) <= ACC_TOL, (fr["round"], col)
+        for name in ("rewind.safetensors", "teacher.json"):
+            assert (fdir / name).exists() == (sdir / name).exists()
+        if (fdir / "rewind.safetensors").exists():
+            a, b = store.load_tensors(fdir / "rewind.safetensors"), store.load_tensors(sdir / "rewind.safetensors")
+            assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+@pytest.mark.parametrize("mode", ["kd_student", "late_rewind", "lottery"])
+def test_fused_retraining_modes_and_kd_students_match_separate_runs(mode, fused_group, tmp_path):
+    extra = {
+        "late_rewind": ("prune.retrain=late_rewind", "prune.rewind_epoch=1", "prune.rounds=2"),
+        "lottery": ("prune.retrain=lottery", "prune.rounds=2"),
+    }
+    if mode == "kd_student":  # each student distils from the fused teacher of its seed (same samples and labels)
+        kd = ("name=student", "distill.round=best", "prune.rounds=2")
+        cfgs = [tiny_config(*IMP, f"seed={s}", *kd, f"distill.teacher={fused_group[s]}") for s in (0, 1)]
+    else:
+        cfgs = _cfgs(*extra[mode], seeds=(0, 1))
+    dirs = run_group(cfgs, tmp_path / "f", say=lambda line: None)
+    assert store.read_json(store.round_dir(dirs[0], 1) / "metrics.json")["timing"]["fused"] == 2
+    _close_to_separate(dirs, cfgs, tmp_path / "s")
