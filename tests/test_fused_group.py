@@ -207,3 +207,16 @@ def test_fused_retraining_modes_and_kd_students_match_separate_runs(mode, fused_
     dirs = run_group(cfgs, tmp_path / "f", say=lambda line: None)
     assert store.read_json(store.round_dir(dirs[0], 1) / "metrics.json")["timing"]["fused"] == 2
     _close_to_separate(dirs, cfgs, tmp_path / "s")
+
+
+def test_demo_fuse_trains_teachers_then_students_as_groups(tmp_path, capsys):
+    from dsd2.cli import main
+
+    small = ["train.epochs=1", "prune.rounds=1", "dataset.train_subset=400", "dataset.val_size=200", "entropy.enabled=false"]
+    if main(["demo", "--fuse", "--seeds", "0,1", "--out", str(tmp_path), *small]) == 2:
+        pytest.skip("Fashion-MNIST is not on this machine")
+    runs = sorted(p for p in tmp_path.iterdir() if p.name.startswith("demo_fmnist"))
+    assert len(runs) == 4  # a vanilla run and a student per seed
+    for d in runs:
+        assert store.read_json(store.round_dir(d, 1) / "metrics.json")["timing"]["fused"] == 2
+    assert sum((d / "teacher.json").is_file() for d in runs) == 2  # the students name their teachers

@@ -148,6 +148,9 @@ def demo(
     jobs: int = typer.Option(2, help="Pipelines run side by side (processes)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Overrides for the demo preset, e.g. prune.rounds=10."),
     plugins: Optional[list[str]] = plugin_option(recorded=True),
+    fuse: bool = typer.Option(
+        False, "--fuse", help="Train the seeds' vanilla runs as one fused group, then their students (docs/fused.md)."
+    ),
 ) -> None:
     """The CPU demo: vanilla IMP with SDD, DSD² students from the best-fit teacher, compute table."""
     from dsd2 import compare, rundir
@@ -161,8 +164,14 @@ def demo(
     if not seed_list:
         raise UserError(f"--seeds names no seed ({seeds!r}): give comma-separated integers, e.g. --seeds 0,1")
     configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"], plugins=plugins or []) for s in seed_list]
-    render.err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
-    pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
+    if fuse:
+        from dsd2.fused.pipelines import run_pipelines_fused
+
+        render.err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), fused; this takes minutes")
+        pairs = run_pipelines_fused(configs, out=out, say=render.err_console.print)
+    else:
+        render.err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
+        pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
     for cfg, (teacher_dir, student_dir) in zip(configs, pairs):
         render.console.rule(f"seed {cfg.seed}")
         render.console.print(rounds_table(rundir.read_rounds(teacher_dir), title=f"vanilla IMP (seed {cfg.seed}): {teacher_dir}"))
