@@ -174,3 +174,66 @@ def test_folded_uint8_path_equals_per_run_preparation(monkeypatch):
     monkeypatch.setattr(engine, "_shared_layout", lambda sources: False)
     slow, _, _ = _run("lenet5", fused=True)
     assert _max_diff(fast, slow) == 0.0
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_fused_epoch_checkpoints_resume_bit_identically(tmp_path):
+    from dsd2 import checkpoint
+
+    kw, shape = CASES["vgg_like"]
+    sched = Schedule(epochs=3, lr=0.05, momentum=0.9, weight_decay=1e-4, kind="multistep", milestones=(0.5,))
+
+    def setup():
+        models = _models("vgg_like", **kw)
+        wm = _masks(models, 0.5)
+        gens = [torch.Generator().manual_seed(100 + k) for k in range(K)]
+        return models, _sources(shape), wm, gens
+
+    def go(models, sources, wm, gens, **extra):
+        return train_fused(
+            models, sources, sched, batch_size=32, generators=gens, weights=[w for w, _ in wm], masks=[m for _, m in wm], **extra
+        )
+
+    full_models, *rest = setup()
+    full_logs = go(full_models, *rest)
+
+    paths = [tmp_path / f"run{k}.partial.safetensors" for k in range(K)]
+
+    def save(next_epoch, optimizers, logs):
+        if next_epoch == 1:
+            for k, (m, opt, g) in enumerate(zip(models, optimizers(), gens)):
+                checkpoint.save_epoch_state(paths[k], model=m, optimizer=opt, generator=g, next_epoch=1, logs=[vars(x) for x in logs[k]])
+
+    def stop(log, model):
+        if log.epoch == 2:
+            raise _Stop
+
+    models, sources, wm, gens = setup()
+    try:
+        go(models, sources, wm, gens, checkpoint=save, on_epoch_end=[stop] * K)
+    except _Stop:
+        pass
+    models, sources, wm, gens = setup()
+    states = [checkpoint.load_epoch_state(p) for p in paths]
+    for m, st in zip(models, states):
+        m.load_state_dict(st.model_state)
+    logs = go(models, sources, wm, gens, resume=states)
+    assert _max_diff(full_models, models) == 0.0
+    assert [[vars(x) for x in r] for r in logs] == [[vars(x) for x in r] for r in full_logs]
+    # an unfused run continues from a fused run's epoch checkpoint
+    m = _models("vgg_like", **kw)[0]
+    m.load_state_dict(states[0].model_state)
+    w = {n: p for n, p in m.named_parameters() if n.endswith("weight") and p.dim() > 1}
+    out = train(m, _sources(shape)[0], sched, batch_size=32, generator=torch.Generator(), resume=states[0], weights=w, masks=wm[0][1])
+    assert [x.epoch for x in out] == [1, 2, 3]
+    assert (
+        max(
+            float((a - b).abs().max())
+            for a, b in zip(m.state_dict().values(), full_models[0].state_dict().values())
+            if a.is_floating_point()
+        )
+        < WEIGHT_TOL
+    )

@@ -220,3 +220,32 @@ def test_demo_fuse_trains_teachers_then_students_as_groups(tmp_path, capsys):
     for d in runs:
         assert store.read_json(store.round_dir(d, 1) / "metrics.json")["timing"]["fused"] == 2
     assert sum((d / "teacher.json").is_file() for d in runs) == 2  # the students name their teachers
+
+
+def test_a_group_killed_mid_round_resumes_from_its_epoch_checkpoints_bit_identically(tmp_path):
+    from dsd2 import checkpoint
+
+    extra = ("train.epochs=3", "train.checkpoint_interval_s=0", "prune.rounds=2")
+    full = run_group(_cfgs(*extra), tmp_path / "full", say=lambda line: None)
+
+    def kill(k, r, epochs, log):  # every run has saved epoch 1 of round 1; epoch 2 is trained, not saved
+        if r == 1 and log.epoch == 2 and k == len(SEEDS) - 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_group(_cfgs(*extra), tmp_path / "killed", say=lambda line: None, progress=kill)
+    killed = [tmp_path / "killed" / c.run_id() for c in _cfgs(*extra)]
+    for d in killed:
+        assert store.finished_rounds(d) == [0]
+        assert checkpoint.load_epoch_state(checkpoint.partial_path(d, 1)).next_epoch == 1
+    lines: list[str] = []
+    epochs: list[tuple[int, int, int]] = []
+    resumed = run_group(
+        _cfgs(*extra), tmp_path / "killed", say=lines.append, progress=lambda k, r, e, log: epochs.append((k, r, log.epoch))
+    )
+    assert lines == []
+    assert [e for k, r, e in epochs if k == 0 and r == 1] == [2, 3]  # round 1 went on from its checkpoint
+    for a, b in zip(full, resumed):
+        assert _same_states(a, b)
+        assert store.read_csv(a / "rounds.csv") == store.read_csv(b / "rounds.csv")
+        assert not checkpoint.partial_path(b, 1).exists()  # dropped once the round is saved

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from dsd2.checkpoint import EpochState
 from dsd2.data import augment_batch, normalize
 from dsd2.fused.stack import NotFusable, check, fold, load, stack, unfold, unload
 from dsd2.train import Batches, EpochLog, Objective, Schedule, Source, TrainingDiverged, autocast_for, cross_entropy, make_optimizer
@@ -121,6 +122,64 @@ def why_not(models: Sequence[nn.Module], schedule: Schedule, objectives: Sequenc
     return None
 
 
+def _per_element(value: object, shape: torch.Size) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape == shape
+
+
+def split_optimizer(
+    opt: torch.optim.Optimizer, fused: nn.Module, models: Sequence[nn.Module], schedule: Schedule
+) -> list[torch.optim.Optimizer]:
+    """K optimisers over the K models' own parameters holding run k's slice of ``opt``'s state:
+    what an unfused run's optimiser would hold (an epoch checkpoint saves them)."""
+    k = len(models)
+    fparams = dict(fused.named_parameters())
+    out = []
+    for i, model in enumerate(models):
+        single = make_optimizer(model.parameters(), schedule)
+        for group in single.param_groups:
+            group["lr"] = opt.param_groups[0]["lr"]
+        for name, p in model.named_parameters():
+            fp = fparams[name]
+            state = opt.state.get(fp)
+            if not state:
+                continue
+            single.state[p] = {
+                key: (v.reshape(k, *p.shape)[i].clone() if _per_element(v, fp.shape) else v.clone() if torch.is_tensor(v) else v)
+                for key, v in state.items()
+            }
+        out.append(single)
+    return out
+
+
+def _join_optimizer(
+    opt: torch.optim.Optimizer, fused: nn.Module, models: Sequence[nn.Module], schedule: Schedule, states: Sequence[dict]
+) -> None:
+    """Load K unfused optimiser state dicts (epoch checkpoints) into the stacked ``opt``; each
+    state tensor takes its parameter's memory layout (the fused kernels pair elements by stride)."""
+    singles = []
+    for model, sd in zip(models, states):
+        single = make_optimizer(model.parameters(), schedule)
+        single.load_state_dict(sd)
+        singles.append(single)
+    for name, fp in fused.named_parameters():
+        per_run = [single.state.get(dict(model.named_parameters())[name], {}) for single, model in zip(singles, models)]
+        if not per_run[0]:
+            continue
+        joined = {}
+        for key, v in per_run[0].items():
+            shape = dict(models[0].named_parameters())[name].shape
+            if _per_element(v, shape):
+                stacked = torch.stack([st[key] for st in per_run]).reshape(fp.shape)
+                joined[key] = torch.empty_like(fp, dtype=v.dtype).copy_(stacked)
+            else:
+                joined[key] = v
+        opt.state[fp] = joined
+
+
+# checkpoint(next_epoch, optimizers, logs): the K runs' per-run optimisers made on demand
+Checkpoint = Callable[[int, Callable[[], list[torch.optim.Optimizer]], list[list[EpochLog]]], None]
+
+
 def train_fused(
     models: Sequence[nn.Module],
     sources: Sequence[Source],
@@ -133,12 +192,20 @@ def train_fused(
     objectives: Sequence[Objective] | None = None,
     amp: bool = False,
     on_epoch_end: Sequence[Callable[[EpochLog, nn.Module], None] | None] | None = None,
+    resume: Sequence[EpochState] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> list[list[EpochLog]]:
     """Train the K ``models`` (same architecture; run k reads ``sources[k]`` with
     ``generators[k]``) for the schedule's epochs as one fused computation, like K calls of
     :func:`dsd2.train.train` with the same arguments run by run. The trained weights and
     buffers are written back into ``models`` at every epoch end (``on_epoch_end[k]`` sees run k's
     model as unfused training leaves it). Returns run k's epoch logs at index k.
+
+    ``resume``: one epoch checkpoint per run, all at the same epoch (the models hold their
+    weights already, as :func:`dsd2.train.train` expects): optimiser states, generator states
+    and logs continue from them. ``checkpoint(next_epoch, optimizers, logs)`` is called after
+    every epoch; ``optimizers()`` gives the K runs' own optimisers (the format of an unfused
+    run's epoch checkpoint, so either path resumes from it).
 
     Raises :class:`~dsd2.fused.stack.NotFusable` before training when the models cannot be fused."""
     k = len(models)
@@ -162,7 +229,16 @@ def train_fused(
     opt = make_optimizer(fused.parameters(), schedule)
     pairs = stacked_masks(fused, models, weights_l, masks_l)
     all_logs: list[list[EpochLog]] = [[] for _ in range(k)]
-    for epoch in range(schedule.start_epoch, schedule.epochs):
+    start = schedule.start_epoch
+    if resume is not None:
+        if len(resume) != k or len({r.next_epoch for r in resume}) != 1:
+            raise ValueError("resume needs one epoch checkpoint per run, all at the same epoch")
+        _join_optimizer(opt, fused, models, schedule, [r.optimizer_state for r in resume])
+        for g, r in zip(generators, resume):
+            g.set_state(r.generator_state)
+        all_logs = [[EpochLog(**log) for log in r.logs] for r in resume]
+        start = resume[0].next_epoch
+    for epoch in range(start, schedule.epochs):
         lr = schedule.lr_at(epoch)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -202,6 +278,8 @@ def train_fused(
             hook = hooks[i]
             if hook is not None:
                 hook(log, models[i])
+        if checkpoint is not None:
+            checkpoint(epoch + 1, lambda: split_optimizer(opt, fused, models, schedule), all_logs)
     for i, model in enumerate(models):
         for name, p in model.named_parameters():
             if not torch.isfinite(p).all():

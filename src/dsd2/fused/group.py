@@ -10,9 +10,11 @@ Resume works at round granularity and is bit-identical to the uninterrupted grou
 finished rounds are read back from its files; a kill between the saves of one round leaves some
 runs one round ahead, and those train that round again with the group, unsaved, so every run
 trains each round in the same group as without the kill (a fused run's numbers depend on the
-group's size, to rounding). A fused round writes no epoch checkpoint: a round killed mid-way
-re-runs from its start (an epoch checkpoint an unfused attempt left is ignored, and dropped when
-the round is saved). Runs behind the others (extended alone, say) catch up first. A run its
+group's size, to rounding). Within a round, the group writes every run's epoch checkpoint
+(the unfused format, at the shortest ``train.checkpoint_interval_s`` of the group): a group
+killed mid-round goes on from them when every run has one at the same epoch, bit-identically;
+otherwise the round starts over for the group. A run resumed alone continues from its own
+checkpoint, unfused. Runs behind the others (extended alone, say) catch up first. A run its
 early-stop rule ended, or that has trained all its rounds, leaves the group; the others go on.
 
 What is not fused (the reason is said in one line, and those runs train as usual): a
@@ -32,10 +34,11 @@ from pathlib import Path
 
 from torch import nn
 
-from dsd2 import distributed, imp, rundir, store
+from dsd2 import checkpoint, distributed, imp, rundir, store
+from dsd2.checkpoint import EpochState
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
-from dsd2.fused.engine import train_fused
+from dsd2.fused.engine import Checkpoint, train_fused
 from dsd2.fused.stack import NotFusable
 from dsd2.imp.hooks import Hook, make_hooks
 from dsd2.imp.loop import Rounds, _begin, _tables, _write_early_stop, finish_round, resume_rounds, stop_decision, train_round
@@ -193,7 +196,7 @@ def _group_round(live: list[Member], ghosts: list[Member], i: int, fusable: list
     logs: list[list[EpochLog]] | None = None
     if why is None:
         try:
-            logs = _train_together(group, len(ghosts), i, masks, schedules[0])
+            logs = _train_together(group, len(ghosts), i, masks, schedules[0], say)
         except NotFusable as err:
             fusable[0] = False
             say(f"fused: training the runs one after another ({err})")
@@ -215,7 +218,47 @@ def _group_round(live: list[Member], ghosts: list[Member], i: int, fusable: list
         finish_round(m.ctx, m.rounds, i, m.hooks, mk, run_logs, scale, time.perf_counter() - train_s, extra)
 
 
-def _train_together(group: list[Member], n_ghosts: int, i: int, masks: list, schedule) -> list[list[EpochLog]]:
+def _partials(live: list[Member], i: int, say: Callable[[str], None]) -> list[EpochState] | None:
+    """The runs' epoch checkpoints of round ``i`` when every run has one at the same epoch
+    (their weights are loaded into the models); None otherwise (the round starts over)."""
+    paths = [checkpoint.partial_path(m.ctx.run_dir, i) for m in live]
+    states = [checkpoint.load_epoch_state(p) for p in paths]
+    if not any(st is not None for st in states):
+        return None
+    found = [st for st in states if st is not None]
+    if len(found) != len(states) or len({st.next_epoch for st in found}) != 1:
+        say(f"fused: the runs' epoch checkpoints of round {i} are not all at one epoch: the round starts over for the group")
+        return None
+    for m, st, path in zip(live, found, paths):
+        load_state(m.ctx.model, st.model_state, path)
+    return found
+
+
+def _checkpointer(live: list[Member], n_ghosts: int, gens: list, i: int, epochs: int) -> Checkpoint:
+    """Save every live run's epoch checkpoint (the unfused format) when the shortest
+    ``train.checkpoint_interval_s`` of the group has passed; never after the last epoch."""
+    interval = min(m.ctx.cfg.train.checkpoint_interval_s for m in live)
+    last = [time.monotonic()]
+
+    def save(next_epoch: int, optimizers: Callable[[], list], logs: list[list[EpochLog]]) -> None:
+        if next_epoch >= epochs or time.monotonic() - last[0] < interval:
+            return
+        opts = optimizers()
+        for j, m in enumerate(live, n_ghosts):
+            checkpoint.save_epoch_state(
+                checkpoint.partial_path(m.ctx.run_dir, i),
+                model=m.ctx.model,
+                optimizer=opts[j],
+                generator=gens[j],
+                next_epoch=next_epoch,
+                logs=[vars(x) for x in logs[j]],
+            )
+        last[0] = time.monotonic()
+
+    return save
+
+
+def _train_together(group: list[Member], n_ghosts: int, i: int, masks: list, schedule, say: Callable[[str], None]) -> list[list[EpochLog]]:
     """Train round ``i`` of the group; the first ``n_ghosts`` runs re-train a saved round (no hooks)."""
     live = group[n_ghosts:]
     for m in live:
@@ -231,18 +274,22 @@ def _train_together(group: list[Member], n_ghosts: int, i: int, masks: list, sch
 
     weights, all_masks = zip(*(masked_tensors(m.ctx, mk) for m, mk in zip(group, masks)))
     cfg = group[0].ctx.cfg
+    gens = [_generator(m.ctx.device, round_seed(m.ctx.cfg.seed, i, stream=1)) for m in group]
+    resume = _partials(live, i, say) if n_ghosts == 0 else None
     try:
         return train_fused(
             [m.ctx.model for m in group],
             [m.ctx.train_batches for m in group],
             schedule,
             batch_size=cfg.train.batch_size,
-            generators=[_generator(m.ctx.device, round_seed(m.ctx.cfg.seed, i, stream=1)) for m in group],
+            generators=gens,
             masks=list(all_masks),
             weights=list(weights),
             objectives=[m.ctx.objective for m in group],
             amp=cfg.train.amp,
             on_epoch_end=[None] * n_ghosts + [epoch_end(m) for m in live],
+            resume=resume,
+            checkpoint=_checkpointer(live, n_ghosts, gens, i, schedule.epochs),
         )
     except TrainingDiverged as err:
         named = str(err)
