@@ -96,6 +96,33 @@ def sequential_epochs(case_name: str, k: int, n: int) -> float:
     return k * n / (time.perf_counter() - t)
 
 
+def _process_worker(case_name: str, n: int, seed: int, threads: int, start_at: float, repeats: int) -> None:
+    """One of K separate processes: one run, a warm-up epoch, then ``repeats`` epochs from ``start_at``."""
+    torch.set_num_threads(threads)
+    sequential_epochs(case_name, 1, n)  # warm-up
+    while time.time() < start_at:
+        time.sleep(0.01)
+    t0 = time.time()
+    for _ in range(repeats):
+        sequential_epochs(case_name, 1, n)
+    print(json.dumps({"seed": seed, "start": t0, "end": time.time()}))
+
+
+def separate_processes(case_name: str, k: int, n: int, repeats: int, cores: int) -> float:
+    """Aggregate img/s of K processes training one run each at the same time (threads: the
+    cores shared out, at least 1), from the first start to the last end."""
+    import subprocess
+
+    threads = max(1, cores // k)
+    start_at = time.time() + 15 + 2 * k  # time for the K interpreters to import torch and warm up
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import fused; fused._process_worker({case_name!r}, {n}, %d, {threads}, {start_at}, {repeats})"
+    procs = [subprocess.Popen([sys.executable, "-c", code % s], stdout=subprocess.PIPE, text=True) for s in range(k)]
+    outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    if min(o["start"] for o in outs) > start_at + 1:
+        print(f"  (processes started {min(o['start'] for o in outs) - start_at:.1f} s late)", flush=True)
+    return k * n * repeats / (max(o["end"] for o in outs) - min(o["start"] for o in outs))
+
+
 def choice_step(case_name: str, k: int, form: str, steps: int = 5) -> float:
     """Images/s of ``steps`` forward+backward steps of K runs in one fused form (stacked | vmap)."""
     name, opts, shape, _, _ = bench.CASES[case_name]
@@ -136,6 +163,7 @@ def main() -> None:
     ap.add_argument("--ks", default="1,2,4,8")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--processes", action="store_true", help="also K separate processes, one run each, at the same time")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -171,6 +199,10 @@ def main() -> None:
                 "fused_samples": f["samples"],
                 "sequential_samples": s["samples"],
             }
+            if args.processes:
+                row["processes_img_s"] = separate_processes(case, k, n, args.repeats, args.threads)
+                row["processes_pct_peak"] = 100 * row["processes_img_s"] * per_image / peak
+                print(f"{case:15s} K={k}: {k} separate processes {row['processes_img_s']:8.0f} img/s", flush=True)
             rows.append(row)
             print(
                 f"{case:15s} K={k}: fused {row['fused_img_s']:8.0f} img/s ({row['fused_pct_peak']:4.1f}% peak)  "
