@@ -147,6 +147,7 @@ def test_cli_run_with_seeds_writes_one_run_directory_per_seed(tmp_path, capsys):
     for bad in ("0,x", "0,0", "", "1,,2"):
         assert main(["run", "tiny_mnist1d", *TINY, "--seeds", bad, "--out", str(tmp_path)]) == 2
     assert main(["run", "tiny_mnist1d", *TINY, "seed=3", "--seeds", "0,1", "--out", str(tmp_path)]) == 2
+    assert main(["run", str(dirs[0]), "--seeds", "0,1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--seeds" in err
 

@@ -35,6 +35,8 @@ def run_seeds(config: str, overrides: list[str], seeds_text: str, out: Path, *, 
     from dsd2.imp import run
 
     seeds = parse_seeds(seeds_text)
+    if (Path(config) / rundir.CONFIG).is_file():
+        raise UserError(f"{config} is a run directory: --seeds starts new runs from a config or preset (resume a run without --seeds)")
     if any(o.split("=", 1)[0].strip() == "seed" for o in overrides):
         raise UserError("--seeds sets each run's seed: drop the seed= override")
     cfgs = [load_config(config, [*overrides, f"seed={s}"], plugins=plugins) for s in seeds]
