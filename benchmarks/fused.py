@@ -114,7 +114,7 @@ def separate_processes(case_name: str, k: int, n: int, repeats: int, cores: int)
     import subprocess
 
     threads = max(1, cores // k)
-    start_at = time.time() + 15 + 2 * k  # time for the K interpreters to import torch and warm up
+    start_at = time.time() + 8 + 2 * k  # time for the K interpreters to import torch and warm up
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import fused; fused._process_worker({case_name!r}, {n}, %d, {threads}, {start_at}, {repeats})"
     procs = [subprocess.Popen([sys.executable, "-c", code % s], stdout=subprocess.PIPE, text=True) for s in range(k)]
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
