@@ -237,3 +237,21 @@ def test_fused_epoch_checkpoints_resume_bit_identically(tmp_path):
         )
         < WEIGHT_TOL
     )
+
+
+def test_channels_last_models_train_fused_within_tolerance(monkeypatch):
+    import test_fused as this
+
+    plain_models, plain_sources = this._models, this._sources
+    monkeypatch.setattr(this, "_models", lambda name, **kw: [m.to(memory_format=torch.channels_last) for m in plain_models(name, **kw)])
+
+    def sources(shape, n=96, classes=10):
+        out = plain_sources(shape, n, classes)
+        for s in out:
+            s.channels_last = True
+        return out
+
+    monkeypatch.setattr(this, "_sources", sources)
+    fused, _, _ = this._run("vgg_like", fused=True)
+    separate, _, _ = this._run("vgg_like", fused=False)
+    assert _max_diff(fused, separate) < WEIGHT_TOL  # measured 2.5e-7

@@ -148,10 +148,16 @@ def stack(models: Sequence[nn.Module]) -> nn.Module:
             parent_name, _, child = name.rpartition(".")
             parent = fused.get_submodule(parent_name) if parent_name else fused
             setattr(parent, child, new)
+    if _channels_last(models[0]):  # the models' layout (train.channels_last) for the fused convolutions too
+        fused = fused.to(memory_format=torch.channels_last)
     with torch.no_grad():
         load(fused, models)
     fused.train(models[0].training)
     return fused
+
+
+def _channels_last(model: nn.Module) -> bool:
+    return any(p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters())
 
 
 def _per_run(t: Tensor, k: int, shape: torch.Size) -> Tensor:
