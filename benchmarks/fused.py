@@ -13,7 +13,8 @@ section times one training step of K=4 LeNet-5 and VGG-like runs in the two fuse
 were considered: hand-stacked weights (grouped convolutions, batched matmuls; what dsd2.fused
 uses) and ``torch.func`` (``stack_module_state`` + ``vmap`` over ``functional_call``).
 
-Statistic: median of ``--repeats`` timed epochs after one warm-up. The machine's load (uptime)
+Statistic: median of ``--repeats`` timed epochs after one warm-up, fused and sequential
+samples taken alternately. The machine's load (uptime)
 before and after is recorded: on a shared machine the numbers are only comparable within a file.
 Usage::
 
@@ -28,6 +29,7 @@ import functools
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -157,11 +159,22 @@ def choice_step(case_name: str, k: int, form: str, steps: int = 5) -> float:
     return steps * k * bench.BATCH / (time.perf_counter() - t)
 
 
+def _interleaved(a, b, repeats: int) -> tuple[dict, dict]:
+    """Median of ``repeats`` samples of each, taken alternately after one warm-up each, so a
+    burst of load from elsewhere hits both sides alike."""
+    a(), b()
+    sa, sb = [], []
+    for _ in range(repeats):
+        sa.append(a())
+        sb.append(b())
+    return {"median": statistics.median(sa), "samples": sa}, {"median": statistics.median(sb), "samples": sb}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ks", default="1,2,4,8")
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--cases", default=";".join(CASES), help="models, separated by ';'")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--processes", action="store_true", help="also K separate processes, one run each, at the same time")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -174,19 +187,18 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
         "load_before": _load(),
         "repeats": args.repeats,
-        "statistic": "median of repeats after one warm-up",
+        "statistic": "median of repeats after one warm-up; fused and sequential samples alternate",
         "sparsity": SPARSITY,
         "batch_size": bench.BATCH,
     }
     peak = bench.peak_flops(torch.float32)
     result["peak_fp32_gflops"] = peak / 1e9
     rows = []
-    for case in args.cases.split(","):
+    for case in args.cases.split(";"):
         n = CASES[case]
         per_image = bench.train_flops_per_image(bench.CASES[case])
         for k in ks:
-            f = bench.median_of(functools.partial(fused_epoch, case, k, n), args.repeats)
-            s = bench.median_of(functools.partial(sequential_epochs, case, k, n), args.repeats)
+            f, s = _interleaved(functools.partial(fused_epoch, case, k, n), functools.partial(sequential_epochs, case, k, n), args.repeats)
             row = {
                 "model": case,
                 "K": k,

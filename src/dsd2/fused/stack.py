@@ -13,9 +13,10 @@ Every activation of the fused module is ``[B, K*C, ...]``: run k owns channels `
 Any other module, or a forward that mixes channels across runs (a reshape with a fixed channel
 count, a concatenation, attention, LayerNorm over channels), cannot be fused: :func:`stack` refuses
 unknown modules, and :func:`check` compares the fused module's outputs with the K models' own on a
-probe batch, so a forward that mixes runs is caught before training. Chosen over ``torch.func`` (``stack_module_state`` + ``vmap`` over ``functional_call``)
-by measurement on 2 CPU cores (``benchmarks/fused.py``, docs/fused.md): the same results, and the
-hand-stacked LeNets ran faster than their vmap form.
+probe batch, so a forward that mixes runs is caught before training. Chosen over ``torch.func`` (``stack_module_state`` + ``vmap`` over ``functional_call``),
+which measured within noise of it on 2 shared CPU cores (``benchmarks/fused.py``, docs/fused.md),
+because the fused model is plain modules: BatchNorm statistics, the optimiser, the masks and
+epoch checkpoints act on ordinary parameters.
 
 A stacked tensor ``t`` holds run k's copy of a parameter or buffer of shape ``s`` at
 ``t.reshape(K, *s)[k]`` (:func:`load`, :func:`unload`).
