@@ -6,7 +6,8 @@ distilled from the entry named in ``teacher``. Only rounds.csv and entropy.csv a
 
     .venv/bin/python benchmarks/curve_bank.py --out runs/bank --jobs 2 [NAME ...]
 
-One thread per run; ``--jobs`` runs side by side. Runs resume, so a killed bank continues.
+One thread per run; ``--jobs`` runs side by side, or ``--fuse`` trains the entries that share a
+model and schedule as fused groups (docs/fused.md). Runs resume, so a killed bank continues.
 """
 
 from __future__ import annotations
@@ -97,25 +98,55 @@ BANK: dict[str, tuple[dict[str, Any], str | None]] = {
 }
 
 
-def run_one(name: str, out: str) -> str:
-    from dsd2 import imp
+def config_of(name: str, out: str):
+    """The entry's run config; a student's names its teacher's run directory (which must exist)."""
     from dsd2.config import validate_config
+    from dsd2.rundir import run_dir_for
 
     data, teacher = BANK[name]
     data = {**data, "name": name}
     if teacher is not None:
-        teacher_dir = run_one(teacher, out)  # finished: resolves to its directory without training
+        teacher_dir = str(run_dir_for(config_of(teacher, out), out))
         data = {**data, "distill": {"teacher": teacher_dir, "round": "best", "alpha": 1.0, "temperature": 10.0}}
-    cfg = validate_config(data, source=name)
+    return validate_config(data, source=name)
+
+
+def _keep(name: str, run_dir: Path) -> None:
+    dest = DEST / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in ("rounds.csv", "entropy.csv"):
+        shutil.copyfile(run_dir / f, dest / f)
+
+
+def run_fused(names: list[str], out: str) -> None:
+    """``--fuse``: the entries that can train together (dsd2.sweep.fuse.fuse_key: same model,
+    data and schedule) as fused groups (docs/fused.md), teachers before students."""
+    from dsd2.fused.group import run_group
+    from dsd2.sweep.fuse import fuse_key
+
+    for stage in ([n for n in names if BANK[n][1] is None], [n for n in names if BANK[n][1] is not None]):
+        groups: dict[str, list[str]] = {}
+        for n in stage:
+            groups.setdefault(fuse_key(config_of(n, out)), []).append(n)
+        for group in groups.values():
+            print(f"fused group: {', '.join(group)}", flush=True)
+            for n, run_dir in zip(group, run_group([config_of(n, out) for n in group], out)):
+                _keep(n, run_dir)
+
+
+def run_one(name: str, out: str) -> str:
+    from dsd2 import imp
+
+    teacher = BANK[name][1]
+    if teacher is not None:
+        run_one(teacher, out)  # finished: resolves to its directory without training
+    cfg = config_of(name, out)
 
     def line(row: dict[str, Any]) -> None:
         print(f"[{name}] round {row['round']:>2} sparsity {100 * row['sparsity']:6.2f}% val {100 * row['val_acc']:.2f}%", flush=True)
 
     run_dir = imp.run(cfg, out, on_round=line)
-    dest = DEST / name
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in ("rounds.csv", "entropy.csv"):
-        shutil.copyfile(run_dir / f, dest / f)
+    _keep(name, run_dir)
     return str(run_dir)
 
 
@@ -124,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("names", nargs="*", help="bank entries (default: all)")
     ap.add_argument("--out", default="runs/bank")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--fuse", action="store_true", help="train the entries that share a model and schedule as fused groups")
     args = ap.parse_args(argv)
     names = args.names or list(BANK)
     unknown = [n for n in names if n not in BANK]
@@ -132,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # teachers first, so students find them finished
     names.sort(key=lambda n: BANK[n][1] is not None)
+    if args.fuse:
+        run_fused(names, args.out)
+        return 0
     teachers = [n for n in names if BANK[n][1] is None]
     students = [n for n in names if BANK[n][1] is not None]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:

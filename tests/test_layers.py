@@ -34,6 +34,7 @@ LAYERS = [
     {"imp"},
     {"study", "report", "bank", "exporting"},
     {"inference"},
+    {"fused"},  # K runs trained as one (dsd2.sweep.fuse groups a sweep's cells for it)
     {"sweep"},
     {"api"},
     {"cli"},

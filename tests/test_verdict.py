@@ -71,7 +71,9 @@ def test_no_sdd_and_a_student_valley_are_said_too():
     dipping = rows([0.80, 0.79, 0.70, 0.81, 0.80, 0.79, 0.78])
     text = " ".join(verdict([StudyTables(1, shallow, dipping, PAPER[:2], COMPRESS[:2])]).split())
     assert "seen in 0 of 1 seed(s)" in text and "deepest recovered dip is 0.50 points (under 1)" in text
-    assert "a valley of 1 point(s) or more in 1 of 1 seed(s)" in text and "a valley of 10.00 points at rounds 1-2 (20.0-36.0 % sparse)" in text
+    assert (
+        "a valley of 1 point(s) or more in 1 of 1 seed(s)" in text and "a valley of 10.00 points at rounds 1-2 (20.0-36.0 % sparse)" in text
+    )
     assert "Collapsed" not in text and "dense student" not in text and "Report" not in text
 
 

@@ -49,11 +49,20 @@ def run(
     out: Path = out_option(),
     quiet: bool = quiet_option(),
     plugins: Optional[list[str]] = plugin_option(recorded=True),
+    seeds: Optional[str] = typer.Option(
+        None, "--seeds", help="One run per seed (e.g. 0,1,2), trained as one fused group (docs/fused.md); each has its own run directory."
+    ),
+    fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="With --seeds: train the runs fused (default) or one after another."),
 ) -> None:
     """Run (or resume) an IMP study: dense training, then prune/retrain rounds."""
     from dsd2 import rundir
     from dsd2.config import PRESET_DIR, load_config
 
+    if seeds is not None:  # several runs of one config (dsd2.cli.fused)
+        from dsd2.cli.fused import run_seeds
+
+        run_seeds(config, overrides or [], seeds, out, fuse=fuse, quiet=quiet, plugins=plugins or [])
+        return
     p = Path(config)
     if p.is_dir() and not rundir.config_path(p).is_file() and (PRESET_DIR / f"{config}.yaml").is_file():
         render.err_console.print(f"{p}/ is a folder, not a run directory: using the preset {config!r}")
@@ -168,6 +177,9 @@ def demo(
     jobs: int = typer.Option(2, help="Pipelines run side by side (processes)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Overrides for the demo preset, e.g. prune.rounds=10."),
     plugins: Optional[list[str]] = plugin_option(recorded=True),
+    fuse: bool = typer.Option(
+        False, "--fuse", help="Train the seeds' vanilla runs as one fused group, then their students (docs/fused.md)."
+    ),
 ) -> None:
     """The CPU demo: vanilla IMP with SDD, DSD² students from the best-fit teacher, compute table."""
     from dsd2 import compare, rundir
@@ -182,9 +194,15 @@ def demo(
         raise UserError(f"--seeds names no seed ({seeds!r}): give comma-separated integers, e.g. --seeds 0,1")
     configs = [load_config("demo_fmnist", [*(overrides or []), f"seed={s}"], plugins=plugins or []) for s in seed_list]
     render.RESUME["how"] = "the same `dsd2 demo` command (finished runs and rounds are kept)"
-    render.err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
-    render.err_console.print(_expected_demo_time(configs[0], len(configs), jobs), highlight=False, soft_wrap=True)
-    pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
+    if fuse:
+        from dsd2.fused.pipelines import run_pipelines_fused
+
+        render.err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), fused; this takes minutes")
+        pairs = run_pipelines_fused(configs, out=out, say=render.err_console.print)
+    else:
+        render.err_console.print(f"demo: {len(configs)} pipeline(s) (vanilla IMP, then DSD² student), {jobs} at a time; this takes minutes")
+        render.err_console.print(_expected_demo_time(configs[0], len(configs), jobs), highlight=False, soft_wrap=True)
+        pairs = run_pipelines_parallel(configs, out=out, jobs=jobs)
     for cfg, (teacher_dir, student_dir) in zip(configs, pairs):
         render.console.rule(f"seed {cfg.seed}")
         render.console.print(rounds_table(rundir.read_rounds(teacher_dir), title=f"vanilla IMP (seed {cfg.seed}): {teacher_dir}"))

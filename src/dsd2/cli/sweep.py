@@ -50,6 +50,7 @@ def sweep(
     gpu_tflops: float = typer.Option(25.0, help="Effective GPU throughput for the cost estimate (TFLOP/s; an assumption, not measured)."),
     measure: bool = typer.Option(False, "--measure", help="Time each model on this machine (as `dsd2 estimate`) instead of --gpu-tflops."),
     plugins: Optional[list[str]] = plugin_option(recorded=True),
+    fuse: bool = typer.Option(False, "--fuse", help="Train the cells that share a model and schedule as fused groups (docs/fused.md)."),
 ) -> None:
     """Run a grid of runs (seeds, noise, width/depth, retraining modes, KD settings) on Ray."""
     from dsd2.sweep import sweep_main
@@ -68,6 +69,7 @@ def sweep(
         measure_steps=DEFAULT_STEPS if measure else None,
         console=render.console,
         plugins=plugins or [],
+        fuse=fuse,
     )
     if code:
         raise typer.Exit(code)

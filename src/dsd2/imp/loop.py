@@ -261,7 +261,7 @@ def stop_decision(cfg: RunConfig, rows: list[RoundRow]):
     return decide(rows, es.rule, tolerance=es.tolerance, patience=es.patience, select=es.select)
 
 
-def _write_early_stop(ctx: RunContext, rows: list[RoundRow]) -> None:
+def write_early_stop(ctx: RunContext, rows: list[RoundRow]) -> None:
     decision = stop_decision(ctx.cfg, rows)
     if decision is not None:
         store.write_json(rundir.early_stop_path(ctx.run_dir), {"rule": ctx.cfg.early_stop.rule, **_as_dict(decision)})
@@ -292,6 +292,22 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
         _teach_from_round_before(ctx, round_idx)
     reset_weights(ctx, round_idx, masks)
     logs, lr_scale = train_round(ctx, round_idx, masks, hooks)
+    finish_round(ctx, rounds, round_idx, hooks, masks, logs, lr_scale, t0)
+
+
+def finish_round(
+    ctx: RunContext,
+    rounds: Rounds,
+    round_idx: int,
+    hooks: list[Hook],
+    masks: Masks,
+    logs: list[EpochLog],
+    lr_scale: float,
+    t0: float,
+    timing_extra: dict[str, Any] | None = None,
+) -> None:
+    """A trained round's measure → save → tables → hooks (``t0``: when the round began;
+    ``timing_extra``: more keys for its metrics.json timing, e.g. the fused group's size)."""
     train_s = time.perf_counter() - t0
     row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last, modes.scored_examples(ctx, round_idx, len(logs)))
     best = best_epoch_hook(hooks)
@@ -304,6 +320,7 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
         "device": str(ctx.device),
         "lr_scale": lr_scale,
         "threads": ctx.threads,
+        **(timing_extra or {}),
     }
     w = distributed.world()
     if w.distributed:
@@ -314,7 +331,7 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
     rounds.entropy.extend(layer_rows)
     rounds.timings.append(timing)
     rounds.masks = masks
-    _tables(ctx, rounds)
+    tables_on_every_rank(ctx, rounds)
     for hook in hooks:
         hook.round_end(rounds.rows[-1])
     distributed.barrier()  # the round is on disk before any rank reads a file of it (late rewind, resume)
@@ -363,14 +380,14 @@ def run(
         checked = distributed.on_main(lambda: check_config_matches(run_dir, cfg))
         cfg = distributed.broadcast_object(checked) if world.distributed else checked  # type: ignore[assignment]
         with ExitStack() as held:
-            ctx = distributed.on_main(lambda: _begin(cfg, run_dir, held, share))
+            ctx = distributed.on_main(lambda: begin_run(cfg, run_dir, held, share))
             if ctx is None:  # another rank: rank 0 has written config, meta, labels and init
                 ctx = start(cfg, run_dir, share)
             _rounds(ctx, on_round, progress)
     return run_dir
 
 
-def _begin(cfg: RunConfig, run_dir: Path, held: ExitStack, share: Share) -> RunContext:
+def begin_run(cfg: RunConfig, run_dir: Path, held: ExitStack, share: Share) -> RunContext:
     """Lock the run directory (``held`` keeps the lock), extend it when ``cfg`` asks more rounds,
     and start the run; a run that fails to start leaves no half-made directory."""
     fresh = not run_dir.exists()
@@ -406,7 +423,7 @@ def _rounds(ctx: RunContext, on_round: Callable[[RoundRow], None] | None, progre
     """The rounds still to train, until the last or the early-stop rule's stop."""
     cfg, main = ctx.cfg, distributed.is_main()
     rounds = resume_rounds(ctx)
-    _tables(ctx, rounds)
+    tables_on_every_rank(ctx, rounds)
     hooks = make_hooks(ctx, on_round=on_round, progress=progress)
     floor: ChannelFloor | None = None
     try:
@@ -428,13 +445,13 @@ def _rounds(ctx: RunContext, on_round: Callable[[RoundRow], None] | None, progre
             hook.close()
         ctx.close()
     if main:
-        _write_early_stop(ctx, rounds.rows)
+        write_early_stop(ctx, rounds.rows)
         if floor is not None:
             _write_floor_stop(ctx, rounds, floor)
     distributed.barrier()  # every file is written when any rank returns
 
 
-def _tables(ctx: RunContext, rounds: Rounds) -> None:
+def tables_on_every_rank(ctx: RunContext, rounds: Rounds) -> None:
     """Rank 0 writes the tables; the other ranks label the phases the same way (the stop rule reads them)."""
     if distributed.is_main():
         write_tables(ctx, rounds)

@@ -77,12 +77,15 @@ def sweep_main(
     measure_steps: int | None = None,
     console: Any = None,
     plugins: list[str] | tuple[str, ...] = (),
+    fuse: bool = False,
 ) -> int:
     """``dsd2 sweep``: print the cost estimate, run (unless ``dry_run``), print the cells.
 
     ``plugins`` (``--plugin``) join the sweep's ``plugins``: every cell's config records them.
     ``measure_steps`` (``--measure``): time each model on this machine (:mod:`.measure`) instead
     of assuming ``gpu_tflops``.
+    ``fuse`` (``--fuse``): train the cells that can train together as fused groups first
+    (:mod:`dsd2.sweep.fuse`; the dry run lists the groups).
     Returns 0 when every cell finished (or on a dry run), 1 when some failed. UserErrors
     (bad sweep file, bad cell config) propagate for the CLI to print.
     """
@@ -105,6 +108,8 @@ def sweep_main(
     except UserError as err:  # e.g. a dataset without a known input shape: run anyway
         cost = f"cost estimate unavailable: {err}"
     console.print(cost, highlight=False, markup=False, soft_wrap=True)
+    if fuse:
+        _fused_groups(spec, cells, out, dry_run, console)
     if dry_run:
         console.print(f"dry run: {len(cells)} cells of sweep {spec.name}, nothing started (out: {out})", markup=False)
         return 0
@@ -123,3 +128,17 @@ def sweep_main(
         )
         return 1
     return 0
+
+
+def _fused_groups(spec, cells: list[Cell], out: str | Path, dry_run: bool, console: Any) -> None:
+    """``--fuse``: list the fused groups of the unfinished runs; unless a dry run, train them."""
+    from dsd2.sweep.fuse import describe_groups, fuse_groups, run_groups
+    from dsd2.sweep.scheduler import build_jobs, skip_finished
+
+    jobs, _ = build_jobs(spec, cells, Path(out).expanduser().resolve())
+    skip_finished(jobs)
+    groups = fuse_groups(jobs)
+    for line in describe_groups(groups):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if not dry_run:
+        run_groups(groups, lambda line: console.print(line, highlight=False, markup=False))

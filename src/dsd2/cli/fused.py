@@ -1,0 +1,55 @@
+"""``dsd2 run CONFIG --seeds 0,1,2``: several seeds of one config, trained as one fused group."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+from dsd2.cli import render
+from dsd2.cli.render import rounds_table
+from dsd2.errors import UserError
+
+
+def _silent(line: str) -> None:
+    pass
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` as [0, 1, 2]; a clear error for anything else (empty, not ASCII digits, repeated)."""
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or any(not p or not (p.isascii() and p.isdigit()) for p in parts):
+        raise UserError(f"--seeds {text!r}: give non-negative integers separated by commas, e.g. --seeds 0,1,2")
+    seeds = [int(p) for p in parts]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r} names a seed twice: each seed is one run")
+    return seeds
+
+
+def run_seeds(config: str, overrides: list[str], seeds_text: str, out: Path, *, fuse: bool, quiet: bool, plugins: list[str]) -> list[Path]:
+    """One run of ``config`` per seed; fused (docs/fused.md) unless ``fuse`` is False. Each run
+    has its own run directory, the same as ``dsd2 run CONFIG seed=S`` would write."""
+    from dsd2 import rundir
+    from dsd2.config import load_config
+    from dsd2.fused.group import run_group
+    from dsd2.imp import run
+
+    seeds = parse_seeds(seeds_text)
+    if (Path(config) / rundir.CONFIG).is_file():
+        raise UserError(f"{config} is a run directory: --seeds starts new runs from a config or preset (resume a run without --seeds)")
+    if any(o.split("=", 1)[0].strip() == "seed" for o in overrides):
+        raise UserError("--seeds sets each run's seed: drop the seed= override")
+    cfgs = [load_config(config, [*overrides, f"seed={s}"], plugins=plugins) for s in seeds]
+    say: Callable[[str], None] = _silent if quiet else render.err_console.print
+
+    def done(k: int, row) -> None:
+        say(f"seed {seeds[k]}: round {row.round} {100 * row.sparsity:.2f}% sparse, test {100 * (row.test_acc or 0):.2f}%")
+
+    if fuse:
+        dirs = run_group(cfgs, out, say=say, on_round=done)
+    else:
+        dirs = [run(c, out, on_round=functools.partial(done, k)) for k, c in enumerate(cfgs)]
+    for seed, cfg, d in zip(seeds, cfgs, dirs):
+        render.console.print(rounds_table(rundir.read_rounds(d), title=f"{cfg.name} seed {seed}: {cfg.model.name} on {cfg.dataset.name}"))
+        render.console.print(f"run directory: {d}")
+    return dirs
