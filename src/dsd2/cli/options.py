@@ -50,3 +50,16 @@ def quiet_option() -> Any:
 
 def out_option(help: str = "Folder for run directories.") -> Any:
     return typer.Option(Path("runs"), "--out", "-o", help=help)
+
+
+# The stop rule's knobs, shared by `stop` and `compare` (the same words for the same option).
+def tolerance_option() -> Any:
+    return typer.Option(0.0, help="Accuracy drop tolerated before a round counts as a drop: a fraction, 0.03 for 3 points.")
+
+
+def patience_option() -> Any:
+    return typer.Option(1, help="Consecutive dropped rounds needed to stop.")
+
+
+def select_option() -> Any:
+    return typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop.")

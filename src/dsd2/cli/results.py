@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from dsd2.cli import render
-from dsd2.cli.options import Rule, Select, load_plugins, plugin_option
+from dsd2.cli.options import Rule, Select, load_plugins, patience_option, plugin_option, select_option, tolerance_option
 from dsd2.cli.render import pct, strategy_rich_table
 from dsd2.errors import UserError
 
@@ -38,9 +38,9 @@ def _print_decision(run_dir: Path, rule: str, tolerance: float, patience: int, s
 def stop(
     run_dir: Path = typer.Argument(..., help="A finished (or partial) run directory."),
     rule: Rule = typer.Option(Rule.plain, "--rule", help="The stop rule (docs/stop_rules.md)."),
-    tolerance: float = typer.Option(0.0, help="Accuracy drop tolerated: a fraction, 0.03 for 3 points."),
-    patience: int = typer.Option(1, help="Consecutive drops needed to stop."),
-    select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
+    tolerance: float = tolerance_option(),
+    patience: int = patience_option(),
+    select: Select = select_option(),
     plugins: Optional[list[str]] = plugin_option(),
 ) -> None:
     """Which round an early-stopping rule would select on a run, and what it would cost."""
@@ -71,9 +71,9 @@ def stop_rules_cmd(
 def compare_cmd(
     vanilla: Path = typer.Argument(..., help="Vanilla IMP run directory."),
     student: Optional[Path] = typer.Argument(None, help="DSD² student run directory."),
-    tolerance: float = typer.Option(0.0, help="Accuracy drop tolerated before a round counts as a drop: a fraction, 0.03 for 3 points."),
-    patience: int = typer.Option(1, help="Consecutive dropped rounds needed to stop."),
-    select: Select = typer.Option(Select.best, help="best: most accurate round trained; last_good: sparsest round before the stop."),
+    tolerance: float = tolerance_option(),
+    patience: int = patience_option(),
+    select: Select = select_option(),
     plugins: Optional[list[str]] = plugin_option(),
 ) -> None:
     """Exhaustive vanilla vs. early stops vs. DSD²: selected round, accuracy, cost."""
