@@ -444,26 +444,31 @@ def set_threads(
     return torch.get_num_threads()
 
 
-def _recorded_digest(run_dir: Path) -> str | None:
-    """The config digest meta.json recorded when the run started (or was extended). A guard that
-    cannot be read fails closed: meta.json without a digest, or with one of the wrong type, is
-    refused; a missing meta.json only when a start was killed before writing it (nothing trained)."""
-    path = run_dir / rundir.META
-    if not path.exists():
-        trained = any(run_dir.glob("round_*"))
-        if trained:
+def _started_meta(run_dir: Path) -> dict[str, Any] | None:
+    """meta.json as the run's start wrote it; None only when a start was killed before writing it
+    (nothing trained). Trained rounds without it are refused: the guard it holds fails closed."""
+    if not (run_dir / rundir.META).exists():
+        if any(run_dir.glob("round_*")):
             raise UserError(
                 f"{run_dir} has trained rounds but no {rundir.META} (deleted?): nothing proves {rundir.CONFIG} is the config "
                 "they were trained with. Restore meta.json from a copy of the run, or start a new run directory"
             )
         return None
-    meta = rundir.read_meta(run_dir)
+    return rundir.read_meta(run_dir)
+
+
+def _recorded_digest(run_dir: Path, meta: dict[str, Any] | None) -> str | None:
+    """The config digest ``meta`` (the run's meta.json, :func:`_started_meta`) recorded when the run
+    started (or was extended); one without a digest, or with one of the wrong type, is refused."""
+    if meta is None:
+        return None
     # runs started before extensions existed recorded the digest as "config_hash" (their run id hash counted the rounds)
     recorded = meta["config_digest"] if "config_digest" in meta else meta.get("config_hash")
     if not isinstance(recorded, str):
         raise UserError(
-            f"{path} lacks the config digest (config_digest missing or not a string): nothing proves {rundir.CONFIG} is the "
-            "config the finished rounds were trained with. Restore meta.json from a copy of the run, or start a new run directory"
+            f"{run_dir / rundir.META} lacks the config digest (config_digest missing or not a string): nothing proves "
+            f"{rundir.CONFIG} is the config the finished rounds were trained with. Restore meta.json from a copy of the run, "
+            "or start a new run directory"
         )
     return recorded
 
@@ -476,7 +481,8 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
     if not (run_dir / rundir.CONFIG).exists():
         return cfg
     saved = rundir.read_config(run_dir)
-    recorded = _recorded_digest(run_dir)
+    meta = _started_meta(run_dir)
+    recorded = _recorded_digest(run_dir, meta)
     if recorded is not None and saved.digest() != recorded:
         raise UserError(
             f"{run_dir / rundir.CONFIG} was edited after the run started (its hash {saved.digest()} is not the recorded "
@@ -484,8 +490,7 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
             "(`dsd2 run CONFIG`), extend it with more rounds (`dsd2 run CONFIG prune.rounds=N`), or, to retry a diverged "
             "run with a lower learning rate, `dsd2 resume RUN_DIR --lr-scale 0.1`"
         )
-    meta = rundir.read_meta(run_dir) if (run_dir / rundir.META).exists() else {}
-    _refuse_earlier_gradual_window(run_dir, saved, cfg, meta)
+    _refuse_earlier_gradual_window(run_dir, saved, cfg, meta or {})
     if saved.run_id() != cfg.run_id():
         differ = ", ".join(differing_settings(saved, cfg)) or "name"
         raise UserError(
