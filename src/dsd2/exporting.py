@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
-from dsd2 import __version__, compare, outdir, rundir, shrink, store
+from dsd2 import __version__, compare, outdir, rundir, safe_read, shrink, store
 from dsd2.config import EarlyStopConfig, RunConfig
 from dsd2.errors import UserError
 from dsd2.export_format import (
@@ -254,11 +254,11 @@ def _earlier_export(out: Path) -> set[str]:
     """The files of an intact earlier export in ``out`` (its model.json included): those that
     model.json lists with sha256 and that still match it; empty when there is none."""
     path = out / MODEL_JSON
-    if not outdir.regular_file(path) or path.stat().st_size > MAX_MODEL_JSON:
+    if not outdir.regular_file(path):
         return set()
     try:
-        info = json.loads(path.read_bytes())
-    except (ValueError, RecursionError):
+        info = safe_read.read_json(path, max_bytes=MAX_MODEL_JSON)
+    except UserError:  # too large, too deep or not JSON: no export of ours
         return set()
     files = info.get("files") if isinstance(info, dict) and info.get("format") == FORMAT else None
     if not isinstance(files, dict) or WEIGHTS not in files:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dsd2 import safe_read
 from dsd2.data.cifar import IMAGENET_MEAN, IMAGENET_STD
 from dsd2.data.core import AugmentSpec, RawDataset, register_dataset
 from dsd2.data.files import ImageFiles, PathTable
@@ -263,12 +263,7 @@ def decode_rgb(path: str) -> torch.Tensor:
     and 16-bit images are converted); UserError naming the file when it does not decode."""
     from PIL import Image
 
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as err:
-        raise UserError(f"cannot read image {path}: {err.strerror or err}; remove or replace the file") from None
-    if not stat.S_ISREG(mode):  # a FIFO would block the decoder forever, a device never ends
-        raise UserError(f"image {path} is not a regular file (a FIFO, device or folder): remove or replace it")
+    safe_read.check_regular(path, what="image")  # a FIFO would block the decoder forever, a device never ends
     try:
         with Image.open(path) as im:
             if im.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: scale, PIL's RGB conversion would clip
