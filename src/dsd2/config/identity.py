@@ -13,6 +13,7 @@ from typing import Any, Literal
 from dsd2 import safe_read
 from dsd2.config.load import validate_config
 from dsd2.config.schema import SELF_TEACHER, DistillConfig, PruneConfig, RunConfig
+from dsd2.errors import UserError
 from dsd2.registry import (
     NOISE_MODELS,
     OPTIMIZERS,
@@ -199,7 +200,7 @@ def teacher_identity(path: str) -> Any:
     folder = Path(os.path.abspath(os.path.expanduser(str(path))))
     try:
         meta = safe_read.read_json(folder / "meta.json")
-    except Exception:
+    except UserError:  # missing, unreadable or hostile (safe_read says which): then the path is all there is
         return path
     digest = meta.get("config_digest") if isinstance(meta, dict) else None
     return {"run": folder.name, "digest": digest} if isinstance(digest, str) else path
