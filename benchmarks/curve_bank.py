@@ -70,6 +70,16 @@ def fmnist_vit(epochs: int, noise: float, seed: int) -> dict[str, Any]:
     }
 
 
+SGD = {**ADAM, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "multistep", "milestones": [0.5, 0.75]}
+# Fashion-MNIST's look-alike classes: T-shirt<->shirt, pullover<->coat, sandal->sneaker->ankle boot.
+FMNIST_LOOKALIKE = {0: 6, 6: 0, 2: 4, 4: 2, 5: 7, 7: 9}
+
+
+def variant(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with some sections' fields replaced (the added curves: one change each)."""
+    return {**base, **{k: {**base[k], **v} for k, v in sections.items()}}
+
+
 # name -> (config, teacher name or None). Students distil (alpha 1, T 10) from their teacher's best round.
 BANK: dict[str, tuple[dict[str, Any], str | None]] = {
     "fm_lenet300_e6_n40_s0": (fmnist(LENET300, 6, 0.4, 0), None),
@@ -91,7 +101,20 @@ BANK: dict[str, tuple[dict[str, Any], str | None]] = {
     "fm_vit_e20_n20_s0": (fmnist_vit(20, 0.2, 0), None),
     "fm_vit_e20_n40_s2": (fmnist_vit(20, 0.4, 2), None),
     "fm_vit_e40_n40_s0": (fmnist_vit(40, 0.4, 0), None),
+    # added in session 6, one change each from fm_lenet300_e20_n40_s0 (or the LeNet-5/VGG curves)
+    "fm_lenet300_e20_n40_s0_sgd": (variant(fmnist(LENET300, 20, 0.4, 0), train={**SGD, "epochs": 20}), None),
+    "fm_lenet300_e40_n40_s0_sgd": (variant(fmnist(LENET300, 40, 0.4, 0), train={**SGD, "epochs": 40}), None),
+    "fm_lenet300_e20_n40_s0_pairflip": (variant(fmnist(LENET300, 20, 0.4, 0), noise={"kind": "pairflip"}), None),
+    "fm_lenet300_e20_n40_s0_lookalike": (
+        variant(fmnist(LENET300, 20, 0.4, 0), noise={"kind": "asymmetric", "class_map": FMNIST_LOOKALIKE}),
+        None,
+    ),
+    "fm_lenet300_e20_n40_s0_r40": (variant(fmnist(LENET300, 20, 0.4, 0, rounds=14), prune={"rate": 0.4}), None),
+    "fm_lenet300_e20_n40_s0_neurons": (variant(fmnist(LENET300, 20, 0.4, 0, rounds=20), prune={"allocation": "channel_uniform"}), None),
+    "fm_lenet5_e20_n40_s0_channels": (variant(fmnist(LENET5, 20, 0.4, 0, rounds=20), prune={"allocation": "channel_uniform"}), None),
     "fm_lenet300_e20_n40_s0_dsd2": (fmnist(LENET300, 20, 0.4, 0), "fm_lenet300_e20_n40_s0"),
+    "fm_lenet300_e20_n40_s0_sgd_dsd2": (variant(fmnist(LENET300, 20, 0.4, 0), train={**SGD, "epochs": 20}), "fm_lenet300_e20_n40_s0_sgd"),
+    "fm_vgg23_e15_n40_s0_dsd2": (fmnist(VGG23, 15, 0.4, 0, rounds=26), "fm_vgg23_e15_n40_s0"),
     "fm_lenet300_e60_n40_s0_dsd2": (fmnist(LENET300, 60, 0.4, 0), "fm_lenet300_e60_n40_s0"),
     "fm_lenet300_e6_n40_s0_dsd2": (fmnist(LENET300, 6, 0.4, 0), "fm_lenet300_e6_n40_s0"),
     "fm_lenet5_e20_n40_s0_dsd2": (fmnist(LENET5, 20, 0.4, 0, rounds=26), "fm_lenet5_e20_n40_s0"),
