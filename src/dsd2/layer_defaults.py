@@ -57,7 +57,11 @@ def structured_allocation(method: Any, criterion: Any, allocation: Any) -> bool:
         return False
     if allocation is None and isinstance(method, str) and method in PRUNING_METHODS:
         allocation = PRUNING_METHODS.metadata(method).get("allocation")
-    return isinstance(allocation, str) and allocation in PRUNING_ALLOCATIONS and bool(PRUNING_ALLOCATIONS.metadata(allocation).get("structured"))
+    return (
+        isinstance(allocation, str)
+        and allocation in PRUNING_ALLOCATIONS
+        and bool(PRUNING_ALLOCATIONS.metadata(allocation).get("structured"))
+    )
 
 
 def prunes_classes(method: str, criterion: str | None, allocation: str | None, include_classifier: bool) -> str | None:
