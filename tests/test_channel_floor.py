@@ -13,7 +13,7 @@ from dsd2.cli import main
 from dsd2.data import DATASETS, RawDataset, register_dataset
 from dsd2.distill.teacher import _teacher_state
 from dsd2.errors import UserError
-from dsd2.prune import _drop_smallest, alive_rows, full_masks, prune_with
+from dsd2.prune import alive_rows, drop_smallest, full_masks, prune_with
 from dsd2.registry import PRUNING_ALLOCATIONS
 from dsd2.report.data import load_runs
 from dsd2.runs import result
@@ -78,7 +78,7 @@ def _old_channel_allocation(scores, masks, rate):
         unit_scores.append(torch.where(finite, mean, torch.zeros_like(mean)))
         unit_alive.append(m.any(1) & finite)
     flat_alive = torch.cat(unit_alive)
-    keep = _drop_smallest(torch.cat(unit_scores), flat_alive, round(rate * int(flat_alive.sum())))
+    keep = drop_smallest(torch.cat(unit_scores), flat_alive, round(rate * int(flat_alive.sum())))
     out, start = {}, 0
     for n, alive in zip(names, unit_alive):
         rows = keep[start : start + alive.numel()] | ~alive
@@ -101,7 +101,7 @@ def test_channel_masks_are_unchanged_until_the_old_allocation_would_empty_a_laye
 
 
 def test_the_capped_choice_is_the_greedy_one_in_score_order():
-    from dsd2.prune import _drop_capped
+    from dsd2.prune.channels import _drop_capped
 
     g = torch.Generator().manual_seed(3)
     for _ in range(50):
