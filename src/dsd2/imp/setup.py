@@ -21,7 +21,7 @@ from dsd2.config import RunConfig, config_hash, differing_settings, execution_ch
 from dsd2.data import DataSplits, ImageLoader, load_dataset
 from dsd2.data.fingerprint import data_fingerprint, fingerprint_mismatch
 from dsd2.data.image_folder import resolve_workers
-from dsd2.distill.setup import run_teaching
+from dsd2.distill.setup import Teaching, run_teaching
 from dsd2.errors import UserError
 from dsd2.file_schemas import LrScale, LrStep
 from dsd2.flops import step_flops
@@ -263,7 +263,9 @@ def _human_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
     return NoisyLabels(noisy=noisy, flipped=(noisy != data.train_y).nonzero().squeeze(1))
 
 
-def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
+def record_labels(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
+    """``labels.safetensors``: written when missing; when present, checked against the labels this
+    config produces (a mismatch is refused) and never rewritten."""
     path = rundir.labels_path(run_dir)
     tensors = {"clean": data.train_y, "noisy": labels.noisy, "flipped": labels.flipped, "train_idx": data.train_idx}
     if labels.soft is not None:  # only then: the files of hard-label runs stay as they were
@@ -282,7 +284,7 @@ def _labels_file(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
     store.save_tensors(path, tensors)
 
 
-def _noise_file(run_dir: Path, cfg: RunConfig, data: DataSplits, labels: NoisyLabels) -> None:
+def record_noise(run_dir: Path, cfg: RunConfig, data: DataSplits, labels: NoisyLabels) -> None:
     """``noise.json``: the noise asked for and what it did to the train labels (realised rate,
     per-class flip rates, clean→noisy confusion counts); rewritten on every start (a pure
     function of the labels, which labels.safetensors pins)."""
@@ -558,20 +560,41 @@ def extend_rounds(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
     store.write_json(run_dir / rundir.META, meta)
 
 
-def prepare(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
+@dataclass(frozen=True)
+class Built:
+    """A run as :func:`build` makes it, before anything is written to its directory."""
+
+    device: torch.device
+    data: DataSplits
+    labels: NoisyLabels
+    model: nn.Module
+    init_state: dict[str, torch.Tensor]  # the model's initial weights, as init.safetensors holds them
+    weights: dict[str, nn.Parameter]
+    train_batches: Source
+    objective: Objective
+    teaching: Teaching | None
+    threads: int
+    images: ImageLoader | None
+
+
+def initial_model(cfg: RunConfig, data: DataSplits, run_dir: Path, device: torch.device) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The run's model at its initialisation (the weights of init.safetensors when the run has one)
+    and those weights on the CPU."""
+    model = make_model(cfg, data, init_seed(cfg)).to(device)
+    path = rundir.init_path(run_dir)
+    if path.exists():
+        load_state(model, store.load_tensors(path), path)
+    return model, state_dict_cpu(model)
+
+
+def build(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> Built:
+    """Data, noisy labels, model, batches, teaching and threads of the run; writes no file (it reads
+    the run directory's init.safetensors and the teachers it recorded, when there are)."""
     device = distributed.local_device(resolve_device(cfg.train.device))
     data = build_data(cfg)
     labels = noisy_labels(cfg, data)
-    _labels_file(run_dir, data, labels)
-    if distributed.is_main():
-        _noise_file(run_dir, cfg, data, labels)
     _check_batch_fits(cfg, data, device)
-    model = make_model(cfg, data, init_seed(cfg)).to(device)
-    init_path = rundir.init_path(run_dir)
-    if init_path.exists():
-        load_state(model, store.load_tensors(init_path), init_path)
-    else:
-        store.save_tensors(init_path, state_dict_cpu(model))
+    model, init_state = initial_model(cfg, data, run_dir, device)
     channels_last = cfg.train.channels_last and data.train_x.dim() == 4
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -601,52 +624,106 @@ def prepare(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext
     # distillation (docs/distillation.md): one or several teachers, or the student's own last round
     teaching = run_teaching(cfg, run_dir, device, data, labels, train_batches, channels_last, student=model)
     objective: Objective = cross_entropy if labels.soft is None else SoftTargets(labels.soft.to(device))
-    teacher = teacher_info = teacher_masks = None
     if teaching is not None:
         objective = teaching.objective or cross_entropy
-        teacher, teacher_info, teacher_masks = teaching.teacher, teaching.info, teaching.masks
-        if distributed.is_main():
-            store.write_json(rundir.teacher_path(run_dir), teacher_info)
     loader_workers = images.workers if images is not None else 0
+    teacher = teaching.teacher if teaching is not None else None
     threads = set_threads(cfg, device, model, train_batches, teacher, loader_workers=loader_workers, share=share)
+    return Built(device, data, labels, model, init_state, weights, train_batches, objective, teaching, threads, images)
+
+
+# ----------------------------------------------------------------------------- record steps
+# Each writes one file of the run directory; its docstring says when (written when missing,
+# or rewritten on every start). start() runs them in this order after build().
+
+
+def record_init(run_dir: Path, built: Built) -> None:
+    """``init.safetensors``: written when missing, never rewritten (build read it when present)."""
+    path = rundir.init_path(run_dir)
+    if not path.exists():
+        store.save_tensors(path, built.init_state)
+
+
+def record_teacher(run_dir: Path, built: Built) -> None:
+    """``teacher.json`` of a distilling run: rewritten on every start (what the teachers checked
+    against it are; run_teaching refuses a teacher that changed since)."""
+    if built.teaching is not None:
+        store.write_json(rundir.teacher_path(run_dir), built.teaching.info)
+
+
+def record_config(run_dir: Path, cfg: RunConfig) -> None:
+    """``config.yaml``: written when missing (:func:`located`); a started run's is changed only by
+    an extension (:func:`extend_rounds`) or a change of execution (:func:`record_execution`)."""
+    if not (run_dir / rundir.CONFIG).exists():
+        store.write_yaml(run_dir / rundir.CONFIG, located(cfg).resolved())
+
+
+def record_meta(run_dir: Path, cfg: RunConfig, data: DataSplits, fingerprint: dict[str, Any]) -> None:
+    """``meta.json``: written when missing; when present, the data is checked against it and (rank 0)
+    this command's execution settings and a missing data fingerprint are added to it."""
+    if not (run_dir / rundir.META).exists():
+        recorded = data_meta(data) | ({"fingerprint": fingerprint} if fingerprint else {})
+        store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": recorded})
+        return
+    _check_data_matches(run_dir, data)
+    if distributed.is_main():  # the data loaded: this command's data folder, threads, ... are the run's now
+        record_execution(run_dir, cfg)
+        if fingerprint:
+            _record_fingerprint(run_dir, fingerprint)
+
+
+def record_run_files(run_dir: Path, cfg: RunConfig, built: Built) -> None:
+    """The files a built run writes before its rounds: labels (every rank: the others check rank 0's),
+    noise and teacher (rank 0), init (every rank: present by then on the others)."""
+    record_labels(run_dir, built.data, built.labels)
+    if distributed.is_main():
+        record_noise(run_dir, cfg, built.data, built.labels)
+    record_init(run_dir, built)
+    if distributed.is_main():
+        record_teacher(run_dir, built)
+
+
+def context(cfg: RunConfig, run_dir: Path, built: Built) -> RunContext:
+    b = built
+    teacher = teacher_info = teacher_masks = None
+    if b.teaching is not None:
+        teacher, teacher_info, teacher_masks = b.teaching.teacher, b.teaching.info, b.teaching.masks
     return RunContext(
         cfg,
         run_dir,
-        device,
-        data,
-        labels,
-        model,
-        weights,
-        train_batches,
-        objective,
+        b.device,
+        b.data,
+        b.labels,
+        b.model,
+        b.weights,
+        b.train_batches,
+        b.objective,
         teacher,
         teacher_info,
         teacher_masks,
-        threads,
-        images=images,
-        teacher_cache_round=None if teaching is None else teaching.cache_round,
+        b.threads,
+        images=b.images,
+        teacher_cache_round=None if b.teaching is None else b.teaching.cache_round,
     )
 
 
+def prepare(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
+    """Build the run and write its files but config.yaml and meta.json (:func:`start` writes all)."""
+    built = build(cfg, run_dir, share)
+    record_run_files(run_dir, cfg, built)
+    return context(cfg, run_dir, built)
+
+
 def start(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
-    """The run's context (``share``: see :func:`set_threads`); config.yaml and meta.json are written
-    when the run begins, the data is checked against the fingerprint meta.json recorded, and a
-    change of where or how the run executes is recorded (:func:`record_execution`)."""
-    main = distributed.is_main()
-    fingerprint = checked_fingerprint(cfg, run_dir) if main else {}
-    if not (run_dir / rundir.CONFIG).exists():
-        store.write_yaml(run_dir / rundir.CONFIG, located(cfg).resolved())
-    ctx = prepare(cfg, run_dir, share)
-    if not (run_dir / rundir.META).exists():
-        data = data_meta(ctx.data) | ({"fingerprint": fingerprint} if fingerprint else {})
-        store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": data})
-    else:
-        _check_data_matches(run_dir, ctx.data)
-        if main:  # the data loaded: this command's data folder, threads, ... are the run's now
-            record_execution(run_dir, cfg)
-            if fingerprint:
-                _record_fingerprint(run_dir, fingerprint)
-    return ctx
+    """The run's context (``share``: see :func:`set_threads`): the data is checked against the
+    fingerprint meta.json recorded, the run built, then its files recorded, meta.json last (a
+    change of where or how the run executes goes there: :func:`record_execution`)."""
+    fingerprint = checked_fingerprint(cfg, run_dir) if distributed.is_main() else {}
+    built = build(cfg, run_dir, share)
+    record_config(run_dir, cfg)
+    record_run_files(run_dir, cfg, built)
+    record_meta(run_dir, cfg, built.data, fingerprint)
+    return context(cfg, run_dir, built)
 
 
 def _recorded_fingerprint(run_dir: Path) -> dict[str, Any] | None:
