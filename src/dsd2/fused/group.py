@@ -212,14 +212,14 @@ def _group_round(live: list[Member], ghosts: list[Member], i: int, fusable: list
     if logs is None:
         for m, mk in zip(live, live_masks):
             start = time.perf_counter()
-            run_logs, scale = train_round(m.ctx, i, mk, m.hooks)
-            finish_round(m.ctx, m.rounds, i, m.hooks, mk, run_logs, scale, start)
+            run_logs, scale = train_round(m.ctx, i, mk, m.hooks, teaching=m.ctx.teaching)
+            finish_round(m.ctx, m.rounds, i, m.hooks, mk, run_logs, scale, start, teaching=m.ctx.teaching)
         return
     train_s = time.perf_counter() - t0
     extra = {"fused": len(group)}
     for m, mk, run_logs, scale in zip(live, live_masks, logs[len(ghosts) :], scales[len(ghosts) :]):
         # train_s: the group's shared training; wall_s adds this run's own measuring and saving
-        finish_round(m.ctx, m.rounds, i, m.hooks, mk, run_logs, scale, time.perf_counter() - train_s, extra)
+        finish_round(m.ctx, m.rounds, i, m.hooks, mk, run_logs, scale, time.perf_counter() - train_s, extra, teaching=m.ctx.teaching)
 
 
 def _partials(live: list[Member], i: int, say: Callable[[str], None]) -> list[EpochState] | None:

@@ -28,7 +28,6 @@ from dsd2.flops import step_flops
 from dsd2.models import build_model, prunable_weights
 from dsd2.noise import FeatureSource, NoisyLabels, add_probe, apply_label_noise, noise_summary
 from dsd2.prune import (
-    Masks,
     add_slimming_penalty,
     composed,
 )
@@ -381,9 +380,11 @@ def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- the run context
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunContext:
-    """What every round of a run shares: config, data, model and the training objective."""
+    """What every round of a run shares: config, data, model, batches. Nothing rewrites it: what
+    changes between rounds (self-distillation's teacher) is passed to each round as its
+    :class:`~dsd2.distill.setup.Teaching`."""
 
     cfg: RunConfig
     run_dir: Path
@@ -393,14 +394,15 @@ class RunContext:
     model: nn.Module
     weights: dict[str, nn.Parameter]
     train_batches: Source
-    objective: Objective
-    teacher: nn.Module | None
-    teacher_info: dict[str, Any] | list[dict[str, Any]] | None
-    teacher_masks: Masks | None
+    objective: Objective  # the objective of a round whose teaching brings none of its own (objective_with)
+    teaching: Teaching | None  # what the run starts with: its teachers (None without distillation)
     threads: int | None = None  # torch CPU threads this process uses (recorded per round in timings.csv)
     images: ImageLoader | None = None  # a streamed image folder's loader workers, shared by every pass
-    teacher_cache_round: int | None = None  # the round charged with the pass that cached the teachers' logits
-    _splits: dict[str, Source] = field(default_factory=dict, repr=False)
+    _splits: dict[str, Source] = field(default_factory=dict, repr=False)  # a cache, filled by split()
+
+    def objective_with(self, teaching: Teaching | None) -> Objective:
+        """The training objective of a round taught by ``teaching``."""
+        return teaching.objective if teaching is not None and teaching.objective is not None else self.objective
 
     def split(self, name: str) -> Source:
         """The ``val`` or ``test`` split as a :class:`~dsd2.train.Source`, made once per run: its
@@ -685,25 +687,8 @@ def record_run_files(run_dir: Path, cfg: RunConfig, built: Built) -> None:
 
 def context(cfg: RunConfig, run_dir: Path, built: Built) -> RunContext:
     b = built
-    teacher = teacher_info = teacher_masks = None
-    if b.teaching is not None:
-        teacher, teacher_info, teacher_masks = b.teaching.teacher, b.teaching.info, b.teaching.masks
     return RunContext(
-        cfg,
-        run_dir,
-        b.device,
-        b.data,
-        b.labels,
-        b.model,
-        b.weights,
-        b.train_batches,
-        b.objective,
-        teacher,
-        teacher_info,
-        teacher_masks,
-        b.threads,
-        images=b.images,
-        teacher_cache_round=None if b.teaching is None else b.teaching.cache_round,
+        cfg, run_dir, b.device, b.data, b.labels, b.model, b.weights, b.train_batches, b.objective, b.teaching, b.threads, images=b.images
     )
 
 
