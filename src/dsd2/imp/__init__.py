@@ -17,7 +17,8 @@ entropy, compute) → :mod:`.hooks` → :mod:`.modes` (retraining modes, pruning
 :mod:`.loop` (the rounds, :func:`run`, :func:`resume`). The names below are its interface.
 """
 
-from dsd2.imp.hooks import BestEpoch, EpochProgress, Hook, RewindSnapshot, RoundDone, TensorBoard, best_epoch_hook, make_hooks
+from dsd2.imp.best_epoch import BestEpoch
+from dsd2.imp.hooks import EpochProgress, Hook, RewindSnapshot, RoundDone, TensorBoard, make_hooks
 from dsd2.imp.loop import Rounds, resume, resume_rounds, run, run_round, save_round, stop_decision, train_round, write_tables
 from dsd2.imp.measure import measure, predict_classes
 from dsd2.imp.modes import (
@@ -78,7 +79,6 @@ __all__ = [
     "Rounds",
     "RunContext",
     "TensorBoard",
-    "best_epoch_hook",
     "build_data",
     "data_meta",
     "data_seed",

@@ -21,7 +21,8 @@ from dsd2.compare import decide, memorisation, selection_column
 from dsd2.config import RunConfig
 from dsd2.distill.setup import Teaching, self_teaching
 from dsd2.imp import modes
-from dsd2.imp.hooks import BestEpoch, Hook, best_epoch_hook, make_hooks
+from dsd2.imp.best_epoch import BestEpoch
+from dsd2.imp.hooks import Hook, make_hooks
 from dsd2.imp.measure import measure
 from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_for
 from dsd2.imp.setup import (
@@ -52,6 +53,16 @@ from dsd2.train import (
 )
 
 # ----------------------------------------------------------------------------- loop state
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained round: its epoch logs, the lr factor it trained with and, under
+    ``train.select_epoch=best_val``, its best-validation epoch."""
+
+    logs: list[EpochLog]
+    lr_scale: float
+    best: BestEpoch | None = None
 
 
 @dataclass
@@ -116,11 +127,9 @@ def resume_notice(round_idx: int, next_epoch: int, epochs: int) -> str:
     )
 
 
-def train_round(
-    ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook], *, teaching: Teaching | None
-) -> tuple[list[EpochLog], float]:
+def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook], *, teaching: Teaching | None) -> Trained:
     """Train one round (taught by ``teaching``), from its epoch checkpoint when a kill interrupted
-    it; (epoch logs, lr factor)."""
+    it, keeping its best-validation epoch when the config selects it."""
     cfg, objective = ctx.cfg, ctx.objective_with(teaching)
     lr_scale = lr_scale_for(ctx.run_dir, round_idx)
     schedule = schedule_for(cfg, round_idx, lr_scale)
@@ -139,7 +148,7 @@ def train_round(
         if resume_state is not None:
             adapter = {k: v for k, v in resume_state.extra.items() if not k.startswith(BestEpoch.PREFIX)}
             objective.load_adapter_state(adapter)  # type: ignore[attr-defined]
-    best = best_epoch_hook(hooks)
+    best = BestEpoch(ctx, round_idx) if cfg.train.select_epoch == "best_val" else None  # on every rank: evaluation is sharded
     if best is not None and resume_state is not None:
         best.restore(resume_state.extra)
 
@@ -151,6 +160,8 @@ def train_round(
     def epoch_end(log: EpochLog, model: nn.Module) -> None:
         if modes.is_gradual_round(ctx, round_idx):
             modes.gradual_step(ctx, masks, round_idx, log.epoch - 1, schedule.epochs)  # log.epoch counts from 1
+        if best is not None:
+            best.epoch_end(log, model)
         for hook in hooks:
             hook.epoch_end(round_idx, schedule.epochs, log, model)
 
@@ -173,7 +184,7 @@ def train_round(
         )
     except TrainingDiverged as err:
         raise TrainingDiverged(_divergence_advice(str(err), ctx.run_dir, lr_scale, resumed=resume_state is not None)) from None
-    return logs, lr_scale
+    return Trained(logs, lr_scale, best)
 
 
 def _divergence_advice(message: str, run_dir: Path, lr_scale: float, *, resumed: bool) -> str:
@@ -298,8 +309,8 @@ def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]
     masks = prune_step(ctx, rounds.masks, round_idx)
     teaching = round_teaching(ctx, round_idx, before)
     reset_weights(ctx, round_idx, masks)
-    logs, lr_scale = train_round(ctx, round_idx, masks, hooks, teaching=teaching)
-    finish_round(ctx, rounds, round_idx, hooks, masks, logs, lr_scale, t0, teaching=teaching)
+    trained = train_round(ctx, round_idx, masks, hooks, teaching=teaching)
+    finish_round(ctx, rounds, round_idx, hooks, masks, trained, t0, teaching=teaching)
     return teaching
 
 
@@ -309,20 +320,20 @@ def finish_round(
     round_idx: int,
     hooks: list[Hook],
     masks: Masks,
-    logs: list[EpochLog],
-    lr_scale: float,
+    trained: Trained,
     t0: float,
     timing_extra: dict[str, Any] | None = None,
     *,
     teaching: Teaching | None,
 ) -> None:
-    """A trained round's measure → save → tables → hooks (``t0``: when the round began;
+    """A trained round's measure → save → tables → hooks (``t0``: when the round began; its row
+    and files take its best-validation epoch, when it kept one;
     ``timing_extra``: more keys for its metrics.json timing, e.g. the fused group's size;
     ``teaching``: the round's)."""
     train_s = time.perf_counter() - t0
+    logs, best = trained.logs, trained.best
     scored = modes.scored_examples(ctx, round_idx, len(logs))
     row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last, scored, teaching=teaching)
-    best = best_epoch_hook(hooks)
     if best is not None:
         row = dataclasses.replace(row, **best.columns())
     timing = {
@@ -330,7 +341,7 @@ def finish_round(
         "wall_s": time.perf_counter() - t0,
         "train_s": train_s,
         "device": str(ctx.device),
-        "lr_scale": lr_scale,
+        "lr_scale": trained.lr_scale,
         "threads": ctx.threads,
         **(timing_extra or {}),
     }
