@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dsd2.imp.build import state_dict_cpu
 from dsd2.imp.measure import predict_classes
-from dsd2.imp.setup import RunContext, state_dict_cpu
+from dsd2.imp.setup import RunContext
 from dsd2.train import EpochLog, accuracy
 
 

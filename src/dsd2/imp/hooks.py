@@ -11,7 +11,8 @@ from torch import nn
 
 from dsd2 import distributed, rundir, store
 from dsd2.errors import UserError
-from dsd2.imp.setup import RunContext, state_dict_cpu
+from dsd2.imp.build import state_dict_cpu
+from dsd2.imp.setup import RunContext
 from dsd2.registry import RETRAIN_MODES
 from dsd2.rundir import RoundRow
 from dsd2.train import (

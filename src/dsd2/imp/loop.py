@@ -22,21 +22,15 @@ from dsd2.config import RunConfig
 from dsd2.distill.setup import Teaching, self_teaching
 from dsd2.imp import modes
 from dsd2.imp.best_epoch import BestEpoch
+from dsd2.imp.build import round_seed, seeded_generator, state_dict_cpu, structured_allocation
+from dsd2.imp.checks import check_config_matches
+from dsd2.imp.execution import resolve_device
 from dsd2.imp.hooks import Hook, make_hooks
 from dsd2.imp.measure import measure
 from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_for
-from dsd2.imp.setup import (
-    RunContext,
-    check_config_matches,
-    extend_rounds,
-    lr_scale_for,
-    resolve_device,
-    round_seed,
-    seeded_generator,
-    start,
-    state_dict_cpu,
-    structured_allocation,
-)
+from dsd2.imp.record import extend_rounds
+from dsd2.imp.retry import lr_scale_for
+from dsd2.imp.setup import RunContext, start
 from dsd2.phases import label_phases
 from dsd2.prune import (
     ChannelFloor,

@@ -11,7 +11,8 @@ from dsd2 import distributed
 from dsd2.distill.setup import Teaching
 from dsd2.entropy import OnCounter, activation_entropy, entropy_from_counts
 from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flops
-from dsd2.imp.setup import RunContext, structured_allocation
+from dsd2.imp.build import structured_allocation
+from dsd2.imp.setup import RunContext
 from dsd2.prune import (
     Masks,
     count_alive,
