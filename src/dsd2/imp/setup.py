@@ -81,6 +81,7 @@ class RunContext:
 
 
 def context(cfg: RunConfig, run_dir: Path, built: Built) -> RunContext:
+    """The context every round of the built run shares."""
     b = built
     return RunContext(
         cfg, run_dir, b.device, b.data, b.labels, b.model, b.weights, b.train_batches, b.objective, b.teaching, b.threads, images=b.images
