@@ -299,12 +299,12 @@ def test_a_new_structured_run_that_would_prune_classes_is_refused(tmp_path):
 def test_a_structured_run_started_with_the_classifier_goes_on_as_it_began(tmp_path, monkeypatch):
     """Runs started before the refusal keep training as they began (their config.yaml says
     include_classifier: true): resuming one is not refused."""
-    from dsd2.imp import setup
+    from dsd2.imp import checks
 
     from conftest import run_interrupted
 
     cfg = tiny_config("prune.allocation=channel_uniform", "prune.include_classifier=true", "prune.rounds=2")
-    monkeypatch.setattr(setup, "prunes_classes", lambda *a: None)
+    monkeypatch.setattr(checks, "prunes_classes", lambda *a: None)
     run_dir = run_interrupted(cfg, tmp_path, after_round=1)
     monkeypatch.undo()
     assert imp.run(cfg, tmp_path) == run_dir

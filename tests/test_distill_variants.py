@@ -73,10 +73,11 @@ def test_dense_and_best_of_one_run_as_two_teachers(teacher, tmp_path):
     assert len(rows) == 2
     # the accounting adds both teachers' forwards: student step + 2 teacher forwards (same MLP)
     ctx = imp.prepare(rundir.read_config(run_dir), run_dir)
-    assert isinstance(ctx.teacher, TeacherEnsemble) and len(ctx.teacher.members) == 2
+    teacher = ctx.teaching.teacher
+    assert isinstance(teacher, TeacherEnsemble) and len(teacher.members) == 2
     example = ctx.train_batches.example(2)
-    alone = step_flops(ctx.teacher.members[0], example, teacher=None)
-    both = step_flops(ctx.model, example, teacher=ctx.teacher)
+    alone = step_flops(teacher.members[0], example, teacher=None)
+    both = step_flops(ctx.model, example, teacher=teacher)
     assert both.teacher_fwd == 2 * alone.dense_fwd
     vanilla = rundir.read_rounds(imp.run(tiny("name=vanilla", "prune.rounds=1"), tmp_path))
     # unaugmented MNIST-1D: the teachers' logits are cached, one pass each charged to round 0
@@ -117,13 +118,14 @@ def test_self_distillation_teacher_is_the_previous_round(self_run, monkeypatch):
     cfg, run_dir = self_run
     assert store.read_json(run_dir / "teacher.json")["self"] is True
     ctx = imp.prepare(cfg, run_dir)
-    assert ctx.teacher is None  # round 0 has no teacher: plain CE
-    imp.loop._teach_from_round_before(ctx, 1)
+    assert ctx.teaching.teacher is None  # round 0 has no teacher: plain CE
+    t = imp.loop.round_teaching(ctx, 1, ctx.teaching)
     saved = store.load_tensors(store.round_dir(run_dir, 0) / "state.safetensors")
-    got = ctx.teacher.state_dict()
+    got = t.teacher.state_dict()
     assert saved.keys() == got.keys() and all(torch.equal(saved[k], got[k].cpu()) for k in saved)
-    assert not any(p.requires_grad for p in ctx.teacher.parameters())
-    assert all(m.all() for m in ctx.teacher_masks.values())  # round 0 is dense
+    assert not any(p.requires_grad for p in t.teacher.parameters())
+    assert all(m.all() for m in t.masks.values())  # round 0 is dense
+    assert ctx.teaching.teacher is None  # the run's context is unchanged: the teaching is the round's
 
 
 def test_self_distillation_differs_from_vanilla_from_round_1_only(self_run, tmp_path):

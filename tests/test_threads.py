@@ -95,11 +95,11 @@ def test_tiny_run_with_the_default_uses_one_thread(tiny, tmp_path):
 
 def test_the_share_a_caller_passes_reaches_the_thread_rule(tiny, tmp_path, monkeypatch):
     # the demo's worker processes and a sweep's cells pass their share to imp.run; no module state
-    from dsd2.imp import setup
+    from dsd2.imp import execution
 
     monkeypatch.setattr(threads, "usable_cores", lambda: 16)
     monkeypatch.setattr(threads, "load_average", lambda: 0.0)
-    monkeypatch.setattr(setup, "step_flops", lambda *a, **k: type("Step", (), {"dense_per_example": BIG})())
+    monkeypatch.setattr(execution, "step_flops", lambda *a, **k: type("Step", (), {"dense_per_example": BIG})())
     before = torch.get_num_threads()
     try:
         run_dir = imp.run(tiny("prune.rounds=0"), tmp_path / "a", share=threads.Share(processes=4))

@@ -41,7 +41,17 @@ from dsd2.errors import UserError
 from dsd2.fused.engine import Checkpoint, train_fused
 from dsd2.fused.stack import NotFusable
 from dsd2.imp.hooks import Hook, make_hooks
-from dsd2.imp.loop import Rounds, begin_run, finish_round, resume_rounds, stop_decision, tables_on_every_rank, train_round, write_early_stop
+from dsd2.imp.loop import (
+    Rounds,
+    Trained,
+    begin_run,
+    finish_round,
+    resume_rounds,
+    stop_decision,
+    tables_on_every_rank,
+    train_round,
+    write_early_stop,
+)
 from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_for
 from dsd2.imp.setup import RunContext, check_config_matches, lr_scale_for, round_seed, seeded_generator
 from dsd2.prune import Masks, full_masks
@@ -212,14 +222,16 @@ def _group_round(live: list[Member], ghosts: list[Member], i: int, fusable: list
     if logs is None:
         for m, mk in zip(live, live_masks):
             start = time.perf_counter()
-            run_logs, scale = train_round(m.ctx, i, mk, m.hooks)
-            finish_round(m.ctx, m.rounds, i, m.hooks, mk, run_logs, scale, start)
+            trained = train_round(m.ctx, i, mk, m.hooks, teaching=m.ctx.teaching)
+            finish_round(m.ctx, m.rounds, i, m.hooks, mk, trained, start, teaching=m.ctx.teaching)
         return
     train_s = time.perf_counter() - t0
     extra = {"fused": len(group)}
     for m, mk, run_logs, scale in zip(live, live_masks, logs[len(ghosts) :], scales[len(ghosts) :]):
         # train_s: the group's shared training; wall_s adds this run's own measuring and saving
-        finish_round(m.ctx, m.rounds, i, m.hooks, mk, run_logs, scale, time.perf_counter() - train_s, extra)
+        finish_round(
+            m.ctx, m.rounds, i, m.hooks, mk, Trained(run_logs, scale), time.perf_counter() - train_s, extra, teaching=m.ctx.teaching
+        )
 
 
 def _partials(live: list[Member], i: int, say: Callable[[str], None]) -> list[EpochState] | None:

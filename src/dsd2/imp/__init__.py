@@ -8,16 +8,23 @@ uninterrupted run would have written (on CPU).
 A round is five named steps, as in OpenLTH's runner: :func:`prune_step` → :func:`reset_weights`
 → :func:`train_round` → :func:`measure` → :func:`save_round` (:func:`run_round` chains them).
 What runs alongside without changing the numbers (progress, the late-rewind snapshot,
-TensorBoard, the caller's ``on_round``) is a list of :class:`Hook`. The files and the row they
-write are the contract of :mod:`dsd2.rundir`.
+TensorBoard, the caller's ``on_round``) is a list of :class:`Hook`; the best-validation epoch
+(``train.select_epoch=best_val``) changes the row and the files, so it is part of
+:func:`train_round`. The files and the row they write are the contract of :mod:`dsd2.rundir`.
 
-The package, one job a module, imports flowing one way: :mod:`.setup` (device, seeds, data,
-labels, model, run-directory checks, :class:`RunContext`) → :mod:`.measure` (accuracies,
-entropy, compute) → :mod:`.hooks` → :mod:`.modes` (retraining modes, pruning schedules) →
-:mod:`.loop` (the rounds, :func:`run`, :func:`resume`). The names below are its interface.
+The package, one job a module, imports flowing one way: :mod:`.execution` (device, threads) →
+:mod:`.build` (seeds, data, labels, model: the run built without writing) → :mod:`.record` (its
+run-directory files, one record step each), :mod:`.checks` (the run directory against the
+config), :mod:`.retry` (lr scale, round restart) → :mod:`.setup` (:func:`start`,
+:class:`RunContext`) → :mod:`.measure` (accuracies, entropy, compute) → :mod:`.best_epoch` →
+:mod:`.hooks` → :mod:`.modes` (retraining modes, pruning schedules) → :mod:`.loop` (the rounds,
+:func:`run`, :func:`resume`). The names below are its interface.
 """
 
-from dsd2.imp.hooks import BestEpoch, EpochProgress, Hook, RewindSnapshot, RoundDone, TensorBoard, best_epoch_hook, make_hooks
+from dsd2.imp.best_epoch import BestEpoch
+from dsd2.imp.build import build_data, data_seed, init_seed, make_model, noisy_labels, round_seed, state_dict_cpu
+from dsd2.imp.execution import resolve_device, set_threads
+from dsd2.imp.hooks import EpochProgress, Hook, RewindSnapshot, RoundDone, TensorBoard, make_hooks
 from dsd2.imp.loop import Rounds, resume, resume_rounds, run, run_round, save_round, stop_decision, train_round, write_tables
 from dsd2.imp.measure import measure, predict_classes
 from dsd2.imp.modes import (
@@ -38,24 +45,9 @@ from dsd2.imp.modes import (
     schedule_for,
     target_sparsity,
 )
-from dsd2.imp.setup import (
-    RunContext,
-    build_data,
-    data_meta,
-    data_seed,
-    init_seed,
-    make_model,
-    noisy_labels,
-    prepare,
-    resolve_device,
-    restart_round,
-    round_seed,
-    run_metadata,
-    set_lr_scale,
-    set_threads,
-    start,
-    state_dict_cpu,
-)
+from dsd2.imp.record import data_meta, run_metadata
+from dsd2.imp.retry import restart_round, set_lr_scale
+from dsd2.imp.setup import RunContext, prepare, start
 
 # Kept importable here for the sweep and older callers; their home is dsd2.rundir / dsd2.train.
 from dsd2.rundir import ROUND_COLUMNS, RoundRow, load_round_model, load_state, run_dir_for
@@ -78,7 +70,6 @@ __all__ = [
     "Rounds",
     "RunContext",
     "TensorBoard",
-    "best_epoch_hook",
     "build_data",
     "data_meta",
     "data_seed",

@@ -1,24 +1,22 @@
 """What runs alongside the rounds without changing their numbers: the late-rewind snapshot,
-TensorBoard, progress, the best-validation epoch, the caller's ``on_round``."""
+TensorBoard, progress, the caller's ``on_round``. Hooks observe; what changes a round's row or
+files (the best-validation epoch: :mod:`dsd2.imp.best_epoch`) is part of its training."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 
 from dsd2 import distributed, rundir, store
 from dsd2.errors import UserError
-from dsd2.imp.measure import predict_classes
-from dsd2.imp.setup import RunContext, state_dict_cpu
+from dsd2.imp.build import state_dict_cpu
+from dsd2.imp.setup import RunContext
 from dsd2.registry import RETRAIN_MODES
 from dsd2.rundir import RoundRow
 from dsd2.train import (
     EpochLog,
-    accuracy,
 )
 
 # ----------------------------------------------------------------------------- hooks
@@ -91,59 +89,6 @@ class EpochProgress(Hook):
         self.fn(round_idx, epochs, log)
 
 
-class BestEpoch(Hook):
-    """``train.select_epoch=best_val``: after every epoch, the validation accuracy; the weights of
-    the best epoch so far (ties: the earlier) and its test accuracy are kept for the round's files.
-    Evaluation runs in eval mode and draws no random numbers, so training is unchanged. Every
-    rank evaluates (the prediction is sharded); the epoch checkpoint carries the best so far, so
-    a resumed round keeps the same best epoch."""
-
-    PREFIX = "best/"
-
-    def __init__(self, ctx: RunContext):
-        self.ctx = ctx
-        self.val, self.test = ctx.split("val"), ctx.split("test")
-        self.round_start(0)
-
-    def round_start(self, round_idx: int) -> None:
-        self.epoch: int | None = None
-        self.val_acc = -1.0
-        self.test_acc: float | None = None
-        self.state: dict[str, torch.Tensor] | None = None
-
-    def epoch_end(self, round_idx: int, epochs: int, log: EpochLog, model: nn.Module) -> None:
-        d = self.ctx.data
-        acc = accuracy(predict_classes(self.ctx, self.val), d.val_y)
-        if acc is not None and acc > self.val_acc:
-            self.epoch, self.val_acc, self.state = log.epoch, acc, state_dict_cpu(model)
-            self.test_acc = accuracy(predict_classes(self.ctx, self.test), d.test_y)
-
-    def checkpoint_state(self) -> dict[str, torch.Tensor]:
-        """The best so far, as tensors for the epoch checkpoint's ``extra``."""
-        if self.state is None:
-            return {}
-        meta = torch.tensor([float(self.epoch or 0), self.val_acc, -1.0 if self.test_acc is None else self.test_acc], dtype=torch.float64)
-        return {f"{self.PREFIX}meta": meta, **{f"{self.PREFIX}state/{k}": v for k, v in self.state.items()}}
-
-    def restore(self, extra: dict[str, torch.Tensor]) -> None:
-        """The best so far from an epoch checkpoint (nothing when it holds none)."""
-        meta = extra.get(f"{self.PREFIX}meta")
-        if meta is None:
-            return
-        epoch, val_acc, test_acc = meta.tolist()
-        self.epoch, self.val_acc, self.test_acc = int(epoch), float(val_acc), None if test_acc < 0 else float(test_acc)
-        cut = len(f"{self.PREFIX}state/")
-        self.state = {k[cut:]: v for k, v in extra.items() if k.startswith(f"{self.PREFIX}state/")}
-
-    def columns(self) -> dict[str, Any]:
-        """The round's best-epoch columns of rounds.csv."""
-        return {"best_epoch": self.epoch, "best_val_acc": self.val_acc, "best_test_acc": self.test_acc}
-
-
-def best_epoch_hook(hooks: list[Hook]) -> BestEpoch | None:
-    return next((h for h in hooks if isinstance(h, BestEpoch)), None)
-
-
 class RoundDone(Hook):
     """The caller's ``on_round(row)`` once a round is saved (the row as rounds.csv now has it)."""
 
@@ -163,8 +108,6 @@ def make_hooks(
     """The run's hooks, called in this order (the retraining mode's first: the late-rewind snapshot is
     on disk before anyone hears of its epoch)."""
     hooks: list[Hook] = []
-    if ctx.cfg.train.select_epoch == "best_val":
-        hooks.append(BestEpoch(ctx))  # on every rank: evaluation is sharded; first, so the others see the round's best
     if not distributed.is_main():
         return hooks  # the others write files or report progress: rank 0's job
     mode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)  # a dsd2.imp.modes.RetrainMode

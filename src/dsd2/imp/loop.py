@@ -19,23 +19,18 @@ from torch import nn
 from dsd2 import checkpoint, distributed, rundir, store
 from dsd2.compare import decide, memorisation, selection_column
 from dsd2.config import RunConfig
-from dsd2.distill.setup import self_teaching
+from dsd2.distill.setup import Teaching, self_teaching
 from dsd2.imp import modes
-from dsd2.imp.hooks import BestEpoch, Hook, best_epoch_hook, make_hooks
+from dsd2.imp.best_epoch import BestEpoch
+from dsd2.imp.build import round_seed, seeded_generator, state_dict_cpu, structured_allocation
+from dsd2.imp.checks import check_config_matches
+from dsd2.imp.execution import resolve_device
+from dsd2.imp.hooks import Hook, make_hooks
 from dsd2.imp.measure import measure
 from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_for
-from dsd2.imp.setup import (
-    RunContext,
-    check_config_matches,
-    extend_rounds,
-    lr_scale_for,
-    resolve_device,
-    round_seed,
-    seeded_generator,
-    start,
-    state_dict_cpu,
-    structured_allocation,
-)
+from dsd2.imp.record import extend_rounds
+from dsd2.imp.retry import lr_scale_for
+from dsd2.imp.setup import RunContext, start
 from dsd2.phases import label_phases
 from dsd2.prune import (
     ChannelFloor,
@@ -46,11 +41,22 @@ from dsd2.rundir import RoundRow, load_state, run_dir_for
 from dsd2.threads import Share
 from dsd2.train import (
     EpochLog,
+    Objective,
     TrainingDiverged,
     train,
 )
 
 # ----------------------------------------------------------------------------- loop state
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained round: its epoch logs, the lr factor it trained with and, under
+    ``train.select_epoch=best_val``, its best-validation epoch."""
+
+    logs: list[EpochLog]
+    lr_scale: float
+    best: BestEpoch | None = None
 
 
 @dataclass
@@ -81,7 +87,9 @@ def resume_rounds(ctx: RunContext) -> Rounds:
     return Rounds(done.rows, done.entropy, done.timings, masks)
 
 
-def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total_epochs: int, best: BestEpoch | None = None):
+def _epoch_checkpointer(
+    ctx: RunContext, objective: Objective, path: Path, gen: torch.Generator, total_epochs: int, best: BestEpoch | None = None
+):
     """Save a mid-round checkpoint after an epoch when the configured interval has passed."""
     interval = ctx.cfg.train.checkpoint_interval_s
     last = [time.monotonic()]
@@ -98,7 +106,7 @@ def _epoch_checkpointer(ctx: RunContext, path: Path, gen: torch.Generator, total
             generator=gen,
             next_epoch=next_epoch,
             logs=[vars(x) for x in logs],
-            extra={**(_adapter_state(ctx) or {}), **(best.checkpoint_state() if best is not None else {})},
+            extra={**(_adapter_state(objective) or {}), **(best.checkpoint_state() if best is not None else {})},
         )
         last[0] = time.monotonic()
 
@@ -113,9 +121,10 @@ def resume_notice(round_idx: int, next_epoch: int, epochs: int) -> str:
     )
 
 
-def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]) -> tuple[list[EpochLog], float]:
-    """Train one round, from its epoch checkpoint when a kill interrupted it; (epoch logs, lr factor)."""
-    cfg = ctx.cfg
+def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook], *, teaching: Teaching | None) -> Trained:
+    """Train one round (taught by ``teaching``), from its epoch checkpoint when a kill interrupted
+    it, keeping its best-validation epoch when the config selects it."""
+    cfg, objective = ctx.cfg, ctx.objective_with(teaching)
     lr_scale = lr_scale_for(ctx.run_dir, round_idx)
     schedule = schedule_for(cfg, round_idx, lr_scale)
     gen = seeded_generator(ctx.device, round_seed(cfg.seed, round_idx, stream=1))
@@ -127,13 +136,13 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
         load_state(ctx.model, resume_state.model_state, partial)
         if distributed.is_main():  # a rerun that continues mid-round says so (one line, as the thread notice)
             print(resume_notice(round_idx, resume_state.next_epoch, schedule.epochs), file=sys.stderr, flush=True)
-    reset = getattr(ctx.objective, "reset", None)
+    reset = getattr(objective, "reset", None)
     if reset is not None:  # feature distillation: the round's adapter from its seed, or as the checkpoint left it
         reset(round_seed(cfg.seed, round_idx, stream=7))
         if resume_state is not None:
             adapter = {k: v for k, v in resume_state.extra.items() if not k.startswith(BestEpoch.PREFIX)}
-            ctx.objective.load_adapter_state(adapter)  # type: ignore[attr-defined]
-    best = best_epoch_hook(hooks)
+            objective.load_adapter_state(adapter)  # type: ignore[attr-defined]
+    best = BestEpoch(ctx, round_idx) if cfg.train.select_epoch == "best_val" else None  # on every rank: evaluation is sharded
     if best is not None and resume_state is not None:
         best.restore(resume_state.extra)
 
@@ -145,6 +154,8 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
     def epoch_end(log: EpochLog, model: nn.Module) -> None:
         if modes.is_gradual_round(ctx, round_idx):
             modes.gradual_step(ctx, masks, round_idx, log.epoch - 1, schedule.epochs)  # log.epoch counts from 1
+        if best is not None:
+            best.epoch_end(log, model)
         for hook in hooks:
             hook.epoch_end(round_idx, schedule.epochs, log, model)
 
@@ -158,16 +169,16 @@ def train_round(ctx: RunContext, round_idx: int, masks: Masks, hooks: list[Hook]
             generator=gen,
             masks=all_masks,
             weights=masked,
-            objective=ctx.objective,
+            objective=objective,
             amp=cfg.train.amp,
             on_epoch_end=epoch_end,
             resume=resume_state,
-            checkpoint=_epoch_checkpointer(ctx, partial, gen, schedule.epochs, best),
+            checkpoint=_epoch_checkpointer(ctx, objective, partial, gen, schedule.epochs, best),
             compile_model=cfg.train.compile,
         )
     except TrainingDiverged as err:
         raise TrainingDiverged(_divergence_advice(str(err), ctx.run_dir, lr_scale, resumed=resume_state is not None)) from None
-    return logs, lr_scale
+    return Trained(logs, lr_scale, best)
 
 
 def _divergence_advice(message: str, run_dir: Path, lr_scale: float, *, resumed: bool) -> str:
@@ -190,14 +201,15 @@ def save_round(
     timing: dict[str, Any],
     logs: list[EpochLog],
     best_state: dict[str, torch.Tensor] | None = None,
+    adapter: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write the round's folder, its manifest last (from then on the round counts as finished),
     and drop its epoch checkpoint. ``best_state``: the best-validation epoch's weights
-    (``train.select_epoch=best_val``), checksummed in the manifest beside the others."""
+    (``train.select_epoch=best_val``), checksummed in the manifest beside the others; ``adapter``:
+    feature distillation's trained adapter."""
     rd = rundir.round_dir(ctx.run_dir, row.round)  # made by the first write, which refuses a link there
     store.save_tensors(rd / rundir.STATE, state_dict_cpu(ctx.model))
     store.save_tensors(rd / rundir.MASKS, masks)
-    adapter = _adapter_state(ctx)
     if adapter is not None:  # feature distillation: the round's trained adapter, beside (not in) the student's state
         store.save_tensors(rd / "adapter.safetensors", adapter)
     store.write_json(
@@ -284,15 +296,16 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the loop
 
 
-def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook]) -> None:
-    """One round: prune → reset → train → measure → save; then the tables and the hooks."""
+def run_round(ctx: RunContext, rounds: Rounds, round_idx: int, hooks: list[Hook], before: Teaching | None) -> Teaching | None:
+    """One round: prune → teach → reset → train → measure → save; then the tables and the hooks.
+    ``before``: the previous round's teaching (the run's at its first round); returns this round's."""
     t0 = time.perf_counter()
     masks = prune_step(ctx, rounds.masks, round_idx)
-    if ctx.cfg.distill.self_distill and round_idx > 0:
-        _teach_from_round_before(ctx, round_idx)
+    teaching = round_teaching(ctx, round_idx, before)
     reset_weights(ctx, round_idx, masks)
-    logs, lr_scale = train_round(ctx, round_idx, masks, hooks)
-    finish_round(ctx, rounds, round_idx, hooks, masks, logs, lr_scale, t0)
+    trained = train_round(ctx, round_idx, masks, hooks, teaching=teaching)
+    finish_round(ctx, rounds, round_idx, hooks, masks, trained, t0, teaching=teaching)
+    return teaching
 
 
 def finish_round(
@@ -301,16 +314,20 @@ def finish_round(
     round_idx: int,
     hooks: list[Hook],
     masks: Masks,
-    logs: list[EpochLog],
-    lr_scale: float,
+    trained: Trained,
     t0: float,
     timing_extra: dict[str, Any] | None = None,
+    *,
+    teaching: Teaching | None,
 ) -> None:
-    """A trained round's measure → save → tables → hooks (``t0``: when the round began;
-    ``timing_extra``: more keys for its metrics.json timing, e.g. the fused group's size)."""
+    """A trained round's measure → save → tables → hooks (``t0``: when the round began; its row
+    and files take its best-validation epoch, when it kept one;
+    ``timing_extra``: more keys for its metrics.json timing, e.g. the fused group's size;
+    ``teaching``: the round's)."""
     train_s = time.perf_counter() - t0
-    row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last, modes.scored_examples(ctx, round_idx, len(logs)))
-    best = best_epoch_hook(hooks)
+    logs, best = trained.logs, trained.best
+    scored = modes.scored_examples(ctx, round_idx, len(logs))
+    row, layer_rows = measure(ctx, round_idx, masks, logs, rounds.last, scored, teaching=teaching)
     if best is not None:
         row = dataclasses.replace(row, **best.columns())
     timing = {
@@ -318,7 +335,7 @@ def finish_round(
         "wall_s": time.perf_counter() - t0,
         "train_s": train_s,
         "device": str(ctx.device),
-        "lr_scale": lr_scale,
+        "lr_scale": trained.lr_scale,
         "threads": ctx.threads,
         **(timing_extra or {}),
     }
@@ -326,7 +343,8 @@ def finish_round(
     if w.distributed:
         timing["world_size"] = w.size  # metrics.json: which rounds ran how split
     if w.main:
-        save_round(ctx, masks, row, layer_rows, timing, logs, best.state if best is not None else None)
+        adapter = _adapter_state(ctx.objective_with(teaching))
+        save_round(ctx, masks, row, layer_rows, timing, logs, best.state if best is not None else None, adapter)
     rounds.rows.append(row)
     rounds.entropy.extend(layer_rows)
     rounds.timings.append(timing)
@@ -337,21 +355,25 @@ def finish_round(
     distributed.barrier()  # the round is on disk before any rank reads a file of it (late rewind, resume)
 
 
-def _adapter_state(ctx: RunContext) -> dict[str, torch.Tensor] | None:
-    state = getattr(ctx.objective, "adapter_state", None)
+def _adapter_state(objective: Objective) -> dict[str, torch.Tensor] | None:
+    """Feature distillation's trained adapter (None for any other objective)."""
+    state = getattr(objective, "adapter_state", None)
     return state() if state is not None else None
 
 
-def _teach_from_round_before(ctx: RunContext, round_idx: int) -> None:
-    """Self-distillation: round ``round_idx`` learns from round ``round_idx - 1`` as saved on disk
-    (the same teacher whether the run was interrupted or not)."""
-    close = getattr(ctx.objective, "close", None)
+def round_teaching(ctx: RunContext, round_idx: int, before: Teaching | None) -> Teaching | None:
+    """The teaching round ``round_idx`` trains with, given the previous round's: the same, but
+    under self-distillation, where round i >= 1 learns from round i - 1 as saved on disk (the
+    same teacher whether the run was interrupted or not)."""
+    if not (ctx.cfg.distill.self_distill and round_idx > 0):
+        return before
+    close = getattr(ctx.objective_with(before), "close", None)
     if close is not None:  # the previous round's hint hooks on the student
         close()
     channels_last = ctx.train_batches.channels_last
     t = self_teaching(ctx.cfg, ctx.run_dir, round_idx, ctx.device, ctx.train_batches, channels_last, student=ctx.model)
     assert t.objective is not None
-    ctx.objective, ctx.teacher, ctx.teacher_masks, ctx.teacher_cache_round = t.objective, t.teacher, t.masks, t.cache_round
+    return t
 
 
 def run(
@@ -426,6 +448,7 @@ def _rounds(ctx: RunContext, on_round: Callable[[RoundRow], None] | None, progre
     tables_on_every_rank(ctx, rounds)
     hooks = make_hooks(ctx, on_round=on_round, progress=progress)
     floor: ChannelFloor | None = None
+    teaching = ctx.teaching
     try:
         for i in range(len(rounds.rows), cfg.prune.rounds + 1):
             decision = stop_decision(cfg, rounds.rows)
@@ -434,7 +457,7 @@ def _rounds(ctx: RunContext, on_round: Callable[[RoundRow], None] | None, progre
             if rundir.floor_stopped_at(ctx.run_dir) is not None:
                 break  # resumed after the floor ended it: nothing is left to prune
             try:
-                run_round(ctx, rounds, i, hooks)
+                teaching = run_round(ctx, rounds, i, hooks, teaching)
             except ChannelFloor as blocked:
                 if i == 0 or modes.is_gradual_round(ctx, i):
                     raise  # mid-round (gradual): the round is half trained, not the end of the curve

@@ -8,9 +8,11 @@ from typing import Any
 import torch
 
 from dsd2 import distributed
+from dsd2.distill.setup import Teaching
 from dsd2.entropy import OnCounter, activation_entropy, entropy_from_counts
 from dsd2.flops import paper_training_flops, step_flops, to_pflops, training_flops
-from dsd2.imp.setup import RunContext, structured_allocation
+from dsd2.imp.build import structured_allocation
+from dsd2.imp.setup import RunContext
 from dsd2.prune import (
     Masks,
     count_alive,
@@ -100,17 +102,20 @@ def _sharded_entropy(ctx: RunContext, batch_size: int):
     return entropy_from_counts(counts, dict(zip(oc.samples, seen.tolist())))
 
 
-def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int, scored: int = 0) -> tuple[float, float, float]:
+def _round_flops(
+    ctx: RunContext, teaching: Teaching | None, masks: Masks, epochs: int, round_idx: int, scored: int = 0
+) -> tuple[float, float, float]:
     """(measured dense, measured sparse-aware, paper convention) PFLOPs of one round (docs/protocol.md);
     ``scored``: examples the gradient criteria passed forward and backward to prune, counted as
     training steps (the sparse-aware count at this round's masks, a close upper bound)."""
     tb = ctx.train_batches
     example = tb.example(2)
-    step = step_flops(ctx.model, example, teacher=ctx.teacher, masks=masks, teacher_masks=ctx.teacher_masks)
+    teacher, teacher_masks = (teaching.teacher, teaching.masks) if teaching is not None else (None, None)
+    step = step_flops(ctx.model, example, teacher=teacher, masks=masks, teacher_masks=teacher_masks)
     # cached teacher logits: one teacher pass over the data, charged to the round that made it
     # (round 0 for fixed teachers, each round for self-distillation, whose teacher changes)
-    cached = ctx.teacher is not None and getattr(ctx.objective, "cached_logits", None) is not None
-    passes = (1 if round_idx == ctx.teacher_cache_round else 0) if cached else None
+    cached = teacher is not None and getattr(ctx.objective_with(teaching), "cached_logits", None) is not None
+    passes = (1 if teaching is not None and round_idx == teaching.cache_round else 0) if cached else None
     n = tb.num_rows
     dense, sparse = training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
     paper = paper_training_flops(step, n_examples=n, epochs=epochs, teacher_passes=passes)
@@ -122,14 +127,22 @@ def _round_flops(ctx: RunContext, masks: Masks, epochs: int, round_idx: int, sco
 
 
 def measure(
-    ctx: RunContext, round_idx: int, masks: Masks, logs: list[EpochLog], previous: RoundRow | None, scored: int = 0
+    ctx: RunContext,
+    round_idx: int,
+    masks: Masks,
+    logs: list[EpochLog],
+    previous: RoundRow | None,
+    scored: int = 0,
+    *,
+    teaching: Teaching | None,
 ) -> tuple[RoundRow, list[dict[str, Any]]]:
     """The round's row (accuracies, entropy, compute; phase None until the tables are written)
     and its per-layer entropy rows. ``previous``: the row of round i-1, for the cumulative cost;
-    ``scored``: examples the pruning criterion's gradient passes saw (compute)."""
+    ``scored``: examples the pruning criterion's gradient passes saw (compute); ``teaching``: the
+    round's teachers (their forwards are part of its compute)."""
     metrics = _evaluate(ctx)
     entropy, layers = _measure_entropy(ctx)
-    pf_dense, pf_sparse, pf_paper = _round_flops(ctx, masks, len(logs), round_idx, scored)
+    pf_dense, pf_sparse, pf_paper = _round_flops(ctx, teaching, masks, len(logs), round_idx, scored)
     if previous is None:
         before: tuple[float, float, float | None] = (0.0, 0.0, 0.0)
     else:  # the paper column stays None after rounds written before it existed

@@ -13,8 +13,9 @@ import torch
 from dsd2 import distributed, rundir, store
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
+from dsd2.imp.build import make_model, round_seed, seeded_generator, structured_allocation
 from dsd2.imp.hooks import Hook, RewindSnapshot
-from dsd2.imp.setup import RunContext, make_model, round_seed, seeded_generator, structured_allocation
+from dsd2.imp.setup import RunContext
 from dsd2.prune import (
     GradientSource,
     Masks,
