@@ -99,16 +99,7 @@ def _images_under(folder: str, root: str | None = None, *, follow_links: bool = 
             if is_dir:
                 real = os.path.realpath(entry.path)
                 if entry.is_symlink():
-                    if real in above or any(_within(a, real) for a in above):
-                        raise UserError(
-                            f"{entry.path} is a symbolic link back to {real}, a folder above it: the scan would loop (the same images "
-                            "again, under another class). Remove the link"
-                        )
-                    if not follow_links and not _within(real, root_real):
-                        raise UserError(
-                            f"{entry.path} is a symbolic link to {real}, outside the dataset root {root_real}: not followed. Move the "
-                            "images inside the root, or set dataset.follow_links=true to follow links out of it"
-                        )
+                    _check_folder_link(entry.path, real, above, root_real, follow_links)
                 if depth + 1 > MAX_SCAN_DEPTH:
                     raise UserError(f"{entry.path} is more than {MAX_SCAN_DEPTH} folders deep under {folder}: not an image dataset layout")
                 stack.append((entry.path, prefix + name + "/", above | {real}, depth + 1))
@@ -118,6 +109,21 @@ def _images_under(folder: str, root: str | None = None, *, follow_links: bool = 
                     raise UserError(f"{entry.path} is {what}: remove it or replace it with the image")
                 found.append(prefix + name)
     return sorted(found)
+
+
+def _check_folder_link(path: str, real: str, above: frozenset[str], root_real: str, follow_links: bool) -> None:
+    """A link to a folder is followed only when it does not lead back to a folder the walk is
+    inside, and stays inside the dataset root unless ``follow_links``."""
+    if real in above or any(_within(a, real) for a in above):
+        raise UserError(
+            f"{path} is a symbolic link back to {real}, a folder above it: the scan would loop (the same images "
+            "again, under another class). Remove the link"
+        )
+    if not follow_links and not _within(real, root_real):
+        raise UserError(
+            f"{path} is a symbolic link to {real}, outside the dataset root {root_real}: not followed. Move the "
+            "images inside the root, or set dataset.follow_links=true to follow links out of it"
+        )
 
 
 def _class_dirs(folder: Path) -> list[str]:

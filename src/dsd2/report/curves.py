@@ -188,7 +188,14 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
     nrows = math.ceil(n / ncols)
     fig = new_figure(6.2 * ncols, 4.2 * nrows)
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
-    ax = axes[0]
+    _plot_mean_entropy(axes[0], groups, phases_from)
+    for (gi, g), ax in zip(with_layers, axes[1:]):
+        _plot_layer_entropy(ax, gi, g.runs[0])
+    return fig
+
+
+def _plot_mean_entropy(ax: Axes, groups: Sequence[RunGroup], phases_from: RunData | None) -> None:
+    """Every group's neuron-weighted mean entropy vs sparsity, the phases shaded behind."""
     prun = phase_run(groups, phases_from)
     handles = shade_phases(ax, prun) if prun is not None else []
     all_sp: list[float] = []
@@ -202,38 +209,39 @@ def entropy_figure(runs: Any, *, phases_from: RunData | None = None) -> Figure |
     ax.set_ylabel("mean entropy (bits)")
     ax.set_title("Neuron-weighted mean activation entropy", fontsize=10)
     ax.legend(fontsize=7, frameon=False, loc="best", handles=[*ax.get_legend_handles_labels()[0], *handles])
-    for (gi, g), ax in zip(with_layers, axes[1:]):
-        run = g.runs[0]
-        layers: dict[str, list[tuple[float, float]]] = {}
-        neurons: dict[str, int | None] = {}
-        for row in run.entropy_rows:
-            if row.get("entropy") is None or row.get("sparsity") is None:
-                continue
-            layers.setdefault(str(row["layer"]), []).append((float(row["sparsity"]), float(row["entropy"])))
-            count = row.get("neurons")
-            neurons[str(row["layer"])] = int(count) if isinstance(count, (int, float)) and not isinstance(count, bool) else None
-        labels = layer_labels(run, neurons)
-        cmap = matplotlib.colormaps["viridis"]
-        sp: list[float] = []
-        for li, (layer, pts) in enumerate(layers.items()):
-            pts.sort()
-            sp.extend(p[0] for p in pts)
-            c = cmap(li / max(len(layers) - 1, 1) * 0.9)
-            (line,) = ax.plot(
-                [sparsity_to_x(p[0]) for p in pts], [p[1] for p in pts], color=c, lw=1.1, marker=".", ms=3, label=mpl_text(labels[layer])
-            )
-            line.set_gid(f"layer:{gi}:{layer}")
-        if run.has("entropy"):
-            (line,) = ax.plot(
-                [sparsity_to_x(r["sparsity"]) for r in run.rows if r.get("entropy") is not None],
-                [r["entropy"] for r in run.rows if r.get("entropy") is not None],
-                color="black",
-                lw=2.2,
-                label="mean",
-            )
-            line.set_gid(f"layer-mean:{gi}")
-        setup_sparsity_axis(ax, sp or [r["sparsity"] for r in run.rows])
-        ax.set_ylabel("entropy (bits)")
-        ax.set_title(mpl_text(f"Per-layer entropy — {run.label}"), fontsize=9)
-        ax.legend(fontsize=6, frameon=False, ncol=2 if len(layers) > 8 else 1, loc="best")
-    return fig
+
+
+def _plot_layer_entropy(ax: Axes, gi: int, run: RunData) -> None:
+    """One run's per-layer entropies vs sparsity (and its mean, in black) on ``ax``."""
+    layers: dict[str, list[tuple[float, float]]] = {}
+    neurons: dict[str, int | None] = {}
+    for row in run.entropy_rows:
+        if row.get("entropy") is None or row.get("sparsity") is None:
+            continue
+        layers.setdefault(str(row["layer"]), []).append((float(row["sparsity"]), float(row["entropy"])))
+        count = row.get("neurons")
+        neurons[str(row["layer"])] = int(count) if isinstance(count, (int, float)) and not isinstance(count, bool) else None
+    labels = layer_labels(run, neurons)
+    cmap = matplotlib.colormaps["viridis"]
+    sp: list[float] = []
+    for li, (layer, pts) in enumerate(layers.items()):
+        pts.sort()
+        sp.extend(p[0] for p in pts)
+        c = cmap(li / max(len(layers) - 1, 1) * 0.9)
+        (line,) = ax.plot(
+            [sparsity_to_x(p[0]) for p in pts], [p[1] for p in pts], color=c, lw=1.1, marker=".", ms=3, label=mpl_text(labels[layer])
+        )
+        line.set_gid(f"layer:{gi}:{layer}")
+    if run.has("entropy"):
+        (line,) = ax.plot(
+            [sparsity_to_x(r["sparsity"]) for r in run.rows if r.get("entropy") is not None],
+            [r["entropy"] for r in run.rows if r.get("entropy") is not None],
+            color="black",
+            lw=2.2,
+            label="mean",
+        )
+        line.set_gid(f"layer-mean:{gi}")
+    setup_sparsity_axis(ax, sp or [r["sparsity"] for r in run.rows])
+    ax.set_ylabel("entropy (bits)")
+    ax.set_title(mpl_text(f"Per-layer entropy — {run.label}"), fontsize=9)
+    ax.legend(fontsize=6, frameon=False, ncol=2 if len(layers) > 8 else 1, loc="best")

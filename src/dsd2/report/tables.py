@@ -71,6 +71,23 @@ SUMMARY_HEADERS = [
 
 
 def summary(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> str:
+    """What the study holds (runs, data, models, pruning) in a list, then one table row per run."""
+    out = ["<ul>", *_study_lines(runs, groups), "</ul>"]
+    rows = [_summary_row(r) for r in runs]
+    # 11 columns whose text wraps (headers too): the table fits a 1280 px window instead of scrolling
+    out.append(
+        html_table(
+            SUMMARY_HEADERS,
+            rows,
+            cls="runs",
+            text_cols=(0, 1, 2, 3, 7, 8),
+        )
+    )
+    return "".join(out)
+
+
+def _study_lines(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> list[str]:
+    """The summary's list items: groups, datasets and noise, models, pruning settings."""
     datasets = sorted({str(config_value(r.config, "dataset", "name")) for r in runs})
     models = sorted({_model_text(r) for r in runs})
     noises = sorted({_noise_text(r) for r in runs})
@@ -94,81 +111,35 @@ def summary(runs: Sequence[RunData], groups: Sequence[RunGroup]) -> str:
         )
         + ".</li>"
     )
-    out = ["<ul>", *lines, "</ul>"]
-    rows = []
-    for r in runs:
-        col, best = _best_round(r)
-        br = r.rows[best]
-        teacher = ""
-        if r.teacher:
-            teacher = f"{Path(str(r.teacher.get('run_dir', '?'))).name} round {r.teacher.get('round')} ({r.teacher.get('choice')})"
-        last = r.rows[-1]
-        rows.append(
-            [
-                r.label,
-                r.path.name,
-                _model_text(r),
-                f"{config_value(r.config, 'dataset', 'name')}; noise {_noise_text(r)}",
-                len(r.rows),
-                F.format_sparsity(last["sparsity"]),
-                f"{100 * br['test_acc']:.2f}" if br.get("test_acc") is not None else "",
-                f"{best} ({F.format_sparsity(br['sparsity'])}%, on {col})",
-                teacher,
-                fmt_cell("pflops", last.get("train_pflops_dense")),
-                _wall_time(r),
-            ]
-        )
-    # 11 columns whose text wraps (headers too): the table fits a 1280 px window instead of scrolling
-    out.append(
-        html_table(
-            SUMMARY_HEADERS,
-            rows,
-            cls="runs",
-            text_cols=(0, 1, 2, 3, 7, 8),
-        )
-    )
-    return "".join(out)
+    return lines
+
+
+def _summary_row(r: RunData) -> list[Any]:
+    """One run's row of the summary table (:data:`SUMMARY_HEADERS`)."""
+    col, best = _best_round(r)
+    br = r.rows[best]
+    teacher = ""
+    if r.teacher:
+        teacher = f"{Path(str(r.teacher.get('run_dir', '?'))).name} round {r.teacher.get('round')} ({r.teacher.get('choice')})"
+    last = r.rows[-1]
+    return [
+        r.label,
+        r.path.name,
+        _model_text(r),
+        f"{config_value(r.config, 'dataset', 'name')}; noise {_noise_text(r)}",
+        len(r.rows),
+        F.format_sparsity(last["sparsity"]),
+        f"{100 * br['test_acc']:.2f}" if br.get("test_acc") is not None else "",
+        f"{best} ({F.format_sparsity(br['sparsity'])}%, on {col})",
+        teacher,
+        fmt_cell("pflops", last.get("train_pflops_dense")),
+        _wall_time(r),
+    ]
 
 
 def selection_table(runs: Sequence[RunData]) -> str:
     """Per run: the best round, what the plain and entropy early-stop rules select, and costs."""
-    from dsd2 import compare
-
-    rows = []
-    for r in runs:
-        col, best = _best_round(r)
-        cells: list[Any] = [
-            r.label,
-            col,
-            best,
-            F.format_sparsity(r.rows[best]["sparsity"]),
-            fmt_cell(col, r.rows[best].get(col)),
-            fmt_cell("test_acc", r.rows[best].get("test_acc")),
-        ]
-        for rule in ("plain", "entropy"):
-            try:
-                d = compare.decide(r.rows, rule)
-            except UserError as err:
-                cells.append(f"n/a ({err})")
-                continue
-            if d is None or d.selected_round is None:
-                cells.append("")
-                continue
-            sel = r.rows[d.selected_round]
-            stop = "never fired" if d.stop_round is None else f"stop after {d.stop_round}"
-            cost = r.rows[d.stop_round if d.stop_round is not None else len(r.rows) - 1].get("train_pflops_dense")
-            cells.append(
-                f"round {d.selected_round} ({F.format_sparsity(sel['sparsity'])}%, test {fmt_cell('test_acc', sel.get('test_acc'))}%), "
-                f"{stop}, {fmt_cell('pflops', cost)} PFLOPs"
-            )
-        if r.early_stop:
-            es = r.early_stop
-            cells.append(f"{es.get('rule')}: stop {es.get('stop_round')}, selected {es.get('selected_round')}")
-        else:
-            cells.append("")
-        cells.append(fmt_cell("pflops", r.rows[-1].get("train_pflops_dense")))
-        cells.append(fmt_cell("pflops", r.rows[-1].get("train_pflops_sparse")))
-        rows.append(cells)
+    rows = [_selection_row(r) for r in runs]
     return html_table(
         [
             "run",
@@ -187,6 +158,45 @@ def selection_table(runs: Sequence[RunData]) -> str:
         cls="selection",
         text_cols=(0, 1, 6, 7, 8),
     )
+
+
+def _selection_row(r: RunData) -> list[Any]:
+    """One run's row of the selection table."""
+    from dsd2 import compare
+
+    col, best = _best_round(r)
+    cells: list[Any] = [
+        r.label,
+        col,
+        best,
+        F.format_sparsity(r.rows[best]["sparsity"]),
+        fmt_cell(col, r.rows[best].get(col)),
+        fmt_cell("test_acc", r.rows[best].get("test_acc")),
+    ]
+    for rule in ("plain", "entropy"):
+        try:
+            d = compare.decide(r.rows, rule)
+        except UserError as err:
+            cells.append(f"n/a ({err})")
+            continue
+        if d is None or d.selected_round is None:
+            cells.append("")
+            continue
+        sel = r.rows[d.selected_round]
+        stop = "never fired" if d.stop_round is None else f"stop after {d.stop_round}"
+        cost = r.rows[d.stop_round if d.stop_round is not None else len(r.rows) - 1].get("train_pflops_dense")
+        cells.append(
+            f"round {d.selected_round} ({F.format_sparsity(sel['sparsity'])}%, test {fmt_cell('test_acc', sel.get('test_acc'))}%), "
+            f"{stop}, {fmt_cell('pflops', cost)} PFLOPs"
+        )
+    if r.early_stop:
+        es = r.early_stop
+        cells.append(f"{es.get('rule')}: stop {es.get('stop_round')}, selected {es.get('selected_round')}")
+    else:
+        cells.append("")
+    cells.append(fmt_cell("pflops", r.rows[-1].get("train_pflops_dense")))
+    cells.append(fmt_cell("pflops", r.rows[-1].get("train_pflops_sparse")))
+    return cells
 
 
 def _rounds_table(run: RunData) -> str:
