@@ -657,3 +657,27 @@ def rundir_meta_digest(run_dir):
     import json
 
     return json.loads((run_dir / "meta.json").read_text())["config_digest"]
+
+
+def test_a_teachers_identity_is_read_once_per_version_of_its_meta(tmp_path, monkeypatch):
+    """run_id() asks for the teacher's identity on every call: its meta.json is read once per
+    version of the file, and a rewritten one (another digest) is never answered from before."""
+    from dsd2 import safe_read, store
+
+    run = tmp_path / "t-0123456789"
+    run.mkdir()
+    store.write_json(run / "meta.json", {"config_digest": "aaa"})
+    reads = []
+    real = safe_read.read_json
+    monkeypatch.setattr(safe_read, "read_json", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
+    student = tiny_config(f"distill.teacher={run}")
+    first = student.run_id()
+    assert [student.run_id() for _ in range(5)] == [first] * 5
+    assert teacher_identity(str(run)) == {"run": run.name, "digest": "aaa"} and len(reads) == 1
+    teacher_identity(str(run))["digest"] = "edited"  # a caller's copy: the kept answer stays
+    assert teacher_identity(str(run))["digest"] == "aaa"
+    store.write_json(run / "meta.json", {"config_digest": "bbb"})  # extended since: another teacher
+    assert teacher_identity(str(run)) == {"run": run.name, "digest": "bbb"} and student.run_id() != first
+    assert len(reads) == 2
+    (run / "meta.json").unlink()
+    assert teacher_identity(str(run)) == str(run)  # no run there any more: the path

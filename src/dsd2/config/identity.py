@@ -196,14 +196,38 @@ def teacher_identity(path: str) -> Any:
     """A teacher run as a student's id counts it: its folder's name (<name>-<hash>) and the digest
     its meta.json records (every setting of its curve, rounds included). The same teacher given as
     another path (relative or absolute, a moved study) is the same teacher; a teacher extended
-    since is another. A path that holds no readable run stays the path (a teacher not trained yet)."""
+    since is another. A path that holds no readable run stays the path (a teacher not trained yet).
+
+    Read once per version of the teacher's meta.json (every run_id() call asks): the answer is
+    kept under the file's (path, device, inode, size, mtime_ns), which any rewrite changes (dsd2
+    writes it by atomic rename: a new inode), so a changed teacher is never answered from before."""
     folder = Path(os.path.abspath(os.path.expanduser(str(path))))
     try:
-        meta = safe_read.read_json(folder / "meta.json")
-    except UserError:  # missing, unreadable or hostile (safe_read says which): then the path is all there is
+        st = os.stat(folder / _META)
+    except OSError:  # nothing there (or unreadable): no run yet, the path is all there is
         return path
+    key = (str(folder), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _IDENTITIES:
+        if len(_IDENTITIES) >= _IDENTITIES_KEPT:
+            _IDENTITIES.pop(next(iter(_IDENTITIES)))  # the oldest: a sweep names many teachers, a run one
+        _IDENTITIES[key] = _read_identity(folder)
+    found = _IDENTITIES[key]
+    return path if found is None else dict(found)
+
+
+_META = "meta.json"  # dsd2.rundir.META: config sits below rundir (tests/test_layers.py)
+_IDENTITIES: dict[tuple[Any, ...], dict[str, str] | None] = {}
+_IDENTITIES_KEPT = 256
+
+
+def _read_identity(folder: Path) -> dict[str, str] | None:
+    """{run, digest} of the run in ``folder`` from its meta.json (None: no readable run there)."""
+    try:
+        meta = safe_read.read_json(folder / _META)
+    except UserError:  # missing, unreadable or hostile (safe_read says which): then the path is all there is
+        return None
     digest = meta.get("config_digest") if isinstance(meta, dict) else None
-    return {"run": folder.name, "digest": digest} if isinstance(digest, str) else path
+    return {"run": folder.name, "digest": digest} if isinstance(digest, str) else None
 
 
 def legacy_run_ids(cfg: RunConfig) -> list[str]:
