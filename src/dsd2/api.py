@@ -81,13 +81,17 @@ def run(
 
 def resume(
     run_dir: str | Path,
+    overrides: Sequence[str] = (),
     *,
     on_round: Callable[[RoundRow], None] | None = None,
     progress: bool | Callable[[int, int, EpochLog], None] | None = True,
 ) -> RunResult:
     """Continue the run in ``run_dir`` with the config it recorded; ``dsd2 resume``
-    (``progress`` as in :func:`run`)."""
-    return run(rundir.read_config(run_dir), run_dir=run_dir, on_round=on_round, progress=progress)
+    (``progress`` as in :func:`run`). ``overrides``: as ``dsd2 resume RUN_DIR key=value``, where and
+    how it runs (``train.threads=4``, ``dataset.root=...``, a moved teacher's
+    ``distill.teacher=...``) or more rounds; a setting that would change its numbers is refused."""
+    cfg = rundir.with_overrides(run_dir, list(overrides)) if overrides else rundir.read_config(run_dir)
+    return run(cfg, run_dir=run_dir, on_round=on_round, progress=progress)
 
 
 def compare_runs(

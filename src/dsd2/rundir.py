@@ -309,6 +309,7 @@ def with_overrides(run_dir: str | Path, overrides: list[str]) -> RunConfig:
 
     saved = read_config(run_dir)
     cfg = validate_config(apply_overrides(saved.resolved(), overrides), source="overrides")
+    saved = moved_teachers_config(run_dir, saved, cfg)  # a teacher at its new place (a moved study): a location
     changed = differing_settings(saved, cfg)
     if changed:
         raise UserError(
@@ -333,6 +334,42 @@ def with_overrides(run_dir: str | Path, overrides: list[str]) -> RunConfig:
             "e.g. distill.* without a teacher): leave it out, or start a new run with that choice"
         )
     return cfg
+
+
+def moved_teachers_config(run_dir: str | Path, saved: RunConfig, cfg: RunConfig) -> RunConfig:
+    """``saved`` (the config of the student in ``run_dir``) naming its teachers where ``cfg`` names
+    them, when those are the same teachers at another path (a moved or copied study): the same
+    folder name (<name>-<hash>) and the same recorded config digest, read from the old path if it
+    still holds the run, else proven by the student's recorded run id hash (which counted each
+    teacher's name and digest). A student of the scheme that hashed the teacher's path has no such
+    record: its name must match, and its start checks the teacher's content against teacher.json
+    (labels and round files, dsd2.distill.teacher.load_teacher) before anything is written.
+    Another teacher is refused naming it. Without a move, ``saved`` as it is."""
+    from dsd2.config.identity import ID_VERSION, config_hash, moved_teachers, teacher_identity, with_teachers_of
+
+    moves = moved_teachers(saved, cfg)
+    if not moves:
+        return saved
+    moved = with_teachers_of(saved, cfg)
+    recorded = (read_meta(run_dir) if meta_path(run_dir).is_file() else {}).get("config_hash")
+    by_id = recorded is None or recorded in {config_hash(moved, version=v) for v in range(5, ID_VERSION + 1)}  # None: nothing trained
+    path_hashed = recorded == config_hash(saved, version=4)  # the scheme before: the teacher's path was hashed
+    new_student = f"start a new student for it (`dsd2 run {Path(run_dir) / CONFIG} {{key}}={{new}}` makes another run directory)"
+    for key, (old, new) in moves.items():
+        now, before = teacher_identity(new), teacher_identity(old)
+        if not isinstance(now, dict):
+            raise UserError(f"{key}={new}: no dsd2 run there (no readable meta.json); give the folder its teacher run was moved to")
+        if now["run"] != Path(old).name:
+            raise UserError(
+                f"{key}={new} is another teacher: run {now['run']}, while the student in {run_dir} learned from {Path(old).name}; "
+                + new_student.format(key=key, new=new)
+            )
+        if not (by_id or (path_hashed and (not isinstance(before, dict) or before == now))):
+            raise UserError(
+                f"{key}={new}: run {now['run']} there is another curve than the teacher the student in {run_dir} learned from "
+                "(its config digest differs: extended or retrained since); restore that teacher, or " + new_student.format(key=key, new=new)
+            )
+    return moved
 
 
 def _dotted(data: Any, key: str) -> Any:

@@ -230,6 +230,38 @@ def _read_identity(folder: Path) -> dict[str, str] | None:
     return {"run": folder.name, "digest": digest} if isinstance(digest, str) else None
 
 
+def teacher_paths(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(key, path) of every teacher run ``cfg`` names: ``distill.teacher``, or each
+    ``distill.teachers[i].run`` (self-distillation names none)."""
+    d = cfg.distill
+    if d.teacher is not None:
+        return [] if d.teacher == SELF_TEACHER else [("distill.teacher", d.teacher)]
+    return [(f"distill.teachers[{i}].run", t.run) for i, t in enumerate(d.teachers)]
+
+
+def moved_teachers(old: RunConfig, new: RunConfig) -> dict[str, tuple[str, str]]:
+    """``key -> (old path, new path)`` for the teachers ``new`` names at another path than ``old``
+    (the same count and form of teachers; anything else is another run, not a move)."""
+    a, b = teacher_paths(old), teacher_paths(new)
+    if [k for k, _ in a] != [k for k, _ in b]:
+        return {}
+    return {k: (x, y) for (k, x), (_, y) in zip(a, b, strict=True) if x != y}
+
+
+def with_teachers_of(cfg: RunConfig, source: RunConfig) -> RunConfig:
+    """``cfg`` naming its teachers at ``source``'s paths (everything else as it is)."""
+    moves = moved_teachers(cfg, source)
+    if not moves:
+        return cfg
+    d = cfg.distill
+    if d.teacher is not None:
+        distill = d.model_copy(update={"teacher": source.distill.teacher})
+    else:
+        runs = [t.model_copy(update={"run": s.run}) for t, s in zip(d.teachers, source.distill.teachers, strict=True)]
+        distill = d.model_copy(update={"teachers": runs})
+    return cfg.model_copy(update={"distill": distill})
+
+
 def legacy_run_ids(cfg: RunConfig) -> list[str]:
     """:meth:`RunConfig.legacy_run_ids`: the ids of the schemes before :data:`ID_VERSION`."""
     # schemes before the fourth pruned a default-window gradual run until the last epoch: other numbers

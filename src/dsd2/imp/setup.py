@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from dsd2 import __version__, checkpoint, distributed, rundir, store
-from dsd2.config import RunConfig, config_hash, differing_settings, execution_changes, with_execution
+from dsd2.config import RunConfig, config_hash, differing_settings, execution_changes, validate_config, with_execution
+from dsd2.config.identity import moved_teachers, with_teachers_of
 from dsd2.data import DataSplits, ImageLoader, load_dataset
 from dsd2.data.fingerprint import data_fingerprint, fingerprint_mismatch
 from dsd2.data.image_folder import resolve_workers
@@ -490,6 +491,7 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
             "(`dsd2 run CONFIG`), extend it with more rounds (`dsd2 run CONFIG prune.rounds=N`), or, to retry a diverged "
             "run with a lower learning rate, `dsd2 resume RUN_DIR --lr-scale 0.1`"
         )
+    saved = rundir.moved_teachers_config(run_dir, saved, cfg)  # its teachers at a new place: a location (record_execution)
     _refuse_earlier_gradual_window(run_dir, saved, cfg, meta or {})
     if saved.run_id() != cfg.run_id():
         differ = ", ".join(differing_settings(saved, cfg)) or "name"
@@ -552,9 +554,10 @@ def extend_rounds(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
         "git_commit": _git_commit(),
     }
     meta["extensions"] = [*meta.get("extensions", []), extension]
-    meta["config_digest"] = cfg.digest()
-    # the saved execution settings stay until start() records the change (record_execution)
-    store.write_yaml(run_dir / rundir.CONFIG, with_execution(cfg, saved).resolved())
+    # the saved execution settings and teacher paths stay until start() records the change (record_execution)
+    extended = with_teachers_of(with_execution(cfg, saved), saved)
+    meta["config_digest"] = extended.digest()
+    store.write_yaml(run_dir / rundir.CONFIG, extended.resolved())
     store.write_json(run_dir / rundir.META, meta)
 
 
@@ -730,16 +733,36 @@ def record_execution(run_dir: Path, cfg: RunConfig) -> None:
     keeps them) and meta.json's ``execution_changes`` lists each change (when, which setting, from
     and to). They cannot change the numbers: the run id and the recorded digest leave them out."""
     saved = rundir.read_config(run_dir)
-    cfg = _pinned_root(saved, cfg)
-    changes = execution_changes(saved, cfg)
+    cfg = _pinned_teachers(saved, _pinned_root(saved, cfg))
+    changes = execution_changes(saved, cfg) | moved_teachers(saved, cfg)
     if not changes:
         return
     meta = store.read_json(run_dir / rundir.META)
-    entry = {
+    entry: dict[str, Any] = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "round": len(rundir.finished_rounds(run_dir)),
         "changed": {k: {"from": a, "to": b} for k, (a, b) in changes.items()},
     }
+    now = with_teachers_of(with_execution(saved, cfg), cfg)
+    if now.digest() != saved.digest():  # a teacher's path is in the digest: config.yaml's new one is recorded
+        entry["config_digest"] = {"from": meta.get("config_digest"), "to": now.digest()}
+        meta["config_digest"] = now.digest()
     meta["execution_changes"] = [*meta.get("execution_changes", []), entry]
-    store.write_yaml(run_dir / rundir.CONFIG, with_execution(saved, cfg).resolved())
+    store.write_yaml(run_dir / rundir.CONFIG, now.resolved())
     store.write_json(run_dir / rundir.META, meta)
+
+
+def _pinned_teachers(saved: RunConfig, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the teachers it names at a new place (a moved study) recorded absolute, as
+    dataset.root: a later resume from another folder finds them."""
+    moves = moved_teachers(saved, cfg)
+    if not moves:
+        return cfg
+    data = cfg.resolved()
+    d, before = data["distill"], saved.resolved()["distill"]
+    if d["teacher"] is not None and d["teacher"] != before["teacher"]:
+        d["teacher"] = os.path.abspath(os.path.expanduser(d["teacher"]))
+    for spec, was in zip(d["teachers"], before["teachers"], strict=False):
+        if spec["run"] != was["run"]:
+            spec["run"] = os.path.abspath(os.path.expanduser(spec["run"]))
+    return with_teachers_of(cfg, validate_config(data, source="config"))
