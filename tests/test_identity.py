@@ -377,7 +377,7 @@ DECISIONS: dict[str, object] = {
     "dataset.train_subset": "id",
     "dataset.split_seed": "id",  # equal to the seed: the same data seed as None, the same id
     "dataset.augment": "id",
-    "dataset.label_file": "id",  # its path; its content is in the data fingerprint (meta.json)
+    "dataset.label_file": "execution",  # its path (a location); its content is in the data fingerprint (meta.json)
     "dataset.label_key": ("mode", [], ["dataset.label_file=labels.pt", "noise.kind=none"]),
     "dataset.soft_labels": "id",  # valid only with a label file
     "dataset.mean": "id",

@@ -24,6 +24,7 @@ This module reads; the round loop (:mod:`dsd2.imp`) writes. It sits below ``imp`
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -370,6 +371,27 @@ def moved_teachers_config(run_dir: str | Path, saved: RunConfig, cfg: RunConfig)
                 "(its config digest differs: extended or retrained since); restore that teacher, or " + new_student.format(key=key, new=new)
             )
     return moved
+
+
+def moved_note(cfg: RunConfig, run_dir: str | Path) -> str | None:
+    """What ``cfg`` finds at another place than the run in ``run_dir`` recorded: its label file or
+    teachers (said once the start has checked them: the label file's content against meta.json's
+    fingerprint, a teacher's identity and round files), else None. Reusing a run is never silent."""
+    from dsd2.config.identity import moved_teachers
+
+    path = Path(run_dir)
+    if not (path / CONFIG).is_file():
+        return None
+    saved = read_config(path)
+    parts = [f"{key} now {new} (was {old})" for key, (old, new) in moved_teachers(saved, cfg).items() if _place(new) != _place(old)]
+    old_labels, labels = saved.dataset.label_file, cfg.dataset.label_file
+    if old_labels and labels and _place(old_labels) != _place(labels):
+        parts.append(f"dataset.label_file now {labels} (was {old_labels}; the same content, by its sha256)")
+    return f"the same run, its data and teachers at a new place: {'; '.join(parts)} (meta.json execution_changes)" if parts else None
+
+
+def _place(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _dotted(data: Any, key: str) -> Any:

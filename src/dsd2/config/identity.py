@@ -45,10 +45,18 @@ _NON_RESULT_FIELDS = _LOCATION_FIELDS | {
     ("entropy", "batch_size"),
 }
 
-# Where and how a run executes (the fields above less the noise matrix's records): given for an
-# existing run, they apply to its next rounds and meta.json records the change
-# (dsd2.imp.setup.record_execution); they cannot change the numbers, so the run id leaves them out.
-EXECUTION_FIELDS: tuple[tuple[str, str], ...] = tuple(sorted(_NON_RESULT_FIELDS - {("noise", "matrix_file"), ("noise", "matrix_sha256")}))
+# dataset.label_file (human noisy labels) is data, like dataset.root: its content is in meta.json's
+# data fingerprint (dsd2.data.fingerprint, checked at every start), its path a location. Scheme 6
+# counts only that a run has one; schemes up to 5 hashed the path as spelled (legacy_run_ids).
+_LABEL_FILE = ("dataset", "label_file")
+LABEL_FILE_MARK = "a file: its content is meta.json's data.fingerprint"
+
+# Where and how a run executes (the fields above less the noise matrix's records, and the label
+# file's path): given for an existing run, they apply to its next rounds and meta.json records the
+# change (dsd2.imp.setup.record_execution); they cannot change the numbers, so the run id leaves them out.
+EXECUTION_FIELDS: tuple[tuple[str, str], ...] = tuple(
+    sorted(_NON_RESULT_FIELDS - {("noise", "matrix_file"), ("noise", "matrix_sha256")} | {_LABEL_FILE})
+)
 
 
 def execution_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
@@ -147,16 +155,17 @@ def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, An
 _MISSING = object()
 
 
-ID_VERSION = 5  # the scheme of RunConfig.run_id
+ID_VERSION = 6  # the scheme of RunConfig.run_id (6 differs from 5 only for runs with a dataset.label_file)
 
 
 def config_hash(cfg: RunConfig, *, version: int = ID_VERSION) -> str:
     """Short hash of what the config changes from the defaults (as OpenLTH does).
 
     Hashing only the non-default values keeps run ids stable when a later version adds a field
-    with a default: an old run directory still resumes. ``version``: 4 (the run id) counts the
-    options of unselected choices as their defaults (:func:`unused_options`), and 5 (the run id)
-    also counts a teacher as its folder's name and recorded digest, not its path; 3 (the third
+    with a default: an old run directory still resumes. ``version``: 4 counts the options of
+    unselected choices as their defaults (:func:`unused_options`), 5 also counts a teacher as its
+    folder's name and recorded digest, not its path, and 6 (the run id) a dataset.label_file as
+    set, not its path (its content is in the data fingerprint); 3 (the third
     scheme's run id) leaves out prune.rounds; 2 (the second scheme's run id, and
     :meth:`RunConfig.digest`) counts it; 1 (the first scheme) also counts the data folder.
     """
@@ -183,6 +192,8 @@ def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION) -> dict[str,
             data["dataset"]["split_seed"] = None
         if _default_gradual_window(cfg):
             data["prune"]["gradual_window"] = GRADUAL_WINDOW  # the default window changed: other masks
+    if version >= 6 and data["dataset"].get("label_file") is not None:  # data: by content, not by path
+        data["dataset"]["label_file"] = LABEL_FILE_MARK
     if version >= 5:  # a teacher is the run it names, not how its path is spelled
         distill = data["distill"]
         if distill.get("teacher") not in (None, SELF_TEACHER):
@@ -265,7 +276,7 @@ def with_teachers_of(cfg: RunConfig, source: RunConfig) -> RunConfig:
 def legacy_run_ids(cfg: RunConfig) -> list[str]:
     """:meth:`RunConfig.legacy_run_ids`: the ids of the schemes before :data:`ID_VERSION`."""
     # schemes before the fourth pruned a default-window gradual run until the last epoch: other numbers
-    versions = (4,) if _default_gradual_window(cfg) else (4, 3, 2, 1)
+    versions = (5, 4) if _default_gradual_window(cfg) else (5, 4, 3, 2, 1)
     ids = [f"{cfg.name}-{config_hash(cfg, version=v)}" for v in versions]
     return [rid for rid in dict.fromkeys(ids) if rid != cfg.run_id()]
 

@@ -527,7 +527,7 @@ def _refuse_earlier_gradual_window(run_dir: Path, saved: RunConfig, cfg: RunConf
     if (
         saved.prune.schedule != "gradual"
         or saved.prune.gradual_end is not None
-        or meta.get("config_hash") in (config_hash(saved), config_hash(saved, version=4))
+        or meta.get("config_hash") in (config_hash(saved), config_hash(saved, version=5), config_hash(saved, version=4))
     ):
         return
     done = len(rundir.finished_rounds(run_dir))
@@ -642,7 +642,8 @@ def start(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
     ctx = prepare(cfg, run_dir, share)
     if not (run_dir / rundir.META).exists():
         data = data_meta(ctx.data) | ({"fingerprint": fingerprint} if fingerprint else {})
-        store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": data})
+        # the digest of config.yaml as written: a relative dataset.label_file is recorded absolute
+        store.write_json(run_dir / rundir.META, {**run_metadata(located(cfg)), "data": data})
     else:
         _check_data_matches(run_dir, ctx.data)
         if main:  # the data loaded: this command's data folder, threads, ... are the run's now
@@ -699,12 +700,15 @@ def _record_fingerprint(run_dir: Path, fingerprint: dict[str, Any]) -> None:
 
 
 def _pinned_root(saved: RunConfig, cfg: RunConfig) -> RunConfig:
-    """``cfg`` with a new relative dataset.root made absolute: config.yaml records where the data
-    is, not where it was from the folder this command ran in (a later resume from elsewhere)."""
-    root = cfg.dataset.root
-    if not root or root == saved.dataset.root or Path(root).expanduser().is_absolute():
+    """``cfg`` with a new relative dataset.root and dataset.label_file made absolute: config.yaml
+    records where the data is, not where it was from the folder this command ran in (a later
+    resume from elsewhere)."""
+    d = cfg.dataset
+    root = d.root if d.root == saved.dataset.root else _absolute(d.root)
+    labels = d.label_file if d.label_file == saved.dataset.label_file else _absolute(d.label_file)
+    if root == d.root and labels == d.label_file:
         return cfg
-    return cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": os.path.abspath(root)})})
+    return cfg.model_copy(update={"dataset": d.model_copy(update={"root": root, "label_file": labels})})
 
 
 def _absolute(path: str | None) -> str | None:
@@ -715,15 +719,19 @@ def _absolute(path: str | None) -> str | None:
 
 
 def located(cfg: RunConfig) -> RunConfig:
-    """``cfg`` as a new run's config.yaml records it: a relative dataset.root (where the data is) and
-    noise.matrix_file (a record) absolute, so a resume from another folder finds the data. Neither
-    is in the run id or the digest, so both stay as they are. (dataset.label_file is hashed as
-    given: making it absolute would change the id read back from config.yaml.)"""
-    root, matrix = _absolute(cfg.dataset.root), _absolute(cfg.noise.matrix_file)
-    if root == cfg.dataset.root and matrix == cfg.noise.matrix_file:
+    """``cfg`` as a new run's config.yaml records it: a relative dataset.root and dataset.label_file
+    (where the data is) and noise.matrix_file (a record) absolute, so a resume from another folder
+    finds the data. None of them is in the run id, so it stays as it is (the digest, a hash of
+    config.yaml, is taken of this config)."""
+    d = cfg.dataset
+    root, labels, matrix = _absolute(d.root), _absolute(d.label_file), _absolute(cfg.noise.matrix_file)
+    if root == d.root and labels == d.label_file and matrix == cfg.noise.matrix_file:
         return cfg
     return cfg.model_copy(
-        update={"dataset": cfg.dataset.model_copy(update={"root": root}), "noise": cfg.noise.model_copy(update={"matrix_file": matrix})}
+        update={
+            "dataset": d.model_copy(update={"root": root, "label_file": labels}),
+            "noise": cfg.noise.model_copy(update={"matrix_file": matrix}),
+        }
     )
 
 
