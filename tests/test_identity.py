@@ -681,3 +681,36 @@ def test_a_teachers_identity_is_read_once_per_version_of_its_meta(tmp_path, monk
     assert len(reads) == 2
     (run / "meta.json").unlink()
     assert teacher_identity(str(run)) == str(run)  # no run there any more: the path
+
+
+def test_a_start_lists_an_image_folder_once_and_hashes_it_once(folder_run, tmp_path, monkeypatch):
+    """The fingerprint and the loader share one listing per start (dsd2.data.scans); every start
+    hashes every file again (no stat shortcut: docs/run_directory.md, "Data identity"), so a file
+    changed in place between two starts, its size and modification time kept, is still caught."""
+    import os
+
+    from dsd2.data import fingerprint, image_folder, scans
+    from dsd2.errors import UserError
+
+    root, run_dir = folder_run
+    listed, hashed = [], []
+    real_scan, real_hash = image_folder.scan_folder, fingerprint._file_hash
+    monkeypatch.setattr(image_folder, "scan_folder", lambda *a, **k: listed.append(a) or real_scan(*a, **k))
+    monkeypatch.setattr(fingerprint, "_file_hash", lambda *a, **k: hashed.append(a) or real_hash(*a, **k))
+    n_files = sum(1 for p in root.rglob("*") if p.is_file())
+    assert imp.run(_folder_config(root, "prune.rounds=1"), tmp_path / "runs") == run_dir  # an extension: a start
+    assert len(listed) == 1 and len(hashed) == n_files
+    # outside a start nothing is kept: a notebook's next start lists the folder again
+    scans.scan(root)
+    scans.scan(root)
+    assert len(listed) == 3
+    # one byte changed in place, size and mtime kept: the next start refuses it
+    image = sorted((root / "train" / "bee").iterdir())[0]
+    st = image.stat()
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 0xFF
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert image.stat().st_size == st.st_size and image.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(UserError, match="trained on other data: the image folder's files differ"):
+        imp.run(_folder_config(root, "prune.rounds=1"), tmp_path / "runs")

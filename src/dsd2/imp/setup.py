@@ -22,6 +22,7 @@ from dsd2.config.identity import moved_teachers, with_teachers_of
 from dsd2.data import DataSplits, ImageLoader, load_dataset
 from dsd2.data.fingerprint import data_fingerprint, fingerprint_mismatch
 from dsd2.data.image_folder import resolve_workers
+from dsd2.data.scans import one_scan
 from dsd2.distill.setup import run_teaching
 from dsd2.errors import UserError
 from dsd2.file_schemas import LrScale, LrStep
@@ -636,10 +637,11 @@ def start(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
     when the run begins, the data is checked against the fingerprint meta.json recorded, and a
     change of where or how the run executes is recorded (:func:`record_execution`)."""
     main = distributed.is_main()
-    fingerprint = checked_fingerprint(cfg, run_dir) if main else {}
-    if not (run_dir / rundir.CONFIG).exists():
-        store.write_yaml(run_dir / rundir.CONFIG, located(cfg).resolved())
-    ctx = prepare(cfg, run_dir, share)
+    with one_scan():  # the fingerprint checks the very file list the loader then reads: the folder is listed once
+        fingerprint = checked_fingerprint(cfg, run_dir) if main else {}
+        if not (run_dir / rundir.CONFIG).exists():
+            store.write_yaml(run_dir / rundir.CONFIG, located(cfg).resolved())
+        ctx = prepare(cfg, run_dir, share)
     if not (run_dir / rundir.META).exists():
         data = data_meta(ctx.data) | ({"fingerprint": fingerprint} if fingerprint else {})
         # the digest of config.yaml as written: a relative dataset.label_file is recorded absolute
