@@ -6,6 +6,7 @@ hashed the path (scheme 5 and before) are still found."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,25 @@ def test_a_run_of_the_scheme_that_hashed_the_path_is_found(labelled, tmp_path, m
     with pytest.raises(UserError, match="content differs"):
         _write_labels(tmp_path / "x.pt", flip_every=7)
         imp.run(tiny_config("prune.rounds=2", *_labels_args(tmp_path / "x.pt")), tmp_path / "runs")
+
+
+def test_a_moved_study_with_its_label_file(tmp_path, monkeypatch):
+    """Study and labels move together; the teacher is repointed to the labels first (its digest,
+    which counts the label file's path, is recorded anew), then the student to both: still its
+    teacher (the teacher's earlier digest is in its execution_changes)."""
+    from dsd2 import study
+
+    monkeypatch.chdir(tmp_path)
+    _write_labels(tmp_path / "old" / "data" / "labels.pt")
+    s = study.run_pipeline(tiny_config("prune.rounds=1", *_labels_args("old/data/labels.pt")), out=Path("old/pp"))
+    shutil.copytree("old", "new")
+    shutil.rmtree("old")
+    teacher, student = Path("new/pp") / Path(s.teacher).name, Path("new/pp") / Path(s.student).name
+    labels = tmp_path / "new" / "data" / "labels.pt"
+    assert main(["run", str(teacher), f"dataset.label_file={labels}", "-q"]) == 0
+    assert "config_digest" in store.read_json(teacher / "meta.json")["execution_changes"][-1]
+    args = [f"distill.teacher={teacher}", f"dataset.label_file={labels}", "prune.rounds=2", "-q"]
+    assert main(["resume", str(student), *args]) == 0
+    assert [r.round for r in rundir.read_rounds(student)] == [0, 1, 2]
+    changed = store.read_json(student / "meta.json")["execution_changes"][-1]["changed"]
+    assert sorted(changed) == ["dataset.label_file", "distill.teacher"]

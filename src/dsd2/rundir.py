@@ -346,14 +346,16 @@ def moved_teachers_config(run_dir: str | Path, saved: RunConfig, cfg: RunConfig)
     record: its name must match, and its start checks the teacher's content against teacher.json
     (labels and round files, dsd2.distill.teacher.load_teacher) before anything is written.
     Another teacher is refused naming it. Without a move, ``saved`` as it is."""
-    from dsd2.config.identity import ID_VERSION, config_hash, moved_teachers, teacher_identity, with_teachers_of
+    from dsd2.config.identity import config_hash, moved_teachers, teacher_identity, with_teachers_of
 
     moves = moved_teachers(saved, cfg)
     if not moves:
         return saved
     moved = with_teachers_of(saved, cfg)
     recorded = (read_meta(run_dir) if meta_path(run_dir).is_file() else {}).get("config_hash")
-    by_id = recorded is None or recorded in {config_hash(moved, version=v) for v in range(5, ID_VERSION + 1)}  # None: nothing trained
+    by_id = recorded is None or recorded in _hashes_with_earlier_teachers(
+        moved, [new for _, new in moves.values()]
+    )  # None: nothing trained
     path_hashed = recorded == config_hash(saved, version=4)  # the scheme before: the teacher's path was hashed
     new_student = f"start a new student for it (`dsd2 run {Path(run_dir) / CONFIG} {{key}}={{new}}` makes another run directory)"
     for key, (old, new) in moves.items():
@@ -371,6 +373,29 @@ def moved_teachers_config(run_dir: str | Path, saved: RunConfig, cfg: RunConfig)
                 "(its config digest differs: extended or retrained since); restore that teacher, or " + new_student.format(key=key, new=new)
             )
     return moved
+
+
+def _hashes_with_earlier_teachers(cfg: RunConfig, paths: list[str]) -> set[str]:
+    """The run id hashes (schemes 5 on) ``cfg`` has with each teacher at ``paths`` counted by its
+    digest now or by one it had before a location change (a moved label file or teacher: its
+    meta.json's execution_changes record the digest they replaced), not an extension's."""
+    import itertools
+
+    from dsd2.config.identity import ID_VERSION, config_hash, teacher_identity
+
+    options = []
+    for path in paths:
+        now = teacher_identity(path)
+        if not isinstance(now, dict):
+            return set()
+        changes = read_meta(path).get("execution_changes") if meta_path(path).is_file() else None
+        earlier = [c["config_digest"]["from"] for c in changes or [] if isinstance(c, dict) and isinstance(c.get("config_digest"), dict)]
+        options.append([now] + [{"run": now["run"], "digest": d} for d in earlier if isinstance(d, str)])
+    return {
+        config_hash(cfg, version=v, teachers=dict(zip(paths, combo, strict=True)))
+        for combo in itertools.product(*options)
+        for v in range(5, ID_VERSION + 1)
+    }
 
 
 def moved_note(cfg: RunConfig, run_dir: str | Path) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,7 +159,7 @@ _MISSING = object()
 ID_VERSION = 6  # the scheme of RunConfig.run_id (6 differs from 5 only for runs with a dataset.label_file)
 
 
-def config_hash(cfg: RunConfig, *, version: int = ID_VERSION) -> str:
+def config_hash(cfg: RunConfig, *, version: int = ID_VERSION, teachers: Mapping[str, Any] | None = None) -> str:
     """Short hash of what the config changes from the defaults (as OpenLTH does).
 
     Hashing only the non-default values keeps run ids stable when a later version adds a field
@@ -169,13 +170,15 @@ def config_hash(cfg: RunConfig, *, version: int = ID_VERSION) -> str:
     scheme's run id) leaves out prune.rounds; 2 (the second scheme's run id, and
     :meth:`RunConfig.digest`) counts it; 1 (the first scheme) also counts the data folder.
     """
-    blob = json.dumps(identity_settings(cfg, version=version), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(identity_settings(cfg, version=version, teachers=teachers), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION) -> dict[str, Any]:
+def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION, teachers: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The nested settings :func:`config_hash` hashes: those away from their defaults that can
-    change the run's numbers (by ``version``'s rules)."""
+    change the run's numbers (by ``version``'s rules). ``teachers``: the identity to count for a
+    teacher path instead of reading it (:func:`teacher_identity`), e.g. one it had earlier."""
+    known = teachers or {}
     data = cfg.resolved()
     defaults = RunConfig().resolved()
     data.pop("name")
@@ -197,9 +200,9 @@ def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION) -> dict[str,
     if version >= 5:  # a teacher is the run it names, not how its path is spelled
         distill = data["distill"]
         if distill.get("teacher") not in (None, SELF_TEACHER):
-            distill["teacher"] = teacher_identity(distill["teacher"])
+            distill["teacher"] = known.get(distill["teacher"]) or teacher_identity(distill["teacher"])
         for spec in distill.get("teachers") or []:
-            spec["run"] = teacher_identity(spec["run"])
+            spec["run"] = known.get(spec["run"]) or teacher_identity(spec["run"])
     return _non_default(data, defaults)
 
 
