@@ -121,3 +121,22 @@ def test_a_moved_student_of_several_teachers(tmp_path, monkeypatch):
     assert sorted(changed) == ["distill.teachers[0].run", "distill.teachers[1].run"]
     with pytest.raises(UserError, match="distill.teachers.* would change the numbers"):
         rundir.with_overrides(mine, [f"distill.teachers=[{{run: {new}, round: best}}]"])  # another list: another run
+
+
+def test_a_teachers_earlier_digests_stop_at_an_extension(tmp_path):
+    """Followed back from today's digest through location changes only: a digest from before an
+    extension (another curve) never proves a moved teacher."""
+    store.write_json(
+        tmp_path / "meta.json",
+        {
+            "config_digest": "D",
+            "execution_changes": [
+                {"changed": {"dataset.label_file": {}}, "config_digest": {"from": "A", "to": "B"}},
+                # an extension took B to C here (meta.json's "extensions", not execution_changes)
+                {"changed": {"train.threads": {"from": 1, "to": 2}}},
+                {"changed": {"dataset.label_file": {}}, "config_digest": {"from": "C", "to": "D"}},
+            ],
+        },
+    )
+    assert rundir._digests_before_moves(tmp_path, "D") == ["C"]
+    assert rundir._digests_before_moves(tmp_path, "B") == []  # not today's digest: nothing follows

@@ -388,14 +388,30 @@ def _hashes_with_earlier_teachers(cfg: RunConfig, paths: list[str]) -> set[str]:
         now = teacher_identity(path)
         if not isinstance(now, dict):
             return set()
-        changes = read_meta(path).get("execution_changes") if meta_path(path).is_file() else None
-        earlier = [c["config_digest"]["from"] for c in changes or [] if isinstance(c, dict) and isinstance(c.get("config_digest"), dict)]
-        options.append([now] + [{"run": now["run"], "digest": d} for d in earlier if isinstance(d, str)])
+        options.append([now] + [{"run": now["run"], "digest": d} for d in _digests_before_moves(path, now["digest"])])
     return {
         config_hash(cfg, version=v, teachers=dict(zip(paths, combo, strict=True)))
         for combo in itertools.product(*options)
         for v in range(5, ID_VERSION + 1)
     }
+
+
+def _digests_before_moves(run_dir: str | Path, digest: str) -> list[str]:
+    """The digests the run in ``run_dir`` had for its current curve before location changes gave
+    it ``digest``: its execution_changes followed back from ``digest`` while each one's ``to`` is the
+    digest after it; an extension (recorded apart) breaks the chain, so a digest from before one,
+    another curve, is never among them."""
+    changes = read_meta(run_dir).get("execution_changes") if meta_path(run_dir).is_file() else None
+    out: list[str] = []
+    for change in reversed(changes if isinstance(changes, list) else []):
+        moved = change.get("config_digest") if isinstance(change, dict) else None
+        if not isinstance(moved, dict):
+            continue  # threads, device, ...: the digest stayed
+        if moved.get("to") != digest or not isinstance(moved.get("from"), str):
+            break
+        digest = moved["from"]
+        out.append(digest)
+    return out
 
 
 def moved_note(cfg: RunConfig, run_dir: str | Path) -> str | None:
