@@ -340,12 +340,13 @@ def with_overrides(run_dir: str | Path, overrides: list[str]) -> RunConfig:
 def moved_teachers_config(run_dir: str | Path, saved: RunConfig, cfg: RunConfig) -> RunConfig:
     """``saved`` (the config of the student in ``run_dir``) naming its teachers where ``cfg`` names
     them, when those are the same teachers at another path (a moved or copied study): the same
-    folder name (<name>-<hash>) and the same recorded config digest, read from the old path if it
-    still holds the run, else proven by the student's recorded run id hash (which counted each
-    teacher's name and digest). A student of the scheme that hashed the teacher's path has no such
-    record: its name must match, and its start checks the teacher's content against teacher.json
-    (labels and round files, dsd2.distill.teacher.load_teacher) before anything is written.
-    Another teacher is refused naming it. Without a move, ``saved`` as it is."""
+    folder name (<name>-<hash>) and the config digest the student's recorded run id hash counted
+    (schemes 5 on: each teacher's name and digest; the teacher's digest now, or one it had before
+    its own location changes). A student of the scheme that hashed the teacher's path has no such
+    record: the name must match (and the old path, if it still holds a run, hold this one); every
+    start also checks the teacher's content against teacher.json (labels and round files,
+    dsd2.distill.teacher.load_teacher) before anything is written. Another teacher is refused
+    naming it. Without a move, ``saved`` as it is."""
     from dsd2.config.identity import config_hash, moved_teachers, teacher_identity, with_teachers_of
 
     moves = moved_teachers(saved, cfg)
