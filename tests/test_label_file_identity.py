@@ -74,6 +74,9 @@ def test_a_new_run_records_the_label_file_absolute_and_its_content(labelled):
     meta = store.read_json(run_dir / "meta.json")
     assert meta["config_digest"] == saved.digest()  # the digest is of config.yaml as written
     assert meta["data"]["fingerprint"]["label_file"]["sha256"] == store.sha256_file(top / "data" / "labels.pt")
+    # dropping the label file is another run, not a location
+    with pytest.raises(UserError, match="dataset.label_file, dataset.label_key would change the numbers"):
+        rundir.with_overrides(run_dir, ["dataset.label_file=null"])
 
 
 def test_the_same_labels_at_another_path_are_the_same_run(labelled, tmp_path, capsys):
