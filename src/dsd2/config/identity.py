@@ -213,14 +213,15 @@ def teacher_identity(path: str) -> Any:
     since is another. A path that holds no readable run stays the path (a teacher not trained yet).
 
     Read once per version of the teacher's meta.json (every run_id() call asks): the answer is
-    kept under the file's (path, device, inode, size, mtime_ns), which any rewrite changes (dsd2
-    writes it by atomic rename: a new inode), so a changed teacher is never answered from before."""
+    kept under the file's (path, device, inode, size, mtime_ns, ctime_ns), which any rewrite
+    changes (dsd2 writes it by atomic rename: a new inode; an edit in place changes the inode change
+    time, which no tool sets back), so a changed teacher is never answered from before."""
     folder = Path(os.path.abspath(os.path.expanduser(str(path))))
     try:
         st = os.stat(folder / _META)
     except OSError:  # nothing there (or unreadable): no run yet, the path is all there is
         return path
-    key = (str(folder), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (str(folder), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key not in _IDENTITIES:
         if len(_IDENTITIES) >= _IDENTITIES_KEPT:
             _IDENTITIES.pop(next(iter(_IDENTITIES)))  # the oldest: a sweep names many teachers, a run one
