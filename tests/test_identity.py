@@ -377,7 +377,7 @@ DECISIONS: dict[str, object] = {
     "dataset.train_subset": "id",
     "dataset.split_seed": "id",  # equal to the seed: the same data seed as None, the same id
     "dataset.augment": "id",
-    "dataset.label_file": "id",  # its path; its content is in the data fingerprint (meta.json)
+    "dataset.label_file": "execution",  # its path (a location); its content is in the data fingerprint (meta.json)
     "dataset.label_key": ("mode", [], ["dataset.label_file=labels.pt", "noise.kind=none"]),
     "dataset.soft_labels": "id",  # valid only with a label file
     "dataset.mean": "id",
@@ -657,3 +657,60 @@ def rundir_meta_digest(run_dir):
     import json
 
     return json.loads((run_dir / "meta.json").read_text())["config_digest"]
+
+
+def test_a_teachers_identity_is_read_once_per_version_of_its_meta(tmp_path, monkeypatch):
+    """run_id() asks for the teacher's identity on every call: its meta.json is read once per
+    version of the file, and a rewritten one (another digest) is never answered from before."""
+    from dsd2 import safe_read, store
+
+    run = tmp_path / "t-0123456789"
+    run.mkdir()
+    store.write_json(run / "meta.json", {"config_digest": "aaa"})
+    reads = []
+    real = safe_read.read_json
+    monkeypatch.setattr(safe_read, "read_json", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
+    student = tiny_config(f"distill.teacher={run}")
+    first = student.run_id()
+    assert [student.run_id() for _ in range(5)] == [first] * 5
+    assert teacher_identity(str(run)) == {"run": run.name, "digest": "aaa"} and len(reads) == 1
+    teacher_identity(str(run))["digest"] = "edited"  # a caller's copy: the kept answer stays
+    assert teacher_identity(str(run))["digest"] == "aaa"
+    store.write_json(run / "meta.json", {"config_digest": "bbb"})  # extended since: another teacher
+    assert teacher_identity(str(run)) == {"run": run.name, "digest": "bbb"} and student.run_id() != first
+    assert len(reads) == 2
+    (run / "meta.json").unlink()
+    assert teacher_identity(str(run)) == str(run)  # no run there any more: the path
+
+
+def test_a_start_lists_an_image_folder_once_and_hashes_it_once(folder_run, tmp_path, monkeypatch):
+    """The fingerprint and the loader share one listing per start (dsd2.data.scans); every start
+    hashes every file again (no stat shortcut: docs/run_directory.md, "Data identity"), so a file
+    changed in place between two starts, its size and modification time kept, is still caught."""
+    import os
+
+    from dsd2.data import fingerprint, image_folder, scans
+    from dsd2.errors import UserError
+
+    root, run_dir = folder_run
+    listed, hashed = [], []
+    real_scan, real_hash = image_folder.scan_folder, fingerprint._file_hash
+    monkeypatch.setattr(image_folder, "scan_folder", lambda *a, **k: listed.append(a) or real_scan(*a, **k))
+    monkeypatch.setattr(fingerprint, "_file_hash", lambda *a, **k: hashed.append(a) or real_hash(*a, **k))
+    n_files = sum(1 for p in root.rglob("*") if p.is_file())
+    assert imp.run(_folder_config(root, "prune.rounds=1"), tmp_path / "runs") == run_dir  # an extension: a start
+    assert len(listed) == 1 and len(hashed) == n_files
+    # outside a start nothing is kept: a notebook's next start lists the folder again
+    scans.scan(root)
+    scans.scan(root)
+    assert len(listed) == 3
+    # one byte changed in place, size and mtime kept: the next start refuses it
+    image = sorted((root / "train" / "bee").iterdir())[0]
+    st = image.stat()
+    data = bytearray(image.read_bytes())
+    data[-1] ^= 0xFF
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert image.stat().st_size == st.st_size and image.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(UserError, match="trained on other data: the image folder's files differ"):
+        imp.run(_folder_config(root, "prune.rounds=1"), tmp_path / "runs")

@@ -3,6 +3,7 @@ and report say what they do before (or while) they do it."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -15,8 +16,8 @@ from dsd2.progress import TextProgress, callbacks
 from conftest import TINY
 
 
-def _ours(err: str, name: str = "tiny_mnist1d") -> list[str]:
-    return [ln for ln in err.splitlines() if ln.startswith(f"[{name}]")]
+def _ours(err: str, name: str = "tiny_mnist1d", seed: int = 0) -> list[str]:
+    return [ln for ln in err.splitlines() if ln.startswith(f"[{name} seed {seed}]")]
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +29,10 @@ def test_run_prints_a_line_per_round_by_default_and_nothing_with_progress_false(
     seen = []
     res = dsd2.run("tiny_mnist1d", TINY, out=tmp_path, on_round=seen.append)
     lines = _ours(capsys.readouterr().err)
-    assert lines[0] == f"[tiny_mnist1d] run directory: {res.run_dir}"
-    assert [ln.split(":")[0] for ln in lines[1:]] == [f"[tiny_mnist1d] round {r}/2" for r in range(3)]
-    assert "% sparse, val " in lines[2] and "so far)" in lines[2]
+    assert lines[0] == f"[tiny_mnist1d seed 0] run directory: {res.run_dir}"
+    # the demo's line (dsd2.study's pipeline workers print the same)
+    assert [ln.split("  sparsity")[0] for ln in lines[1:]] == [f"[tiny_mnist1d seed 0] round  {r}" for r in range(3)]
+    assert re.fullmatch(r"\[tiny_mnist1d seed 0\] round  2  sparsity  \d\d\.\d\d%  test \d+\.\d\d%", lines[3])
     assert len(seen) == 3  # the caller's on_round still runs
     dsd2.run("tiny_mnist1d", [*TINY, "seed=1"], out=tmp_path, progress=False)
     assert _ours(capsys.readouterr().err) == []
@@ -55,15 +57,15 @@ def test_pipeline_prints_each_stage(tmp_path, capsys):
     dsd2.pipeline("tiny_mnist1d", [*TINY, "prune.rounds=1"], out=tmp_path)
     err = capsys.readouterr().err
     assert len(_ours(err)) == 3 and len(_ours(err, "tiny_mnist1d_dsd2")) == 3
-    assert "What the study found" in err.split("[tiny_mnist1d_dsd2]")[-1]  # the verdict comes last
+    assert "What the study found" in err.split("[tiny_mnist1d_dsd2 seed 0]")[-1]  # the verdict comes last
 
 
 def test_mid_round_lines_are_throttled():
     lines = []
-    text = TextProgress("x", 3, every_s=0.0, stream=SimpleNamespace(write=lines.append, flush=lambda: None))
+    text = TextProgress("x", every_s=0.0, stream=SimpleNamespace(write=lines.append, flush=lambda: None))
     text.epoch(1, 10, SimpleNamespace(epoch=4, loss=0.5))
     assert "".join(lines).startswith("[x] round 1: epoch 4/10, loss 0.500")
-    quiet = TextProgress("x", 3, stream=SimpleNamespace(write=lines.append, flush=lambda: None))
+    quiet = TextProgress("x", stream=SimpleNamespace(write=lines.append, flush=lambda: None))
     before = len(lines)
     quiet.epoch(1, 10, SimpleNamespace(epoch=5, loss=0.4))  # within 30 s of the start: silent
     assert len(lines) == before
@@ -99,3 +101,23 @@ def test_export_onnx_says_it_converts_and_checks(run_dir, tmp_path, monkeypatch,
     monkeypatch.setattr("dsd2.api.export", stop)
     assert main(["export", str(run_dir), "-o", str(tmp_path / "m"), "--onnx"]) == 2
     assert "model.onnx (converting with torch.onnx, checking it against PyTorch with onnxruntime" in capsys.readouterr().err
+
+
+def test_the_api_and_the_demo_print_rounds_in_one_format():
+    """The API's printer and the demo's pipeline workers (dsd2.study) show a round the same way."""
+    import contextlib
+    import io
+
+    from dsd2 import study
+
+    from conftest import tiny_config
+
+    row = {"round": 3, "sparsity": 0.488, "val_acc": 0.7, "test_acc": 0.69}
+    lines = []
+    text = TextProgress("tiny_mnist1d seed 0", stream=SimpleNamespace(write=lines.append, flush=lambda: None))
+    text.round_done(row)
+    assert "".join(lines) == "[tiny_mnist1d seed 0] round  3  sparsity  48.80%  test 69.00%\n"
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        study._round_line(tiny_config())(row)
+    assert err.getvalue() == "".join(lines)

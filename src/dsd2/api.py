@@ -29,7 +29,7 @@ from dsd2.compare import Outcome
 from dsd2.exporting import ExportResult, load_exported
 from dsd2.exporting import export_run as export
 from dsd2.inference import Predictions, exported_transform, predict
-from dsd2.progress import callbacks
+from dsd2.progress import callbacks, run_label
 from dsd2.rundir import RoundRow
 from dsd2.runs import Config, RunResult, as_config, result
 from dsd2.study import PipelineResult
@@ -71,7 +71,7 @@ def run(
     called after each epoch instead."""
     cfg = as_config(config, overrides)
     target = Path(run_dir) if run_dir is not None else None
-    round_cb, epoch_cb, text = callbacks(progress, on_round, label=cfg.name, last_round=cfg.prune.rounds)
+    round_cb, epoch_cb, text = callbacks(progress, on_round, label=run_label(cfg))
     if text is not None:
         text.say(f"run directory: {target or rundir.run_dir_for(cfg, Path(out))}")
     with threads.silent(not progress):  # progress=False prints nothing, not even the busy-machine line
@@ -81,13 +81,17 @@ def run(
 
 def resume(
     run_dir: str | Path,
+    overrides: Sequence[str] = (),
     *,
     on_round: Callable[[RoundRow], None] | None = None,
     progress: bool | Callable[[int, int, EpochLog], None] | None = True,
 ) -> RunResult:
     """Continue the run in ``run_dir`` with the config it recorded; ``dsd2 resume``
-    (``progress`` as in :func:`run`)."""
-    return run(rundir.read_config(run_dir), run_dir=run_dir, on_round=on_round, progress=progress)
+    (``progress`` as in :func:`run`). ``overrides``: as ``dsd2 resume RUN_DIR key=value``, where and
+    how it runs (``train.threads=4``, ``dataset.root=...``, a moved teacher's
+    ``distill.teacher=...``) or more rounds; a setting that would change its numbers is refused."""
+    cfg = rundir.with_overrides(run_dir, list(overrides)) if overrides else rundir.read_config(run_dir)
+    return run(cfg, run_dir=run_dir, on_round=on_round, progress=progress)
 
 
 def compare_runs(

@@ -95,18 +95,11 @@ def run_pipeline(
 
 
 def _round_line(cfg: RunConfig) -> Callable[[Mapping[str, Any]], None]:
-    """One line per finished round on stderr, tagged with the run (parallel workers share it)."""
+    """One line per finished round on stderr, tagged with the run (parallel workers share it):
+    the API's line (:func:`dsd2.progress.round_text`), without its mid-round epoch lines."""
+    from dsd2.progress import TextProgress, run_label
 
-    def show(row: Mapping[str, Any]) -> None:
-        test = row.get("test_acc")
-        print(
-            f"[{cfg.name} seed {cfg.seed}] round {row['round']:>2}  sparsity {100 * row['sparsity']:6.2f}%  "
-            f"test {'-' if test is None else f'{100 * test:.2f}'}%",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    return show
+    return TextProgress(run_label(cfg)).round_done
 
 
 def _pipeline_worker(args: tuple[dict[str, Any], str, int]) -> tuple[str, str]:
@@ -180,7 +173,7 @@ def run_study(
     run's name (:mod:`dsd2.progress`), and at the end the study's verdict
     (:meth:`PipelineResult.verdict`); False prints nothing; a callable is called per epoch."""
     from dsd2 import imp
-    from dsd2.progress import callbacks
+    from dsd2.progress import callbacks, run_label
     from dsd2.rundir import run_dir_for
     from dsd2.runs import as_config, result
     from dsd2.threads import silent
@@ -188,7 +181,7 @@ def run_study(
     def stage(cfg: RunConfig, o: str | Path, **_: Any) -> Path:
         if run_stage is not None:
             return run_stage(cfg, Path(o))
-        round_cb, epoch_cb, text = callbacks(progress, on_round, label=cfg.name, last_round=cfg.prune.rounds)
+        round_cb, epoch_cb, text = callbacks(progress, on_round, label=run_label(cfg))
         if text is not None:
             text.say(f"run directory: {run_dir_for(cfg, Path(o))}")
         with silent(not progress):  # progress=False prints nothing, not even the busy-machine line

@@ -20,11 +20,14 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
     with RoundProgress(enabled=not quiet, last_round=cfg.prune.rounds) as prog:
         target = run_dir or rundir.run_dir_for(cfg, out)
         finished = rundir.finished_note(cfg, target)
+        moved = rundir.moved_note(cfg, target)  # said once the start has checked it
         render.RESUME["how"] = render.RESUME["how"] or f"`dsd2 resume {shlex.quote(str(target))}`"
         if not quiet:
             render.err_console.print(f"run directory: {target}")
         res = api.run(cfg, out=out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch)
     path = res.run_dir
+    if moved:
+        render.console.print(moved)
     if finished:
         render.console.print(finished)
     elif (floor := rundir.floor_stopped_at(path)) is not None:

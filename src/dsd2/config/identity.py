@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,10 +46,18 @@ _NON_RESULT_FIELDS = _LOCATION_FIELDS | {
     ("entropy", "batch_size"),
 }
 
-# Where and how a run executes (the fields above less the noise matrix's records): given for an
-# existing run, they apply to its next rounds and meta.json records the change
-# (dsd2.imp.setup.record_execution); they cannot change the numbers, so the run id leaves them out.
-EXECUTION_FIELDS: tuple[tuple[str, str], ...] = tuple(sorted(_NON_RESULT_FIELDS - {("noise", "matrix_file"), ("noise", "matrix_sha256")}))
+# dataset.label_file (human noisy labels) is data, like dataset.root: its content is in meta.json's
+# data fingerprint (dsd2.data.fingerprint, checked at every start), its path a location. Scheme 6
+# counts only that a run has one; schemes up to 5 hashed the path as spelled (legacy_run_ids).
+_LABEL_FILE = ("dataset", "label_file")
+LABEL_FILE_MARK = "a file: its content is meta.json's data.fingerprint"
+
+# Where and how a run executes (the fields above less the noise matrix's records, and the label
+# file's path): given for an existing run, they apply to its next rounds and meta.json records the
+# change (dsd2.imp.setup.record_execution); they cannot change the numbers, so the run id leaves them out.
+EXECUTION_FIELDS: tuple[tuple[str, str], ...] = tuple(
+    sorted(_NON_RESULT_FIELDS - {("noise", "matrix_file"), ("noise", "matrix_sha256")} | {_LABEL_FILE})
+)
 
 
 def execution_changes(old: RunConfig, new: RunConfig) -> dict[str, tuple[Any, Any]]:
@@ -147,26 +156,29 @@ def _non_default(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, An
 _MISSING = object()
 
 
-ID_VERSION = 5  # the scheme of RunConfig.run_id
+ID_VERSION = 6  # the scheme of RunConfig.run_id (6 differs from 5 only for runs with a dataset.label_file)
 
 
-def config_hash(cfg: RunConfig, *, version: int = ID_VERSION) -> str:
+def config_hash(cfg: RunConfig, *, version: int = ID_VERSION, teachers: Mapping[str, Any] | None = None) -> str:
     """Short hash of what the config changes from the defaults (as OpenLTH does).
 
     Hashing only the non-default values keeps run ids stable when a later version adds a field
-    with a default: an old run directory still resumes. ``version``: 4 (the run id) counts the
-    options of unselected choices as their defaults (:func:`unused_options`), and 5 (the run id)
-    also counts a teacher as its folder's name and recorded digest, not its path; 3 (the third
+    with a default: an old run directory still resumes. ``version``: 4 counts the options of
+    unselected choices as their defaults (:func:`unused_options`), 5 also counts a teacher as its
+    folder's name and recorded digest, not its path, and 6 (the run id) a dataset.label_file as
+    set, not its path (its content is in the data fingerprint); 3 (the third
     scheme's run id) leaves out prune.rounds; 2 (the second scheme's run id, and
     :meth:`RunConfig.digest`) counts it; 1 (the first scheme) also counts the data folder.
     """
-    blob = json.dumps(identity_settings(cfg, version=version), sort_keys=True, separators=(",", ":"))
+    blob = json.dumps(identity_settings(cfg, version=version, teachers=teachers), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION) -> dict[str, Any]:
+def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION, teachers: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The nested settings :func:`config_hash` hashes: those away from their defaults that can
-    change the run's numbers (by ``version``'s rules)."""
+    change the run's numbers (by ``version``'s rules). ``teachers``: the identity to count for a
+    teacher path instead of reading it (:func:`teacher_identity`), e.g. one it had earlier."""
+    known = teachers or {}
     data = cfg.resolved()
     defaults = RunConfig().resolved()
     data.pop("name")
@@ -183,12 +195,14 @@ def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION) -> dict[str,
             data["dataset"]["split_seed"] = None
         if _default_gradual_window(cfg):
             data["prune"]["gradual_window"] = GRADUAL_WINDOW  # the default window changed: other masks
+    if version >= 6 and data["dataset"].get("label_file") is not None:  # data: by content, not by path
+        data["dataset"]["label_file"] = LABEL_FILE_MARK
     if version >= 5:  # a teacher is the run it names, not how its path is spelled
         distill = data["distill"]
         if distill.get("teacher") not in (None, SELF_TEACHER):
-            distill["teacher"] = teacher_identity(distill["teacher"])
+            distill["teacher"] = known.get(distill["teacher"]) or teacher_identity(distill["teacher"])
         for spec in distill.get("teachers") or []:
-            spec["run"] = teacher_identity(spec["run"])
+            spec["run"] = known.get(spec["run"]) or teacher_identity(spec["run"])
     return _non_default(data, defaults)
 
 
@@ -196,20 +210,77 @@ def teacher_identity(path: str) -> Any:
     """A teacher run as a student's id counts it: its folder's name (<name>-<hash>) and the digest
     its meta.json records (every setting of its curve, rounds included). The same teacher given as
     another path (relative or absolute, a moved study) is the same teacher; a teacher extended
-    since is another. A path that holds no readable run stays the path (a teacher not trained yet)."""
+    since is another. A path that holds no readable run stays the path (a teacher not trained yet).
+
+    Read once per version of the teacher's meta.json (every run_id() call asks): the answer is
+    kept under the file's (path, device, inode, size, mtime_ns, ctime_ns), which any rewrite
+    changes (dsd2 writes it by atomic rename: a new inode; an edit in place changes the inode change
+    time, which no tool sets back), so a changed teacher is never answered from before."""
     folder = Path(os.path.abspath(os.path.expanduser(str(path))))
     try:
-        meta = safe_read.read_json(folder / "meta.json")
-    except UserError:  # missing, unreadable or hostile (safe_read says which): then the path is all there is
+        st = os.stat(folder / _META)
+    except OSError:  # nothing there (or unreadable): no run yet, the path is all there is
         return path
+    key = (str(folder), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _IDENTITIES:
+        if len(_IDENTITIES) >= _IDENTITIES_KEPT:
+            _IDENTITIES.pop(next(iter(_IDENTITIES)))  # the oldest: a sweep names many teachers, a run one
+        _IDENTITIES[key] = _read_identity(folder)
+    found = _IDENTITIES[key]
+    return path if found is None else dict(found)
+
+
+_META = "meta.json"  # dsd2.rundir.META: config sits below rundir (tests/test_layers.py)
+_IDENTITIES: dict[tuple[Any, ...], dict[str, str] | None] = {}
+_IDENTITIES_KEPT = 256
+
+
+def _read_identity(folder: Path) -> dict[str, str] | None:
+    """{run, digest} of the run in ``folder`` from its meta.json (None: no readable run there)."""
+    try:
+        meta = safe_read.read_json(folder / _META)
+    except UserError:  # missing, unreadable or hostile (safe_read says which): then the path is all there is
+        return None
     digest = meta.get("config_digest") if isinstance(meta, dict) else None
-    return {"run": folder.name, "digest": digest} if isinstance(digest, str) else path
+    return {"run": folder.name, "digest": digest} if isinstance(digest, str) else None
+
+
+def teacher_paths(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(key, path) of every teacher run ``cfg`` names: ``distill.teacher``, or each
+    ``distill.teachers[i].run`` (self-distillation names none)."""
+    d = cfg.distill
+    if d.teacher is not None:
+        return [] if d.teacher == SELF_TEACHER else [("distill.teacher", d.teacher)]
+    return [(f"distill.teachers[{i}].run", t.run) for i, t in enumerate(d.teachers)]
+
+
+def moved_teachers(old: RunConfig, new: RunConfig) -> dict[str, tuple[str, str]]:
+    """``key -> (old path, new path)`` for the teachers ``new`` names at another path than ``old``
+    (the same count and form of teachers; anything else is another run, not a move)."""
+    a, b = teacher_paths(old), teacher_paths(new)
+    if [k for k, _ in a] != [k for k, _ in b]:
+        return {}
+    return {k: (x, y) for (k, x), (_, y) in zip(a, b, strict=True) if x != y}
+
+
+def with_teachers_of(cfg: RunConfig, source: RunConfig) -> RunConfig:
+    """``cfg`` naming its teachers at ``source``'s paths (everything else as it is)."""
+    moves = moved_teachers(cfg, source)
+    if not moves:
+        return cfg
+    d = cfg.distill
+    if d.teacher is not None:
+        distill = d.model_copy(update={"teacher": source.distill.teacher})
+    else:
+        runs = [t.model_copy(update={"run": s.run}) for t, s in zip(d.teachers, source.distill.teachers, strict=True)]
+        distill = d.model_copy(update={"teachers": runs})
+    return cfg.model_copy(update={"distill": distill})
 
 
 def legacy_run_ids(cfg: RunConfig) -> list[str]:
     """:meth:`RunConfig.legacy_run_ids`: the ids of the schemes before :data:`ID_VERSION`."""
     # schemes before the fourth pruned a default-window gradual run until the last epoch: other numbers
-    versions = (4,) if _default_gradual_window(cfg) else (4, 3, 2, 1)
+    versions = (5, 4) if _default_gradual_window(cfg) else (5, 4, 3, 2, 1)
     ids = [f"{cfg.name}-{config_hash(cfg, version=v)}" for v in versions]
     return [rid for rid in dict.fromkeys(ids) if rid != cfg.run_id()]
 

@@ -126,9 +126,9 @@ def data_fingerprint(dataset: str, root: str | Path | None, label_file: str | No
     empty for a built-in dataset without one (its files are checksum-known)."""
     out: dict[str, Any] = {}
     if dataset == "image_folder" and root:
-        from dsd2.data.image_folder import scan_folder
+        from dsd2.data.scans import scan
 
-        table = scan_folder(Path(root).expanduser(), follow_links=follow_links).table  # the files the run reads
+        table = scan(Path(root).expanduser(), follow_links=follow_links).table  # the files the run reads (one listing per start)
         out["images"] = folder_fingerprint(table.root, (table.relative(i) for i in range(len(table))))
     if label_file:
         out["label_file"] = file_fingerprint(label_file)

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from dsd2.data import scans
 from dsd2.data.cifar import IMAGENET_MEAN, IMAGENET_STD
 from dsd2.data.core import AugmentSpec, RawDataset, register_dataset
 from dsd2.data.files import ImageFiles
@@ -173,7 +174,7 @@ def load_image_folder(
     size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
     if size < 1:
         raise UserError(f"dataset.image_size must be a positive integer, got {image_size!r}")
-    folder = scan_folder(root, follow_links=follow_links)
+    folder = scans.scan(root, follow_links=follow_links)  # the fingerprint's listing, within a start
     path = choose_loader(loader, folder.n_total, size, float(memory_budget_gb))
     if path == "memory":
         _check_fits_memory(folder.n_total, size)

@@ -106,7 +106,13 @@ def load_teacher(
     sparse-aware cost of the teacher's forward passes).
     """
     run_dir = Path(run_dir)
-    tcfg = rundir.read_config(run_dir, hint="distill.teacher must be the run directory of a finished IMP run")
+    hint = "distill.teacher must be the run directory of a finished IMP run"
+    if recorded is not None:  # a student that has started: its teacher was there
+        hint = (
+            "the teacher this student learned from is not there (a moved study?): give the student its new folder, "
+            "`dsd2 resume STUDENT_DIR distill.teacher=NEW_DIR` (distill.teachers=[...] for several)"
+        )
+    tcfg = rundir.read_config(run_dir, hint=hint)
     rows, incomplete = _teacher_state(run_dir, tcfg.prune.rounds)
     if choice == "best" and incomplete is not None:
         raise UserError(

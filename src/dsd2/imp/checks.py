@@ -65,6 +65,7 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
             "(`dsd2 run CONFIG`), extend it with more rounds (`dsd2 run CONFIG prune.rounds=N`), or, to retry a diverged "
             "run with a lower learning rate, `dsd2 resume RUN_DIR --lr-scale 0.1`"
         )
+    saved = rundir.moved_teachers_config(run_dir, saved, cfg)  # its teachers at a new place: a location (record_execution)
     _refuse_earlier_gradual_window(run_dir, saved, cfg, meta or {})
     if saved.run_id() != cfg.run_id():
         differ = ", ".join(differing_settings(saved, cfg)) or "name"
@@ -100,7 +101,7 @@ def _refuse_earlier_gradual_window(run_dir: Path, saved: RunConfig, cfg: RunConf
     if (
         saved.prune.schedule != "gradual"
         or saved.prune.gradual_end is not None
-        or meta.get("config_hash") in (config_hash(saved), config_hash(saved, version=4))
+        or meta.get("config_hash") in (config_hash(saved), config_hash(saved, version=5), config_hash(saved, version=4))
     ):
         return
     done = len(rundir.finished_rounds(run_dir))

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from dsd2 import __version__, distributed, rundir, store
-from dsd2.config import RunConfig, config_hash, execution_changes, with_execution
+from dsd2.config import RunConfig, config_hash, execution_changes, validate_config, with_execution
+from dsd2.config.identity import moved_teachers, with_teachers_of
 from dsd2.data import DataSplits
 from dsd2.errors import UserError
 from dsd2.imp.build import Built, data_seed, data_shape, init_seed
@@ -175,7 +176,8 @@ def record_meta(run_dir: Path, cfg: RunConfig, data: DataSplits, fingerprint: di
     this command's execution settings and a missing data fingerprint are added to it."""
     if not (run_dir / rundir.META).exists():
         recorded = data_meta(data) | ({"fingerprint": fingerprint} if fingerprint else {})
-        store.write_json(run_dir / rundir.META, {**run_metadata(cfg), "data": recorded})
+        # the digest of config.yaml as written: a relative dataset.label_file is recorded absolute
+        store.write_json(run_dir / rundir.META, {**run_metadata(located(cfg)), "data": recorded})
         return
     _check_data_matches(run_dir, data)
     if distributed.is_main():  # the data loaded: this command's data folder, threads, ... are the run's now
@@ -204,12 +206,15 @@ def _record_fingerprint(run_dir: Path, fingerprint: dict[str, Any]) -> None:
 
 
 def _pinned_root(saved: RunConfig, cfg: RunConfig) -> RunConfig:
-    """``cfg`` with a new relative dataset.root made absolute: config.yaml records where the data
-    is, not where it was from the folder this command ran in (a later resume from elsewhere)."""
-    root = cfg.dataset.root
-    if not root or root == saved.dataset.root or Path(root).expanduser().is_absolute():
+    """``cfg`` with a new relative dataset.root and dataset.label_file made absolute: config.yaml
+    records where the data is, not where it was from the folder this command ran in (a later
+    resume from elsewhere)."""
+    d = cfg.dataset
+    root = d.root if d.root == saved.dataset.root else _absolute(d.root)
+    labels = d.label_file if d.label_file == saved.dataset.label_file else _absolute(d.label_file)
+    if root == d.root and labels == d.label_file:
         return cfg
-    return cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": os.path.abspath(root)})})
+    return cfg.model_copy(update={"dataset": d.model_copy(update={"root": root, "label_file": labels})})
 
 
 def _absolute(path: str | None) -> str | None:
@@ -220,15 +225,19 @@ def _absolute(path: str | None) -> str | None:
 
 
 def located(cfg: RunConfig) -> RunConfig:
-    """``cfg`` as a new run's config.yaml records it: a relative dataset.root (where the data is) and
-    noise.matrix_file (a record) absolute, so a resume from another folder finds the data. Neither
-    is in the run id or the digest, so both stay as they are. (dataset.label_file is hashed as
-    given: making it absolute would change the id read back from config.yaml.)"""
-    root, matrix = _absolute(cfg.dataset.root), _absolute(cfg.noise.matrix_file)
-    if root == cfg.dataset.root and matrix == cfg.noise.matrix_file:
+    """``cfg`` as a new run's config.yaml records it: a relative dataset.root and dataset.label_file
+    (where the data is) and noise.matrix_file (a record) absolute, so a resume from another folder
+    finds the data. None of them is in the run id, so it stays as it is (the digest, a hash of
+    config.yaml, is taken of this config)."""
+    d = cfg.dataset
+    root, labels, matrix = _absolute(d.root), _absolute(d.label_file), _absolute(cfg.noise.matrix_file)
+    if root == d.root and labels == d.label_file and matrix == cfg.noise.matrix_file:
         return cfg
     return cfg.model_copy(
-        update={"dataset": cfg.dataset.model_copy(update={"root": root}), "noise": cfg.noise.model_copy(update={"matrix_file": matrix})}
+        update={
+            "dataset": d.model_copy(update={"root": root, "label_file": labels}),
+            "noise": cfg.noise.model_copy(update={"matrix_file": matrix}),
+        }
     )
 
 
@@ -238,19 +247,39 @@ def record_execution(run_dir: Path, cfg: RunConfig) -> None:
     keeps them) and meta.json's ``execution_changes`` lists each change (when, which setting, from
     and to). They cannot change the numbers: the run id and the recorded digest leave them out."""
     saved = rundir.read_config(run_dir)
-    cfg = _pinned_root(saved, cfg)
-    changes = execution_changes(saved, cfg)
+    cfg = _pinned_teachers(saved, _pinned_root(saved, cfg))
+    changes = execution_changes(saved, cfg) | moved_teachers(saved, cfg)
     if not changes:
         return
     meta = store.read_json(run_dir / rundir.META)
-    entry = {
+    entry: dict[str, Any] = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "round": len(rundir.finished_rounds(run_dir)),
         "changed": {k: {"from": a, "to": b} for k, (a, b) in changes.items()},
     }
+    now = with_teachers_of(with_execution(saved, cfg), cfg)
+    if now.digest() != saved.digest():  # a teacher's path is in the digest: config.yaml's new one is recorded
+        entry["config_digest"] = {"from": meta.get("config_digest"), "to": now.digest()}
+        meta["config_digest"] = now.digest()
     meta["execution_changes"] = [*meta.get("execution_changes", []), entry]
-    store.write_yaml(run_dir / rundir.CONFIG, with_execution(saved, cfg).resolved())
+    store.write_yaml(run_dir / rundir.CONFIG, now.resolved())
     store.write_json(run_dir / rundir.META, meta)
+
+
+def _pinned_teachers(saved: RunConfig, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the teachers it names at a new place (a moved study) recorded absolute, as
+    dataset.root: a later resume from another folder finds them."""
+    moves = moved_teachers(saved, cfg)
+    if not moves:
+        return cfg
+    data = cfg.resolved()
+    d, before = data["distill"], saved.resolved()["distill"]
+    if d["teacher"] is not None and d["teacher"] != before["teacher"]:
+        d["teacher"] = os.path.abspath(os.path.expanduser(d["teacher"]))
+    for spec, was in zip(d["teachers"], before["teachers"], strict=False):
+        if spec["run"] != was["run"]:
+            spec["run"] = os.path.abspath(os.path.expanduser(spec["run"]))
+    return with_teachers_of(cfg, validate_config(data, source="config"))
 
 
 def extend_rounds(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
@@ -265,7 +294,8 @@ def extend_rounds(run_dir: Path, saved: RunConfig, cfg: RunConfig) -> None:
         "git_commit": _git_commit(),
     }
     meta["extensions"] = [*meta.get("extensions", []), extension]
-    meta["config_digest"] = cfg.digest()
-    # the saved execution settings stay until start() records the change (record_execution)
-    store.write_yaml(run_dir / rundir.CONFIG, with_execution(cfg, saved).resolved())
+    # the saved execution settings and teacher paths stay until start() records the change (record_execution)
+    extended = with_teachers_of(with_execution(cfg, saved), saved)
+    meta["config_digest"] = extended.digest()
+    store.write_yaml(run_dir / rundir.CONFIG, extended.resolved())
     store.write_json(run_dir / rundir.META, meta)

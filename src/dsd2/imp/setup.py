@@ -14,6 +14,7 @@ from torch import nn
 from dsd2 import distributed
 from dsd2.config import RunConfig
 from dsd2.data import DataSplits, ImageLoader
+from dsd2.data.scans import one_scan
 from dsd2.distill.setup import Teaching
 from dsd2.imp.build import Built, build, build_data, noisy_labels, round_seed, seeded_generator
 from dsd2.imp.checks import check_config_matches, checked_fingerprint
@@ -99,8 +100,9 @@ def start(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
     """The run's context (``share``: see :func:`set_threads`): the data is checked against the
     fingerprint meta.json recorded, the run built, then its files recorded, meta.json last (a
     change of where or how the run executes goes there: :func:`record_execution`)."""
-    fingerprint = checked_fingerprint(cfg, run_dir) if distributed.is_main() else {}
-    built = build(cfg, run_dir, share)
+    with one_scan():  # the fingerprint checks the very file list the loader then reads: the folder is listed once
+        fingerprint = checked_fingerprint(cfg, run_dir) if distributed.is_main() else {}
+        built = build(cfg, run_dir, share)
     record_config(run_dir, cfg)
     record_run_files(run_dir, cfg, built)
     record_meta(run_dir, cfg, built.data, fingerprint)
