@@ -10,6 +10,7 @@ One module per job, every public name re-exported here (``from dsd2.config impor
 Nothing here imports torch: configs are validated before anything heavy is loaded.
 """
 
+from dsd2.config.choices import check_choice_options, choice_keyword, choice_options, chosen, filled_options, options_keyword
 from dsd2.config.identity import (
     EXECUTION_FIELDS,
     GRADUAL_WINDOW,
@@ -90,16 +91,22 @@ __all__ = [
     "TeacherSpec",
     "TrainConfig",
     "apply_overrides",
+    "check_choice_options",
     "check_size",
     "check_transition_rows",
+    "choice_keyword",
+    "choice_options",
+    "chosen",
     "config_hash",
     "describe_schema",
     "differing_settings",
     "execution_changes",
+    "filled_options",
     "identity_settings",
     "list_presets",
     "load_config",
     "load_yaml_text",
+    "options_keyword",
     "read_matrix_file",
     "read_yaml",
     "unused_options",

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dsd2 import registry
+from dsd2.config.choices import check_choice_options, filled_options
 from dsd2.config.matrix import check_transition_rows, read_matrix_file
 from dsd2.layer_defaults import with_model_prune_defaults
 from dsd2.plugins import check_module_name, load_plugins
@@ -51,6 +52,13 @@ MAX_BATCH = 1 << 16
 MAX_THREADS = 1024  # train.threads: more than any CPU has, far below what the OpenMP runtime survives
 MAX_WORKERS = 256  # dataset.workers: each is a process holding its own copy of the decoder state
 MAX_MODEL_NUMBER = 10_000_000  # any numeric model option (a width, depth, patch size...)
+
+
+def _plugin_options(kind: str, plural: str) -> str:
+    return (
+        f"A plugin {kind}'s own options, validated against the options model it was registered with (docs/plugins.md); "
+        f"built-in {plural} take none. Values equal to its defaults are dropped (they are the same run)."
+    )
 
 
 class _Section(BaseModel):
@@ -221,43 +229,6 @@ class NoiseConfig(_Section):
         return self
 
 
-def check_choice_options(reg: registry.Registry[Any], name: str | None, options: dict[str, Any]) -> dict[str, Any]:
-    """The options mapping of ``reg``'s choices (its ``options_key``, e.g. ``noise.options``) validated against the options model the choice ``name`` was registered
-    with, without the values equal to its defaults; a ValueError naming the key otherwise."""
-    key = reg.options_key
-    model = reg.options_model(name) if name is not None else None
-    if model is None:
-        if options:
-            raise ValueError(
-                f"{key}: {reg.kind} {name!r} takes no options (only a plugin's {reg.kind} registered with an options "
-                f"model does); remove {key} {sorted(options)}"
-            )
-        return {}
-    from pydantic import ValidationError
-
-    fields = model.model_fields
-    accepted = ", ".join(f"{k} (required)" if f.is_required() else f"{k}={f.default!r}" for k, f in fields.items()) or "none"
-    for option in options:  # a model ignores unknown keys by default: a typo would be dropped silently
-        if option not in fields:
-            hint = registry.did_you_mean(str(option), fields, prefix=f"{key}.")
-            raise ValueError(f"{key}.{option}: {reg.kind} {name!r} has no option {option!r}.{hint} Its options (defaults): {accepted}")
-    try:
-        validated = model.model_validate(options)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "?"
-        value = f"={first['input']!r}" if first["type"] != "missing" else ""
-        msg = first["msg"].removeprefix("Value error, ")
-        raise ValueError(f"{key}.{where}{value}: {msg} ({reg.kind} {name!r} options, defaults: {accepted})") from None
-    return dict(validated.model_dump(mode="json", exclude_defaults=True))
-
-
-def filled_options(reg: registry.Registry[Any], name: str | None, options: dict[str, Any]) -> dict[str, Any]:
-    """A choice's validated options with its defaults filled in (what the choice gets when it runs)."""
-    model = reg.options_model(name) if name is not None else None
-    return {} if model is None else dict(model.model_validate(options).model_dump())
-
-
 def _numbers(value: Any) -> list[Any]:
     """The numbers in a model option (a scalar or a nested list of them)."""
     out, stack = [], [value]
@@ -301,10 +272,12 @@ class TrainConfig(_Section):
     epochs: int = Field(160, ge=1, description="Epochs per IMP round (the schedule scales with it).")
     batch_size: int = Field(128, ge=1, le=MAX_BATCH)
     optimizer: OptimizerName = Field("sgd", description=f"Optimizer: {OPTIMIZERS.describe()}.")
+    optimizer_options: dict[str, Any] = Field({}, description=_plugin_options("optimizer", "optimizers"))
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     weight_decay: float = Field(1e-4, ge=0.0)
     schedule: ScheduleName = Field("multistep", description=f"Learning-rate schedule of a round: {SCHEDULES.describe()}.")
+    schedule_options: dict[str, Any] = Field({}, description=_plugin_options("learning-rate schedule", "schedules"))
     milestones: list[float] = Field(
         [0.5, 0.75], description="MultiStep milestones as fractions of `epochs` (0.5, 0.75 = epochs 80, 120 of 160)."
     )
@@ -361,6 +334,13 @@ class TrainConfig(_Section):
         return v
 
     @model_validator(mode="after")
+    def _options_of_the_choices(self) -> TrainConfig:
+        # stored without the choice's defaults: giving a default or leaving it out is the same run id
+        self.__dict__["optimizer_options"] = check_choice_options(OPTIMIZERS, self.optimizer, self.optimizer_options)
+        self.__dict__["schedule_options"] = check_choice_options(SCHEDULES, self.schedule, self.schedule_options)
+        return self
+
+    @model_validator(mode="after")
     def _warmup_shorter_than_a_round(self) -> TrainConfig:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be smaller than epochs={self.epochs}")
@@ -405,10 +385,12 @@ class PruneConfig(_Section):
     )
     exclude: list[str] = Field([], description="Keep the layers these fnmatch patterns match dense (e.g. '*.downsample.*').")
     retrain: RetrainModeName = Field("lr_rewind", description=f"{RETRAIN_MODES.describe()}.")
+    retrain_options: dict[str, Any] = Field({}, description=_plugin_options("retraining mode", "modes"))
     finetune_lr: float = Field(1e-3, gt=0.0, description="Constant lr of the finetune mode.")
     finetune_epochs: int | None = Field(None, ge=1, description="Epochs per finetune round (None: train.epochs).")
     rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
     schedule: PruningScheduleName = Field("iterative", description=f"Pruning schedule: {PRUNING_SCHEDULES.describe()}.")
+    schedule_options: dict[str, Any] = Field({}, description=_plugin_options("pruning schedule", "schedules"))
     gradual_start: int = Field(0, ge=0, description="gradual: the first epoch (0-based) after which it prunes (Zhu & Gupta's t0).")
     gradual_end: int | None = Field(None, ge=0, description="gradual: last epoch that prunes (None: leave the last quarter to train).")
     targets: list[float] = Field(
@@ -441,6 +423,8 @@ class PruneConfig(_Section):
         self.__dict__["allocation_options"] = check_choice_options(
             PRUNING_ALLOCATIONS, self.scoring_part("allocation"), self.allocation_options
         )
+        self.__dict__["retrain_options"] = check_choice_options(RETRAIN_MODES, self.retrain, self.retrain_options)
+        self.__dict__["schedule_options"] = check_choice_options(PRUNING_SCHEDULES, self.schedule, self.schedule_options)
         return self
 
     def scoring_part(self, part: Literal["criterion", "allocation"]) -> str | None:
@@ -539,6 +523,7 @@ class EntropyConfig(_Section):
 
 class EarlyStopConfig(_Section):
     rule: StopRuleName = Field("none", description=f"Stop pruning online when the rule fires: {STOP_RULES.describe()}.")
+    rule_options: dict[str, Any] = Field({}, description=_plugin_options("stop rule", "rules"))
     tolerance: float = Field(
         0.0, ge=0.0, description="Accuracy drop tolerated before counting a drop, a fraction (0.03: 3 points; above 1 is refused)."
     )
@@ -551,6 +536,11 @@ class EarlyStopConfig(_Section):
     @classmethod
     def _tolerance_not_percent(cls, v: Any) -> Any:
         return check_fraction("early_stop.tolerance", v, unit="points")
+
+    @model_validator(mode="after")
+    def _options_of_the_rule(self) -> EarlyStopConfig:
+        self.__dict__["rule_options"] = check_choice_options(STOP_RULES, self.rule, self.rule_options)
+        return self
 
 
 class RunConfig(_Section):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from dsd2 import distributed, rundir, store
+from dsd2.config import choice_keyword
 from dsd2.errors import UserError
 from dsd2.imp.measure import predict_classes
 from dsd2.imp.setup import RunContext, state_dict_cpu
@@ -169,7 +170,7 @@ def make_hooks(
         return hooks  # the others write files or report progress: rank 0's job
     mode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)  # a dsd2.imp.modes.RetrainMode
     if mode.hooks is not None:
-        hooks.extend(mode.hooks(ctx))
+        hooks.extend(mode.hooks(ctx, **choice_keyword(ctx.cfg, RETRAIN_MODES)))
     if ctx.cfg.train.tensorboard:
         hooks.append(TensorBoard(ctx.run_dir))
     if progress is not None:

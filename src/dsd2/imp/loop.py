@@ -258,7 +258,7 @@ def stop_decision(cfg: RunConfig, rows: list[RoundRow]):
     if cfg.early_stop.rule == "none" or not rows:
         return None
     es = cfg.early_stop
-    return decide(rows, es.rule, tolerance=es.tolerance, patience=es.patience, select=es.select)
+    return decide(rows, es.rule, tolerance=es.tolerance, patience=es.patience, select=es.select, options=es.rule_options)
 
 
 def write_early_stop(ctx: RunContext, rows: list[RoundRow]) -> None:

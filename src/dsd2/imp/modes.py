@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from dsd2 import distributed, rundir, store
-from dsd2.config import RunConfig
+from dsd2.config import RunConfig, choice_keyword, filled_options
 from dsd2.errors import UserError
 from dsd2.imp.hooks import Hook, RewindSnapshot
 from dsd2.imp.setup import RunContext, make_model, round_seed, seeded_generator, structured_allocation
@@ -27,7 +27,7 @@ from dsd2.prune import (
     next_masks,
     prune_with,
 )
-from dsd2.registry import PRUNING_SCHEDULES, RETRAIN_MODES
+from dsd2.registry import OPTIMIZERS, PRUNING_SCHEDULES, RETRAIN_MODES, SCHEDULES
 from dsd2.rundir import load_state
 from dsd2.train import (
     Schedule,
@@ -45,6 +45,8 @@ class RetrainMode:
     the trained weights; the masks are applied after it). ``schedule(cfg, base, lr_scale)`` turns
     round 0's :class:`~dsd2.train.Schedule` arguments into the round's (None: the same).
     ``hooks(ctx)``: hooks the mode needs (the late-rewind snapshot), run before the others.
+    A mode registered with an options model gets ``prune.retrain_options`` (validated, defaults
+    filled in) as the keyword ``options`` in each of them.
     """
 
     restart: Callable[[RunContext, int], None] | None = None
@@ -100,10 +102,20 @@ def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Sched
         warmup_epochs=t.warmup_epochs,
     )
     base["lr"] = t.lr * lr_scale
-    if round_idx == 0:
-        return Schedule(**base)
-    mode: RetrainMode = RETRAIN_MODES.get(p.retrain)
-    return Schedule(**(mode.schedule(cfg, base, lr_scale) if mode.schedule is not None else base))
+    if round_idx > 0:
+        mode: RetrainMode = RETRAIN_MODES.get(p.retrain)
+        base = mode.schedule(cfg, base, lr_scale, **choice_keyword(cfg, RETRAIN_MODES)) if mode.schedule is not None else base
+    return Schedule(**base, **_choice_options(cfg, base))
+
+
+def _choice_options(cfg: RunConfig, base: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's and lr schedule's own options; a retraining mode that switched either (finetune's
+    constant lr) runs that one with its defaults: the config's options are for the configured one."""
+    t = cfg.train
+    return {
+        "optimizer_options": filled_options(OPTIMIZERS, base["optimizer"], t.optimizer_options if base["optimizer"] == t.optimizer else {}),
+        "schedule_options": filled_options(SCHEDULES, base["kind"], t.schedule_options if base["kind"] == t.schedule else {}),
+    }
 
 
 # ----------------------------------------------------------------------------- the steps of a round
@@ -114,7 +126,7 @@ def prune_step(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
     if round_idx == 0:
         return masks
     schedule = PRUNING_SCHEDULES.get(ctx.cfg.prune.schedule)
-    new = schedule(ctx, masks, round_idx)
+    new = schedule(ctx, masks, round_idx, **choice_keyword(ctx.cfg, PRUNING_SCHEDULES))
     # every rank prunes its replica (identical weights, same seed); a difference means they drifted
     distributed.check_same(new, f"masks of round {round_idx}")
     return new
@@ -264,7 +276,7 @@ def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:
     """The weights a round starts from: those the retraining mode restarts from, then masked."""
     mode: RetrainMode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)
     if round_idx > 0 and mode.restart is not None:
-        mode.restart(ctx, round_idx)
+        mode.restart(ctx, round_idx, **choice_keyword(ctx.cfg, RETRAIN_MODES))
     apply_masks(*masked_tensors(ctx, masks))
 
 
