@@ -34,6 +34,10 @@ def _plugin(*args, **kwargs):
     raise AssertionError("not called: only the config is built")
 
 
+class _Std(BaseModel):
+    std: float
+
+
 @pytest.mark.parametrize(
     "registry, name, reads",
     [
@@ -69,6 +73,8 @@ def test_a_plugin_choice_that_declares_what_it_reads_keeps_only_that_in_the_run_
         ({"reads": ("prune.rewind_epoch",)}, "not options of noise kinds"),
         ({"reads": "noise.rate"}, "must be a tuple"),
         ({"options": dict}, "must be a pydantic model class"),
+        ({"flat": {"std": "noise.instance_std"}}, "must map each field of its options model to a config key"),
+        ({"options": _Std, "flat": {"std": "noise.instance_std"}, "reads": ("noise.rate",)}, "options the choice does not read"),
     ],
 )
 def test_a_wrong_declaration_fails_at_registration(metadata, message):
@@ -385,3 +391,43 @@ def test_a_plugin_stop_rule_gets_its_defaults_outside_a_run(option_plugins):
     decide(rows, "plug_rule")
     decide(rows, "plug_rule", options={"steps": 4})
     assert option_plugins["rule"] == [{"steps": 1, "label": "x"}, {"steps": 4, "label": "x"}]
+
+
+# ----------------------------------------------------------------------------- built-in choices' typed options, from their flat keys
+
+BUILT_IN_OPTIONS = [
+    (RETRAIN_MODES, "finetune", ["prune.finetune_lr=0.01", "prune.finetune_epochs=2"], {"lr": 0.01, "epochs": 2}),
+    (RETRAIN_MODES, "late_rewind", ["prune.rewind_epoch=1"], {"epoch": 1}),
+]
+
+
+@pytest.mark.parametrize("registry, name, overrides, expected", BUILT_IN_OPTIONS, ids=[n for _, n, _, _ in BUILT_IN_OPTIONS])
+def test_a_built_in_choice_reads_its_typed_options_from_its_flat_keys(registry, name, overrides, expected):
+    from pydantic import ValidationError
+
+    from dsd2.config import options_of
+
+    cfg = tiny_config(*overrides)
+    options = options_of(cfg, registry, name)
+    assert options.model_dump() == expected
+    with pytest.raises(ValidationError):  # a typed, frozen object: no one rewrites a run's options
+        setattr(options, next(iter(expected)), 0)
+    assert set(registry.flat_options(name).values()) <= registry.reads(name)
+    # the flat keys stay the way to give them: the per-choice mapping points there
+    key = registry.options_key
+    with pytest.raises(UserError, match=rf"{key}: {registry.kind} '{name}' is a built-in choice whose options are the keys"):
+        tiny_config(f"{registry.options_key}.{next(iter(expected))}=1", *_choosing(registry, name))
+
+
+def _choosing(registry, name):
+    field = {RETRAIN_MODES: "prune.retrain"}[registry]
+    return [f"{field}={name}"]
+
+
+def test_a_plugin_choices_options_read_through_the_same_accessor(option_plugins):
+    from dsd2.config import options_of
+
+    cfg = tiny_config(*PLUGIN_CHOICES, "train.optimizer_options.factor=0.5")
+    assert options_of(cfg, OPTIMIZERS) == _Factor(factor=0.5)
+    assert options_of(cfg, RETRAIN_MODES) == _Factor()
+    assert options_of(cfg, OPTIMIZERS, "adam") is None  # a built-in choice without options

@@ -10,7 +10,15 @@ One module per job, every public name re-exported here (``from dsd2.config impor
 Nothing here imports torch: configs are validated before anything heavy is loaded.
 """
 
-from dsd2.config.choices import check_choice_options, choice_keyword, choice_options, chosen, filled_options, options_keyword
+from dsd2.config.choices import (
+    check_choice_options,
+    choice_keyword,
+    choice_options,
+    chosen,
+    filled_options,
+    options_keyword,
+    options_of,
+)
 from dsd2.config.identity import (
     EXECUTION_FIELDS,
     GRADUAL_WINDOW,
@@ -107,6 +115,7 @@ __all__ = [
     "load_config",
     "load_yaml_text",
     "options_keyword",
+    "options_of",
     "read_matrix_file",
     "read_yaml",
     "unused_options",

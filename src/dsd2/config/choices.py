@@ -21,7 +21,10 @@ def check_choice_options(reg: registry.Registry[Any], name: str | None, options:
     """The options mapping of ``reg``'s choices (its ``options_key``, e.g. ``noise.options``) validated against the options model the choice ``name`` was registered
     with, without the values equal to its defaults; a ValueError naming the key otherwise."""
     key = reg.options_key
-    model = reg.options_model(name) if name is not None else None
+    model = plugin_model(reg, name)
+    if name is not None and options and reg.flat_options(name):
+        flat = ", ".join(reg.flat_options(name).values())
+        raise ValueError(f"{key}: {reg.kind} {name!r} is a built-in choice whose options are the keys {flat}: give those, remove {key}")
     if model is None:
         if options:
             raise ValueError(
@@ -48,10 +51,41 @@ def check_choice_options(reg: registry.Registry[Any], name: str | None, options:
     return dict(validated.model_dump(mode="json", exclude_defaults=True))
 
 
-def filled_options(reg: registry.Registry[Any], name: str | None, options: dict[str, Any]) -> dict[str, Any]:
-    """A choice's validated options with its defaults filled in (what the choice gets when it runs)."""
-    model = reg.options_model(name) if name is not None else None
-    return {} if model is None else dict(model.model_validate(options).model_dump())
+def plugin_model(reg: registry.Registry[Any], name: str | None) -> Any:
+    """The options model of a choice that takes its options from ``reg.options_key`` (a plugin's
+    choice registered with one), or None (no options, or a built-in choice's flat keys)."""
+    if name is None or reg.flat_options(name):
+        return None
+    return reg.options_model(name)
+
+
+def filled_options(reg: registry.Registry[Any], name: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """A plugin choice's validated options with its defaults filled in (what it gets when it runs)."""
+    model = plugin_model(reg, name)
+    return {} if model is None else dict(model.model_validate(dict(options)).model_dump())
+
+
+def options_of(cfg: Any, reg: registry.Registry[Any], name: str | None = None) -> Any:
+    """The one accessor of a choice's own options: the validated, typed options of the choice
+    ``name`` of ``reg`` (default: the one ``cfg`` makes). A built-in choice's are its small model
+    of :mod:`dsd2.registry.options` built from the flat keys it reads (finetune's from
+    ``prune.finetune_lr`` / ``finetune_epochs``); a plugin's are its options model over the
+    config's mapping (its defaults when ``cfg`` chooses another); None for a choice without options."""
+    name = chosen(cfg, reg) if name is None else reg.canonical(name)
+    if name is None:
+        return None
+    if flat := reg.flat_options(name):
+        return reg.options_model(name)(**{option: _value(cfg, key) for option, key in flat.items()})
+    model = plugin_model(reg, name)
+    if model is None:
+        return None
+    given = _value(cfg, reg.options_key or "") if name == chosen(cfg, reg) else {}
+    return model.model_validate(given)
+
+
+def _value(cfg: Any, key: str) -> Any:
+    section, _, field = key.partition(".")
+    return getattr(getattr(cfg, section), field)
 
 
 # the config field that names each registry's choice, by the registry's options_key (a criterion
@@ -83,15 +117,13 @@ def chosen(cfg: Any, reg: registry.Registry[Any]) -> str | None:
 def choice_options(cfg: Any, reg: registry.Registry[Any]) -> dict[str, Any]:
     """The validated options of the choice ``cfg`` makes from ``reg``, defaults filled in (what a
     plugin's choice registered with an options model gets; ``{}`` for a choice without one)."""
-    assert reg.options_key is not None
-    section, _, field = reg.options_key.partition(".")
-    return filled_options(reg, chosen(cfg, reg), getattr(getattr(cfg, section), field))
+    return filled_options(reg, chosen(cfg, reg), _value(cfg, reg.options_key or ""))
 
 
 def options_keyword(reg: registry.Registry[Any], name: str | None, options: Mapping[str, Any]) -> dict[str, Any]:
     """``{"options": options}`` when the choice ``name`` was registered with an options model (it
     takes them as the keyword ``options``), else ``{}``: a choice without one keeps its signature."""
-    return {"options": dict(options)} if name is not None and reg.options_model(name) is not None else {}
+    return {"options": dict(options)} if plugin_model(reg, name) is not None else {}
 
 
 def choice_keyword(cfg: Any, reg: registry.Registry[Any]) -> dict[str, Any]:

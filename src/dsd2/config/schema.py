@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from dsd2 import registry
-from dsd2.config.choices import check_choice_options, filled_options
+from dsd2.config.choices import check_choice_options, filled_options, options_of
 from dsd2.config.matrix import check_transition_rows, read_matrix_file
 from dsd2.layer_defaults import with_model_prune_defaults
 from dsd2.plugins import check_module_name, load_plugins
@@ -593,8 +593,8 @@ class RunConfig(_Section):
             raise ValueError("dataset.soft_labels is not combined with distillation yet: the KD loss takes integer labels")
         if self.dataset.label_file and self.dataset.train_subset:
             raise ValueError("dataset.label_file applies to the full training set: it cannot be combined with dataset.train_subset")
-        if self.prune.retrain == "late_rewind" and self.prune.rewind_epoch >= self.train.epochs:
-            raise ValueError(f"prune.rewind_epoch={self.prune.rewind_epoch} must be smaller than train.epochs={self.train.epochs}")
+        if self.prune.retrain == "late_rewind" and (rewind := options_of(self, RETRAIN_MODES).epoch) >= self.train.epochs:
+            raise ValueError(f"prune.rewind_epoch={rewind} must be smaller than train.epochs={self.train.epochs}")
         if self.train.select_epoch == "best_val" and self.dataset.val_size == 0:
             raise ValueError("train.select_epoch=best_val picks epochs on the validation split: dataset.val_size=0 has none")
         return self

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from dsd2 import distributed, rundir, store
-from dsd2.config import RunConfig, choice_keyword, filled_options
+from dsd2.config import RunConfig, choice_keyword, filled_options, options_of
 from dsd2.errors import UserError
 from dsd2.imp.hooks import Hook, RewindSnapshot
 from dsd2.imp.setup import RunContext, make_model, round_seed, seeded_generator, structured_allocation
@@ -28,6 +28,7 @@ from dsd2.prune import (
     prune_with,
 )
 from dsd2.registry import OPTIMIZERS, PRUNING_SCHEDULES, RETRAIN_MODES, SCHEDULES
+from dsd2.registry.options import FinetuneOptions, LateRewindOptions
 from dsd2.rundir import load_state
 from dsd2.train import (
     Schedule,
@@ -68,16 +69,18 @@ def _fresh_init(ctx: RunContext, round_idx: int) -> None:
 
 
 def _finetune_schedule(cfg: RunConfig, base: dict[str, Any], lr_scale: float) -> dict[str, Any]:
-    p = cfg.prune
-    return {**base, "epochs": p.finetune_epochs or cfg.train.epochs, "lr": p.finetune_lr * lr_scale, "kind": "constant"}
+    o: FinetuneOptions = options_of(cfg, RETRAIN_MODES, "finetune")
+    return {**base, "epochs": o.epochs or cfg.train.epochs, "lr": o.lr * lr_scale, "kind": "constant"}
 
 
 def _late_rewind_schedule(cfg: RunConfig, base: dict[str, Any], lr_scale: float) -> dict[str, Any]:
-    return {**base, "start_epoch": cfg.prune.rewind_epoch}
+    o: LateRewindOptions = options_of(cfg, RETRAIN_MODES, "late_rewind")
+    return {**base, "start_epoch": o.epoch}
 
 
 def _rewind_snapshot(ctx: RunContext) -> list[Hook]:
-    return [RewindSnapshot(ctx.run_dir, ctx.cfg.prune.rewind_epoch)]
+    o: LateRewindOptions = options_of(ctx.cfg, RETRAIN_MODES, "late_rewind")
+    return [RewindSnapshot(ctx.run_dir, o.epoch)]
 
 
 # The built-in modes (names and descriptions in dsd2.registry.RETRAIN_MODES).

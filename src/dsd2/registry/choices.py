@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from dsd2.registry import options as O
 from dsd2.registry.core import Lazy, Registry
+from dsd2.registry.options import BuiltinOptions
 
 PRUNING_METHODS: Registry[Callable[..., Any]] = Registry("pruning method")
 # ``owns``: the options of each registry's choices; ``undeclared``: what a plugin's choice that
@@ -53,12 +55,19 @@ NOISE_MODELS: Registry[Callable[..., Any]] = Registry(
 
 
 def _builtin(
-    registry: Registry[Any], module: str, entries: list[tuple[str, str, str]], reads: Mapping[str, tuple[str, ...]] | None = None
+    registry: Registry[Any],
+    module: str,
+    entries: list[tuple[str, str, str]],
+    reads: Mapping[str, tuple[str, ...]] | None = None,
+    options: Mapping[str, tuple[type[BuiltinOptions], Mapping[str, str]]] | None = None,
 ) -> None:
-    """Register built-in entries; ``reads``: name -> the options of ``registry.owns`` it reads (none if not named)."""
+    """Register built-in entries; ``reads``: name -> the options of ``registry.owns`` it reads (none if not
+    named); ``options``: name -> its typed options model and the flat keys they come from (:mod:`dsd2.registry.options`)."""
     for name, attr, description in entries:
-        declared = (reads or {}).get(name, ())
-        registry.register(name, Lazy(f"{module}:{attr}"), metadata={"description": description, "reads": declared})
+        metadata: dict[str, Any] = {"description": description, "reads": (reads or {}).get(name, ())}
+        if name in (options or {}):
+            metadata["options"], metadata["flat"] = (options or {})[name]
+        registry.register(name, Lazy(f"{module}:{attr}"), metadata=metadata)
 
 
 # a built-in method names what it is made of: prune.criterion / prune.allocation replace one part of it
@@ -139,6 +148,7 @@ _builtin(
         ("reinit", "REINIT", "fresh random init under the mask"),
     ],
     reads={"finetune": ("prune.finetune_lr", "prune.finetune_epochs"), "late_rewind": ("prune.rewind_epoch",)},
+    options={"finetune": (O.FinetuneOptions, O.FINETUNE_FLAT), "late_rewind": (O.LateRewindOptions, O.LATE_REWIND_FLAT)},
 )
 # how round i's masks are made: prune_step calls schedule(ctx, masks, round_idx) -> masks
 _builtin(

@@ -290,6 +290,12 @@ class Registry(Generic[T]):
         """The pydantic model of the choice's own options (metadata ``options``), or None."""
         return self.metadata(name).get("options")
 
+    def flat_options(self, name: str) -> Mapping[str, str]:
+        """A built-in choice's options as the flat config keys they are read from (metadata ``flat``:
+        option -> ``"section.key"``, e.g. finetune's ``lr`` -> ``prune.finetune_lr``); empty for a
+        choice whose options come from its registry's ``options_key`` mapping (a plugin's)."""
+        return MappingProxyType(dict(self.metadata(name).get("flat", {})))
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)
@@ -344,6 +350,19 @@ def _check_option_metadata(registry: Registry[Any], key: str, metadata: Mapping[
 
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise TypeError(f"{registry.kind} {key!r}: metadata 'options' must be a pydantic model class, got {model!r}")
+    _check_flat(registry, key, metadata)
+
+
+def _check_flat(registry: Registry[Any], key: str, metadata: Mapping[str, Any]) -> None:
+    """``flat``: a built-in choice's options come from the flat config keys it reads (option -> key)."""
+    flat = metadata.get("flat")
+    if flat is None:
+        return
+    model = metadata.get("options")
+    if model is None or not isinstance(flat, Mapping) or set(flat) != set(model.model_fields):
+        raise TypeError(f"{registry.kind} {key!r}: metadata 'flat' must map each field of its options model to a config key")
+    if stray := sorted(set(flat.values()) - set(metadata.get("reads", registry.owns))):
+        raise TypeError(f"{registry.kind} {key!r}: metadata 'flat' names {stray}, options the choice does not read")
 
 
 def _describe(obj: Any) -> str:
