@@ -398,6 +398,7 @@ def test_a_plugin_stop_rule_gets_its_defaults_outside_a_run(option_plugins):
 BUILT_IN_OPTIONS = [
     (RETRAIN_MODES, "finetune", ["prune.finetune_lr=0.01", "prune.finetune_epochs=2"], {"lr": 0.01, "epochs": 2}),
     (RETRAIN_MODES, "late_rewind", ["prune.rewind_epoch=1"], {"epoch": 1}),
+    (PRUNING_SCHEDULES, "gradual", ["prune.gradual_start=1"], {"start": 1, "end": None}),
 ]
 
 
@@ -420,7 +421,7 @@ def test_a_built_in_choice_reads_its_typed_options_from_its_flat_keys(registry, 
 
 
 def _choosing(registry, name):
-    field = {RETRAIN_MODES: "prune.retrain"}[registry]
+    field = {RETRAIN_MODES: "prune.retrain", PRUNING_SCHEDULES: "prune.schedule"}[registry]
     return [f"{field}={name}"]
 
 

@@ -28,7 +28,7 @@ from dsd2.prune import (
     prune_with,
 )
 from dsd2.registry import OPTIMIZERS, PRUNING_SCHEDULES, RETRAIN_MODES, SCHEDULES
-from dsd2.registry.options import FinetuneOptions, LateRewindOptions
+from dsd2.registry.options import FinetuneOptions, GradualOptions, LateRewindOptions
 from dsd2.rundir import load_state
 from dsd2.train import (
     Schedule,
@@ -204,10 +204,10 @@ def gradual_window(cfg: RunConfig, epochs: int) -> tuple[int, int]:
     unset: the last quarter of the epochs (at least one, when there are two) trains at the final
     sparsity, as Zhu & Gupta keep training after the last pruning step so the network recovers
     (the reference's last lr milestone is at 3/4 of the epochs)."""
-    p = cfg.prune
+    o: GradualOptions = options_of(cfg, PRUNING_SCHEDULES, "gradual")
     default_end = epochs - 1 - max(1, epochs // 4)
-    end = max(0, default_end) if p.gradual_end is None else min(p.gradual_end, epochs - 1)
-    return min(p.gradual_start, end), end
+    end = max(0, default_end) if o.end is None else min(o.end, epochs - 1)
+    return min(o.start, end), end
 
 
 def gradual_step(ctx: RunContext, masks: Masks, round_idx: int, epoch: int, epochs: int) -> None:

@@ -160,6 +160,7 @@ _builtin(
         ("one_shot", "one_shot_schedule", "round i prunes round 0's dense model straight to its target sparsity (He et al.)"),
     ],
     reads={"gradual": ("prune.gradual_start", "prune.gradual_end")},
+    options={"gradual": (O.GradualOptions, O.GRADUAL_FLAT)},
 )
 _builtin(
     OPTIMIZERS,
