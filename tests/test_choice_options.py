@@ -399,6 +399,8 @@ BUILT_IN_OPTIONS = [
     (RETRAIN_MODES, "finetune", ["prune.finetune_lr=0.01", "prune.finetune_epochs=2"], {"lr": 0.01, "epochs": 2}),
     (RETRAIN_MODES, "late_rewind", ["prune.rewind_epoch=1"], {"epoch": 1}),
     (PRUNING_SCHEDULES, "gradual", ["prune.gradual_start=1"], {"start": 1, "end": None}),
+    (OPTIMIZERS, "sgd", ["train.momentum=0.5"], {"momentum": 0.5}),
+    (SCHEDULES, "multistep", ["train.milestones=[0.25, 0.5]", "train.lr_decay=0.2"], {"milestones": (0.25, 0.5), "lr_decay": 0.2}),
 ]
 
 
@@ -421,7 +423,12 @@ def test_a_built_in_choice_reads_its_typed_options_from_its_flat_keys(registry, 
 
 
 def _choosing(registry, name):
-    field = {RETRAIN_MODES: "prune.retrain", PRUNING_SCHEDULES: "prune.schedule"}[registry]
+    field = {
+        RETRAIN_MODES: "prune.retrain",
+        PRUNING_SCHEDULES: "prune.schedule",
+        OPTIMIZERS: "train.optimizer",
+        SCHEDULES: "train.schedule",
+    }[registry]
     return [f"{field}={name}"]
 
 

@@ -28,7 +28,7 @@ from dsd2.prune import (
     prune_with,
 )
 from dsd2.registry import OPTIMIZERS, PRUNING_SCHEDULES, RETRAIN_MODES, SCHEDULES
-from dsd2.registry.options import FinetuneOptions, GradualOptions, LateRewindOptions
+from dsd2.registry.options import FinetuneOptions, GradualOptions, LateRewindOptions, MultistepOptions, SgdOptions
 from dsd2.rundir import load_state
 from dsd2.train import (
     Schedule,
@@ -93,15 +93,17 @@ REINIT = RetrainMode(restart=_fresh_init)
 
 def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Schedule:
     t, p = cfg.train, cfg.prune
+    sgd: SgdOptions = options_of(cfg, OPTIMIZERS, "sgd")
+    multistep: MultistepOptions = options_of(cfg, SCHEDULES, "multistep")
     base: dict[str, Any] = dict(
         epochs=t.epochs,
         lr=t.lr,
         optimizer=t.optimizer,
-        momentum=t.momentum,
+        momentum=sgd.momentum,
         weight_decay=t.weight_decay,
         kind=t.schedule,
-        milestones=tuple(t.milestones),
-        lr_decay=t.lr_decay,
+        milestones=multistep.milestones,
+        lr_decay=multistep.lr_decay,
         warmup_epochs=t.warmup_epochs,
     )
     base["lr"] = t.lr * lr_scale

@@ -171,6 +171,7 @@ _builtin(
         ("adamw", "adamw_optimizer", "AdamW (decoupled `weight_decay`)"),
     ],
     reads={"sgd": ("train.momentum",)},
+    options={"sgd": (O.SgdOptions, O.SGD_FLAT)},
 )
 _builtin(
     SCHEDULES,
@@ -181,6 +182,7 @@ _builtin(
         ("constant", "constant_lr", "lr throughout"),
     ],
     reads={"multistep": ("train.milestones", "train.lr_decay")},
+    options={"multistep": (O.MultistepOptions, O.MULTISTEP_FLAT)},
 )
 _builtin(
     STOP_RULES,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dsd2.config import RunConfig, choice_options
+from dsd2.config import RunConfig, choice_options, options_of
 from dsd2.errors import UserError
 from dsd2.sweep.cost import epochs_per_round, per_example_flops, train_examples, val_examples
 from dsd2.sweep.shapes import dataset_info, input_shape, model_key, model_kwargs
@@ -114,7 +114,7 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
         epochs=2,
         lr=t.lr,
         optimizer=t.optimizer,
-        momentum=t.momentum,
+        momentum=options_of(cfg, OPTIMIZERS, "sgd").momentum,
         weight_decay=t.weight_decay,
         kind="constant",
         optimizer_options=choice_options(cfg, OPTIMIZERS),
