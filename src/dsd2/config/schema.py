@@ -435,11 +435,6 @@ class PruneConfig(_Section):
         given: str | None = getattr(self, part)
         return given if given is not None else PRUNING_METHODS.metadata(self.method).get(part)
 
-    def part_options(self, part: Literal["criterion", "allocation"]) -> dict[str, Any]:
-        """The criterion's or allocation's options with its defaults filled in (what it gets when it runs)."""
-        reg = PRUNING_CRITERIA if part == "criterion" else PRUNING_ALLOCATIONS
-        return filled_options(reg, self.scoring_part(part), getattr(self, f"{part}_options"))
-
     @model_validator(mode="after")
     def _targets(self) -> PruneConfig:
         if self.targets and self.schedule == "iterative":

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from dsd2 import distributed, rundir, store
-from dsd2.config import RunConfig, choice_keyword, filled_options, options_of
+from dsd2.config import RunConfig, choice_keyword, choice_options, filled_options, options_of
 from dsd2.errors import UserError
 from dsd2.imp.hooks import Hook, RewindSnapshot
 from dsd2.imp.setup import RunContext, make_model, round_seed, seeded_generator, structured_allocation
@@ -27,8 +27,8 @@ from dsd2.prune import (
     next_masks,
     prune_with,
 )
-from dsd2.registry import OPTIMIZERS, PRUNING_SCHEDULES, RETRAIN_MODES, SCHEDULES
-from dsd2.registry.options import FinetuneOptions, GradualOptions, LateRewindOptions, MultistepOptions, SgdOptions
+from dsd2.registry import OPTIMIZERS, PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_SCHEDULES, RETRAIN_MODES, SCHEDULES
+from dsd2.registry.options import FinetuneOptions, GradientScoreOptions, GradualOptions, LateRewindOptions, MultistepOptions, SgdOptions
 from dsd2.rundir import load_state
 from dsd2.train import (
     Schedule,
@@ -145,7 +145,7 @@ def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: 
     if pair is None:
         return next_masks(p.method, ctx.weights, masks, rate, gen)
     grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
-    inputs = ScoreInputs(masks, gen, grads, ctx.model, p.part_options("criterion"))
+    inputs = ScoreInputs(masks, gen, grads, ctx.model, choice_options(ctx.cfg, PRUNING_CRITERIA))
     return prune_with(
         *pair,
         ctx.weights,
@@ -154,7 +154,7 @@ def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: 
         inputs=inputs,
         density=density,
         min_channels=p.min_channels,
-        allocation_options=p.part_options("allocation"),
+        allocation_options=choice_options(ctx.cfg, PRUNING_ALLOCATIONS),
     )
 
 
@@ -239,7 +239,7 @@ def scored_examples(ctx: RunContext, round_idx: int, epochs: int) -> int:
     pair = composed(p.method, p.criterion, p.allocation)
     if round_idx == 0 or pair is None or not needs_gradients(pair[0]):
         return 0
-    per_step = min(p.score_batches * ctx.cfg.train.batch_size, ctx.train_batches.num_rows)
+    per_step = min(gradient_options(ctx.cfg).batches * ctx.cfg.train.batch_size, ctx.train_batches.num_rows)
     if p.schedule != "gradual":
         return per_step
     start, end = gradual_window(ctx.cfg, epochs)
@@ -262,19 +262,27 @@ def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
     own seed (the same batches on every rank and on a resumed run), taken in eval mode (BatchNorm
     as ``prune.score_batchnorm`` says) on the model itself (not a DDP wrapper); SNIP reads the
     run's initial weights (init.safetensors)."""
-    src, p = ctx.train_batches, ctx.cfg.prune
+    src, o = ctx.train_batches, gradient_options(ctx.cfg)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = seeded_generator(src.device, round_seed(ctx.cfg.seed, round_idx, stream=6))
         for k, (xb, idx) in enumerate(src.epoch(gen, ctx.cfg.train.batch_size)):
-            if k >= p.score_batches:
+            if k >= o.batches:
                 break
             yield xb, src.y[idx]
 
     def init_state() -> dict[str, torch.Tensor]:
         return store.load_tensors(rundir.init_path(ctx.run_dir))
 
-    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state, batchnorm=p.score_batchnorm)
+    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state, batchnorm=o.batchnorm)
+
+
+def gradient_options(cfg: RunConfig) -> GradientScoreOptions:
+    """The gradient source's batches and BatchNorm mode: the built-in gradient criteria's typed options
+    (snip's and magnitude_gradient's are the same keys, which a plugin criterion registered with
+    gradients=True reads too: the keys PRUNING_CRITERIA owns)."""
+    o: GradientScoreOptions = options_of(cfg, PRUNING_CRITERIA, "snip")
+    return o
 
 
 def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:

@@ -106,7 +106,15 @@ for _name, _attr, _description in [
 ]:
     # gradients=True: the round loop computes the training-loss gradients for it
     PRUNING_CRITERIA.register(
-        _name, Lazy(f"dsd2.prune:{_attr}"), metadata={"description": _description, "gradients": True, "reads": _SCORE_OPTIONS}
+        _name,
+        Lazy(f"dsd2.prune:{_attr}"),
+        metadata={
+            "description": _description,
+            "gradients": True,
+            "reads": _SCORE_OPTIONS,
+            "options": O.GradientScoreOptions,
+            "flat": O.GRADIENT_SCORE_FLAT,
+        },
     )
 _builtin(
     PRUNING_ALLOCATIONS,
