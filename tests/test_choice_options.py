@@ -402,6 +402,7 @@ BUILT_IN_OPTIONS = [
     (OPTIMIZERS, "sgd", ["train.momentum=0.5"], {"momentum": 0.5}),
     (SCHEDULES, "multistep", ["train.milestones=[0.25, 0.5]", "train.lr_decay=0.2"], {"milestones": (0.25, 0.5), "lr_decay": 0.2}),
     (PRUNING_CRITERIA, "snip", ["prune.score_batches=2", "prune.score_batchnorm=batch"], {"batches": 2, "batchnorm": "batch"}),
+    (PRUNING_ALLOCATIONS, "channel_uniform", ["prune.min_channels=3"], {"min_channels": 3}),
 ]
 
 
@@ -426,6 +427,8 @@ def test_a_built_in_choice_reads_its_typed_options_from_its_flat_keys(registry, 
 def _choosing(registry, name):
     if registry is PRUNING_CRITERIA:
         return [f"prune.criterion={name}", "prune.allocation=global"]
+    if registry is PRUNING_ALLOCATIONS:
+        return ["prune.criterion=magnitude", f"prune.allocation={name}"]
     field = {
         RETRAIN_MODES: "prune.retrain",
         PRUNING_SCHEDULES: "prune.schedule",

@@ -28,7 +28,15 @@ from dsd2.prune import (
     prune_with,
 )
 from dsd2.registry import OPTIMIZERS, PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_SCHEDULES, RETRAIN_MODES, SCHEDULES
-from dsd2.registry.options import FinetuneOptions, GradientScoreOptions, GradualOptions, LateRewindOptions, MultistepOptions, SgdOptions
+from dsd2.registry.options import (
+    ChannelOptions,
+    FinetuneOptions,
+    GradientScoreOptions,
+    GradualOptions,
+    LateRewindOptions,
+    MultistepOptions,
+    SgdOptions,
+)
 from dsd2.rundir import load_state
 from dsd2.train import (
     Schedule,
@@ -153,9 +161,16 @@ def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: 
         rate,
         inputs=inputs,
         density=density,
-        min_channels=p.min_channels,
+        min_channels=channel_floor(ctx.cfg),
         allocation_options=choice_options(ctx.cfg, PRUNING_ALLOCATIONS),
     )
+
+
+def channel_floor(cfg: RunConfig) -> int:
+    """The output channels every layer keeps under a structured allocation: the built-in channel
+    allocations' typed option (the key a plugin allocation registered with min_channels=True reads too)."""
+    o: ChannelOptions = options_of(cfg, PRUNING_ALLOCATIONS, "channel")
+    return o.min_channels
 
 
 def iterative_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:

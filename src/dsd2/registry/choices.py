@@ -143,7 +143,14 @@ for _name, _attr, _description in [
     PRUNING_ALLOCATIONS.register(
         _name,
         Lazy(f"dsd2.prune:{_attr}"),
-        metadata={"description": _description, "structured": True, "min_channels": True, "reads": ("prune.min_channels",)},
+        metadata={
+            "description": _description,
+            "structured": True,
+            "min_channels": True,
+            "reads": ("prune.min_channels",),
+            "options": O.ChannelOptions,
+            "flat": O.CHANNEL_FLAT,
+        },
     )
 _builtin(
     RETRAIN_MODES,
