@@ -403,6 +403,7 @@ BUILT_IN_OPTIONS = [
     (SCHEDULES, "multistep", ["train.milestones=[0.25, 0.5]", "train.lr_decay=0.2"], {"milestones": (0.25, 0.5), "lr_decay": 0.2}),
     (PRUNING_CRITERIA, "snip", ["prune.score_batches=2", "prune.score_batchnorm=batch"], {"batches": 2, "batchnorm": "batch"}),
     (PRUNING_ALLOCATIONS, "channel_uniform", ["prune.min_channels=3"], {"min_channels": 3}),
+    (STOP_RULES, "entropy", ["early_stop.patience=2"], {"tolerance": 0.0, "patience": 2, "select": "best"}),
 ]
 
 
@@ -434,6 +435,7 @@ def _choosing(registry, name):
         PRUNING_SCHEDULES: "prune.schedule",
         OPTIMIZERS: "train.optimizer",
         SCHEDULES: "train.schedule",
+        STOP_RULES: "early_stop.rule",
     }[registry]
     return [f"{field}={name}"]
 

@@ -208,6 +208,7 @@ _builtin(
         ("entropy", "entropy_stop", "as plain, but drops are ignored while the activation entropy stays near its running maximum"),
     ],
     reads={"plain": STOP_RULES.owns, "entropy": STOP_RULES.owns},
+    options={"plain": (O.StopOptions, O.STOP_FLAT), "entropy": (O.StopOptions, O.STOP_FLAT)},
 )
 _builtin(
     NOISE_MODELS,
