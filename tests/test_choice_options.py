@@ -404,6 +404,8 @@ BUILT_IN_OPTIONS = [
     (PRUNING_CRITERIA, "snip", ["prune.score_batches=2", "prune.score_batchnorm=batch"], {"batches": 2, "batchnorm": "batch"}),
     (PRUNING_ALLOCATIONS, "channel_uniform", ["prune.min_channels=3"], {"min_channels": 3}),
     (STOP_RULES, "entropy", ["early_stop.patience=2"], {"tolerance": 0.0, "patience": 2, "select": "best"}),
+    (NOISE_MODELS, "asymmetric", ["noise.class_map={1: 2}"], {"class_map": {1: 2}}),
+    (NOISE_MODELS, "instance", ["noise.instance_std=0.2"], {"std": 0.2}),
 ]
 
 
@@ -436,6 +438,7 @@ def _choosing(registry, name):
         OPTIMIZERS: "train.optimizer",
         SCHEDULES: "train.schedule",
         STOP_RULES: "early_stop.rule",
+        NOISE_MODELS: "noise.kind",
     }[registry]
     return [f"{field}={name}"]
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dsd2 import __version__, checkpoint, distributed, rundir, store
-from dsd2.config import RunConfig, config_hash, default_gradual_window, differing_settings, execution_changes, with_execution
+from dsd2.config import RunConfig, config_hash, default_gradual_window, differing_settings, execution_changes, options_of, with_execution
 from dsd2.data import DataSplits, ImageLoader, load_dataset
 from dsd2.data.fingerprint import data_fingerprint, fingerprint_mismatch
 from dsd2.data.image_folder import resolve_workers
@@ -32,7 +32,7 @@ from dsd2.prune import (
     add_slimming_penalty,
     composed,
 )
-from dsd2.registry import PRUNING_ALLOCATIONS
+from dsd2.registry import NOISE_MODELS, PRUNING_ALLOCATIONS
 from dsd2.rundir import load_state
 from dsd2.threads import Share, resolve_threads
 from dsd2.train import (
@@ -214,10 +214,10 @@ def _synthetic_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
         rate=cfg.noise.rate,
         num_classes=data.num_classes,
         seed=cfg.seed,
-        class_map=cfg.noise.class_map,
+        class_map=options_of(cfg, NOISE_MODELS, "asymmetric").class_map,
         dataset=data.name,
         matrix=cfg.noise.matrix,
-        instance_std=cfg.noise.instance_std,
+        instance_std=options_of(cfg, NOISE_MODELS, "instance").std,
         features=_train_features(data),
         options=cfg.noise.kind_options(),
     )

@@ -228,4 +228,5 @@ _builtin(
         "asymmetric": ("noise.rate", "noise.class_map"),
         "instance": ("noise.rate", "noise.instance_std"),
     },
+    options={"asymmetric": (O.AsymmetricOptions, O.ASYMMETRIC_FLAT), "instance": (O.InstanceOptions, O.INSTANCE_FLAT)},
 )

@@ -92,3 +92,19 @@ class StopOptions(BuiltinOptions):
 
 
 STOP_FLAT = {"tolerance": "early_stop.tolerance", "patience": "early_stop.patience", "select": "early_stop.select"}
+
+
+class AsymmetricOptions(BuiltinOptions):
+    """noise.kind=asymmetric: class c's samples get ``class_map[c]`` (None: the dataset's map)."""
+
+    class_map: dict[int, int] | None
+
+
+class InstanceOptions(BuiltinOptions):
+    """noise.kind=instance: ``std`` of the truncated normal of the per-sample flip rates."""
+
+    std: float
+
+
+ASYMMETRIC_FLAT = {"class_map": "noise.class_map"}
+INSTANCE_FLAT = {"std": "noise.instance_std"}
