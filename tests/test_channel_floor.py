@@ -13,7 +13,7 @@ from dsd2.cli import main
 from dsd2.data import DATASETS, RawDataset, register_dataset
 from dsd2.distill.teacher import _teacher_state
 from dsd2.errors import UserError
-from dsd2.prune import _drop_smallest, alive_rows, full_masks, prune_with
+from dsd2.prune import alive_rows, drop_smallest, full_masks, prune_with
 from dsd2.registry import PRUNING_ALLOCATIONS
 from dsd2.report.data import load_runs
 from dsd2.runs import result
@@ -78,7 +78,7 @@ def _old_channel_allocation(scores, masks, rate):
         unit_scores.append(torch.where(finite, mean, torch.zeros_like(mean)))
         unit_alive.append(m.any(1) & finite)
     flat_alive = torch.cat(unit_alive)
-    keep = _drop_smallest(torch.cat(unit_scores), flat_alive, round(rate * int(flat_alive.sum())))
+    keep = drop_smallest(torch.cat(unit_scores), flat_alive, round(rate * int(flat_alive.sum())))
     out, start = {}, 0
     for n, alive in zip(names, unit_alive):
         rows = keep[start : start + alive.numel()] | ~alive
@@ -101,7 +101,7 @@ def test_channel_masks_are_unchanged_until_the_old_allocation_would_empty_a_laye
 
 
 def test_the_capped_choice_is_the_greedy_one_in_score_order():
-    from dsd2.prune import _drop_capped
+    from dsd2.prune.channels import _drop_capped
 
     g = torch.Generator().manual_seed(3)
     for _ in range(50):
@@ -274,3 +274,47 @@ def test_a_floor_above_every_layers_width_stops_after_round_0(tmp_path):
     assert "has at most prune.min_channels=100 output channel(s) left" in text and "down to" not in text
     assert "lower prune.min_channels" in text and "\n" not in text
     assert rundir.floor_stopped_at(run_dir) == 0 and rundir.is_complete(cfg, 1, run_dir)
+
+
+def test_structured_allocations_leave_the_classifier_out_by_default():
+    """The classifier's output rows are the classes: a structured allocation that pruned it removed
+    classes (LeNet-300-100 with channel_uniform lost 2 of 10 per round), so it is left out unless
+    the config says otherwise, and a new run that says otherwise is refused."""
+    for allocation in CHANNEL_ALLOCATIONS:
+        assert tiny_config(f"prune.allocation={allocation}").prune.include_classifier is False
+    assert tiny_config("prune.allocation=global").prune.include_classifier is True
+    assert tiny_config("prune.criterion=magnitude").prune.include_classifier is True  # the method's own allocation
+    explicit = tiny_config("prune.allocation=channel_uniform", "prune.include_classifier=true")
+    assert explicit.prune.include_classifier is True
+    assert explicit.run_id() != tiny_config("prune.allocation=channel_uniform").run_id()
+
+
+def test_a_new_structured_run_that_would_prune_classes_is_refused(tmp_path):
+    cfg = tiny_config("prune.allocation=channel_uniform", "prune.include_classifier=true")
+    with pytest.raises(UserError, match="classifier's rows are the classes"):
+        imp.run(cfg, tmp_path)
+    assert not (tmp_path / cfg.run_id()).exists()  # nothing written
+
+
+def test_a_structured_run_started_with_the_classifier_goes_on_as_it_began(tmp_path, monkeypatch):
+    """Runs started before the refusal keep training as they began (their config.yaml says
+    include_classifier: true): resuming one is not refused."""
+    from dsd2.imp import setup
+
+    from conftest import run_interrupted
+
+    cfg = tiny_config("prune.allocation=channel_uniform", "prune.include_classifier=true", "prune.rounds=2")
+    monkeypatch.setattr(setup, "prunes_classes", lambda *a: None)
+    run_dir = run_interrupted(cfg, tmp_path, after_round=1)
+    monkeypatch.undo()
+    assert imp.run(cfg, tmp_path) == run_dir
+    assert len(rundir.read_rounds(run_dir)) == 3
+
+
+def test_channel_runs_keep_every_class(tmp_path):
+    cfg = tiny_config("prune.allocation=channel_uniform", "prune.rate=0.5", "prune.rounds=2")
+    run_dir = imp.run(cfg, tmp_path)
+    model, masks, _ = rundir.load_round_model(run_dir, 2)
+    head = model.layers[-1].weight  # the MLP's classifier: 10 rows, one per class
+    assert head.shape[0] == 10 and all(m.shape[0] != 10 for m in masks.values())
+    assert sorted(int(alive_rows(m).sum()) for m in masks.values()) == [4, 4]  # 16 -> 8 -> 4 in each hidden layer

@@ -45,7 +45,7 @@ def test_the_entropy_legend_names_the_layer_each_activation_follows(tmp_path):
 
 
 def test_report_run_names_break_between_their_parts():
-    from dsd2.report.html import _breakable
+    from dsd2.report.markup import _breakable
 
     assert _breakable("demo_fmnist_seed-0-0123456789") == "demo_<wbr>fmnist_<wbr>seed-<wbr>0-<wbr>0123456789"
     assert _breakable("a<b>") == "a&lt;b&gt;"

@@ -37,7 +37,7 @@ import torch
 
 from dsd2 import distributed, store
 from dsd2.errors import UserError
-from dsd2.train import _rank_positions
+from dsd2.train.sources import _rank_positions
 
 TINY = ["train.epochs=2", "prune.rounds=2", "prune.rate=0.5", "model.hidden=[16,16]", "dataset.val_size=300", "train.threads=1"]
 EXACT = ["round", "sparsity", "alive_weights", "epochs", "phase"] + [

@@ -83,10 +83,10 @@ def test_resident_data_that_would_not_fit_are_refused_before_the_copy(monkeypatc
     assert train.free_device_bytes(torch.device("cpu")) is None  # the CPU: already decoded there
     x = torch.zeros((100, 3, 8, 8), dtype=torch.uint8)
     y = torch.zeros(100, dtype=torch.int64)
-    monkeypatch.setattr(train, "free_device_bytes", lambda device: 20_000)
+    monkeypatch.setattr(train.sources, "free_device_bytes", lambda device: 20_000)
     with pytest.raises(UserError, match=r"do not fit on meta.*50% of the 0.00 GB free.*dataset.train_subset"):
         train.make_source(x, y, mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("meta"))
-    monkeypatch.setattr(train, "free_device_bytes", lambda device: 10**9)
+    monkeypatch.setattr(train.sources, "free_device_bytes", lambda device: 10**9)
     src = train.make_source(x, y, mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("meta"))
     assert src.device.type == "meta"
 

@@ -688,15 +688,16 @@ def test_a_model_that_cannot_be_built_on_meta_still_loads(exported, tmp_path, mo
     import torch
 
     from dsd2 import exporting
+    from dsd2.exporting import load  # where load_exported finds _build
 
-    real_build = exporting._build
+    real_build = load._build
 
     def no_meta(info, path, device=None):
         if device == "meta":
             raise UserError("Tensor.item() cannot be called on meta tensors")
         return real_build(info, path, device)
 
-    monkeypatch.setattr(exporting, "_build", no_meta)
+    monkeypatch.setattr(load, "_build", no_meta)
     model = exporting.load_exported(exported)
     x = torch.randn(2, *exporting.read_info(exported)["input_shape"])
     monkeypatch.undo()
@@ -704,6 +705,6 @@ def test_a_model_that_cannot_be_built_on_meta_still_loads(exported, tmp_path, mo
     d = tmp_path / "model"
     shutil.copytree(exported, d)
     _edit_model(options={"hidden": [8, 8]})(d)
-    monkeypatch.setattr(exporting, "_build", no_meta)
+    monkeypatch.setattr(load, "_build", no_meta)
     with pytest.raises(UserError, match="does not fit the model"):
         exporting.load_exported(d)

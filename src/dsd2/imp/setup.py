@@ -25,6 +25,7 @@ from dsd2.distill.setup import run_teaching
 from dsd2.errors import UserError
 from dsd2.file_schemas import LrScale, LrStep
 from dsd2.flops import step_flops
+from dsd2.layer_defaults import prunes_classes
 from dsd2.models import build_model, prunable_weights
 from dsd2.noise import FeatureSource, NoisyLabels, add_probe, apply_label_noise, noise_summary
 from dsd2.prune import (
@@ -477,7 +478,12 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
     """The config to run in ``run_dir``: ``cfg``, or the saved one when it asks more rounds.
 
     A config that differs from the saved one only by more rounds extends the run (see
-    :func:`extend_rounds`); anything else is refused."""
+    :func:`extend_rounds`); anything else is refused, and so is a new run that would prune away
+    classes (:func:`dsd2.layer_defaults.prunes_classes`)."""
+    if not (run_dir / rundir.META).exists():
+        p = cfg.prune
+        if why := prunes_classes(p.method, p.criterion, p.allocation, p.include_classifier):
+            raise UserError(f"{cfg.name}: {why}")
     if not (run_dir / rundir.CONFIG).exists():
         return cfg
     saved = rundir.read_config(run_dir)
