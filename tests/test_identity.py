@@ -401,10 +401,12 @@ DECISIONS: dict[str, object] = {
     "train.epochs": "id",
     "train.batch_size": "id",
     "train.optimizer": "id",
+    "train.optimizer_options": "id",  # valid only with a plugin optimizer registered with an options model (which reads them)
     "train.lr": "id",
     "train.momentum": ("mode", ["train.optimizer=adam"], ["train.optimizer=sgd"]),
     "train.weight_decay": "id",
     "train.schedule": "id",
+    "train.schedule_options": "id",  # likewise for a plugin lr schedule
     "train.milestones": ("mode", ["train.schedule=cosine"], ["train.schedule=multistep"]),
     "train.lr_decay": ("mode", ["train.schedule=cosine"], ["train.schedule=multistep"]),
     "train.warmup_epochs": "id",
@@ -433,10 +435,12 @@ DECISIONS: dict[str, object] = {
     "prune.include": "id",
     "prune.exclude": "id",
     "prune.retrain": "id",
+    "prune.retrain_options": "id",  # likewise for a plugin retraining mode
     "prune.finetune_lr": ("mode", [], ["prune.retrain=finetune"]),
     "prune.finetune_epochs": ("mode", [], ["prune.retrain=finetune"]),
     "prune.rewind_epoch": ("mode", [], ["prune.retrain=late_rewind", "train.epochs=3"]),
     "prune.schedule": "id",
+    "prune.schedule_options": "id",  # likewise for a plugin pruning schedule
     "prune.gradual_start": ("mode", [], ["prune.schedule=gradual"]),
     "prune.gradual_end": ("mode", [], ["prune.schedule=gradual"]),
     "prune.targets": "id",
@@ -456,6 +460,7 @@ DECISIONS: dict[str, object] = {
     "entropy.enabled": "id",
     "entropy.batch_size": "execution",
     "early_stop.rule": "id",
+    "early_stop.rule_options": "id",  # likewise for a plugin stop rule
     "early_stop.tolerance": ("mode", [], ["early_stop.rule=plain"]),
     "early_stop.patience": ("mode", [], ["early_stop.rule=plain"]),
     "early_stop.select": ("mode", [], ["early_stop.rule=plain"]),
@@ -689,13 +694,13 @@ def test_a_start_lists_an_image_folder_once_and_hashes_it_once(folder_run, tmp_p
     changed in place between two starts, its size and modification time kept, is still caught."""
     import os
 
-    from dsd2.data import fingerprint, image_folder, scans
+    from dsd2.data import fingerprint, folder_scan, scans
     from dsd2.errors import UserError
 
     root, run_dir = folder_run
     listed, hashed = [], []
-    real_scan, real_hash = image_folder.scan_folder, fingerprint._file_hash
-    monkeypatch.setattr(image_folder, "scan_folder", lambda *a, **k: listed.append(a) or real_scan(*a, **k))
+    real_scan, real_hash = folder_scan.scan_folder, fingerprint._file_hash
+    monkeypatch.setattr(folder_scan, "scan_folder", lambda *a, **k: listed.append(a) or real_scan(*a, **k))
     monkeypatch.setattr(fingerprint, "_file_hash", lambda *a, **k: hashed.append(a) or real_hash(*a, **k))
     n_files = sum(1 for p in root.rglob("*") if p.is_file())
     assert imp.run(_folder_config(root, "prune.rounds=1"), tmp_path / "runs") == run_dir  # an extension: a start

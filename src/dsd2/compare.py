@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dsd2 import rundir, store
+from dsd2.config.choices import filled_options, options_keyword
 from dsd2.errors import UserError
 from dsd2.file_schemas import TeacherFile
 from dsd2.phases import PhaseParams, StopDecision, entropy_early_stop, label_phases, plain_early_stop
@@ -62,7 +63,14 @@ def selection_column(rows: Rows) -> str:
 
 
 def decide(
-    rows: Rows, rule: str, *, tolerance: float = 0.0, patience: int = 1, select: str = "best", **entropy_params: Any
+    rows: Rows,
+    rule: str,
+    *,
+    tolerance: float = 0.0,
+    patience: int = 1,
+    select: str = "best",
+    options: Mapping[str, Any] | None = None,
+    **entropy_params: Any,
 ) -> StopDecision | None:
     """The decision of the registered stop rule ``rule`` ("plain", "entropy" or "none", see
     :data:`dsd2.registry.STOP_RULES`) on a run's rows.
@@ -70,7 +78,9 @@ def decide(
     ``select="best"`` returns the most accurate round trained; ``"last_good"`` the sparsest
     round before the drop that stopped pruning (with a tolerance: the most compressed model
     within ``tolerance`` of the best so far) that the phase labeller does not call Collapsed
-    on the rounds trained (docs/phases.md).
+    on the rounds trained (docs/phases.md). A rule registered with an options model gets
+    ``options`` (``early_stop.rule_options``; its defaults where none are given) validated, its
+    defaults filled in, as the keyword ``options``.
     """
     bad_unit = fraction_error("tolerance", tolerance, unit="points")  # rows hold fractions: 3 means 300 points
     if bad_unit is not None:
@@ -81,7 +91,8 @@ def decide(
     ent = [r.get("entropy") for r in rows]
     if rule == "entropy" and "fall_tol" not in entropy_params and "signal" not in entropy_params:
         entropy_params = {**entropy_params, "fall_tol": fall_tolerance(rows)}
-    decision = stop_rule(acc, ent, tolerance=tolerance, patience=patience, select=select, **entropy_params)
+    own = options_keyword(STOP_RULES, rule, filled_options(STOP_RULES, rule, dict(options or {})))
+    decision = stop_rule(acc, ent, tolerance=tolerance, patience=patience, select=select, **own, **entropy_params)
     if decision is not None and select == "last_good":
         decision = _outside_collapse(rows, decision, tolerance)
     return decision

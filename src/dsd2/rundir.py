@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from dsd2 import store
-from dsd2.config import RunConfig, validate_config
+from dsd2.config import RunConfig, default_gradual_window, validate_config
 from dsd2.errors import UserError
 from dsd2.file_schemas import EarlyStop, FloorStop, Meta, NoiseInfo, RoundMetrics, TableSums
 from dsd2.prune import Masks
@@ -280,7 +280,7 @@ def run_dir_for(cfg: RunConfig, out: str | Path) -> Path:
 def _older_run_to_extend(cfg: RunConfig, out: Path) -> Path | None:
     """A run of an earlier version with the same config but another prune.rounds: its id
     counted the rounds, so only its saved config can tell (read for this name's folders only)."""
-    if not out.is_dir() or (cfg.prune.schedule == "gradual" and cfg.prune.gradual_end is None):
+    if not out.is_dir() or default_gradual_window(cfg):
         return None  # an earlier version's gradual run with this config pruned until the last epoch: other numbers
     for candidate in sorted(out.glob(f"{cfg.name}-*")):
         if not (candidate / CONFIG).is_file():

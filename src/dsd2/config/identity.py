@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dsd2 import safe_read
+from dsd2.config.choices import options_of
 from dsd2.config.load import validate_config
 from dsd2.config.schema import SELF_TEACHER, DistillConfig, PruneConfig, RunConfig
 from dsd2.errors import UserError
@@ -86,8 +87,9 @@ def with_execution(cfg: RunConfig, source: RunConfig) -> RunConfig:
 GRADUAL_WINDOW = "last-quarter-trains"
 
 
-def _default_gradual_window(cfg: RunConfig) -> bool:
-    return cfg.prune.schedule == "gradual" and cfg.prune.gradual_end is None
+def default_gradual_window(cfg: RunConfig) -> bool:
+    """A gradual run whose window ends where the default puts it (prune.gradual_end unset)."""
+    return cfg.prune.schedule == "gradual" and options_of(cfg, PRUNING_SCHEDULES).end is None
 
 
 def unused_options(cfg: RunConfig) -> list[tuple[str, str]]:
@@ -193,7 +195,7 @@ def identity_settings(cfg: RunConfig, *, version: int = ID_VERSION, teachers: Ma
             data[section][key] = defaults[section][key]
         if cfg.dataset.split_seed == cfg.seed:  # the data seed either way (dsd2.imp.setup.data_seed)
             data["dataset"]["split_seed"] = None
-        if _default_gradual_window(cfg):
+        if default_gradual_window(cfg):
             data["prune"]["gradual_window"] = GRADUAL_WINDOW  # the default window changed: other masks
     if version >= 6 and data["dataset"].get("label_file") is not None:  # data: by content, not by path
         data["dataset"]["label_file"] = LABEL_FILE_MARK
@@ -280,7 +282,7 @@ def with_teachers_of(cfg: RunConfig, source: RunConfig) -> RunConfig:
 def legacy_run_ids(cfg: RunConfig) -> list[str]:
     """:meth:`RunConfig.legacy_run_ids`: the ids of the schemes before :data:`ID_VERSION`."""
     # schemes before the fourth pruned a default-window gradual run until the last epoch: other numbers
-    versions = (5, 4) if _default_gradual_window(cfg) else (5, 4, 3, 2, 1)
+    versions = (5, 4) if default_gradual_window(cfg) else (5, 4, 3, 2, 1)
     ids = [f"{cfg.name}-{config_hash(cfg, version=v)}" for v in versions]
     return [rid for rid in dict.fromkeys(ids) if rid != cfg.run_id()]
 

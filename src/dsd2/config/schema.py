@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dsd2 import registry
-from dsd2.config.matrix import check_transition_rows, read_matrix_file
+from dsd2.config.choices import check_choice_options, options_of
+from dsd2.config.data_sections import DatasetConfig, NoiseConfig
+from dsd2.config.section import MAX_BATCH, MAX_MODEL_NUMBER, MAX_THREADS, plugin_options_text
+from dsd2.config.section import Section as _Section
 from dsd2.layer_defaults import with_model_prune_defaults
 from dsd2.plugins import check_module_name, load_plugins
 from dsd2.registry import (
@@ -41,221 +43,6 @@ PruningScheduleName = Annotated[str, AfterValidator(PRUNING_SCHEDULES.canonical)
 OptimizerName = Annotated[str, AfterValidator(OPTIMIZERS.canonical)]
 ScheduleName = Annotated[str, AfterValidator(SCHEDULES.canonical)]
 StopRuleName = Annotated[str, AfterValidator(STOP_RULES.canonical)]
-NoiseKindName = Annotated[str, AfterValidator(registry.NOISE_MODELS.canonical)]
-
-
-# Bounds on sizes no machine dsd2 runs on can hold (reader-side guards, issue 23): a value past
-# one is a typo or hostile, refused with the key's name before anything is allocated.
-MAX_IMAGE_SIDE = 4096
-MAX_BATCH = 1 << 16
-MAX_THREADS = 1024  # train.threads: more than any CPU has, far below what the OpenMP runtime survives
-MAX_WORKERS = 256  # dataset.workers: each is a process holding its own copy of the decoder state
-MAX_MODEL_NUMBER = 10_000_000  # any numeric model option (a width, depth, patch size...)
-
-
-class _Section(BaseModel):
-    # Unknown keys are typos; inf and NaN are never a valid rate, lr, temperature or statistic.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-
-class DatasetConfig(_Section):
-    name: str = Field("cifar10", description="Registered dataset: cifar10, cifar100, fashion_mnist, mnist1d, image_folder.")
-    root: str | None = Field(
-        "./data",
-        description="Folder holding the dataset files (or where to download them); image_folder: the folder with train/ and test/.",
-    )
-    download: bool = Field(False, description="Download (checksum-verified) when the files are missing.")
-    val_size: int | None = Field(
-        None,
-        ge=0,
-        description="Validation samples carved from train (None: dataset default, 5000 for CIFAR; 0: the reference, which selects on test).",
-    )
-    train_subset: int | None = Field(None, gt=0, description="Keep a seeded subset of this many training samples (see split_seed).")
-    split_seed: int | None = Field(
-        None,
-        ge=0,
-        description="Seed of the validation split, the training subset and generated data. None: the run seed, so runs with other "
-        "seeds also see other data; an integer keeps the data fixed and seeds vary only initialisation, noise draws and batch order.",
-    )
-    augment: bool = Field(
-        True,
-        description="Use the dataset's augmentation (CIFAR: random crop pad 4 + flip; image_folder: crop pad image_size/8 + flip "
-        "in memory, RandomResizedCrop + flip when streamed).",
-    )
-    label_file: str | None = Field(
-        None,
-        description="Real (human) noisy train labels, e.g. CIFAR-10_human.pt / CIFAR-100_human.pt (read without unpickling code); needs noise.kind=none.",
-    )
-    label_key: str | None = Field(
-        None, description="Key in label_file: e.g. worse_label, aggre_label, random_label1 (10N), noisy_label (100N)."
-    )
-    soft_labels: bool = Field(
-        False,
-        description="label_file's array (label_key) holds N x K class probabilities: trained on as soft targets (cross-entropy "
-        "with soft targets); their arg-max is the noisy label the tables and noise.json use. Not combined with distillation.",
-    )
-    mean: list[float] | None = Field(
-        None, description="Per-channel normalisation mean (None: the dataset's; CIFAR uses ImageNet stats as the reference)."
-    )
-    std: list[float] | None = Field(None, description="Per-channel normalisation std (None: the dataset's).")
-    image_size: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_IMAGE_SIDE,
-        description="image_folder: images are resized and cropped to image_size x image_size (None: 224). Other datasets: leave unset.",
-    )
-    loader: Literal["auto", "memory", "stream"] = Field(
-        "auto",
-        description="image_folder data path (docs/data.md): memory = decoded once into one uint8 tensor on the device, CIFAR-style "
-        "batched crop + flip; stream = DataLoader workers decode every epoch, RandomResizedCrop + flip; auto = memory when the "
-        "decoded set fits memory_budget_gb.",
-    )
-    memory_budget_gb: float = Field(
-        4.0, gt=0.0, description="image_folder, loader=auto: largest decoded set (N x 3 x image_size^2 bytes, GB = 1e9) kept in memory."
-    )
-    workers: Annotated[int, Field(ge=0, le=MAX_WORKERS)] | Literal["auto"] = Field(
-        "auto",
-        description="image_folder: DataLoader worker processes that decode images (0: in the training process; auto: the usable "
-        f"cores less one, at most 8; at most {MAX_WORKERS}). Results do not depend on it.",
-    )
-
-    follow_links: bool = Field(
-        False,
-        description="image_folder: follow symbolic links to folders outside dataset.root (links inside it are followed; a link "
-        "back to a folder above it is always refused).",
-    )
-
-    @field_validator("workers", mode="before")
-    @classmethod
-    def _workers_none_is_auto(cls, v: Any) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_WORKERS:  # a typo must not fork 10000 processes
-            raise ValueError(f"dataset.workers={v} is not between 0 and {MAX_WORKERS}: give a few per core, or auto")
-        return "auto" if v is None else v
-
-    @model_validator(mode="after")
-    def _mean_std(self) -> DatasetConfig:
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("give dataset.mean and dataset.std together")
-        if self.std is not None and self.mean is not None and (len(self.std) != len(self.mean) or any(v <= 0 for v in self.std)):
-            raise ValueError("dataset.std needs one positive value per channel, as many as dataset.mean")
-        return self
-
-
-class NoiseConfig(_Section):
-    kind: NoiseKindName = Field(
-        "symmetric",
-        description="symmetric: first floor(rate*N) samples get one of the K-1 other classes (reference); uniform: drawn from all K; "
-        "bernoulli: each sample flips with prob. rate; asymmetric: class map; pairflip: c -> c+1; transition: rows of noise.matrix "
-        "(rate unused); instance: instance-dependent, Xia et al. 2020 (docs/noise.md); or a plugin's kind.",
-    )
-    rate: float = Field(0.5, ge=0.0, lt=1.0, description="Noise rate epsilon in [0, 1) (instance: the mean flip rate; transition: unused).")
-    class_map: dict[int, int] | None = Field(None, description="Asymmetric noise map source->target (default: the dataset's).")
-    matrix: list[list[float]] | None = Field(
-        None,
-        description="transition: the K x K matrix P(noisy=j | clean=i), inline or the path of a .npy / .yaml file, read when the "
-        "config is loaded (its values, not the path, are in the run id); rows must sum to 1.",
-    )
-    matrix_file: str | None = Field(None, description="Set on loading: the file noise.matrix was read from (a record; not in the run id).")
-    matrix_sha256: str | None = Field(None, description="Set on loading: sha256 of that file (a record; not in the run id).")
-    instance_std: float = Field(0.1, gt=0.0, description="instance: std of the truncated normal of the per-sample flip rates.")
-    options: dict[str, Any] = Field(
-        {},  # pydantic copies it per instance
-        description="A plugin noise kind's own options, validated against the options model it was registered with "
-        "(docs/plugins.md); built-in kinds take none. Values equal to the kind's defaults are dropped (they are the same run).",
-    )
-    probe: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="Memorisation probe: the fraction of training samples whose labels dsd2 flips itself, on top of any noise or "
-        "label file, to measure memorisation where no flipped sample is otherwise known (0: none; it changes the experiment; "
-        "docs/noise.md).",
-    )
-
-    @field_validator("rate", "probe", mode="before")
-    @classmethod
-    def _not_percent(cls, v: Any, info: ValidationInfo) -> Any:
-        return check_fraction(f"noise.{info.field_name}", v)
-
-    @field_validator("rate", "probe")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if v != v:
-            raise ValueError("noise rate is NaN")
-        return v
-
-    @model_validator(mode="before")
-    @classmethod
-    def _read_matrix_file(cls, data: Any) -> Any:
-        # a path is a location, its content the setting: the values go into the config (and so the
-        # run id and config.yaml); the path and the file's hash are kept as a record.
-        if isinstance(data, dict) and isinstance(data.get("matrix"), str):
-            path = data["matrix"]
-            values, digest = read_matrix_file(path)
-            data = {**data, "matrix": values, "matrix_file": path, "matrix_sha256": digest}
-        return data
-
-    @field_validator("matrix")
-    @classmethod
-    def _stochastic(cls, v: list[list[float]] | None) -> list[list[float]] | None:
-        if v is not None:
-            check_transition_rows(v)
-        return v
-
-    @model_validator(mode="after")
-    def _options_of_the_kind(self) -> NoiseConfig:
-        # stored without the kind's defaults: giving a default or leaving it out is the same run id
-        self.__dict__["options"] = check_choice_options(registry.NOISE_MODELS, self.kind, self.options)
-        return self
-
-    def kind_options(self) -> dict[str, Any]:
-        """The kind's options with its defaults filled in (what ``NoiseRequest.options`` gets)."""
-        return filled_options(registry.NOISE_MODELS, self.kind, self.options)
-
-    @model_validator(mode="after")
-    def _matrix_for_transition(self) -> NoiseConfig:
-        if self.kind == "transition" and self.matrix is None:
-            raise ValueError("noise.kind=transition needs noise.matrix (a K x K list, or the path of a .npy or .yaml file)")
-        if self.kind != "transition" and self.matrix is not None:
-            raise ValueError(f"noise.matrix is used only by noise.kind=transition, not {self.kind}: remove it")
-        return self
-
-
-def check_choice_options(reg: registry.Registry[Any], name: str | None, options: dict[str, Any]) -> dict[str, Any]:
-    """The options mapping of ``reg``'s choices (its ``options_key``, e.g. ``noise.options``) validated against the options model the choice ``name`` was registered
-    with, without the values equal to its defaults; a ValueError naming the key otherwise."""
-    key = reg.options_key
-    model = reg.options_model(name) if name is not None else None
-    if model is None:
-        if options:
-            raise ValueError(
-                f"{key}: {reg.kind} {name!r} takes no options (only a plugin's {reg.kind} registered with an options "
-                f"model does); remove {key} {sorted(options)}"
-            )
-        return {}
-    from pydantic import ValidationError
-
-    fields = model.model_fields
-    accepted = ", ".join(f"{k} (required)" if f.is_required() else f"{k}={f.default!r}" for k, f in fields.items()) or "none"
-    for option in options:  # a model ignores unknown keys by default: a typo would be dropped silently
-        if option not in fields:
-            hint = registry.did_you_mean(str(option), fields, prefix=f"{key}.")
-            raise ValueError(f"{key}.{option}: {reg.kind} {name!r} has no option {option!r}.{hint} Its options (defaults): {accepted}")
-    try:
-        validated = model.model_validate(options)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "?"
-        value = f"={first['input']!r}" if first["type"] != "missing" else ""
-        msg = first["msg"].removeprefix("Value error, ")
-        raise ValueError(f"{key}.{where}{value}: {msg} ({reg.kind} {name!r} options, defaults: {accepted})") from None
-    return dict(validated.model_dump(mode="json", exclude_defaults=True))
-
-
-def filled_options(reg: registry.Registry[Any], name: str | None, options: dict[str, Any]) -> dict[str, Any]:
-    """A choice's validated options with its defaults filled in (what the choice gets when it runs)."""
-    model = reg.options_model(name) if name is not None else None
-    return {} if model is None else dict(model.model_validate(options).model_dump())
 
 
 def _numbers(value: Any) -> list[Any]:
@@ -301,10 +88,12 @@ class TrainConfig(_Section):
     epochs: int = Field(160, ge=1, description="Epochs per IMP round (the schedule scales with it).")
     batch_size: int = Field(128, ge=1, le=MAX_BATCH)
     optimizer: OptimizerName = Field("sgd", description=f"Optimizer: {OPTIMIZERS.describe()}.")
+    optimizer_options: dict[str, Any] = Field({}, description=plugin_options_text("optimizer", "optimizers"))
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     weight_decay: float = Field(1e-4, ge=0.0)
     schedule: ScheduleName = Field("multistep", description=f"Learning-rate schedule of a round: {SCHEDULES.describe()}.")
+    schedule_options: dict[str, Any] = Field({}, description=plugin_options_text("learning-rate schedule", "schedules"))
     milestones: list[float] = Field(
         [0.5, 0.75], description="MultiStep milestones as fractions of `epochs` (0.5, 0.75 = epochs 80, 120 of 160)."
     )
@@ -361,6 +150,13 @@ class TrainConfig(_Section):
         return v
 
     @model_validator(mode="after")
+    def _options_of_the_choices(self) -> TrainConfig:
+        # stored without the choice's defaults: giving a default or leaving it out is the same run id
+        self.__dict__["optimizer_options"] = check_choice_options(OPTIMIZERS, self.optimizer, self.optimizer_options)
+        self.__dict__["schedule_options"] = check_choice_options(SCHEDULES, self.schedule, self.schedule_options)
+        return self
+
+    @model_validator(mode="after")
     def _warmup_shorter_than_a_round(self) -> TrainConfig:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs} must be smaller than epochs={self.epochs}")
@@ -405,10 +201,12 @@ class PruneConfig(_Section):
     )
     exclude: list[str] = Field([], description="Keep the layers these fnmatch patterns match dense (e.g. '*.downsample.*').")
     retrain: RetrainModeName = Field("lr_rewind", description=f"{RETRAIN_MODES.describe()}.")
+    retrain_options: dict[str, Any] = Field({}, description=plugin_options_text("retraining mode", "modes"))
     finetune_lr: float = Field(1e-3, gt=0.0, description="Constant lr of the finetune mode.")
     finetune_epochs: int | None = Field(None, ge=1, description="Epochs per finetune round (None: train.epochs).")
     rewind_epoch: int = Field(1, ge=0, description="Epoch of round 0 that late_rewind rewinds to.")
     schedule: PruningScheduleName = Field("iterative", description=f"Pruning schedule: {PRUNING_SCHEDULES.describe()}.")
+    schedule_options: dict[str, Any] = Field({}, description=plugin_options_text("pruning schedule", "schedules"))
     gradual_start: int = Field(0, ge=0, description="gradual: the first epoch (0-based) after which it prunes (Zhu & Gupta's t0).")
     gradual_end: int | None = Field(None, ge=0, description="gradual: last epoch that prunes (None: leave the last quarter to train).")
     targets: list[float] = Field(
@@ -441,6 +239,8 @@ class PruneConfig(_Section):
         self.__dict__["allocation_options"] = check_choice_options(
             PRUNING_ALLOCATIONS, self.scoring_part("allocation"), self.allocation_options
         )
+        self.__dict__["retrain_options"] = check_choice_options(RETRAIN_MODES, self.retrain, self.retrain_options)
+        self.__dict__["schedule_options"] = check_choice_options(PRUNING_SCHEDULES, self.schedule, self.schedule_options)
         return self
 
     def scoring_part(self, part: Literal["criterion", "allocation"]) -> str | None:
@@ -450,11 +250,6 @@ class PruneConfig(_Section):
             return None
         given: str | None = getattr(self, part)
         return given if given is not None else PRUNING_METHODS.metadata(self.method).get(part)
-
-    def part_options(self, part: Literal["criterion", "allocation"]) -> dict[str, Any]:
-        """The criterion's or allocation's options with its defaults filled in (what it gets when it runs)."""
-        reg = PRUNING_CRITERIA if part == "criterion" else PRUNING_ALLOCATIONS
-        return filled_options(reg, self.scoring_part(part), getattr(self, f"{part}_options"))
 
     @model_validator(mode="after")
     def _targets(self) -> PruneConfig:
@@ -539,6 +334,7 @@ class EntropyConfig(_Section):
 
 class EarlyStopConfig(_Section):
     rule: StopRuleName = Field("none", description=f"Stop pruning online when the rule fires: {STOP_RULES.describe()}.")
+    rule_options: dict[str, Any] = Field({}, description=plugin_options_text("stop rule", "rules"))
     tolerance: float = Field(
         0.0, ge=0.0, description="Accuracy drop tolerated before counting a drop, a fraction (0.03: 3 points; above 1 is refused)."
     )
@@ -551,6 +347,11 @@ class EarlyStopConfig(_Section):
     @classmethod
     def _tolerance_not_percent(cls, v: Any) -> Any:
         return check_fraction("early_stop.tolerance", v, unit="points")
+
+    @model_validator(mode="after")
+    def _options_of_the_rule(self) -> EarlyStopConfig:
+        self.__dict__["rule_options"] = check_choice_options(STOP_RULES, self.rule, self.rule_options)
+        return self
 
 
 class RunConfig(_Section):
@@ -603,8 +404,8 @@ class RunConfig(_Section):
             raise ValueError("dataset.soft_labels is not combined with distillation yet: the KD loss takes integer labels")
         if self.dataset.label_file and self.dataset.train_subset:
             raise ValueError("dataset.label_file applies to the full training set: it cannot be combined with dataset.train_subset")
-        if self.prune.retrain == "late_rewind" and self.prune.rewind_epoch >= self.train.epochs:
-            raise ValueError(f"prune.rewind_epoch={self.prune.rewind_epoch} must be smaller than train.epochs={self.train.epochs}")
+        if self.prune.retrain == "late_rewind" and (rewind := options_of(self, RETRAIN_MODES).epoch) >= self.train.epochs:
+            raise ValueError(f"prune.rewind_epoch={rewind} must be smaller than train.epochs={self.train.epochs}")
         if self.train.select_epoch == "best_val" and self.dataset.val_size == 0:
             raise ValueError("train.select_epoch=best_val picks epochs on the validation split: dataset.val_size=0 has none")
         return self

@@ -38,7 +38,7 @@ def select_round(run_dir: Path, choice: str | int, cfg: RunConfig, rows: list[ru
     es = cfg.early_stop
     if es.rule == "none":  # no rule of its own: the plain rule with the config's defaults (docs/export.md)
         es = EarlyStopConfig(rule="plain")
-    decision = compare.decide(rows, es.rule, tolerance=es.tolerance, patience=es.patience, select="last_good")
+    decision = compare.decide(rows, es.rule, tolerance=es.tolerance, patience=es.patience, select="last_good", options=es.rule_options)
     assert decision is not None and decision.selected_round is not None  # plain and entropy always decide on rows
     rule = {"rule": es.rule, "tolerance": es.tolerance, "patience": es.patience, "select": "last_good", "reason": decision.reason}
     return decision.selected_round, {"selected_by": "last_good", "selected_on": col, "stop_rule": rule}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dsd2 import distributed, rundir, store
-from dsd2.config import RunConfig
+from dsd2.config import RunConfig, options_of
 from dsd2.data import DataSplits, ImageLoader, load_dataset
 from dsd2.data.image_folder import resolve_workers
 from dsd2.distill.setup import Teaching, run_teaching
@@ -21,7 +21,7 @@ from dsd2.imp.execution import resolve_device, set_threads
 from dsd2.models import build_model, prunable_weights
 from dsd2.noise import FeatureSource, NoisyLabels, add_probe, apply_label_noise
 from dsd2.prune import add_slimming_penalty, composed
-from dsd2.registry import PRUNING_ALLOCATIONS
+from dsd2.registry import NOISE_MODELS, PRUNING_ALLOCATIONS
 from dsd2.rundir import load_state
 from dsd2.threads import Share
 from dsd2.train import Objective, SoftTargets, Source, cross_entropy, make_source
@@ -122,10 +122,10 @@ def _synthetic_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
         rate=cfg.noise.rate,
         num_classes=data.num_classes,
         seed=cfg.seed,
-        class_map=cfg.noise.class_map,
+        class_map=options_of(cfg, NOISE_MODELS, "asymmetric").class_map,
         dataset=data.name,
         matrix=cfg.noise.matrix,
-        instance_std=cfg.noise.instance_std,
+        instance_std=options_of(cfg, NOISE_MODELS, "instance").std,
         features=_train_features(data),
         options=cfg.noise.kind_options(),
     )

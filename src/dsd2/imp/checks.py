@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dsd2 import rundir, store
-from dsd2.config import RunConfig, config_hash, differing_settings, with_execution
+from dsd2.config import RunConfig, config_hash, default_gradual_window, differing_settings, with_execution
 from dsd2.data.fingerprint import data_fingerprint, fingerprint_mismatch
 from dsd2.errors import UserError
 from dsd2.layer_defaults import prunes_classes
@@ -98,10 +98,10 @@ def _refuse_earlier_gradual_window(run_dir: Path, saved: RunConfig, cfg: RunConf
     hash is not today's, which hashes the new window) pruned until the last epoch; today's default
     leaves the last quarter to train. Its rounds stay readable (show, export, report), but training
     more of them, by resuming or extending it, would mix the two schedules in one curve."""
-    if (
-        saved.prune.schedule != "gradual"
-        or saved.prune.gradual_end is not None
-        or meta.get("config_hash") in (config_hash(saved), config_hash(saved, version=5), config_hash(saved, version=4))
+    if not default_gradual_window(saved) or meta.get("config_hash") in (
+        config_hash(saved),
+        config_hash(saved, version=5),
+        config_hash(saved, version=4),
     ):
         return
     done = len(rundir.finished_rounds(run_dir))

@@ -10,6 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from dsd2 import distributed, rundir, store
+from dsd2.config import choice_keyword
 from dsd2.errors import UserError
 from dsd2.imp.build import state_dict_cpu
 from dsd2.imp.setup import RunContext
@@ -112,7 +113,7 @@ def make_hooks(
         return hooks  # the others write files or report progress: rank 0's job
     mode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)  # a dsd2.imp.modes.RetrainMode
     if mode.hooks is not None:
-        hooks.extend(mode.hooks(ctx))
+        hooks.extend(mode.hooks(ctx, **choice_keyword(ctx.cfg, RETRAIN_MODES)))
     if ctx.cfg.train.tensorboard:
         hooks.append(TensorBoard(ctx.run_dir))
     if progress is not None:

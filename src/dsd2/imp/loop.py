@@ -18,7 +18,7 @@ from torch import nn
 
 from dsd2 import checkpoint, distributed, rundir, store
 from dsd2.compare import decide, memorisation, selection_column
-from dsd2.config import RunConfig
+from dsd2.config import RunConfig, options_of
 from dsd2.distill.setup import Teaching, self_teaching
 from dsd2.imp import modes
 from dsd2.imp.best_epoch import BestEpoch
@@ -37,6 +37,8 @@ from dsd2.prune import (
     Masks,
     full_masks,
 )
+from dsd2.registry import STOP_RULES
+from dsd2.registry.options import StopOptions
 from dsd2.rundir import RoundRow, load_state, run_dir_for
 from dsd2.threads import Share
 from dsd2.train import (
@@ -270,7 +272,8 @@ def stop_decision(cfg: RunConfig, rows: list[RoundRow]):
     if cfg.early_stop.rule == "none" or not rows:
         return None
     es = cfg.early_stop
-    return decide(rows, es.rule, tolerance=es.tolerance, patience=es.patience, select=es.select)
+    o: StopOptions = options_of(cfg, STOP_RULES, "plain")  # the keys every rule is called with (a plugin's too)
+    return decide(rows, es.rule, tolerance=o.tolerance, patience=o.patience, select=o.select, options=es.rule_options)
 
 
 def write_early_stop(ctx: RunContext, rows: list[RoundRow]) -> None:

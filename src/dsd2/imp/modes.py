@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from dsd2 import distributed, rundir, store
-from dsd2.config import RunConfig
+from dsd2.config import RunConfig, choice_keyword, choice_options, filled_options, options_of
 from dsd2.errors import UserError
 from dsd2.imp.build import make_model, round_seed, seeded_generator, structured_allocation
 from dsd2.imp.hooks import Hook, RewindSnapshot
@@ -28,7 +28,16 @@ from dsd2.prune import (
     next_masks,
     prune_with,
 )
-from dsd2.registry import PRUNING_SCHEDULES, RETRAIN_MODES
+from dsd2.registry import OPTIMIZERS, PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_SCHEDULES, RETRAIN_MODES, SCHEDULES
+from dsd2.registry.options import (
+    ChannelOptions,
+    FinetuneOptions,
+    GradientScoreOptions,
+    GradualOptions,
+    LateRewindOptions,
+    MultistepOptions,
+    SgdOptions,
+)
 from dsd2.rundir import load_state
 from dsd2.train import (
     Schedule,
@@ -46,6 +55,8 @@ class RetrainMode:
     the trained weights; the masks are applied after it). ``schedule(cfg, base, lr_scale)`` turns
     round 0's :class:`~dsd2.train.Schedule` arguments into the round's (None: the same).
     ``hooks(ctx)``: hooks the mode needs (the late-rewind snapshot), run before the others.
+    A mode registered with an options model gets ``prune.retrain_options`` (validated, defaults
+    filled in) as the keyword ``options`` in each of them.
     """
 
     restart: Callable[[RunContext, int], None] | None = None
@@ -67,16 +78,18 @@ def _fresh_init(ctx: RunContext, round_idx: int) -> None:
 
 
 def _finetune_schedule(cfg: RunConfig, base: dict[str, Any], lr_scale: float) -> dict[str, Any]:
-    p = cfg.prune
-    return {**base, "epochs": p.finetune_epochs or cfg.train.epochs, "lr": p.finetune_lr * lr_scale, "kind": "constant"}
+    o: FinetuneOptions = options_of(cfg, RETRAIN_MODES, "finetune")
+    return {**base, "epochs": o.epochs or cfg.train.epochs, "lr": o.lr * lr_scale, "kind": "constant"}
 
 
 def _late_rewind_schedule(cfg: RunConfig, base: dict[str, Any], lr_scale: float) -> dict[str, Any]:
-    return {**base, "start_epoch": cfg.prune.rewind_epoch}
+    o: LateRewindOptions = options_of(cfg, RETRAIN_MODES, "late_rewind")
+    return {**base, "start_epoch": o.epoch}
 
 
 def _rewind_snapshot(ctx: RunContext) -> list[Hook]:
-    return [RewindSnapshot(ctx.run_dir, ctx.cfg.prune.rewind_epoch)]
+    o: LateRewindOptions = options_of(ctx.cfg, RETRAIN_MODES, "late_rewind")
+    return [RewindSnapshot(ctx.run_dir, o.epoch)]
 
 
 # The built-in modes (names and descriptions in dsd2.registry.RETRAIN_MODES).
@@ -89,22 +102,34 @@ REINIT = RetrainMode(restart=_fresh_init)
 
 def schedule_for(cfg: RunConfig, round_idx: int, lr_scale: float = 1.0) -> Schedule:
     t, p = cfg.train, cfg.prune
+    sgd: SgdOptions = options_of(cfg, OPTIMIZERS, "sgd")
+    multistep: MultistepOptions = options_of(cfg, SCHEDULES, "multistep")
     base: dict[str, Any] = dict(
         epochs=t.epochs,
         lr=t.lr,
         optimizer=t.optimizer,
-        momentum=t.momentum,
+        momentum=sgd.momentum,
         weight_decay=t.weight_decay,
         kind=t.schedule,
-        milestones=tuple(t.milestones),
-        lr_decay=t.lr_decay,
+        milestones=multistep.milestones,
+        lr_decay=multistep.lr_decay,
         warmup_epochs=t.warmup_epochs,
     )
     base["lr"] = t.lr * lr_scale
-    if round_idx == 0:
-        return Schedule(**base)
-    mode: RetrainMode = RETRAIN_MODES.get(p.retrain)
-    return Schedule(**(mode.schedule(cfg, base, lr_scale) if mode.schedule is not None else base))
+    if round_idx > 0:
+        mode: RetrainMode = RETRAIN_MODES.get(p.retrain)
+        base = mode.schedule(cfg, base, lr_scale, **choice_keyword(cfg, RETRAIN_MODES)) if mode.schedule is not None else base
+    return Schedule(**base, **_choice_options(cfg, base))
+
+
+def _choice_options(cfg: RunConfig, base: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's and lr schedule's own options; a retraining mode that switched either (finetune's
+    constant lr) runs that one with its defaults: the config's options are for the configured one."""
+    t = cfg.train
+    return {
+        "optimizer_options": filled_options(OPTIMIZERS, base["optimizer"], t.optimizer_options if base["optimizer"] == t.optimizer else {}),
+        "schedule_options": filled_options(SCHEDULES, base["kind"], t.schedule_options if base["kind"] == t.schedule else {}),
+    }
 
 
 # ----------------------------------------------------------------------------- the steps of a round
@@ -115,7 +140,7 @@ def prune_step(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
     if round_idx == 0:
         return masks
     schedule = PRUNING_SCHEDULES.get(ctx.cfg.prune.schedule)
-    new = schedule(ctx, masks, round_idx)
+    new = schedule(ctx, masks, round_idx, **choice_keyword(ctx.cfg, PRUNING_SCHEDULES))
     # every rank prunes its replica (identical weights, same seed); a difference means they drifted
     distributed.check_same(new, f"masks of round {round_idx}")
     return new
@@ -129,7 +154,7 @@ def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: 
     if pair is None:
         return next_masks(p.method, ctx.weights, masks, rate, gen)
     grads = gradient_source(ctx, round_idx) if needs_gradients(pair[0]) else None
-    inputs = ScoreInputs(masks, gen, grads, ctx.model, p.part_options("criterion"))
+    inputs = ScoreInputs(masks, gen, grads, ctx.model, choice_options(ctx.cfg, PRUNING_CRITERIA))
     return prune_with(
         *pair,
         ctx.weights,
@@ -137,9 +162,16 @@ def _prune(ctx: RunContext, masks: Masks, round_idx: int, rate: float, density: 
         rate,
         inputs=inputs,
         density=density,
-        min_channels=p.min_channels,
-        allocation_options=p.part_options("allocation"),
+        min_channels=channel_floor(ctx.cfg),
+        allocation_options=choice_options(ctx.cfg, PRUNING_ALLOCATIONS),
     )
+
+
+def channel_floor(cfg: RunConfig) -> int:
+    """The output channels every layer keeps under a structured allocation: the built-in channel
+    allocations' typed option (the key a plugin allocation registered with min_channels=True reads too)."""
+    o: ChannelOptions = options_of(cfg, PRUNING_ALLOCATIONS, "channel")
+    return o.min_channels
 
 
 def iterative_schedule(ctx: RunContext, masks: Masks, round_idx: int) -> Masks:
@@ -190,10 +222,10 @@ def gradual_window(cfg: RunConfig, epochs: int) -> tuple[int, int]:
     unset: the last quarter of the epochs (at least one, when there are two) trains at the final
     sparsity, as Zhu & Gupta keep training after the last pruning step so the network recovers
     (the reference's last lr milestone is at 3/4 of the epochs)."""
-    p = cfg.prune
+    o: GradualOptions = options_of(cfg, PRUNING_SCHEDULES, "gradual")
     default_end = epochs - 1 - max(1, epochs // 4)
-    end = max(0, default_end) if p.gradual_end is None else min(p.gradual_end, epochs - 1)
-    return min(p.gradual_start, end), end
+    end = max(0, default_end) if o.end is None else min(o.end, epochs - 1)
+    return min(o.start, end), end
 
 
 def gradual_step(ctx: RunContext, masks: Masks, round_idx: int, epoch: int, epochs: int) -> None:
@@ -223,7 +255,7 @@ def scored_examples(ctx: RunContext, round_idx: int, epochs: int) -> int:
     pair = composed(p.method, p.criterion, p.allocation)
     if round_idx == 0 or pair is None or not needs_gradients(pair[0]):
         return 0
-    per_step = min(p.score_batches * ctx.cfg.train.batch_size, ctx.train_batches.num_rows)
+    per_step = min(gradient_options(ctx.cfg).batches * ctx.cfg.train.batch_size, ctx.train_batches.num_rows)
     if p.schedule != "gradual":
         return per_step
     start, end = gradual_window(ctx.cfg, epochs)
@@ -246,26 +278,34 @@ def gradient_source(ctx: RunContext, round_idx: int) -> GradientSource:
     own seed (the same batches on every rank and on a resumed run), taken in eval mode (BatchNorm
     as ``prune.score_batchnorm`` says) on the model itself (not a DDP wrapper); SNIP reads the
     run's initial weights (init.safetensors)."""
-    src, p = ctx.train_batches, ctx.cfg.prune
+    src, o = ctx.train_batches, gradient_options(ctx.cfg)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = seeded_generator(src.device, round_seed(ctx.cfg.seed, round_idx, stream=6))
         for k, (xb, idx) in enumerate(src.epoch(gen, ctx.cfg.train.batch_size)):
-            if k >= p.score_batches:
+            if k >= o.batches:
                 break
             yield xb, src.y[idx]
 
     def init_state() -> dict[str, torch.Tensor]:
         return store.load_tensors(rundir.init_path(ctx.run_dir))
 
-    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state, batchnorm=p.score_batchnorm)
+    return GradientSource(ctx.model, ctx.weights, batches, init_state=init_state, batchnorm=o.batchnorm)
+
+
+def gradient_options(cfg: RunConfig) -> GradientScoreOptions:
+    """The gradient source's batches and BatchNorm mode: the built-in gradient criteria's typed options
+    (snip's and magnitude_gradient's are the same keys, which a plugin criterion registered with
+    gradients=True reads too: the keys PRUNING_CRITERIA owns)."""
+    o: GradientScoreOptions = options_of(cfg, PRUNING_CRITERIA, "snip")
+    return o
 
 
 def reset_weights(ctx: RunContext, round_idx: int, masks: Masks) -> None:
     """The weights a round starts from: those the retraining mode restarts from, then masked."""
     mode: RetrainMode = RETRAIN_MODES.get(ctx.cfg.prune.retrain)
     if round_idx > 0 and mode.restart is not None:
-        mode.restart(ctx, round_idx)
+        mode.restart(ctx, round_idx, **choice_keyword(ctx.cfg, RETRAIN_MODES))
     apply_masks(*masked_tensors(ctx, masks))
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from dsd2.config.choices import options_keyword
 from dsd2.errors import UserError
 from dsd2.registry import PRUNING_ALLOCATIONS, PRUNING_CRITERIA, PRUNING_METHODS
 
@@ -41,8 +42,7 @@ def prune_with(
     meta: Mapping[str, Any] = PRUNING_ALLOCATIONS.metadata(allocation)
     # the built-in channel allocations take the per-layer floor; a plugin's gets the plain call
     extra: dict[str, Any] = {"min_channels": min_channels} if meta.get("min_channels") else {}
-    if meta.get("options") is not None:
-        extra["options"] = dict(allocation_options or {})
+    extra.update(options_keyword(PRUNING_ALLOCATIONS, allocation, allocation_options or {}))  # a plugin's own options
     new = PRUNING_ALLOCATIONS.get(allocation)(scores, masks, rate, density, **extra)
     if meta.get("structured"):
         check_layers_alive(masks, new)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dsd2.config import RunConfig
+from dsd2.config import RunConfig, choice_options, options_of
 from dsd2.errors import UserError
 from dsd2.sweep.cost import epochs_per_round, per_example_flops, train_examples, val_examples
 from dsd2.sweep.shapes import dataset_info, input_shape, model_key, model_kwargs
@@ -88,6 +88,7 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
 
     from dsd2.imp import resolve_device, set_threads
     from dsd2.models import build_model
+    from dsd2.registry import OPTIMIZERS
     from dsd2.train import Schedule, train
 
     if steps < 1:
@@ -109,7 +110,15 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
         model = model.to(memory_format=torch.channels_last)
     threads = set_threads(cfg, device, model, data, None)
     t = cfg.train
-    schedule = Schedule(epochs=2, lr=t.lr, optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, kind="constant")
+    schedule = Schedule(
+        epochs=2,
+        lr=t.lr,
+        optimizer=t.optimizer,
+        momentum=options_of(cfg, OPTIMIZERS, "sgd").momentum,
+        weight_decay=t.weight_decay,
+        kind="constant",
+        optimizer_options=choice_options(cfg, OPTIMIZERS),
+    )
     stamps: list[float] = []
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     train(model, data, schedule, batch_size=batch, generator=gen, amp=t.amp, on_epoch_end=lambda log, m: stamps.append(time.perf_counter()))

@@ -4,11 +4,14 @@ schedules and optimisers registered by name in :mod:`dsd2.registry`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
+from dsd2.config.choices import options_keyword
 from dsd2.registry import OPTIMIZERS, SCHEDULES
 
 
@@ -26,11 +29,15 @@ class Schedule:
     lr_decay: float = 0.1
     start_epoch: int = 0  # >0 resumes the schedule mid-way (late rewinding)
     warmup_epochs: int = 0  # linear warm-up (transformers), before any schedule kind
+    # a plugin optimizer's / schedule's own options, defaults filled in (train.optimizer_options,
+    # train.schedule_options), passed as the keyword ``options`` to one registered with an options model
+    optimizer_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    schedule_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of ``epoch`` by the registered schedule ``kind``; during the first
         ``warmup_epochs`` epochs it rises linearly, (e+1)/warmup of the schedule's own value."""
-        lr = SCHEDULES.get(self.kind)(self, epoch)
+        lr = SCHEDULES.get(self.kind)(self, epoch, **options_keyword(SCHEDULES, self.kind, self.schedule_options))
         return lr * (epoch + 1) / self.warmup_epochs if epoch < self.warmup_epochs else lr
 
 
@@ -65,4 +72,4 @@ def adamw_optimizer(params: list[nn.Parameter], s: Schedule) -> torch.optim.Opti
 
 def make_optimizer(params, s: Schedule) -> torch.optim.Optimizer:
     """The registered optimizer ``s.optimizer`` over ``params``."""
-    return OPTIMIZERS.get(s.optimizer)(list(params), s)
+    return OPTIMIZERS.get(s.optimizer)(list(params), s, **options_keyword(OPTIMIZERS, s.optimizer, s.optimizer_options))

@@ -1,4 +1,4 @@
-"""One registry class for every kind of named, pluggable thing, and the registries a config picks from.
+"""The one registry class for every kind of named, pluggable thing (:class:`Registry`).
 
 A :class:`Registry` maps names to objects (a model builder, a dataset loader, a pruning method,
 ...) with free-form metadata per entry (a description, a dataset's sizes, a model's input shape).
@@ -16,37 +16,7 @@ Its rules, the same for every kind:
   Family names are not listed by :meth:`Registry.names` (a family can be large or need an
   optional package); :meth:`Registry.families` lists the families.
 
-This module must not import torch: :mod:`dsd2.config` validates names against the registries
-below before anything heavy is loaded. So the registries whose names a config chooses
-(``prune.method``, ``prune.retrain``, ``train.optimizer``, ``train.schedule``,
-``early_stop.rule``) live here, and their built-in entries are :class:`Lazy` references
-(``"module:attribute"``) to the implementations, imported on first :meth:`Registry.get`. The
-model and dataset registries are instances of the same class in :mod:`dsd2.models.registry` and
-:mod:`dsd2.data.core`, filled by the ``register_model`` / ``register_dataset`` decorators.
-
-What each registry here holds (register your own with ``REGISTRY.register(name, obj)``; a config
-names it like a built-in one, in every process that registered it):
-
-- :data:`PRUNING_METHODS`: ``method(weights, masks, rate, generator) -> masks`` (:mod:`dsd2.prune`);
-- :data:`PRUNING_CRITERIA`: ``criterion(weights, inputs) -> scores`` (:mod:`dsd2.prune`; metadata
-  ``gradients=True`` when it reads the training-loss gradients);
-- :data:`PRUNING_ALLOCATIONS`: ``allocation(scores, masks, rate, density) -> masks`` (:mod:`dsd2.prune`);
-- :data:`RETRAIN_MODES`: a :class:`dsd2.imp.RetrainMode` (starting weights, schedule, hooks);
-- :data:`PRUNING_SCHEDULES`: ``schedule(ctx, masks, round_idx) -> masks``, round i's masks (:mod:`dsd2.imp`);
-- :data:`OPTIMIZERS`: ``make(params, schedule) -> torch.optim.Optimizer`` (:mod:`dsd2.train`);
-- :data:`SCHEDULES`: ``lr(schedule, epoch) -> float`` (:mod:`dsd2.train`);
-- :data:`STOP_RULES`: ``rule(acc, entropy, *, tolerance, patience, select, **params) ->
-  StopDecision | None`` (:mod:`dsd2.compare`);
-- :data:`NOISE_MODELS`: ``kind(request: NoiseRequest) -> noisy labels`` (``noise.kind``,
-  :mod:`dsd2.noise`).
-
-Each choice owns its options. A registry names the config options its choices may read
-(``owns``, e.g. ``prune.rewind_epoch`` for the retraining modes); an entry's metadata says which
-of them it reads (``reads``: a tuple of ``"section.key"``; :meth:`Registry.reads`), and the run id
-counts the others as their defaults (:func:`dsd2.config.identity.unused_options`). An entry may
-also bring its own options model (metadata ``options``: a pydantic model class;
-:meth:`Registry.options_model`): a plugin noise kind registered with one gets the validated
-``noise.options`` mapping of the config as ``NoiseRequest.options`` (docs/plugins.md).
+Must not import torch (:mod:`dsd2.config` validates names before anything heavy is loaded).
 """
 
 from __future__ import annotations
@@ -64,15 +34,6 @@ from dsd2.errors import UserError
 T = TypeVar("T")
 
 __all__ = [
-    "NOISE_MODELS",
-    "OPTIMIZERS",
-    "PRUNING_ALLOCATIONS",
-    "PRUNING_CRITERIA",
-    "PRUNING_METHODS",
-    "PRUNING_SCHEDULES",
-    "RETRAIN_MODES",
-    "SCHEDULES",
-    "STOP_RULES",
     "DuplicateNameError",
     "Family",
     "Lazy",
@@ -329,6 +290,12 @@ class Registry(Generic[T]):
         """The pydantic model of the choice's own options (metadata ``options``), or None."""
         return self.metadata(name).get("options")
 
+    def flat_options(self, name: str) -> Mapping[str, str]:
+        """A built-in choice's options as the flat config keys they are read from (metadata ``flat``:
+        option -> ``"section.key"``, e.g. finetune's ``lr`` -> ``prune.finetune_lr``); empty for a
+        choice whose options come from its registry's ``options_key`` mapping (a plugin's)."""
+        return MappingProxyType(dict(self.metadata(name).get("flat", {})))
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)
@@ -383,198 +350,22 @@ def _check_option_metadata(registry: Registry[Any], key: str, metadata: Mapping[
 
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             raise TypeError(f"{registry.kind} {key!r}: metadata 'options' must be a pydantic model class, got {model!r}")
+    _check_flat(registry, key, metadata)
+
+
+def _check_flat(registry: Registry[Any], key: str, metadata: Mapping[str, Any]) -> None:
+    """``flat``: a built-in choice's options come from the flat config keys it reads (option -> key)."""
+    flat = metadata.get("flat")
+    if flat is None:
+        return
+    model = metadata.get("options")
+    if model is None or not isinstance(flat, Mapping) or set(flat) != set(model.model_fields):
+        raise TypeError(f"{registry.kind} {key!r}: metadata 'flat' must map each field of its options model to a config key")
+    if stray := sorted(set(flat.values()) - set(metadata.get("reads", registry.owns))):
+        raise TypeError(f"{registry.kind} {key!r}: metadata 'flat' names {stray}, options the choice does not read")
 
 
 def _describe(obj: Any) -> str:
     if isinstance(obj, Lazy):
         return obj.path
     return getattr(obj, "__qualname__", None) or type(obj).__name__
-
-
-# ------------------------------------------------------------------------------------------
-# The registries a config chooses from. Built-in entries are declared here, by name, with a
-# description and a Lazy reference to their implementation (torch-backed modules, imported on
-# first use); the config validates its values against these names without importing torch.
-# ------------------------------------------------------------------------------------------
-
-PRUNING_METHODS: Registry[Callable[..., Any]] = Registry("pruning method")
-# ``owns``: the options of each registry's choices; ``undeclared``: what a plugin's choice that
-# declares no ``reads`` reads (as before these declarations: a criterion its gradient options when
-# it says gradients=True, an allocation the channel floor when it says min_channels=True, a
-# retraining mode or pruning schedule none, any other all).
-_SCORE_OPTIONS = ("prune.score_batches", "prune.score_batchnorm")
-PRUNING_CRITERIA: Registry[Callable[..., Any]] = Registry(
-    "pruning criterion",
-    "pruning criteria",
-    owns=_SCORE_OPTIONS,
-    undeclared=lambda m: _SCORE_OPTIONS if m.get("gradients") else (),
-    options_key="prune.criterion_options",
-)
-PRUNING_ALLOCATIONS: Registry[Callable[..., Any]] = Registry(
-    "sparsity allocation",
-    owns=("prune.min_channels",),
-    undeclared=lambda m: ("prune.min_channels",) if m.get("min_channels") else (),
-    options_key="prune.allocation_options",
-)
-RETRAIN_MODES: Registry[Any] = Registry(
-    "retraining mode", owns=("prune.finetune_lr", "prune.finetune_epochs", "prune.rewind_epoch"), undeclared=lambda m: ()
-)
-PRUNING_SCHEDULES: Registry[Callable[..., Any]] = Registry(
-    "pruning schedule", owns=("prune.gradual_start", "prune.gradual_end"), undeclared=lambda m: ()
-)
-OPTIMIZERS: Registry[Callable[..., Any]] = Registry("optimizer", owns=("train.momentum",))
-SCHEDULES: Registry[Callable[..., float]] = Registry("schedule", owns=("train.milestones", "train.lr_decay"))
-STOP_RULES: Registry[Callable[..., Any]] = Registry("stop rule", owns=("early_stop.tolerance", "early_stop.patience", "early_stop.select"))
-NOISE_MODELS: Registry[Callable[..., Any]] = Registry(
-    "noise kind", owns=("noise.rate", "noise.class_map", "noise.instance_std"), options_key="noise.options"
-)
-
-
-def _builtin(
-    registry: Registry[Any], module: str, entries: list[tuple[str, str, str]], reads: Mapping[str, tuple[str, ...]] | None = None
-) -> None:
-    """Register built-in entries; ``reads``: name -> the options of ``registry.owns`` it reads (none if not named)."""
-    for name, attr, description in entries:
-        declared = (reads or {}).get(name, ())
-        registry.register(name, Lazy(f"{module}:{attr}"), metadata={"description": description, "reads": declared})
-
-
-# a built-in method names what it is made of: prune.criterion / prune.allocation replace one part of it
-for _name, _attr, _description, _criterion, _allocation in [
-    (
-        "global_magnitude",
-        "global_magnitude_masks",
-        "smallest |w| over all prunable weights together (L1 unstructured, the reference)",
-        "magnitude",
-        "global",
-    ),
-    ("layerwise_magnitude", "layerwise_magnitude_masks", "smallest |w| in every layer separately", "magnitude", "uniform"),
-    ("random", "random_masks", "alive weights chosen uniformly at random over all layers", "random", "global"),
-]:
-    PRUNING_METHODS.register(
-        _name,
-        Lazy(f"dsd2.prune:{_attr}"),
-        metadata={"description": _description, "criterion": _criterion, "allocation": _allocation},
-    )
-_builtin(
-    PRUNING_CRITERIA,
-    "dsd2.prune",
-    [
-        ("magnitude", "magnitude_scores", "|w| (the reference)"),
-        ("random", "random_scores", "uniform random scores from the round's seed"),
-        (
-            "slimming",
-            "slimming_scores",
-            "network slimming: |γ| of the BatchNorm after the layer, per output channel (use allocation=channel)",
-        ),
-    ],
-)
-for _name, _attr, _description in [
-    ("magnitude_gradient", "magnitude_gradient_scores", "|w·dL/dw| at the trained weights, gradient over `score_batches` batches"),
-    ("snip", "snip_scores", "SNIP: |w0·dL/dw| at the initial weights under the current mask, over `score_batches` batches"),
-]:
-    # gradients=True: the round loop computes the training-loss gradients for it
-    PRUNING_CRITERIA.register(
-        _name, Lazy(f"dsd2.prune:{_attr}"), metadata={"description": _description, "gradients": True, "reads": _SCORE_OPTIONS}
-    )
-_builtin(
-    PRUNING_ALLOCATIONS,
-    "dsd2.prune",
-    [
-        ("global", "global_allocation", "one score threshold over all layers"),
-        ("uniform", "uniform_allocation", "every layer loses the same fraction"),
-        ("erk", "erk_allocation", "Erdős–Rényi-Kernel layer densities for the round's target sparsity 1-(1-rate)^round"),
-    ],
-)
-# structured=True: whole output channels go, and the BatchNorm γ/β of a removed channel are masked too;
-# min_channels=True: the allocation takes prune.min_channels (the per-layer floor) as a keyword
-for _name, _attr, _description in [
-    ("channel", "channel_allocation", "structured: `rate` of the alive output channels, lowest mean score over all layers first"),
-    (
-        "channel_uniform",
-        "channel_uniform_allocation",
-        "structured, per layer: every layer loses `rate` of its channels, lowest mean score first (Li et al. 2017 with magnitude)",
-    ),
-    (
-        "channel_normalised",
-        "channel_normalised_allocation",
-        "structured: `rate` of the alive channels over all layers, scores divided by their layer's mean first",
-    ),
-]:
-    PRUNING_ALLOCATIONS.register(
-        _name,
-        Lazy(f"dsd2.prune:{_attr}"),
-        metadata={"description": _description, "structured": True, "min_channels": True, "reads": ("prune.min_channels",)},
-    )
-_builtin(
-    RETRAIN_MODES,
-    "dsd2.imp",
-    [
-        ("lr_rewind", "LR_REWIND", "keep weights, restart the schedule (reference)"),
-        ("finetune", "FINETUNE", "small constant lr"),
-        ("lottery", "LOTTERY", "rewind to init"),
-        ("late_rewind", "LATE_REWIND", "rewind to the weights of epoch `rewind_epoch`"),
-        ("reinit", "REINIT", "fresh random init under the mask"),
-    ],
-    reads={"finetune": ("prune.finetune_lr", "prune.finetune_epochs"), "late_rewind": ("prune.rewind_epoch",)},
-)
-# how round i's masks are made: prune_step calls schedule(ctx, masks, round_idx) -> masks
-_builtin(
-    PRUNING_SCHEDULES,
-    "dsd2.imp",
-    [
-        ("iterative", "iterative_schedule", "IMP: round i removes `rate` of the weights round i-1 left (the reference)"),
-        ("gradual", "gradual_schedule", "Zhu & Gupta's cubic magnitude pruning while round i trains from init, to its target"),
-        ("one_shot", "one_shot_schedule", "round i prunes round 0's dense model straight to its target sparsity (He et al.)"),
-    ],
-    reads={"gradual": ("prune.gradual_start", "prune.gradual_end")},
-)
-_builtin(
-    OPTIMIZERS,
-    "dsd2.train",
-    [
-        ("sgd", "sgd_optimizer", "SGD with `momentum` and `weight_decay` (the reference)"),
-        ("adam", "adam_optimizer", "Adam with L2 `weight_decay`"),
-        ("adamw", "adamw_optimizer", "AdamW (decoupled `weight_decay`)"),
-    ],
-    reads={"sgd": ("train.momentum",)},
-)
-_builtin(
-    SCHEDULES,
-    "dsd2.train",
-    [
-        ("multistep", "multistep_lr", "lr times `lr_decay` at each of the `milestones` (the reference)"),
-        ("cosine", "cosine_lr", "cosine decay from lr to 0 over the epochs"),
-        ("constant", "constant_lr", "lr throughout"),
-    ],
-    reads={"multistep": ("train.milestones", "train.lr_decay")},
-)
-_builtin(
-    STOP_RULES,
-    "dsd2.compare",
-    [
-        ("none", "no_stop", "never stop, train every round"),
-        ("plain", "plain_stop", "stop at the first accuracy drop beyond `tolerance` for `patience` rounds"),
-        ("entropy", "entropy_stop", "as plain, but drops are ignored while the activation entropy stays near its running maximum"),
-    ],
-    reads={"plain": STOP_RULES.owns, "entropy": STOP_RULES.owns},
-)
-_builtin(
-    NOISE_MODELS,
-    "dsd2.noise",
-    [
-        ("none", "no_noise", "clean labels"),
-        ("symmetric", "symmetric_noise", "the first floor(rate*N) samples get one of the K-1 other classes (reference)"),
-        ("uniform", "uniform_noise", "the first floor(rate*N) samples get a class drawn from all K"),
-        ("bernoulli", "bernoulli_noise", "each sample flips with prob. rate to one of the K-1 other classes"),
-        ("asymmetric", "asymmetric_noise", "floor(rate*n_c) samples of each class c of class_map get class_map[c]"),
-        ("pairflip", "pairflip_noise", "a random floor(rate*N) samples get c -> c+1"),
-        ("transition", "transition_noise", "each label drawn from row clean of the K x K matrix noise.matrix (rate unused)"),
-        ("instance", "instance_noise", "instance-dependent (Xia et al. 2020): per-sample rate ~ truncated N(rate, instance_std)"),
-    ],
-    reads={
-        **{k: ("noise.rate",) for k in ("symmetric", "uniform", "bernoulli", "pairflip")},
-        "asymmetric": ("noise.rate", "noise.class_map"),
-        "instance": ("noise.rate", "noise.instance_std"),
-    },
-)
