@@ -177,30 +177,34 @@ def test_folded_uint8_path_equals_per_run_preparation(monkeypatch):
 
 
 def test_one_gather_for_shared_images_equals_per_run_gathers(monkeypatch):
-    """Runs that share their images (seeds, noise draws) are gathered once per step for all K:
+    """The K runs' batches are gathered in one call per step, from their shared images (runs
+    that differ in seed or noise) or from a stacked copy of their own (each seed's subset):
     bit-identical to gathering each run's rows (and to folding each run's prepared batch)."""
     import dsd2.fused.engine as engine
 
     kw, shape = CASES["lenet_300_100"]
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (100, *shape), generator=g, dtype=torch.uint8)  # 100: a short last batch
+    shared = [x, x.clone(), x.clone()]
+    own = [torch.roll(x, k, 0) for k in range(K)]
 
-    def trained() -> list[nn.Module]:
+    def trained(images: list[torch.Tensor]) -> list[nn.Module]:
         models = _models("lenet_300_100", **kw)
         ys = [torch.randint(0, 10, (100,), generator=torch.Generator().manual_seed(10 + k)) for k in range(K)]
-        sources = [Batches(x if k == 0 else x.clone(), y, (0.5,), (0.25,)) for k, y in enumerate(ys)]
+        sources = [Batches(xi, y, (0.5,), (0.25,)) for xi, y in zip(images, ys)]
         gens = [torch.Generator().manual_seed(100 + k) for k in range(K)]
         train_fused(models, sources, Schedule(epochs=2, lr=0.05), batch_size=32, generators=gens)
         return models
 
-    assert engine._same_images([Batches(x, torch.zeros(100), (0.5,), (0.25,)), Batches(x.clone(), torch.ones(100), (0.5,), (0.25,))])
-    one = trained()
+    assert engine._same_images([Batches(xi, torch.zeros(100), (0.5,), (0.25,)) for xi in shared])
+    assert not engine._same_images([Batches(xi, torch.zeros(100), (0.5,), (0.25,)) for xi in own])
+    one, stacked = trained(shared), trained(own)
+    monkeypatch.setattr(engine, "STACK_BYTES", 0)
+    assert _max_diff(stacked, trained(own)) == 0.0  # per-run gathers
     monkeypatch.setattr(engine, "_same_images", lambda srcs: False)
-    per_run = trained()
+    assert _max_diff(one, trained(shared)) == 0.0
     monkeypatch.setattr(engine, "_shared_layout", lambda sources: False)
-    unfolded = trained()
-    assert _max_diff(one, per_run) == 0.0
-    assert _max_diff(one, unfolded) == 0.0
+    assert _max_diff(one, trained(shared)) == 0.0  # each run's own prepared batch, folded
 
 
 def test_stacked_linear_gradients_are_autograds_bit_for_bit():

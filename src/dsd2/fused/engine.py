@@ -79,6 +79,10 @@ def _shared_layout(sources: Sequence[Source]) -> bool:
     return all(x == key[0] for x in key)
 
 
+# the largest copy of the K runs' training images made to gather their batches in one call
+STACK_BYTES = 256 * 2**20
+
+
 def _same_images(srcs: Sequence[Batches]) -> bool:
     """The splits hold the same images (runs that differ in seed, noise or labels only): one
     gather serves all K runs."""
@@ -103,10 +107,15 @@ def _epoch(sources: Sequence[Source], generators: Sequence[torch.Generator], bat
     mean, std = (first.mean, first.std) if len(first.mean) == 1 else (first.mean * k, first.std * k)
     augmented = first.x.dim() == 4 and not first.augment.is_identity
     one_gather = not augmented and _same_images(srcs)
+    # different images (e.g. each seed's own subset): a [K, N, ...] copy, gathered once per step
+    images = None if augmented or one_gather or k * first.x.nbytes > STACK_BYTES else torch.stack([s.x for s in srcs])
+    runs = torch.arange(k, device=first.device).unsqueeze(0)
     for offset in range(0, first.num_rows, batch_size):
         idx = perms[:, offset : offset + batch_size]
         if one_gather:  # [B, K, ...]: the bytes torch.stack of the K gathers gives
             folded = first.x[idx.t()].contiguous().flatten(1, 2)
+        elif images is not None:
+            folded = images[runs, idx.t()].contiguous().flatten(1, 2)
         else:
             raw = [s.x[i] for s, i in zip(srcs, idx)]
             if augmented:
