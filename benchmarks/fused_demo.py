@@ -41,7 +41,8 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _cli(fuse: bool, seeds: str, jobs: int, overrides: list[str], out: Path) -> float:
+def _cli(fuse: bool, seeds: str, jobs: int, overrides: list[str], out: Path) -> tuple[float, list[str]]:
+    """Wall time of the command, and its lines about threads or fusing (what it ran with)."""
     cmd = [sys.executable, "-m", "dsd2", "demo", "--out", str(out), "--seeds", seeds, "--jobs", str(jobs)]
     cmd += (["--fuse"] if fuse else []) + overrides
     t = time.perf_counter()
@@ -49,10 +50,11 @@ def _cli(fuse: bool, seeds: str, jobs: int, overrides: list[str], out: Path) -> 
     wall = time.perf_counter() - t
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return wall
+    said = sorted({line.strip() for line in done.stderr.splitlines() if "thread" in line or "fused:" in line})
+    return wall, said
 
 
-def _api(fuse: bool, seeds: str, jobs: int, overrides: list[str], out: Path) -> float:
+def _api(fuse: bool, seeds: str, jobs: int, overrides: list[str], out: Path) -> tuple[float, list[str]]:
     from dsd2.config import load_config
 
     configs = [load_config("demo_fmnist", [*overrides, f"seed={s}"]) for s in seeds.split(",")]
@@ -65,7 +67,7 @@ def _api(fuse: bool, seeds: str, jobs: int, overrides: list[str], out: Path) -> 
         from dsd2.study import run_pipelines_parallel
 
         run_pipelines_parallel(configs, out=out, jobs=jobs)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, []
 
 
 def main() -> None:
@@ -98,9 +100,9 @@ def main() -> None:
         for name in ("today", "fused") if r % 2 == 0 else ("fused", "today"):
             before = _load()
             with tempfile.TemporaryDirectory() as tmp:
-                wall = side(name == "fused", args.seeds, args.jobs, overrides, Path(tmp))
+                wall, said = side(name == "fused", args.seeds, args.jobs, overrides, Path(tmp))
             walls[name].append(wall)
-            result["samples"].append({"side": name, "wall_s": wall, "load_before": before, "load_after": _load()})
+            result["samples"].append({"side": name, "wall_s": wall, "load_before": before, "load_after": _load(), "said": said})
             print(f"{name}: {wall:.1f} s (load {before[0]} -> {_load()[0]})", flush=True)
     result["today_s"] = statistics.median(walls["today"])
     result["fused_s"] = statistics.median(walls["fused"])
