@@ -6,6 +6,9 @@ benchmarks/bench.py), one epoch of ``n`` samples per run:
 
 * **fused**: :func:`dsd2.fused.train_fused` trains the K runs as one computation;
 * **sequential**: K calls of :func:`dsd2.train.train`, one after the other (today's way);
+* **processes** (``--processes``): K separate processes side by side, process k training run k
+  with ``--process-threads`` threads (default 1; today's ``dsd2 demo``/sweep way of filling the
+  cores), each warmed up first, timed from the first start to the last end;
 
 aggregate images/s = K × n / wall time, and the training FLOP/s it implies (dense forward +
 backward per image, counted by torch) as a share of the measured fp32 matmul peak. A ``choice``
@@ -18,7 +21,10 @@ samples taken alternately. The machine's load (uptime)
 before and after is recorded: on a shared machine the numbers are only comparable within a file.
 Usage::
 
-    python benchmarks/fused.py [--repeats 3] [--ks 1,2,4,8] [--out benchmarks/results]
+    python benchmarks/fused.py [--repeats 3] [--ks 1,2,4,8] [--cases 'lenet5;lenet_300_100'] [--processes]
+        [--process-threads 1] [--samples 0.5] [--no-choice] [--name fused] [--out benchmarks/results]
+
+A few minutes: ``--cases lenet_300_100 --ks 1,4 --repeats 3 --processes --no-choice --name fused_k4``.
 """
 
 from __future__ import annotations
@@ -56,14 +62,15 @@ def _load() -> dict:
     return {"loadavg_1_5_15": [round(x, 2) for x in la], "cpus": os.cpu_count(), "uptime": os.popen("uptime").read().strip()}
 
 
-def _runs(case_name: str, k: int, n: int):
-    """K runs: models (seeds 0..K-1) with 50%-sparse masks, sources (same images, own labels), generators."""
+def _runs(case_name: str, k: int, n: int, first: int = 0):
+    """K runs: models (seeds first..first+K-1) with 50%-sparse masks, sources (same images, own
+    labels), generators; run i is the same whichever K it is built in."""
     name, opts, shape, _, aug = bench.CASES[case_name]
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g)
     channels_last = len(shape) == 3 and shape[0] == 3
     models, sources, wm = [], [], []
-    for seed in range(k):
+    for seed in range(first, first + k):
         torch.manual_seed(seed)
         model = build_model(name, num_classes=10, in_channels=shape[0], input_size=shape[-1], **opts)
         if channels_last:
@@ -76,7 +83,7 @@ def _runs(case_name: str, k: int, n: int):
         sources.append(T.Batches(x=x, y=y, mean=mean, std=std, augment=aug, channels_last=channels_last))
         models.append(model)
         wm.append((weights, masks))
-    gens = [torch.Generator().manual_seed(1000 + s) for s in range(k)]
+    gens = [torch.Generator().manual_seed(1000 + s) for s in range(first, first + k)]
     return models, sources, wm, gens
 
 
@@ -90,39 +97,52 @@ def fused_epoch(case_name: str, k: int, n: int) -> float:
     return k * n / (time.perf_counter() - t)
 
 
-def sequential_epochs(case_name: str, k: int, n: int) -> float:
-    models, sources, wm, gens = _runs(case_name, k, n)
+def sequential_epochs(case_name: str, k: int, n: int, first: int = 0) -> float:
+    models, sources, wm, gens = _runs(case_name, k, n, first)
     t = time.perf_counter()
     for model, src, gen, (w, m) in zip(models, sources, gens, wm):
         T.train(model, src, SCHEDULE, batch_size=bench.BATCH, generator=gen, weights=w, masks=m)
     return k * n / (time.perf_counter() - t)
 
 
-def _process_worker(case_name: str, n: int, seed: int, threads: int, start_at: float, repeats: int) -> None:
-    """One of K separate processes: one run, a warm-up epoch, then ``repeats`` epochs from ``start_at``."""
+def _process_worker(case_name: str, n: int, seed: int, threads: int, repeats: int) -> None:
+    """One of K separate processes: one run (``seed``), a warm-up epoch, then, once the parent
+    says go (a line on stdin, sent when all K are ready), ``repeats`` epochs back to back (their
+    models and data built before, so the timed span is training alone, as in the other rows);
+    prints its start and end."""
     torch.set_num_threads(threads)
-    sequential_epochs(case_name, 1, n)  # warm-up
-    while time.time() < start_at:
-        time.sleep(0.01)
+    sequential_epochs(case_name, 1, n, seed)  # warm-up
+    prepared = [_runs(case_name, 1, n, seed) for _ in range(repeats)]
+    print("ready", flush=True)
+    sys.stdin.readline()
     t0 = time.time()
-    for _ in range(repeats):
-        sequential_epochs(case_name, 1, n)
-    print(json.dumps({"seed": seed, "start": t0, "end": time.time()}))
+    for models, sources, wm, gens in prepared:
+        T.train(models[0], sources[0], SCHEDULE, batch_size=bench.BATCH, generator=gens[0], weights=wm[0][0], masks=wm[0][1])
+    print(json.dumps({"seed": seed, "start": t0, "end": time.time()}), flush=True)
 
 
-def separate_processes(case_name: str, k: int, n: int, repeats: int, cores: int) -> float:
-    """Aggregate img/s of K processes training one run each at the same time (threads: the
-    cores shared out, at least 1), from the first start to the last end."""
+def separate_processes(case_name: str, k: int, n: int, repeats: int, threads: int) -> dict:
+    """Aggregate img/s of K processes side by side, process i training run i (``threads``
+    threads each), started together once all are ready: K × n × repeats / (last end − first start)."""
     import subprocess
 
-    threads = max(1, cores // k)
-    start_at = time.time() + 8 + 2 * k  # time for the K interpreters to import torch and warm up
-    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import fused; fused._process_worker({case_name!r}, {n}, %d, {threads}, {start_at}, {repeats})"
-    procs = [subprocess.Popen([sys.executable, "-c", code % s], stdout=subprocess.PIPE, text=True) for s in range(k)]
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import fused; fused._process_worker({case_name!r}, {n}, %d, {threads}, {repeats})"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code % s], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        for s in range(k)
+    ]
+    for p in procs:  # the barrier: every process has built its runs and warmed up
+        if p.stdout is None or p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"a separate process of {case_name} K={k} failed before it was ready")
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
-    if min(o["start"] for o in outs) > start_at + 1:
-        print(f"  (processes started {min(o['start'] for o in outs) - start_at:.1f} s late)", flush=True)
-    return k * n * repeats / (max(o["end"] for o in outs) - min(o["start"] for o in outs))
+    span = max(o["end"] for o in outs) - min(o["start"] for o in outs)
+    spread = max(o["start"] for o in outs) - min(o["start"] for o in outs)
+    return {"img_s": k * n * repeats / span, "span_s": span, "threads_each": threads, "start_spread_s": spread}
 
 
 def choice_step(case_name: str, k: int, form: str, steps: int = 5) -> float:
@@ -176,18 +196,25 @@ def main() -> None:
     ap.add_argument("--ks", default="1,2,4,8")
     ap.add_argument("--cases", default=";".join(CASES), help="models, separated by ';'")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--processes", action="store_true", help="also K separate processes, one run each, at the same time")
+    ap.add_argument("--processes", action="store_true", help="also K separate processes side by side, one run each")
+    ap.add_argument("--process-threads", type=int, default=1, help="threads of each separate process (default 1)")
+    ap.add_argument("--samples", type=float, default=1.0, help="scale the samples per run of every case (0.25: a quarter)")
+    ap.add_argument("--no-choice", action="store_true", help="skip the stacked-vs-vmap choice rows")
+    ap.add_argument("--name", default="fused", help="result file name under --out (NAME.json), so a partial run keeps fused.json")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.ks.split(",")]
     result: dict = {
-        "what": "aggregate training images/s of K fused runs (dsd2.fused.train_fused) vs K sequential dsd2.train.train runs",
+        "what": "aggregate training images/s of K fused runs (dsd2.fused.train_fused) vs K sequential dsd2.train.train runs"
+        + (" and K separate processes side by side" if args.processes else ""),
+        "argv": sys.argv[1:],
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
         "load_before": _load(),
         "repeats": args.repeats,
-        "statistic": "median of repeats after one warm-up; fused and sequential samples alternate",
+        "statistic": "median of repeats after one warm-up; fused and sequential samples alternate"
+        + ("; processes: K x n x repeats / (last end - first start), each process warmed up first" if args.processes else ""),
         "sparsity": SPARSITY,
         "batch_size": bench.BATCH,
     }
@@ -195,7 +222,9 @@ def main() -> None:
     result["peak_fp32_gflops"] = peak / 1e9
     rows = []
     for case in args.cases.split(";"):
-        n = CASES[case]
+        if case not in CASES:
+            ap.error(f"--cases: unknown case {case!r}; choose from {';'.join(CASES)}")
+        n = max(bench.BATCH, int(CASES[case] * args.samples))
         per_image = bench.train_flops_per_image(bench.CASES[case])
         for k in ks:
             f, s = _interleaved(functools.partial(fused_epoch, case, k, n), functools.partial(sequential_epochs, case, k, n), args.repeats)
@@ -212,9 +241,16 @@ def main() -> None:
                 "sequential_samples": s["samples"],
             }
             if args.processes:
-                row["processes_img_s"] = separate_processes(case, k, n, args.repeats, args.threads)
-                row["processes_pct_peak"] = 100 * row["processes_img_s"] * per_image / peak
-                print(f"{case:15s} K={k}: {k} separate processes {row['processes_img_s']:8.0f} img/s", flush=True)
+                proc = separate_processes(case, k, n, args.repeats, args.process_threads)
+                row["processes_img_s"] = proc["img_s"]
+                row["processes_pct_peak"] = 100 * proc["img_s"] * per_image / peak
+                row["fused_vs_processes"] = f["median"] / proc["img_s"]
+                row["processes"] = proc
+                print(
+                    f"{case:15s} K={k}: {k} separate processes ({proc['threads_each']} thread(s) each) {proc['img_s']:8.0f} img/s "
+                    f"({row['processes_pct_peak']:4.1f}% peak); fused x{row['fused_vs_processes']:.2f} of it",
+                    flush=True,
+                )
             rows.append(row)
             print(
                 f"{case:15s} K={k}: fused {row['fused_img_s']:8.0f} img/s ({row['fused_pct_peak']:4.1f}% peak)  "
@@ -223,7 +259,7 @@ def main() -> None:
             )
     result["rows"] = rows
     choice = []
-    for case in ("lenet5", "vgg_like(5,3)"):
+    for case in () if args.no_choice else ("lenet5", "vgg_like(5,3)"):
         for form in ("stacked", "vmap"):
             choice.append(
                 {
@@ -238,7 +274,7 @@ def main() -> None:
     result["load_after"] = _load()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "fused.json"
+    path = out / f"{args.name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -176,6 +176,68 @@ def test_folded_uint8_path_equals_per_run_preparation(monkeypatch):
     assert _max_diff(fast, slow) == 0.0
 
 
+def test_one_gather_for_shared_images_equals_per_run_gathers(monkeypatch):
+    """The K runs' batches are gathered in one call per step, from their shared images (runs
+    that differ in seed or noise) or from a stacked copy of their own (each seed's subset):
+    bit-identical to gathering each run's rows (and to folding each run's prepared batch)."""
+    import dsd2.fused.engine as engine
+
+    kw, shape = CASES["lenet_300_100"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (100, *shape), generator=g, dtype=torch.uint8)  # 100: a short last batch
+    shared = [x, x.clone(), x.clone()]
+    own = [torch.roll(x, k, 0) for k in range(K)]
+
+    def trained(images: list[torch.Tensor]) -> list[nn.Module]:
+        models = _models("lenet_300_100", **kw)
+        ys = [torch.randint(0, 10, (100,), generator=torch.Generator().manual_seed(10 + k)) for k in range(K)]
+        sources = [Batches(xi, y, (0.5,), (0.25,)) for xi, y in zip(images, ys)]
+        gens = [torch.Generator().manual_seed(100 + k) for k in range(K)]
+        train_fused(models, sources, Schedule(epochs=2, lr=0.05), batch_size=32, generators=gens)
+        return models
+
+    assert engine._same_images([Batches(xi, torch.zeros(100), (0.5,), (0.25,)) for xi in shared])
+    assert not engine._same_images([Batches(xi, torch.zeros(100), (0.5,), (0.25,)) for xi in own])
+    one, stacked = trained(shared), trained(own)
+    monkeypatch.setattr(engine, "STACK_BYTES", 0)
+    assert _max_diff(stacked, trained(own)) == 0.0  # per-run gathers
+    monkeypatch.setattr(engine, "_same_images", lambda srcs: False)
+    assert _max_diff(one, trained(shared)) == 0.0
+    monkeypatch.setattr(engine, "_shared_layout", lambda sources: False)
+    assert _max_diff(one, trained(shared)) == 0.0  # each run's own prepared batch, folded
+
+
+def test_stacked_linear_gradients_are_autograds_bit_for_bit():
+    """StackedLinear's own backward (the weight gradient in the weight's layout, used where a
+    probe finds it equal) gives exactly autograd's gradients of the plain batched matmul."""
+    import importlib
+
+    stacking = importlib.import_module("dsd2.fused.stack")
+    used = []
+    for k, b, i, o in ((3, 32, 784, 300), (3, 32, 100, 10), (2, 7, 33, 17), (1, 5, 4, 3)):
+        g = torch.Generator().manual_seed(i)
+        lin = stacking.StackedLinear(k, nn.Linear(i, o))
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g))
+            lin.bias.copy_(torch.randn(lin.bias.shape, generator=g))
+        x, grad_out = torch.randn(b, k * i, generator=g), torch.randn(b, k * o, generator=g)
+        got = []
+        for reference in (False, True):
+            xx = x.clone().requires_grad_()
+            lin.zero_grad(set_to_none=True)
+            if reference:
+                out = stacking._stacked_matmul(xx.view(b, k, i).transpose(0, 1), lin.weight, lin.bias).transpose(0, 1).reshape(b, -1)
+            else:
+                out = lin(xx)
+            out.backward(grad_out)
+            got.append([out.detach(), xx.grad, lin.weight.grad, lin.bias.grad])
+        for a, r in zip(*got):
+            assert torch.equal(a, r), (k, b, i, o)
+        assert got[0][2].is_contiguous()
+        used.append(stacking._weight_grad_as_autograd(x.view(b, k, i).transpose(0, 1), o))
+    assert any(used)  # the own backward was exercised
+
+
 class _Stop(Exception):
     pass
 

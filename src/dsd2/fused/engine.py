@@ -79,31 +79,53 @@ def _shared_layout(sources: Sequence[Source]) -> bool:
     return all(x == key[0] for x in key)
 
 
+# the largest copy of the K runs' training images made to gather their batches in one call
+STACK_BYTES = 256 * 2**20
+
+
+def _same_images(srcs: Sequence[Batches]) -> bool:
+    """The splits hold the same images (runs that differ in seed, noise or labels only): one
+    gather serves all K runs."""
+    x = srcs[0].x
+    return all(s.x is x or (s.x.shape == x.shape and torch.equal(s.x, x)) for s in srcs[1:])
+
+
 def _epoch(sources: Sequence[Source], generators: Sequence[torch.Generator], batch_size: int):
     """One epoch of the K runs: per step, the folded input, the K per-run inputs (views) and the
-    K index vectors. Every run draws its permutation and augmentation from its own generator
-    in the order :meth:`dsd2.train.Batches.epoch` does, so its rows, crops and flips are the
-    unfused run's."""
+    ``[K, B]`` rows of the step (row k: run k's). Every run draws its permutation and
+    augmentation from its own generator in the order :meth:`dsd2.train.Batches.epoch` does, so
+    its rows, crops and flips are the unfused run's."""
     k = len(sources)
     if not _shared_layout(sources):
         for batches in zip(*[s.epoch(g, batch_size) for s, g in zip(sources, generators)]):
             xs = [xb for xb, _ in batches]
-            yield fold(xs), xs, [idx for _, idx in batches]
+            yield fold(xs), xs, torch.stack([idx for _, idx in batches])
         return
     srcs = [s for s in sources if isinstance(s, Batches)]
     first = srcs[0]
-    perms = [torch.randperm(s.num_rows, generator=g, device=s.device) for s, g in zip(srcs, generators)]
+    perms = torch.stack([torch.randperm(s.num_rows, generator=g, device=s.device) for s, g in zip(srcs, generators)])
     mean, std = (first.mean, first.std) if len(first.mean) == 1 else (first.mean * k, first.std * k)
+    augmented = first.x.dim() == 4 and not first.augment.is_identity
+    one_gather = not augmented and _same_images(srcs)
+    # different images (e.g. each seed's own subset): a [K, N, ...] copy, gathered once per step
+    images = None if augmented or one_gather or k * first.x.nbytes > STACK_BYTES else torch.stack([s.x for s in srcs])
+    runs = torch.arange(k, device=first.device).unsqueeze(0)
     for offset in range(0, first.num_rows, batch_size):
-        idxs = [p[offset : offset + batch_size] for p in perms]
-        raw = [s.x[idx] for s, idx in zip(srcs, idxs)]
-        if raw[0].dim() == 4:
-            raw = [augment_batch(r, s.augment, g) for r, s, g in zip(raw, srcs, generators)]
-        xf = normalize(torch.stack(raw, 1).flatten(1, 2), mean, std)
+        idx = perms[:, offset : offset + batch_size]
+        if one_gather:  # [B, K, ...]: the bytes torch.stack of the K gathers gives
+            folded = first.x[idx.t()].contiguous().flatten(1, 2)
+        elif images is not None:
+            folded = images[runs, idx.t()].contiguous().flatten(1, 2)
+        else:
+            raw = [s.x[i] for s, i in zip(srcs, idx)]
+            if augmented:
+                raw = [augment_batch(r, s.augment, g) for r, s, g in zip(raw, srcs, generators)]
+            folded = torch.stack(raw, 1).flatten(1, 2)
+        xf = normalize(folded, mean, std)
         if first.channels_last and xf.dim() == 4:
             xf = xf.contiguous(memory_format=torch.channels_last)
         per_run = xf.view(xf.shape[0], k, xf.shape[1] // k, *xf.shape[2:])
-        yield xf, [per_run[:, i] for i in range(k)], idxs
+        yield xf, [per_run[:, i] for i in range(k)], idx
 
 
 def why_not(models: Sequence[nn.Module], schedule: Schedule, objectives: Sequence[Objective]) -> str | None:
@@ -223,6 +245,9 @@ def train_fused(
         raise NotFusable("the runs' training splits differ in size")
     device = sources[0].device
 
+    if len({(s.y.dtype, s.y.shape) for s in sources}) != 1:
+        raise NotFusable("the runs' labels differ in type or shape")
+    labels = torch.stack([s.y for s in sources])  # [K, N]: one gather per step for all runs
     fused = stack(models)
     check(fused, models, [s.example(2) for s in sources])
     fused.train()
@@ -246,12 +271,12 @@ def train_fused(
         correct = torch.zeros(k, device=device, dtype=torch.long)
         step = torch.zeros((), device=device, dtype=torch.long)
         first_bad = torch.full((k,), -1, device=device, dtype=torch.long)
-        for xf, xs, idxs in _epoch(sources, generators, batch_size):
-            ys = [s.y[idx] for s, idx in zip(sources, idxs)]
+        for xf, xs, idx in _epoch(sources, generators, batch_size):
+            y = labels.gather(1, idx)  # [K, B]: run k's labels of its rows
             with autocast_for(device, amp):
                 out = fused(xf)
             logits = unfold(out, k)
-            losses = torch.stack([obj(logits[i], ys[i], xs[i], idxs[i]) for i, obj in enumerate(objs)])
+            losses = torch.stack([obj(logits[i], y[i], xs[i], idx[i]) for i, obj in enumerate(objs)])
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
             opt.step()
@@ -261,7 +286,7 @@ def train_fused(
             real = xs[0].shape[0]
             detached = losses.detach()
             loss_sum += detached * real
-            correct += (logits.detach().argmax(2) == torch.stack(ys)).sum(1)
+            correct += (logits.detach().argmax(2) == y).sum(1)
             step += 1
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
         unload(fused, models)

@@ -52,9 +52,63 @@ class StackedLinear(nn.Module):
             raise NotFusable(f"a Linear layer gets a {x.dim()}-D input; only [batch, features] inputs can be fused")
         b = x.shape[0]
         xs = x.view(b, self.k, -1).transpose(0, 1)  # [K, B, I]
-        w = self.weight.transpose(1, 2)  # [K, I, O]
-        out = torch.bmm(xs, w) if self.bias is None else torch.baddbmm(self.bias.unsqueeze(1), xs, w)
+        if torch.is_grad_enabled() and self.weight.requires_grad and _weight_grad_as_autograd(xs, self.weight.shape[1]):
+            out = _StackedMatmul.apply(xs, self.weight, self.bias)
+        else:
+            out = _stacked_matmul(xs, self.weight, self.bias)
         return out.transpose(0, 1).reshape(b, -1)
+
+
+def _stacked_matmul(xs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``xs @ weightᵀ + bias`` run by run: [K, B, I] × [K, O, I] → [K, B, O]."""
+    w = weight.transpose(1, 2)  # [K, I, O]
+    return torch.bmm(xs, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), xs, w)
+
+
+# (K, B, I, O, dtype, threads) -> whether gᵀ @ xs equals autograd's (xsᵀ @ g)ᵀ bit for bit
+_SAME_WEIGHT_GRAD: dict[tuple, bool] = {}
+
+
+def _weight_grad_as_autograd(xs: Tensor, out_features: int) -> bool:
+    """Whether :class:`_StackedMatmul`'s weight gradient is bit-identical to autograd's for
+    this shape (CPU, fp32, no autocast), found once per shape by computing both on random
+    inputs laid out as in training. MKL picks its kernel by shape: for the large layers the two
+    forms sum the batch in the same order; for small ones (a 10-class output layer) they do not,
+    and those keep autograd's form, so the fused numbers are the same as before either way."""
+    if xs.device.type != "cpu" or xs.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        return False
+    k, b, i = xs.shape
+    key = (k, b, i, out_features, torch.get_num_threads())
+    if key not in _SAME_WEIGHT_GRAD:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(b, k, i, generator=gen).transpose(0, 1)  # [K, B, I], strided as in forward
+        g = torch.randn(b, k, out_features, generator=gen).transpose(0, 1)  # the output's gradient, likewise
+        _SAME_WEIGHT_GRAD[key] = torch.equal(torch.bmm(g.transpose(1, 2), x), torch.bmm(x.transpose(1, 2), g).transpose(1, 2))
+    return _SAME_WEIGHT_GRAD[key]
+
+
+class _StackedMatmul(torch.autograd.Function):
+    """:func:`_stacked_matmul` whose backward gives the weight's gradient in the weight's own
+    layout ``[K, O, I]`` as ``gᵀ @ xs``. Autograd's own backward computes it as ``xsᵀ @ g`` (a
+    ``[K, I, O]`` result, transposed, then copied into the weight's layout by AccumulateGrad):
+    on CPU that strided bmm and the transposing copy took a third of LeNet-300-100's fused step
+    (docs/fused.md, "Profile"). Used only where the two forms agree bit for bit
+    (:func:`_weight_grad_as_autograd`); the input's and the bias's gradients are computed as
+    autograd computes them."""
+
+    @staticmethod
+    def forward(ctx, xs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(xs, weight)
+        ctx.has_bias = bias is not None
+        return _stacked_matmul(xs, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        xs, weight = ctx.saved_tensors
+        gx = torch.bmm(g, weight) if ctx.needs_input_grad[0] else None
+        gw = torch.bmm(g.transpose(1, 2), xs) if ctx.needs_input_grad[1] else None
+        gb = g.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
 
 
 class StackedConv2d(nn.Module):
