@@ -253,7 +253,7 @@ def test_a_run_the_floor_stops_is_complete_at_the_round_before(tmp_path):
     # more rounds: refused in one line, config and meta untouched
     config, meta = (run_dir / "config.yaml").read_bytes(), (run_dir / "meta.json").read_bytes()
     code, text = _cli("run", str(run_dir), "prune.rounds=6")
-    assert code == 2 and "channel floor (prune.min_channels=1)" in text and "lower prune.min_channels" in text, text
+    assert code == 2 and "the floor prune.min_channels=1" in text and "lower prune.min_channels" in text, text
     assert (run_dir / "config.yaml").read_bytes() == config and (run_dir / "meta.json").read_bytes() == meta
     # a teacher at its best round: the floor's curve is whole
     rows, incomplete = _teacher_state(run_dir, cfg.prune.rounds)
@@ -318,3 +318,19 @@ def test_channel_runs_keep_every_class(tmp_path):
     head = model.layers[-1].weight  # the MLP's classifier: 10 rows, one per class
     assert head.shape[0] == 10 and all(m.shape[0] != 10 for m in masks.values())
     assert sorted(int(alive_rows(m).sum()) for m in masks.values()) == [4, 4]  # 16 -> 8 -> 4 in each hidden layer
+
+
+def test_a_round_that_would_remove_no_channel_ends_the_curve(tmp_path):
+    """channel_uniform removes round(rate x alive channels) per layer: once every layer is so narrow
+    that this rounds to 0, the next round would retrain the same masks (a LeNet-5 in the curve bank
+    did so for three rounds, and its retrained accuracy rose 29 -> 42% at one sparsity: a fake
+    recovery). The curve ends there, as at the floor: 4 -> 3 -> 2 channels, then round(0.4) = 0."""
+    cfg = tiny_config("prune.allocation=channel_uniform", "model.hidden=[4, 4]", "prune.rate=0.2", "prune.rounds=5")
+    run_dir = imp.run(cfg, tmp_path)
+    alive = [sorted(int(alive_rows(m).sum()) for m in store.load_tensors(rundir.round_masks_path(run_dir, r)).values()) for r in range(3)]
+    assert alive == [[4, 4], [3, 3], [2, 2]]
+    floor = store.read_json(rundir.floor_stop_path(run_dir))
+    assert floor["stop_round"] == 2 and "rounds to 0" in floor["reason"] and "higher prune.rate" in floor["reason"]
+    assert len(rundir.read_rounds(run_dir)) == 3 and rundir.is_complete(cfg, 3, run_dir)
+    code, text = _cli("run", str(run_dir), "prune.rounds=6")
+    assert code == 2 and "would remove no channel" in text, text

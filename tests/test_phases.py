@@ -156,6 +156,14 @@ def test_one_upward_tick_of_a_decline_is_not_a_sweet_phase(tick):
     assert short(label_phases(acc, params=PCT)) == "LLLXXXXXXX"
 
 
+def test_a_fall_into_the_collapse_compares_two_accuracies():
+    # a plateau that ends 1.3 points below its best (tol 1, sqrt(2) tol 1.41) is noise, 1.5 is a collapse
+    fit = [90, 90, 90, 90, 90, 88, 88, 88]
+    plateau = [80, 80.5, 80.2, 80.4, 80.3]
+    assert short(label_phases([*plateau, 79.2, 79.2, 79.2], fit=fit, params=PCT)) == "LLLLLLLL"
+    assert short(label_phases([*plateau, 79.0, 79.0, 79.0], fit=fit, params=PCT)) == "LLLLLXXX"
+
+
 def test_a_rise_compares_two_accuracies():
     # a recovery held for two rounds counts when it exceeds sqrt(2) tol, not tol
     base = [90, 89.5, 85, 80, 78]

@@ -32,8 +32,9 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
         render.console.print(finished)
     elif (floor := rundir.floor_stopped_at(path)) is not None:
         render.console.print(
-            f"stopped after round {floor}: the channel floor (prune.min_channels={cfg.prune.min_channels}) leaves no channel "
-            f"to remove; the run is complete at round {floor} (floor_stop.json)"
+            f"stopped after round {floor}: the next round would remove no channel (the floor prune.min_channels="
+            f"{cfg.prune.min_channels}, or prune.rate={cfg.prune.rate} rounding to none); the run is complete at round {floor} "
+            "(floor_stop.json says why)"
         )
     render.console.print(
         rounds_table(

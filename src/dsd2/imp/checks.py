@@ -86,9 +86,10 @@ def check_config_matches(run_dir: Path, cfg: RunConfig) -> RunConfig:
     floor = rundir.floor_stopped_at(run_dir)
     if floor is not None:
         raise UserError(
-            f"{run_dir} was ended after round {floor} by the channel floor (prune.min_channels={saved.prune.min_channels}): no "
-            "channel is left to remove, so more rounds cannot be trained. For more rounds start a new run with a lower "
-            "prune.min_channels or prune.rate, or fewer layers pruned (prune.include / prune.exclude)"
+            f"{run_dir} was ended after round {floor}: its next round would remove no channel (the floor prune.min_channels="
+            f"{saved.prune.min_channels}, or prune.rate rounding to none; floor_stop.json says which), so more rounds cannot be "
+            "trained. For more rounds start a new run with a lower prune.min_channels, another prune.rate, or fewer layers "
+            "pruned (prune.include / prune.exclude)"
         )
     return cfg
 

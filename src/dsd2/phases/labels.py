@@ -123,7 +123,7 @@ def _collapse_start(acc: list[float], fit: list[float] | None, lo: int, tol: flo
     peak = argmax_last(acc, lo, n)
     c = n
     for r in range(n - 1, peak, -1):
-        lost_acc = acc[r] < acc[peak] - tol
+        lost_acc = acc[r] < acc[peak] - _diff_tol(tol)
         lost_fit = fit is None or fit[r] < fit[peak] - fit_tol
         if not (lost_acc and lost_fit):
             break

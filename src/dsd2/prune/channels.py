@@ -108,12 +108,21 @@ def _drop_capped(scores: torch.Tensor, eligible: torch.Tensor, layer: torch.Tens
 
 
 class ChannelFloor(UserError):
-    """Pruning asked to remove channels and the floor (prune.min_channels) left none removable:
-    a run records it as the end of its curve (floor_stop.json) rather than failing."""
+    """A pruning round would remove no channel, because the floor (prune.min_channels) left none
+    removable or because the rate rounds to no channel in every layer: a run records it as the end
+    of its curve (floor_stop.json) rather than failing, or training the same masks again (a round
+    that removes nothing is not a new sparsity, and its retrained accuracy looks like a recovery)."""
 
 
 def _floor_blocked(requested: int, removed: int, min_channels: int) -> None:
-    if requested > 0 and removed == 0:
+    if requested == 0:
+        raise ChannelFloor(
+            "no channel would be removed: every pruned layer is so narrow that prune.rate times its alive channels rounds "
+            "to 0, so the next round would retrain the same masks. The finished rounds are the curve (`dsd2 export RUN_DIR "
+            "--round best`, or --round N for one of them); for more rounds start a new run with a higher prune.rate or a "
+            "global channel allocation (prune.allocation=channel)"
+        )
+    if removed == 0:
         raise ChannelFloor(
             f"no channel can be removed: every pruned layer has at most prune.min_channels={min_channels} output channel(s) "
             "left. The finished rounds are the curve (`dsd2 export RUN_DIR --round best`, or --round N for one of them); for "
