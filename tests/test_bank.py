@@ -44,15 +44,22 @@ def test_the_bank_is_complete():
     assert sum(n.endswith("_dsd2") for n in CURVES) >= 2
 
 
-# Curves where the labeller and the person who read the bank disagree, and why (issue 21): with
+# Curves where the labeller and the person who read the bank disagree, and why (issue 21). With
 # accuracy alone, a fall is measured from the curve's best round, so a student whose accuracy stays
-# more than the tolerance below its best, with a falling clean fit, is Collapsed from there; the
+# more than sqrt(2) tol below its best, with a falling clean fit, is Collapsed from there; the
 # reader put the collapse later, where the decline steepens. Strict: a fix that agrees again fails.
+# The curves added in session 6 (SGD, pair-flip, look-alike, rate 0.4, neurons, channels, two
+# students) were read before the labeller was run on them: 5 of 8 agreed at once, 1 more after the
+# fall tolerance became sqrt(2) tol (docs/phases.md); the two below did not.
 STUDENT_FALL = "accuracy-only collapse is measured from the curve's best round (issue 21); the reader put it where the decline steepens"
 DISAGREE = {
-    "fm_lenet300_e20_n40_s0_dsd2": STUDENT_FALL + ": round 21 is 1.5 points below the best (82.0), fit 3.7 points down",
-    "fm_lenet300_e6_n40_s0_dsd2": STUDENT_FALL + ": round 19 is 1.4 points below the best (82.4), fit 1.6 points down",
+    "fm_lenet300_e6_n40_s0_dsd2": STUDENT_FALL + ": round 22 is 2.0 points below the best (82.4), fit 3.6 points down",
     "fm_lenet300_e60_n40_s0_dsd2": STUDENT_FALL + ": round 22 is 2.4 points below the dense 75.7, fit 1.5 points down",
+    "fm_lenet300_e20_n40_s0_lookalike": "the Sweet plateau (68.1-69.7) ends one round earlier than the reader put it: round 28 (68.0) is 1.8 "
+    "points below the peak 69.7 (69.74 - 67.98), past sqrt(2) tol (1.72); the reader read it as the plateau's noise",
+    "fm_lenet300_e20_n40_s0_neurons": "memorisation broke without any recovery (no Sweet phase), so the labeller calls every round "
+    "after the trough Collapsed (from round 9, 61.0%); the reader kept the trough-level rounds 9-11 (60-61%) apart and put the "
+    "collapse where accuracy falls on with the clean fit (round 12). docs/phases.md does not say which a trough-level round is",
 }
 
 
