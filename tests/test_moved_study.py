@@ -138,5 +138,5 @@ def test_a_teachers_earlier_digests_stop_at_an_extension(tmp_path):
             ],
         },
     )
-    assert rundir._digests_before_moves(tmp_path, "D") == ["C"]
-    assert rundir._digests_before_moves(tmp_path, "B") == []  # not today's digest: nothing follows
+    assert rundir.moved._digests_before_moves(tmp_path, "D") == ["C"]
+    assert rundir.moved._digests_before_moves(tmp_path, "B") == []  # not today's digest: nothing follows
