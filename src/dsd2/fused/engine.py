@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -237,16 +238,8 @@ def train_fused(
     masks_l = list(masks) if masks is not None else [None] * k
     weights_l = list(weights) if weights is not None else [None] * k
     hooks = list(on_epoch_end) if on_epoch_end is not None else [None] * k
-    reason = why_not(models, schedule, objs)
-    if reason is not None:
-        raise NotFusable(reason)
+    _check_fusable(models, sources, schedule, objs)
     n = sources[0].num_rows
-    if any(s.num_rows != n for s in sources):
-        raise NotFusable("the runs' training splits differ in size")
-    device = sources[0].device
-
-    if len({(s.y.dtype, s.y.shape) for s in sources}) != 1:
-        raise NotFusable("the runs' labels differ in type or shape")
     labels = torch.stack([s.y for s in sources])  # [K, N]: one gather per step for all runs
     fused = stack(models)
     check(fused, models, [s.example(2) for s in sources])
@@ -256,60 +249,136 @@ def train_fused(
     all_logs: list[list[EpochLog]] = [[] for _ in range(k)]
     start = schedule.start_epoch
     if resume is not None:
-        if len(resume) != k or len({r.next_epoch for r in resume}) != 1:
-            raise ValueError("resume needs one epoch checkpoint per run, all at the same epoch")
-        _join_optimizer(opt, fused, models, schedule, [r.optimizer_state for r in resume])
-        for g, r in zip(generators, resume):
-            g.set_state(r.generator_state)
-        all_logs = [[EpochLog(**log) for log in r.logs] for r in resume]
-        start = resume[0].next_epoch
+        all_logs, start = _resume(opt, fused, models, schedule, generators, resume)
     for epoch in range(start, schedule.epochs):
         lr = schedule.lr_at(epoch)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros(k, device=device)
-        correct = torch.zeros(k, device=device, dtype=torch.long)
-        step = torch.zeros((), device=device, dtype=torch.long)
-        first_bad = torch.full((k,), -1, device=device, dtype=torch.long)
-        for xf, xs, idx in _epoch(sources, generators, batch_size):
-            y = labels.gather(1, idx)  # [K, B]: run k's labels of its rows
-            with autocast_for(device, amp):
-                out = fused(xf)
-            logits = unfold(out, k)
-            losses = torch.stack([obj(logits[i], y[i], xs[i], idx[i]) for i, obj in enumerate(objs)])
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            opt.step()
-            with torch.no_grad():
-                for t, m in pairs:
-                    t.mul_(m)
-            real = xs[0].shape[0]
-            detached = losses.detach()
-            loss_sum += detached * real
-            correct += (logits.detach().argmax(2) == y).sum(1)
-            step += 1
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
+        sums = _train_epoch(fused, sources, generators, labels, opt, objs, pairs, batch_size, amp)
         unload(fused, models)
-        means = (loss_sum.double() / n).tolist()  # one sync per epoch
-        for i, mean_loss in enumerate(means):
-            if not math.isfinite(mean_loss):
-                raise TrainingDiverged(
-                    f"run {i} of the fused group diverged at epoch {epoch + 1}, step {int(first_bad[i])} of {int(step)}: "
-                    f"the loss became {mean_loss}"
-                )
-        for i in range(k):
-            log = EpochLog(epoch=epoch + 1, lr=lr, loss=float(loss_sum[i]) / n, acc=int(correct[i]) / n)
-            all_logs[i].append(log)
-            hook = hooks[i]
-            if hook is not None:
-                hook(log, models[i])
+        _check_epoch(sums, n, epoch)
+        _record_epoch(sums, n, epoch, lr, all_logs, hooks, models)
         if checkpoint is not None:
             checkpoint(epoch + 1, lambda: split_optimizer(opt, fused, models, schedule), all_logs)
+    _check_finite_weights(models)
+    return all_logs
+
+
+def _check_fusable(models: Sequence[nn.Module], sources: Sequence[Source], schedule: Schedule, objs: Sequence[Objective]) -> None:
+    """Raise :class:`NotFusable` when the runs cannot train as one: :func:`why_not`, or training
+    splits of other sizes or labels of another type or shape."""
+    reason = why_not(models, schedule, objs)
+    if reason is not None:
+        raise NotFusable(reason)
+    n = sources[0].num_rows
+    if any(s.num_rows != n for s in sources):
+        raise NotFusable("the runs' training splits differ in size")
+    if len({(s.y.dtype, s.y.shape) for s in sources}) != 1:
+        raise NotFusable("the runs' labels differ in type or shape")
+
+
+def _resume(
+    opt: torch.optim.Optimizer,
+    fused: nn.Module,
+    models: Sequence[nn.Module],
+    schedule: Schedule,
+    generators: Sequence[torch.Generator],
+    resume: Sequence[EpochState],
+) -> tuple[list[list[EpochLog]], int]:
+    """Restore the K runs' epoch checkpoints (optimiser and generator states): their logs and the next epoch."""
+    if len(resume) != len(models) or len({r.next_epoch for r in resume}) != 1:
+        raise ValueError("resume needs one epoch checkpoint per run, all at the same epoch")
+    _join_optimizer(opt, fused, models, schedule, [r.optimizer_state for r in resume])
+    for g, r in zip(generators, resume):
+        g.set_state(r.generator_state)
+    return [[EpochLog(**log) for log in r.logs] for r in resume], resume[0].next_epoch
+
+
+@dataclass
+class _EpochSums:
+    """One epoch's per-run totals ([K] each), kept on the device (one sync per epoch): the loss
+    summed over samples, the correct predictions, the steps, and each run's first step with a
+    non-finite loss (-1: none)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    steps: torch.Tensor
+    first_bad: torch.Tensor
+
+
+def _train_epoch(
+    fused: nn.Module,
+    sources: Sequence[Source],
+    generators: Sequence[torch.Generator],
+    labels: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    objs: Sequence[Objective],
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    batch_size: int,
+    amp: bool,
+) -> _EpochSums:
+    """One pass of every run over its own batches, one fused step each, the masks re-applied after every step."""
+    k = len(objs)
+    device = sources[0].device
+    loss_sum = torch.zeros(k, device=device)
+    correct = torch.zeros(k, device=device, dtype=torch.long)
+    step = torch.zeros((), device=device, dtype=torch.long)
+    first_bad = torch.full((k,), -1, device=device, dtype=torch.long)
+    for xf, xs, idx in _epoch(sources, generators, batch_size):
+        y = labels.gather(1, idx)  # [K, B]: run k's labels of its rows
+        with autocast_for(device, amp):
+            out = fused(xf)
+        logits = unfold(out, k)
+        losses = torch.stack([obj(logits[i], y[i], xs[i], idx[i]) for i, obj in enumerate(objs)])
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            for t, m in pairs:
+                t.mul_(m)
+        real = xs[0].shape[0]
+        detached = losses.detach()
+        loss_sum += detached * real
+        correct += (logits.detach().argmax(2) == y).sum(1)
+        step += 1
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
+    return _EpochSums(loss_sum, correct, step, first_bad)
+
+
+def _check_epoch(sums: _EpochSums, n: int, epoch: int) -> None:
+    """A run whose mean loss is not finite stops the group (:class:`TrainingDiverged`), naming it and its first bad step."""
+    means = (sums.loss_sum.double() / n).tolist()  # one sync per epoch
+    for i, mean_loss in enumerate(means):
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"run {i} of the fused group diverged at epoch {epoch + 1}, step {int(sums.first_bad[i])} of {int(sums.steps)}: "
+                f"the loss became {mean_loss}"
+            )
+
+
+def _record_epoch(
+    sums: _EpochSums,
+    n: int,
+    epoch: int,
+    lr: float,
+    all_logs: list[list[EpochLog]],
+    hooks: Sequence[Callable[[EpochLog, nn.Module], None] | None],
+    models: Sequence[nn.Module],
+) -> None:
+    """Append each run's epoch log and call its ``on_epoch_end`` hook with its model."""
+    for i in range(len(models)):
+        log = EpochLog(epoch=epoch + 1, lr=lr, loss=float(sums.loss_sum[i]) / n, acc=int(sums.correct[i]) / n)
+        all_logs[i].append(log)
+        hook = hooks[i]
+        if hook is not None:
+            hook(log, models[i])
+
+
+def _check_finite_weights(models: Sequence[nn.Module]) -> None:
     for i, model in enumerate(models):
         for name, p in model.named_parameters():
             if not torch.isfinite(p).all():
                 raise TrainingDiverged(f"run {i}: parameter {name} contains NaN/Inf after fused training; lower train.lr and resume")
-    return all_logs
 
 
 __all__ = ["ELEMENTWISE_OPTIMIZERS", "NotFusable", "load", "stack", "stacked_masks", "train_fused", "unload", "why_not"]
