@@ -228,6 +228,16 @@ def format_cost(estimate: dict[str, Any], width: int = 80) -> str:
     names = [c["cell"] for c in estimate["cells"]]
     strip = bool(names) and all(n.startswith(prefix) and len(n) > len(prefix) for n in names)
     models = list(dict.fromkeys(r["model"] for c in estimate["cells"] for r in c["runs"]))
+    rows = _cost_rows(estimate, prefix, strip)
+    table, legend, rows = _fit_table(header, rows, models, width)
+    out = [*table, *legend]
+    notes = _cost_notes(estimate, prefix, strip, rows)
+    title = f"Cost estimate for sweep {estimate['sweep']} ({estimate['convention']}):"
+    return "\n".join([_fill(title, width), *out, *(_fill(n, width) for n in notes)])
+
+
+def _cost_rows(estimate: dict[str, Any], prefix: str, strip: bool) -> list[tuple[str, ...]]:
+    """One row per run: a teacher an earlier cell already trained is marked ``teacher*``."""
     rows: list[tuple[str, ...]] = []
     seen = set()
     for c in estimate["cells"]:
@@ -246,6 +256,14 @@ def format_cost(estimate: dict[str, Any], width: int = 80) -> str:
                     hours_text(r["gpu_hours"]),
                 )
             )
+    return rows
+
+
+def _fit_table(
+    header: tuple[str, ...], rows: list[tuple[str, ...]], models: list[str], width: int
+) -> tuple[list[str], list[str], list[tuple[str, ...]]]:
+    """The table's lines within ``width``, its legend of model keys and the rows as shown: models
+    become keys m1, m2, ... when too wide, then long cell names go on their own lines."""
     table = _table(header, rows, 3)
     legend: list[str] = []
     if max(map(len, table)) > width:  # the model descriptions are the long cells: keys, spelled out below
@@ -260,7 +278,11 @@ def format_cost(estimate: dict[str, Any], width: int = 80) -> str:
             if i == 0 or row[0] != rows[i - 1][0]:
                 table.append(textwrap.fill(row[0], width))  # a name longer than the line breaks after - first
             table.append("  " + body[i + 1])
-    out = [*table, *legend]
+    return table, legend, rows
+
+
+def _cost_notes(estimate: dict[str, Any], prefix: str, strip: bool, rows: list[tuple[str, ...]]) -> list[str]:
+    """The lines under the table: the cell prefix, shared teachers, the total, each cell's reservation, the assumption."""
     notes = [f"cells are named {prefix}<cell>"] if strip else []
     if any(row[1].endswith("*") for row in rows):
         notes.append("teacher*: the teacher of an earlier cell, trained once (its cost counts once in the total)")
@@ -284,8 +306,7 @@ def format_cost(estimate: dict[str, Any], width: int = 80) -> str:
             f"all cells one after another {hours_text(estimate['total_gpu_hours'] / c['processes'])} h"
         )
     notes.append(estimate["assumption"])
-    title = f"Cost estimate for sweep {estimate['sweep']} ({estimate['convention']}):"
-    return "\n".join([_fill(title, width), *out, *(_fill(n, width) for n in notes)])
+    return notes
 
 
 def _fill(text: str, width: int) -> str:
