@@ -84,12 +84,7 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
     synthetic data on the run's device; time an evaluation pass of the same rows. ``teacher``: the
     KD teacher's config, read from ``distill.teacher``'s run directory when not given (several
     teachers and self-distillation, whose logits are cached once per round, add none)."""
-    import torch
-
     from dsd2.imp import resolve_device, set_threads
-    from dsd2.models import build_model
-    from dsd2.registry import OPTIMIZERS
-    from dsd2.train import Schedule, train
 
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
@@ -104,34 +99,10 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
 
     check_batch_fits(meta_model(cfg), input_shape(cfg), batch, device)  # before a batch that cannot fit is allocated
     data = _synthetic(cfg, batch * steps, device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, **model_kwargs(cfg), **cfg.model.options).to(device)
-    if cfg.train.channels_last and len(input_shape(cfg)) == 3:
-        model = model.to(memory_format=torch.channels_last)
+    model = _built_model(cfg, device)
     threads = set_threads(cfg, device, model, data, None)
-    t = cfg.train
-    schedule = Schedule(
-        epochs=2,
-        lr=t.lr,
-        optimizer=t.optimizer,
-        momentum=options_of(cfg, OPTIMIZERS, "sgd").momentum,
-        weight_decay=t.weight_decay,
-        kind="constant",
-        optimizer_options=choice_options(cfg, OPTIMIZERS),
-    )
-    stamps: list[float] = []
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    train(model, data, schedule, batch_size=batch, generator=gen, amp=t.amp, on_epoch_end=lambda log, m: stamps.append(time.perf_counter()))
-    train_s = stamps[1] - stamps[0]  # the second epoch: warm caches, allocator, kernels chosen
-    model.eval()
-    with torch.no_grad():
-        for xb in data.ordered(t.eval_batch_size):  # warm-up pass, then the timed one
-            model(xb)
-        t0 = time.perf_counter()
-        for xb in data.ordered(t.eval_batch_size):
-            out = model(xb)
-        float(out.sum())  # one sync, as the run's evaluation
-        eval_s = time.perf_counter() - t0
+    train_s = _time_training(cfg, model, data, device)
+    eval_s = _time_evaluation(model, data, cfg.train.eval_batch_size)
     _, step, tfwd = per_example_flops(cfg, teacher)
     rows = data.num_rows
     return Measured(
@@ -144,6 +115,66 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
         step_flops_per_example=step,
         teacher_flops_per_example=tfwd,
     )
+
+
+def _built_model(cfg: RunConfig, device: Any) -> Any:
+    """``cfg``'s model on ``device``, built from ``cfg.seed`` (in channels_last when the run uses it)."""
+    import torch
+
+    from dsd2.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, **model_kwargs(cfg), **cfg.model.options).to(device)
+    if cfg.train.channels_last and len(input_shape(cfg)) == 3:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _time_training(cfg: RunConfig, model: Any, data: Any, device: Any) -> float:
+    """Seconds of the second of two training epochs over ``data`` with :func:`dsd2.train.train`
+    (the first warms caches, the allocator and the kernels' choice)."""
+    import torch
+
+    from dsd2.registry import OPTIMIZERS
+    from dsd2.train import Schedule, train
+
+    t = cfg.train
+    schedule = Schedule(
+        epochs=2,
+        lr=t.lr,
+        optimizer=t.optimizer,
+        momentum=options_of(cfg, OPTIMIZERS, "sgd").momentum,
+        weight_decay=t.weight_decay,
+        kind="constant",
+        optimizer_options=choice_options(cfg, OPTIMIZERS),
+    )
+    stamps: list[float] = []
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    train(
+        model,
+        data,
+        schedule,
+        batch_size=t.batch_size,
+        generator=gen,
+        amp=t.amp,
+        on_epoch_end=lambda log, m: stamps.append(time.perf_counter()),
+    )
+    return stamps[1] - stamps[0]  # the second epoch: warm caches, allocator, kernels chosen
+
+
+def _time_evaluation(model: Any, data: Any, batch_size: int) -> float:
+    """Seconds of an evaluation pass over ``data`` after a warm-up pass, ending in one sync as the run's evaluation."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        for xb in data.ordered(batch_size):  # warm-up pass, then the timed one
+            model(xb)
+        t0 = time.perf_counter()
+        for xb in data.ordered(batch_size):
+            out = model(xb)
+        float(out.sum())  # one sync, as the run's evaluation
+        return time.perf_counter() - t0
 
 
 def eval_examples_per_round(cfg: RunConfig) -> int:
