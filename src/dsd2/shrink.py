@@ -227,53 +227,10 @@ def shrink(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, ShrinkRepo
     small = copy.deepcopy(model)
     layers: dict[str, dict[str, Any]] = {}
     for link in links:
-        prod: Any = modules[link.producer]
-        cons: Any = modules[link.consumer]
-        n_out = prod.weight.shape[0]
-        dead = _dead_rows(prod.weight)
-        x = inputs[link.consumer]
-        if x.dim() < 2 or (isinstance(cons, nn.Linear) and x.dim() != 2) or (not link.flattened and x.shape[1] != n_out):
-            kept[link.producer] = "its channels are not dimension 1 of the consumer's input (e.g. tokens)"
-            continue
-        block = x.shape[1] // n_out if link.flattened else 1
-        if link.flattened and x.shape[1] != n_out * block:
-            kept[link.producer] = "the flatten does not map channels to blocks of the consumer's inputs"
-            continue
-        per_channel = x.reshape(x.shape[0], n_out, -1)  # (batch, channel, positions or its flattened block)
-        lo, hi = per_channel.amin(dim=(0, 2)), per_channel.amax(dim=(0, 2))
-        constant = lo == hi
-        zero = constant & (hi == 0)
-        foldable = constant & isinstance(cons, nn.Linear)
-        remove = dead & (zero | foldable)
-        stuck = int((dead & ~remove).sum())
-        if not bool(remove.any()):
-            if stuck:
-                kept[link.producer] = f"{stuck} removed channel(s) output a constant before a convolution"
-            continue
-        keep_idx = (~remove).nonzero().squeeze(1)
-        if keep_idx.numel() == 0:
-            keep_idx = torch.zeros(1, dtype=torch.long)  # a layer keeps one channel: shapes stay valid
-            remove = torch.ones_like(remove)
-            remove[0] = False
-        new_cons = _resized(cons, in_idx=_input_columns(keep_idx, block))
-        if isinstance(cons, nn.Linear):  # its input is (batch, features): per_channel[0] is one example's, blocks in order
-            gone_cols = _input_columns(remove.nonzero().squeeze(1), block)
-            with torch.no_grad():
-                shift = cons.weight[:, gone_cols] @ per_channel[0].reshape(-1)[gone_cols]
-                if new_cons.bias is None:
-                    new_cons.bias = nn.Parameter(shift.clone())
-                else:
-                    new_cons.bias += shift
-        _set(small, link.consumer, new_cons)
-        _set(small, link.producer, _resized(small.get_submodule(link.producer), out_idx=keep_idx))
-        for bn in link.batchnorms:
-            _set(small, bn, _resized(modules[bn], out_idx=keep_idx))
-        layers[link.producer] = {"channels": n_out, "kept": int(keep_idx.numel()), "kept_dead_constant": stuck}
-    with torch.no_grad():
-        want = model(probe)
-        diff = float((want - small(probe)).abs().max())
-    if not diff <= TOLERANCE * max(1.0, float(want.abs().max())):
-        raise UserError(f"the shrunk model differs from the masked one by {diff:.3g} on the probe batch: export without --structured")
+        layer = _shrink_link(small, link, modules, inputs[link.consumer], kept)
+        if layer is not None:
+            layers[link.producer] = layer
+    diff = _probe_diff(model, small, probe)
     report = ShrinkReport(
         layers=layers,
         kept_whole={k: v for k, v in kept.items() if bool(_dead_rows(modules[k].weight).any())},
@@ -282,6 +239,88 @@ def shrink(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, ShrinkRepo
         max_abs_diff=diff,
     )
     return small.eval(), report
+
+
+def _shrink_link(
+    small: nn.Module, link: Link, modules: dict[str, nn.Module], x: torch.Tensor, kept: dict[str, str]
+) -> dict[str, Any] | None:
+    """Remove from ``small`` the channels of ``link``'s producer that are dead and whose output
+    (``x``: the consumer's input on the probe) is zero, or constant before a Linear (folded into
+    its bias); the layer's report entry, or None when none can go (the reason in ``kept``)."""
+    prod: Any = modules[link.producer]
+    cons: Any = modules[link.consumer]
+    n_out = prod.weight.shape[0]
+    dead = _dead_rows(prod.weight)
+    reason = _not_channelwise(link, cons, x, n_out)
+    if reason is not None:
+        kept[link.producer] = reason
+        return None
+    block = x.shape[1] // n_out if link.flattened else 1
+    per_channel = x.reshape(x.shape[0], n_out, -1)  # (batch, channel, positions or its flattened block)
+    lo, hi = per_channel.amin(dim=(0, 2)), per_channel.amax(dim=(0, 2))
+    constant = lo == hi
+    zero = constant & (hi == 0)
+    foldable = constant & isinstance(cons, nn.Linear)
+    remove = dead & (zero | foldable)
+    stuck = int((dead & ~remove).sum())
+    if not bool(remove.any()):
+        if stuck:
+            kept[link.producer] = f"{stuck} removed channel(s) output a constant before a convolution"
+        return None
+    keep_idx = (~remove).nonzero().squeeze(1)
+    if keep_idx.numel() == 0:
+        keep_idx = torch.zeros(1, dtype=torch.long)  # a layer keeps one channel: shapes stay valid
+        remove = torch.ones_like(remove)
+        remove[0] = False
+    _remove_channels(small, link, modules, keep_idx, remove, block, per_channel)
+    return {"channels": n_out, "kept": int(keep_idx.numel()), "kept_dead_constant": stuck}
+
+
+def _not_channelwise(link: Link, cons: Any, x: torch.Tensor, n_out: int) -> str | None:
+    """Why the producer's channels are not dimension 1 (or blocks of it) of the consumer's input ``x``; None when they are."""
+    if x.dim() < 2 or (isinstance(cons, nn.Linear) and x.dim() != 2) or (not link.flattened and x.shape[1] != n_out):
+        return "its channels are not dimension 1 of the consumer's input (e.g. tokens)"
+    block = x.shape[1] // n_out if link.flattened else 1
+    if link.flattened and x.shape[1] != n_out * block:
+        return "the flatten does not map channels to blocks of the consumer's inputs"
+    return None
+
+
+def _remove_channels(
+    small: nn.Module,
+    link: Link,
+    modules: dict[str, nn.Module],
+    keep_idx: torch.Tensor,
+    remove: torch.Tensor,
+    block: int,
+    per_channel: torch.Tensor,
+) -> None:
+    """Resize ``link``'s producer, consumer and batchnorms in ``small`` to the ``keep_idx`` channels;
+    a Linear consumer's bias takes the constant the removed channels fed it."""
+    cons: Any = modules[link.consumer]
+    new_cons = _resized(cons, in_idx=_input_columns(keep_idx, block))
+    if isinstance(cons, nn.Linear):  # its input is (batch, features): per_channel[0] is one example's, blocks in order
+        gone_cols = _input_columns(remove.nonzero().squeeze(1), block)
+        with torch.no_grad():
+            shift = cons.weight[:, gone_cols] @ per_channel[0].reshape(-1)[gone_cols]
+            if new_cons.bias is None:
+                new_cons.bias = nn.Parameter(shift.clone())
+            else:
+                new_cons.bias += shift
+    _set(small, link.consumer, new_cons)
+    _set(small, link.producer, _resized(small.get_submodule(link.producer), out_idx=keep_idx))
+    for bn in link.batchnorms:
+        _set(small, bn, _resized(modules[bn], out_idx=keep_idx))
+
+
+def _probe_diff(model: nn.Module, small: nn.Module, probe: torch.Tensor) -> float:
+    """The largest difference of ``small``'s outputs from ``model``'s on ``probe``; refused beyond the tolerance."""
+    with torch.no_grad():
+        want = model(probe)
+        diff = float((want - small(probe)).abs().max())
+    if not diff <= TOLERANCE * max(1.0, float(want.abs().max())):
+        raise UserError(f"the shrunk model differs from the masked one by {diff:.3g} on the probe batch: export without --structured")
+    return diff
 
 
 def module_shapes(model: nn.Module) -> dict[str, list[int]]:
