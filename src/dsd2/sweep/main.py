@@ -9,7 +9,7 @@ from dsd2.errors import UserError
 from dsd2.sweep.aggregate import SweepResult
 from dsd2.sweep.cost import DEFAULT_GPU_TFLOPS, estimate_cost, format_cost
 from dsd2.sweep.run import run_sweep
-from dsd2.sweep.spec import Cell, expand, load_sweep
+from dsd2.sweep.spec import Cell, SweepSpec, expand, load_sweep
 
 
 def _pct(v: Any) -> str:
@@ -98,16 +98,7 @@ def sweep_main(
         host_port(address)  # a malformed --address is refused before anything is read or started
     spec = load_sweep(path, list(overrides), plugins=plugins)
     cells = expand(spec)
-    try:
-        throughput = None
-        if measure_steps is not None:
-            from dsd2.sweep.measure import measured_throughput
-
-            throughput = measured_throughput(measure_steps)
-        cost = format_cost(estimate_cost(spec, gpu_tflops=gpu_tflops, cells=cells, throughput=throughput))
-    except UserError as err:  # e.g. a dataset without a known input shape: run anyway
-        cost = f"cost estimate unavailable: {err}"
-    console.print(cost, highlight=False, markup=False, soft_wrap=True)
+    console.print(_cost_text(spec, cells, gpu_tflops, measure_steps), highlight=False, markup=False, soft_wrap=True)
     if fuse:
         _fused_groups(spec, cells, out, dry_run, console)
     if dry_run:
@@ -115,6 +106,24 @@ def sweep_main(
         return 0
     progress = _Progress(console, len(cells))
     result = run_sweep(spec, out=out, backend=backend, address=address, max_parallel=max_parallel, on_event=progress)
+    return _print_result(result, out, console)
+
+
+def _cost_text(spec: SweepSpec, cells: list[Cell], gpu_tflops: float, measure_steps: int | None) -> str:
+    """The cost estimate's table (measured on this machine with ``measure_steps``), or why there is none."""
+    try:
+        throughput = None
+        if measure_steps is not None:
+            from dsd2.sweep.measure import measured_throughput
+
+            throughput = measured_throughput(measure_steps)
+        return format_cost(estimate_cost(spec, gpu_tflops=gpu_tflops, cells=cells, throughput=throughput))
+    except UserError as err:  # e.g. a dataset without a known input shape: run anyway
+        return f"cost estimate unavailable: {err}"
+
+
+def _print_result(result: SweepResult, out: str | Path, console: Any) -> int:
+    """Print the cells, the summaries and the report; 0 when every cell finished, 1 when some failed."""
     console.print(_cells_table(result, out, console.width))
     console.print(f"summaries: {result.sweep_dir}/summary.csv, summary_by_point.csv, all_rounds.csv, sweep.json", markup=False)
     if any(c.status == "finished" for c in result.cells):
