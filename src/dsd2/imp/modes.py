@@ -19,6 +19,7 @@ from dsd2.imp.setup import RunContext
 from dsd2.prune import (
     GradientSource,
     Masks,
+    NoChannelAtThisRate,
     ScoreInputs,
     apply_masks,
     batchnorm_masks,
@@ -239,7 +240,10 @@ def gradual_step(ctx: RunContext, masks: Masks, round_idx: int, epoch: int, epoc
     remove = alive - round((1.0 - target) * total)
     if remove <= 0:
         return
-    new = _prune(ctx, masks, round_idx, remove / alive, 1.0 - target)
+    try:
+        new = _prune(ctx, masks, round_idx, remove / alive, 1.0 - target)
+    except NoChannelAtThisRate:
+        new = masks  # this epoch's share rounds to no channel: a later, larger step removes them
     with torch.no_grad():
         for name, m in masks.items():
             m.copy_(new[name])

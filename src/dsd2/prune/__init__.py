@@ -31,6 +31,7 @@ from .allocations import erk_allocation, erk_densities, global_allocation, unifo
 from .channels import (
     BATCHNORMS,
     ChannelFloor,
+    NoChannelAtThisRate,
     add_slimming_penalty,
     alive_rows,
     batchnorm_after,
@@ -64,6 +65,7 @@ __all__ = [
     "ChannelFloor",
     "GradientSource",
     "Masks",
+    "NoChannelAtThisRate",
     "ScoreInputs",
     "Scores",
     "add_slimming_penalty",

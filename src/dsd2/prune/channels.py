@@ -114,9 +114,14 @@ class ChannelFloor(UserError):
     that removes nothing is not a new sparsity, and its retrained accuracy looks like a recovery)."""
 
 
+class NoChannelAtThisRate(ChannelFloor):
+    """The rate rounds to no channel in every layer. An iterative round ends the curve here; a
+    gradual step (a small part of a round's pruning) just removes nothing this epoch."""
+
+
 def _floor_blocked(requested: int, removed: int, min_channels: int) -> None:
     if requested == 0:
-        raise ChannelFloor(
+        raise NoChannelAtThisRate(
             "no channel would be removed: every pruned layer is so narrow that prune.rate times its alive channels rounds "
             "to 0, so the next round would retrain the same masks. The finished rounds are the curve (`dsd2 export RUN_DIR "
             "--round best`, or --round N for one of them); for more rounds start a new run with a higher prune.rate or a "
