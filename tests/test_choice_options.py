@@ -465,8 +465,9 @@ def test_an_infinite_plugin_option_is_refused_not_recorded_as_null(option_plugin
     [
         "train.optimizer_options={" + ", ".join(f"k{i}: [1, 2, 3]" for i in range(2000)) + "}",
         "train.optimizer_options.factor={" + ", ".join(f"k{i}: [1, 2, 3]" for i in range(2000)) + "}",
+        "train.optimizer_options.k0" + "k" * 5000 + "=1",
     ],
-    ids=["many keys", "a huge value"],
+    ids=["many keys", "a huge value", "a huge key"],
 )
 def test_a_huge_plugin_option_is_one_short_error(option_plugins, override):
     with pytest.raises(UserError) as err:

@@ -41,7 +41,7 @@ def check_choice_options(reg: registry.Registry[Any], name: str | None, options:
         if option not in fields:
             hint = registry.did_you_mean(str(option), fields, prefix=f"{key}.")
             raise ValueError(
-                f"{key}.{_short(str(option))}: {reg.kind} {name!r} has no option {option!r}.{hint} Its options (defaults): {accepted}"
+                f"{key}.{_short(str(option))}: {reg.kind} {name!r} has no option {_short(repr(option))}.{hint} Its options (defaults): {accepted}"
             )
     try:
         validated = model.model_validate(options)
