@@ -159,3 +159,25 @@ def test_a_student_made_with_a_relative_teacher_path_extends_from_another_folder
     monkeypatch.chdir(tmp_path)  # the pipeline again, as it was given: the same finished runs
     again = study.run_pipeline(tiny_config("prune.rounds=1"), out=Path("pp"))
     assert Path(again.student).name == student.name and "execution_changes" not in store.read_json(student / "meta.json")
+
+
+def test_a_report_of_a_moved_study_pairs_the_student_with_its_teacher(moved):
+    # before: teacher.json names the teacher's old folder, so the report of the moved study lost
+    # the pairing (no teacher role, no "vanilla vs DSD² student" compute figure)
+    from dsd2.report.data import load_runs, teacher_of
+
+    teacher, student, _ = moved
+    runs = load_runs([teacher, student])
+    t, s = runs
+    assert (t.role, s.role) == ("teacher", "student") and teacher_of(s, runs) is t
+
+
+def test_compare_of_a_moved_study_counts_its_teachers_cost(moved):
+    # before: 'dsd2 compare TEACHER STUDENT' of a moved study failed on the teacher's old folder
+    # (teacher.json's run_dir: "... is not a dsd2 run directory"), and the report dropped the row
+    from dsd2 import compare
+
+    teacher, student, _ = moved
+    rows = {o.strategy: o for o in compare.strategy_table(teacher, student)}
+    with_teacher = rows["DSD² + early stop, incl. teacher IMP"]
+    assert with_teacher.pflops_dense > rows["DSD² + early stop"].pflops_dense
