@@ -289,6 +289,26 @@ def test_structured_allocations_leave_the_classifier_out_by_default():
     assert explicit.run_id() != tiny_config("prune.allocation=channel_uniform").run_id()
 
 
+def test_a_plugins_structured_allocation_leaves_the_classifier_out_by_default(tmp_path, monkeypatch):
+    """Before, the default was chosen before the config's plugins were imported: a plugin's
+    structured allocation kept include_classifier=true, and the new run was refused ("leave
+    prune.include_classifier out") although the config never named it."""
+    import sys
+
+    (tmp_path / "dsd2_qa_channels.py").write_text(
+        "from dsd2.prune.channels import channel_uniform_allocation\n"
+        "from dsd2.registry import PRUNING_ALLOCATIONS\n"
+        "PRUNING_ALLOCATIONS.register('qa_channels', channel_uniform_allocation, metadata={'structured': True})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with PRUNING_ALLOCATIONS.snapshot():
+            cfg = tiny_config("plugins=[dsd2_qa_channels]", "prune.allocation=qa_channels")
+            assert cfg.prune.include_classifier is False
+    finally:
+        sys.modules.pop("dsd2_qa_channels", None)
+
+
 def test_a_new_structured_run_that_would_prune_classes_is_refused(tmp_path):
     cfg = tiny_config("prune.allocation=channel_uniform", "prune.include_classifier=true")
     with pytest.raises(UserError, match="classifier's rows are the classes"):

@@ -450,3 +450,28 @@ def test_a_plugin_choices_options_read_through_the_same_accessor(option_plugins)
     assert options_of(cfg, OPTIMIZERS) == _Factor(factor=0.5)
     assert options_of(cfg, RETRAIN_MODES) == _Factor()
     assert options_of(cfg, OPTIMIZERS, "adam") is None  # a built-in choice without options
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400"])
+def test_an_infinite_plugin_option_is_refused_not_recorded_as_null(option_plugins, value):
+    # pydantic's JSON dump writes inf as null: the run trained, then its config.yaml said
+    # factor: null and no command could read the run again
+    with pytest.raises(UserError, match=r"train\.optimizer_options\.factor=inf: not a finite number"):
+        tiny_config(*PLUGIN_CHOICES, f"train.optimizer_options.factor={value}")
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.optimizer_options={" + ", ".join(f"k{i}: [1, 2, 3]" for i in range(2000)) + "}",
+        "train.optimizer_options.factor={" + ", ".join(f"k{i}: [1, 2, 3]" for i in range(2000)) + "}",
+        "train.optimizer_options.k0" + "k" * 5000 + "=1",
+    ],
+    ids=["many keys", "a huge value", "a huge key"],
+)
+def test_a_huge_plugin_option_is_one_short_error(option_plugins, override):
+    with pytest.raises(UserError) as err:
+        tiny_config(*PLUGIN_CHOICES, override)
+    message = str(err.value)
+    assert "train.optimizer_options.k0" in message or "train.optimizer_options.factor=" in message
+    assert len(message) < 600, message[:700]

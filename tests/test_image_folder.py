@@ -1,6 +1,7 @@
 """Image folders (dataset.name=image_folder): layout, the memory and stream data paths, their
 reproducibility contract (workers, resume), unreadable files, and the sweep's cost from file counts."""
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,21 @@ def test_layout_errors(tmp_path):
         load_dataset("mnist1d", None, options={"image_size": 32})
     with pytest.raises(UserError, match="image_size"):
         imp.build_data(load_config("tiny_mnist1d", ["dataset.image_size=32"]))
+
+
+def test_an_image_folder_gone_from_its_place_says_how_to_repoint_it(folder, tmp_path, capsys):
+    # before: "dataset.root=... is not a folder; expected root/train/<class>/..." for a run whose
+    # images moved, with no word of giving the run their new place
+    moved = tmp_path / "imgs"
+    shutil.copytree(folder, moved)
+    cfg = config_file(tmp_path / "imf.yaml", moved, "memory", "prune.rounds=1", "train.epochs=1")
+    assert main(["run", cfg, "--out", str(tmp_path / "runs"), "-q"]) == 0
+    run_dir = next((tmp_path / "runs").iterdir())
+    moved.rename(tmp_path / "imgs2")
+    assert main(["resume", str(run_dir), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"dataset.root={moved} is not a folder (nothing there)" in err and "dataset.root=NEW" in err and len(err.splitlines()) == 1
+    assert main(["resume", str(run_dir), f"dataset.root={tmp_path / 'imgs2'}", "-q"]) == 0
 
 
 def test_fixed_validation_folder(tmp_path):

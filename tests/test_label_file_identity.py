@@ -121,6 +121,24 @@ def test_other_labels_are_refused_in_one_line(labelled, tmp_path, capsys):
     assert [r.round for r in rundir.read_rounds(mine)] == [0, 1, 2]
 
 
+def test_a_label_file_gone_from_its_place_says_how_to_repoint_it(labelled, tmp_path, capsys):
+    # before: "cannot read .../labels.pt to fingerprint it: No such file or directory", no word
+    # of dataset.label_file nor of giving a moved file its new place
+    top, cfg, run_dir = labelled
+    mine = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, mine)
+    gone = tmp_path / "gone.pt"
+    shutil.copy(top / "data" / "labels.pt", gone)
+    assert main(["run", str(mine), f"dataset.label_file={gone}", "-q"]) == 0
+    moved = gone.rename(tmp_path / "moved.pt")
+    before = {p.name: p.read_bytes() for p in (mine / "config.yaml", mine / "meta.json")}
+    assert main(["resume", str(mine), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"dataset.label_file={gone} cannot be read" in err and "dataset.label_file=NEW" in err and len(err.splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in (mine / "config.yaml", mine / "meta.json")} == before
+    assert main(["resume", str(mine), f"dataset.label_file={moved}", "-q"]) == 0
+
+
 def test_a_run_of_the_scheme_that_hashed_the_path_is_found(labelled, tmp_path, monkeypatch):
     """A folder named when the id hashed the label file's path as spelled (scheme 5), its
     config.yaml holding the relative path: the same command from the same folder finds it."""

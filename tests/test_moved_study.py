@@ -20,8 +20,8 @@ from conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def moved(tmp_path_factory):
-    """A one-round study made in ``<a>/pp`` (relative paths, as `dsd2 pipeline --out pp` records
-    them), its copy in ``<b>/moved``, and the reference: the unmoved student extended to 2 rounds.
+    """A one-round study made in ``<a>/pp`` (`dsd2 pipeline --out pp`; the student records its
+    teacher as ``<a>/pp/<teacher>``), its copy in ``<b>/moved``, and the reference: the unmoved student extended to 2 rounds.
     The original is deleted: the student's recorded teacher path no longer resolves."""
     import os
 
@@ -61,7 +61,7 @@ def test_repointing_a_moved_student_extends_it_as_the_unmoved_one(moved, tmp_pat
     assert (mine / "rounds.csv").read_bytes() == reference
     change = store.read_json(mine / "meta.json")["execution_changes"][-1]
     assert change["round"] == 2 and change["changed"]["distill.teacher"]["to"] == str(teacher)
-    assert change["changed"]["distill.teacher"]["from"].startswith("pp/")
+    assert change["changed"]["distill.teacher"]["from"].endswith(f"/pp/{teacher.name}")  # recorded absolute at the start
     cfg = rundir.read_config(mine)
     assert cfg.distill.teacher == str(teacher) and cfg.digest() == store.read_json(mine / "meta.json")["config_digest"]
     assert cfg.run_id() == student.name  # the same run
@@ -140,3 +140,44 @@ def test_a_teachers_earlier_digests_stop_at_an_extension(tmp_path):
     )
     assert rundir.moved._digests_before_moves(tmp_path, "D") == ["C"]
     assert rundir.moved._digests_before_moves(tmp_path, "B") == []  # not today's digest: nothing follows
+
+
+def test_a_student_made_with_a_relative_teacher_path_extends_from_another_folder(tmp_path, monkeypatch):
+    """Nothing moved: the student's teacher is recorded absolute, as dataset.root is. Before, a
+    study made with `dsd2 pipeline --out pp` recorded distill.teacher=pp/<teacher>, and extending
+    the student from any other folder was refused as 'a moved study?'."""
+    monkeypatch.chdir(tmp_path)
+    s = study.run_pipeline(tiny_config("prune.rounds=1"), out=Path("pp"))
+    student = tmp_path / s.student
+    assert rundir.read_config(student).distill.teacher == str(tmp_path / s.teacher)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["run", str(student), "prune.rounds=2", "-q"]) == 0
+    assert [r.round for r in rundir.read_rounds(student)] == [0, 1, 2]
+    assert "execution_changes" not in store.read_json(student / "meta.json")  # nothing moved, nothing recorded
+    monkeypatch.chdir(tmp_path)  # the pipeline again, as it was given: the same finished runs
+    again = study.run_pipeline(tiny_config("prune.rounds=1"), out=Path("pp"))
+    assert Path(again.student).name == student.name and "execution_changes" not in store.read_json(student / "meta.json")
+
+
+def test_a_report_of_a_moved_study_pairs_the_student_with_its_teacher(moved):
+    # before: teacher.json names the teacher's old folder, so the report of the moved study lost
+    # the pairing (no teacher role, no "vanilla vs DSD² student" compute figure)
+    from dsd2.report.data import load_runs, teacher_of
+
+    teacher, student, _ = moved
+    runs = load_runs([teacher, student])
+    t, s = runs
+    assert (t.role, s.role) == ("teacher", "student") and teacher_of(s, runs) is t
+
+
+def test_compare_of_a_moved_study_counts_its_teachers_cost(moved):
+    # before: 'dsd2 compare TEACHER STUDENT' of a moved study failed on the teacher's old folder
+    # (teacher.json's run_dir: "... is not a dsd2 run directory"), and the report dropped the row
+    from dsd2 import compare
+
+    teacher, student, _ = moved
+    rows = {o.strategy: o for o in compare.strategy_table(teacher, student)}
+    with_teacher = rows["DSD² + early stop, incl. teacher IMP"]
+    assert with_teacher.pflops_dense > rows["DSD² + early stop"].pflops_dense

@@ -492,3 +492,36 @@ def test_the_methods_presets_run_end_to_end_at_a_tiny_size(tmp_path, preset, key
     assert res.ok and len(res.cells) == len(expand(spec))
     rows = store.read_csv(res.sweep_dir / "all_rounds.csv")
     assert len(rows) == len(res.cells) * 3 and (key is None or {r[key] for r in rows} == values)
+
+
+def test_a_pipeline_sweeps_students_are_named_by_their_run_id_and_found_after_a_move(tmp_path):
+    """Before, a student's folder was named when its teacher did not exist yet, by an id that hashed
+    the teacher's absolute path (not its run id, which meta.json records): the same sweep in two
+    folders named its students differently, and running a moved sweep again trained every student anew."""
+    import shutil
+
+    spec = kd_sweep(tmp_path)
+    res = run_sweep(spec, out=tmp_path / "runs", backend="sequential")
+    assert res.ok
+    for cell in res.cells:
+        meta = store.read_json(Path(cell.run_dir) / "meta.json")
+        assert Path(cell.run_dir).name.endswith(meta["config_hash"])
+    shutil.copytree(tmp_path / "runs", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "runs")
+    again = run_sweep(spec, out=tmp_path / "moved", backend="sequential")
+    assert again.ok and [(c.teacher_attempts, c.attempts) for c in again.cells] == [(0, 0), (0, 0)]
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == sorted(
+        [Path(res.cells[0].teacher_dir).name, *(Path(c.run_dir).name for c in res.cells), "kd"]
+    )
+
+
+def test_a_fused_pipeline_sweeps_students_are_named_by_their_run_id(tmp_path):
+    from dsd2.cli import main
+
+    args = ["sweep", "tiny_demo", "sweep.pipeline=true", "sweep.grid={seed: [0, 1]}", "--out", str(tmp_path), "--fuse"]
+    assert main([*args, "--backend", "sequential"]) == 0
+    students = [p for p in tmp_path.iterdir() if p.name.startswith("tiny_demo_seed-")]
+    assert len(students) == 2
+    for d in students:
+        assert d.name.endswith(store.read_json(d / "meta.json")["config_hash"])
+        assert store.read_json(store.round_dir(d, 1) / "metrics.json")["timing"]["fused"] == 2  # trained fused

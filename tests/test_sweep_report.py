@@ -127,3 +127,18 @@ def test_a_sweeps_own_report_from_before_the_listing_is_kept_and_the_refusal_off
         assert (report / "figures" / "sweep_noise.rate.png").read_bytes() == b"mine"
     finally:
         shutil.rmtree(report)
+
+
+def test_a_moved_sweep_folder_still_reports_its_runs(sweep_dir, tmp_path):
+    # before: sweep.json records its runs' folders absolute, so a moved --out folder said
+    # "sweep tiny_demo has no finished cell yet: run `dsd2 sweep` first"
+    moved = tmp_path / "moved"
+    shutil.copytree(sweep_dir.parent, moved, ignore=shutil.ignore_patterns("report"))
+    real = sweep_dir.parent
+    hidden = real.with_name(real.name + "_hidden")
+    real.rename(hidden)
+    try:
+        runs = sweep_runs(moved / sweep_dir.name)
+    finally:
+        hidden.rename(real)
+    assert len(runs) == 4 and all(r.path.parent == moved for r in runs)

@@ -308,7 +308,7 @@ def strategy_table(
         d = decide(srows, "plain", **rule)
         o = outcome("DSD² + early stop", student_dir, srows, d, unit, "student rounds, teacher forward passes included")
         out.append(o)
-        teacher = _teacher_cost(student_dir)
+        teacher = _teacher_cost(student_dir, vanilla_dir)
         if teacher is not None:
             t_dense, t_sparse, t_paper, t_round = teacher
             out.append(
@@ -327,19 +327,28 @@ def strategy_table(
     return out
 
 
-def _teacher_cost(student_dir: str | Path) -> tuple[float, float, float | None, int] | None:
-    """Training cost of the teacher run up to the round it was taken from."""
+def _teacher_cost(student_dir: str | Path, vanilla_dir: str | Path) -> tuple[float, float, float | None, int] | None:
+    """Training cost of the teacher run up to the round it was taken from (a moved study's teacher:
+    ``vanilla_dir`` when teacher.json's folder holds no run any more and it has the same name)."""
     info_path = rundir.teacher_path(student_dir)
     if not info_path.is_file():
         return None
     info = store.read_json_dict(info_path, TeacherFile, hint="it is the student's record of its teacher; restore it from a copy")
     if not isinstance(info, dict) or "run_dir" not in info:
         return None  # several teachers (a list) or self-distillation: no single teacher run to add
-    trows = load_rows(info["run_dir"])
+    trows = load_rows(_teacher_dir(str(info["run_dir"]), vanilla_dir))
     # a best-fit teacher is only known once the whole teacher curve exists
     upto = len(trows) - 1 if info.get("choice") == "best" else int(info["round"])
     t = trows[upto]
     return t["train_pflops_dense"], t["train_pflops_sparse"], t.get("train_pflops_paper"), upto
+
+
+def _teacher_dir(recorded: str, vanilla_dir: str | Path) -> str | Path:
+    """The teacher run's folder: the recorded one, or ``vanilla_dir`` when the recorded folder holds
+    no run (a moved study) and has its name (<name>-<hash>: the same config and curve)."""
+    if not rundir.config_path(recorded).is_file() and Path(vanilla_dir).name == Path(recorded).name:
+        return vanilla_dir
+    return recorded
 
 
 @dataclass

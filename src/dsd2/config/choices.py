@@ -11,6 +11,7 @@ gets it back with the defaults filled in (:func:`filled_options`) when it runs. 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,7 +40,9 @@ def check_choice_options(reg: registry.Registry[Any], name: str | None, options:
     for option in options:  # a model ignores unknown keys by default: a typo would be dropped silently
         if option not in fields:
             hint = registry.did_you_mean(str(option), fields, prefix=f"{key}.")
-            raise ValueError(f"{key}.{option}: {reg.kind} {name!r} has no option {option!r}.{hint} Its options (defaults): {accepted}")
+            raise ValueError(
+                f"{key}.{_short(str(option))}: {reg.kind} {name!r} has no option {_short(repr(option))}.{hint} Its options (defaults): {accepted}"
+            )
     try:
         validated = model.model_validate(options)
     except ValidationError as err:
@@ -47,8 +50,27 @@ def check_choice_options(reg: registry.Registry[Any], name: str | None, options:
         where = ".".join(str(p) for p in first["loc"]) or "?"
         value = f"={first['input']!r}" if first["type"] != "missing" else ""
         msg = first["msg"].removeprefix("Value error, ")
-        raise ValueError(f"{key}.{where}{value}: {msg} ({reg.kind} {name!r} options, defaults: {accepted})") from None
+        raise ValueError(f"{key}.{where}{_short(value)}: {msg} ({reg.kind} {name!r} options, defaults: {accepted})") from None
+    kept = validated.model_dump(exclude_defaults=True)
+    if bad := _non_finite(kept):  # JSON (config.yaml, the run id) has no inf/nan: the dump would say null
+        raise ValueError(f"{key}.{bad}: not a finite number ({reg.kind} {name!r} options)")
     return dict(validated.model_dump(mode="json", exclude_defaults=True))
+
+
+def _non_finite(value: Any, where: str = "") -> str | None:
+    """``path=value`` of the first float in ``value`` (nested mappings and sequences) that is inf or nan."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where}={value}"
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for k, v in items:
+        if found := _non_finite(v, f"{where}.{k}" if where else str(k)):
+            return found
+    return None
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """``text`` cut to ``limit`` characters: an error line names a huge value without printing it."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def plugin_model(reg: registry.Registry[Any], name: str | None) -> Any:

@@ -49,8 +49,18 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `dsd2 config` lists the valid keys)"
-        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
+        lines.append(f"  {loc}: {msg}{_got(e)}" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
     return "\n".join(lines)
+
+
+def _got(e: Any) -> str:
+    """`` (got VALUE)``, cut short: a section's own check names its key and value itself (its
+    input is the whole section), and a huge value must not make a huge error line."""
+    given = e.get("input")
+    if e["type"] == "value_error" and isinstance(given, dict):
+        return ""
+    text = repr(given)
+    return f" (got {text if len(text) <= 120 else text[:117] + '...'})"
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:

@@ -382,12 +382,9 @@ class RunConfig(_Section):
             load_plugins(names)
         elif names is None:
             load_plugins()  # the entry points still load: they register names a config may use
-        return data
-
-    @model_validator(mode="before")
-    @classmethod
-    def _model_prune_defaults(cls, data: Any) -> Any:
-        return with_model_prune_defaults(data)  # the ViT keeps its patch embedding and head dense unless told
+        # after the plugins: a plugin's structured allocation leaves the classifier out too (the
+        # ViT keeps its patch embedding and head dense unless told)
+        return with_model_prune_defaults(data)
 
     @field_validator("plugins")
     @classmethod

@@ -131,6 +131,11 @@ def data_fingerprint(dataset: str, root: str | Path | None, label_file: str | No
         table = scan(Path(root).expanduser(), follow_links=follow_links).table  # the files the run reads (one listing per start)
         out["images"] = folder_fingerprint(table.root, (table.relative(i) for i in range(len(table))))
     if label_file:
+        if not Path(label_file).expanduser().is_file():  # moved, most often: its path is a location, given anew
+            raise UserError(
+                f"dataset.label_file={label_file} cannot be read (no such file): give its place, e.g. "
+                "`dsd2 resume RUN_DIR dataset.label_file=NEW` for a run whose label file moved"
+            )
         out["label_file"] = file_fingerprint(label_file)
     return out
 

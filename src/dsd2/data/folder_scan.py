@@ -176,6 +176,11 @@ def scan_folder(root: str | Path, *, follow_links: bool = False) -> ImageFolder:
     """The folder's classes and files (see the module doc); UserError for a layout it cannot read."""
     root = Path(root).expanduser()
     layout = "expected root/train/<class>/<images> and root/test/<class>/<images> (or root/val/ as the test split)"
+    if not root.exists():  # moved, most often: dataset.root is a location, given anew on a run
+        raise UserError(
+            f"dataset.root={root} is not a folder (nothing there): give the image folder's place, e.g. "
+            "`dsd2 resume RUN_DIR dataset.root=NEW` for a run whose images moved"
+        )
     if not root.is_dir():
         raise UserError(f"dataset.root={root} is not a folder; {layout}")
     if not (root / "train").is_dir():

@@ -226,11 +226,12 @@ def _absolute(path: str | None) -> str | None:
 
 def located(cfg: RunConfig) -> RunConfig:
     """``cfg`` as a new run's config.yaml records it: a relative dataset.root and dataset.label_file
-    (where the data is) and noise.matrix_file (a record) absolute, so a resume from another folder
-    finds the data. None of them is in the run id, so it stays as it is (the digest, a hash of
+    (where the data is), the teacher runs and noise.matrix_file (a record) absolute, so a resume
+    from another folder finds the data and the teachers. None of them is in the run id, so it stays as it is (the digest, a hash of
     config.yaml, is taken of this config)."""
     d = cfg.dataset
     root, labels, matrix = _absolute(d.root), _absolute(d.label_file), _absolute(cfg.noise.matrix_file)
+    cfg = _absolute_teachers(cfg)
     if root == d.root and labels == d.label_file and matrix == cfg.noise.matrix_file:
         return cfg
     return cfg.model_copy(
@@ -239,6 +240,18 @@ def located(cfg: RunConfig) -> RunConfig:
             "noise": cfg.noise.model_copy(update={"matrix_file": matrix}),
         }
     )
+
+
+def _absolute_teachers(cfg: RunConfig) -> RunConfig:
+    """``cfg`` naming its teacher runs by absolute path: a student started from ``dsd2 pipeline --out
+    pp`` resumes from any folder. The run id counts a teacher by its folder name and digest, not
+    its path; ``distill.teacher=self`` is no path."""
+    d = cfg.distill
+    teacher = d.teacher if d.teacher is None or d.self_distill else _absolute(d.teacher)
+    runs = [t.model_copy(update={"run": _absolute(t.run)}) for t in d.teachers]
+    if teacher == d.teacher and all(a.run == b.run for a, b in zip(runs, d.teachers, strict=True)):
+        return cfg
+    return cfg.model_copy(update={"distill": d.model_copy(update={"teacher": teacher, "teachers": runs})})
 
 
 def record_execution(run_dir: Path, cfg: RunConfig) -> None:

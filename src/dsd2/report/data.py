@@ -163,20 +163,26 @@ def assign_roles(runs: Sequence[RunData]) -> None:
     for run in runs:
         run.role = "student" if run.is_student else "vanilla"
     for run in runs:
-        if run.teacher and run.teacher.get("run_dir"):
-            for other in runs:
-                if other is not run and not other.is_student and _same_dir(other.path, run.teacher["run_dir"]):
-                    other.role = "teacher"
+        found = teacher_of(run, runs)
+        if found is not None and not found.is_student:
+            found.role = "teacher"
 
 
 def teacher_of(student: RunData, runs: Sequence[RunData]) -> RunData | None:
-    """The run among ``runs`` that ``student`` was distilled from, if present."""
+    """The run among ``runs`` that ``student`` was distilled from, if present: the one in the folder
+    teacher.json names or, when that folder holds no run any more (a moved study), the one run of
+    the same folder name (<name>-<hash>: the same config and curve)."""
     if not student.teacher or not student.teacher.get("run_dir"):
         return None
-    for other in runs:
-        if other is not student and _same_dir(other.path, student.teacher["run_dir"]):
+    recorded = str(student.teacher["run_dir"])
+    others = [other for other in runs if other is not student]
+    for other in others:
+        if _same_dir(other.path, recorded):
             return other
-    return None
+    if rundir.config_path(recorded).is_file():
+        return None  # the teacher is still where it was, and not among these runs
+    named = [other for other in others if Path(other.path).name == Path(recorded).name]
+    return named[0] if len(named) == 1 else None
 
 
 def load_runs(run_dirs: Iterable[str | Path | RunData]) -> list[RunData]:

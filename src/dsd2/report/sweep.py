@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from matplotlib.figure import Figure
 
-from dsd2 import store
+from dsd2 import rundir, store
 from dsd2.errors import UserError
 from dsd2.file_schemas import SweepInfo
 from dsd2.report import figures as F
@@ -113,6 +113,17 @@ def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
     return cast(dict[str, Any], store.read_json_dict(sweep_dir / "sweep.json", SweepInfo, hint="run the sweep again to rewrite it"))
 
 
+def _cell_dir(sweep_dir: Path, recorded: Any) -> Path | None:
+    """A cell's run folder: the one sweep.json records (absolute), or, when the sweep's --out folder
+    was moved since, the run of that name next to the sweep folder, where `dsd2 sweep` puts it."""
+    if not recorded or not isinstance(recorded, str):
+        return None
+    if Path(recorded).is_dir():
+        return Path(recorded)
+    here = sweep_dir.parent / Path(recorded).name
+    return here if rundir.config_path(here).is_file() else None
+
+
 def sweep_runs(sweep_dir: str | Path) -> list[RunData]:
     """The finished runs of a sweep (teachers too), each labelled with its grid point
     (:func:`point_label`) for legends and headings instead of its internal cell name."""
@@ -124,11 +135,11 @@ def sweep_runs(sweep_dir: str | Path) -> list[RunData]:
     for cell in info.get("cells", []):
         if cell.get("status") in ("finished", "skipped"):
             for key in ("teacher_dir", "run_dir"):
-                d = cell.get(key)
-                if d and Path(d).is_dir() and Path(d) not in run_dirs:
-                    run_dirs.append(Path(d))
+                d = _cell_dir(sweep_dir, cell.get(key))
+                if d is not None and d not in run_dirs:
+                    run_dirs.append(d)
                     params = cell.get("params")
-                    labels[Path(d)] = point_label(params if isinstance(params, dict) else {}, name)
+                    labels[d] = point_label(params if isinstance(params, dict) else {}, name)
     if not run_dirs:
         raise UserError(f"sweep {sweep_dir.name} has no finished cell yet: run `dsd2 sweep` first")
     runs = load_runs(run_dirs)

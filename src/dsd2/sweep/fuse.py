@@ -16,7 +16,7 @@ from typing import Any
 
 from dsd2.config import RunConfig
 from dsd2.errors import UserError
-from dsd2.sweep.scheduler import Job, State
+from dsd2.sweep.scheduler import Job, State, place_student
 
 # config keys a fused group lets differ from run to run (dotted paths into RunConfig.resolved())
 PER_RUN_KEYS = ("seed", "name", "noise", "prune.rounds", "early_stop", "distill.teacher", "dataset.label_key")
@@ -63,6 +63,8 @@ def run_groups(groups: list[list[Job]], say: Callable[[str], None]) -> None:
 
     for n, group in enumerate(groups, 1):
         say(f"fused group {n}/{len(groups)}: {len(group)} runs")
+        for job in group:
+            place_student(job)  # its teacher trained in an earlier group
         try:
             run_group([j.config for j in group], group[0].run_dir.parent, say=say, run_dirs=[j.run_dir for j in group])
         except (UserError, RuntimeError) as err:

@@ -119,9 +119,18 @@ def _failed_dependency(job: Job, jobs: dict[str, Job]) -> Job | None:
     return next((jobs[d] for d in job.deps if jobs[d].state is State.FAILED), None)
 
 
+def place_student(job: Job) -> None:
+    """A student's run directory, named once its teacher has trained: the student's id counts its
+    teacher's run (folder name and digest), and before the teacher exists only its path (the folder
+    :func:`build_jobs` named would hash the sweep's --out folder into the student's name)."""
+    if job.deps:
+        job.run_dir = rundir.run_dir_for(job.config, job.run_dir.parent)
+
+
 def _start(job: Job, backend: Backend, threads: int, processes: int = 1) -> None:
     job.attempts += 1
     job.state = State.RUNNING
+    place_student(job)
     roots = tuple(plugin_roots(job.config.plugins))
     backend.submit(job.key, Task(job.config.resolved(), str(job.run_dir), threads, roots, processes))
 
