@@ -354,3 +354,24 @@ def test_a_round_that_would_remove_no_channel_ends_the_curve(tmp_path):
     assert len(rundir.read_rounds(run_dir)) == 3 and rundir.is_complete(cfg, 3, run_dir)
     code, text = _cli("run", str(run_dir), "prune.rounds=6")
     assert code == 2 and "would remove no channel" in text, text
+
+
+def test_a_channel_config_that_now_leaves_the_classifier_out_says_where_the_earlier_run_is(tmp_path, monkeypatch):
+    """An old channel config (no include_classifier) made a run that pruned the classifier; run again
+    today it is another run (the new default changes the numbers), and `dsd2 run` says so, naming
+    the earlier folder, instead of silently training a second curve beside it."""
+    from conftest import TINY
+
+    from dsd2.imp import checks
+
+    overrides = [*TINY, "prune.allocation=channel_uniform", "prune.rounds=1"]
+    old = tiny_config("prune.allocation=channel_uniform", "prune.include_classifier=true", "prune.rounds=1")
+    monkeypatch.setattr(checks, "prunes_classes", lambda *a: None)  # as before the refusal
+    earlier = imp.run(old, tmp_path)
+    monkeypatch.undo()
+    code, text = _cli("run", "tiny_mnist1d", *overrides, "--out", str(tmp_path), "-q")
+    assert code == 0, text
+    assert "a new run: structured allocations now leave the classifier out" in " ".join(text.split())
+    assert earlier.name in text.replace("\n", "")
+    code, text = _cli("run", "tiny_mnist1d", *overrides, "--out", str(tmp_path), "-q")  # shown: no note
+    assert code == 0 and "a new run" not in text, text

@@ -92,7 +92,7 @@ from dsd2.rundir.rows import (
     check_round_order,
     round_columns,
 )
-from dsd2.rundir.status import finished_note, floor_stopped_at, is_complete, run_dir_for, stopped_at
+from dsd2.rundir.status import classifier_default_note, finished_note, floor_stopped_at, is_complete, run_dir_for, stopped_at
 
 # Finished rounds are the manifest-checked round folders; the rule lives with the checksums.
 from dsd2.store import MANIFEST, finished_rounds, round_dir
@@ -131,6 +131,7 @@ __all__ = [
     "RoundRow",
     "best_state_path",
     "check_round_order",
+    "classifier_default_note",
     "config_path",
     "early_stop_path",
     "entropy_csv_path",
