@@ -360,9 +360,9 @@ def test_a_channel_config_that_now_leaves_the_classifier_out_says_where_the_earl
     """An old channel config (no include_classifier) made a run that pruned the classifier; run again
     today it is another run (the new default changes the numbers), and `dsd2 run` says so, naming
     the earlier folder, instead of silently training a second curve beside it."""
-    from conftest import TINY
-
     from dsd2.imp import checks
+
+    from conftest import TINY
 
     overrides = [*TINY, "prune.allocation=channel_uniform", "prune.rounds=1"]
     old = tiny_config("prune.allocation=channel_uniform", "prune.include_classifier=true", "prune.rounds=1")
