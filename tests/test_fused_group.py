@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from dsd2 import imp, store
-from dsd2.fused.group import run_group
+from dsd2.fused.group import CPU_NOTE, run_group
 from dsd2.models import register_model
 from dsd2.models import registry as registry_module
 
@@ -252,9 +252,21 @@ def test_a_group_killed_mid_round_resumes_from_its_epoch_checkpoints_bit_identic
     resumed = run_group(
         _cfgs(*extra), tmp_path / "killed", say=lines.append, progress=lambda k, r, e, log: epochs.append((k, r, log.epoch))
     )
-    assert lines == []
+    assert [line for line in lines if line != CPU_NOTE] == []  # nothing but what fusing costs on a CPU
     assert [e for k, r, e in epochs if k == 0 and r == 1] == [2, 3]  # round 1 went on from its checkpoint
     for a, b in zip(full, resumed):
         assert _same_states(a, b)
         assert store.read_csv(a / "rounds.csv") == store.read_csv(b / "rounds.csv")
         assert not checkpoint.partial_path(b, 1).exists()  # dropped once the round is saved
+
+
+def test_a_fused_group_on_cpu_says_what_fusing_costs_there(fused_group, tmp_path):
+    """Measured on 2 idle cores, fusing is no faster than separate processes (MLPs) or slower (conv
+    nets): a CPU group says so once, with the way to train one after another; a finished group,
+    which trains nothing, says nothing."""
+    said: list[str] = []
+    run_group(_cfgs()[:2], tmp_path, say=said.append)
+    assert said.count(CPU_NOTE) == 1 and "--no-fuse" in CPU_NOTE
+    said.clear()
+    run_group(_cfgs()[:2], tmp_path, say=said.append)
+    assert CPU_NOTE not in said

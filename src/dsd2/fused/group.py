@@ -111,6 +111,14 @@ class Member:
         return decision is not None and decision.stop_round is not None
 
 
+# benchmarks/results/fused_idle_s6.json, fused_demo_idle_s6.json (2 idle cores): said, not decided
+CPU_NOTE = (
+    "fused: on CPU, fusing measured no faster than separate processes for small MLPs (1.07x) and slower for conv "
+    "nets (LeNet-5 0.67x; the demo 0.66x; docs/fused.md, Speed): it is meant for GPUs. `dsd2 run --seeds ... "
+    "--no-fuse` trains the runs one after another"
+)
+
+
 def run_group(
     cfgs: Sequence[RunConfig],
     out: str | Path = "runs",
@@ -162,6 +170,7 @@ def _callbacks(k: int, on_round, progress) -> dict:
 def _loop(members: list[Member], say: Callable[[str], None]) -> None:
     """Round after round: the runs at the lowest next round train together, until all are done."""
     fusable = [True]
+    noted = [False]  # CPU_NOTE said (once, when runs first train fused on a CPU)
     while True:
         todo = [m for m in members if not m.done()]
         if not todo:
@@ -171,7 +180,7 @@ def _loop(members: list[Member], say: Callable[[str], None]) -> None:
         # runs a kill left one round ahead (they saved round i, the others did not): they train
         # round i again with the group, unsaved, so the group is the one an uninterrupted run had
         ghosts = [m for m in members if m.next_round == i + 1 and m not in live] if fusable[0] else []
-        _group_round(live, ghosts, i, fusable, say)
+        _group_round(live, ghosts, i, fusable, say, noted)
 
 
 def _load_round(ctx: RunContext, j: int) -> Masks:
@@ -186,7 +195,9 @@ def _load_round(ctx: RunContext, j: int) -> Masks:
     return {k: saved[k].to(ctx.device) for k in ctx.weights}
 
 
-def _group_round(live: list[Member], ghosts: list[Member], i: int, fusable: list[bool], say: Callable[[str], None]) -> None:
+def _group_round(
+    live: list[Member], ghosts: list[Member], i: int, fusable: list[bool], say: Callable[[str], None], noted: list[bool]
+) -> None:
     t0 = time.perf_counter()
     masks = []
     for m in ghosts:
@@ -214,6 +225,9 @@ def _group_round(live: list[Member], ghosts: list[Member], i: int, fusable: list
         except NotFusable as err:
             fusable[0] = False
             say(f"fused: training the runs one after another ({err})")
+        if logs is not None and not noted[0] and group[0].ctx.device.type == "cpu":
+            noted[0] = True
+            say(CPU_NOTE)
     elif why not in ("unfusable", "one run left at this round"):
         say(f"fused: round {i} trains its {len(live)} runs one after another ({why})")
     for m in ghosts:  # back to the round they saved
