@@ -1,7 +1,7 @@
 """The stop rules' defaults on curves they were not fitted on: the curve bank's later additions.
 
 ``dsd2.compare.ENTROPY_RULE_DEFAULTS`` was fitted on the bank as it stood (docs/stop_rules.md).
-Curves added afterwards (session 6: SGD, pair-flip, look-alike noise, rate 0.4, neuron and
+Curves added afterwards (SGD, pair-flip, look-alike noise, rate 0.4, neuron and
 channel pruning, two students) are a held-out test of those defaults as they are, without
 refitting: this script applies the plain rule, the entropy rule with the defaults, "never stop"
 and the oracle to them in both settings and writes the table to
@@ -22,7 +22,7 @@ from dsd2.compare import ENTROPY_RULE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 BANK = ROOT / "tests" / "data" / "curves"
-# the curves added after ENTROPY_RULE_DEFAULTS was fitted (session 6)
+# the curves added after ENTROPY_RULE_DEFAULTS was fitted
 ADDED = (
     "fm_lenet300_e20_n40_s0_sgd",
     "fm_lenet300_e40_n40_s0_sgd",
@@ -65,7 +65,7 @@ def table(names: list[str]) -> dict[str, dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", help="curves (default: the session-6 additions)")
+    ap.add_argument("names", nargs="*", help="curves (default: the nine added after the fit)")
     args = ap.parse_args(argv)
     names = args.names or list(ADDED)
     result = {"defaults": ENTROPY_RULE_DEFAULTS, "curves": names, "settings": bank.SETTINGS, "table": table(names)}

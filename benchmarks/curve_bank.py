@@ -101,7 +101,7 @@ BANK: dict[str, tuple[dict[str, Any], str | None]] = {
     "fm_vit_e20_n20_s0": (fmnist_vit(20, 0.2, 0), None),
     "fm_vit_e20_n40_s2": (fmnist_vit(20, 0.4, 2), None),
     "fm_vit_e40_n40_s0": (fmnist_vit(40, 0.4, 0), None),
-    # added in session 6, one change each from fm_lenet300_e20_n40_s0 (or the LeNet-5/VGG curves)
+    # added after the rest (the stop-rule defaults were fitted without them), one change each from fm_lenet300_e20_n40_s0 (or the LeNet-5/VGG curves)
     "fm_lenet300_e20_n40_s0_sgd": (variant(fmnist(LENET300, 20, 0.4, 0), train={**SGD, "epochs": 20}), None),
     "fm_lenet300_e40_n40_s0_sgd": (variant(fmnist(LENET300, 40, 0.4, 0), train={**SGD, "epochs": 40}), None),
     "fm_lenet300_e20_n40_s0_pairflip": (variant(fmnist(LENET300, 20, 0.4, 0), noise={"kind": "pairflip"}), None),

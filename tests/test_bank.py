@@ -48,7 +48,7 @@ def test_the_bank_is_complete():
 # accuracy alone, a fall is measured from the curve's best round, so a student whose accuracy stays
 # more than sqrt(2) tol below its best, with a falling clean fit, is Collapsed from there; the
 # reader put the collapse later, where the decline steepens. Strict: a fix that agrees again fails.
-# The nine curves added in session 6 (SGD, pair-flip, look-alike, rate 0.4, neurons, channels, two
+# The nine curves added last (SGD, pair-flip, look-alike, rate 0.4, neurons, channels, two
 # students) were read before the labeller was run on them: 4 agreed at once; the SGD student after
 # a fall into the collapse got the sqrt(2) tol of a rise (docs/phases.md), the VGG student (read
 # and measured after that change) with it, the channel curve once a round that removes no channel
