@@ -40,6 +40,7 @@ from dsd2.config import RunConfig
 from dsd2.errors import UserError
 from dsd2.fused.engine import Checkpoint, train_fused
 from dsd2.fused.stack import NotFusable
+from dsd2.imp.build import structured_allocation
 from dsd2.imp.hooks import Hook, make_hooks
 from dsd2.imp.loop import (
     Rounds,
@@ -55,7 +56,6 @@ from dsd2.imp.loop import (
 from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_for
 from dsd2.imp.setup import RunContext, check_config_matches, lr_scale_for, round_seed, seeded_generator
 from dsd2.prune import Masks, full_masks
-from dsd2.registry import PRUNING_ALLOCATIONS
 from dsd2.rundir import RoundRow, load_state, run_dir_for
 from dsd2.threads import Share
 from dsd2.train import EpochLog, TrainingDiverged
@@ -80,7 +80,7 @@ def config_reason(cfgs: Sequence[RunConfig]) -> str | None:
             return "network slimming adds a gradient hook to each run's own BatchNorm"
         if cfg.distill.self_distill:
             return "self-distillation changes each run's teacher every round"
-        if p.allocation is not None and PRUNING_ALLOCATIONS.metadata(p.allocation).get("structured"):
+        if structured_allocation(cfg):
             return "a channel allocation may stop a run at its channel floor (floor_stop.json is written by the unfused loop)"
         if getattr(cfg.dataset, "loader", "memory") == "stream":
             return "a streamed image folder reads every run's images from disk"

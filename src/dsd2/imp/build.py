@@ -18,10 +18,11 @@ from dsd2.data.image_folder import resolve_workers
 from dsd2.distill.setup import Teaching, run_teaching
 from dsd2.errors import UserError
 from dsd2.imp.execution import resolve_device, set_threads
+from dsd2.layer_defaults import structured_allocation as structured
 from dsd2.models import build_model, prunable_weights
 from dsd2.noise import FeatureSource, NoisyLabels, add_probe, apply_label_noise
-from dsd2.prune import add_slimming_penalty, composed
-from dsd2.registry import NOISE_MODELS, PRUNING_ALLOCATIONS
+from dsd2.prune import add_slimming_penalty
+from dsd2.registry import NOISE_MODELS
 from dsd2.rundir import load_state
 from dsd2.threads import Share
 from dsd2.train import Objective, SoftTargets, Source, cross_entropy, make_source
@@ -172,10 +173,10 @@ def _human_noisy_labels(cfg: RunConfig, data: DataSplits) -> NoisyLabels:
 
 
 def structured_allocation(cfg: RunConfig) -> bool:
-    """Whether the run removes whole output channels (``prune.allocation=channel`` or a method made of it)."""
+    """Whether the run removes whole output channels (``prune.allocation=channel`` or a method made of
+    it): :func:`dsd2.layer_defaults.structured_allocation`, the one test the config's defaults use too."""
     p = cfg.prune
-    pair = composed(p.method, p.criterion, p.allocation)
-    return pair is not None and bool(PRUNING_ALLOCATIONS.metadata(pair[1]).get("structured"))
+    return structured(p.method, p.criterion, p.allocation)
 
 
 def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
