@@ -24,7 +24,7 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
         render.RESUME["how"] = render.RESUME["how"] or f"`dsd2 resume {shlex.quote(str(target))}`"
         if not quiet:
             render.err_console.print(f"run directory: {target}")
-        if run_dir is None and (new_default := rundir.classifier_default_note(cfg, out)):
+        if run_dir is None and (new_default := rundir.classifier_default_note(cfg, target, out)):
             render.err_console.print(new_default, soft_wrap=True)
         res = api.run(cfg, out=out, run_dir=run_dir, on_round=prog.round_done, progress=prog.epoch)
     path = res.run_dir

@@ -87,16 +87,17 @@ def is_complete(cfg: RunConfig, done: int, run_dir: str | Path) -> bool:
     return floor is not None and done > floor
 
 
-def classifier_default_note(cfg: RunConfig, out: str | Path) -> str | None:
-    """A new channel-pruning run that leaves the classifier out, where ``out`` holds the run of the
-    same config with the classifier pruned (made before structured allocations left it out by
-    default, dsd2.layer_defaults): say it is a new run and where the earlier one is, else None."""
+def classifier_default_note(cfg: RunConfig, run_dir: Path, out: str | Path) -> str | None:
+    """A new channel-pruning run (in ``run_dir``, :func:`run_dir_for`) that leaves the classifier
+    out, where ``out`` holds the run of the same config with the classifier pruned (made before
+    structured allocations left it out by default, dsd2.layer_defaults): say it is a new run and
+    where the earlier one is, else None."""
     from dsd2.layer_defaults import structured_allocation
 
     p = cfg.prune
     if p.include_classifier or not structured_allocation(p.method, p.criterion, p.allocation):
         return None
-    if (run_dir_for(cfg, out) / CONFIG).is_file():
+    if (run_dir / CONFIG).is_file():
         return None  # this run exists: it is resumed or shown, not new
     earlier = run_dir_for(cfg.model_copy(update={"prune": p.model_copy(update={"include_classifier": True})}), out)
     if not (earlier / CONFIG).is_file():
