@@ -2,7 +2,8 @@
 
 The phase labels, the best-fit choice and the stop rules are validated on these curves
 (tests/data/curves/, docs/curve_bank.md). Each entry is one dsd2 run; students are DSD² runs
-distilled from the entry named in ``teacher``. Only rounds.csv and entropy.csv are kept.
+distilled from the entry named in ``teacher``. Only rounds.csv and entropy.csv are kept (in the
+bank, or under ``--keep DIR`` for a measurement that must not replace it).
 
     .venv/bin/python benchmarks/curve_bank.py --out runs/bank --jobs 2 [NAME ...]
 
@@ -134,14 +135,14 @@ def config_of(name: str, out: str):
     return validate_config(data, source=name)
 
 
-def _keep(name: str, run_dir: Path) -> None:
-    dest = DEST / name
+def _keep(name: str, run_dir: Path, keep: Path = DEST) -> None:
+    dest = keep / name
     dest.mkdir(parents=True, exist_ok=True)
     for f in ("rounds.csv", "entropy.csv"):
         shutil.copyfile(run_dir / f, dest / f)
 
 
-def run_fused(names: list[str], out: str) -> None:
+def run_fused(names: list[str], out: str, keep: Path = DEST) -> None:
     """``--fuse``: the entries that can train together (dsd2.sweep.fuse.fuse_key: same model,
     data and schedule) as fused groups (docs/fused.md), teachers before students."""
     from dsd2.fused.group import run_group
@@ -154,22 +155,22 @@ def run_fused(names: list[str], out: str) -> None:
         for group in groups.values():
             print(f"fused group: {', '.join(group)}", flush=True)
             for n, run_dir in zip(group, run_group([config_of(n, out) for n in group], out)):
-                _keep(n, run_dir)
+                _keep(n, run_dir, keep)
 
 
-def run_one(name: str, out: str) -> str:
+def run_one(name: str, out: str, keep: Path = DEST) -> str:
     from dsd2 import imp
 
     teacher = BANK[name][1]
     if teacher is not None:
-        run_one(teacher, out)  # finished: resolves to its directory without training
+        run_one(teacher, out, keep)  # finished: resolves to its directory without training
     cfg = config_of(name, out)
 
     def line(row: dict[str, Any]) -> None:
         print(f"[{name}] round {row['round']:>2} sparsity {100 * row['sparsity']:6.2f}% val {100 * row['val_acc']:.2f}%", flush=True)
 
     run_dir = imp.run(cfg, out, on_round=line)
-    _keep(name, run_dir)
+    _keep(name, run_dir, keep)
     return str(run_dir)
 
 
@@ -179,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/bank")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--fuse", action="store_true", help="train the entries that share a model and schedule as fused groups")
+    ap.add_argument(
+        "--keep", type=Path, default=DEST, help="where each curve's rounds.csv and entropy.csv are copied (default: the bank, tests/data/curves)"
+    )
     args = ap.parse_args(argv)
     names = args.names or list(BANK)
     unknown = [n for n in names if n not in BANK]
@@ -188,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     # teachers first, so students find them finished
     names.sort(key=lambda n: BANK[n][1] is not None)
     if args.fuse:
-        run_fused(names, args.out)
+        run_fused(names, args.out, args.keep)
         return 0
     teachers = [n for n in names if BANK[n][1] is None]
     students = [n for n in names if BANK[n][1] is not None]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(run_one, teachers, [args.out] * len(teachers)))
-        list(pool.map(run_one, students, [args.out] * len(students)))
+        list(pool.map(run_one, teachers, [args.out] * len(teachers), [args.keep] * len(teachers)))
+        list(pool.map(run_one, students, [args.out] * len(students), [args.keep] * len(students)))
     return 0
 
 
