@@ -181,7 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--fuse", action="store_true", help="train the entries that share a model and schedule as fused groups")
     ap.add_argument(
-        "--keep", type=Path, default=DEST, help="where each curve's rounds.csv and entropy.csv are copied (default: the bank, tests/data/curves)"
+        "--keep",
+        type=Path,
+        default=DEST,
+        help="where each curve's rounds.csv and entropy.csv are copied (default: the bank, tests/data/curves)",
     )
     args = ap.parse_args(argv)
     names = args.names or list(BANK)

@@ -146,7 +146,7 @@ def test_cli_run_with_seeds_writes_one_run_directory_per_seed(tmp_path, capsys):
 
     from conftest import TINY
 
-    assert main(["run", "tiny_mnist1d", *TINY, "--seeds", "0,1", "--out", str(tmp_path)]) == 0
+    assert main(["run", "tiny_mnist1d", *TINY, "--seeds", "0,1", "--fuse", "--out", str(tmp_path)]) == 0
     dirs = [tmp_path / tiny_config(f"seed={s}").run_id() for s in (0, 1)]
     assert [store.finished_rounds(d) for d in dirs] == [[0, 1, 2], [0, 1, 2]]
     assert store.read_json(store.round_dir(dirs[0], 1) / "metrics.json")["timing"]["fused"] == 2
@@ -158,6 +158,25 @@ def test_cli_run_with_seeds_writes_one_run_directory_per_seed(tmp_path, capsys):
     assert main(["run", str(dirs[0]), "--seeds", "0,1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "--seeds" in err
+
+
+def test_cli_seeds_on_a_cpu_train_one_after_another_unless_told_to_fuse(tmp_path, capsys):
+    """Fused training measured no faster on CPUs (slower for conv nets): without --fuse/--no-fuse,
+    --seeds on a CPU trains the runs one after another, says so once, and gives dsd2 run's numbers."""
+    from dsd2.cli import main
+    from dsd2.cli.fused import SEQUENTIAL_ON_CPU, fuse_by_default
+
+    from conftest import TINY
+
+    assert not fuse_by_default(tiny_config())
+    assert main(["run", "tiny_mnist1d", *TINY, "--seeds", "0,1", "--out", str(tmp_path / "auto")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("--seeds on a CPU: the runs train one after another") == 1 and "--fuse" in SEQUENTIAL_ON_CPU
+    assert main(["run", "tiny_mnist1d", *TINY, "seed=1", "--out", str(tmp_path / "alone")]) == 0
+    auto = tmp_path / "auto" / tiny_config("seed=1").run_id()
+    assert "fused" not in store.read_json(store.round_dir(auto, 1) / "metrics.json")["timing"]
+    alone = tmp_path / "alone" / tiny_config("seed=1").run_id()
+    assert store.read_csv(auto / "rounds.csv") == store.read_csv(alone / "rounds.csv")
 
 
 def test_fuse_key_groups_what_can_train_together():
@@ -266,7 +285,7 @@ def test_a_fused_group_on_cpu_says_what_fusing_costs_there(fused_group, tmp_path
     which trains nothing, says nothing."""
     said: list[str] = []
     run_group(_cfgs()[:2], tmp_path, say=said.append)
-    assert said.count(CPU_NOTE) == 1 and "--no-fuse" in CPU_NOTE
+    assert said.count(CPU_NOTE) == 1 and "without --fuse" in CPU_NOTE
     said.clear()
     run_group(_cfgs()[:2], tmp_path, say=said.append)
     assert CPU_NOTE not in said

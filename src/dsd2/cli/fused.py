@@ -1,4 +1,4 @@
-"""``dsd2 run CONFIG --seeds 0,1,2``: several seeds of one config, trained as one fused group."""
+"""``dsd2 run CONFIG --seeds 0,1,2``: several seeds of one config, fused into one group on a GPU."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 from dsd2.cli import render
 from dsd2.cli.render import rounds_table
+from dsd2.config import RunConfig
 from dsd2.errors import UserError
+from dsd2.imp.execution import resolve_device
 
 
 def _silent(line: str) -> None:
@@ -26,9 +28,25 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def run_seeds(config: str, overrides: list[str], seeds_text: str, out: Path, *, fuse: bool, quiet: bool, plugins: list[str]) -> list[Path]:
-    """One run of ``config`` per seed; fused (docs/fused.md) unless ``fuse`` is False. Each run
-    has its own run directory, the same as ``dsd2 run CONFIG seed=S`` would write."""
+# benchmarks/results/fused_idle_s6.json, fused_demo_idle_s6.json: on 2 idle cores fused training was
+# 0.62-1.15x of the same runs one after another (conv nets slowest), so a CPU default does not fuse
+SEQUENTIAL_ON_CPU = (
+    "--seeds on a CPU: the runs train one after another (fusing measured no faster on CPUs, slower for "
+    "conv nets: docs/fused.md, Speed); --fuse trains them as one fused group anyway"
+)
+
+
+def fuse_by_default(cfg: RunConfig) -> bool:
+    """``--seeds`` without ``--fuse``/``--no-fuse``: fuse where the runs train on a GPU."""
+    return resolve_device(cfg.train.device).type != "cpu"
+
+
+def run_seeds(
+    config: str, overrides: list[str], seeds_text: str, out: Path, *, fuse: bool | None, quiet: bool, plugins: list[str]
+) -> list[Path]:
+    """One run of ``config`` per seed, each in the run directory ``dsd2 run CONFIG seed=S`` would
+    write; fused (docs/fused.md) when ``fuse`` is True, one after another when False, and when
+    None fused on a GPU only (``fuse_by_default``)."""
     from dsd2 import rundir
     from dsd2.config import load_config
     from dsd2.fused.group import run_group
@@ -45,6 +63,10 @@ def run_seeds(config: str, overrides: list[str], seeds_text: str, out: Path, *, 
     def done(k: int, row) -> None:
         say(f"seed {seeds[k]}: round {row.round} {100 * row.sparsity:.2f}% sparse, test {100 * (row.test_acc or 0):.2f}%")
 
+    if fuse is None:
+        fuse = fuse_by_default(cfgs[0])
+        if not fuse and len(cfgs) > 1:
+            say(SEQUENTIAL_ON_CPU)
     if fuse:
         dirs = run_group(cfgs, out, say=say, on_round=done)
     else:

@@ -56,9 +56,13 @@ def run(
     quiet: bool = quiet_option(),
     plugins: Optional[list[str]] = plugin_option(recorded=True),
     seeds: Optional[str] = typer.Option(
-        None, "--seeds", help="One run per seed (e.g. 0,1,2), trained as one fused group (docs/fused.md); each has its own run directory."
+        None, "--seeds", help="One run per seed (e.g. 0,1,2), each with its own run directory; fused on a GPU (docs/fused.md)."
     ),
-    fuse: bool = typer.Option(True, "--fuse/--no-fuse", help="With --seeds: train the runs fused (default) or one after another."),
+    fuse: Optional[bool] = typer.Option(
+        None,
+        "--fuse/--no-fuse",
+        help="With --seeds: train the runs as one fused group, or one after another (default: fused on a GPU, one after another on a CPU, where fusing measured slower).",
+    ),
 ) -> None:
     """Run (or resume) an IMP study: dense training, then prune/retrain rounds."""
     from dsd2 import rundir

@@ -114,8 +114,8 @@ class Member:
 # benchmarks/results/fused_idle_s6.json, fused_demo_idle_s6.json (2 idle cores): said, not decided
 CPU_NOTE = (
     "fused: on CPU, fusing measured no faster than separate processes for small MLPs (1.07x) and slower for conv "
-    "nets (LeNet-5 0.67x; the demo 0.66x; docs/fused.md, Speed): it is meant for GPUs. `dsd2 run --seeds ... "
-    "--no-fuse` trains the runs one after another"
+    "nets (LeNet-5 0.67x; the demo 0.66x; docs/fused.md, Speed): it is meant for GPUs. `dsd2 run --seeds ...` "
+    "without --fuse trains the runs one after another on a CPU"
 )
 
 
