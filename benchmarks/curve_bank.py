@@ -122,13 +122,14 @@ BANK: dict[str, tuple[dict[str, Any], str | None]] = {
 }
 
 
-def config_of(name: str, out: str):
-    """The entry's run config; a student's names its teacher's run directory (which must exist)."""
+def config_of(name: str, out: str, threads: int = 1):
+    """The entry's run config; a student's names its teacher's run directory (which must exist).
+    ``threads``: ``train.threads``, an execution setting outside the run id (the bank used 1)."""
     from dsd2.config import validate_config
     from dsd2.rundir import run_dir_for
 
     data, teacher = BANK[name]
-    data = {**data, "name": name}
+    data = {**data, "name": name, "train": {**data["train"], "threads": threads}}
     if teacher is not None:
         teacher_dir = str(run_dir_for(config_of(teacher, out), out))
         data = {**data, "distill": {"teacher": teacher_dir, "round": "best", "alpha": 1.0, "temperature": 10.0}}
@@ -142,7 +143,7 @@ def _keep(name: str, run_dir: Path, keep: Path = DEST) -> None:
         shutil.copyfile(run_dir / f, dest / f)
 
 
-def run_fused(names: list[str], out: str, keep: Path = DEST) -> None:
+def run_fused(names: list[str], out: str, keep: Path = DEST, threads: int = 1) -> None:
     """``--fuse``: the entries that can train together (dsd2.sweep.fuse.fuse_key: same model,
     data and schedule) as fused groups (docs/fused.md), teachers before students."""
     from dsd2.fused.group import run_group
@@ -151,20 +152,20 @@ def run_fused(names: list[str], out: str, keep: Path = DEST) -> None:
     for stage in ([n for n in names if BANK[n][1] is None], [n for n in names if BANK[n][1] is not None]):
         groups: dict[str, list[str]] = {}
         for n in stage:
-            groups.setdefault(fuse_key(config_of(n, out)), []).append(n)
+            groups.setdefault(fuse_key(config_of(n, out, threads)), []).append(n)
         for group in groups.values():
             print(f"fused group: {', '.join(group)}", flush=True)
-            for n, run_dir in zip(group, run_group([config_of(n, out) for n in group], out)):
+            for n, run_dir in zip(group, run_group([config_of(n, out, threads) for n in group], out)):
                 _keep(n, run_dir, keep)
 
 
-def run_one(name: str, out: str, keep: Path = DEST) -> str:
+def run_one(name: str, out: str, keep: Path = DEST, threads: int = 1) -> str:
     from dsd2 import imp
 
     teacher = BANK[name][1]
     if teacher is not None:
-        run_one(teacher, out, keep)  # finished: resolves to its directory without training
-    cfg = config_of(name, out)
+        run_one(teacher, out, keep, threads)  # finished: resolves to its directory without training
+    cfg = config_of(name, out, threads)
 
     def line(row: dict[str, Any]) -> None:
         print(f"[{name}] round {row['round']:>2} sparsity {100 * row['sparsity']:6.2f}% val {100 * row['val_acc']:.2f}%", flush=True)
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         default=DEST,
         help="where each curve's rounds.csv and entropy.csv are copied (default: the bank, tests/data/curves)",
     )
+    ap.add_argument("--threads", type=int, default=1, help="train.threads of every run (the bank used 1; outside the run id)")
     args = ap.parse_args(argv)
     names = args.names or list(BANK)
     unknown = [n for n in names if n not in BANK]
@@ -195,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     # teachers first, so students find them finished
     names.sort(key=lambda n: BANK[n][1] is not None)
     if args.fuse:
-        run_fused(names, args.out, args.keep)
+        run_fused(names, args.out, args.keep, args.threads)
         return 0
     teachers = [n for n in names if BANK[n][1] is None]
     students = [n for n in names if BANK[n][1] is not None]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        list(pool.map(run_one, teachers, [args.out] * len(teachers), [args.keep] * len(teachers)))
-        list(pool.map(run_one, students, [args.out] * len(students), [args.keep] * len(students)))
+        list(pool.map(run_one, teachers, [args.out] * len(teachers), [args.keep] * len(teachers), [args.threads] * len(teachers)))
+        list(pool.map(run_one, students, [args.out] * len(students), [args.keep] * len(students), [args.threads] * len(students)))
     return 0
 
 
