@@ -46,6 +46,17 @@ def test_bad_values_are_clear_user_errors(override, needle):
     assert needle in str(err.value)
 
 
+def test_a_huge_or_many_times_wrong_config_gives_a_short_error():
+    """Unknown keys and bad values are named cut short, and only the first 20 problems listed:
+    a hostile config must not make a huge error."""
+    with pytest.raises(UserError, match="unknown key") as err:
+        load_config(None, ["k" * 5000 + "=1"])
+    assert len(str(err.value)) < 400
+    with pytest.raises(UserError, match="and 10 more") as err:
+        load_config(None, [f"key{i}=1" for i in range(30)])
+    assert str(err.value).count("unknown key") == 20
+
+
 def test_malformed_override_and_missing_file():
     with pytest.raises(UserError, match="key.sub=value"):
         load_config(None, ["prune.rounds"])

@@ -42,14 +42,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
+# a hostile or mistyped config must not make a huge error: keys and values are cut short, and
+# only the first problems are listed
+_MAX_TEXT = 120
+_MAX_PROBLEMS = 20
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+    problems = err.errors()
+    for e in problems[:_MAX_PROBLEMS]:
+        loc = _cut(".".join(str(p) for p in e["loc"]) or "<root>")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `dsd2 config` lists the valid keys)"
         lines.append(f"  {loc}: {msg}{_got(e)}" if e["type"] != "extra_forbidden" else f"  {loc}: {msg}")
+    if len(problems) > _MAX_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - _MAX_PROBLEMS} more")
     return "\n".join(lines)
 
 
@@ -59,8 +72,7 @@ def _got(e: Any) -> str:
     given = e.get("input")
     if e["type"] == "value_error" and isinstance(given, dict):
         return ""
-    text = repr(given)
-    return f" (got {text if len(text) <= 120 else text[:117] + '...'})"
+    return f" (got {_cut(repr(given))})"
 
 
 def validate_config(data: dict[str, Any], source: str = "config") -> RunConfig:
