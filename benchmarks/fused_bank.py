@@ -8,7 +8,10 @@ round by round, the phase labels (and whether they stay in the ranges a person r
 curve, expected.yaml), the best round and the stop rules' choices (plain and entropy, in both
 settings of docs/stop_rules.md).
 
-    .venv/bin/python benchmarks/fused_bank.py DIR [--name fused_bank]
+    .venv/bin/python benchmarks/fused_bank.py DIR [--name fused_bank] [--masks REF_OUT OTHER_OUT]
+
+``--masks`` adds, per round, the overlap of the kept weights (|A∩B| / |A∪B|) between the runs of
+two ``--out`` folders, for the curves whose run directories both hold (the bank keeps no masks).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from dsd2 import bank
+from dsd2 import bank, rundir, store
 from dsd2.compare import ENTROPY_RULE_DEFAULTS, best_round
 from dsd2.phases import classify_phases
 
@@ -87,6 +90,22 @@ def one(name: str, ref: bank.Curve, other: bank.Curve, expected: dict[str, Any])
     }
 
 
+def run_dir_of(out: Path, name: str) -> Path | None:
+    found = [d for d in out.glob(f"{name}-*") if d.name[: -len("-0123456789")] == name and rundir.config_path(d).is_file()]
+    return found[0] if len(found) == 1 else None
+
+
+def mask_overlap(a: Path, b: Path) -> list[float]:
+    """Per round (from 1), |A∩B| / |A∪B| of the kept weights of two runs of one curve."""
+    out = []
+    for r in range(1, min(len(rundir.read_rounds(a)), len(rundir.read_rounds(b)))):
+        ma = store.load_tensors(rundir.round_masks_path(a, r))
+        mb = store.load_tensors(rundir.round_masks_path(b, r))
+        inter = sum(int((ma[k] & mb[k]).sum()) for k in ma)
+        out.append(round(inter / sum(int((ma[k] | mb[k]).sum()) for k in ma), 4))
+    return out
+
+
 def compare(other_dir: Path, names: list[str] | None = None) -> dict[str, Any]:
     expected = yaml.safe_load((BANK / "expected.yaml").read_text())
     ref = {c.name: c for c in bank.load_bank(BANK)}
@@ -120,10 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("other", type=Path, help="folder of <curve>/rounds.csv (curve_bank.py --keep DIR)")
     ap.add_argument("names", nargs="*", help="curves (default: all in both)")
+    ap.add_argument("--masks", nargs=2, type=Path, metavar=("REF_OUT", "OTHER_OUT"), help="run folders to compare masks between")
     ap.add_argument("--name", default=None, help="result file name under benchmarks/results (default: print only)")
     args = ap.parse_args(argv)
     res = compare(args.other, args.names or None)
     print_table(res)
+    if args.masks:
+        for n, r in res.items():
+            dirs = [run_dir_of(out, n) for out in args.masks]
+            if None not in dirs:
+                r["mask_overlap"] = mask_overlap(*dirs)  # type: ignore[arg-type]
+                print(f"{n}: masks overlap per round {r['mask_overlap']}")
     if args.name:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{args.name}.json").write_text(json.dumps({"other": str(args.other), "curves": res}, indent=1) + "\n")
