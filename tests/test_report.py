@@ -329,6 +329,7 @@ def test_report_is_self_contained_with_valid_pngs_and_tables(study, report):
     meta = store.read_json(study["v0"] / "meta.json")
     if meta.get("git_commit"):
         assert meta["git_commit"] in body
+    assert meta["cpu_capability"] in body  # which CPU kernels made these numbers (AVX2, AVX512, ...)
     assert "noise:" in body and "rate: 0.2" in body  # the resolved config in a <pre>
     assert "DSD² + early stop" in body
 

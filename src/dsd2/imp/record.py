@@ -5,6 +5,7 @@ execute (:func:`record_execution`)."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import subprocess
@@ -32,6 +33,20 @@ def _git_commit() -> str | None:
         return None
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux), cut short: with ``cpu_capability`` it says which kernels
+    MKL and oneDNN chose, and so why the same config and seed differ between machines."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in itertools.islice(f, 200):
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()[:120] or None
+    except OSError:
+        pass
+    return platform.processor()[:120] or None
+
+
 def run_metadata(cfg: RunConfig) -> dict[str, Any]:
     import numpy
     import torchvision
@@ -44,6 +59,8 @@ def run_metadata(cfg: RunConfig) -> dict[str, Any]:
         "torchvision": torchvision.__version__,
         "numpy": numpy.__version__,
         "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector ISA torch's CPU kernels use
         "seed": cfg.seed,
         "config_hash": config_hash(cfg),  # the run id's hash
         "config_digest": cfg.digest(),  # resume refuses a config.yaml edited since (an extension rewrites it)

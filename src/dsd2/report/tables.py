@@ -252,7 +252,7 @@ def _fmt_rate(r: Any) -> str:
 
 
 def _meta_table(run: RunData) -> str:
-    keys = ["dsd2", "git_commit", "python", "torch", "torchvision", "numpy", "platform", "created", "seed"]
+    keys = ["dsd2", "git_commit", "python", "torch", "torchvision", "numpy", "platform", "cpu_model", "cpu_capability", "created", "seed"]
     meta = run.meta
     rows = [[k, meta.get(k)] for k in keys if k in meta]
     rows += [[k, v] for k, v in sorted(meta.items()) if k not in keys]
