@@ -45,11 +45,17 @@ def run_seeds(config: str, overrides: list[str], seeds_text: str, out: Path, *, 
     def done(k: int, row) -> None:
         say(f"seed {seeds[k]}: round {row.round} {100 * row.sparsity:.2f}% sparse, test {100 * (row.test_acc or 0):.2f}%")
 
+    # reusing a run is never silent (as `dsd2 run CONFIG seed=S` says it): read before training
+    notes = [
+        [n for n in (rundir.finished_note(c, d), rundir.moved_note(c, d)) if n] for c, d in ((c, rundir.run_dir_for(c, out)) for c in cfgs)
+    ]
     if fuse:
         dirs = run_group(cfgs, out, say=say, on_round=done)
     else:
         dirs = [run(c, out, on_round=functools.partial(done, k)) for k, c in enumerate(cfgs)]
-    for seed, cfg, d in zip(seeds, cfgs, dirs):
+    for seed, cfg, d, said in zip(seeds, cfgs, dirs, notes):
+        for note in said:
+            render.console.print(f"seed {seed}: {note}")
         render.console.print(rounds_table(rundir.read_rounds(d), title=f"{cfg.name} seed {seed}: {cfg.model.name} on {cfg.dataset.name}"))
         render.console.print(f"run directory: {d}")
     return dirs

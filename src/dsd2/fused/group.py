@@ -103,6 +103,10 @@ class Member:
     def next_round(self) -> int:
         return len(self.rounds.rows)
 
+    def trained_fused(self, i: int) -> bool:
+        """Whether this run's saved round ``i`` was trained in a fused group (its timing says so)."""
+        return i < len(self.rounds.timings) and "fused" in self.rounds.timings[i]
+
     def done(self) -> bool:
         cfg = self.ctx.cfg
         if self.next_round > cfg.prune.rounds:
@@ -178,8 +182,10 @@ def _loop(members: list[Member], say: Callable[[str], None]) -> None:
         i = min(m.next_round for m in todo)
         live = [m for m in todo if m.next_round == i]
         # runs a kill left one round ahead (they saved round i, the others did not): they train
-        # round i again with the group, unsaved, so the group is the one an uninterrupted run had
-        ghosts = [m for m in members if m.next_round == i + 1 and m not in live] if fusable[0] else []
+        # round i again with the group, unsaved, so the group is the one an uninterrupted run had.
+        # Only a round trained fused can be such: a run that finished (or half finished) on its
+        # own before joining this group is not retrained
+        ghosts = [m for m in members if m.next_round == i + 1 and m not in live and m.trained_fused(i)] if fusable[0] else []
         _group_round(live, ghosts, i, fusable, say, noted)
 
 
