@@ -3,6 +3,8 @@ after tampering, readers of a fused run, stop rules, per-run teachers and labels
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import torch
@@ -58,3 +60,52 @@ def test_cli_seeds_says_which_runs_it_reuses(tmp_path, capsys):
     assert main(["run", "tiny_mnist1d", *TINY, "--seeds", "0,1", "--out", str(tmp_path), "-q"]) == 0
     out = capsys.readouterr().out
     assert "seed 0: finished on" in out and "seed 1: finished" not in out
+
+
+class _Crash(Exception):
+    """A failure of another run of the group (raised from its on_round callback)."""
+
+
+def test_a_run_that_stopped_keeps_its_early_stop_file_when_the_group_fails_later(tmp_path):
+    """Run 0's early-stop rule fires at round 1 and it leaves the group; run 1 fails at round 3.
+    Run 0 is complete: its early_stop.json is written (as its unfused run writes it, from the
+    same rounds.csv), not lost with run 1's failure."""
+    from dsd2 import rundir
+    from dsd2.imp.loop import label_rows, stop_decision
+
+    # lr 5 drives every run to chance; the plain rule fires at round 1 (tests/test_fused_group.py)
+    cfgs = [_cfg(0, "train.lr=5", "prune.rounds=3", "early_stop.rule=plain"), _cfg(1, "train.lr=5", "prune.rounds=3")]
+
+    def crash(k: int, row) -> None:
+        if k == 1 and row["round"] == 3:
+            raise _Crash
+
+    try:
+        run_group(cfgs, tmp_path, say=lambda line: None, on_round=crash)
+    except _Crash:
+        pass
+    else:
+        raise AssertionError("run 1 did not fail")
+    stopped = tmp_path / cfgs[0].run_id()
+    rows = rundir.read_rounds(stopped)
+    assert [r.round for r in rows] == [0, 1]
+    decision = stop_decision(cfgs[0], rows)
+    assert decision is not None and decision.stop_round == 1
+    assert rundir.stopped_at(stopped) == 1
+    expected = json.loads(json.dumps({"rule": "plain", **dataclasses.asdict(decision)}))  # what the unfused run writes
+    assert store.read_json(stopped / "early_stop.json") == expected
+    assert [r.phase for r in rows] == label_rows(rows, finished=False, n_eval=300)
+
+
+def test_runs_with_different_round_counts_leave_the_group_finished(tmp_path):
+    """prune.rounds differs: the shorter run leaves the group after its last round, labelled as a
+    finished curve (as unfused); the longer one goes on alone, unfused."""
+    from dsd2 import rundir
+    from dsd2.imp.loop import label_rows
+
+    cfgs = [_cfg(0, "prune.rounds=1"), _cfg(1, "prune.rounds=2")]
+    short, long = run_group(cfgs, tmp_path, say=lambda line: None)
+    assert _fused_sizes(short) == [2, 2] and _fused_sizes(long) == [2, 2, None]
+    rows = rundir.read_rounds(short)
+    assert [r.phase for r in rows] == label_rows(rows, finished=True, n_eval=300)
+    assert not (short / "early_stop.json").exists()  # no rule: no stop file, as unfused

@@ -159,8 +159,6 @@ def run_group(
             for m in members:
                 for hook in m.hooks:
                     hook.close()
-        for m in members:
-            write_early_stop(m.ctx, m.rounds.rows)
     return dirs
 
 
@@ -175,7 +173,14 @@ def _loop(members: list[Member], say: Callable[[str], None]) -> None:
     """Round after round: the runs at the lowest next round train together, until all are done."""
     fusable = [True]
     noted = [False]  # CPU_NOTE said (once, when runs first train fused on a CPU)
+    left: set[int] = set()  # id() of the runs that left the group (their stop file is written)
     while True:
+        for m in members:
+            if id(m) not in left and m.done():
+                # a run that leaves the group is complete: its stop file is written now, as its
+                # unfused run would write it, not lost if another run of the group fails later
+                left.add(id(m))
+                write_early_stop(m.ctx, m.rounds.rows)
         todo = [m for m in members if not m.done()]
         if not todo:
             return
