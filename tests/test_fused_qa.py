@@ -109,3 +109,50 @@ def test_runs_with_different_round_counts_leave_the_group_finished(tmp_path):
     rows = rundir.read_rounds(short)
     assert [r.phase for r in rows] == label_rows(rows, finished=True, n_eval=300)
     assert not (short / "early_stop.json").exists()  # no rule: no stop file, as unfused
+
+
+ACC_TOL = 1 / 300 + 1e-9  # one validation sample (tests/test_fused_group.py)
+ACC_COLUMNS = ("train_acc_noisy", "train_acc_clean", "train_acc_flipped", "val_acc", "test_acc", "unflipped_acc")
+
+
+def _like_separate(cfgs, dirs: list[Path], out: Path) -> None:
+    """Each fused run trained fused at every round and matches its own unfused run (within the
+    documented tolerance; train_loss, which is each run's own objective on its own labels, within
+    1e-4): labels, teachers or losses swapped between runs would break it."""
+    for cfg, fdir in zip(cfgs, dirs):
+        assert all(k == len(cfgs) for k in _fused_sizes(fdir)[1:])
+        sdir = imp.run(cfg, out)
+        frows, srows = store.read_csv(fdir / "rounds.csv"), store.read_csv(sdir / "rounds.csv")
+        assert len(frows) == len(srows)
+        for fr, sr in zip(frows, srows):
+            assert abs(fr["train_loss"] - sr["train_loss"]) < 1e-4, (cfg.run_id(), fr["round"])
+            for col in ACC_COLUMNS:  # None where a run has no flipped label
+                assert (fr[col] is None) == (sr[col] is None), (cfg.run_id(), fr["round"], col)
+                assert fr[col] is None or abs(fr[col] - sr[col]) <= ACC_TOL, (cfg.run_id(), fr["round"], col)
+        assert store.read_json(fdir / "noise.json") == store.read_json(sdir / "noise.json")
+
+
+def test_runs_differing_in_noise_each_train_on_their_own_labels(tmp_path):
+    """One seed (same init, same batch order) under noise of other kinds, rates and draws: only
+    the labels differ, so a run given another's labels would show in its loss."""
+    cfgs = [
+        _cfg(0, "train.epochs=2", "noise.kind=none", "noise.rate=0"),
+        _cfg(0, "train.epochs=2", "noise.kind=symmetric", "noise.rate=0.6"),
+        _cfg(0, "train.epochs=2", "noise.kind=pairflip", "noise.rate=0.4"),
+        _cfg(1, "train.epochs=2", "noise.kind=symmetric", "noise.rate=0.6"),  # another draw
+    ]
+    dirs = run_group(cfgs, tmp_path / "f", say=lambda line: None)
+    _like_separate(cfgs, dirs, tmp_path / "s")
+
+
+def test_kd_students_of_different_teachers_each_learn_from_their_own(tmp_path):
+    """Two students of one seed, each distilling from another teacher (distill.teacher differs):
+    a student given the other's teacher logits would show in its KD loss."""
+    # a teacher must have the student's samples and labels: two of seed 0, trained differently
+    teachers = [imp.run(_cfg(0, "prune.rounds=1", f"train.lr={lr}"), tmp_path / "t") for lr in (0.003, 0.03)]
+    kd = ("name=student", "distill.round=best", "prune.rounds=1", "train.epochs=2")
+    cfgs = [_cfg(0, *kd, f"distill.teacher={t}") for t in teachers]
+    dirs = run_group(cfgs, tmp_path / "f", say=lambda line: None)
+    for t, d in zip(teachers, dirs):
+        assert store.read_json(d / "teacher.json")["run_dir"] == str(t)
+    _like_separate(cfgs, dirs, tmp_path / "s")
