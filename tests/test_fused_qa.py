@@ -156,3 +156,34 @@ def test_kd_students_of_different_teachers_each_learn_from_their_own(tmp_path):
     for t, d in zip(teachers, dirs):
         assert store.read_json(d / "teacher.json")["run_dir"] == str(t)
     _like_separate(cfgs, dirs, tmp_path / "s")
+
+
+def test_a_diverged_run_is_named_with_its_retry_command_and_the_others_keep_their_rounds(tmp_path, monkeypatch, capsys):
+    """Run 1's loss becomes NaN in round 1 of a fused group: `dsd2 run --seeds` exits 2 with one
+    line naming run 1's directory and the exact command that retries it; every run keeps its
+    finished round 0; following the advice, then the same command, finishes all runs."""
+    from dsd2.cli import main
+    from dsd2.fused import group as group_module
+
+    train_fused = group_module.train_fused
+    calls = [0]
+
+    def nan_in_run_1(models, sources, schedule, *, objectives, **kw):
+        calls[0] += 1
+        if calls[0] == 2:  # round 1
+            first = objectives[1]
+            objectives = [objectives[0], lambda *a: first(*a) * float("nan"), *objectives[2:]]
+        return train_fused(models, sources, schedule, objectives=objectives, **kw)
+
+    monkeypatch.setattr(group_module, "train_fused", nan_in_run_1)
+    command = ["run", "tiny_mnist1d", *TINY, "--seeds", "0,1,2", "--out", str(tmp_path), "-q"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    dirs = [tmp_path / tiny_config(f"seed={s}").run_id() for s in (0, 1, 2)]
+    assert f"{dirs[1]} diverged at epoch 1" in err and f"dsd2 resume {dirs[1]} --lr-scale 0.1" in err
+    assert "run 1 of the fused group" not in err
+    assert [store.finished_rounds(d) for d in dirs] == [[0], [0], [0]]
+    monkeypatch.setattr(group_module, "train_fused", train_fused)
+    assert main(["resume", str(dirs[1]), "--lr-scale", "0.1", "-q"]) == 0
+    assert main(command) == 0
+    assert [store.finished_rounds(d) for d in dirs] == [[0, 1, 2]] * 3

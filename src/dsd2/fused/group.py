@@ -333,9 +333,18 @@ def _train_together(group: list[Member], n_ghosts: int, i: int, masks: list, sch
             checkpoint=_checkpointer(live, n_ghosts, gens, i, schedule.epochs),
         )
     except TrainingDiverged as err:
-        named = str(err)
-        for k, m in enumerate(group):
-            named = named.replace(f"run {k} of the fused group", str(m.ctx.run_dir))
-        raise TrainingDiverged(
-            f"{named}. Finished rounds are kept; retry that run alone with a lower lr: dsd2 resume RUN_DIR --lr-scale 0.1"
-        ) from None
+        raise TrainingDiverged(_diverged(str(err), group, i)) from None
+
+
+def _diverged(message: str, group: list[Member], i: int) -> str:
+    """The engine's divergence message with the run named by its directory, and the command that
+    retries it with a tenth of the lr it had (as an unfused run's advice says it)."""
+    for k, m in enumerate(group):
+        marker = f"run {k} of the fused group"
+        if marker in message:
+            scale = lr_scale_for(m.ctx.run_dir, i)
+            return (
+                f"{message.replace(marker, str(m.ctx.run_dir))}. Finished rounds are kept. Retry that run with a lower lr: "
+                f"dsd2 resume {m.ctx.run_dir} --lr-scale {scale / 10:g} (it goes on alone); the same command then goes on with the others"
+            )
+    return f"{message}. Finished rounds are kept; retry the run with a lower lr: dsd2 resume RUN_DIR --lr-scale 0.1"
