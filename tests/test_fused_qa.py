@@ -187,3 +187,21 @@ def test_a_diverged_run_is_named_with_its_retry_command_and_the_others_keep_thei
     assert main(["resume", str(dirs[1]), "--lr-scale", "0.1", "-q"]) == 0
     assert main(command) == 0
     assert [store.finished_rounds(d) for d in dirs] == [[0, 1, 2]] * 3
+
+
+def test_a_run_that_cannot_start_stops_the_group_before_training_and_leaves_no_half_made_runs(tmp_path):
+    """One config of the group is impossible (more samples than the dataset has): one error
+    naming that run; the group trains nothing, the runs this call would have started leave no
+    directory (as a failed unfused start), a finished run of the group is untouched."""
+    import pytest
+
+    from dsd2.errors import UserError
+
+    done = imp.run(_cfg(0), tmp_path)
+    before = _snapshot(done)
+    cfgs = [_cfg(0), _cfg(2), _cfg(1, "dataset.train_subset=100000")]  # run 2 starts before the impossible one
+    with pytest.raises(UserError) as err:
+        run_group(cfgs, tmp_path, say=lambda line: None)
+    assert str(tmp_path / cfgs[2].run_id()) in str(err.value) and "train_subset" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [done.name]
+    assert _snapshot(done) == before

@@ -26,6 +26,7 @@ sgd/adam/adamw, feature distillation, runs whose round schedules or batch sizes 
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -147,19 +148,36 @@ def run_group(
         return [imp.run(c, d.parent, run_dir=d) for c, d in zip(cfgs, dirs)]
     with ExitStack() as held:
         members: list[Member] = []
+        fresh: list[Path] = []  # the run directories this call creates
         try:
             for k, (cfg, run_dir) in enumerate(zip(cfgs, dirs)):
+                if not run_dir.exists():
+                    fresh.append(run_dir)
                 ctx = begin_run(check_config_matches(run_dir, cfg), run_dir, held, Share())
                 held.callback(ctx.close)
                 rounds = resume_rounds(ctx)
                 tables_on_every_rank(ctx, rounds)
                 members.append(Member(ctx, rounds, make_hooks(ctx, **_callbacks(k, on_round, progress))))
+        except BaseException as err:
+            # a run that cannot start stops the group before anything trains: the runs this call
+            # started leave no half-made directory (as a failed unfused start), the others are as they were
+            _close_hooks(members)
+            for path in fresh:
+                shutil.rmtree(path, ignore_errors=True)
+            if isinstance(err, UserError) and str(run_dir) not in str(err):  # which run of the group
+                raise UserError(f"{run_dir} (a run of a fused group, which trained nothing): {err}") from None
+            raise
+        try:
             _loop(members, say)
         finally:
-            for m in members:
-                for hook in m.hooks:
-                    hook.close()
+            _close_hooks(members)
     return dirs
+
+
+def _close_hooks(members: list[Member]) -> None:
+    for m in members:
+        for hook in m.hooks:
+            hook.close()
 
 
 def _callbacks(k: int, on_round, progress) -> dict:
