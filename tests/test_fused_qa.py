@@ -205,3 +205,33 @@ def test_a_run_that_cannot_start_stops_the_group_before_training_and_leaves_no_h
     assert str(tmp_path / cfgs[2].run_id()) in str(err.value) and "train_subset" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == [done.name]
     assert _snapshot(done) == before
+
+
+def test_a_full_disk_while_a_run_saves_stops_the_group_and_the_same_command_finishes_it(tmp_path, monkeypatch, capsys):
+    """The disk fills while run 1 saves round 1 (run 0 has saved it): exit 2 with the writer's
+    one line; every finished round is intact; the same command then finishes the group with
+    the files of a group that never failed."""
+    import errno
+    import os
+
+    from dsd2.cli import main
+
+    command = ["run", "tiny_mnist1d", *TINY, "--seeds", "0,1,2", "-q", "--out"]
+    assert main([*command, str(tmp_path / "whole")]) == 0
+    dirs = [tmp_path / "full" / tiny_config(f"seed={s}").run_id() for s in (0, 1, 2)]
+    replace = os.replace
+
+    def full_disk(src, dst, *a, **kw):
+        if str(dst).startswith(str(dirs[1] / "round_001")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    assert main([*command, str(tmp_path / "full")]) == 2
+    assert "no space left on the device while writing" in capsys.readouterr().err
+    assert [store.finished_rounds(d) for d in dirs] == [[0, 1], [0], [0]]
+    monkeypatch.setattr(os, "replace", replace)
+    assert main([*command, str(tmp_path / "full")]) == 0
+    for d in dirs:
+        whole = tmp_path / "whole" / d.name
+        assert _same_states(d, whole) and store.read_csv(d / "rounds.csv") == store.read_csv(whole / "rounds.csv")
