@@ -235,3 +235,33 @@ def test_a_full_disk_while_a_run_saves_stops_the_group_and_the_same_command_fini
     for d in dirs:
         whole = tmp_path / "whole" / d.name
         assert _same_states(d, whole) and store.read_csv(d / "rounds.csv") == store.read_csv(whole / "rounds.csv")
+
+
+def test_an_image_folder_that_auto_streams_trains_unfused_with_one_line(tmp_path):
+    """dataset.loader=auto chooses the stream path for a folder over its memory budget: the runs
+    fall back to unfused training, as dataset.loader=stream does (docs/fused.md), saying why."""
+    from dsd2.config import load_config
+    from dsd2.data.testing import write_image_folder
+
+    write_image_folder(tmp_path / "imgs", n_train=6, n_test=2)
+    args = [
+        "name=imf",
+        "dataset.name=image_folder",
+        f"dataset.root={tmp_path / 'imgs'}",
+        "dataset.image_size=16",
+        "dataset.loader=auto",
+        "dataset.memory_budget_gb=0.000001",
+        "dataset.workers=0",
+        "dataset.val_size=3",
+        "model={name: lenet5}",
+        "noise.rate=0",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "prune.rounds=1",
+        "entropy.enabled=false",
+    ]
+    lines: list[str] = []
+    dirs = run_group([load_config("tiny_mnist1d", [*args, f"seed={s}"]) for s in (0, 1)], tmp_path / "runs", say=lines.append)
+    assert store.read_json(dirs[0] / "meta.json")["data"]["loader"] == "stream"
+    assert [_fused_sizes(d) for d in dirs] == [[None, None]] * 2
+    assert len(lines) == 1 and "streamed image folder" in lines[0]

@@ -319,6 +319,8 @@ def _checkpointer(live: list[Member], n_ghosts: int, gens: list, i: int, epochs:
 
 def _train_together(group: list[Member], n_ghosts: int, i: int, masks: list, schedule, say: Callable[[str], None]) -> list[list[EpochLog]]:
     """Train round ``i`` of the group; the first ``n_ghosts`` runs re-train a saved round (no hooks)."""
+    if any(m.ctx.data.streamed for m in group):  # config_reason sees dataset.loader=stream; auto may choose it too
+        raise NotFusable("a streamed image folder reads every run's images from disk (dataset.loader=auto chose stream)")
     live = group[n_ghosts:]
     for m in live:
         for hook in m.hooks:
