@@ -265,3 +265,15 @@ def test_an_image_folder_that_auto_streams_trains_unfused_with_one_line(tmp_path
     assert store.read_json(dirs[0] / "meta.json")["data"]["loader"] == "stream"
     assert [_fused_sizes(d) for d in dirs] == [[None, None]] * 2
     assert len(lines) == 1 and "streamed image folder" in lines[0]
+
+
+def test_a_fused_group_extended_by_more_rounds_equals_the_longer_group(tmp_path):
+    """`dsd2 run CONFIG --seeds 0,1 prune.rounds=N` on a finished group extends its runs (their
+    run ids do not count rounds), fused, with the files of a group run to N rounds at once."""
+    short = run_group([_cfg(s, "prune.rounds=1") for s in (0, 1)], tmp_path / "ext", say=lambda line: None)
+    extended = run_group([_cfg(s, "prune.rounds=2") for s in (0, 1)], tmp_path / "ext", say=lambda line: None)
+    straight = run_group([_cfg(s, "prune.rounds=2") for s in (0, 1)], tmp_path / "straight", say=lambda line: None)
+    assert extended == short
+    for a, b in zip(extended, straight):
+        assert _fused_sizes(a) == [2, 2, 2]
+        assert _same_states(a, b) and store.read_csv(a / "rounds.csv") == store.read_csv(b / "rounds.csv")
