@@ -277,3 +277,22 @@ def test_a_fused_group_extended_by_more_rounds_equals_the_longer_group(tmp_path)
     for a, b in zip(extended, straight):
         assert _fused_sizes(a) == [2, 2, 2]
         assert _same_states(a, b) and store.read_csv(a / "rounds.csv") == store.read_csv(b / "rounds.csv")
+
+
+def test_cli_seeds_says_a_channel_run_is_new_beside_its_earlier_one(tmp_path, monkeypatch, capsys):
+    """As `dsd2 run` (tests/test_channel_floor.py): seed 0's channel config made an earlier run that
+    pruned the classifier; `--seeds 0,1` names it for seed 0 instead of silently training beside it."""
+    from dsd2.cli import main
+    from dsd2.imp import checks
+
+    overrides = [*TINY, "prune.allocation=channel_uniform", "prune.rounds=1"]
+    old = tiny_config("prune.allocation=channel_uniform", "prune.include_classifier=true", "prune.rounds=1")
+    monkeypatch.setattr(checks, "prunes_classes", lambda *a: None)  # as before the refusal
+    earlier = imp.run(old, tmp_path)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["run", "tiny_mnist1d", *overrides, "--seeds", "0,1", "--out", str(tmp_path), "-q"]) == 0
+    raw = capsys.readouterr().out
+    out = " ".join(raw.split())
+    assert "seed 0: a new run: structured allocations now leave the classifier out" in out and earlier.name in raw.replace("\n", "")
+    assert "seed 1: a new run" not in out

@@ -45,9 +45,12 @@ def run_seeds(config: str, overrides: list[str], seeds_text: str, out: Path, *, 
     def done(k: int, row) -> None:
         say(f"seed {seeds[k]}: round {row.round} {100 * row.sparsity:.2f}% sparse, test {100 * (row.test_acc or 0):.2f}%")
 
-    # reusing a run is never silent (as `dsd2 run CONFIG seed=S` says it): read before training
+    # what `dsd2 run CONFIG seed=S` says of its run (reused, moved, a new run beside an older
+    # one), read before training
+    targets = [rundir.run_dir_for(c, out) for c in cfgs]
     notes = [
-        [n for n in (rundir.finished_note(c, d), rundir.moved_note(c, d)) if n] for c, d in ((c, rundir.run_dir_for(c, out)) for c in cfgs)
+        [n for n in (rundir.finished_note(c, d), rundir.moved_note(c, d), rundir.classifier_default_note(c, d, out)) if n]
+        for c, d in zip(cfgs, targets)
     ]
     if fuse:
         dirs = run_group(cfgs, out, say=say, on_round=done)
