@@ -296,3 +296,33 @@ def test_cli_seeds_says_a_channel_run_is_new_beside_its_earlier_one(tmp_path, mo
     out = " ".join(raw.split())
     assert "seed 0: a new run: structured allocations now leave the classifier out" in out and earlier.name in raw.replace("\n", "")
     assert "seed 1: a new run" not in out
+
+
+def test_a_run_of_a_group_killed_mid_round_resumes_alone_from_its_fused_epoch_checkpoint(tmp_path):
+    """The group is killed in round 1 after every run saved its epoch-1 checkpoint; `dsd2 resume`
+    of one run goes on alone, unfused, from that checkpoint (epochs 2 and 3 only), and ends
+    where the uninterrupted group's run ends (within the documented tolerance)."""
+    import pytest
+
+    from dsd2 import checkpoint
+
+    from conftest import Interrupted
+
+    extra = ("train.epochs=3", "train.checkpoint_interval_s=0")
+    cfgs = [_cfg(s, *extra) for s in (0, 1)]
+
+    def kill(k, r, epochs, log):
+        if r == 1 and log.epoch == 2 and k == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_group(cfgs, tmp_path / "killed", say=lambda line: None, progress=kill)
+    run_dir = tmp_path / "killed" / cfgs[0].run_id()
+    assert checkpoint.load_epoch_state(checkpoint.partial_path(run_dir, 1)).next_epoch == 1
+    epochs: list[tuple[int, int]] = []
+    imp.run(cfgs[0], run_dir=run_dir, progress=lambda r, e, log: epochs.append((r, log.epoch)))
+    assert [e for r, e in epochs if r == 1] == [2, 3]
+    whole = run_group(cfgs, tmp_path / "whole", say=lambda line: None)[0]
+    for fr, wr in zip(store.read_csv(run_dir / "rounds.csv"), store.read_csv(whole / "rounds.csv"), strict=True):
+        assert abs(fr["train_loss"] - wr["train_loss"]) < 1e-4
+        assert all(abs(fr[c] - wr[c]) <= ACC_TOL for c in ("val_acc", "test_acc", "train_acc_noisy"))
