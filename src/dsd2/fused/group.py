@@ -148,13 +148,14 @@ def run_group(
         return [imp.run(c, d.parent, run_dir=d) for c, d in zip(cfgs, dirs)]
     with ExitStack() as held:
         members: list[Member] = []
-        fresh: list[Path] = []  # the run directories this call creates
+        fresh: list[Path] = []  # the run directories this call created and started (it holds their locks)
         try:
             for k, (cfg, run_dir) in enumerate(zip(cfgs, dirs)):
-                if not run_dir.exists():
-                    fresh.append(run_dir)
+                new = not run_dir.exists()
                 ctx = begin_run(check_config_matches(run_dir, cfg), run_dir, held, Share())
                 held.callback(ctx.close)
+                if new:  # a run that fails to start removes its own new directory (begin_run)
+                    fresh.append(run_dir)
                 rounds = resume_rounds(ctx)
                 tables_on_every_rank(ctx, rounds)
                 members.append(Member(ctx, rounds, make_hooks(ctx, **_callbacks(k, on_round, progress))))
