@@ -326,3 +326,20 @@ def test_a_run_of_a_group_killed_mid_round_resumes_alone_from_its_fused_epoch_ch
     for fr, wr in zip(store.read_csv(run_dir / "rounds.csv"), store.read_csv(whole / "rounds.csv"), strict=True):
         assert abs(fr["train_loss"] - wr["train_loss"]) < 1e-4
         assert all(abs(fr[c] - wr[c]) <= ACC_TOL for c in ("val_acc", "test_acc", "train_acc_noisy"))
+
+
+def test_a_group_extension_that_cannot_start_leaves_every_run_as_it_was(tmp_path):
+    """Extending a finished group by a round where one run's saved round is corrupt: the error
+    names that file; the other run, extended first, does not keep a config saying it has more
+    rounds than it trained (as a failed unfused extension)."""
+    import pytest
+
+    from dsd2.errors import UserError
+
+    dirs = run_group([_cfg(s, "prune.rounds=1") for s in (0, 1)], tmp_path, say=lambda line: None)
+    state = store.round_dir(dirs[1], 1) / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:-4] + b"\0\0\0\0")
+    before = _snapshot(dirs[0])
+    with pytest.raises(UserError, match="state.safetensors"):
+        run_group([_cfg(s, "prune.rounds=2") for s in (0, 1)], tmp_path, say=lambda line: None)
+    assert _snapshot(dirs[0]) == before

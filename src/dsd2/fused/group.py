@@ -149,11 +149,14 @@ def run_group(
     with ExitStack() as held:
         members: list[Member] = []
         fresh: list[Path] = []  # the run directories this call created and started (it holds their locks)
+        before: dict[Path, bytes] = {}  # config.yaml and meta.json of the runs it started, as they were
         try:
             for k, (cfg, run_dir) in enumerate(zip(cfgs, dirs)):
                 new = not run_dir.exists()
+                kept = _recorded(run_dir)
                 ctx = begin_run(check_config_matches(run_dir, cfg), run_dir, held, Share())
                 held.callback(ctx.close)
+                before.update(kept)
                 if new:  # a run that fails to start removes its own new directory (begin_run)
                     fresh.append(run_dir)
                 rounds = resume_rounds(ctx)
@@ -165,6 +168,9 @@ def run_group(
             _close_hooks(members)
             for path in fresh:
                 shutil.rmtree(path, ignore_errors=True)
+            for path, data in before.items():  # nor a run that says it was extended (more rounds) but trained nothing
+                if path.read_bytes() != data:
+                    store.atomic_write_bytes(path, data)
             if isinstance(err, UserError) and str(run_dir) not in str(err):  # which run of the group
                 raise UserError(f"{run_dir} (a run of a fused group, which trained nothing): {err}") from None
             raise
@@ -173,6 +179,12 @@ def run_group(
         finally:
             _close_hooks(members)
     return dirs
+
+
+def _recorded(run_dir: Path) -> dict[Path, bytes]:
+    """The bytes of an existing run's config.yaml and meta.json (an extension rewrites both)."""
+    paths = [run_dir / rundir.CONFIG, run_dir / rundir.META]
+    return {p: p.read_bytes() for p in paths} if all(p.is_file() for p in paths) else {}
 
 
 def _close_hooks(members: list[Member]) -> None:
