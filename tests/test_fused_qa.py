@@ -343,3 +343,15 @@ def test_a_group_extension_that_cannot_start_leaves_every_run_as_it_was(tmp_path
     with pytest.raises(UserError, match="state.safetensors"):
         run_group([_cfg(s, "prune.rounds=2") for s in (0, 1)], tmp_path, say=lambda line: None)
     assert _snapshot(dirs[0]) == before
+
+
+def test_a_half_done_run_joins_a_group_at_its_next_round(tmp_path):
+    """Seed 0 was killed after round 1 (unfused); `--seeds 0,1` trains seed 1 alone up to round 1
+    (seed 0's saved rounds are not trained again), then both together from round 2."""
+    from conftest import run_interrupted
+
+    half = run_interrupted(_cfg(0), tmp_path, after_round=1)
+    kept = {p: b for p, b in _snapshot(half).items() if p.startswith("round_")}
+    dirs = run_group([_cfg(0), _cfg(1)], tmp_path, say=lambda line: None)
+    assert dirs[0] == half and {p: b for p, b in _snapshot(half).items() if p in kept} == kept
+    assert _fused_sizes(dirs[0]) == [None, None, 2] and _fused_sizes(dirs[1]) == [None, None, 2]
