@@ -63,6 +63,13 @@ def run_seeds(
     def done(k: int, row) -> None:
         say(f"seed {seeds[k]}: round {row.round} {100 * row.sparsity:.2f}% sparse, test {100 * (row.test_acc or 0):.2f}%")
 
+    # what `dsd2 run CONFIG seed=S` says of its run (reused, moved, a new run beside an older
+    # one), read before training
+    targets = [rundir.run_dir_for(c, out) for c in cfgs]
+    notes = [
+        [n for n in (rundir.finished_note(c, d), rundir.moved_note(c, d), rundir.classifier_default_note(c, d, out)) if n]
+        for c, d in zip(cfgs, targets)
+    ]
     if fuse is None:
         fuse = fuse_by_default(cfgs[0])
         if not fuse and len(cfgs) > 1:
@@ -71,7 +78,9 @@ def run_seeds(
         dirs = run_group(cfgs, out, say=say, on_round=done)
     else:
         dirs = [run(c, out, on_round=functools.partial(done, k)) for k, c in enumerate(cfgs)]
-    for seed, cfg, d in zip(seeds, cfgs, dirs):
+    for seed, cfg, d, said in zip(seeds, cfgs, dirs, notes):
+        for note in said:
+            render.console.print(f"seed {seed}: {note}")
         render.console.print(rounds_table(rundir.read_rounds(d), title=f"{cfg.name} seed {seed}: {cfg.model.name} on {cfg.dataset.name}"))
         render.console.print(f"run directory: {d}")
     return dirs

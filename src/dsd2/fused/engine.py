@@ -378,7 +378,7 @@ def _check_finite_weights(models: Sequence[nn.Module]) -> None:
     for i, model in enumerate(models):
         for name, p in model.named_parameters():
             if not torch.isfinite(p).all():
-                raise TrainingDiverged(f"run {i}: parameter {name} contains NaN/Inf after fused training; lower train.lr and resume")
+                raise TrainingDiverged(f"run {i} of the fused group: parameter {name} contains NaN/Inf after fused training")
 
 
 __all__ = ["ELEMENTWISE_OPTIMIZERS", "NotFusable", "load", "stack", "stacked_masks", "train_fused", "unload", "why_not"]

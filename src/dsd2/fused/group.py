@@ -26,6 +26,7 @@ sgd/adam/adamw, feature distillation, runs whose round schedules or batch sizes 
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -103,6 +104,10 @@ class Member:
     def next_round(self) -> int:
         return len(self.rounds.rows)
 
+    def trained_fused(self, i: int) -> bool:
+        """Whether this run's saved round ``i`` was trained in a fused group (its timing says so)."""
+        return i < len(self.rounds.timings) and "fused" in self.rounds.timings[i]
+
     def done(self) -> bool:
         cfg = self.ctx.cfg
         if self.next_round > cfg.prune.rounds:
@@ -143,21 +148,49 @@ def run_group(
         return [imp.run(c, d.parent, run_dir=d) for c, d in zip(cfgs, dirs)]
     with ExitStack() as held:
         members: list[Member] = []
+        fresh: list[Path] = []  # the run directories this call created and started (it holds their locks)
+        before: dict[Path, bytes] = {}  # config.yaml and meta.json of the runs it started, as they were
         try:
             for k, (cfg, run_dir) in enumerate(zip(cfgs, dirs)):
+                new = not run_dir.exists()
+                kept = _recorded(run_dir)
                 ctx = begin_run(check_config_matches(run_dir, cfg), run_dir, held, Share())
                 held.callback(ctx.close)
+                before.update(kept)
+                if new:  # a run that fails to start removes its own new directory (begin_run)
+                    fresh.append(run_dir)
                 rounds = resume_rounds(ctx)
                 tables_on_every_rank(ctx, rounds)
                 members.append(Member(ctx, rounds, make_hooks(ctx, **_callbacks(k, on_round, progress))))
+        except BaseException as err:
+            # a run that cannot start stops the group before anything trains: the runs this call
+            # started leave no half-made directory (as a failed unfused start), the others are as they were
+            _close_hooks(members)
+            for path in fresh:
+                shutil.rmtree(path, ignore_errors=True)
+            for path, data in before.items():  # nor a run that says it was extended (more rounds) but trained nothing
+                if path.read_bytes() != data:
+                    store.atomic_write_bytes(path, data)
+            if isinstance(err, UserError) and str(run_dir) not in str(err):  # which run of the group
+                raise UserError(f"{run_dir} (a run of a fused group, which trained nothing): {err}") from None
+            raise
+        try:
             _loop(members, say)
         finally:
-            for m in members:
-                for hook in m.hooks:
-                    hook.close()
-        for m in members:
-            write_early_stop(m.ctx, m.rounds.rows)
+            _close_hooks(members)
     return dirs
+
+
+def _recorded(run_dir: Path) -> dict[Path, bytes]:
+    """The bytes of an existing run's config.yaml and meta.json (an extension rewrites both)."""
+    paths = [run_dir / rundir.CONFIG, run_dir / rundir.META]
+    return {p: p.read_bytes() for p in paths} if all(p.is_file() for p in paths) else {}
+
+
+def _close_hooks(members: list[Member]) -> None:
+    for m in members:
+        for hook in m.hooks:
+            hook.close()
 
 
 def _callbacks(k: int, on_round, progress) -> dict:
@@ -171,15 +204,24 @@ def _loop(members: list[Member], say: Callable[[str], None]) -> None:
     """Round after round: the runs at the lowest next round train together, until all are done."""
     fusable = [True]
     noted = [False]  # CPU_NOTE said (once, when runs first train fused on a CPU)
+    left: set[int] = set()  # id() of the runs that left the group (their stop file is written)
     while True:
+        for m in members:
+            if id(m) not in left and m.done():
+                # a run that leaves the group is complete: its stop file is written now, as its
+                # unfused run would write it, not lost if another run of the group fails later
+                left.add(id(m))
+                write_early_stop(m.ctx, m.rounds.rows)
         todo = [m for m in members if not m.done()]
         if not todo:
             return
         i = min(m.next_round for m in todo)
         live = [m for m in todo if m.next_round == i]
         # runs a kill left one round ahead (they saved round i, the others did not): they train
-        # round i again with the group, unsaved, so the group is the one an uninterrupted run had
-        ghosts = [m for m in members if m.next_round == i + 1 and m not in live] if fusable[0] else []
+        # round i again with the group, unsaved, so the group is the one an uninterrupted run had.
+        # Only a round trained fused can be such: a run that finished (or half finished) on its
+        # own before joining this group is not retrained
+        ghosts = [m for m in members if m.next_round == i + 1 and m not in live and m.trained_fused(i)] if fusable[0] else []
         _group_round(live, ghosts, i, fusable, say, noted)
 
 
@@ -290,6 +332,8 @@ def _checkpointer(live: list[Member], n_ghosts: int, gens: list, i: int, epochs:
 
 def _train_together(group: list[Member], n_ghosts: int, i: int, masks: list, schedule, say: Callable[[str], None]) -> list[list[EpochLog]]:
     """Train round ``i`` of the group; the first ``n_ghosts`` runs re-train a saved round (no hooks)."""
+    if any(m.ctx.data.streamed for m in group):  # config_reason sees dataset.loader=stream; auto may choose it too
+        raise NotFusable("a streamed image folder reads every run's images from disk (dataset.loader=auto chose stream)")
     live = group[n_ghosts:]
     for m in live:
         for hook in m.hooks:
@@ -322,9 +366,18 @@ def _train_together(group: list[Member], n_ghosts: int, i: int, masks: list, sch
             checkpoint=_checkpointer(live, n_ghosts, gens, i, schedule.epochs),
         )
     except TrainingDiverged as err:
-        named = str(err)
-        for k, m in enumerate(group):
-            named = named.replace(f"run {k} of the fused group", str(m.ctx.run_dir))
-        raise TrainingDiverged(
-            f"{named}. Finished rounds are kept; retry that run alone with a lower lr: dsd2 resume RUN_DIR --lr-scale 0.1"
-        ) from None
+        raise TrainingDiverged(_diverged(str(err), group, i)) from None
+
+
+def _diverged(message: str, group: list[Member], i: int) -> str:
+    """The engine's divergence message with the run named by its directory, and the command that
+    retries it with a tenth of the lr it had (as an unfused run's advice says it)."""
+    for k, m in enumerate(group):
+        marker = f"run {k} of the fused group"
+        if marker in message:
+            scale = lr_scale_for(m.ctx.run_dir, i)
+            return (
+                f"{message.replace(marker, str(m.ctx.run_dir))}. Finished rounds are kept. Retry that run with a lower lr: "
+                f"dsd2 resume {m.ctx.run_dir} --lr-scale {scale / 10:g} (it goes on alone); the same command then goes on with the others"
+            )
+    return f"{message}. Finished rounds are kept; retry the run with a lower lr: dsd2 resume RUN_DIR --lr-scale 0.1"
