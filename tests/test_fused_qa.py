@@ -57,7 +57,7 @@ def test_cli_seeds_says_which_runs_it_reuses(tmp_path, capsys):
 
     assert main(["run", "tiny_mnist1d", *TINY, "seed=0", "--out", str(tmp_path), "-q"]) == 0
     capsys.readouterr()
-    assert main(["run", "tiny_mnist1d", *TINY, "--seeds", "0,1", "--out", str(tmp_path), "-q"]) == 0
+    assert main(["run", "tiny_mnist1d", *TINY, "--seeds", "0,1", "--fuse", "--out", str(tmp_path), "-q"]) == 0
     out = capsys.readouterr().out
     assert "seed 0: finished on" in out and "seed 1: finished" not in out
 
@@ -176,7 +176,7 @@ def test_a_diverged_run_is_named_with_its_retry_command_and_the_others_keep_thei
         return train_fused(models, sources, schedule, objectives=objectives, **kw)
 
     monkeypatch.setattr(group_module, "train_fused", nan_in_run_1)
-    command = ["run", "tiny_mnist1d", *TINY, "--seeds", "0,1,2", "--out", str(tmp_path), "-q"]
+    command = ["run", "tiny_mnist1d", *TINY, "--seeds", "0,1,2", "--fuse", "--out", str(tmp_path), "-q"]
     assert main(command) == 2
     err = capsys.readouterr().err
     dirs = [tmp_path / tiny_config(f"seed={s}").run_id() for s in (0, 1, 2)]
@@ -216,7 +216,7 @@ def test_a_full_disk_while_a_run_saves_stops_the_group_and_the_same_command_fini
 
     from dsd2.cli import main
 
-    command = ["run", "tiny_mnist1d", *TINY, "--seeds", "0,1,2", "-q", "--out"]
+    command = ["run", "tiny_mnist1d", *TINY, "--seeds", "0,1,2", "--fuse", "-q", "--out"]
     assert main([*command, str(tmp_path / "whole")]) == 0
     dirs = [tmp_path / "full" / tiny_config(f"seed={s}").run_id() for s in (0, 1, 2)]
     replace = os.replace
@@ -291,7 +291,7 @@ def test_cli_seeds_says_a_channel_run_is_new_beside_its_earlier_one(tmp_path, mo
     earlier = imp.run(old, tmp_path)
     monkeypatch.undo()
     capsys.readouterr()
-    assert main(["run", "tiny_mnist1d", *overrides, "--seeds", "0,1", "--out", str(tmp_path), "-q"]) == 0
+    assert main(["run", "tiny_mnist1d", *overrides, "--seeds", "0,1", "--fuse", "--out", str(tmp_path), "-q"]) == 0
     raw = capsys.readouterr().out
     out = " ".join(raw.split())
     assert "seed 0: a new run: structured allocations now leave the classifier out" in out and earlier.name in raw.replace("\n", "")
