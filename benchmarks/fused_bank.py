@@ -3,7 +3,7 @@
 ``benchmarks/curve_bank.py --fuse --keep DIR`` trains bank entries as fused groups;
 ``--threads 2 --keep DIR`` trains them unfused on another thread count (the drift any change of
 kernels brings, the baseline for fusing's). This script reads the curves kept in DIR and the
-bank's own (tests/data/curves, unfused, one thread) and compares, per curve: the accuracy columns
+bank's own (tests/data/curves, unfused, one thread; or ``--ref DIR``) and compares, per curve: the accuracy columns
 round by round, the phase labels (and whether they stay in the ranges a person read off the bank
 curve, expected.yaml), the best round and the stop rules' choices (plain and entropy, in both
 settings of docs/stop_rules.md).
@@ -106,20 +106,20 @@ def mask_overlap(a: Path, b: Path) -> list[float]:
     return out
 
 
-def compare(other_dir: Path, names: list[str] | None = None) -> dict[str, Any]:
+def compare(other_dir: Path, names: list[str] | None = None, ref_dir: Path = BANK) -> dict[str, Any]:
     expected = yaml.safe_load((BANK / "expected.yaml").read_text())
-    ref = {c.name: c for c in bank.load_bank(BANK)}
+    ref = {c.name: c for c in bank.load_bank(ref_dir)}
     other = {c.name: c for c in bank.load_bank(other_dir)}
     names = names or sorted(set(ref) & set(other))
     missing = [n for n in names if n not in ref or n not in other]
     if missing:
-        raise SystemExit(f"not in both {BANK} and {other_dir}: {missing}")
+        raise SystemExit(f"not in both {ref_dir} and {other_dir}: {missing}")
     return {n: one(n, ref[n], other[n], expected[n]) for n in names}
 
 
 def print_table(res: dict[str, Any]) -> None:
     print(
-        "| curve | val max/mean Δ (pt) | test max/mean Δ | memorised max Δ | labels bank / other | in reader's ranges | best round (test %) | rules that chose another round |"
+        "| curve | val max/mean Δ (pt) | test max/mean Δ | memorised max Δ | labels ref / other | in reader's ranges | best round (test %) | rules that chose another round |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for n, r in res.items():
@@ -139,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("other", type=Path, help="folder of <curve>/rounds.csv (curve_bank.py --keep DIR)")
     ap.add_argument("names", nargs="*", help="curves (default: all in both)")
+    ap.add_argument("--ref", type=Path, default=BANK, help="the curves compared against (default: the bank)")
     ap.add_argument("--masks", nargs=2, type=Path, metavar=("REF_OUT", "OTHER_OUT"), help="run folders to compare masks between")
     ap.add_argument("--name", default=None, help="result file name under benchmarks/results (default: print only)")
     args = ap.parse_args(argv)
-    res = compare(args.other, args.names or None)
+    res = compare(args.other, args.names or None, args.ref)
     print_table(res)
     if args.masks:
         for n, r in res.items():
@@ -152,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n}: masks overlap per round {r['mask_overlap']}")
     if args.name:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{args.name}.json").write_text(json.dumps({"other": str(args.other), "curves": res}, indent=1) + "\n")
+        (RESULTS / f"{args.name}.json").write_text(
+            json.dumps({"ref": str(args.ref), "other": str(args.other), "curves": res}, indent=1) + "\n"
+        )
     return 0
 
 
