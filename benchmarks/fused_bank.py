@@ -135,6 +135,41 @@ def print_table(res: dict[str, Any]) -> None:
         )
 
 
+def summary(res: dict[str, Any]) -> dict[str, Any]:
+    """What the curves agree on, over all compared curves."""
+
+    def order(lab: str) -> str:  # the phases in order, each once
+        return "".join(x for i, x in enumerate(lab) if i == 0 or lab[i - 1] != x)
+
+    shifts: dict[str, list[int]] = {"light_end": [], "sweet_start": [], "collapse_start": []}
+    for r in res.values():
+        a, b = r["boundaries"]
+        for k in shifts:
+            if a[k] is not None and b[k] is not None:
+                shifts[k].append(abs(a[k] - b[k]))
+    overlap = [r["mask_overlap"] for r in res.values() if "mask_overlap" in r]
+    return {
+        "curves": len(res),
+        "same_phase_order": sum(order(r["labels"][0]) == order(r["labels"][1]) for r in res.values()),
+        "boundary_shift_rounds": {
+            k: {"max": max(v, default=None), "counts": {str(d): v.count(d) for d in sorted(set(v))}} for k, v in shifts.items()
+        },
+        "in_expected_ranges": [sum(r["in_expected_ranges"][i] for r in res.values()) for i in (0, 1)],
+        "same_best_round": sum(r["best_round"][0] == r["best_round"][1] for r in res.values()),
+        "best_test_acc_max_diff_pt": round(max(abs(r["best_test_acc"][0] - r["best_test_acc"][1]) for r in res.values()), 2),
+        "same_rule_choices": sum(
+            all(r["rules"][0][k]["selected"] == r["rules"][1][k]["selected"] for k in r["rules"][0]) for r in res.values()
+        ),
+        "val_mean_abs_diff_pt": [
+            min(r["abs_diff"]["val_acc"]["mean_pt"] for r in res.values()),
+            max(r["abs_diff"]["val_acc"]["mean_pt"] for r in res.values()),
+        ],
+        "val_max_abs_diff_pt": max(r["abs_diff"]["val_acc"]["max_pt"] for r in res.values()),
+        "mask_overlap_round1": [min(o[0] for o in overlap), max(o[0] for o in overlap)] if overlap else None,
+        "mask_overlap_last": [min(o[-1] for o in overlap), max(o[-1] for o in overlap)] if overlap else None,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("other", type=Path, help="folder of <curve>/rounds.csv (curve_bank.py --keep DIR)")
@@ -151,10 +186,12 @@ def main(argv: list[str] | None = None) -> int:
             if None not in dirs:
                 r["mask_overlap"] = mask_overlap(*dirs)  # type: ignore[arg-type]
                 print(f"{n}: masks overlap per round {r['mask_overlap']}")
+    agg = summary(res)
+    print(json.dumps(agg))
     if args.name:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / f"{args.name}.json").write_text(
-            json.dumps({"ref": str(args.ref), "other": str(args.other), "curves": res}, indent=1) + "\n"
+            json.dumps({"ref": str(args.ref), "other": str(args.other), "summary": agg, "curves": res}, indent=1) + "\n"
         )
     return 0
 
