@@ -119,8 +119,8 @@ class Member:
 # benchmarks/results/fused_idle_s6.json, fused_demo_idle_s6.json (2 idle cores): said, not decided
 CPU_NOTE = (
     "fused: on CPU, fusing measured no faster than separate processes for small MLPs (1.07x) and slower for conv "
-    "nets (LeNet-5 0.67x; the demo 0.66x; docs/fused.md, Speed): it is meant for GPUs. `dsd2 run --seeds ...` "
-    "without --fuse trains the runs one after another on a CPU"
+    "nets (LeNet-5 0.67x; the demo 0.66x; docs/fused.md, Speed): it is meant for GPUs; without --fuse "
+    "(dsd2 run --seeds, sweep, demo) the runs train unfused"
 )
 
 
