@@ -319,6 +319,44 @@ def test_damaged_run_files_are_one_line_errors_in_every_reader(name, damage, com
         assert says in err, (cmd, err)
 
 
+def _rewrite_masks(round_folder: Path, change) -> None:
+    """Rewrite a round's masks with ``change`` and its checksums to match, as a hostile or
+    foreign file that passes the manifest would be."""
+    import torch
+
+    masks = store.load_tensors(round_folder / "masks.safetensors")
+    name = sorted(masks)[0]
+    change(masks, name, torch)
+    store.save_tensors(round_folder / "masks.safetensors", masks)
+    store.write_manifest(round_folder, list(store.read_json(round_folder / "MANIFEST.json")["files"]))
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda m, k, t: m.__setitem__(k, t.ones(3, 3, dtype=t.bool)), "not bool [16, 40] like its weight"),
+        (lambda m, k, t: m.__setitem__(k, m[k].float() * 7), "is float32 [16, 40], not bool"),
+        (lambda m, k, t: m.__setitem__("evil.weight", t.ones(4, dtype=t.bool)), "masks evil.weight, which the model does not have"),
+        (lambda m, k, t: m.pop(k), "no mask for"),
+    ],
+    ids=["shape", "float", "extra", "missing"],
+)
+def test_masks_that_pass_their_checksums_must_still_fit_the_model(change, says, finished, tmp_path, capsys):
+    """A round's masks are checked against the model, not only their checksums: before, a wrong
+    shape was a traceback in export and resume, a float mask scaled the weights of the next round,
+    an unknown tensor was ignored and a missing one a KeyError in resume."""
+    run = copy_run(finished, tmp_path)
+    _rewrite_masks(run / "round_001", change)
+    shutil.rmtree(run / "round_002")  # resume continues from round 1's masks
+    err = one_line_exit_2(["resume", str(run), "-q"], capsys)
+    assert says in err and "round_001/masks.safetensors" in err and "delete" in err, err
+    assert not (run / "round_002").exists()
+    if "no mask" not in says:  # export reads only the masks there are (the weights hold the zeros)
+        err = one_line_exit_2(["export", str(run), "-o", str(tmp_path / "exp"), "--round", "1"], capsys)
+        assert says in err and "round_001/masks.safetensors" in err, err
+        assert not (tmp_path / "exp").exists()
+
+
 # ----------------------------------------------------------------------------- configs, sweeps, matrices (items 4, 7, 8)
 
 
