@@ -26,7 +26,7 @@ from dsd2 import rundir, store
 from dsd2.config.choices import filled_options, options_keyword
 from dsd2.errors import UserError
 from dsd2.file_schemas import TeacherFile
-from dsd2.phases import PhaseParams, StopDecision, entropy_early_stop, label_phases, plain_early_stop
+from dsd2.phases import PhaseParams, StopDecision, classify_phases, entropy_early_stop, label_phases, plain_early_stop
 from dsd2.registry import STOP_RULES
 from dsd2.rundir import RoundRow
 from dsd2.units import fraction_error
@@ -162,6 +162,17 @@ def phase_labels(rows: Rows, *, finished: bool = True) -> list[str]:
         finished=finished,
         n_eval=eval_size(rows, col),
     )
+
+
+def phase_basis_note(rows: Rows) -> str | None:
+    """Why the phase labels of ``rows`` come from the accuracy curve alone (memorisation not
+    measured, or never reached: docs/phases.md), or None when memorisation decides them. Said
+    next to the labels: a Light or Sweet read off accuracy is an inference, not a measurement."""
+    if not rows:
+        return None
+    col = selection_column(rows)
+    ph = classify_phases([r[col] for r in rows], memorisation=memorisation(rows), n_eval=eval_size(rows, col))
+    return ph.note if ph.basis == "accuracy" else None
 
 
 def _outside_collapse(rows: Rows, d: StopDecision, tolerance: float) -> StopDecision:
