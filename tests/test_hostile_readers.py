@@ -387,6 +387,33 @@ def test_deep_yaml_fifo_and_huge_values_in_configs_sweeps_and_matrices(tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+def alias_bomb(levels: int = 6) -> list[str]:
+    """YAML lines whose last anchor ``a{levels}`` expands to 10**(levels + 1) values (small on disk)."""
+    lines = ["- &a0 [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]"]
+    lines += [f"- &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return lines
+
+
+def test_yaml_alias_bombs_are_refused_by_every_yaml_reader(finished, tmp_path, capsys):
+    """A sweep file, a transition matrix and a run folder's config.yaml read by the report went
+    through YAML parsers that bounded depth but not the values aliases expand to: each hung
+    (10**9 values) where a config file was refused. A million values here, refused at 100,000."""
+    bomb = alias_bomb()
+    (tmp_path / "sweep.yaml").write_text("name: s\nbase: tiny_mnist1d\nx:\n" + "\n".join("  " + b for b in bomb) + "\ngrid: {seed: *a6}\n")
+    (tmp_path / "m.yaml").write_text("\n".join(bomb) + "\n")
+    run = copy_run(finished, tmp_path)
+    (run / "config.yaml").write_text("x:\n" + "\n".join("  " + b for b in bomb) + "\nseed: *a6\n")
+    out = ["--out", str(tmp_path / "o")]
+    for args in (
+        ["sweep", str(tmp_path / "sweep.yaml"), "--dry-run", *out],
+        ["run", "tiny_mnist1d", "noise.kind=transition", f"noise.matrix={tmp_path / 'm.yaml'}", *out],
+        ["report", str(run), "-o", str(tmp_path / "rep")],
+    ):
+        err = one_line_exit_2(args, capsys)
+        assert "expands to more than 100000 values" in err, (args, err)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "rep").exists()
+
+
 def test_a_big_npy_matrix_is_refused_from_its_header(tmp_path):
     from dsd2.config import read_matrix_file
 
