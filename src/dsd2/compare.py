@@ -273,9 +273,24 @@ def outcome(strategy: str, run_dir: str | Path, rows: Rows, decision: StopDecisi
     )
 
 
+def other_task(vanilla_dir: str | Path, student_dir: str | Path) -> str | None:
+    """What makes two runs train on another task (other training samples, or other noisy labels:
+    another dataset, noise or seed), from their labels.safetensors; None when they share them, or
+    when a run folder holds no labels (tables and config only: shared to be read, not checked)."""
+    paths = [rundir.labels_path(d) for d in (vanilla_dir, student_dir)]
+    if not all(p.exists() for p in paths):
+        return None
+    a, b = (store.load_tensors(p) for p in paths)
+    for key, what in (("train_idx", "training samples"), ("noisy", "noisy training labels")):
+        if key in a and key in b and (a[key].shape != b[key].shape or not bool((a[key] == b[key]).all())):
+            return what
+    return None
+
+
 def check_pair(vanilla_dir: str | Path, student_dir: str | Path | None) -> None:
-    """Refuse comparisons that mean nothing: swapped arguments, or a vanilla curve of another
-    architecture than the student's (the baseline must be the student's own architecture)."""
+    """Refuse comparisons that mean nothing: swapped arguments, a vanilla curve of another
+    architecture than the student's (the baseline must be the student's own architecture), or of
+    another task (other training samples or noisy labels)."""
     if rundir.teacher_path(vanilla_dir).is_file():
         raise UserError(f"{vanilla_dir} is a DSD² student run (it has teacher.json): give the vanilla run first, then the student")
     if student_dir is None:
@@ -287,6 +302,11 @@ def check_pair(vanilla_dir: str | Path, student_dir: str | Path | None) -> None:
         raise UserError(
             f"the vanilla run trains {vm} but the student is {sm}: the baseline must be a vanilla run of the student's architecture "
             "(`dsd2 pipeline … --student` runs one, named <student>_vanilla)"
+        )
+    if (what := other_task(vanilla_dir, student_dir)) is not None:
+        raise UserError(
+            f"the vanilla run {vanilla_dir} and the student {student_dir} train on other {what} (dataset, noise or seed "
+            "settings differ): their curves are not comparable; give the vanilla run of the student's data, noise and seed"
         )
 
 
