@@ -387,6 +387,19 @@ def test_deep_yaml_fifo_and_huge_values_in_configs_sweeps_and_matrices(tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+def test_a_resume_checks_the_recorded_training_samples_too(finished, tmp_path, capsys):
+    """labels.safetensors rewritten (with its checksum) to other train_idx resumed as if nothing
+    changed, leaving a file whose samples a student's teacher check trusts."""
+    run = copy_run(finished, tmp_path)
+    labels = store.load_tensors(run / "labels.safetensors")
+    labels["train_idx"] = labels["train_idx"].flip(0)
+    store.save_tensors(run / "labels.safetensors", labels)
+    shutil.rmtree(run / "round_002")
+    err = one_line_exit_2(["resume", str(run), "-q"], capsys)
+    assert "labels.safetensors does not match the labels this config produces (train_idx differs)" in err, err
+    assert not (run / "round_002").exists()
+
+
 def alias_bomb(levels: int = 6) -> list[str]:
     """YAML lines whose last anchor ``a{levels}`` expands to 10**(levels + 1) values (small on disk)."""
     lines = ["- &a0 [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]"]

@@ -79,7 +79,14 @@ def record_labels(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
         tensors["probe"] = labels.probe
     if path.exists():
         saved = store.load_tensors(path)
-        for key in ("clean", "noisy", "flipped", *(k for k in ("soft", "probe") if k in tensors)):
+        # train_idx too: a student's teacher check reads it from this file (runs from before it had none)
+        for key in (
+            "clean",
+            "noisy",
+            "flipped",
+            *(k for k in ("soft", "probe") if k in tensors),
+            *(["train_idx"] if "train_idx" in saved else []),
+        ):
             if key not in saved or not torch.equal(saved[key], tensors[key].cpu()):
                 raise UserError(
                     f"{path} does not match the labels this config produces ({key} differs): it was edited, or the data or noise "
