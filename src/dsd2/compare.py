@@ -310,6 +310,16 @@ def check_pair(vanilla_dir: str | Path, student_dir: str | Path | None) -> None:
         )
 
 
+def _rounds_note(run_dir: str | Path, rows: Rows) -> str:
+    """ "all rounds", or which rounds when the run has fewer than its config asks (an exhaustive
+    search over a curve cut short is no exhaustive search: say where it ends and why)."""
+    last, planned = int(rows[-1]["round"]), rundir.read_config(run_dir).prune.rounds
+    if last >= planned or rundir.floor_stopped_at(run_dir) is not None:  # the channel floor completes a run
+        return "all rounds"
+    why = "its early-stop rule ended it" if rundir.early_stop_path(run_dir).is_file() else "unfinished"
+    return f"rounds 0..{last} of {planned} only ({why})"
+
+
 def strategy_table(
     vanilla_dir: str | Path,
     student_dir: str | Path | None = None,
@@ -325,7 +335,9 @@ def strategy_table(
     unit = vrows[0]["round_pflops_dense"]
     rule: dict[str, Any] = {"tolerance": tolerance, "patience": patience, "select": select}
     out = [
-        outcome("vanilla, exhaustive", vanilla_dir, vrows, None, unit, "all rounds, best on " + selection_column(vrows)),
+        outcome(
+            "vanilla, exhaustive", vanilla_dir, vrows, None, unit, f"{_rounds_note(vanilla_dir, vrows)}, best on {selection_column(vrows)}"
+        ),
         outcome("vanilla + early stop", vanilla_dir, vrows, decide(vrows, "plain", **rule), unit),
     ]
     if vrows[0].get("entropy") is not None:
