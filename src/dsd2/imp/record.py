@@ -205,11 +205,19 @@ def record_run_files(run_dir: Path, cfg: RunConfig, built: Built) -> None:
 
 
 def _record_fingerprint(run_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """Give a run started before data fingerprints its fingerprint (later starts are checked against it)."""
+    """Give a run started before data fingerprints (or before one of their parts, e.g. the loaded
+    content) what it lacks; later starts are checked against it. A recorded part is never replaced."""
     meta = store.read_json(run_dir / rundir.META)
-    if isinstance(meta, dict) and isinstance(meta.get("data"), dict) and "fingerprint" not in meta["data"]:
+    if not (isinstance(meta, dict) and isinstance(meta.get("data"), dict)):
+        return
+    recorded = meta["data"].get("fingerprint")
+    if recorded is None:
         meta["data"]["fingerprint"] = fingerprint
-        store.write_json(run_dir / rundir.META, meta)
+    elif isinstance(recorded, dict) and fingerprint.keys() - recorded.keys():
+        meta["data"]["fingerprint"] = {**fingerprint, **recorded}
+    else:
+        return
+    store.write_json(run_dir / rundir.META, meta)
 
 
 def _pinned_root(saved: RunConfig, cfg: RunConfig) -> RunConfig:
