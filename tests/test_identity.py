@@ -776,3 +776,8 @@ def test_a_built_in_dataset_at_another_root_must_hold_the_same_data(tmp_path, mo
     assert not (run / "round_002").exists()
     assert main(["run", str(run), f"dataset.root={tmp_path / 'same'}", "prune.rounds=2", "-q"]) == 0
     assert (run / "round_002").is_dir()
+    # a student reading other images than its teacher was trained on (the labels agree)
+    student = ["run", "demo_fmnist", *args, *common, "name=stu", f"distill.teacher={run}", "prune.rounds=1"]
+    assert main([*student, f"dataset.root={tmp_path / 'other'}", "--out", str(tmp_path / "st"), "-q"]) == 2
+    assert "teacher" in (err := " ".join(capsys.readouterr().err.split())) and "trained on other data than this student loads" in err
+    assert main([*student, f"dataset.root={tmp_path / 'same'}", "--out", str(tmp_path / "st"), "-q"]) == 0

@@ -104,7 +104,7 @@ def start(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
         fingerprint = checked_fingerprint(cfg, run_dir) if distributed.is_main() else {}
         built = build(cfg, run_dir, share)
     if distributed.is_main():  # what was loaded, before anything is written
-        fingerprint = {**fingerprint, **checked_content(run_dir, built.data)}
+        fingerprint = {**fingerprint, **checked_content(cfg, run_dir, built.data)}
     record_config(run_dir, cfg)
     record_run_files(run_dir, cfg, built)
     record_meta(run_dir, cfg, built.data, fingerprint)
