@@ -317,3 +317,34 @@ def test_compression_never_keeps_a_collapsed_round():
         for rule in ("plain", "entropy", "never"):
             o = bank.evaluate(c, rule, **bank.SETTINGS["compress"])
             assert labels[o.selected_round] != "collapsed", (c.name, rule, o.selected_round)
+
+
+def test_stop_rules_write_edits_only_a_users_page_it_may(tmp_path, capsys):
+    """--write rewrites the sections of the user's page in place: markers out of order were a
+    traceback, a link was replaced by a file (the page it named untouched), a read-only page was
+    overwritten and every page came back with dsd2's permissions."""
+    import os
+
+    from dsd2.cli import main
+
+    page = f"intro\n{bank.BEGIN}\nOLD-TABLE\n{bank.END}\noutro\n"
+    swapped = tmp_path / "swapped.md"
+    swapped.write_text(f"intro\n{bank.END}\nmine\n{bank.BEGIN}\noutro\n")
+    real, link = tmp_path / "real.md", tmp_path / "link.md"
+    real.write_text(page)
+    link.symlink_to(real.name)
+    locked = tmp_path / "locked.md"
+    locked.write_text(page)
+    locked.chmod(0o444)
+    for doc, says in ((swapped, "before"), (link, "symbolic link"), (locked, "read-only")):
+        before = doc.read_bytes()
+        assert main(["stop-rules", str(BANK), "--write", str(doc)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and str(doc) in err and len(err.splitlines()) == 1, err
+        assert doc.read_bytes() == before
+    assert link.is_symlink() and real.read_text() == page
+    private = tmp_path / "private.md"
+    private.write_text(page)
+    private.chmod(0o600)
+    assert main(["stop-rules", str(BANK), "--write", str(private)]) == 0
+    assert "OLD-TABLE" not in private.read_text() and os.stat(private).st_mode & 0o777 == 0o600

@@ -305,6 +305,21 @@ def test_download_verified_then_extracted(tmp_path, monkeypatch):
     assert len(urls) == 1
 
 
+def test_a_download_never_replaces_a_file_it_did_not_write(tmp_path, no_system_fashion, monkeypatch):
+    """Fashion-MNIST with 3 of its 4 files in root/fashion-mnist (the user's own copies, e.g.
+    recompressed) and dataset.download=true: the download replaced them with the published ones."""
+    write_fashion(tmp_path / "fashion-mnist", n_train=30, n_test=10)
+    mine = tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz"
+    (tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").unlink()
+    before = mine.read_bytes()
+    blob = b"published"
+    monkeypatch.setattr(fashion_mod, "MD5", {name: hashlib.md5(blob).hexdigest() for name in fashion_mod.MD5})
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", lambda url, timeout=None: _FakeResponse(blob))
+    with pytest.raises(UserError, match=r"train-images-idx3-ubyte\.gz is there but is not the file .* dsd2 does not replace it"):
+        load_dataset("fashion_mnist", tmp_path, val_size=0, download=True)
+    assert mine.read_bytes() == before
+
+
 def test_safe_extract_plain_archive(tmp_path):
     _tar_with(tmp_path / "a.tar.gz", [("top/sub/f.txt", b"hello")])
     safe_extract_tar(tmp_path / "a.tar.gz", tmp_path / "out")

@@ -319,6 +319,44 @@ def test_damaged_run_files_are_one_line_errors_in_every_reader(name, damage, com
         assert says in err, (cmd, err)
 
 
+def _rewrite_masks(round_folder: Path, change) -> None:
+    """Rewrite a round's masks with ``change`` and its checksums to match, as a hostile or
+    foreign file that passes the manifest would be."""
+    import torch
+
+    masks = store.load_tensors(round_folder / "masks.safetensors")
+    name = sorted(masks)[0]
+    change(masks, name, torch)
+    store.save_tensors(round_folder / "masks.safetensors", masks)
+    store.write_manifest(round_folder, list(store.read_json(round_folder / "MANIFEST.json")["files"]))
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        (lambda m, k, t: m.__setitem__(k, t.ones(3, 3, dtype=t.bool)), "not bool [16, 40] like its weight"),
+        (lambda m, k, t: m.__setitem__(k, m[k].float() * 7), "is float32 [16, 40], not bool"),
+        (lambda m, k, t: m.__setitem__("evil.weight", t.ones(4, dtype=t.bool)), "masks evil.weight, which the model does not have"),
+        (lambda m, k, t: m.pop(k), "no mask for"),
+    ],
+    ids=["shape", "float", "extra", "missing"],
+)
+def test_masks_that_pass_their_checksums_must_still_fit_the_model(change, says, finished, tmp_path, capsys):
+    """A round's masks are checked against the model, not only their checksums: before, a wrong
+    shape was a traceback in export and resume, a float mask scaled the weights of the next round,
+    an unknown tensor was ignored and a missing one a KeyError in resume."""
+    run = copy_run(finished, tmp_path)
+    _rewrite_masks(run / "round_001", change)
+    shutil.rmtree(run / "round_002")  # resume continues from round 1's masks
+    err = one_line_exit_2(["resume", str(run), "-q"], capsys)
+    assert says in err and "round_001/masks.safetensors" in err and "delete" in err, err
+    assert not (run / "round_002").exists()
+    if "no mask" not in says:  # export reads only the masks there are (the weights hold the zeros)
+        err = one_line_exit_2(["export", str(run), "-o", str(tmp_path / "exp"), "--round", "1"], capsys)
+        assert says in err and "round_001/masks.safetensors" in err, err
+        assert not (tmp_path / "exp").exists()
+
+
 # ----------------------------------------------------------------------------- configs, sweeps, matrices (items 4, 7, 8)
 
 
@@ -347,6 +385,46 @@ def test_deep_yaml_fifo_and_huge_values_in_configs_sweeps_and_matrices(tmp_path,
     for args, says in cases:
         assert says in one_line_exit_2(args, capsys), args
     assert not (tmp_path / "o").exists()
+
+
+def test_a_resume_checks_the_recorded_training_samples_too(finished, tmp_path, capsys):
+    """labels.safetensors rewritten (with its checksum) to other train_idx resumed as if nothing
+    changed, leaving a file whose samples a student's teacher check trusts."""
+    run = copy_run(finished, tmp_path)
+    labels = store.load_tensors(run / "labels.safetensors")
+    labels["train_idx"] = labels["train_idx"].flip(0)
+    store.save_tensors(run / "labels.safetensors", labels)
+    shutil.rmtree(run / "round_002")
+    err = one_line_exit_2(["resume", str(run), "-q"], capsys)
+    assert "labels.safetensors does not match the labels this config produces (train_idx differs)" in err, err
+    assert not (run / "round_002").exists()
+
+
+def alias_bomb(levels: int = 6) -> list[str]:
+    """YAML lines whose last anchor ``a{levels}`` expands to 10**(levels + 1) values (small on disk)."""
+    lines = ["- &a0 [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]"]
+    lines += [f"- &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return lines
+
+
+def test_yaml_alias_bombs_are_refused_by_every_yaml_reader(finished, tmp_path, capsys):
+    """A sweep file, a transition matrix and a run folder's config.yaml read by the report went
+    through YAML parsers that bounded depth but not the values aliases expand to: each hung
+    (10**9 values) where a config file was refused. A million values here, refused at 100,000."""
+    bomb = alias_bomb()
+    (tmp_path / "sweep.yaml").write_text("name: s\nbase: tiny_mnist1d\nx:\n" + "\n".join("  " + b for b in bomb) + "\ngrid: {seed: *a6}\n")
+    (tmp_path / "m.yaml").write_text("\n".join(bomb) + "\n")
+    run = copy_run(finished, tmp_path)
+    (run / "config.yaml").write_text("x:\n" + "\n".join("  " + b for b in bomb) + "\nseed: *a6\n")
+    out = ["--out", str(tmp_path / "o")]
+    for args in (
+        ["sweep", str(tmp_path / "sweep.yaml"), "--dry-run", *out],
+        ["run", "tiny_mnist1d", "noise.kind=transition", f"noise.matrix={tmp_path / 'm.yaml'}", *out],
+        ["report", str(run), "-o", str(tmp_path / "rep")],
+    ):
+        err = one_line_exit_2(args, capsys)
+        assert "expands to more than 100000 values" in err, (args, err)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "rep").exists()
 
 
 def test_a_big_npy_matrix_is_refused_from_its_header(tmp_path):

@@ -719,3 +719,65 @@ def test_a_start_lists_an_image_folder_once_and_hashes_it_once(folder_run, tmp_p
     assert image.stat().st_size == st.st_size and image.stat().st_mtime_ns == st.st_mtime_ns
     with pytest.raises(UserError, match="trained on other data: the image folder's files differ"):
         imp.run(_folder_config(root, "prune.rounds=1"), tmp_path / "runs")
+
+
+def test_a_built_in_dataset_at_another_root_must_hold_the_same_data(tmp_path, monkeypatch, capsys):
+    """dataset.root is where a run's data lives, not in its id; a built-in dataset's local copy is
+    not checked against the published files: Fashion-MNIST at another root holding other images
+    (same labels) trained the next rounds of the same run, silently. Now the loaded content is
+    pinned (meta.json data.fingerprint.content): the same data, even uncompressed, goes on; other
+    data is one line, and nothing is written."""
+    import gzip
+
+    import dsd2.data.fashion as fashion_mod
+    from dsd2 import store
+    from dsd2.cli import main
+    from dsd2.data.testing import idx_bytes, write_fashion
+
+    monkeypatch.setattr(fashion_mod, "SYSTEM_DIR", tmp_path / "no-system-dir")
+    write_fashion(tmp_path / "a", n_train=120, n_test=40)
+    write_fashion(tmp_path / "same", n_train=120, n_test=40, gz=False)  # the same arrays, other bytes
+    other = write_fashion(tmp_path / "other", n_train=120, n_test=40)
+    (tmp_path / "other" / "train-images-idx3-ubyte.gz").unlink()
+
+    (tmp_path / "other" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx_bytes(255 - other["train_x"])))
+    args = [
+        "dataset.name=fashion_mnist",
+        "dataset.val_size=20",
+        "dataset.train_subset=100",
+        "model.name=lenet_300_100",
+        "train.epochs=1",
+        "prune.rate=0.5",
+    ]
+    common = ["train.batch_size=32", "train.threads=1", "entropy.enabled=false"]
+    assert (
+        main(
+            [
+                "run",
+                "demo_fmnist",
+                *args,
+                *common,
+                f"dataset.root={tmp_path / 'a'}",
+                "prune.rounds=1",
+                "--out",
+                str(tmp_path / "runs"),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    (run,) = [p for p in (tmp_path / "runs").iterdir()]
+    assert isinstance(store.read_json(run / "meta.json")["data"]["fingerprint"]["content"], str)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"}
+    assert main(["run", str(run), f"dataset.root={tmp_path / 'other'}", "prune.rounds=2", "-q"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "was trained on other data: the fashion_mnist samples or labels" in err and "content sha256" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".lock"} == before
+    assert not (run / "round_002").exists()
+    assert main(["run", str(run), f"dataset.root={tmp_path / 'same'}", "prune.rounds=2", "-q"]) == 0
+    assert (run / "round_002").is_dir()
+    # a student reading other images than its teacher was trained on (the labels agree)
+    student = ["run", "demo_fmnist", *args, *common, "name=stu", f"distill.teacher={run}", "prune.rounds=1"]
+    assert main([*student, f"dataset.root={tmp_path / 'other'}", "--out", str(tmp_path / "st"), "-q"]) == 2
+    assert "teacher" in (err := " ".join(capsys.readouterr().err.split())) and "trained on other data than this student loads" in err
+    assert main([*student, f"dataset.root={tmp_path / 'same'}", "--out", str(tmp_path / "st"), "-q"]) == 0

@@ -137,7 +137,8 @@ def test_an_image_folder_gone_from_its_place_says_how_to_repoint_it(folder, tmp_
     # images moved, with no word of giving the run their new place
     moved = tmp_path / "imgs"
     shutil.copytree(folder, moved)
-    cfg = config_file(tmp_path / "imf.yaml", moved, "memory", "prune.rounds=1", "train.epochs=1")
+    # train.threads=1: no "machine busy" line on a loaded machine
+    cfg = config_file(tmp_path / "imf.yaml", moved, "memory", "prune.rounds=1", "train.epochs=1", "train.threads=1")
     assert main(["run", cfg, "--out", str(tmp_path / "runs"), "-q"]) == 0
     run_dir = next((tmp_path / "runs").iterdir())
     moved.rename(tmp_path / "imgs2")
@@ -145,6 +146,13 @@ def test_an_image_folder_gone_from_its_place_says_how_to_repoint_it(folder, tmp_
     err = capsys.readouterr().err.strip()
     assert f"dataset.root={moved} is not a folder (nothing there)" in err and "dataset.root=NEW" in err and len(err.splitlines()) == 1
     assert main(["resume", str(run_dir), f"dataset.root={tmp_path / 'imgs2'}", "-q"]) == 0
+    # reusing the run at the images' new place is said, as for a label file (it was silent)
+    out = capsys.readouterr().out
+    assert f"dataset.root now {tmp_path / 'imgs2'} (was {moved}; the same images" in " ".join(out.split())
+    shutil.copytree(tmp_path / "imgs2", tmp_path / "imgs3")
+    assert main(["run", cfg, f"dataset.root={tmp_path / 'imgs3'}", "--out", str(tmp_path / "runs"), "-q"]) == 0
+    assert f"dataset.root now {tmp_path / 'imgs3'}" in " ".join(capsys.readouterr().out.split())
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_dir.name]  # reused: no new folder
 
 
 def test_fixed_validation_folder(tmp_path):

@@ -392,3 +392,30 @@ def test_stop_tolerance_must_be_finite():
     for bad in (float("nan"), float("inf"), -0.1):
         with pytest.raises(UserError, match="finite number"):
             plain_early_stop([0.5, 0.4], tolerance=bad)
+
+
+def test_a_run_whose_phases_come_from_accuracy_alone_says_so(tmp_path, capsys):
+    """A noise-free run has no memorisation signal: its table and report said `light` with no word
+    that the label is read off accuracy alone (Phases.note was computed and never shown), and its
+    title said `none noise 0.2`, a rate it never used."""
+    from pathlib import Path
+
+    from dsd2 import rundir
+    from dsd2.cli import main
+    from dsd2.compare import phase_basis_note
+
+    from conftest import TINY
+
+    assert main(["run", "tiny_mnist1d", *TINY, "noise.kind=none", "--out", str(tmp_path), "-q"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no label noise" in out and "none noise" not in out
+    assert "phases from held-out accuracy alone: memorisation is not measured" in out
+    (run,) = [p for p in Path(tmp_path).iterdir() if p.is_dir()]
+    assert main(["report", str(run), "-o", str(tmp_path / "rep")]) == 0
+    assert (
+        "Phase labels: phases from held-out accuracy alone: memorisation is not measured" in (tmp_path / "rep" / "index.html").read_text()
+    )
+    # memorisation decides: nothing to add
+    rows = [{**r.as_dict(), "train_acc_flipped": m} for r, m in zip(rundir.read_rounds(run), (1.0, 1.0, 0.2))]
+    assert phase_basis_note(rows) is None
+    assert "never memorised" in phase_basis_note([{**r, "train_acc_flipped": 0.1} for r in rows])

@@ -462,3 +462,18 @@ def test_summary_table_is_built_to_fit_a_1280_px_window(report):
     assert "td.t{overflow-wrap:break-word" in _CSS  # long folder names wrap too: at their parts first
     assert "tiny_<wbr>mnist1d-<wbr>" in table  # names break after _ and -, not in the middle of a word
     assert "max-width:1200px" in _CSS
+
+
+def test_a_student_is_compared_only_with_a_vanilla_run_of_its_task(study, tmp_path, capsys):
+    """compare and the report paired a student with any vanilla run of its architecture: another
+    seed's (other samples and noisy labels) or another noise gave a strategy table of two tasks."""
+    from dsd2.cli import main
+
+    assert main(["compare", str(study["v1"]), str(study["student"])]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "train on other" in err and "not comparable" in err and str(study["v1"]) in err
+    assert main(["compare", str(study["v0"]), str(study["student"])]) == 0
+    index = write_report([study["v1"], study["student"]], tmp_path / "out")
+    page = PageParser()
+    page.feed(index.read_text())
+    assert "architecture and data among the inputs: vanilla strategies only" in "".join(page.text)

@@ -525,3 +525,29 @@ def test_a_fused_pipeline_sweeps_students_are_named_by_their_run_id(tmp_path):
     for d in students:
         assert d.name.endswith(store.read_json(d / "meta.json")["config_hash"])
         assert store.read_json(store.round_dir(d, 1) / "metrics.json")["timing"]["fused"] == 2  # trained fused
+
+
+@pytest.mark.parametrize(
+    "plant, says",
+    [
+        ({"summary.csv": "my own table\n"}, "holds summary.csv but no sweep.json"),
+        ({"sweep.json": "my notes\n", "summary.csv": "my own table\n"}, "not a dsd2 sweep's record"),
+        ({"sweep.json": '{"spec": {}}\n'}, "no spec.name"),
+    ],
+)
+def test_a_sweep_never_replaces_files_it_did_not_write(plant, says, tmp_path, capsys):
+    """out/<sweep name>/ holding the user's own files: the sweep overwrote them (summary.csv,
+    sweep.json) at the end; now it is refused before any run starts, and nothing is touched."""
+    from dsd2.cli import main
+
+    spec = write_sweep(tmp_path / "mine.yaml", name="mine", base="tiny_mnist1d", overrides=TINY, grid={"seed": [0]})
+    folder = tmp_path / "runs" / "mine"
+    folder.mkdir(parents=True)
+    for name, text in plant.items():
+        (folder / name).write_text(text)
+    assert main(["sweep", str(spec), "--backend", "sequential", "--out", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and str(folder) in err and "another --out" in err and len(err.splitlines()) == 1, err
+    assert sorted(p.name for p in folder.iterdir()) == sorted(plant)  # no lock, no run, no summary
+    assert all((folder / n).read_text() == t for n, t in plant.items())
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["mine"]

@@ -205,3 +205,18 @@ def test_sweep_cells_table_fits_80_columns_without_cutting_cell_names():
     console = Console(width=80, record=True)
     console.print(_cells_table(result, "/o", 80))
     assert "boom" in console.export_text()
+
+
+def test_the_exhaustive_row_of_a_curve_cut_short_says_which_rounds(tmp_path):
+    """`vanilla, exhaustive` said "all rounds" on a run that stopped (or was stopped) before its
+    configured rounds: a search over rounds 0..1 of 2 is not exhaustive."""
+    from dsd2 import imp
+    from dsd2.compare import strategy_table
+
+    from conftest import run_interrupted, tiny_config
+
+    run = run_interrupted(tiny_config(), tmp_path / "cut", after_round=1)
+    (row, *_) = strategy_table(run)
+    assert row.strategy == "vanilla, exhaustive" and row.note == "rounds 0..1 of 2 only (unfinished), best on val_acc"
+    full = imp.run(tiny_config(), tmp_path / "cut")
+    assert strategy_table(full)[0].note == "all rounds, best on val_acc"

@@ -139,3 +139,16 @@ def test_a_partial_recovery_says_how_far_short_it_stays():
     text = _sdd_text(StudyTables(seed=0, vanilla=rows, student=None, paper=[], compress=[]), False, 0.01)
     assert "falls 24.72 points, from 82.50 %" in text and "recovers 1.72 points to 59.50 %" in text
     assert "23.00 points short of where it fell from" in text
+
+
+def test_a_valley_within_the_noise_of_the_evaluation_set_says_so():
+    """A 2-point dip on 300 validation samples counted as sparse double descent with no word that
+    the phase labeller reads such a rise as noise (it needs about 5 points there); on 5,000
+    samples a 10-point valley gets no caveat."""
+    small = rows([k / 300 for k in (240, 246, 240, 246, 243, 240, 236)])  # 300 samples: ±4.6 points
+    text = " ".join(verdict([StudyTables(0, small, None, PAPER[:2], COMPRESS[:2])]).split())
+    assert "seen in 1 of 1 seed(s)" in text and "falls 2.00 points" in text
+    assert "within the noise of 300 held-out samples (a rise must exceed" in text
+    big = rows([k / 5000 for k in (4000, 4100, 3600, 3500, 3900, 4150, 3800)])
+    text = " ".join(verdict([StudyTables(0, big, big, PAPER[:2], COMPRESS[:2])]).split())
+    assert "falls 12.00 points" in text and "within the noise" not in text

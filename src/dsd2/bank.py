@@ -12,7 +12,9 @@ settings but one and checks the choice on the one left out (docs/stop_rules.md).
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -379,14 +381,23 @@ def write_sections(path: str | Path, curves: list[Curve]) -> list[str]:
     path = Path(path)
     from dsd2.safe_read import MAX_YAML_BYTES, read_text
 
+    # The page is the user's: rewrite only its sections, in place, never a link (the rename would
+    # replace the link, not the page it names) nor a file made read-only; keep its permissions.
+    if path.is_symlink():
+        raise UserError(f"{path} is a symbolic link (to {os.readlink(path)}): give the page itself, --write {path.resolve()}")
     doc = read_text(path, max_bytes=MAX_YAML_BYTES)  # a markdown page: a regular file, not a FIFO
+    perms = stat.S_IMODE(path.stat().st_mode)
+    if not perms & 0o222:
+        raise UserError(f"{path} is read-only: make it writable (chmod u+w {path}) for dsd2 to rewrite its bank sections")
     found = [n for n in SECTIONS if section_text(doc, n) is not None]
     if not found:
         raise UserError(f"{path} has no bank section: add the lines {BEGIN} and {END} where the tables go")
     for name in found:
         begin, end = markers(name)
         head, rest = doc.split(begin, 1)
+        if end not in rest:
+            raise UserError(f"{path} has {end} before {begin}, not after it: put the end marker below the begin marker")
         _, tail = rest.split(end, 1)
         doc = f"{head}{begin}\n{SECTIONS[name](curves)}\n{end}{tail}"
-    store.atomic_write_text(path, doc)
+    store.atomic_write_text(path, doc, mode=perms)
     return found

@@ -26,7 +26,7 @@ from dsd2 import rundir, store
 from dsd2.config.choices import filled_options, options_keyword
 from dsd2.errors import UserError
 from dsd2.file_schemas import TeacherFile
-from dsd2.phases import PhaseParams, StopDecision, entropy_early_stop, label_phases, plain_early_stop
+from dsd2.phases import PhaseParams, StopDecision, classify_phases, entropy_early_stop, label_phases, plain_early_stop
 from dsd2.registry import STOP_RULES
 from dsd2.rundir import RoundRow
 from dsd2.units import fraction_error
@@ -164,6 +164,17 @@ def phase_labels(rows: Rows, *, finished: bool = True) -> list[str]:
     )
 
 
+def phase_basis_note(rows: Rows) -> str | None:
+    """Why the phase labels of ``rows`` come from the accuracy curve alone (memorisation not
+    measured, or never reached: docs/phases.md), or None when memorisation decides them. Said
+    next to the labels: a Light or Sweet read off accuracy is an inference, not a measurement."""
+    if not rows:
+        return None
+    col = selection_column(rows)
+    ph = classify_phases([r[col] for r in rows], memorisation=memorisation(rows), n_eval=eval_size(rows, col))
+    return ph.note if ph.basis == "accuracy" else None
+
+
 def _outside_collapse(rows: Rows, d: StopDecision, tolerance: float) -> StopDecision:
     """A compression pick the labeller calls Collapsed (a fallen, never-recovering round within the
     rule's wider tolerance) moves back to the sparsest earlier round that is neither Collapsed
@@ -262,9 +273,24 @@ def outcome(strategy: str, run_dir: str | Path, rows: Rows, decision: StopDecisi
     )
 
 
+def other_task(vanilla_dir: str | Path, student_dir: str | Path) -> str | None:
+    """What makes two runs train on another task (other training samples, or other noisy labels:
+    another dataset, noise or seed), from their labels.safetensors; None when they share them, or
+    when a run folder holds no labels (tables and config only: shared to be read, not checked)."""
+    paths = [rundir.labels_path(d) for d in (vanilla_dir, student_dir)]
+    if not all(p.exists() for p in paths):
+        return None
+    a, b = (store.load_tensors(p) for p in paths)
+    for key, what in (("train_idx", "training samples"), ("noisy", "noisy training labels")):
+        if key in a and key in b and (a[key].shape != b[key].shape or not bool((a[key] == b[key]).all())):
+            return what
+    return None
+
+
 def check_pair(vanilla_dir: str | Path, student_dir: str | Path | None) -> None:
-    """Refuse comparisons that mean nothing: swapped arguments, or a vanilla curve of another
-    architecture than the student's (the baseline must be the student's own architecture)."""
+    """Refuse comparisons that mean nothing: swapped arguments, a vanilla curve of another
+    architecture than the student's (the baseline must be the student's own architecture), or of
+    another task (other training samples or noisy labels)."""
     if rundir.teacher_path(vanilla_dir).is_file():
         raise UserError(f"{vanilla_dir} is a DSD² student run (it has teacher.json): give the vanilla run first, then the student")
     if student_dir is None:
@@ -277,6 +303,21 @@ def check_pair(vanilla_dir: str | Path, student_dir: str | Path | None) -> None:
             f"the vanilla run trains {vm} but the student is {sm}: the baseline must be a vanilla run of the student's architecture "
             "(`dsd2 pipeline … --student` runs one, named <student>_vanilla)"
         )
+    if (what := other_task(vanilla_dir, student_dir)) is not None:
+        raise UserError(
+            f"the vanilla run {vanilla_dir} and the student {student_dir} train on other {what} (dataset, noise or seed "
+            "settings differ): their curves are not comparable; give the vanilla run of the student's data, noise and seed"
+        )
+
+
+def _rounds_note(run_dir: str | Path, rows: Rows) -> str:
+    """ "all rounds", or which rounds when the run has fewer than its config asks (an exhaustive
+    search over a curve cut short is no exhaustive search: say where it ends and why)."""
+    last, planned = int(rows[-1]["round"]), rundir.read_config(run_dir).prune.rounds
+    if last >= planned or rundir.floor_stopped_at(run_dir) is not None:  # the channel floor completes a run
+        return "all rounds"
+    why = "its early-stop rule ended it" if rundir.early_stop_path(run_dir).is_file() else "unfinished"
+    return f"rounds 0..{last} of {planned} only ({why})"
 
 
 def strategy_table(
@@ -294,7 +335,9 @@ def strategy_table(
     unit = vrows[0]["round_pflops_dense"]
     rule: dict[str, Any] = {"tolerance": tolerance, "patience": patience, "select": select}
     out = [
-        outcome("vanilla, exhaustive", vanilla_dir, vrows, None, unit, "all rounds, best on " + selection_column(vrows)),
+        outcome(
+            "vanilla, exhaustive", vanilla_dir, vrows, None, unit, f"{_rounds_note(vanilla_dir, vrows)}, best on {selection_column(vrows)}"
+        ),
         outcome("vanilla + early stop", vanilla_dir, vrows, decide(vrows, "plain", **rule), unit),
     ]
     if vrows[0].get("entropy") is not None:

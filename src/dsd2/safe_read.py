@@ -29,6 +29,10 @@ MAX_DEPTH = 64
 MAX_JSON_BYTES = 16 << 20
 MAX_YAML_BYTES = 4 << 20
 MAX_TABLE_BYTES = 64 << 20
+# A YAML alias repeated inside aliases ("billion laughs") is tiny on disk and huge once expanded
+# (every walk over the data, a schema's included, visits each copy): count the nodes as expanded
+# and stop early.
+MAX_YAML_NODES = 100_000
 
 _KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -173,16 +177,34 @@ def check_yaml_depth(text: str, *, source: str, max_depth: int = MAX_DEPTH) -> N
         return  # the loader that follows reports the syntax error with its position
 
 
+def check_size(data: Any, source: str, limit: int = MAX_YAML_NODES) -> None:
+    """Refuse a parsed YAML document that expands to more than ``limit`` nodes."""
+    count, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > limit:
+            raise UserError(f"{source} expands to more than {limit} values (YAML aliases nested in aliases?): refused")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def parse_yaml(text: str, *, source: str, hint: str = "", max_depth: int = MAX_DEPTH) -> Any:
-    """YAML (safe types only) with at most ``max_depth`` levels of nesting."""
+    """YAML (safe types only) with at most ``max_depth`` levels of nesting and
+    :data:`MAX_YAML_NODES` values once its aliases are expanded."""
     tail = f"; {hint}" if hint else ""
     check_yaml_depth(text, source=source, max_depth=max_depth)
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise UserError(f"{source} is corrupt ({yaml_reason(err)}){tail}") from None
     except RecursionError:
         raise UserError(f"{source} nests too deeply: refused{tail}") from None
+    check_size(data, source)
+    return data
 
 
 def yaml_reason(err: yaml.YAMLError) -> str:

@@ -89,9 +89,10 @@ def _first_link(run_dir: Path) -> Path | None:
     return None
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> None:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename); never through a
-    symbolic link inside a run directory (:func:`refuse_links`)."""
+    symbolic link inside a run directory (:func:`refuse_links`). ``mode``: the permission bits
+    (default: readable like any file; a user's file that dsd2 edits keeps its own)."""
     path = Path(path)
     refuse_links(path)
     try:
@@ -100,7 +101,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as err:
         raise UserError(f"cannot write {path}: {err.strerror or err}; choose a writable folder (e.g. --out)") from None
     try:
-        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; results should be readable like any file
+        os.chmod(tmp, 0o666 & ~UMASK if mode is None else mode)  # mkstemp makes 0600; results should be readable like any file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -121,8 +122,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: str | Path, text: str, *, mode: int | None = None) -> None:
+    atomic_write_bytes(path, text.encode(), mode=mode)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -10,6 +10,7 @@ from run directories.
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from dsd2 import compare
 from dsd2.compare import Outcome, Rows
+from dsd2.phases import PhaseParams
 
 # A recovered dip shallower than this (1 point of selection accuracy) is read as noise, not a
 # valley: a few hundred validation samples move the accuracy by about that much.
@@ -97,6 +99,20 @@ def _seen(rows: Rows | None, min_dip: float) -> Valley | None:
     return v if v is not None and v.depth >= min_dip else None
 
 
+def _noise_note(rows: Rows, depth: float) -> str:
+    """A caveat for a valley no deeper than its accuracies' noise: the phase labeller reads a rise
+    only beyond sqrt(2) x its tolerance for the evaluation set (docs/phases.md), so a shallower
+    one is not evidence of a dip on its own (a 2-point valley on 300 samples is noise)."""
+    col = compare.selection_column(rows)
+    n = compare.eval_size(rows, col)
+    if n is None:
+        return ""
+    floor = math.sqrt(2.0) * PhaseParams.for_eval_set(n, float(rows[0][col])).tol
+    if depth >= floor:
+        return ""
+    return f" This is within the noise of {n} held-out samples (a rise must exceed {100 * floor:.1f} points to count, docs/phases.md)."
+
+
 def _sdd_text(t: StudyTables, many: bool, min_dip: float) -> str:
     rows, col = t.vanilla, compare.selection_column(t.vanilla)
     v = _seen(rows, min_dip)
@@ -118,7 +134,7 @@ def _sdd_text(t: StudyTables, many: bool, min_dip: float) -> str:
         f"{_seed(t, many)}{_column_name(col)} falls {100 * fall:.2f} points, from {_pct(acc[v.before])} "
         f"(round {v.before}, {_sparse(s[v.before])}) to {_pct(acc[v.trough])} (round {v.trough}, {_sparse(s[v.trough])}), "
         f"and recovers {100 * rise:.2f} points to {_pct(acc[v.after])} (round {v.after}, {_sparse(s[v.after])}){partial}. "
-        f"Valley: rounds {_span(v.first, v.last)} ({_span_pct(s[v.first], s[v.last])} sparse)."
+        f"Valley: rounds {_span(v.first, v.last)} ({_span_pct(s[v.first], s[v.last])} sparse)." + _noise_note(rows, v.depth)
     )
 
 
@@ -131,7 +147,7 @@ def _student_text(t: StudyTables, many: bool, min_dip: float) -> str:
     s = [float(r["sparsity"]) for r in t.student]
     return (
         f"{_seed(t, many)}a valley of {100 * v.depth:.2f} points at rounds {_span(v.first, v.last)} "
-        f"({_span_pct(s[v.first], s[v.last])} sparse)."
+        f"({_span_pct(s[v.first], s[v.last])} sparse)." + _noise_note(t.student, v.depth)
     )
 
 

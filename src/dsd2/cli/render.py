@@ -116,12 +116,16 @@ _ROUND_LEGEND = {
 def rounds_table(rows: list[RoundRow], title: str = "", width: int | None = None) -> Table:
     """The rounds of a run, accuracies in %. At a narrow ``width`` (default: the console's) the
     headers shorten, then train(clean), the PFLOPs and the entropy columns go, in that order."""
+    from dsd2.compare import phase_basis_note
+
     present = [c for c in _ROUND_COLS if any(r.get(c[2]) is not None for r in rows)]
+    basis = phase_basis_note(rows)  # a phase read off accuracy alone says so
 
     def make(keep: list[str], short: bool) -> Table:
         cols = [c for c in present if c[2] in keep]
         legend = [_ROUND_LEGEND[c[1]] for c in cols if short and c[1] in _ROUND_LEGEND]
-        table = Table(title=title, caption="; ".join(["accuracies in %", *legend]), caption_justify="left")
+        caption = "; ".join(["accuracies in %", *legend, *([basis] if basis and "phase" in keep else [])])
+        table = Table(title=title, caption=caption, caption_justify="left")
         for header, brief, key, _ in cols:
             table.add_column(brief if short else header, justify="left" if key == "phase" else "right", no_wrap=True)
         for r in rows:

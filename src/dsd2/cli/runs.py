@@ -41,8 +41,13 @@ def _run_config(cfg, out: Path, run_dir: Path | None, quiet: bool) -> Path:
     render.console.print(
         rounds_table(
             res.rows,
-            title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, {cfg.noise.kind} noise"
-            + ("" if cfg.noise.kind == "transition" else f" {cfg.noise.rate:g}"),  # the matrix, not rate, sets its rate
+            title=f"{cfg.name}: {cfg.model.name} on {cfg.dataset.name}, "
+            + (
+                "no label noise"  # noise.rate is not read: "none noise 0.2" said a rate it did not use
+                if cfg.noise.kind == "none"
+                else f"{cfg.noise.kind} noise"
+                + ("" if cfg.noise.kind == "transition" else f" {cfg.noise.rate:g}")  # the matrix sets its rate
+            ),
         )
     )
     render.console.print(f"run directory: {path}")

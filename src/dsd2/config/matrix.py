@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from dsd2.config.safe_yaml import load_yaml_text
+from dsd2.config.safe_yaml import MAX_CONFIG_NODES, load_yaml_text
 from dsd2.errors import UserError
 
 # Rows of a transition matrix must sum to 1 within this (dsd2.noise checks the same and renormalises).
@@ -79,7 +79,8 @@ def read_matrix_file(path: str) -> tuple[list[list[float]], str]:
             raise ValueError(f"{path} must hold a 2-D numeric array, got dtype {arr.dtype} and shape {arr.shape}")
         return arr.astype(np.float64).tolist(), digest
     try:
-        rows = load_yaml_text(raw.decode(), source=str(path))
+        # a K x K matrix may hold more values than a config; without aliases never more than its bytes
+        rows = load_yaml_text(raw.decode(), source=str(path), max_nodes=max(len(raw), MAX_CONFIG_NODES))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid YAML: {err}") from None
     except UserError as err:

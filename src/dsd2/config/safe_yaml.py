@@ -6,26 +6,10 @@ from typing import Any
 
 import yaml
 
-from dsd2.errors import UserError
+from dsd2.safe_read import MAX_YAML_NODES, check_size
 
-# A YAML alias repeated inside aliases ("billion laughs") is tiny on disk and huge once expanded
-# (apply_overrides copies it): count the nodes as expanded and stop early.
-MAX_CONFIG_NODES = 100_000
-
-
-def check_size(data: Any, source: str, limit: int = MAX_CONFIG_NODES) -> None:
-    """Refuse a parsed YAML document that expands to more than ``limit`` nodes."""
-    count, stack = 0, [data]
-    while stack:
-        node = stack.pop()
-        count += 1
-        if count > limit:
-            raise UserError(f"{source} expands to more than {limit} values (YAML aliases nested in aliases?): refused")
-        if isinstance(node, dict):
-            stack.extend(node.keys())
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+# The node count of a user's YAML (dsd2.safe_read.check_size: "billion laughs" stays bounded).
+MAX_CONFIG_NODES = MAX_YAML_NODES
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -42,9 +26,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_yaml_text(text: str, source: str = "the YAML text") -> Any:
-    """Parse a user's YAML file: safe types only, no duplicate keys, bounded nesting."""
+def load_yaml_text(text: str, source: str = "the YAML text", max_nodes: int = MAX_CONFIG_NODES) -> Any:
+    """Parse a user's YAML file: safe types only, no duplicate keys, bounded nesting, at most
+    ``max_nodes`` values once its aliases are expanded."""
     from dsd2.safe_read import check_yaml_depth
 
     check_yaml_depth(text, source=source)
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe types only
+    data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: safe types only
+    check_size(data, source, max_nodes)
+    return data

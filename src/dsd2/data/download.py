@@ -34,12 +34,18 @@ def md5_file(path: str | Path) -> str:
 def download_file(url: str, dest: str | Path, md5: str, *, timeout: float = 60.0) -> Path:
     """Download ``url`` to ``dest`` atomically, verifying ``md5``; return ``dest``.
 
-    If ``dest`` already exists with the right md5 nothing is downloaded. Network failures and
-    checksum mismatches raise :class:`UserError` saying how to get the file by hand.
+    If ``dest`` already exists with the right md5 nothing is downloaded; with another md5 it is
+    refused (a file dsd2 did not write is never replaced). Network failures and checksum
+    mismatches raise :class:`UserError` saying how to get the file by hand.
     """
     dest = Path(dest)
     if dest.is_file() and md5_file(dest) == md5:
         return dest
+    if dest.exists() or dest.is_symlink():  # not the published file: someone's own, never replaced
+        raise UserError(
+            f"{dest} is there but is not the file {url} publishes (md5 {md5}): dsd2 does not replace it; "
+            "move it away to download the published one, or keep your copy and set dataset.download=false"
+        )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -140,6 +140,25 @@ def data_fingerprint(dataset: str, root: str | Path | None, label_file: str | No
     return out
 
 
+def content_digest(splits: Any) -> str | None:
+    """sha256 of the samples and labels a run reads once its data is loaded (``splits``: a
+    :class:`dsd2.data.DataSplits`; None when its images stay on disk, a streamed image folder).
+    A built-in dataset's local copy is not checked against the published files when loaded
+    (another dataset.root, another copy, a generator's new version): this pins what it decoded,
+    whatever the files' bytes (a recompressed copy of the same data is the same data)."""
+    import torch
+
+    parts = [splits.train_x, splits.train_y, splits.val_x, splits.val_y, splits.test_x, splits.test_y]
+    if not all(isinstance(t, torch.Tensor) for t in parts):
+        return None
+    h = hashlib.sha256()
+    for t in parts:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
 def fingerprint_mismatch(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
     """What differs between a recorded data fingerprint and this one (None: nothing both cover)."""
     changes = []

@@ -9,7 +9,7 @@ from typing import Any
 
 from dsd2 import rundir, store
 from dsd2.config import RunConfig, config_hash, default_gradual_window, differing_settings, with_execution
-from dsd2.data.fingerprint import data_fingerprint, fingerprint_mismatch
+from dsd2.data.fingerprint import content_digest, data_fingerprint, fingerprint_mismatch
 from dsd2.errors import UserError
 from dsd2.layer_defaults import prunes_classes
 
@@ -146,6 +146,31 @@ def checked_fingerprint(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         if change is not None:
             raise UserError(f"teacher {teacher} was trained on other data than this student reads: {change}. Train a teacher on this data")
     return now
+
+
+def checked_content(cfg: RunConfig, run_dir: Path, splits: Any) -> dict[str, Any]:
+    """``{"content": sha256}`` of the loaded data (:func:`dsd2.data.fingerprint.content_digest`),
+    refused when it differs from the one ``run_dir`` or its teachers recorded: a built-in dataset
+    at another dataset.root that holds other samples or labels (the id does not see the root)
+    trained on, or a student distilling on images its teacher never saw."""
+    digest = content_digest(splits)
+    if digest is None:
+        return {}
+    recorded = (_recorded_fingerprint(run_dir) or {}).get("content")
+    if isinstance(recorded, str) and recorded != digest:
+        raise UserError(
+            f"{run_dir} was trained on other data: the {splits.name} samples or labels this config loads differ from those its "
+            f"rounds were trained on (content sha256 {recorded[:12]}… then, {digest[:12]}… now; dataset.root, the files there or "
+            "the generator changed?). Restore the data it was trained on, or run this data as a new run (another name=NAME or --out)"
+        )
+    for teacher in _teacher_dirs(cfg):
+        theirs = (_recorded_fingerprint(teacher) or {}).get("content")
+        if isinstance(theirs, str) and theirs != digest:
+            raise UserError(
+                f"teacher {teacher} was trained on other data than this student loads (content sha256 {theirs[:12]}… there, "
+                f"{digest[:12]}… here; dataset.root or the files there differ?). Give the student the teacher's data, or train a teacher on this data"
+            )
+    return {"content": digest}
 
 
 def _teacher_dirs(cfg: RunConfig) -> list[Path]:

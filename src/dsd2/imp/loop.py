@@ -84,7 +84,7 @@ def resume_rounds(ctx: RunContext) -> Rounds:
         last = done.rows[-1].round
         state = rundir.round_state_path(ctx.run_dir, last)
         load_state(ctx.model, store.load_tensors(state), state)
-        saved = store.load_tensors(rundir.round_masks_path(ctx.run_dir, last))
+        saved = rundir.load_masks(rundir.round_masks_path(ctx.run_dir, last), dict(ctx.weights), complete=True)
         masks = {k: saved[k].to(ctx.device) for k in ctx.weights}
     return Rounds(done.rows, done.entropy, done.timings, masks)
 

@@ -96,7 +96,14 @@ def record_labels(run_dir: Path, data: DataSplits, labels: NoisyLabels) -> None:
         tensors["probe"] = labels.probe
     if path.exists():
         saved = store.load_tensors(path)
-        for key in ("clean", "noisy", "flipped", *(k for k in ("soft", "probe") if k in tensors)):
+        # train_idx too: a student's teacher check reads it from this file (runs from before it had none)
+        for key in (
+            "clean",
+            "noisy",
+            "flipped",
+            *(k for k in ("soft", "probe") if k in tensors),
+            *(["train_idx"] if "train_idx" in saved else []),
+        ):
             if key not in saved or not torch.equal(saved[key], tensors[key].cpu()):
                 raise UserError(
                     f"{path} does not match the labels this config produces ({key} differs): it was edited, or the data or noise "
@@ -215,11 +222,19 @@ def record_run_files(run_dir: Path, cfg: RunConfig, built: Built) -> None:
 
 
 def _record_fingerprint(run_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """Give a run started before data fingerprints its fingerprint (later starts are checked against it)."""
+    """Give a run started before data fingerprints (or before one of their parts, e.g. the loaded
+    content) what it lacks; later starts are checked against it. A recorded part is never replaced."""
     meta = store.read_json(run_dir / rundir.META)
-    if isinstance(meta, dict) and isinstance(meta.get("data"), dict) and "fingerprint" not in meta["data"]:
+    if not (isinstance(meta, dict) and isinstance(meta.get("data"), dict)):
+        return
+    recorded = meta["data"].get("fingerprint")
+    if recorded is None:
         meta["data"]["fingerprint"] = fingerprint
-        store.write_json(run_dir / rundir.META, meta)
+    elif isinstance(recorded, dict) and fingerprint.keys() - recorded.keys():
+        meta["data"]["fingerprint"] = {**fingerprint, **recorded}
+    else:
+        return
+    store.write_json(run_dir / rundir.META, meta)
 
 
 def _pinned_root(saved: RunConfig, cfg: RunConfig) -> RunConfig:

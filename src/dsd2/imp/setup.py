@@ -17,7 +17,7 @@ from dsd2.data import DataSplits, ImageLoader
 from dsd2.data.scans import one_scan
 from dsd2.distill.setup import Teaching
 from dsd2.imp.build import Built, build, build_data, noisy_labels, round_seed, seeded_generator
-from dsd2.imp.checks import check_config_matches, checked_fingerprint
+from dsd2.imp.checks import check_config_matches, checked_content, checked_fingerprint
 from dsd2.imp.record import record_config, record_meta, record_run_files
 from dsd2.imp.retry import lr_scale_for
 from dsd2.noise import NoisyLabels
@@ -103,6 +103,8 @@ def start(cfg: RunConfig, run_dir: Path, share: Share = Share()) -> RunContext:
     with one_scan():  # the fingerprint checks the very file list the loader then reads: the folder is listed once
         fingerprint = checked_fingerprint(cfg, run_dir) if distributed.is_main() else {}
         built = build(cfg, run_dir, share)
+    if distributed.is_main():  # what was loaded, before anything is written
+        fingerprint = {**fingerprint, **checked_content(cfg, run_dir, built.data)}
     record_config(run_dir, cfg)
     record_run_files(run_dir, cfg, built)
     record_meta(run_dir, cfg, built.data, fingerprint)

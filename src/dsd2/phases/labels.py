@@ -230,7 +230,7 @@ def _by_memorisation(acc, m, fit, finished, p: PhaseParams, tol, fit_tol) -> Pha
 
 def _by_accuracy(acc, fit, finished, tol, fit_tol, why: str) -> Phases:
     n = len(acc)
-    note = f"phases from validation accuracy alone: {why}"
+    note = f"phases from held-out accuracy alone: {why}"
     light = _light_end(acc, tol, n)
     labels = ["light"] * n
     if light == n:

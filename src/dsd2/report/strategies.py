@@ -21,18 +21,23 @@ def _same_model(a: RunData, b: RunData) -> bool:
 def _pairs(runs: Sequence[RunData]) -> list[tuple[RunData, RunData | None, str]]:
     """(vanilla, student or None, note) pairs for the strategy tables; a student is compared with a
     vanilla run of its own architecture (its teacher when they share it)."""
+    from dsd2.compare import other_task
+
     students = [r for r in runs if r.is_student]
     others = [r for r in runs if not r.is_student]
     pairs: list[tuple[RunData, RunData | None, str]] = []
     for st in students:
         t = teacher_of(st, runs)
-        same = [o for o in others if _same_model(o, st)]
+        # the same architecture and the same task (samples, noisy labels): another seed's vanilla is not a baseline
+        same = [o for o in others if _same_model(o, st) and other_task(o.path, st.path) is None]
         if t is not None and _same_model(t, st):
             pairs.append((t, st, "the student's own teacher run"))
         elif same:
             pairs.append((same[0], st, "a vanilla run of the student's architecture"))
         elif others:
-            pairs.append((others[0], None, f"no vanilla run of {st.title}'s architecture among the inputs: vanilla strategies only"))
+            pairs.append(
+                (others[0], None, f"no vanilla run of {st.title}'s architecture and data among the inputs: vanilla strategies only")
+            )
     if not students and others:
         pairs.append((others[0], None, "no DSD² student among the inputs: vanilla strategies only"))
     return pairs

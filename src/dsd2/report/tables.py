@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dsd2.compare import phase_basis_note
 from dsd2.errors import UserError
 from dsd2.report import figures as F
 from dsd2.report.data import RunData, RunGroup
@@ -274,6 +275,8 @@ def run_section(i: int, run: RunData) -> str:
             + "</p>"
         )
     parts.append(f"<details open><summary>Rounds ({len(run.rows)})</summary>{_rounds_table(run)}</details>")
+    if run.rows and (basis := phase_basis_note(run.rows)):  # a phase read off accuracy alone says so
+        parts.append(f'<p class="note">Phase labels: {esc(basis)} (docs/phases.md).</p>')
     if run.noise:
         parts.append(_noise_block(run.noise))
     parts.append(f"<details><summary>Resolved config</summary><pre>{esc(run.config_text)}</pre></details>")

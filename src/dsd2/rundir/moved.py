@@ -127,9 +127,9 @@ def _digests_before_moves(run_dir: str | Path, digest: str) -> list[str]:
 
 
 def moved_note(cfg: RunConfig, run_dir: str | Path) -> str | None:
-    """What ``cfg`` finds at another place than the run in ``run_dir`` recorded: its label file or
-    teachers (said once the start has checked them: the label file's content against meta.json's
-    fingerprint, a teacher's identity and round files), else None. Reusing a run is never silent."""
+    """What ``cfg`` finds at another place than the run in ``run_dir`` recorded: its image folder,
+    label file or teachers (said once the start has checked them: the images' and the label file's
+    content against meta.json's fingerprint, a teacher's identity and round files), else None. Reusing a run is never silent."""
     from dsd2.config.identity import moved_teachers
 
     path = Path(run_dir)
@@ -140,6 +140,9 @@ def moved_note(cfg: RunConfig, run_dir: str | Path) -> str | None:
     old_labels, labels = saved.dataset.label_file, cfg.dataset.label_file
     if old_labels and labels and _place(old_labels) != _place(labels):
         parts.append(f"dataset.label_file now {labels} (was {old_labels}; the same content, by its sha256)")
+    old_root, root = saved.dataset.root, cfg.dataset.root
+    if cfg.dataset.name == "image_folder" and old_root and root and _place(old_root) != _place(root):
+        parts.append(f"dataset.root now {root} (was {old_root}; the same images, by their content fingerprint)")
     return f"the same run, its data and teachers at a new place: {'; '.join(parts)} (meta.json execution_changes)" if parts else None
 
 

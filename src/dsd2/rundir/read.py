@@ -143,6 +143,28 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     return store.read_json_dict(Path(run_dir) / META, Meta, hint=META_HINT)
 
 
+def load_masks(path: Path, like: dict[str, torch.Tensor], *, complete: bool) -> Masks:
+    """A round's masks, checked against the tensors they mask (``like``): each a bool tensor of its
+    tensor's shape, none for a tensor ``like`` lacks and, when ``complete``, one for each. A masks
+    file rewritten with matching checksums, or of another model, would else fail mid-run (a
+    traceback) or prune the wrong entries; a float mask would scale the weights."""
+    masks = store.load_tensors(path)
+    fix = f"delete {path.parent} and resume to recompute that round"
+    unknown, missing = sorted(set(masks) - set(like)), sorted(set(like) - set(masks)) if complete else []
+    if unknown or missing:
+        what = ([f"masks {', '.join(unknown[:3])}, which the model does not have"] if unknown else []) + (
+            [f"no mask for {', '.join(missing[:3])}"] if missing else []
+        )
+        raise UserError(f"{path} does not fit the configured model: {'; '.join(what)}; {fix}")
+    for name, mask in masks.items():
+        if mask.dtype != torch.bool or mask.shape != like[name].shape:
+            raise UserError(
+                f"{path}: the mask of {name} is {str(mask.dtype).removeprefix('torch.')} {list(mask.shape)}, "
+                f"not bool {list(like[name].shape)} like its weight; {fix}"
+            )
+    return masks
+
+
 def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device | str = "cpu") -> tuple[nn.Module, Masks, RunConfig]:
     """Rebuild the model of a finished round from its run directory (state + masks, no pickles)."""
     run_dir = Path(run_dir)
@@ -158,5 +180,5 @@ def load_round_model(run_dir: str | Path, round_idx: int, device: torch.device |
     model = build_model(cfg.model.name, **shape, **cfg.model.options)
     state = round_state_path(run_dir, round_idx)
     load_state(model, store.load_tensors(state), state)
-    masks = store.load_tensors(round_masks_path(run_dir, round_idx))
+    masks = load_masks(round_masks_path(run_dir, round_idx), model.state_dict(), complete=False)
     return model.to(device), {k: v.to(device) for k, v in masks.items()}, cfg

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dsd2 import store
+from dsd2.errors import UserError
+from dsd2.file_schemas import SweepInfo
 from dsd2.sweep.scheduler import FINISHED, Job, State
 from dsd2.sweep.spec import Cell, SweepSpec
 
@@ -217,6 +220,32 @@ def _cell_rows(spec: SweepSpec, cell: Cell, res: CellResult) -> tuple[dict[str, 
     return row, all_rows
 
 
+# What a sweep writes in out/<sweep name>/; sweep.json first, so a folder without it holds none of them.
+SWEEP_RECORD = "sweep.json"
+SWEEP_OUTPUTS = ("summary.csv", "summary_by_point.csv", "all_rounds.csv", "errors", "report")
+
+
+def check_sweep_folder(sweep_dir: Path) -> None:
+    """Refuse a sweep folder whose files the sweep would replace but did not write: a sweep.json
+    that is not a dsd2 sweep's record, or summaries, errors or a report without one."""
+    how = "move your files, or give the sweep another name (name: in the sweep file) or another --out"
+    record = sweep_dir / SWEEP_RECORD
+    if record.exists() or record.is_symlink():
+        not_ours = "not a dsd2 sweep's record, which the sweep would replace"
+        if record.is_symlink():
+            raise UserError(f"{record} is a symbolic link (to {os.readlink(record)}), {not_ours}; {how}")
+        info = store.read_json_dict(record, SweepInfo, hint=f"{not_ours}; {how}")
+        spec = info.get("spec")
+        if not (isinstance(spec, dict) and isinstance(spec.get("name"), str)):
+            raise UserError(f"{record} is {not_ours} (it has no spec.name); {how}")
+        return
+    foreign = [n for n in SWEEP_OUTPUTS if (sweep_dir / n).exists() or (sweep_dir / n).is_symlink()]
+    if foreign:
+        raise UserError(
+            f"{sweep_dir} holds {', '.join(foreign)} but no {SWEEP_RECORD}: no dsd2 sweep wrote them, and this one would replace them; {how}"
+        )
+
+
 def write_outputs(
     spec: SweepSpec,
     sweep_dir: Path,
@@ -248,7 +277,7 @@ def write_sweep_json(spec: SweepSpec, sweep_dir: Path, results: list[CellResult]
     for r in results:
         counts[r.status] = counts.get(r.status, 0) + 1
     store.write_json(
-        sweep_dir / "sweep.json",
+        sweep_dir / SWEEP_RECORD,
         {
             **meta,
             "spec": spec.model_dump(mode="json"),

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from dsd2 import store
 from dsd2.errors import UserError
-from dsd2.sweep.aggregate import SweepResult, cell_results, write_outputs, write_sweep_json
+from dsd2.sweep.aggregate import SweepResult, cell_results, check_sweep_folder, write_outputs, write_sweep_json
 from dsd2.sweep.backends import BACKENDS, Backend, make_backend
 from dsd2.sweep.scheduler import Event, Job, State, build_jobs, schedule, skip_finished
 from dsd2.sweep.spec import Cell, SweepSpec, expand
@@ -75,6 +75,7 @@ def run_sweep(
     out = Path(out).expanduser().resolve()
     cells = expand(spec)
     sweep_dir = out / spec.name
+    check_sweep_folder(sweep_dir)  # before any run starts: its files are the sweep's to replace
     sweep_dir.mkdir(parents=True, exist_ok=True)
     jobs, cell_jobs = build_jobs(spec, cells, out)
     meta = {"out": str(out), "backend": backend if isinstance(backend, str) else backend.name, "address": address, "started": _now()}
