@@ -289,3 +289,39 @@ def test_a_fused_group_on_cpu_says_what_fusing_costs_there(fused_group, tmp_path
     said.clear()
     run_group(_cfgs()[:2], tmp_path, say=said.append)
     assert CPU_NOTE not in said
+
+
+def test_runs_whose_inputs_differ_in_shape_train_unfused_with_one_line(tmp_path):
+    """run_group from Python on two datasets whose images differ in size, with a model whose
+    weights do not depend on it (global pooling): one batch cannot hold both runs' inputs, so they
+    train one after another, said in one line, with dsd2 run's numbers."""
+    from dsd2.data import DATASETS, RawDataset, register_dataset
+
+    def images(size: int):
+        def load(root, *, download=False, seed=0):
+            g = torch.Generator().manual_seed(seed)
+            x = torch.randn(200, 1, size, size, generator=g)
+            y = torch.randint(0, 4, (200,), generator=g)
+            return RawDataset(f"imgs{size}", 4, x[:160], y[:160], x[160:], y[160:], (0.0,), (1.0,), default_val_size=40)
+
+        return load
+
+    with DATASETS.snapshot():
+        for size in (8, 12):
+            register_dataset(f"imgs{size}", num_classes=4, input_shape=(1, size, size), train_size=160, test_size=40)(images(size))
+        cfgs = [
+            tiny_config(
+                f"dataset={{name: imgs{size}, root: null, val_size: 40}}",
+                "model={name: vgg_like, depth: 2, gamma: 2, head: compact}",
+                "prune.rounds=1",
+                "train.epochs=1",
+            )
+            for size in (8, 12)
+        ]
+        lines: list[str] = []
+        dirs = run_group(cfgs, tmp_path / "f", say=lines.append)
+        assert [line for line in lines if line != CPU_NOTE] == [
+            "fused: training the runs one after another (the runs' inputs differ in shape (their datasets differ))"
+        ]
+        for cfg, d in zip(cfgs, dirs):
+            assert _same_states(d, imp.run(cfg, tmp_path / "s"))

@@ -334,6 +334,8 @@ def _train_together(group: list[Member], n_ghosts: int, i: int, masks: list, sch
     """Train round ``i`` of the group; the first ``n_ghosts`` runs re-train a saved round (no hooks)."""
     if any(m.ctx.data.streamed for m in group):  # config_reason sees dataset.loader=stream; auto may choose it too
         raise NotFusable("a streamed image folder reads every run's images from disk (dataset.loader=auto chose stream)")
+    if len({tuple(m.ctx.train_batches.example(1).shape) for m in group}) > 1:  # one batch holds every run's inputs
+        raise NotFusable("the runs' inputs differ in shape (their datasets differ)")
     live = group[n_ghosts:]
     for m in live:
         for hook in m.hooks:
