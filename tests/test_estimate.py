@@ -105,3 +105,27 @@ def test_a_students_prediction_adds_its_teachers_forward(tmp_path):
     assert student.teacher_flops_per_example == forward > 0
     ratio = 1 + forward / student.step_flops_per_example
     assert student.step_s_per_example == pytest.approx(ratio / student.train_examples_per_s)
+
+
+def test_the_demo_estimate_times_a_run_with_the_threads_it_gets_beside_the_others(monkeypatch):
+    """The demo trains 2 pipelines side by side, each run with one of 2 cores: timed with all the
+    cores, its estimate read 4 min for an 8-minute demo. The measurement takes the share."""
+    import os
+
+    from dsd2.cli.runs import _expected_demo_time
+    from dsd2.sweep import measure as measure_module
+    from dsd2.threads import Share
+
+    cfg = load_config("demo_fmnist")
+    assert measure(cfg, steps=2, share=Share(os.cpu_count() or 1)).threads == 1  # every core already has a run
+    shares: list[Share] = []
+    real = measure_module.measure
+
+    def spy(cfg, **kw):
+        shares.append(kw["share"])
+        return real(cfg, **{**kw, "steps": 2})
+
+    monkeypatch.setattr(measure_module, "measure", spy)
+    assert "expected: about" in _expected_demo_time(cfg, pipelines=2, jobs=2)
+    assert "expected: about" in _expected_demo_time(cfg, pipelines=1, jobs=2)
+    assert shares == [Share(2), Share(1)]

@@ -249,8 +249,11 @@ def _expected_demo_time(cfg, pipelines: int, jobs: int) -> str:
     import math
 
     from dsd2.sweep.measure import measure, predict
+    from dsd2.threads import Share
 
-    run_s = predict(cfg, measure(cfg, steps=50))["total_s"]
+    # timed with the threads each run gets beside the others (one of 2 cores when 2 run at once):
+    # timed with all the cores, the estimate read 4 min for an 8-minute demo
+    run_s = predict(cfg, measure(cfg, steps=50, share=Share(min(jobs, pipelines))))["total_s"]
     total_s = 2 * run_s * math.ceil(pipelines / max(1, jobs))
     return (
         f"expected: about {total_s / 60:.0f} min here (dsd2 estimate: {run_s / 60:.1f} min per run, 2 runs per pipeline, "

@@ -28,6 +28,7 @@ from dsd2.config import RunConfig, choice_options, options_of
 from dsd2.errors import UserError
 from dsd2.sweep.cost import epochs_per_round, per_example_flops, train_examples, val_examples
 from dsd2.sweep.shapes import dataset_info, input_shape, model_key, model_kwargs
+from dsd2.threads import Share
 
 DEFAULT_STEPS = 10
 
@@ -79,11 +80,13 @@ def _synthetic(cfg: RunConfig, rows: int, device: Any) -> Any:
     return make_source(x, y, mean=mean, std=std, device=device, augment=spec, channels_last=cfg.train.channels_last)
 
 
-def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | None = None) -> Measured:
+def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | None = None, share: Share = Share()) -> Measured:
     """Train ``cfg``'s model for a warm-up epoch and a measured epoch of ``steps`` batches of
     synthetic data on the run's device; time an evaluation pass of the same rows. ``teacher``: the
     KD teacher's config, read from ``distill.teacher``'s run directory when not given (several
-    teachers and self-distillation, whose logits are cached once per round, add none)."""
+    teachers and self-distillation, whose logits are cached once per round, add none). ``share``:
+    the runs that will train side by side (their threads are what ``train.threads=auto`` gives
+    each, so the measurement uses as many)."""
     from dsd2.imp import resolve_device, set_threads
 
     if steps < 1:
@@ -100,7 +103,7 @@ def measure(cfg: RunConfig, *, steps: int = DEFAULT_STEPS, teacher: RunConfig | 
     check_batch_fits(meta_model(cfg), input_shape(cfg), batch, device)  # before a batch that cannot fit is allocated
     data = _synthetic(cfg, batch * steps, device)
     model = _built_model(cfg, device)
-    threads = set_threads(cfg, device, model, data, None)
+    threads = set_threads(cfg, device, model, data, None, share=share)
     train_s = _time_training(cfg, model, data, device)
     eval_s = _time_evaluation(model, data, cfg.train.eval_batch_size)
     _, step, tfwd = per_example_flops(cfg, teacher)
