@@ -26,7 +26,6 @@ sgd/adam/adamw, feature distillation, runs whose round schedules or batch sizes 
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -56,6 +55,7 @@ from dsd2.imp.loop import (
 )
 from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_for
 from dsd2.imp.setup import RunContext, check_config_matches, lr_scale_for, round_seed, seeded_generator
+from dsd2.imp.undo import StartUndo
 from dsd2.prune import Masks, full_masks
 from dsd2.rundir import RoundRow, load_state, run_dir_for
 from dsd2.threads import Share
@@ -148,17 +148,11 @@ def run_group(
         return [imp.run(c, d.parent, run_dir=d) for c, d in zip(cfgs, dirs)]
     with ExitStack() as held:
         members: list[Member] = []
-        fresh: list[Path] = []  # the run directories this call created and started (it holds their locks)
-        before: dict[Path, bytes] = {}  # config.yaml and meta.json of the runs it started, as they were
+        started: list[StartUndo] = []  # the runs this call started (it holds their locks), and how to take that back
         try:
             for k, (cfg, run_dir) in enumerate(zip(cfgs, dirs)):
-                new = not run_dir.exists()
-                kept = _recorded(run_dir)
-                ctx = begin_run(check_config_matches(run_dir, cfg), run_dir, held, Share())
+                ctx = begin_run(check_config_matches(run_dir, cfg), run_dir, held, Share(), started)
                 held.callback(ctx.close)
-                before.update(kept)
-                if new:  # a run that fails to start removes its own new directory (begin_run)
-                    fresh.append(run_dir)
                 rounds = resume_rounds(ctx)
                 tables_on_every_rank(ctx, rounds)
                 members.append(Member(ctx, rounds, make_hooks(ctx, **_callbacks(k, on_round, progress))))
@@ -166,11 +160,8 @@ def run_group(
             # a run that cannot start stops the group before anything trains: the runs this call
             # started leave no half-made directory (as a failed unfused start), the others are as they were
             _close_hooks(members)
-            for path in fresh:
-                shutil.rmtree(path, ignore_errors=True)
-            for path, data in before.items():  # nor a run that says it was extended (more rounds) but trained nothing
-                if path.read_bytes() != data:
-                    store.atomic_write_bytes(path, data)
+            for undo in started:  # a run that fails to start takes back its own start (begin_run)
+                undo()
             if isinstance(err, UserError) and str(run_dir) not in str(err):  # which run of the group
                 raise UserError(f"{run_dir} (a run of a fused group, which trained nothing): {err}") from None
             raise
@@ -179,12 +170,6 @@ def run_group(
         finally:
             _close_hooks(members)
     return dirs
-
-
-def _recorded(run_dir: Path) -> dict[Path, bytes]:
-    """The bytes of an existing run's config.yaml and meta.json (an extension rewrites both)."""
-    paths = [run_dir / rundir.CONFIG, run_dir / rundir.META]
-    return {p: p.read_bytes() for p in paths} if all(p.is_file() for p in paths) else {}
 
 
 def _close_hooks(members: list[Member]) -> None:

@@ -4,7 +4,6 @@ and :func:`resume` run every round of a config, from its checkpoints after a kil
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from dsd2.imp.modes import masked_tensors, prune_step, reset_weights, schedule_f
 from dsd2.imp.record import extend_rounds
 from dsd2.imp.retry import lr_scale_for
 from dsd2.imp.setup import RunContext, start
+from dsd2.imp.undo import StartUndo
 from dsd2.phases import label_phases
 from dsd2.prune import (
     ChannelFloor,
@@ -412,25 +412,27 @@ def run(
     return run_dir
 
 
-def begin_run(cfg: RunConfig, run_dir: Path, held: ExitStack, share: Share) -> RunContext:
+def begin_run(cfg: RunConfig, run_dir: Path, held: ExitStack, share: Share, started: list[StartUndo] | None = None) -> RunContext:
     """Lock the run directory (``held`` keeps the lock), extend it when ``cfg`` asks more rounds,
-    and start the run; a run that fails to start leaves no half-made directory."""
+    and start the run; a run that fails to start leaves no half-made directory (nor one that says
+    it was extended but trained nothing). ``started``: gets how to take this start back, once it
+    succeeded (a fused group one of whose later runs cannot start takes back them all)."""
     fresh = not run_dir.exists()
     held.enter_context(store.run_lock(run_dir))
-    before: dict[Path, bytes] = {}
+    undo = StartUndo.found(run_dir, fresh=fresh)
+    extended = False
     if not fresh and (run_dir / rundir.META).is_file():
         saved = rundir.read_config(run_dir)
         if cfg.prune.rounds > saved.prune.rounds:
-            before = {p: p.read_bytes() for p in (run_dir / rundir.CONFIG, run_dir / rundir.META)}
             extend_rounds(run_dir, saved, cfg)
+            extended = True
     try:
         ctx = start(cfg, run_dir, share)
-    except BaseException:
-        if fresh:  # a failed start (missing data, unknown model, no memory) leaves no half-made run
-            shutil.rmtree(run_dir, ignore_errors=True)
-        for path, data in before.items():  # nor a run that says it was extended but trained nothing
-            store.atomic_write_bytes(path, data)
+    except BaseException:  # missing data, unknown model, no memory
+        StartUndo(run_dir, fresh, undo.before if extended else {})()
         raise
+    if started is not None:
+        started.append(undo)
     if distributed.world().distributed:
         _record_world(run_dir, cfg)
     return ctx
