@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from dsd2 import bank, rundir, store
+from dsd2 import bank, rundir
 from dsd2.compare import ENTROPY_RULE_DEFAULTS, best_round
 from dsd2.phases import classify_phases
 
@@ -97,13 +97,9 @@ def run_dir_of(out: Path, name: str) -> Path | None:
 
 def mask_overlap(a: Path, b: Path) -> list[float]:
     """Per round (from 1), |A∩B| / |A∪B| of the kept weights of two runs of one curve."""
-    out = []
-    for r in range(1, min(len(rundir.read_rounds(a)), len(rundir.read_rounds(b)))):
-        ma = store.load_tensors(rundir.round_masks_path(a, r))
-        mb = store.load_tensors(rundir.round_masks_path(b, r))
-        inter = sum(int((ma[k] & mb[k]).sum()) for k in ma)
-        out.append(round(inter / sum(int((ma[k] | mb[k]).sum()) for k in ma), 4))
-    return out
+    from fused_exactness import masks_overlap  # this folder's script: python benchmarks/fused_bank.py
+
+    return [round(masks_overlap(a, b, r), 4) for r in range(1, min(len(rundir.read_rounds(a)), len(rundir.read_rounds(b))))]
 
 
 def compare(other_dir: Path, names: list[str] | None = None, ref_dir: Path = BANK) -> dict[str, Any]:

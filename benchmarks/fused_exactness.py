@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from dsd2 import imp, store
+from dsd2 import imp, rundir, store
 from dsd2.config import load_config
 from dsd2.fused.group import run_group
 
@@ -30,9 +30,10 @@ COLUMNS = ("train_acc_noisy", "train_acc_clean", "train_acc_flipped", "unflipped
 DEFAULT = ["train.epochs=4", "prune.rounds=8", "train.threads=2"]
 
 
-def _overlap(a: Path, b: Path, r: int) -> float:
-    ma = store.load_tensors(store.round_dir(a, r) / "masks.safetensors")
-    mb = store.load_tensors(store.round_dir(b, r) / "masks.safetensors")
+def masks_overlap(a: Path, b: Path, r: int) -> float:
+    """|A∩B| / |A∪B| of the weights two runs keep at round ``r``."""
+    ma = store.load_tensors(rundir.round_masks_path(a, r))
+    mb = store.load_tensors(rundir.round_masks_path(b, r))
     inter = sum(int((ma[k] & mb[k]).sum()) for k in ma)
     return inter / sum(int((ma[k] | mb[k]).sum()) for k in ma)
 
@@ -69,7 +70,7 @@ def main() -> None:
             for col in COLUMNS:
                 diffs = [abs(f[r][col] - s[r][col]) for f, s in zip(frs, srs) if f[r][col] is not None and s[r][col] is not None]
                 row[f"max_abs_diff_{col}"] = max(diffs) if diffs else None
-            row["min_mask_overlap"] = min(_overlap(f, s, r) for f, s in zip(fused, separate))
+            row["min_mask_overlap"] = min(masks_overlap(f, s, r) for f, s in zip(fused, separate))
             rows.append(row)
             print(json.dumps(row))
         result["rounds"] = rows
