@@ -63,8 +63,8 @@ def run_seeds(
     def done(k: int, row) -> None:
         say(f"seed {seeds[k]}: round {row.round} {100 * row.sparsity:.2f}% sparse, test {100 * (row.test_acc or 0):.2f}%")
 
-    # what `dsd2 run CONFIG seed=S` says of its run (reused, moved, a new run beside an older
-    # one), read before training
+    # where `dsd2 run CONFIG seed=S` puts each run (found once: it may scan --out for an older
+    # run), and what it says of it (reused, moved, a new run beside an older one), read before training
     targets = [rundir.run_dir_for(c, out) for c in cfgs]
     notes = [
         [n for n in (rundir.finished_note(c, d), rundir.moved_note(c, d), rundir.classifier_default_note(c, d, out)) if n]
@@ -75,9 +75,9 @@ def run_seeds(
         if not fuse and len(cfgs) > 1:
             say(SEQUENTIAL_ON_CPU)
     if fuse:
-        dirs = run_group(cfgs, out, say=say, on_round=done)
+        dirs = run_group(cfgs, out, say=say, on_round=done, run_dirs=targets)
     else:
-        dirs = [run(c, out, on_round=functools.partial(done, k)) for k, c in enumerate(cfgs)]
+        dirs = [run(c, out, run_dir=d, on_round=functools.partial(done, k)) for k, (c, d) in enumerate(zip(cfgs, targets))]
     for seed, cfg, d, said in zip(seeds, cfgs, dirs, notes):
         for note in said:
             render.console.print(f"seed {seed}: {note}")
