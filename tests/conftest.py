@@ -27,6 +27,27 @@ def tiny():
     return tiny_config
 
 
+def write_mnist1d_label_file(path: Path, flip_every: int = 3):
+    """A CIFAR-N style label file for the tiny run's data (mnist1d, 300 validation samples):
+    ``clean_label`` and ``worse_label`` (every ``flip_every``-th label shifted by one), numpy
+    arrays over train+val as the CIFAR-N files hold them. Returns (the dataset, worse_label)."""
+    import numpy as np
+    import torch
+
+    from dsd2.data import load_dataset
+
+    d = load_dataset("mnist1d", None, val_size=300, seed=0)
+    n = d.train_idx.numel() + d.val_idx.numel()
+    clean = np.empty(n, dtype=np.int64)
+    clean[d.train_idx.numpy()] = d.train_y.numpy()
+    clean[d.val_idx.numpy()] = d.val_y.numpy()
+    worse = clean.copy()
+    worse[::flip_every] = (worse[::flip_every] + 1) % 10
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"clean_label": clean, "worse_label": worse}, path)
+    return d, worse
+
+
 class Interrupted(Exception):
     """Raised from a run's on_round callback to stop it as a crash would, between rounds."""
 

@@ -314,19 +314,10 @@ def test_epoch_checkpoint_resume_is_exact(tmp_path):
 
 def test_real_noise_from_a_cifar_n_style_label_file(tmp_path):
     """dataset.label_file: human labels replace the train labels (train part only), flipped recorded."""
-    import numpy as np
+    from conftest import write_mnist1d_label_file
 
-    from dsd2.data import load_dataset
-
-    d = load_dataset("mnist1d", None, val_size=300, seed=0)
-    n = d.train_idx.numel() + d.val_idx.numel()
-    clean = np.empty(n, dtype=np.int64)
-    clean[d.train_idx.numpy()] = d.train_y.numpy()
-    clean[d.val_idx.numpy()] = d.val_y.numpy()
-    worse = clean.copy()
-    worse[::3] = (worse[::3] + 1) % 10
     path = tmp_path / "MNIST1D_human.pt"
-    torch.save({"clean_label": clean, "worse_label": worse}, path)  # numpy arrays: the CIFAR-N format
+    d, worse = write_mnist1d_label_file(path)  # numpy arrays: the CIFAR-N format
     cfg = tiny("noise.kind=none", f"dataset.label_file={path}", "dataset.label_key=worse_label", "prune.rounds=0")
     run_dir = imp.run(cfg, tmp_path / "runs")
     labels = store.load_tensors(run_dir / "labels.safetensors")

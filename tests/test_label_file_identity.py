@@ -8,31 +8,19 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from dsd2 import imp, rundir, store
 from dsd2.cli import main
 from dsd2.config import config_hash
 from dsd2.errors import UserError
 
-from conftest import TINY, tiny_config
+from conftest import TINY, tiny_config, write_mnist1d_label_file
 
 
 def _write_labels(path, flip_every: int = 3):
     """A CIFAR-N style file for mnist1d: clean labels with every ``flip_every``-th one shifted."""
-    from dsd2.data import load_dataset
-
-    d = load_dataset("mnist1d", None, val_size=300, seed=0)
-    n = d.train_idx.numel() + d.val_idx.numel()
-    clean = np.empty(n, dtype=np.int64)
-    clean[d.train_idx.numpy()] = d.train_y.numpy()
-    clean[d.val_idx.numpy()] = d.val_y.numpy()
-    worse = clean.copy()
-    worse[::flip_every] = (worse[::flip_every] + 1) % 10
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"clean_label": clean, "worse_label": worse}, path)
+    write_mnist1d_label_file(path, flip_every)
     return path
 
 
